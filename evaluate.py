@@ -1,0 +1,843 @@
+#!/usr/bin/env python3
+"""The one evaluation path of the study: memory, latency and perplexity.
+
+Every method (the unquantized baseline, Part 1's from-scratch INT8, Part 2's
+bitsandbytes modes, the GGUF bonus) is measured through the functions in this
+file, so their numbers sit in one table. Run on its own, it evaluates the
+unquantized baseline and writes one results JSON:
+
+    python evaluate.py                                   # gpt2 from the Hub, WikiText-2
+    python evaluate.py --model DIR --text-file wiki.test.raw --device cpu
+    python evaluate.py --smoke                           # tiny offline model, ~1 minute
+
+Assumptions, stated once:
+- The model is a causal LM that `AutoModelForCausalLM` loads (Hub id or folder).
+- Perplexity is corpus-level and token-weighted: the text is tokenized once,
+  scored with sliding windows of `max_length` tokens moved by `stride`, and every
+  token after the first is scored exactly once, with all the context its window
+  allows. ppl = exp(sum of NLL / number of scored tokens).
+- Memory is reported in MiB (2**20 bytes): (a) the bytes the parameters and
+  buffers really occupy, by dtype, shared tensors (tied embeddings) counted
+  once; (b) the size on disk once saved; (c) the peak device memory during
+  evaluation (CUDA `max_memory_allocated` after a reset, or the peak rise of the
+  process RSS on a CPU).
+- Latency is warmed up, synchronized, and reported as median, p10 and p90.
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import math
+import os
+import platform
+import re
+import shlex
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from importlib import metadata
+from pathlib import Path
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+
+MiB = 2**20
+SCHEMA_VERSION = 1
+DATASETS = {
+    # name: (Hub id, config, split, column, joiner); see load_text().
+    "wikitext2": ("Salesforce/wikitext", "wikitext-2-raw-v1", "test", "text", "\n\n"),
+    "ptb": ("ptb_text_only", "penn_treebank", "test", "sentence", "\n"),
+}
+
+
+# -----------------------------------------------------------------------------
+# Errors: a user's mistake is one line on stderr and a non-zero exit.
+
+class UserError(Exception):
+    """A mistake in the user's input; the CLI prints its message, not a traceback."""
+
+
+def run_cli(main: Callable[..., object], parser: argparse.ArgumentParser, argv=None) -> None:
+    """Parse argv, call main(**args), and turn a UserError into one clean line."""
+    args = parser.parse_args(argv)
+    try:
+        main(**vars(args))
+    except UserError as e:
+        print(f"{parser.prog}: error: {e}", file=sys.stderr)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        print(f"{parser.prog}: interrupted; finished results files are kept", file=sys.stderr)
+        sys.exit(130)
+
+
+def with_defaults(parser: argparse.ArgumentParser, kwargs: dict) -> argparse.Namespace:
+    """main(**kwargs) takes the CLI's flags as keywords; missing ones get the CLI defaults."""
+    args = parser.parse_args([])
+    unknown = set(kwargs) - set(vars(args))
+    if unknown:
+        raise TypeError(f"unknown argument(s): {', '.join(sorted(unknown))}")
+    vars(args).update(kwargs)
+    return args
+
+
+# -----------------------------------------------------------------------------
+# Loading
+
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+def resolve_device(device: str) -> torch.device:
+    """'auto' -> cuda if there is one, else cpu. Asking for cuda without CUDA is an error."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError(f"--device {device} asked for, but this machine has no CUDA GPU (use --device cpu)")
+    if device not in ("cpu",) and not device.startswith("cuda"):
+        raise UserError(f"unknown device '{device}' (choose auto, cpu or cuda)")
+    return torch.device(device)
+
+
+def looks_like_path(model_id: str) -> bool:
+    """A Hub id is 'name' or 'org/name'; anything else, or anything that exists, is a path."""
+    return (model_id.startswith((".", "/", "~")) or model_id.count("/") > 1
+            or Path(model_id).expanduser().exists())
+
+
+def model_context(config) -> int | None:
+    """The longest sequence the model's position embeddings allow, if the config says."""
+    for key in ("n_positions", "max_position_embeddings", "n_ctx", "max_sequence_length"):
+        value = getattr(config, key, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return None
+
+
+def describe_model(model_id: str, model) -> dict:
+    """Where the weights came from: a local folder, or a Hub id at a revision."""
+    path = Path(model_id).expanduser()
+    local = path.exists()
+    return {
+        "id": model_id,
+        "local_path": str(path.resolve()) if local else None,
+        "revision": None if local else getattr(model.config, "_commit_hash", None),
+        "class": type(model).__name__,
+        "model_type": getattr(model.config, "model_type", None),
+        "n_params": sum(p.numel() for p in model.parameters()),
+        "context": model_context(model.config),
+    }
+
+
+def check_model_source(model_id: str) -> None:
+    """A local path must exist and hold a saved model; a Hub id is tried as is."""
+    path = Path(model_id).expanduser()
+    if looks_like_path(model_id) and not path.exists():
+        raise UserError(f"model path '{model_id}' does not exist")
+    if path.exists() and not (path / "config.json").is_file():
+        raise UserError(f"'{model_id}' is not a saved model (no config.json in it)")
+
+
+def load_config(model_id: str):
+    """The model's config alone: cheap, so settings are checked before a long load."""
+    from transformers import AutoConfig
+
+    check_model_source(model_id)
+    try:
+        return AutoConfig.from_pretrained(model_id)
+    except OSError as e:
+        raise UserError(unreachable_message(model_id, e)) from None
+    except ValueError as e:
+        raise UserError(f"'{model_id}' is not a model transformers can load ({str(e)[:160]})") from None
+
+
+def load_tokenizer(model_id: str):
+    from transformers import AutoTokenizer
+
+    check_model_source(model_id)
+    try:
+        return AutoTokenizer.from_pretrained(model_id)
+    except OSError as e:
+        raise UserError(unreachable_message(model_id, e)) from None
+
+
+def unreachable_message(model_id: str, e: Exception) -> str:
+    first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    return (f"cannot load '{model_id}' ({first[:160]}). Without Hub access, pass a local copy "
+            f"with --model DIR (a folder saved by save_pretrained)")
+
+
+def load_model(model_id: str, dtype: str = "float32", device: str = "auto",
+               device_map: str | None = None, **from_pretrained_kwargs):
+    """Load (model, tokenizer) for evaluation, in eval mode, on the asked device.
+
+    device_map='auto' lets accelerate shard a model that one GPU cannot hold;
+    the inputs then go to the device of the first layer (see input_device()).
+    Extra keywords (e.g. quantization_config) go to from_pretrained.
+    """
+    from transformers import AutoModelForCausalLM
+
+    if dtype not in DTYPES:
+        raise UserError(f"unknown dtype '{dtype}' (choose {', '.join(DTYPES)})")
+    dev = resolve_device(device)
+    tokenizer = load_tokenizer(model_id)
+    kwargs = dict(dtype=DTYPES[dtype], **from_pretrained_kwargs)
+    if device_map:
+        kwargs["device_map"] = device_map
+    try:
+        model = AutoModelForCausalLM.from_pretrained(model_id, **kwargs)
+    except OSError as e:
+        raise UserError(unreachable_message(model_id, e)) from None
+    if not device_map and "quantization_config" not in from_pretrained_kwargs:
+        model.to(dev)
+    model.eval()
+    return model, tokenizer
+
+
+def input_device(model) -> torch.device:
+    """Where inputs go: the first parameter's device (the embedding's, under a device_map)."""
+    return next(model.parameters()).device
+
+
+# -----------------------------------------------------------------------------
+# Text
+
+@dataclass
+class TextSource:
+    id: str            # "wikitext2", "ptb" or "file:<path>"
+    text: str
+    description: str
+
+    @property
+    def sha256(self) -> str:
+        return hashlib.sha256(self.text.encode("utf-8")).hexdigest()
+
+    @property
+    def slug(self) -> str:
+        return Path(self.id[5:]).stem if self.id.startswith("file:") else self.id
+
+
+def read_text_file(path: str | os.PathLike) -> str:
+    """Any local UTF-8 text; universal newlines turn CRLF and CR into '\\n'."""
+    p = Path(path).expanduser()
+    if not p.is_file():
+        raise UserError(f"text file '{path}' does not exist")
+    try:
+        text = p.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise UserError(f"text file '{path}' is not UTF-8 ({e.reason} at byte {e.start})") from None
+    if not text.strip():
+        raise UserError(f"text file '{path}' is empty")
+    return text
+
+
+def load_text(dataset: str = "wikitext2", text_file: str | None = None) -> TextSource:
+    """The evaluation text: a local file if given, else the named Hub test split.
+
+    wikitext2: Salesforce/wikitext, wikitext-2-raw-v1, test, rows joined by "\\n\\n".
+    ptb: ptb_text_only, test, read from its parquet conversion (datasets>=4 no
+    longer runs dataset scripts), sentences joined by "\\n".
+    """
+    if text_file:
+        return TextSource(f"file:{Path(text_file).expanduser().resolve()}", read_text_file(text_file),
+                          f"local file {text_file}")
+    if dataset not in DATASETS:
+        raise UserError(f"unknown dataset '{dataset}' (choose {', '.join(DATASETS)}, or --text-file PATH)")
+    hub_id, config, split, column, joiner = DATASETS[dataset]
+    try:
+        import datasets  # only when the Hub is used
+    except ImportError:
+        raise UserError("the 'datasets' package is needed for Hub datasets (pip install datasets), "
+                        "or pass --text-file PATH") from None
+    revision = "refs/convert/parquet" if dataset == "ptb" else None
+    try:
+        rows = datasets.load_dataset(hub_id, config, split=split, revision=revision)
+    except Exception as e:  # datasets raises many types for "offline"
+        raise UserError(f"cannot load dataset '{hub_id}' from the Hub ({type(e).__name__}). "
+                        f"Offline, pass --text-file PATH") from None
+    return TextSource(dataset, joiner.join(rows[column]), f"{hub_id} {config} {split}")
+
+
+def tokenize(tokenizer, text: str, max_tokens: int | None = None) -> torch.Tensor:
+    """(1, N) token ids of the whole text, cut to the first max_tokens if given."""
+    saved = tokenizer.model_max_length
+    tokenizer.model_max_length = int(1e30)  # silence the "longer than the model" warning
+    try:
+        ids = tokenizer(text, return_tensors="pt").input_ids
+    finally:
+        tokenizer.model_max_length = saved
+    if max_tokens is not None:
+        ids = ids[:, :max_tokens]
+    if ids.shape[1] < 2:
+        raise UserError("the text has fewer than 2 tokens: nothing to score")
+    return ids
+
+
+# -----------------------------------------------------------------------------
+# Perplexity
+
+def window_plan(n_tokens: int, max_length: int, stride: int) -> list[tuple[int, int, int]]:
+    """Sliding windows as (begin, end, score_from). Window inputs are ids[begin:end]
+    (at most max_length tokens) and predict the targets ids[begin+1:end+1]; the
+    window scores the targets at positions score_from..end. Windows start every
+    `stride` tokens; each scores only targets no earlier window scored, so every
+    position 1..n_tokens-1 is scored exactly once (position 0 has no context), with
+    the most context any window gives it. stride == max_length is the usual
+    non-overlapping evaluation, and then no token is lost at window edges."""
+    plan, last = [], 0                       # last: the last target position scored so far
+    for begin in range(0, n_tokens - 1, stride):
+        end = min(begin + max_length, n_tokens - 1)
+        plan.append((begin, end, last + 1))
+        last = end
+        if end == n_tokens - 1:
+            break
+    return plan
+
+
+def check_windows(max_length: int, stride: int, context: int | None) -> None:
+    if max_length < 2:
+        raise UserError(f"--max-length must be at least 2 (got {max_length})")
+    if context is not None and max_length > context:
+        raise UserError(f"--max-length {max_length} is longer than the model's context of {context} tokens")
+    if stride <= 0 or stride > max_length:
+        raise UserError(f"--stride must be in 1..max-length ({max_length}); got {stride}")
+
+
+def token_nll(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Per-token negative log-likelihood in float32. logits (..., V), targets (...)."""
+    return F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), targets.reshape(-1),
+                           reduction="none").view(targets.shape)
+
+
+@torch.no_grad()
+def perplexity(model, input_ids: torch.Tensor, max_length: int, stride: int,
+               progress: bool = True) -> dict:
+    """Corpus-level, token-weighted sliding-window perplexity of input_ids (1, N)."""
+    check_windows(max_length, stride, model_context(model.config))
+    dev = input_device(model)  # under a device_map, the embedding's device
+    ids = input_ids[0]
+    plan = window_plan(ids.numel(), max_length, stride)
+    nll_sum, n_scored = 0.0, 0
+    from tqdm.auto import tqdm
+    for begin, end, score_from in tqdm(plan, desc="perplexity", unit="win", disable=not progress,
+                                       file=sys.stderr):
+        window = ids[begin:end + 1].to(dev)                         # (T+1,) inputs and targets
+        logits = model(window[None, :-1], use_cache=False).logits[0]  # (T, V): row j predicts window[j+1]
+        first = score_from - begin - 1                             # row that predicts score_from
+        nll = token_nll(logits[first:], window[first + 1:])
+        nll_sum += nll.double().sum().item()
+        n_scored += nll.numel()
+    mean_nll = nll_sum / n_scored
+    return {"ppl": math.exp(mean_nll), "mean_nll": mean_nll, "n_tokens_scored": n_scored,
+            "n_tokens_total": ids.numel(), "n_windows": len(plan), "max_length": max_length,
+            "stride": stride, "aggregation": "corpus-level, token-weighted: exp(sum NLL / tokens)"}
+
+
+@torch.no_grad()
+def per_line_perplexity(model, tokenizer, text: str, n_lines: int = 3000, max_length: int = 1024,
+                        max_tokens: int | None = None, batch_size: int = 16,
+                        progress: bool = True) -> dict:
+    """The sample report's aggregation, kept for comparison only: the plain mean of
+    per-line perplexities over the first n_lines non-empty lines (each line scored
+    alone, cut to max_length tokens). Short lines weigh as much as long ones, so it
+    is not a corpus perplexity. Lines of one token have nothing to score and are
+    skipped; with max_tokens, lines stop once that many tokens were used."""
+    lines = [ln for ln in text.splitlines() if ln.strip()][:n_lines]
+    encoded, used = [], 0
+    for line in lines:
+        ids = tokenizer(line).input_ids[:max_length]
+        if max_tokens is not None and used + len(ids) > max_tokens:
+            break
+        used += len(ids)
+        if len(ids) >= 2:
+            encoded.append(ids)
+    dev = input_device(model)
+    order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))  # similar lengths batch well
+    ppls = [0.0] * len(encoded)
+    from tqdm.auto import tqdm
+    for start in tqdm(range(0, len(order), batch_size), desc="per-line", unit="batch",
+                      disable=not progress, file=sys.stderr):
+        idx = order[start:start + batch_size]
+        width = max(len(encoded[i]) for i in idx)
+        ids = torch.zeros(len(idx), width, dtype=torch.long)
+        mask = torch.zeros(len(idx), width, dtype=torch.long)
+        for row, i in enumerate(idx):                              # right padding
+            ids[row, :len(encoded[i])] = torch.tensor(encoded[i])
+            mask[row, :len(encoded[i])] = 1
+        ids, mask = ids.to(dev), mask.to(dev)
+        logits = model(ids, attention_mask=mask, use_cache=False).logits[:, :-1]  # (B, W-1, V)
+        nll = token_nll(logits, ids[:, 1:]) * mask[:, 1:]
+        per_line = nll.double().sum(1) / mask[:, 1:].sum(1)
+        for row, i in enumerate(idx):
+            ppls[i] = math.exp(per_line[row].item())
+    return {"mean_of_line_ppl": statistics.fmean(ppls) if ppls else float("nan"),
+            "median_of_line_ppl": statistics.median(ppls) if ppls else float("nan"),
+            "n_lines": len(ppls), "n_lines_asked": n_lines, "max_length": max_length,
+            "label": "per-sample aggregation of the sample report (mean of per-line perplexities); "
+                     "not comparable with the corpus perplexity"}
+
+
+# -----------------------------------------------------------------------------
+# Memory
+
+def tensor_bytes(model: torch.nn.Module) -> dict:
+    """Bytes that the parameters and buffers occupy, by dtype; a storage shared by
+    several names (tied wte/lm_head) is counted once. Tensors on the meta device
+    (not materialized) are skipped. Quantized layers that keep extra tensors in
+    attributes may expose them through a `quantization_tensors()` method."""
+    seen, by_dtype = set(), {}
+
+    def add(t: torch.Tensor) -> None:
+        if t is None or t.device.type == "meta":
+            return
+        key = (t.device, t.untyped_storage().data_ptr(), t.dtype, tuple(t.shape))
+        if key in seen:
+            return
+        seen.add(key)
+        name = str(t.dtype).replace("torch.", "")
+        by_dtype[name] = by_dtype.get(name, 0) + t.numel() * t.element_size()
+
+    for t in model.parameters():
+        add(t)
+    for t in model.buffers():
+        add(t)
+    for m in model.modules():
+        if hasattr(m, "quantization_tensors"):
+            for t in m.quantization_tensors():
+                add(t)
+    total = sum(by_dtype.values())
+    return {"bytes": total, "mib": total / MiB, "by_dtype_bytes": dict(sorted(by_dtype.items()))}
+
+
+def disk_bytes(save: Callable[[str], None]) -> int:
+    """Size on disk of everything save(folder) writes (weights, config, tokenizer excluded)."""
+    with tempfile.TemporaryDirectory(prefix="qstudy-size-") as d:
+        save(d)
+        return sum(p.stat().st_size for p in Path(d).rglob("*") if p.is_file())
+
+
+def _rss_bytes() -> int:
+    import psutil
+    return psutil.Process().memory_info().rss
+
+
+class PeakMemory:
+    """Peak device memory inside a `with` block.
+
+    CUDA: torch.cuda.max_memory_allocated() after reset_peak_memory_stats()
+    (what is allocated in total at the peak, weights included). CPU: the peak
+    rise of the process RSS over its value at entry, read from the kernel's
+    high-water mark (VmHWM after a reset through /proc/self/clear_refs) where
+    Linux allows, else sampled every 2 ms by a thread."""
+
+    def __init__(self, device: torch.device):
+        self.device, self.kind, self.peak_bytes = device, None, None
+
+    def __enter__(self):
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            torch.cuda.reset_peak_memory_stats(self.device)
+            self.kind = "cuda max_memory_allocated"
+            return self
+        self.start = _rss_bytes()
+        try:
+            with open("/proc/self/clear_refs", "w") as f:
+                f.write("5")  # reset the peak RSS (VmHWM) to the current RSS
+            self.kind = "cpu peak RSS rise (VmHWM)"
+        except OSError:
+            self.kind, self._peak, self._stop = "cpu peak RSS rise (sampled)", self.start, threading.Event()
+            self._thread = threading.Thread(target=self._sample, daemon=True)
+            self._thread.start()
+        return self
+
+    def _sample(self):
+        while not self._stop.wait(0.002):
+            self._peak = max(self._peak, _rss_bytes())
+
+    def __exit__(self, *exc):
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            self.peak_bytes = torch.cuda.max_memory_allocated(self.device)
+        elif self.kind.endswith("(VmHWM)"):
+            hwm = int(re.search(r"VmHWM:\s+(\d+) kB", Path("/proc/self/status").read_text()).group(1))
+            self.peak_bytes = max(0, hwm * 1024 - self.start)
+        else:
+            self._stop.set()
+            self._thread.join()
+            self.peak_bytes = max(0, max(self._peak, _rss_bytes()) - self.start)
+        return False
+
+
+# -----------------------------------------------------------------------------
+# Latency
+
+def summarize(samples: list[float]) -> dict:
+    """Median with p10/p90 (linear interpolation) of a list of timings."""
+    xs = sorted(samples)
+
+    def q(p: float) -> float:
+        k = (len(xs) - 1) * p
+        lo, hi = math.floor(k), math.ceil(k)
+        return xs[lo] + (xs[hi] - xs[lo]) * (k - lo)
+
+    return {"median": q(0.5), "p10": q(0.1), "p90": q(0.9), "min": xs[0], "max": xs[-1], "n": len(xs)}
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_call(fn: Callable[[], object], device: torch.device, repeats: int, warmup: int) -> list[float]:
+    """Wall-clock ms of fn() per repeat, after warmup calls, synchronized on CUDA."""
+    for _ in range(warmup):
+        fn()
+    _sync(device)
+    out = []
+    for _ in range(repeats):
+        _sync(device)
+        t0 = time.perf_counter()
+        fn()
+        _sync(device)
+        out.append((time.perf_counter() - t0) * 1e3)
+    return out
+
+
+def greedy_config(tokenizer, new_tokens: int):
+    """A generation config that decodes exactly new_tokens greedily, whatever the model's defaults."""
+    from transformers import GenerationConfig
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    return GenerationConfig(max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False,
+                            num_beams=1, pad_token_id=pad if pad is not None else 0,
+                            eos_token_id=tokenizer.eos_token_id)
+
+
+@torch.no_grad()
+def latency(model, tokenizer, input_ids: torch.Tensor, prefill_tokens: int = 512,
+            prompt_tokens: int = 32, new_tokens: int = 128, repeats: int = 10,
+            warmup: int = 2) -> dict:
+    """Prefill: one forward pass of 1 x prefill_tokens. Decode: greedy generate() of
+    new_tokens after a prompt_tokens prompt, in ms per new token (the total time
+    divided by new_tokens, so it includes the one prompt pass). Both use the
+    evaluated text's first tokens, repeated if the text is shorter."""
+    context = model_context(model.config)
+    for what, n in (("prefill length", prefill_tokens), ("prompt + new tokens", prompt_tokens + new_tokens)):
+        if context is not None and n > context:
+            raise UserError(f"latency {what} ({n}) is longer than the model's context of {context} tokens")
+    if repeats < 1:
+        raise UserError("--repeats must be at least 1")
+    dev = input_device(model)
+    ids = input_ids[0]
+    need = max(prefill_tokens, prompt_tokens)
+    ids = ids.repeat(need // ids.numel() + 1)[:need]
+    prefill_ids = ids[:prefill_tokens][None].to(dev)             # (1, prefill_tokens)
+    prompt = ids[:prompt_tokens][None].to(dev)                    # (1, prompt_tokens)
+    gen = greedy_config(tokenizer, new_tokens)
+    prefill_ms = time_call(lambda: model(prefill_ids, use_cache=False), dev, repeats, warmup)
+    total_ms = time_call(lambda: model.generate(prompt, attention_mask=torch.ones_like(prompt),
+                                                generation_config=gen), dev, repeats, warmup)
+    return {"unit": "ms",
+            "prefill": {"tokens": prefill_tokens, **summarize(prefill_ms)},
+            "decode": {"prompt_tokens": prompt_tokens, "new_tokens": new_tokens,
+                       "definition": "generate() wall time / new tokens (greedy, includes the prompt pass)",
+                       "ms_per_token": summarize([t / new_tokens for t in total_ms])},
+            "repeats": repeats, "warmup": warmup, "threads": torch.get_num_threads()}
+
+
+# -----------------------------------------------------------------------------
+# Results
+
+def package_version(name: str) -> str | None:
+    try:
+        return metadata.version(name)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return f"cpu: {line.split(':', 1)[1].strip()}"
+    except OSError:
+        pass
+    return f"cpu: {platform.processor() or platform.machine()}"
+
+
+def environment(device: torch.device) -> dict:
+    return {"device": str(device), "device_name": device_name(device),
+            "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+            "cuda": torch.version.cuda if device.type == "cuda" else None,
+            "python": platform.python_version(), "platform": platform.platform(),
+            "versions": {p: package_version(p) for p in
+                         ("torch", "transformers", "bitsandbytes", "accelerate", "datasets",
+                          "huggingface_hub", "safetensors", "llama_cpp_python", "gguf")}}
+
+
+def write_json_atomic(path: str | os.PathLike, obj) -> Path:
+    """Write JSON so that a reader never sees half a file: temp file, fsync, rename."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump(obj, f, indent=2, sort_keys=False, allow_nan=True)
+            f.write("\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-") or "x"
+
+
+@dataclass
+class EvalConfig:
+    """How a model is measured; the same for every method of one comparison."""
+    max_length: int | None = None      # None: min(model context, 1024)
+    stride: int | None = None          # None: min(512, max_length)
+    max_tokens: int | None = None
+    per_line: int = 3000               # 0 skips the per-sample aggregation
+    prefill_tokens: int = 512
+    prompt_tokens: int = 32
+    new_tokens: int = 128
+    repeats: int = 10
+    warmup: int = 2
+    skip_latency: bool = False
+    skip_disk: bool = False
+
+    def resolve(self, context: int | None) -> "EvalConfig":
+        """Fill the window defaults from the model's context."""
+        if self.max_length is None:
+            self.max_length = min(context or 1024, 1024)
+        if self.stride is None:
+            self.stride = min(512, self.max_length)
+        return self
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> "EvalConfig":
+        return cls(**{k: getattr(args, k) for k in cls.__dataclass_fields__ if hasattr(args, k)})
+
+
+def run_path(results_dir: str | os.PathLike, method: str, model_id: str, source: TextSource,
+             cfg: EvalConfig, smoke: bool = False) -> Path:
+    """results/<method>__<model>__<text>__L<max_length>-S<stride>[-T<max_tokens>].json"""
+    tag = f"L{cfg.max_length}-S{cfg.stride}" + (f"-T{cfg.max_tokens}" if cfg.max_tokens else "")
+    name = "__".join([slug(method), slug(Path(model_id).name or model_id), slug(source.slug), tag])
+    return Path(results_dir) / ("smoke" if smoke else "") / f"{name}.json"
+
+
+def evaluate(model, tokenizer, source: TextSource, cfg: EvalConfig, *, method: str,
+             settings: dict, model_id: str, out_path: str | os.PathLike | None = None,
+             save: Callable[[str], None] | None = None, stand_in: str | None = None,
+             smoke: bool = False, extra: dict | None = None, progress: bool = True) -> dict:
+    """Measure one model and (if out_path) write its results JSON. Every part calls this.
+
+    method/settings name the scheme; save(folder) writes the model for the size
+    on disk (default: save_pretrained); stand_in says which model this one stands
+    in for, so that its numbers are labelled wherever they appear."""
+    context = model_context(model.config)
+    cfg.resolve(context)
+    check_windows(cfg.max_length, cfg.stride, context)
+    ids = tokenize(tokenizer, source.text, cfg.max_tokens)
+    dev = input_device(model)
+    record = {
+        "schema_version": SCHEMA_VERSION,
+        "method": {"name": method, "settings": settings},
+        "model": {**describe_model(model_id, model), "stand_in": stand_in},
+        "dataset": {"id": source.id, "description": source.description, "sha256": source.sha256,
+                    "n_chars": len(source.text), "n_tokens": int(ids.shape[1]),
+                    "max_tokens": cfg.max_tokens, "truncated": cfg.max_tokens is not None},
+        "eval": asdict(cfg),
+    }
+    with PeakMemory(dev) as peak:
+        record["perplexity"] = perplexity(model, ids, cfg.max_length, cfg.stride, progress)
+        if cfg.per_line:
+            record["per_line_perplexity"] = per_line_perplexity(
+                model, tokenizer, source.text, cfg.per_line, cfg.max_length, cfg.max_tokens,
+                progress=progress)
+        if not cfg.skip_latency:
+            record["latency"] = latency(model, tokenizer, ids, cfg.prefill_tokens, cfg.prompt_tokens,
+                                        cfg.new_tokens, cfg.repeats, cfg.warmup)
+    weights = tensor_bytes(model)
+    disk = None if cfg.skip_disk else disk_bytes(save or (lambda d: model.save_pretrained(d)))
+    record["memory"] = {"unit": "MiB (2**20 bytes)", "weights_bytes": weights["bytes"],
+                        "weights_mib": weights["mib"], "by_dtype_bytes": weights["by_dtype_bytes"],
+                        "disk_bytes": disk, "disk_mib": None if disk is None else disk / MiB,
+                        "peak_bytes": peak.peak_bytes, "peak_mib": peak.peak_bytes / MiB,
+                        "peak_kind": peak.kind}
+    record.update(extra or {})
+    record["environment"] = environment(dev)
+    record["timestamp"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    record["command"] = " ".join(shlex.quote(a) for a in [Path(sys.argv[0]).name, *sys.argv[1:]])
+    record["smoke"] = smoke
+    if smoke:
+        record["note"] = "SMOKE RUN on a tiny random model: the numbers mean nothing"
+    if out_path is not None:
+        write_json_atomic(out_path, record)
+    return record
+
+
+def summary_line(record: dict) -> str:
+    """One human line per run, for the terminal."""
+    p, m = record["perplexity"], record["memory"]
+    parts = [f"{record['method']['name']}: ppl {p['ppl']:.4f} ({p['n_tokens_scored']} tokens, "
+             f"{p['n_windows']} windows, L={p['max_length']} S={p['stride']})",
+             f"weights {m['weights_mib']:.1f} MiB"]
+    if m["disk_mib"] is not None:
+        parts.append(f"disk {m['disk_mib']:.1f} MiB")
+    parts.append(f"peak {m['peak_mib']:.1f} MiB")
+    if "latency" in record:
+        lat = record["latency"]
+        parts.append(f"prefill {lat['prefill']['median']:.1f} ms "
+                     f"[{lat['prefill']['p10']:.1f}-{lat['prefill']['p90']:.1f}]")
+        d = lat["decode"]["ms_per_token"]
+        parts.append(f"decode {d['median']:.2f} ms/token [{d['p10']:.2f}-{d['p90']:.2f}]")
+    return " | ".join(parts)
+
+
+# -----------------------------------------------------------------------------
+# CLI
+
+def add_model_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("model")
+    g.add_argument("--model", default="gpt2", help="Hub id or local folder (default: gpt2)")
+    g.add_argument("--dtype", default="float32", choices=list(DTYPES),
+                   help="weights and activations dtype of the baseline (default: float32, GPT-2's own)")
+    g.add_argument("--device", default="auto", help="auto (cuda if present), cpu or cuda (default: auto)")
+    g.add_argument("--device-map", default=None,
+                   help="'auto' shards a model too big for one GPU across devices (accelerate)")
+    g.add_argument("--stand-in", default=None,
+                   help="say which model this one stands in for, e.g. 'smollm2-135m stands in for gpt2'; "
+                        "stored in the results and shown beside its numbers")
+    g.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+
+
+def add_eval_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("text and perplexity")
+    g.add_argument("--dataset", default="wikitext2", choices=list(DATASETS),
+                   help="Hub test split to score (default: wikitext2); ignored with --text-file")
+    g.add_argument("--text-file", default=None, help="score this local UTF-8 text instead (offline use)")
+    g.add_argument("--max-length", type=int, default=None,
+                   help="window length in tokens (default: min(model context, 1024))")
+    g.add_argument("--stride", type=int, default=None,
+                   help="window step in tokens (default: 512, or max-length if that is shorter)")
+    g.add_argument("--max-tokens", type=int, default=None,
+                   help="score only the first N tokens of the text (recorded in the JSON)")
+    g.add_argument("--per-line", type=int, default=3000,
+                   help="lines for the sample report's per-line mean perplexity, shown beside the "
+                        "real figure (default: 3000; 0 skips it)")
+    g = p.add_argument_group("latency")
+    g.add_argument("--prefill-tokens", type=int, default=512, help="prefill length, batch 1 (default: 512)")
+    g.add_argument("--prompt-tokens", type=int, default=32, help="decode prompt length (default: 32)")
+    g.add_argument("--new-tokens", type=int, default=128, help="greedy tokens to decode (default: 128)")
+    g.add_argument("--repeats", type=int, default=10, help="timed repeats (default: 10)")
+    g.add_argument("--warmup", type=int, default=2, help="untimed warm-up runs (default: 2)")
+    g.add_argument("--skip-latency", action="store_true", help="do not time prefill and decode")
+    g.add_argument("--skip-disk", action="store_true", help="do not save the model to measure its size")
+    g = p.add_argument_group("output")
+    g.add_argument("--results-dir", default="results", help="folder for the results JSON (default: results)")
+    g.add_argument("--out", default=None, help="exact results file (default: a name made from the settings)")
+    g.add_argument("--quiet", action="store_true", help="no progress bars")
+    g.add_argument("--smoke", action="store_true",
+                   help="offline end-to-end run on a tiny random model made on the spot (~1 minute); "
+                        "its numbers mean nothing")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="evaluate.py", description=__doc__.split("\n\n")[0])
+    add_model_args(p)
+    add_eval_args(p)
+    return p
+
+
+def check_common(args: argparse.Namespace) -> None:
+    """Checks that need no model: fail fast, before a long load."""
+    if args.quiet:
+        from transformers.utils import logging as hf_logging
+        hf_logging.disable_progress_bar()
+    if args.threads is not None:
+        if args.threads < 1:
+            raise UserError("--threads must be at least 1")
+        torch.set_num_threads(args.threads)
+    resolve_device(args.device)
+    if args.text_file:
+        read_text_file(args.text_file)
+    if args.max_tokens is not None and args.max_tokens < 2:
+        raise UserError("--max-tokens must be at least 2")
+    if args.max_length is not None:
+        check_windows(args.max_length, args.stride or min(512, args.max_length), None)
+    elif args.stride is not None and args.stride <= 0:
+        raise UserError(f"--stride must be positive; got {args.stride}")
+
+
+def prepare(args: argparse.Namespace) -> tuple[EvalConfig, TextSource]:
+    """What every part does before loading a model, so bad input fails in seconds:
+    check the flags and the model's config, fix the windows, read the text."""
+    check_common(args)
+    context = model_context(load_config(args.model))
+    cfg = EvalConfig.from_args(args).resolve(context)
+    check_windows(cfg.max_length, cfg.stride, context)
+    return cfg, load_text(args.dataset, args.text_file)
+
+
+# Windows and timings small enough for a tiny model to finish in seconds on a CPU.
+SMOKE_SETTINGS = dict(max_length=64, stride=32, prefill_tokens=64, prompt_tokens=8, new_tokens=16,
+                      repeats=5, warmup=1, per_line=200, stand_in="tiny random GPT-2 (smoke run)")
+
+
+def make_smoke_inputs(workdir: str | os.PathLike) -> tuple[str, str]:
+    """A tiny random GPT-2 (seeded, so always the same) and a synthetic text, in workdir."""
+    import tiny_models
+    model_dir = tiny_models.make_tiny_model(Path(workdir) / "tiny-gpt2", arch="gpt2")
+    text_file = Path(workdir) / "tiny.txt"
+    text_file.write_text(tiny_models.synthetic_text(), encoding="utf-8")
+    return str(model_dir), str(text_file)
+
+
+def smoke_setup(args: argparse.Namespace, workdir: str) -> None:
+    """Point args at the smoke model and text, with the small smoke settings."""
+    args.model, args.text_file = make_smoke_inputs(workdir)
+    vars(args).update(SMOKE_SETTINGS)
+
+
+def main(**kwargs) -> dict:
+    """Evaluate the unquantized baseline and write its results JSON; returns the record."""
+    args = with_defaults(build_parser(), kwargs)
+    with tempfile.TemporaryDirectory(prefix="qstudy-smoke-") as workdir:
+        if args.smoke:
+            smoke_setup(args, workdir)
+        cfg, source = prepare(args)
+        model, tokenizer = load_model(args.model, args.dtype, args.device, args.device_map)
+        method = {"float32": "fp32", "float16": "fp16", "bfloat16": "bf16"}[args.dtype]
+        settings = {"dtype": args.dtype, "device": args.device, "device_map": args.device_map,
+                    "quantized": False}
+        out = Path(args.out) if args.out else run_path(args.results_dir, f"baseline-{method}",
+                                                       args.model, source, cfg, args.smoke)
+        record = evaluate(model, tokenizer, source, cfg, method=f"baseline-{method}", settings=settings,
+                          model_id=args.model, out_path=out, stand_in=args.stand_in, smoke=args.smoke,
+                          progress=not args.quiet)
+    print(summary_line(record))
+    if record.get("per_line_perplexity"):
+        pl = record["per_line_perplexity"]
+        print(f"  (per-sample aggregation, not comparable: mean of {pl['n_lines']} line perplexities = "
+              f"{pl['mean_of_line_ppl']:.2f})")
+    if args.smoke:
+        print("SMOKE RUN: tiny random model, the numbers mean nothing")
+    print(f"wrote {out}")
+    return record
+
+
+if __name__ == "__main__":
+    run_cli(main, build_parser())

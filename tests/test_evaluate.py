@@ -1,0 +1,221 @@
+"""evaluate.py: perplexity against a brute-force computation, exact memory counts,
+latency statistics, the results file, and bad input."""
+import json
+import math
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import evaluate as ev
+
+
+def load(path, dtype="float32"):
+    return ev.load_model(str(path), dtype=dtype, device="cpu")
+
+
+# ---------------------------------------------------------------- perplexity
+
+def brute_force_nll(model, ids: torch.Tensor, max_length: int, stride: int) -> tuple[float, int]:
+    """Token by token: target t (t >= 1) is predicted from ids[k*stride : t], where k is
+    the first window (windows start every `stride` tokens, hold max_length inputs)
+    that reaches t. One forward pass per token, on the prefix only."""
+    ids = ids[0]
+    total, count = 0.0, 0
+    with torch.no_grad():
+        for t in range(1, ids.numel()):
+            k = max(0, math.ceil((t - max_length) / stride))
+            context = ids[k * stride:t]
+            assert 1 <= context.numel() <= max_length
+            logits = model(context[None]).logits[0, -1].double()
+            total += -(torch.log_softmax(logits, -1)[ids[t]]).item()
+            count += 1
+    return total, count
+
+
+@pytest.mark.parametrize("max_length,stride", [(32, 32), (32, 16), (32, 7), (16, 5), (64, 64)])
+def test_perplexity_equals_brute_force(tiny_dir, tiny_text, max_length, stride):
+    model, tok = load(tiny_dir)
+    ids = ev.tokenize(tok, tiny_text, max_tokens=150)
+    got = ev.perplexity(model, ids, max_length, stride, progress=False)
+    nll, n = brute_force_nll(model, ids, max_length, stride)
+    assert got["n_tokens_scored"] == n == ids.shape[1] - 1       # every token after the first, once
+    assert got["mean_nll"] == pytest.approx(nll / n, rel=1e-5)
+    assert got["ppl"] == pytest.approx(math.exp(nll / n), rel=1e-5)
+
+
+def test_text_shorter_than_one_window(gpt2_dir, tiny_text):
+    model, tok = load(gpt2_dir)
+    ids = ev.tokenize(tok, tiny_text, max_tokens=20)
+    got = ev.perplexity(model, ids, 64, 32, progress=False)
+    nll, n = brute_force_nll(model, ids, 64, 32)
+    assert (got["n_windows"], got["n_tokens_scored"]) == (1, 19)
+    assert got["mean_nll"] == pytest.approx(nll / n, rel=1e-5)
+
+
+def test_window_plan_scores_each_position_once():
+    for n, length, stride in [(100, 32, 32), (100, 32, 7), (10, 64, 32), (2, 4, 4), (33, 32, 32)]:
+        scored = [p for begin, end, first in ev.window_plan(n, length, stride) for p in range(first, end + 1)]
+        assert scored == list(range(1, n))
+        assert all(end - begin <= length for begin, end, _ in ev.window_plan(n, length, stride))
+
+
+def test_per_line_is_the_mean_of_line_perplexities(gpt2_dir):
+    model, tok = load(gpt2_dir)
+    lines = ["the model is a token", "", "scale zero point of the weight error", "a",
+             "integer float precision"]
+    got = ev.per_line_perplexity(model, tok, "\n".join(lines), n_lines=3000, max_length=64,
+                                 batch_size=2, progress=False)
+    expected = []
+    for line in lines:
+        ids = tok(line, return_tensors="pt").input_ids
+        if line.strip() and ids.shape[1] >= 2:
+            expected.append(ev.perplexity(model, ids, 64, 64, progress=False)["ppl"])
+    assert len(expected) >= 3 and got["n_lines"] == len(expected)
+    assert got["mean_of_line_ppl"] == pytest.approx(sum(expected) / len(expected), rel=1e-4)
+
+
+# ---------------------------------------------------------------- memory
+
+def gpt2_param_count(cfg, vocab):
+    d, L, P = cfg.n_embd, cfg.n_layer, cfg.n_positions
+    block = 2 * d + (d * 3 * d + 3 * d) + (d * d + d) + 2 * d + (d * 4 * d + 4 * d) + (4 * d * d + d)
+    return vocab * d + P * d + L * block + 2 * d      # lm_head is tied to wte: not counted again
+
+
+def test_memory_bytes_equal_hand_count_gpt2(gpt2_dir):
+    model, _ = load(gpt2_dir)
+    expected = 4 * gpt2_param_count(model.config, model.config.vocab_size)
+    got = ev.tensor_bytes(model)
+    assert got["bytes"] == expected
+    assert got["by_dtype_bytes"] == {"float32": expected}
+    half, _ = load(gpt2_dir, dtype="float16")
+    assert ev.tensor_bytes(half)["by_dtype_bytes"] == {"float16": expected // 2}
+
+
+def test_memory_bytes_equal_hand_count_llama(llama_dir):
+    model, _ = load(llama_dir)
+    c = model.config
+    d, i, hd = c.hidden_size, c.intermediate_size, c.hidden_size // c.num_attention_heads
+    kv = c.num_key_value_heads * hd
+    block = 2 * d + d * d + 2 * d * kv + d * d + 3 * d * i
+    params = 2 * c.vocab_size * d + c.num_hidden_layers * block + d   # untied embed and lm_head
+    buffers = sum(b.numel() for b in model.buffers())                 # rotary inv_freq tables
+    assert buffers == 2 * (hd // 2)
+    assert ev.tensor_bytes(model)["bytes"] == 4 * (params + buffers)
+
+
+def test_disk_bytes_counts_what_save_writes(tmp_path):
+    got = ev.disk_bytes(lambda d: (tmp_path / "x").write_bytes(b"") or open(f"{d}/w.bin", "wb").write(b"x" * 1234))
+    assert got == 1234
+
+
+def test_peak_memory_sees_an_allocation():
+    with ev.PeakMemory(torch.device("cpu")) as peak:
+        x = torch.ones(64 * 2**20 // 4)   # 64 MiB, touched
+        del x
+    assert peak.peak_bytes >= 60 * 2**20
+
+
+# ---------------------------------------------------------------- latency
+
+def test_latency_statistics(gpt2_dir, tiny_text):
+    model, tok = load(gpt2_dir)
+    ids = ev.tokenize(tok, tiny_text)
+    lat = ev.latency(model, tok, ids, prefill_tokens=32, prompt_tokens=8, new_tokens=8, repeats=10, warmup=1)
+    for stats in (lat["prefill"], lat["decode"]["ms_per_token"]):
+        assert stats["n"] == 10
+        assert 0 < stats["min"] <= stats["p10"] <= stats["median"] <= stats["p90"] <= stats["max"]
+
+
+def test_summarize_quantiles():
+    s = ev.summarize([float(x) for x in range(1, 12)])   # 1..11
+    assert (s["median"], s["p10"], s["p90"]) == (6.0, 2.0, 10.0)
+
+
+def test_greedy_decode_makes_exactly_new_tokens(gpt2_dir):
+    model, tok = load(gpt2_dir)
+    prompt = torch.tensor([[1, 2, 3, 4]])
+    out = model.generate(prompt, attention_mask=torch.ones_like(prompt), generation_config=ev.greedy_config(tok, 12))
+    assert out.shape == (1, 16)
+
+
+# ---------------------------------------------------------------- the CLI and its results file
+
+def test_cli_writes_a_complete_results_file(gpt2_dir, text_file, tmp_path, tiny_text):
+    out = tmp_path / "r.json"
+    rec = ev.main(model=str(gpt2_dir), text_file=str(text_file), device="cpu", max_length=64, stride=32,
+                  prefill_tokens=32, prompt_tokens=8, new_tokens=8, repeats=3, warmup=1, per_line=50,
+                  out=str(out), quiet=True, stand_in="tiny test model")
+    saved = json.loads(out.read_text())
+    assert saved["perplexity"] == rec["perplexity"]
+    assert saved["dataset"]["sha256"] == __import__("hashlib").sha256(tiny_text.encode()).hexdigest()  # CRLF read as LF
+    assert saved["model"]["local_path"] and saved["model"]["stand_in"] == "tiny test model"
+    assert saved["memory"]["unit"].startswith("MiB")
+    assert saved["memory"]["disk_bytes"] > saved["memory"]["weights_bytes"]
+    assert set(saved["environment"]["versions"]) >= {"torch", "transformers", "bitsandbytes"}
+    assert saved["method"]["name"] == "baseline-fp32" and saved["timestamp"] and saved["command"]
+    assert not list(tmp_path.glob(".*.tmp"))                         # atomic write left no temp file
+
+
+def test_max_tokens_is_recorded(gpt2_dir, text_file, tmp_path):
+    rec = ev.main(model=str(gpt2_dir), text_file=str(text_file), device="cpu", max_length=32, stride=32,
+                  max_tokens=100, per_line=0, skip_latency=True, skip_disk=True,
+                  out=str(tmp_path / "r.json"), quiet=True)
+    assert rec["dataset"]["truncated"] and rec["dataset"]["max_tokens"] == 100
+    assert rec["perplexity"]["n_tokens_scored"] == 99
+
+
+def test_write_json_atomic_keeps_the_old_file_on_failure(tmp_path):
+    path = tmp_path / "r.json"
+    ev.write_json_atomic(path, {"a": 1})
+    with pytest.raises(TypeError):
+        ev.write_json_atomic(path, {"a": object()})
+    assert json.loads(path.read_text()) == {"a": 1}
+    assert [p.name for p in tmp_path.iterdir()] == ["r.json"]
+
+
+# ---------------------------------------------------------------- bad input
+
+def cli_error(capsys, argv) -> str:
+    with pytest.raises(SystemExit) as e:
+        ev.run_cli(ev.main, ev.build_parser(), argv)
+    assert e.value.code != 0
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1, err
+    assert "Traceback" not in err
+    return err
+
+
+def test_bad_inputs_end_in_one_line(capsys, gpt2_dir, text_file, tmp_path):
+    empty = tmp_path / "empty.txt"
+    empty.write_text("\n \r\n")
+    base = ["--model", str(gpt2_dir), "--text-file", str(text_file), "--device", "cpu", "--quiet"]
+    cases = {
+        "does not exist": ["--model", str(tmp_path / "nope"), "--text-file", str(text_file)],
+        "--model DIR": ["--model", "no-such-org/no-such-model", "--text-file", str(text_file), "--device", "cpu"],
+        "text file": ["--model", str(gpt2_dir), "--text-file", str(tmp_path / "missing.txt")],
+        "is empty": ["--model", str(gpt2_dir), "--text-file", str(empty)],
+        "context of 128": base + ["--max-length", "256", "--stride", "128"],
+        "--stride": base + ["--max-length", "64", "--stride", "0"],
+    }
+    for expected, argv in cases.items():
+        assert expected in cli_error(capsys, argv), expected
+    assert "--stride" in cli_error(capsys, base + ["--max-length", "64", "--stride", "65"])
+    assert "--stride" in cli_error(capsys, base + ["--stride", "-1"])
+    assert "error" in cli_error(capsys, ["--model", str(text_file)])      # a file, not a model folder
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_cuda_without_cuda(capsys, gpt2_dir, text_file):
+    assert "no CUDA" in cli_error(capsys, ["--model", str(gpt2_dir), "--text-file", str(text_file),
+                                           "--device", "cuda"])
+
+
+def test_bad_input_from_the_real_command_line(tmp_path):
+    """The same as a user sees it: a separate process, stderr only, exit code 2."""
+    proc = subprocess.run([sys.executable, str(ev.Path(ev.__file__)), "--model", str(tmp_path / "nope")],
+                          capture_output=True, text=True)
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == f"evaluate.py: error: model path '{tmp_path / 'nope'}' does not exist"

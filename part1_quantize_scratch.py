@@ -1,0 +1,782 @@
+#!/usr/bin/env python3
+"""Part 1: INT8 weight quantization from scratch, in plain torch, no quantization library.
+
+Weights are really stored as int8 (or packed 4-bit) with their scales; activations
+stay in the model's own dtype. The file reads top to bottom:
+  1. primitives: quantize / dequantize a weight tensor (absmax per tensor, per
+     output channel, asymmetric with a zero point, group-wise; 4-bit int4 and NF4);
+  2. quantized modules: Int8Linear, Int8Embedding, Linear4bit;
+  3. the swapper: which modules of which blocks get replaced;
+  4. save / load as safetensors;
+  5. the CPU int8 kernel and the side-by-side benchmark;
+  6. the CLI: quantize, evaluate through evaluate.py, write a results JSON.
+
+    python part1_quantize_scratch.py --mode whole                      # gpt2, per-channel INT8
+    python part1_quantize_scratch.py --mode selective --blocks 0,1 --components attn,ffn
+    python part1_quantize_scratch.py --scheme per_tensor
+    python part1_quantize_scratch.py --bits 4 --scheme nf4
+    python part1_quantize_scratch.py --sensitivity                     # one block / component at a time
+    python part1_quantize_scratch.py --bench --model DIR               # fp32 vs INT8 speed, side by side
+
+Conventions: a linear weight W is (out, in) and y = x W^T + b. transformers'
+Conv1D (GPT-2) stores its weight as (in, out) and computes y = x W + b; it is
+transposed once, at quantization time. A per-output-channel scale is applied
+after the matmul: y = (x q^T) * scale + b.
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import re
+import sys
+import warnings
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+import evaluate as ev
+
+SCHEMES_8BIT = ("per_channel", "per_tensor", "asymmetric", "group")
+SCHEMES_4BIT = ("int4", "nf4")
+# The 16 NF4 levels of QLoRA (Dettmers et al. 2023, appendix E; bitsandbytes' table):
+# quantiles of N(0, 1) scaled to [-1, 1], with an exact zero.
+NF4_LEVELS = (
+    -1.0, -0.6961928009986877, -0.5250730514526367, -0.39491748809814453,
+    -0.28444138169288635, -0.18477343022823334, -0.09105003625154495, 0.0,
+    0.07958029955625534, 0.16093020141124725, 0.24611230194568634, 0.33791524171829224,
+    0.44070982933044434, 0.5626170039176941, 0.7229568362236023, 1.0,
+)
+
+
+# -----------------------------------------------------------------------------
+# 1. Primitives. W is (out, in); every function returns int8 q plus what dequantizes it.
+
+def _safe(scale: torch.Tensor) -> torch.Tensor:
+    """A zero scale (an all-zero row) would divide by zero; any positive value decodes 0 to 0."""
+    return torch.where(scale == 0, torch.ones_like(scale), scale)
+
+
+def quantize_per_tensor(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Symmetric absmax over the whole tensor: one scale, q in [-127, 127]."""
+    scale = _safe(w.abs().amax().float() / 127).reshape(1)                  # (1,)
+    q = torch.clamp(torch.round(w.float() / scale), -127, 127).to(torch.int8)
+    return q, scale
+
+
+def quantize_per_channel(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Symmetric absmax per output channel (row): scale (out,), q in [-127, 127]."""
+    scale = _safe(w.abs().amax(dim=1).float() / 127)                         # (out,)
+    q = torch.clamp(torch.round(w.float() / scale[:, None]), -127, 127).to(torch.int8)
+    return q, scale
+
+
+def quantize_asymmetric(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Asymmetric (min/max) per output channel with an int8 zero point.
+    The range always holds 0, so 0 is exact and the zero point fits in int8.
+    w ~= (q - zero) * scale."""
+    lo = w.amin(dim=1).float().clamp(max=0)                                  # (out,)
+    hi = w.amax(dim=1).float().clamp(min=0)
+    scale = _safe((hi - lo) / 255)
+    zero = torch.clamp(torch.round(-lo / scale) - 128, -128, 127)            # (out,)
+    q = torch.clamp(torch.round(w.float() / scale[:, None]) + zero[:, None], -128, 127).to(torch.int8)
+    return q, scale, zero.to(torch.int8)
+
+
+def quantize_group(w: torch.Tensor, group_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Symmetric absmax per group of group_size consecutive inputs of each row:
+    scale (out, in // group_size)."""
+    out, inp = w.shape
+    if inp % group_size:
+        raise ev.UserError(f"group size {group_size} does not divide the input size {inp}")
+    g = w.float().reshape(out, inp // group_size, group_size)               # (out, G, g)
+    scale = _safe(g.abs().amax(dim=2) / 127)                                 # (out, G)
+    q = torch.clamp(torch.round(g / scale[..., None]), -127, 127).to(torch.int8)
+    return q.reshape(out, inp), scale
+
+
+def dequantize_int8(q: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor | None = None,
+                    dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """Inverse of the four int8 schemes; the shape of scale says which one."""
+    qf = q.float()
+    if zero is not None:
+        qf = qf - zero.float()[:, None]
+    if scale.dim() == 2:                                                     # group-wise
+        out, groups = scale.shape
+        return (qf.reshape(out, groups, -1) * scale[..., None]).reshape(q.shape).to(dtype)
+    return (qf * (scale[:, None] if scale.numel() > 1 else scale)).to(dtype)
+
+
+def quantize_4bit(w: torch.Tensor, kind: str, block: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
+    """Block-wise 4-bit over the flattened weight: one absmax per `block` values.
+    int4: 15 evenly spaced levels, q = round(w / absmax * 7) in [-7, 7].
+    nf4: the nearest of the 16 NF4 levels to w / absmax.
+    Returns (packed uint8 of numel/2 bytes, absmax (numel/block,))."""
+    flat = w.float().reshape(-1)
+    if flat.numel() % block:
+        raise ev.UserError(f"4-bit block size {block} does not divide {flat.numel()} weights")
+    blocks = flat.reshape(-1, block)                                         # (nb, block)
+    absmax = _safe(blocks.abs().amax(dim=1))                                 # (nb,)
+    x = blocks / absmax[:, None]                                             # in [-1, 1]
+    if kind == "int4":
+        codes = torch.round(x * 7).clamp(-7, 7) + 8                          # 1..15
+    elif kind == "nf4":
+        levels = torch.tensor(NF4_LEVELS)
+        codes = (x[..., None] - levels).abs().argmin(dim=-1)                 # 0..15
+    else:
+        raise ValueError(f"unknown 4-bit kind '{kind}'")
+    return pack_4bit(codes.reshape(-1).to(torch.uint8)), absmax
+
+
+def pack_4bit(codes: torch.Tensor) -> torch.Tensor:
+    """Two 4-bit codes per byte: element 2i in the high nibble, 2i+1 in the low one."""
+    pairs = codes.reshape(-1, 2)
+    return (pairs[:, 0] << 4) | pairs[:, 1]
+
+
+def unpack_4bit(packed: torch.Tensor) -> torch.Tensor:
+    return torch.stack([packed >> 4, packed & 0x0F], dim=1).reshape(-1)
+
+
+def dequantize_4bit(packed: torch.Tensor, absmax: torch.Tensor, kind: str, shape,
+                    dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    codes = unpack_4bit(packed).long()
+    if kind == "int4":
+        values = (codes - 8).float() / 7
+    else:
+        values = torch.tensor(NF4_LEVELS, device=packed.device)[codes]
+    block = codes.numel() // absmax.numel()
+    return (values.reshape(-1, block) * absmax[:, None].float()).reshape(shape).to(dtype)
+
+
+# -----------------------------------------------------------------------------
+# 2. Quantized modules
+
+def linear_weight(module: nn.Module) -> torch.Tensor:
+    """The (out, in) weight of an nn.Linear or a transformers Conv1D (stored (in, out))."""
+    from transformers.pytorch_utils import Conv1D
+    if isinstance(module, Conv1D):
+        return module.weight.detach().t()
+    return module.weight.detach()
+
+
+class Int8Linear(nn.Module):
+    """A linear layer whose weight is int8 (out, in) plus scales (and zero points).
+
+    per_channel / per_tensor:  y = (x q^T) * scale + b
+    asymmetric:                y = (x q^T - sum(x) * zero) * scale + b
+    group:                     y = x (dequantized W)^T + b   (scales vary along the input)
+    The matmul runs in x's dtype. `path` picks how: 'fast' (the CPU kernel for a few
+    rows, chunked casts for many) or 'naive' (cast the whole weight, then F.linear).
+    """
+
+    path = "fast"
+
+    def __init__(self, qweight, scale, zero, bias, scheme: str):
+        super().__init__()
+        self.scheme = scheme
+        self.in_features, self.out_features = qweight.shape[1], qweight.shape[0]
+        self.register_buffer("qweight", qweight)                            # (out, in) int8
+        self.register_buffer("scale", scale)                                # (out,), (1,) or (out, G)
+        self.register_buffer("zero_point", zero)                            # (out,) int8 or None
+        self.bias = None if bias is None else nn.Parameter(bias.detach().clone(), requires_grad=False)
+
+    @classmethod
+    def from_float(cls, module: nn.Module, scheme: str = "per_channel", group_size: int = 128):
+        w = linear_weight(module)
+        zero = None
+        if scheme == "per_channel":
+            q, scale = quantize_per_channel(w)
+        elif scheme == "per_tensor":
+            q, scale = quantize_per_tensor(w)
+        elif scheme == "asymmetric":
+            q, scale, zero = quantize_asymmetric(w)
+        elif scheme == "group":
+            q, scale = quantize_group(w, group_size)
+        else:
+            raise ev.UserError(f"unknown 8-bit scheme '{scheme}' (choose {', '.join(SCHEMES_8BIT)})")
+        dtype = w.dtype
+        return cls(q, scale.to(dtype), zero, module.bias, scheme)
+
+    def dequantized_weight(self, dtype=None) -> torch.Tensor:
+        return dequantize_int8(self.qweight, self.scale.float(), self.zero_point,
+                               dtype or self.scale.dtype)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.scheme == "group":
+            y = F.linear(x, self.dequantized_weight(x.dtype))
+        else:
+            y = int8_matmul(x, self.qweight, self.path)                      # x q^T, (..., out)
+            if self.zero_point is not None:
+                y = y - x.sum(-1, keepdim=True) * self.zero_point.to(x.dtype)
+            y = y * self.scale.to(x.dtype)
+        return y if self.bias is None else y + self.bias.to(x.dtype)
+
+    def extra_repr(self) -> str:
+        return f"in={self.in_features}, out={self.out_features}, scheme={self.scheme}, path={self.path}"
+
+
+class Int8Embedding(nn.Module):
+    """An embedding table stored as int8 rows with one absmax scale per row (token).
+    Its tensors can be shared with a tied output layer (GPT-2's lm_head)."""
+
+    def __init__(self, qweight: torch.Tensor, scale: torch.Tensor):
+        super().__init__()
+        self.register_buffer("qweight", qweight)                            # (V, d) int8
+        self.register_buffer("scale", scale)                                # (V,)
+        self.num_embeddings, self.embedding_dim = qweight.shape
+
+    @classmethod
+    def from_float(cls, module: nn.Embedding):
+        q, scale = quantize_per_channel(module.weight.detach())
+        return cls(q, scale.to(module.weight.dtype))
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        return F.embedding(ids, self.qweight).to(self.scale.dtype) * self.scale[ids].unsqueeze(-1)
+
+    def tied_linear(self) -> Int8Linear:
+        """An output layer that reads the same int8 table: logits = (h q^T) * scale."""
+        return Int8Linear(self.qweight, self.scale, None, None, "per_channel")
+
+
+class Linear4bit(nn.Module):
+    """A linear layer with a block-wise 4-bit weight (int4 or NF4), two codes per byte,
+    one absmax per block of 64. Forward dequantizes to x's dtype, then F.linear."""
+
+    def __init__(self, packed, absmax, bias, kind: str, shape, block: int):
+        super().__init__()
+        self.kind, self.shape, self.block = kind, tuple(shape), block
+        self.register_buffer("packed", packed)                              # (out*in/2,) uint8
+        self.register_buffer("absmax", absmax)                              # (out*in/block,)
+        self.bias = None if bias is None else nn.Parameter(bias.detach().clone(), requires_grad=False)
+
+    @classmethod
+    def from_float(cls, module: nn.Module, kind: str = "nf4", block: int = 64):
+        w = linear_weight(module)
+        packed, absmax = quantize_4bit(w, kind, block)
+        return cls(packed, absmax.to(w.dtype), module.bias, kind, w.shape, block)
+
+    def dequantized_weight(self, dtype=None) -> torch.Tensor:
+        return dequantize_4bit(self.packed, self.absmax, self.kind, self.shape, dtype or self.absmax.dtype)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(x, self.dequantized_weight(x.dtype),
+                        None if self.bias is None else self.bias.to(x.dtype))
+
+    def extra_repr(self) -> str:
+        return f"in={self.shape[1]}, out={self.shape[0]}, kind={self.kind}, block={self.block}"
+
+
+QUANT_MODULES = (Int8Linear, Int8Embedding, Linear4bit)
+
+
+# -----------------------------------------------------------------------------
+# 3. The swapper
+
+# Fine components, recognised by the layer's name inside its block, for GPT-2,
+# Llama/Mistral/Qwen, OPT, GPT-NeoX, Falcon and similar families.
+COMPONENT_PATTERNS = {
+    "qkv": r"(attn|attention)\w*\.(c_attn|q_proj|k_proj|v_proj|qkv_proj|query_key_value|query|key|value|wq|wk|wv|Wqkv)$",
+    "attn_out": r"(attn|attention)\w*\.(c_proj|o_proj|out_proj|dense|wo|output\.dense)$",
+    "ffn_up": r"(mlp|ffn|feed_forward)\w*\.(c_fc|up_proj|gate_proj|gate_up_proj|fc1|w1|w3|dense_h_to_4h|fc_in)$",
+    "ffn_down": r"(mlp|ffn|feed_forward)\w*\.(c_proj|down_proj|fc2|w2|dense_4h_to_h|fc_out)$",
+}
+COMPONENT_GROUPS = {"attn": ("qkv", "attn_out"), "ffn": ("ffn_up", "ffn_down")}
+COMPONENTS = tuple(COMPONENT_PATTERNS)
+
+
+def is_linear(module: nn.Module) -> bool:
+    from transformers.pytorch_utils import Conv1D
+    return isinstance(module, (nn.Linear, Conv1D))
+
+
+def decoder_blocks(model: nn.Module) -> tuple[str, nn.ModuleList]:
+    """The ModuleList of decoder blocks: transformer.h (GPT-2), model.layers (Llama), ...
+    Taken as the largest ModuleList whose items hold linear layers."""
+    best = None
+    for name, module in model.named_modules():
+        if isinstance(module, nn.ModuleList) and len(module) and \
+                any(is_linear(m) for m in module[0].modules()):
+            if best is None or len(module) > len(best[1]):
+                best = (name, module)
+    if best is None:
+        raise ev.UserError(f"cannot find the decoder blocks of {type(model).__name__}")
+    return best
+
+
+def parse_blocks(spec: str | None, n_blocks: int) -> list[int]:
+    """'0,1' or '0-3' or '0-3,8' -> sorted block indices; 'all' or None -> every block."""
+    if spec is None or spec.strip().lower() == "all":
+        return list(range(n_blocks))
+    out = set()
+    for part in spec.split(","):
+        part = part.strip()
+        m = re.fullmatch(r"(\d+)(?:-(\d+))?", part)
+        if not m:
+            raise ev.UserError(f"malformed --blocks '{spec}': use e.g. 0,1 or 0-3")
+        lo, hi = int(m.group(1)), int(m.group(2) or m.group(1))
+        if lo > hi:
+            raise ev.UserError(f"malformed --blocks range '{part}': start after end")
+        if hi >= n_blocks:
+            raise ev.UserError(f"--blocks {part}: the model has {n_blocks} blocks (0-{n_blocks - 1})")
+        out.update(range(lo, hi + 1))
+    return sorted(out)
+
+
+def parse_components(spec: str | None) -> list[str]:
+    """'attn,ffn' or fine names (qkv, attn_out, ffn_up, ffn_down); None or 'all' -> all."""
+    if spec is None or spec.strip().lower() == "all":
+        return list(COMPONENTS)
+    out = []
+    for name in (s.strip() for s in spec.split(",")):
+        expanded = COMPONENT_GROUPS.get(name, (name,))
+        for c in expanded:
+            if c not in COMPONENT_PATTERNS:
+                raise ev.UserError(f"unknown component '{name}' (choose attn, ffn, {', '.join(COMPONENTS)})")
+            if c not in out:
+                out.append(c)
+    return out
+
+
+def component_of(name_in_block: str) -> str | None:
+    for comp, pattern in COMPONENT_PATTERNS.items():
+        if re.search(pattern, name_in_block):
+            return comp
+    return None
+
+
+def set_module(model: nn.Module, name: str, new: nn.Module) -> None:
+    parent, _, child = name.rpartition(".")
+    setattr(model.get_submodule(parent) if parent else model, child, new)
+
+
+def make_quantized(module: nn.Module, bits: int, scheme: str, group_size: int) -> nn.Module:
+    if bits == 8:
+        return Int8Linear.from_float(module, scheme, group_size)
+    return Linear4bit.from_float(module, scheme, 64)
+
+
+@torch.no_grad()
+def quantize_model(model: nn.Module, mode: str = "whole", bits: int = 8, scheme: str = "per_channel",
+                   group_size: int = 128, blocks: str | None = None,
+                   components: str | None = None) -> dict:
+    """Swap the chosen layers of model for quantized ones, in place; returns the spec.
+
+    whole, 8-bit: every nn.Linear / Conv1D, and the embeddings (per row); a tied
+      output layer reads the quantized embedding table, so no fp copy is left.
+    whole, 4-bit: every linear layer inside the decoder blocks (like bitsandbytes,
+      which keeps the embeddings and the output layer in full precision).
+    selective: only the named components of the named blocks.
+    """
+    if bits == 8 and scheme not in SCHEMES_8BIT:
+        raise ev.UserError(f"unknown 8-bit scheme '{scheme}' (choose {', '.join(SCHEMES_8BIT)})")
+    if bits == 4 and scheme not in SCHEMES_4BIT:
+        raise ev.UserError(f"unknown 4-bit scheme '{scheme}' (choose {', '.join(SCHEMES_4BIT)})")
+    if bits not in (4, 8):
+        raise ev.UserError(f"--bits must be 8 or 4, not {bits}")
+    if mode not in ("whole", "selective"):
+        raise ev.UserError(f"unknown mode '{mode}' (whole or selective)")
+    blocks_name, block_list = decoder_blocks(model)
+    chosen_blocks = parse_blocks(blocks if mode == "selective" else None, len(block_list))
+    chosen_comps = parse_components(components if mode == "selective" else None)
+
+    targets = []                                                             # full module names
+    for i in chosen_blocks:
+        for name, module in block_list[i].named_modules():
+            if is_linear(module) and (mode == "whole" or component_of(name) in chosen_comps):
+                targets.append(f"{blocks_name}.{i}.{name}")
+    in_blocks = set(targets)
+    embeddings = []
+    if mode == "whole" and bits == 8:
+        targets += [n for n, m in model.named_modules() if is_linear(m) and n not in in_blocks
+                    and not n.startswith(f"{blocks_name}.")]
+        embeddings = [n for n, m in model.named_modules() if isinstance(m, nn.Embedding)]
+    if not targets:
+        raise ev.UserError("nothing to quantize: no linear layer matches the chosen blocks and components")
+
+    out_emb, in_emb = model.get_output_embeddings(), model.get_input_embeddings()
+    tied = out_emb is not None and in_emb is not None and out_emb.weight is in_emb.weight
+    out_name = next((n for n, m in model.named_modules() if m is out_emb), None)
+    in_name = next((n for n, m in model.named_modules() if m is in_emb), None)
+
+    for name in embeddings:
+        set_module(model, name, Int8Embedding.from_float(model.get_submodule(name)))
+    for name in targets:
+        if tied and name == out_name and in_name in embeddings:
+            set_module(model, name, model.get_submodule(in_name).tied_linear())
+        else:
+            set_module(model, name, make_quantized(model.get_submodule(name), bits, scheme, group_size))
+    return {"mode": mode, "bits": bits, "scheme": scheme,
+            "group_size": group_size if scheme == "group" else None,
+            "block_size": 64 if bits == 4 else None,
+            "blocks": chosen_blocks, "components": chosen_comps, "n_blocks": len(block_list),
+            "quantized_modules": targets + embeddings,
+            "tied_output": bool(tied and out_name in targets and in_name in embeddings)}
+
+
+def memory_breakdown(model: nn.Module) -> dict:
+    """Bytes by role: quantized weights, their scales/zero points, and what stays in
+    full precision (norms, biases, unquantized layers), each counted once."""
+    seen, out = set(), {"quantized_weights": 0, "scales_and_zero_points": 0, "full_precision": 0}
+    detail = {"norms": 0, "biases": 0, "other": 0}
+
+    def add(t, key, sub=None):
+        k = (t.untyped_storage().data_ptr(), t.dtype, tuple(t.shape))
+        if k in seen:
+            return
+        seen.add(k)
+        out[key] += t.numel() * t.element_size()
+        if sub:
+            detail[sub] += t.numel() * t.element_size()
+
+    for mname, module in model.named_modules():
+        for pname, t in list(module.named_parameters(recurse=False)) + list(module.named_buffers(recurse=False)):
+            if t is None:
+                continue
+            if isinstance(module, QUANT_MODULES) and pname in ("qweight", "packed"):
+                add(t, "quantized_weights")
+            elif isinstance(module, QUANT_MODULES) and pname in ("scale", "zero_point", "absmax"):
+                add(t, "scales_and_zero_points")
+            else:
+                is_norm = "norm" in type(module).__name__.lower() or re.search(r"(^|\.)(ln|norm)", mname)
+                add(t, "full_precision", "norms" if is_norm else "biases" if pname == "bias" else "other")
+    return {**out, "full_precision_detail": detail, "total": sum(out.values())}
+
+
+# -----------------------------------------------------------------------------
+# 4. Save and load (safetensors: int8 / packed weights, scales, and the spec)
+
+def save_quantized(model: nn.Module, folder: str | Path, spec: dict, tokenizer=None) -> Path:
+    """model.safetensors with every tensor once (a tied output layer is not stored
+    twice), the scheme in its metadata, and the model's config beside it."""
+    from safetensors.torch import save_file
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    tensors, seen = {}, {}
+    for name, t in model.state_dict().items():
+        key = (t.untyped_storage().data_ptr(), t.dtype, tuple(t.shape))
+        if key in seen:
+            continue  # the same storage under another name: re-tied on load
+        seen[key] = name
+        tensors[name] = t.detach().contiguous().cpu()
+    save_file(tensors, str(folder / "model.safetensors"),
+              metadata={"format": "pt", "quant_spec": json.dumps(spec)})
+    model.config.save_pretrained(folder)
+    if tokenizer is not None:
+        tokenizer.save_pretrained(folder)
+    return folder / "model.safetensors"
+
+
+@torch.no_grad()
+def load_quantized(folder: str | Path, dtype: torch.dtype = torch.float32) -> tuple[nn.Module, dict]:
+    """Rebuild the float model from its config, swap in the same quantized modules,
+    then load the saved int8 / packed tensors into them."""
+    from safetensors import safe_open
+    from transformers import AutoConfig, AutoModelForCausalLM
+    folder = Path(folder)
+    with safe_open(str(folder / "model.safetensors"), "pt") as f:
+        spec = json.loads(f.metadata()["quant_spec"])
+        tensors = {k: f.get_tensor(k) for k in f.keys()}
+    model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(folder), dtype=dtype)
+    quantize_model(model, spec["mode"], spec["bits"], spec["scheme"], spec["group_size"] or 128,
+                   ",".join(map(str, spec["blocks"])), ",".join(spec["components"]))
+    missing, unexpected = model.load_state_dict(tensors, strict=False)
+    state = model.state_dict()
+    stored = {state[k].untyped_storage().data_ptr() for k in tensors}
+    untied = [k for k in missing if state[k].untyped_storage().data_ptr() not in stored]
+    if unexpected or untied:  # a name not stored must be a tied copy of a stored tensor
+        raise ValueError(f"{folder} does not match its spec: unexpected {unexpected[:3]}, missing {untied[:3]}")
+    return model.eval(), spec
+
+
+# -----------------------------------------------------------------------------
+# 5. Speed: the int8 matmul on the CPU, and the side-by-side benchmark
+#
+# Decoding multiplies one row of activations by every weight: the time is the time
+# to read the weights. Casting a whole int8 weight to float before the matmul
+# writes and reads 4 bytes per weight, more than fp32 itself reads. So:
+#  - a few rows (decode): a small C++ kernel reads int8 and converts in registers,
+#    vectorized by the compiler, threaded with torch's pool;
+#  - many rows (prefill): cast 512 output rows at a time (the chunk stays in cache)
+#    and let torch's GEMM do the rest.
+# The kernel is compiled on first use (about 30 s, cached by torch); if that fails,
+# the chunked path serves every shape.
+
+KERNEL_ROWS = 4          # use the kernel for at most this many activation rows
+CHUNK_ROWS = 512         # output rows cast at a time on the chunked path
+
+_KERNEL_SRC = r"""
+#include <torch/extension.h>
+#include <ATen/Parallel.h>
+// y (M, N) = x (M, K) @ q^T, q (N, K) int8, x float32, all contiguous.
+torch::Tensor int8_matmul(torch::Tensor x, torch::Tensor q) {
+  const int64_t M = x.size(0), K = x.size(1), N = q.size(0);
+  auto y = torch::empty({M, N}, x.options());
+  const float* xp = x.data_ptr<float>();
+  const int8_t* qp = q.data_ptr<int8_t>();
+  float* yp = y.data_ptr<float>();
+  at::parallel_for(0, (N + 3) / 4, 16, [&](int64_t b0, int64_t b1) {
+    for (int64_t b = b0; b < b1; ++b) {
+      const int64_t n = b * 4, rows = std::min<int64_t>(4, N - n);
+      const int8_t* q0 = qp + n * K;
+      const int8_t* q1 = q0 + (rows > 1 ? K : 0);
+      const int8_t* q2 = q0 + (rows > 2 ? 2 * K : 0);
+      const int8_t* q3 = q0 + (rows > 3 ? 3 * K : 0);
+      for (int64_t m = 0; m < M; ++m) {
+        const float* xr = xp + m * K;
+        float a0 = 0.f, a1 = 0.f, a2 = 0.f, a3 = 0.f;
+        #pragma omp simd reduction(+:a0, a1, a2, a3)
+        for (int64_t i = 0; i < K; ++i) {
+          const float v = xr[i];
+          a0 += v * (float)q0[i]; a1 += v * (float)q1[i];
+          a2 += v * (float)q2[i]; a3 += v * (float)q3[i];
+        }
+        float* yr = yp + m * N + n;
+        const float acc[4] = {a0, a1, a2, a3};
+        for (int64_t r = 0; r < rows; ++r) yr[r] = acc[r];
+      }
+    }
+  });
+  return y;
+}
+"""
+_kernel = None
+_kernel_error: str | None = None
+
+
+def cpu_kernel():
+    """The compiled int8 kernel, or None (with a warning, once) if it cannot be built."""
+    global _kernel, _kernel_error
+    if _kernel is None and _kernel_error is None:
+        try:
+            from torch.utils.cpp_extension import load_inline
+            flags = ["-O3", "-fopenmp-simd"] + (["-march=native"] if sys.platform == "linux" else [])
+            _kernel = load_inline("qstudy_int8_matmul", cpp_sources=_KERNEL_SRC, functions=["int8_matmul"],
+                                  extra_cflags=flags, verbose=False)
+        except Exception as e:  # no compiler, no ninja, ...: fall back, say so once
+            _kernel_error = f"{type(e).__name__}: {str(e).strip().splitlines()[0][:200] if str(e).strip() else ''}"
+            warnings.warn(f"int8 CPU kernel unavailable, using the chunked path ({_kernel_error})")
+    return _kernel
+
+
+def int8_matmul(x: torch.Tensor, q: torch.Tensor, path: str = "fast") -> torch.Tensor:
+    """x (..., in) @ q^T -> (..., out) in x's dtype, q (out, in) int8."""
+    if path == "naive" or x.device.type != "cpu":
+        return F.linear(x, q.to(x.dtype))
+    x2 = x.reshape(-1, x.shape[-1])                                          # (M, in)
+    if x2.shape[0] <= KERNEL_ROWS and x.dtype == torch.float32 and cpu_kernel() is not None:
+        y = cpu_kernel().int8_matmul(x2.contiguous(), q)
+    else:
+        y = torch.empty(x2.shape[0], q.shape[0], dtype=x.dtype)
+        for r in range(0, q.shape[0], CHUNK_ROWS):
+            torch.mm(x2, q[r:r + CHUNK_ROWS].to(x.dtype).t(), out=y[:, r:r + CHUNK_ROWS])
+    return y.reshape(*x.shape[:-1], q.shape[0])
+
+
+def set_path(model: nn.Module, path: str) -> None:
+    for m in model.modules():
+        if isinstance(m, Int8Linear):
+            m.path = path
+
+
+@torch.no_grad()
+def bench(model, tokenizer, ids: torch.Tensor, cfg: ev.EvalConfig, spec_kwargs: dict) -> dict:
+    """fp32, INT8 naive and INT8 fast, timed round-robin in one process: each round
+    times every method once, so drift and noise fall on all of them alike."""
+    int8 = copy.deepcopy(model)
+    quantize_model(int8, **spec_kwargs)
+    methods = {"fp32": (model, "naive"), "int8-naive": (int8, "naive"), "int8-fast": (int8, "fast")}
+    dev = ev.input_device(model)
+    n = max(cfg.prefill_tokens, cfg.prompt_tokens)
+    flat = ids[0].repeat(n // ids.numel() + 1)[:n]
+    prefill_ids, prompt = flat[:cfg.prefill_tokens][None].to(dev), flat[:cfg.prompt_tokens][None].to(dev)
+    gen = ev.greedy_config(tokenizer, cfg.new_tokens)
+    samples = {k: {"prefill": [], "decode": []} for k in methods}
+
+    def run(name, what):
+        m, path = methods[name]
+        set_path(m, path)
+        if what == "prefill":
+            return lambda: m(prefill_ids, use_cache=False)
+        return lambda: m.generate(prompt, attention_mask=torch.ones_like(prompt), generation_config=gen)
+
+    from tqdm.auto import tqdm
+    for what in ("prefill", "decode"):
+        for name in methods:
+            ev.time_call(run(name, what), dev, repeats=0, warmup=cfg.warmup)
+        for _ in tqdm(range(cfg.repeats), desc=f"bench {what}", file=sys.stderr):
+            for name in methods:
+                t = ev.time_call(run(name, what), dev, repeats=1, warmup=0)[0]
+                samples[name][what].append(t / (cfg.new_tokens if what == "decode" else 1))
+    table = {}
+    for name in methods:
+        table[name] = {"prefill_ms": ev.summarize(samples[name]["prefill"]),
+                       "decode_ms_per_token": ev.summarize(samples[name]["decode"]),
+                       "weights_mib": ev.tensor_bytes(methods[name][0])["mib"]}
+    base = table["fp32"]
+    for row in table.values():
+        row["prefill_ratio"] = row["prefill_ms"]["median"] / base["prefill_ms"]["median"]
+        row["decode_ratio"] = row["decode_ms_per_token"]["median"] / base["decode_ms_per_token"]["median"]
+    return {"table": table, "prefill_tokens": cfg.prefill_tokens, "prompt_tokens": cfg.prompt_tokens,
+            "new_tokens": cfg.new_tokens, "repeats": cfg.repeats, "warmup": cfg.warmup,
+            "order": "round-robin: each repeat times fp32, int8-naive, int8-fast in turn",
+            "threads": torch.get_num_threads(), "kernel": "compiled" if cpu_kernel() else _kernel_error,
+            "kernel_rows": KERNEL_ROWS, "chunk_rows": CHUNK_ROWS}
+
+
+# -----------------------------------------------------------------------------
+# 6. CLI
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="part1_quantize_scratch.py", description=__doc__.split("\n\n")[0])
+    g = p.add_argument_group("quantization")
+    g.add_argument("--mode", default="whole", choices=("whole", "selective"),
+                   help="whole model, or only --blocks x --components (default: whole)")
+    g.add_argument("--bits", type=int, default=8, choices=(8, 4), help="8 or 4 (default: 8)")
+    g.add_argument("--scheme", default=None,
+                   help="8-bit: per_channel (default), per_tensor, asymmetric, group; "
+                        "4-bit: int4 or nf4 (default nf4), block-wise, 64 per block")
+    g.add_argument("--group-size", type=int, default=128, help="inputs per group for --scheme group (default: 128)")
+    g.add_argument("--blocks", default=None, help="selective: decoder blocks, e.g. 0,1 or 0-3 (default: all)")
+    g.add_argument("--components", default=None,
+                   help="selective: attn, ffn, or the finer qkv, attn_out, ffn_up, ffn_down, "
+                        "comma-separated (default: all)")
+    g = p.add_argument_group("what to run")
+    g.add_argument("--sensitivity", action="store_true",
+                   help="quantize one block at a time, then one component type at a time, and record "
+                        "each perplexity change (no latency)")
+    g.add_argument("--bench", action="store_true",
+                   help="time fp32, INT8 naive and INT8 fast side by side (prefill and decode) and print ratios")
+    g.add_argument("--save", default=None, help="also save the quantized model (safetensors) to this folder")
+    ev.add_model_args(p)
+    ev.add_eval_args(p)
+    return p
+
+
+def method_name(spec: dict) -> str:
+    name = f"scratch-int{spec['bits']}-{spec['scheme']}" + (f"{spec['group_size']}" if spec["group_size"] else "")
+    if spec["mode"] == "selective":
+        name += f"-b{compact(spec['blocks'])}-{'+'.join(spec['components'])}"
+    return name
+
+
+def compact(ix: list[int]) -> str:
+    """[0, 1, 2, 5] -> '0-2.5'"""
+    runs, out = [], []
+    for i in ix:
+        if runs and i == runs[-1][1] + 1:
+            runs[-1][1] = i
+        else:
+            runs.append([i, i])
+    for lo, hi in runs:
+        out.append(str(lo) if lo == hi else f"{lo}-{hi}")
+    return ".".join(out)
+
+
+def sensitivity(model, ids: torch.Tensor, cfg: ev.EvalConfig, base_ppl: float, spec_kwargs: dict,
+                progress: bool = True) -> dict:
+    """Perplexity with one block quantized at a time, then one component type at a
+    time (in every block), each against the unquantized base_ppl."""
+    _, blocks = decoder_blocks(model)
+    runs = [("block", str(i), dict(blocks=str(i))) for i in range(len(blocks))]
+    runs += [("component", c, dict(components=c)) for c in COMPONENTS]
+    from tqdm.auto import tqdm
+    out = {"baseline_ppl": base_ppl, "block": [], "component": []}
+    for kind, label, sel in tqdm(runs, desc="sensitivity", file=sys.stderr, disable=not progress):
+        m = copy.deepcopy(model)
+        spec = quantize_model(m, **{**spec_kwargs, "mode": "selective", **sel})
+        ppl = ev.perplexity(m, ids, cfg.max_length, cfg.stride, progress=False)["ppl"]
+        out[kind].append({kind: label, "ppl": ppl, "delta_pct": 100 * (ppl / base_ppl - 1),
+                          "n_modules": len(spec["quantized_modules"])})
+        del m
+    return out
+
+
+def main(**kwargs) -> dict:
+    """Quantize, evaluate through evaluate.py, write the results JSON; returns the record."""
+    args = ev.with_defaults(build_parser(), kwargs)
+    import tempfile
+    with tempfile.TemporaryDirectory(prefix="qstudy-smoke-") as workdir:
+        if args.smoke:
+            ev.smoke_setup(args, workdir)
+        scheme = args.scheme or ("per_channel" if args.bits == 8 else "nf4")
+        choices = SCHEMES_8BIT if args.bits == 8 else SCHEMES_4BIT
+        if scheme not in choices:
+            raise ev.UserError(f"unknown {args.bits}-bit scheme '{scheme}' (choose {', '.join(choices)})")
+        if args.mode == "whole" and (args.blocks or args.components):
+            raise ev.UserError("--blocks and --components need --mode selective")
+        parse_components(args.components)                                    # fail before loading
+        cfg, source = ev.prepare(args)
+        spec_kwargs = dict(mode=args.mode, bits=args.bits, scheme=scheme, group_size=args.group_size,
+                           blocks=args.blocks, components=args.components)
+        model, tokenizer = ev.load_model(args.model, args.dtype, args.device, args.device_map)
+        progress = not args.quiet
+        common = dict(model_id=args.model, stand_in=args.stand_in, smoke=args.smoke, progress=progress)
+        if args.bench:
+            return run_bench(model, tokenizer, source, cfg, args, spec_kwargs)
+        if args.sensitivity:
+            cfg.skip_latency, cfg.skip_disk, cfg.per_line = True, True, 0
+            name = f"scratch-int{args.bits}-{scheme}-sensitivity"
+            out = Path(args.out) if args.out else ev.run_path(args.results_dir, name, args.model, source, cfg,
+                                                              args.smoke)
+            record = ev.evaluate(model, tokenizer, source, cfg, method=name,
+                                 settings={**spec_kwargs, "mode": "sensitivity"}, **common)
+            ids = ev.tokenize(tokenizer, source.text, cfg.max_tokens)
+            record["sensitivity"] = sens = sensitivity(model, ids, cfg, record["perplexity"]["ppl"],
+                                                       spec_kwargs, progress)
+            ev.write_json_atomic(out, record)
+            for kind in ("block", "component"):
+                for row in sens[kind]:
+                    print(f"{kind} {row[kind]:>10}: ppl {row['ppl']:.4f} ({row['delta_pct']:+.3f}%)")
+            print(f"wrote {out}")
+            return record
+        spec = quantize_model(model, **spec_kwargs)
+        name = method_name(spec)
+        out = Path(args.out) if args.out else ev.run_path(args.results_dir, name, args.model, source, cfg,
+                                                          args.smoke)
+        record = ev.evaluate(model, tokenizer, source, cfg, method=name, settings=spec, out_path=out,
+                             save=lambda d: save_quantized(model, d, spec),
+                             extra={"quantization": memory_breakdown(model)}, **common)
+        if args.save:
+            save_quantized(model, args.save, spec, tokenizer)
+    print(ev.summary_line(record))
+    q = record["quantization"]
+    print(f"  bytes: quantized weights {q['quantized_weights'] / ev.MiB:.2f} MiB, scales "
+          f"{q['scales_and_zero_points'] / ev.MiB:.2f} MiB, full precision {q['full_precision'] / ev.MiB:.2f} MiB "
+          f"(norms {q['full_precision_detail']['norms']} B, biases {q['full_precision_detail']['biases']} B, "
+          f"other {q['full_precision_detail']['other']} B)")
+    print(f"wrote {out}")
+    return record
+
+
+def run_bench(model, tokenizer, source, cfg, args, spec_kwargs) -> dict:
+    dev = ev.input_device(model)
+    ids = ev.tokenize(tokenizer, source.text, cfg.max_tokens or 4096)
+    result = bench(model, tokenizer, ids, cfg, spec_kwargs)
+    record = {"schema_version": ev.SCHEMA_VERSION,
+              "method": {"name": "scratch-int8-bench", "settings": {k: v for k, v in spec_kwargs.items()}},
+              "model": {**ev.describe_model(args.model, model), "stand_in": args.stand_in},
+              "dataset": {"id": source.id, "sha256": source.sha256}, "bench": result,
+              "environment": ev.environment(dev), "smoke": args.smoke,
+              "timestamp": ev.datetime.now(ev.timezone.utc).isoformat(timespec="seconds"),
+              "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]])}
+    out = Path(args.out) if args.out else Path(args.results_dir) / ("smoke" if args.smoke else "") / \
+        f"scratch-int8-bench__{ev.slug(Path(args.model).name)}__{dev.type}.json"
+    ev.write_json_atomic(out, record)
+    print(f"side by side on {record['environment']['device_name']}, {result['threads']} threads, "
+          f"{cfg.repeats} round-robin repeats (median ms [p10-p90]):")
+    print(f"{'method':<12} {'prefill 1x' + str(cfg.prefill_tokens):>24} {'ratio':>6} "
+          f"{'decode ms/token':>24} {'ratio':>6} {'weights MiB':>12}")
+    for name, row in result["table"].items():
+        p, d = row["prefill_ms"], row["decode_ms_per_token"]
+        print(f"{name:<12} {p['median']:>9.1f} [{p['p10']:.1f}-{p['p90']:.1f}] {row['prefill_ratio']:>6.2f} "
+              f"{d['median']:>9.2f} [{d['p10']:.2f}-{d['p90']:.2f}] {row['decode_ratio']:>6.2f} "
+              f"{row['weights_mib']:>12.1f}")
+    print(f"wrote {out}")
+    return record
+
+
+if __name__ == "__main__":
+    ev.run_cli(main, build_parser())

@@ -158,7 +158,7 @@ def linear_weight(module: nn.Module) -> torch.Tensor:
     """The (out, in) weight of an nn.Linear or a transformers Conv1D (stored (in, out))."""
     from transformers.pytorch_utils import Conv1D
     if isinstance(module, Conv1D):
-        return module.weight.detach().t()
+        return module.weight.detach().t().contiguous()
     return module.weight.detach()
 
 
@@ -178,7 +178,7 @@ class Int8Linear(nn.Module):
         super().__init__()
         self.scheme = scheme
         self.in_features, self.out_features = qweight.shape[1], qweight.shape[0]
-        self.register_buffer("qweight", qweight)                            # (out, in) int8
+        self.register_buffer("qweight", qweight.contiguous())               # (out, in) int8
         self.register_buffer("scale", scale)                                # (out,), (1,) or (out, G)
         self.register_buffer("zero_point", zero)                            # (out,) int8 or None
         self.bias = None if bias is None else nn.Parameter(bias.detach().clone(), requires_grad=False)
@@ -206,13 +206,42 @@ class Int8Linear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.scheme == "group":
-            y = F.linear(x, self.dequantized_weight(x.dtype))
+            return F.linear(x, self.dequantized_weight(x.dtype), self._bias(x))
+        x2 = x.reshape(-1, self.in_features)                                 # (M, in)
+        fast_cpu = self.path == "fast" and x.device.type == "cpu"
+        if fast_cpu and x2.shape[0] > KERNEL_ROWS:
+            y = self._chunked(x2)
         else:
-            y = int8_matmul(x, self.qweight, self.path)                      # x q^T, (..., out)
+            if fast_cpu and x.dtype == torch.float32 and cpu_kernel() is not None:
+                y = cpu_kernel().int8_matmul(x2.contiguous(), self.qweight)   # (M, out), int8 read in-register
+            else:
+                y = F.linear(x2, self.qweight.to(x.dtype))                   # naive: cast the whole weight
             if self.zero_point is not None:
-                y = y - x.sum(-1, keepdim=True) * self.zero_point.to(x.dtype)
+                y = y - x2.sum(-1, keepdim=True) * self.zero_point.to(x.dtype)
             y = y * self.scale.to(x.dtype)
-        return y if self.bias is None else y + self.bias.to(x.dtype)
+            if self.bias is not None:
+                y = y + self.bias.to(x.dtype)
+        return y.reshape(*x.shape[:-1], self.out_features)
+
+    def _bias(self, x):
+        return None if self.bias is None else self.bias.to(x.dtype)
+
+    def _chunked(self, x2: torch.Tensor) -> torch.Tensor:
+        """Many rows: dequantize CHUNK_ROWS output rows at a time (the chunk stays in
+        cache, so the scale costs nothing there) and let the GEMM add the bias."""
+        y = torch.empty(x2.shape[0], self.out_features, dtype=x2.dtype)
+        bias = self._bias(x2)
+        for r in range(0, self.out_features, CHUNK_ROWS):
+            rows = slice(r, r + CHUNK_ROWS)
+            w = self.qweight[rows].to(x2.dtype)                              # (C, in)
+            if self.zero_point is not None:
+                w -= self.zero_point[rows, None].to(x2.dtype)
+            w *= self.scale[rows, None].to(x2.dtype) if self.scale.numel() > 1 else self.scale.to(x2.dtype)
+            if bias is None:
+                torch.mm(x2, w.t(), out=y[:, rows])
+            else:
+                torch.addmm(bias[rows], x2, w.t(), out=y[:, rows])
+        return y
 
     def extra_repr(self) -> str:
         return f"in={self.in_features}, out={self.out_features}, scheme={self.scheme}, path={self.path}"
@@ -499,19 +528,20 @@ def load_quantized(folder: str | Path, dtype: torch.dtype = torch.float32) -> tu
 # writes and reads 4 bytes per weight, more than fp32 itself reads. So:
 #  - a few rows (decode): a small C++ kernel reads int8 and converts in registers,
 #    vectorized by the compiler, threaded with torch's pool;
-#  - many rows (prefill): cast 512 output rows at a time (the chunk stays in cache)
-#    and let torch's GEMM do the rest.
+#  - many rows (prefill): dequantize 256 output rows at a time (the chunk stays in
+#    cache) and let torch's GEMM do the rest, bias included.
 # The kernel is compiled on first use (about 30 s, cached by torch); if that fails,
 # the chunked path serves every shape.
 
 KERNEL_ROWS = 4          # use the kernel for at most this many activation rows
-CHUNK_ROWS = 512         # output rows cast at a time on the chunked path
+CHUNK_ROWS = 256         # output rows dequantized at a time on the chunked path
 
 _KERNEL_SRC = r"""
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
 // y (M, N) = x (M, K) @ q^T, q (N, K) int8, x float32, all contiguous.
 torch::Tensor int8_matmul(torch::Tensor x, torch::Tensor q) {
+  TORCH_CHECK(x.is_contiguous() && q.is_contiguous() && x.size(1) == q.size(1), "int8_matmul: bad operands");
   const int64_t M = x.size(0), K = x.size(1), N = q.size(0);
   auto y = torch::empty({M, N}, x.options());
   const float* xp = x.data_ptr<float>();
@@ -561,20 +591,6 @@ def cpu_kernel():
     return _kernel
 
 
-def int8_matmul(x: torch.Tensor, q: torch.Tensor, path: str = "fast") -> torch.Tensor:
-    """x (..., in) @ q^T -> (..., out) in x's dtype, q (out, in) int8."""
-    if path == "naive" or x.device.type != "cpu":
-        return F.linear(x, q.to(x.dtype))
-    x2 = x.reshape(-1, x.shape[-1])                                          # (M, in)
-    if x2.shape[0] <= KERNEL_ROWS and x.dtype == torch.float32 and cpu_kernel() is not None:
-        y = cpu_kernel().int8_matmul(x2.contiguous(), q)
-    else:
-        y = torch.empty(x2.shape[0], q.shape[0], dtype=x.dtype)
-        for r in range(0, q.shape[0], CHUNK_ROWS):
-            torch.mm(x2, q[r:r + CHUNK_ROWS].to(x.dtype).t(), out=y[:, r:r + CHUNK_ROWS])
-    return y.reshape(*x.shape[:-1], q.shape[0])
-
-
 def set_path(model: nn.Module, path: str) -> None:
     for m in model.modules():
         if isinstance(m, Int8Linear):
@@ -582,7 +598,8 @@ def set_path(model: nn.Module, path: str) -> None:
 
 
 @torch.no_grad()
-def bench(model, tokenizer, ids: torch.Tensor, cfg: ev.EvalConfig, spec_kwargs: dict) -> dict:
+def bench(model, tokenizer, ids: torch.Tensor, cfg: ev.EvalConfig, spec_kwargs: dict,
+          progress: bool = True) -> dict:
     """fp32, INT8 naive and INT8 fast, timed round-robin in one process: each round
     times every method once, so drift and noise fall on all of them alike."""
     int8 = copy.deepcopy(model)
@@ -606,7 +623,7 @@ def bench(model, tokenizer, ids: torch.Tensor, cfg: ev.EvalConfig, spec_kwargs: 
     for what in ("prefill", "decode"):
         for name in methods:
             ev.time_call(run(name, what), dev, repeats=0, warmup=cfg.warmup)
-        for _ in tqdm(range(cfg.repeats), desc=f"bench {what}", file=sys.stderr):
+        for _ in tqdm(range(cfg.repeats), desc=f"bench {what}", file=sys.stderr, disable=not progress):
             for name in methods:
                 t = ev.time_call(run(name, what), dev, repeats=1, warmup=0)[0]
                 samples[name][what].append(t / (cfg.new_tokens if what == "decode" else 1))
@@ -754,7 +771,7 @@ def main(**kwargs) -> dict:
 def run_bench(model, tokenizer, source, cfg, args, spec_kwargs) -> dict:
     dev = ev.input_device(model)
     ids = ev.tokenize(tokenizer, source.text, cfg.max_tokens or 4096)
-    result = bench(model, tokenizer, ids, cfg, spec_kwargs)
+    result = bench(model, tokenizer, ids, cfg, spec_kwargs, progress=not args.quiet)
     record = {"schema_version": ev.SCHEMA_VERSION,
               "method": {"name": "scratch-int8-bench", "settings": {k: v for k, v in spec_kwargs.items()}},
               "model": {**ev.describe_model(args.model, model), "stand_in": args.stand_in},

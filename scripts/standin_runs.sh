@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# The runs behind the committed results/*.json, on the offline stand-in models
+# (see README, "Stand-in models"). Usage:
+#   bash scripts/standin_runs.sh MODELS_DIR TEXT_FILE DEVICE STEP
+# MODELS_DIR holds smollm2-135m and gpt2-random (../shared/tools/make_models.py),
+# TEXT_FILE is WikiText-2's wiki.test.raw, STEP one of: baseline part1 sensitivity cpu.
+set -euo pipefail
+models=$1; text=$2; device=$3; step=$4
+smol=(--model "$models/smollm2-135m" --text-file "$text" --device "$device" --quiet
+      --stand-in "smollm2-135m (SmolLM2-135M-Instruct, dequantized from Q4_1) stands in for gpt2 for perplexity")
+g2r=(--model "$models/gpt2-random" --text-file "$text" --device "$device" --quiet
+     --stand-in "gpt2-random (GPT-2 small shapes, random weights) stands in for gpt2 for memory and latency; its perplexity means nothing")
+case $step in
+  baseline)
+    python evaluate.py "${smol[@]}" --max-length 1024 --stride 1024
+    python evaluate.py "${smol[@]}" --max-length 1024 --stride 512 ;;
+  part1)
+    python part1_quantize_scratch.py "${smol[@]}" --stride 512 --mode whole --scheme per_channel
+    python part1_quantize_scratch.py "${smol[@]}" --stride 512 --mode whole --scheme per_tensor
+    python part1_quantize_scratch.py "${smol[@]}" --stride 512 --mode whole --scheme asymmetric
+    python part1_quantize_scratch.py "${smol[@]}" --stride 512 --mode whole --scheme group --group-size 64
+    python part1_quantize_scratch.py "${smol[@]}" --stride 512 --mode selective --blocks 0,1 --components attn,ffn ;;
+  sensitivity)
+    python part1_quantize_scratch.py "${smol[@]}" --stride 512 --sensitivity ;;
+  cpu)  # memory and latency of GPT-2's shapes; perplexity on a 8192-token prefix only
+    python evaluate.py "${g2r[@]}" --max-tokens 8192 --per-line 0
+    python part1_quantize_scratch.py "${g2r[@]}" --max-tokens 8192 --per-line 0 --mode whole
+    python part1_quantize_scratch.py "${g2r[@]}" --bench ;;
+  *) echo "unknown step '$step'" >&2; exit 2 ;;
+esac

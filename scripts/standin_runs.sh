@@ -4,12 +4,14 @@
 #   bash scripts/standin_runs.sh MODELS_DIR TEXT_FILE DEVICE STEP
 # MODELS_DIR holds smollm2-135m and gpt2-random (../shared/tools/make_models.py),
 # TEXT_FILE is WikiText-2's wiki.test.raw, STEP one of: baseline part1 sensitivity cpu.
+# EXTRA_ARGS (environment) is appended to every command, e.g. "--skip-latency --results-dir DIR".
 set -euo pipefail
 models=$1; text=$2; device=$3; step=$4
+read -r -a extra <<< "${EXTRA_ARGS:-}"
 smol=(--model "$models/smollm2-135m" --text-file "$text" --device "$device" --quiet
-      --stand-in "smollm2-135m (SmolLM2-135M-Instruct, dequantized from Q4_1) stands in for gpt2 for perplexity")
+      --stand-in "smollm2-135m (SmolLM2-135M-Instruct, dequantized from Q4_1) stands in for gpt2 for perplexity" "${extra[@]}")
 g2r=(--model "$models/gpt2-random" --text-file "$text" --device "$device" --quiet
-     --stand-in "gpt2-random (GPT-2 small shapes, random weights) stands in for gpt2 for memory and latency; its perplexity means nothing")
+     --stand-in "gpt2-random (GPT-2 small shapes, random weights) stands in for gpt2 for memory and latency; its perplexity means nothing" "${extra[@]}")
 case $step in
   baseline)
     python evaluate.py "${smol[@]}" --max-length 1024 --stride 1024

@@ -384,6 +384,11 @@ def per_line_perplexity(model, tokenizer, text: str, n_lines: int = 3000, max_le
 # -----------------------------------------------------------------------------
 # Memory
 
+def storage_key(t: torch.Tensor) -> tuple:
+    """Equal for two names of one tensor (tied weights), so it is counted or saved once."""
+    return (t.device, t.untyped_storage().data_ptr(), t.dtype, tuple(t.shape))
+
+
 def tensor_bytes(model: torch.nn.Module) -> dict:
     """Bytes that the parameters and buffers occupy, by dtype; a storage shared by
     several names (tied wte/lm_head) is counted once. Tensors on the meta device
@@ -394,7 +399,7 @@ def tensor_bytes(model: torch.nn.Module) -> dict:
     def add(t: torch.Tensor) -> None:
         if t is None or t.device.type == "meta":
             return
-        key = (t.device, t.untyped_storage().data_ptr(), t.dtype, tuple(t.shape))
+        key = storage_key(t)
         if key in seen:
             return
         seen.add(key)
@@ -580,6 +585,13 @@ def environment(device: torch.device) -> dict:
                           "huggingface_hub", "safetensors", "llama_cpp_python", "gguf")}}
 
 
+def provenance(device: torch.device) -> dict:
+    """Where, when and by which command a result was made."""
+    return {"environment": environment(device),
+            "timestamp": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "command": " ".join(shlex.quote(a) for a in [Path(sys.argv[0]).name, *sys.argv[1:]])}
+
+
 def write_json_atomic(path: str | os.PathLike, obj) -> Path:
     """Write JSON so that a reader never sees half a file: temp file, fsync, rename."""
     path = Path(path)
@@ -678,9 +690,7 @@ def evaluate(model, tokenizer, source: TextSource, cfg: EvalConfig, *, method: s
                         "peak_bytes": peak.peak_bytes, "peak_mib": peak.peak_bytes / MiB,
                         "peak_kind": peak.kind}
     record.update(extra or {})
-    record["environment"] = environment(dev)
-    record["timestamp"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
-    record["command"] = " ".join(shlex.quote(a) for a in [Path(sys.argv[0]).name, *sys.argv[1:]])
+    record.update(provenance(dev))
     record["smoke"] = smoke
     if smoke:
         record["note"] = "SMOKE RUN on a tiny random model: the numbers mean nothing"

@@ -452,7 +452,7 @@ def memory_breakdown(model: nn.Module) -> dict:
     detail = {"norms": 0, "biases": 0, "other": 0}
 
     def add(t, key, sub=None):
-        k = (t.untyped_storage().data_ptr(), t.dtype, tuple(t.shape))
+        k = ev.storage_key(t)
         if k in seen:
             return
         seen.add(k)
@@ -485,7 +485,7 @@ def save_quantized(model: nn.Module, folder: str | Path, spec: dict, tokenizer=N
     folder.mkdir(parents=True, exist_ok=True)
     tensors, seen = {}, {}
     for name, t in model.state_dict().items():
-        key = (t.untyped_storage().data_ptr(), t.dtype, tuple(t.shape))
+        key = ev.storage_key(t)
         if key in seen:
             continue  # the same storage under another name: re-tied on load
         seen[key] = name
@@ -776,9 +776,7 @@ def run_bench(model, tokenizer, source, cfg, args, spec_kwargs) -> dict:
               "method": {"name": "scratch-int8-bench", "settings": {k: v for k, v in spec_kwargs.items()}},
               "model": {**ev.describe_model(args.model, model), "stand_in": args.stand_in},
               "dataset": {"id": source.id, "sha256": source.sha256}, "bench": result,
-              "environment": ev.environment(dev), "smoke": args.smoke,
-              "timestamp": ev.datetime.now(ev.timezone.utc).isoformat(timespec="seconds"),
-              "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]])}
+              "smoke": args.smoke, **ev.provenance(dev)}
     out = Path(args.out) if args.out else Path(args.results_dir) / ("smoke" if args.smoke else "") / \
         f"scratch-int8-bench__{ev.slug(Path(args.model).name)}__{dev.type}.json"
     ev.write_json_atomic(out, record)

@@ -38,7 +38,7 @@ import sys
 import tempfile
 import threading
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
@@ -389,33 +389,89 @@ def storage_key(t: torch.Tensor) -> tuple:
     return (t.device, t.untyped_storage().data_ptr(), t.dtype, tuple(t.shape))
 
 
+def quant_state_tensors(t: torch.Tensor) -> list[torch.Tensor]:
+    """Tensors that bitsandbytes hangs on a quantized parameter instead of registering:
+    a 4-bit weight's quant_state (absmax, code, and with double quantization the
+    second-level absmax and code) and an 8-bit weight's row scales (SCB)."""
+    out = []
+    qs = getattr(t, "quant_state", None)
+    while qs is not None:
+        out += [x for x in (getattr(qs, "absmax", None), getattr(qs, "code", None),
+                            getattr(qs, "offset", None)) if isinstance(x, torch.Tensor)]
+        qs = getattr(qs, "state2", None)
+    scb = getattr(t, "SCB", None)
+    if isinstance(scb, torch.Tensor):
+        out.append(scb)
+    return out
+
+
+def _unique_tensors(model: torch.nn.Module):
+    """(module name, module, tensor name, tensor, role) for every tensor of the model,
+    each storage once (tied wte/lm_head), meta tensors skipped. role is 'tensor' or
+    'quant_state' (bitsandbytes' unregistered statistics)."""
+    seen = set()
+    for mname, module in model.named_modules():
+        own = list(module.named_parameters(recurse=False)) + list(module.named_buffers(recurse=False))
+        for tname, t in own:
+            for x, role in [(t, "tensor")] + [(q, "quant_state") for q in quant_state_tensors(t)]:
+                if x is None or x.device.type == "meta":
+                    continue
+                key = storage_key(x)
+                if key in seen:
+                    continue
+                seen.add(key)
+                yield mname, module, tname, x, role
+
+
+def nbytes(t: torch.Tensor) -> int:
+    return t.numel() * t.element_size()
+
+
 def tensor_bytes(model: torch.nn.Module) -> dict:
-    """Bytes that the parameters and buffers occupy, by dtype; a storage shared by
-    several names (tied wte/lm_head) is counted once. Tensors on the meta device
-    (not materialized) are skipped. Quantized layers that keep extra tensors in
-    attributes may expose them through a `quantization_tensors()` method."""
-    seen, by_dtype = set(), {}
-
-    def add(t: torch.Tensor) -> None:
-        if t is None or t.device.type == "meta":
-            return
-        key = storage_key(t)
-        if key in seen:
-            return
-        seen.add(key)
+    """Bytes that the parameters, buffers and bitsandbytes quantization statistics
+    occupy, by dtype; a storage shared by several names (tied wte/lm_head) is
+    counted once. Tensors on the meta device (not materialized) are skipped."""
+    by_dtype = {}
+    for *_, t, _role in _unique_tensors(model):
         name = str(t.dtype).replace("torch.", "")
-        by_dtype[name] = by_dtype.get(name, 0) + t.numel() * t.element_size()
-
-    for t in model.parameters():
-        add(t)
-    for t in model.buffers():
-        add(t)
-    for m in model.modules():
-        if hasattr(m, "quantization_tensors"):
-            for t in m.quantization_tensors():
-                add(t)
+        by_dtype[name] = by_dtype.get(name, 0) + nbytes(t)
     total = sum(by_dtype.values())
     return {"bytes": total, "mib": total / MiB, "by_dtype_bytes": dict(sorted(by_dtype.items()))}
+
+
+QUANT_WEIGHT_NAMES = ("weight", "qweight", "packed")
+QUANT_STAT_NAMES = ("scale", "zero_point", "absmax", "SCB")
+
+
+def memory_breakdown(model: torch.nn.Module) -> dict:
+    """Bytes by role, each tensor once, for any model (float, Part 1, bitsandbytes):
+    - quantized_weights: integer weights (int8, packed 4-bit as uint8);
+    - scales_and_zero_points: what dequantizes them (scales, zero points, block
+      absmax, bitsandbytes' quant_state and double-quantization statistics);
+    - full_precision: every floating tensor left as it was, split into embeddings,
+      the output layer, norms, biases and other (e.g. unquantized linear layers)."""
+    out = {"quantized_weights": 0, "scales_and_zero_points": 0, "full_precision": 0}
+    detail = {"embeddings": 0, "output_layer": 0, "norms": 0, "biases": 0, "other": 0}
+    out_layer = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    for mname, module, tname, t, role in _unique_tensors(model):
+        if role == "quant_state" or (tname in QUANT_STAT_NAMES and _holds_int_weight(module)):
+            out["scales_and_zero_points"] += nbytes(t)
+        elif tname in QUANT_WEIGHT_NAMES and not t.is_floating_point():
+            out["quantized_weights"] += nbytes(t)
+        else:
+            out["full_precision"] += nbytes(t)
+            is_norm = "norm" in type(module).__name__.lower() or re.search(r"(^|\.)(ln|norm)", mname)
+            sub = ("norms" if is_norm else "biases" if tname == "bias"
+                   else "output_layer" if module is out_layer
+                   else "embeddings" if isinstance(module, torch.nn.Embedding) else "other")
+            detail[sub] += nbytes(t)
+    return {**out, "full_precision_detail": detail, "total": sum(out.values())}
+
+
+def _holds_int_weight(module: torch.nn.Module) -> bool:
+    return any(not t.is_floating_point() for n, t in
+               list(module.named_parameters(recurse=False)) + list(module.named_buffers(recurse=False))
+               if n in QUANT_WEIGHT_NAMES)
 
 
 def disk_bytes(save: Callable[[str], None]) -> int:
@@ -521,6 +577,43 @@ def greedy_config(tokenizer, new_tokens: int):
                             eos_token_id=tokenizer.eos_token_id)
 
 
+def timing_inputs(input_ids: torch.Tensor, prefill_tokens: int, prompt_tokens: int,
+                  device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """The text's first tokens (repeated if the text is shorter) as a (1, prefill_tokens)
+    prefill input and a (1, prompt_tokens) decode prompt."""
+    ids = input_ids.reshape(-1)
+    need = max(prefill_tokens, prompt_tokens)
+    ids = ids.repeat(need // ids.numel() + 1)[:need]
+    return ids[:prefill_tokens][None].to(device), ids[:prompt_tokens][None].to(device)
+
+
+def hf_calls(model, tokenizer, prefill_ids: torch.Tensor, prompt: torch.Tensor, new_tokens: int,
+             setup: Callable[[], None] | None = None) -> dict:
+    """The two timed calls, as users make them: a forward pass without cache (prefill)
+    and greedy generate() of exactly new_tokens (decode). setup() runs first, untimed
+    in spirit but cheap (e.g. switching a kernel path)."""
+    gen = greedy_config(tokenizer, new_tokens)
+    mask = torch.ones_like(prompt)
+
+    def prefill():
+        setup and setup()
+        return model(prefill_ids, use_cache=False)
+
+    def decode():
+        setup and setup()
+        return model.generate(prompt, attention_mask=mask, generation_config=gen)
+    return {"prefill": prefill, "decode": decode}
+
+
+def check_timing_lengths(model, prefill_tokens: int, prompt_tokens: int, new_tokens: int, repeats: int) -> None:
+    context = model_context(model.config)
+    for what, n in (("prefill length", prefill_tokens), ("prompt + new tokens", prompt_tokens + new_tokens)):
+        if context is not None and n > context:
+            raise UserError(f"latency {what} ({n}) is longer than the model's context of {context} tokens")
+    if repeats < 1:
+        raise UserError("--repeats must be at least 1")
+
+
 @torch.no_grad()
 def latency(model, tokenizer, input_ids: torch.Tensor, prefill_tokens: int = 512,
             prompt_tokens: int = 32, new_tokens: int = 128, repeats: int = 10,
@@ -529,28 +622,65 @@ def latency(model, tokenizer, input_ids: torch.Tensor, prefill_tokens: int = 512
     new_tokens after a prompt_tokens prompt, in ms per new token (the total time
     divided by new_tokens, so it includes the one prompt pass). Both use the
     evaluated text's first tokens, repeated if the text is shorter."""
-    context = model_context(model.config)
-    for what, n in (("prefill length", prefill_tokens), ("prompt + new tokens", prompt_tokens + new_tokens)):
-        if context is not None and n > context:
-            raise UserError(f"latency {what} ({n}) is longer than the model's context of {context} tokens")
-    if repeats < 1:
-        raise UserError("--repeats must be at least 1")
+    check_timing_lengths(model, prefill_tokens, prompt_tokens, new_tokens, repeats)
     dev = input_device(model)
-    ids = input_ids[0]
-    need = max(prefill_tokens, prompt_tokens)
-    ids = ids.repeat(need // ids.numel() + 1)[:need]
-    prefill_ids = ids[:prefill_tokens][None].to(dev)             # (1, prefill_tokens)
-    prompt = ids[:prompt_tokens][None].to(dev)                    # (1, prompt_tokens)
-    gen = greedy_config(tokenizer, new_tokens)
-    prefill_ms = time_call(lambda: model(prefill_ids, use_cache=False), dev, repeats, warmup)
-    total_ms = time_call(lambda: model.generate(prompt, attention_mask=torch.ones_like(prompt),
-                                                generation_config=gen), dev, repeats, warmup)
+    prefill_ids, prompt = timing_inputs(input_ids, prefill_tokens, prompt_tokens, dev)
+    calls = hf_calls(model, tokenizer, prefill_ids, prompt, new_tokens)
+    prefill_ms = time_call(calls["prefill"], dev, repeats, warmup)
+    total_ms = time_call(calls["decode"], dev, repeats, warmup)
     return {"unit": "ms",
             "prefill": {"tokens": prefill_tokens, **summarize(prefill_ms)},
             "decode": {"prompt_tokens": prompt_tokens, "new_tokens": new_tokens,
-                       "definition": "generate() wall time / new tokens (greedy, includes the prompt pass)",
+                       "definition": DECODE_DEFINITION,
                        "ms_per_token": summarize([t / new_tokens for t in total_ms])},
             "repeats": repeats, "warmup": warmup, "threads": torch.get_num_threads()}
+
+
+DECODE_DEFINITION = "generate() wall time / new tokens (greedy, includes the prompt pass)"
+
+
+@torch.no_grad()
+def side_by_side(methods: dict[str, dict], device: torch.device, new_tokens: int, repeats: int,
+                 warmup: int, baseline: str, progress: bool = True) -> dict:
+    """Time several methods in one process, round-robin: each repeat times every
+    method once in turn, so drift and noise (other processes, clocks, caches) fall
+    on all of them alike. methods[name] = {"prefill": fn, "decode": fn,
+    "weights_mib": float, ...}; the decode call produces new_tokens tokens.
+    Ratios are medians over the baseline's median."""
+    from tqdm.auto import tqdm
+    samples = {k: {"prefill": [], "decode": []} for k in methods}
+    for what in ("prefill", "decode"):
+        for name, m in methods.items():
+            time_call(m[what], device, repeats=0, warmup=warmup)
+        for _ in tqdm(range(repeats), desc=f"side by side: {what}", file=sys.stderr, disable=not progress):
+            for name, m in methods.items():
+                t = time_call(m[what], device, repeats=1, warmup=0)[0]
+                samples[name][what].append(t / (new_tokens if what == "decode" else 1))
+    table = {}
+    for name, m in methods.items():
+        table[name] = {"prefill_ms": summarize(samples[name]["prefill"]),
+                       "decode_ms_per_token": summarize(samples[name]["decode"]),
+                       **{k: v for k, v in m.items() if k not in ("prefill", "decode")}}
+    base = table[baseline]
+    for row in table.values():
+        row["prefill_ratio"] = row["prefill_ms"]["median"] / base["prefill_ms"]["median"]
+        row["decode_ratio"] = row["decode_ms_per_token"]["median"] / base["decode_ms_per_token"]["median"]
+    return {"table": table, "baseline": baseline, "repeats": repeats, "warmup": warmup,
+            "order": f"round-robin: each repeat times {', '.join(methods)} in turn"}
+
+
+def side_by_side_text(result: dict, prefill_tokens: int) -> str:
+    """The side-by-side table for the terminal: median [p10-p90] and ratio to the baseline."""
+    lines = [f"{'method':<16} {'prefill 1x' + str(prefill_tokens) + ' ms':>26} {'ratio':>6} "
+             f"{'decode ms/token':>24} {'ratio':>6} {'weights MiB':>12}"]
+    for name, row in result["table"].items():
+        p, d = row["prefill_ms"], row["decode_ms_per_token"]
+        mib = row.get("weights_mib")
+        lines.append(f"{name:<16} {p['median']:>11.2f} [{p['p10']:.2f}-{p['p90']:.2f}] {row['prefill_ratio']:>6.2f} "
+                     f"{d['median']:>9.3f} [{d['p10']:.3f}-{d['p90']:.3f}] {row['decode_ratio']:>6.2f} "
+                     f"{'' if mib is None else format(mib, '.1f'):>12}")
+    lines.append(f"ratios: median over {result['baseline']}'s median; {result['order']}")
+    return "\n".join(lines)
 
 
 # -----------------------------------------------------------------------------
@@ -808,9 +938,10 @@ SMOKE_SETTINGS = dict(max_length=64, stride=32, prefill_tokens=64, prompt_tokens
 
 
 def make_smoke_inputs(workdir: str | os.PathLike) -> tuple[str, str]:
-    """A tiny random GPT-2 (seeded, so always the same) and a synthetic text, in workdir."""
+    """A tiny random GPT-2 (seeded, so always the same) and a synthetic text, in workdir.
+    Its width is 64, the smallest that bitsandbytes' CPU 4-bit kernel takes."""
     import tiny_models
-    model_dir = tiny_models.make_tiny_model(Path(workdir) / "tiny-gpt2", arch="gpt2")
+    model_dir = tiny_models.make_tiny_model(Path(workdir) / "tiny-gpt2", arch="gpt2", n_embd=64)
     text_file = Path(workdir) / "tiny.txt"
     text_file.write_text(tiny_models.synthetic_text(), encoding="utf-8")
     return str(model_dir), str(text_file)

@@ -298,6 +298,7 @@ class Linear4bit(nn.Module):
         return f"in={self.shape[1]}, out={self.shape[0]}, kind={self.kind}, block={self.block}"
 
 
+
 QUANT_MODULES = (Int8Linear, Int8Embedding, Linear4bit)
 
 
@@ -445,35 +446,6 @@ def quantize_model(model: nn.Module, mode: str = "whole", bits: int = 8, scheme:
             "tied_output": bool(tied and out_name in targets and in_name in embeddings)}
 
 
-def memory_breakdown(model: nn.Module) -> dict:
-    """Bytes by role: quantized weights, their scales/zero points, and what stays in
-    full precision (norms, biases, unquantized layers), each counted once."""
-    seen, out = set(), {"quantized_weights": 0, "scales_and_zero_points": 0, "full_precision": 0}
-    detail = {"norms": 0, "biases": 0, "other": 0}
-
-    def add(t, key, sub=None):
-        k = ev.storage_key(t)
-        if k in seen:
-            return
-        seen.add(k)
-        out[key] += t.numel() * t.element_size()
-        if sub:
-            detail[sub] += t.numel() * t.element_size()
-
-    for mname, module in model.named_modules():
-        for pname, t in list(module.named_parameters(recurse=False)) + list(module.named_buffers(recurse=False)):
-            if t is None:
-                continue
-            if isinstance(module, QUANT_MODULES) and pname in ("qweight", "packed"):
-                add(t, "quantized_weights")
-            elif isinstance(module, QUANT_MODULES) and pname in ("scale", "zero_point", "absmax"):
-                add(t, "scales_and_zero_points")
-            else:
-                is_norm = "norm" in type(module).__name__.lower() or re.search(r"(^|\.)(ln|norm)", mname)
-                add(t, "full_precision", "norms" if is_norm else "biases" if pname == "bias" else "other")
-    return {**out, "full_precision_detail": detail, "total": sum(out.values())}
-
-
 # -----------------------------------------------------------------------------
 # 4. Save and load (safetensors: int8 / packed weights, scales, and the spec)
 
@@ -600,45 +572,20 @@ def set_path(model: nn.Module, path: str) -> None:
 @torch.no_grad()
 def bench(model, tokenizer, ids: torch.Tensor, cfg: ev.EvalConfig, spec_kwargs: dict,
           progress: bool = True) -> dict:
-    """fp32, INT8 naive and INT8 fast, timed round-robin in one process: each round
-    times every method once, so drift and noise fall on all of them alike."""
+    """fp32, INT8 naive and INT8 fast, timed side by side (round-robin) in one process."""
     int8 = copy.deepcopy(model)
     quantize_model(int8, **spec_kwargs)
-    methods = {"fp32": (model, "naive"), "int8-naive": (int8, "naive"), "int8-fast": (int8, "fast")}
     dev = ev.input_device(model)
-    n = max(cfg.prefill_tokens, cfg.prompt_tokens)
-    flat = ids[0].repeat(n // ids.numel() + 1)[:n]
-    prefill_ids, prompt = flat[:cfg.prefill_tokens][None].to(dev), flat[:cfg.prompt_tokens][None].to(dev)
-    gen = ev.greedy_config(tokenizer, cfg.new_tokens)
-    samples = {k: {"prefill": [], "decode": []} for k in methods}
-
-    def run(name, what):
-        m, path = methods[name]
-        set_path(m, path)
-        if what == "prefill":
-            return lambda: m(prefill_ids, use_cache=False)
-        return lambda: m.generate(prompt, attention_mask=torch.ones_like(prompt), generation_config=gen)
-
-    from tqdm.auto import tqdm
-    for what in ("prefill", "decode"):
-        for name in methods:
-            ev.time_call(run(name, what), dev, repeats=0, warmup=cfg.warmup)
-        for _ in tqdm(range(cfg.repeats), desc=f"bench {what}", file=sys.stderr, disable=not progress):
-            for name in methods:
-                t = ev.time_call(run(name, what), dev, repeats=1, warmup=0)[0]
-                samples[name][what].append(t / (cfg.new_tokens if what == "decode" else 1))
-    table = {}
-    for name in methods:
-        table[name] = {"prefill_ms": ev.summarize(samples[name]["prefill"]),
-                       "decode_ms_per_token": ev.summarize(samples[name]["decode"]),
-                       "weights_mib": ev.tensor_bytes(methods[name][0])["mib"]}
-    base = table["fp32"]
-    for row in table.values():
-        row["prefill_ratio"] = row["prefill_ms"]["median"] / base["prefill_ms"]["median"]
-        row["decode_ratio"] = row["decode_ms_per_token"]["median"] / base["decode_ms_per_token"]["median"]
-    return {"table": table, "prefill_tokens": cfg.prefill_tokens, "prompt_tokens": cfg.prompt_tokens,
-            "new_tokens": cfg.new_tokens, "repeats": cfg.repeats, "warmup": cfg.warmup,
-            "order": "round-robin: each repeat times fp32, int8-naive, int8-fast in turn",
+    ev.check_timing_lengths(model, cfg.prefill_tokens, cfg.prompt_tokens, cfg.new_tokens, cfg.repeats)
+    prefill_ids, prompt = ev.timing_inputs(ids, cfg.prefill_tokens, cfg.prompt_tokens, dev)
+    methods = {}
+    for name, m, path in (("fp32", model, "naive"), ("int8-naive", int8, "naive"), ("int8-fast", int8, "fast")):
+        methods[name] = {**ev.hf_calls(m, tokenizer, prefill_ids, prompt, cfg.new_tokens,
+                                       setup=lambda m=m, path=path: set_path(m, path)),
+                         "weights_mib": ev.tensor_bytes(m)["mib"]}
+    result = ev.side_by_side(methods, dev, cfg.new_tokens, cfg.repeats, cfg.warmup, "fp32", progress)
+    return {**result, "prefill_tokens": cfg.prefill_tokens, "prompt_tokens": cfg.prompt_tokens,
+            "new_tokens": cfg.new_tokens, "decode_definition": ev.DECODE_DEFINITION,
             "threads": torch.get_num_threads(), "kernel": "compiled" if cpu_kernel() else _kernel_error,
             "kernel_rows": KERNEL_ROWS, "chunk_rows": CHUNK_ROWS}
 
@@ -755,15 +702,14 @@ def main(**kwargs) -> dict:
                                                           args.smoke)
         record = ev.evaluate(model, tokenizer, source, cfg, method=name, settings=spec, out_path=out,
                              save=lambda d: save_quantized(model, d, spec),
-                             extra={"quantization": memory_breakdown(model)}, **common)
+                             extra={"quantization": ev.memory_breakdown(model)}, **common)
         if args.save:
             save_quantized(model, args.save, spec, tokenizer)
     print(ev.summary_line(record))
     q = record["quantization"]
     print(f"  bytes: quantized weights {q['quantized_weights'] / ev.MiB:.2f} MiB, scales "
           f"{q['scales_and_zero_points'] / ev.MiB:.2f} MiB, full precision {q['full_precision'] / ev.MiB:.2f} MiB "
-          f"(norms {q['full_precision_detail']['norms']} B, biases {q['full_precision_detail']['biases']} B, "
-          f"other {q['full_precision_detail']['other']} B)")
+          "(" + ", ".join(f"{k} {v} B" for k, v in q["full_precision_detail"].items()) + ")")
     print(f"wrote {out}")
     return record
 
@@ -781,14 +727,8 @@ def run_bench(model, tokenizer, source, cfg, args, spec_kwargs) -> dict:
         f"scratch-int8-bench__{ev.slug(Path(args.model).name)}__{dev.type}.json"
     ev.write_json_atomic(out, record)
     print(f"side by side on {record['environment']['device_name']}, {result['threads']} threads, "
-          f"{cfg.repeats} round-robin repeats (median ms [p10-p90]):")
-    print(f"{'method':<12} {'prefill 1x' + str(cfg.prefill_tokens):>24} {'ratio':>6} "
-          f"{'decode ms/token':>24} {'ratio':>6} {'weights MiB':>12}")
-    for name, row in result["table"].items():
-        p, d = row["prefill_ms"], row["decode_ms_per_token"]
-        print(f"{name:<12} {p['median']:>9.1f} [{p['p10']:.1f}-{p['p90']:.1f}] {row['prefill_ratio']:>6.2f} "
-              f"{d['median']:>9.2f} [{d['p10']:.2f}-{d['p90']:.2f}] {row['decode_ratio']:>6.2f} "
-              f"{row['weights_mib']:>12.1f}")
+          f"{cfg.repeats} round-robin repeats (median [p10-p90]):")
+    print(ev.side_by_side_text(result, cfg.prefill_tokens))
     print(f"wrote {out}")
     return record
 

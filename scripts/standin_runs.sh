@@ -3,7 +3,8 @@
 # (see README, "Stand-in models"). Usage:
 #   bash scripts/standin_runs.sh MODELS_DIR TEXT_FILE DEVICE STEP
 # MODELS_DIR holds smollm2-135m and gpt2-random (../shared/tools/make_models.py),
-# TEXT_FILE is WikiText-2's wiki.test.raw, STEP one of: baseline part1 sensitivity cpu.
+# TEXT_FILE is WikiText-2's wiki.test.raw, STEP one of: baseline part1 sensitivity cpu
+# part2 (perplexity, on the GPU) part2-speed (GPT-2 shapes, GPU or CPU) part2-cpu-ppl (CPU, prefix).
 # EXTRA_ARGS (environment) is appended to every command, e.g. "--skip-latency --results-dir DIR".
 set -euo pipefail
 models=$1; text=$2; device=$3; step=$4
@@ -28,5 +29,17 @@ case $step in
     python evaluate.py "${g2r[@]}" --max-tokens 8192 --per-line 0
     python part1_quantize_scratch.py "${g2r[@]}" --max-tokens 8192 --per-line 0 --mode whole
     python part1_quantize_scratch.py "${g2r[@]}" --bench ;;
+  part2)  # perplexity of every bitsandbytes mode, fp16 for reference, scratch 4-bit for the comparison
+    python evaluate.py "${smol[@]}" --max-length 1024 --stride 512 --dtype float16
+    python part2_bnb_nf4.py "${smol[@]}" --stride 512 --mode all
+    python part1_quantize_scratch.py "${smol[@]}" --stride 512 --bits 4 --scheme nf4
+    python part1_quantize_scratch.py "${smol[@]}" --stride 512 --bits 4 --scheme int4 ;;
+  part2-speed)  # memory and latency of GPT-2's shapes per mode, then every method side by side
+    python part2_bnb_nf4.py "${g2r[@]}" --max-tokens 8192 --per-line 0 --mode all
+    python part2_bnb_nf4.py "${g2r[@]}" --bench ;;
+  part2-cpu-ppl)  # the CPU backend's perplexity, on a 16,384-token prefix (the full text takes hours here)
+    python evaluate.py "${smol[@]}" --stride 512 --max-tokens 16384 --per-line 0 --skip-latency
+    python part2_bnb_nf4.py "${smol[@]}" --stride 512 --max-tokens 16384 --per-line 0 --skip-latency --mode all
+    python part2_bnb_nf4.py "${smol[@]}" --compare ;;
   *) echo "unknown step '$step'" >&2; exit 2 ;;
 esac

@@ -195,10 +195,10 @@ def test_whole_model_weight_bytes_equal_a_hand_count(gpt2_dir):
     scales = V + P + L * (3 * d + d + 4 * d + d)                             # one fp32 per output row
     fp32 = L * (4 * d + 3 * d + d + 4 * d + d) + 2 * d                      # norms and biases
     assert ev.tensor_bytes(model)["by_dtype_bytes"] == {"float32": 4 * (scales + fp32), "int8": int8}
-    b = p1.memory_breakdown(model)
+    b = ev.memory_breakdown(model)
     assert (b["quantized_weights"], b["scales_and_zero_points"], b["full_precision"]) == (int8, 4 * scales, 4 * fp32)
     assert b["full_precision_detail"] == {"norms": 4 * (L * 4 * d + 2 * d), "biases": 4 * L * (3 * d + d + 4 * d + d),
-                                          "other": 0}
+                                          "embeddings": 0, "output_layer": 0, "other": 0}
 
 
 def test_whole_model_output_stays_close(tiny_dir, tiny_text):

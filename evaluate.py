@@ -412,8 +412,13 @@ def _unique_tensors(model: torch.nn.Module):
     seen = set()
     for mname, module in model.named_modules():
         own = list(module.named_parameters(recurse=False)) + list(module.named_buffers(recurse=False))
+        # LLM.int8() moves its row scales from the weight to module.state at the first forward;
+        # state.CB is the int8 weight itself (same storage, so counted once, as the weight).
+        state = getattr(module, "state", None)
+        own += [(f"state.{k}", v) for k in ("CB", "SCB") if isinstance(v := getattr(state, k, None), torch.Tensor)]
         for tname, t in own:
-            for x, role in [(t, "tensor")] + [(q, "quant_state") for q in quant_state_tensors(t)]:
+            role0 = "quant_state" if tname.startswith("state.") else "tensor"
+            for x, role in [(t, role0)] + [(q, "quant_state") for q in quant_state_tensors(t)]:
                 if x is None or x.device.type == "meta":
                     continue
                 key = storage_key(x)

@@ -123,7 +123,7 @@ def quantize_4bit(w: torch.Tensor, kind: str, block: int = 64) -> tuple[torch.Te
     if kind == "int4":
         codes = torch.round(x * 7).clamp(-7, 7) + 8                          # 1..15
     elif kind == "nf4":
-        levels = torch.tensor(NF4_LEVELS)
+        levels = torch.tensor(NF4_LEVELS, device=x.device)
         codes = (x[..., None] - levels).abs().argmin(dim=-1)                 # 0..15
     else:
         raise ValueError(f"unknown 4-bit kind '{kind}'")

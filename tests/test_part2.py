@@ -63,6 +63,9 @@ def test_weight_bytes_are_exact_and_ordered(gpt2_dir, fp32_ppl):
         if mode == "int8":
             assert b["quantized_weights"] == N                         # 1 byte per weight
             assert b["scales_and_zero_points"] == 4 * sum(OUT_ROWS)    # one fp32 scale (SCB) per row
+            with torch.no_grad():
+                model(torch.arange(8)[None])                           # moves SCB to module.state
+            assert ev.memory_breakdown(model) == b
         else:
             assert b["quantized_weights"] == N // 2                    # two codes per byte
             code = 4 * 16 * len(LAYERS)                                # the 16-level table, per layer

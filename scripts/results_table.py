@@ -1,0 +1,106 @@
+#!/usr/bin/env python3
+"""Markdown tables of the committed results, for the README: one table of evaluation runs
+per (model, text, window, stride, token budget, device), with the perplexity change against
+that group's fp32 baseline, and one table per side-by-side bench file. Reads results/*.json
+only; a file that does not parse is skipped with a warning on stderr.
+
+    python scripts/results_table.py [RESULTS_DIR]
+"""
+from __future__ import annotations
+
+import json
+import sys
+from collections import defaultdict
+from pathlib import Path
+
+
+def load(folder: Path) -> list[dict]:
+    out = []
+    for path in sorted(folder.glob("*.json")):
+        try:
+            rec = json.loads(path.read_text())
+            rec["_file"] = path.name
+            out.append(rec)
+        except (OSError, json.JSONDecodeError) as e:
+            print(f"warning: skipping {path}: {e}", file=sys.stderr)
+    return out
+
+
+def eval_tables(records: list[dict]) -> str:
+    groups = defaultdict(list)
+    for r in records:
+        if "perplexity" not in r or "sensitivity" in r:
+            continue
+        p = r["perplexity"]
+        key = (r["model"]["id"].rstrip("/").split("/")[-1], r["dataset"]["id"].split("/")[-1],
+               p["max_length"], p["stride"], p["n_tokens_scored"], r["environment"]["device_name"])
+        groups[key].append(r)
+    lines = []
+    for (model, text, L, S, n, dev), rs in sorted(groups.items()):
+        base = next((r for r in rs if r["method"]["name"] == "baseline-fp32"), None)
+        stand_in = rs[0]["model"].get("stand_in")
+        lines += [f"**{model}** on {text}, L={L} S={S}, {n:,} tokens scored, {dev}"
+                  + (f" — stand-in: {stand_in}" if stand_in else ""), "",
+                  "| method | ppl | vs fp32 | weights MiB | disk MiB | prefill ms | decode ms/token |",
+                  "|---|---|---|---|---|---|---|"]
+        for r in sorted(rs, key=lambda r: (r["method"]["name"] != "baseline-fp32", r["method"]["name"])):
+            ppl, m = r["perplexity"]["ppl"], r["memory"]
+            delta = f"{100 * (ppl / base['perplexity']['ppl'] - 1):+.2f}%" if base else "n/a"
+            lat = r.get("latency")
+            pre = f"{lat['prefill']['median']:.1f}" if lat else "–"
+            dec = f"{lat['decode']['ms_per_token']['median']:.2f}" if lat else "–"
+            disk = f"{m['disk_mib']:.1f}" if m.get("disk_mib") is not None else "–"
+            lines.append(f"| {r['method']['name']} | {ppl:.4f} | {delta} | {m['weights_mib']:.1f} | {disk} "
+                         f"| {pre} | {dec} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def bench_tables(records: list[dict]) -> str:
+    lines = []
+    for r in records:
+        if "bench" not in r:
+            continue
+        b = r["bench"]
+        lines += [f"**{r['method']['name']}** ({r['_file']}), {r['environment']['device_name']}, "
+                  f"{b['repeats']} round-robin repeats, ratios against {b.get('baseline', 'fp32')}"
+                  + (f" — stand-in: {r['model']['stand_in']}" if r["model"].get("stand_in") else ""), "",
+                  f"| method | prefill 1x{b['prefill_tokens']} ms | ratio | decode ms/token | ratio | weights MiB |",
+                  "|---|---|---|---|---|---|"]
+        for name, row in b["table"].items():
+            lines.append(f"| {name} | {row['prefill_ms']['median']:.2f} | {row['prefill_ratio']:.2f} "
+                         f"| {row['decode_ms_per_token']['median']:.3f} | {row['decode_ratio']:.2f} "
+                         f"| {row['weights_mib']:.1f} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def compare_tables(records: list[dict]) -> str:
+    lines = []
+    for r in records:
+        if "compare" not in r:
+            continue
+        c = r["compare"]
+        h = c["histogram"]
+        lines += [f"**4-bit reconstruction error** ({r['_file']}), mean over {len(c['layers'])} block linears, "
+                  f"block {c['block_size']}; code entropy on {h['layer']}", "",
+                  "| quantizer | mean MSE / mean(w²) | vs bnb NF4 |", "|---|---|---|"]
+        for k, v in c["mean_rel_mse"].items():
+            lines.append(f"| {k} | {v:.3e} | {v / c['mean_rel_mse']['bnb-nf4']:.2f}x |")
+        lines += ["", "| levels | bits of entropy per 4-bit code |", "|---|---|"]
+        for k, v in h["code_entropy_bits"].items():
+            lines.append(f"| {k} | {v:.2f} |")
+        lines += ["", f"Cross-check scratch NF4 vs bitsandbytes NF4: max relative difference "
+                      f"{c['cross_check']['max_rel_diff']:.1e}.", ""]
+    return "\n".join(lines)
+
+
+def main(folder: str = "results") -> str:
+    records = load(Path(folder))
+    text = "\n".join(t for t in (eval_tables(records), bench_tables(records), compare_tables(records)) if t)
+    print(text)
+    return text
+
+
+if __name__ == "__main__":
+    main(*sys.argv[1:2])

@@ -199,7 +199,10 @@ def load_model(model_id: str, dtype: str = "float32", device: str = "auto",
 
 
 def input_device(model) -> torch.device:
-    """Where inputs go: the first parameter's device (the embedding's, under a device_map)."""
+    """Where inputs go: the first parameter's device (the embedding's, under a device_map);
+    the CPU for a model that is not torch (bonus_gguf's llama.cpp model)."""
+    if not hasattr(model, "parameters"):
+        return torch.device("cpu")
     return next(model.parameters()).device
 
 

@@ -51,7 +51,7 @@ def tiny_config(arch: str, vocab_size: int, n_ctx: int = 128, n_layer: int = 2, 
     from transformers import GPT2Config, LlamaConfig
 
     if arch == "gpt2":
-        cfg = dict(vocab_size=vocab_size, n_positions=n_ctx, n_embd=32, n_layer=n_layer, n_head=2,
+        cfg = dict(vocab_size=vocab_size, n_positions=n_ctx, n_ctx=n_ctx, n_embd=32, n_layer=n_layer, n_head=2,
                    bos_token_id=0, eos_token_id=0, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)
         return GPT2Config(**{**cfg, **overrides})
     if arch == "llama":

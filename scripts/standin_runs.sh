@@ -4,7 +4,8 @@
 #   bash scripts/standin_runs.sh MODELS_DIR TEXT_FILE DEVICE STEP
 # MODELS_DIR holds smollm2-135m and gpt2-random (../shared/tools/make_models.py),
 # TEXT_FILE is WikiText-2's wiki.test.raw, STEP one of: baseline part1 sensitivity cpu
-# part2 (perplexity, on the GPU) part2-speed (GPT-2 shapes, GPU or CPU) part2-cpu-ppl (CPU, prefix).
+# part2 (perplexity, on the GPU) part2-speed (GPT-2 shapes, GPU or CPU) part2-cpu-ppl (CPU, prefix)
+# gguf (CPU, prefix; GGUF files go to MODELS_DIR/gguf).
 # EXTRA_ARGS (environment) is appended to every command, e.g. "--skip-latency --results-dir DIR".
 set -euo pipefail
 models=$1; text=$2; device=$3; step=$4
@@ -41,5 +42,8 @@ case $step in
     python evaluate.py "${smol[@]}" --stride 512 --max-tokens 16384 --per-line 0 --skip-latency
     python part2_bnb_nf4.py "${smol[@]}" --stride 512 --max-tokens 16384 --per-line 0 --skip-latency --mode all
     python part2_bnb_nf4.py "${smol[@]}" --compare ;;
+  gguf)  # llama.cpp on the CPU, same 16,384-token prefix; HF float16 on it for the conversion check
+    python evaluate.py "${smol[@]}" --stride 512 --max-tokens 16384 --per-line 0 --skip-latency --dtype float16
+    python bonus_gguf.py "${smol[@]}" --stride 512 --max-tokens 16384 --gguf-dir "$models/gguf" ;;
   *) echo "unknown step '$step'" >&2; exit 2 ;;
 esac

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 import evaluate as ev
+import part1_quantize_scratch as p1
 import part2_bnb_nf4 as p2
 
 # A tiny GPT-2 with d=64, 2 blocks: bitsandbytes' CPU 4-bit kernel needs in_features to be a
@@ -87,6 +88,15 @@ def test_scratch_nf4_equals_bitsandbytes_nf4():
     ours = p2.scratch_roundtrip(w, "nf4")
     assert (bnb - ours).abs().max() <= 1e-6 * w.abs().max()
     assert not torch.equal(p2.bnb_roundtrip(w, "fp4"), bnb)          # and FP4 really is another code
+
+
+def test_nf4_ties_go_where_bitsandbytes_puts_them():
+    levels = torch.tensor(p1.NF4_LEVELS)
+    mids = (levels[1:] + levels[:-1]) / 2                              # exact ties, in float32
+    w = torch.zeros(2, 64)
+    w[:, 0] = 1.0                                                      # absmax 1: w / absmax == w
+    w[0, 1:16], w[1, 1:16] = mids, -mids.flip(0)
+    assert torch.equal(p2.scratch_roundtrip(w, "nf4"), p2.bnb_roundtrip(w, "nf4"))
 
 
 def test_compare_shows_nf4_beats_linear_4bit_on_gaussian_weights(gpt2_dir, tmp_path):

@@ -4,7 +4,7 @@
 #   bash scripts/standin_runs.sh MODELS_DIR TEXT_FILE DEVICE STEP
 # MODELS_DIR holds smollm2-135m and gpt2-random (../shared/tools/make_models.py),
 # TEXT_FILE is WikiText-2's wiki.test.raw, STEP one of: baseline part1 sensitivity cpu
-# part2 (perplexity, on the GPU) part2-speed (GPT-2 shapes, GPU or CPU) part2-cpu-ppl (CPU, prefix)
+# part2 (perplexity, on the GPU) part2-speed (GPT-2 shapes, GPU) part2-cpu-speed part2-cpu-ppl (CPU, prefix)
 # gguf (CPU, prefix; GGUF files go to MODELS_DIR/gguf).
 # EXTRA_ARGS (environment) is appended to every command, e.g. "--skip-latency --results-dir DIR".
 set -euo pipefail
@@ -38,6 +38,8 @@ case $step in
   part2-speed)  # memory and latency of GPT-2's shapes per mode, then every method side by side
     python part2_bnb_nf4.py "${g2r[@]}" --max-tokens 8192 --per-line 0 --mode all
     python part2_bnb_nf4.py "${g2r[@]}" --bench ;;
+  part2-cpu-speed)  # the side-by-side bench on this CPU, fewer repeats and tokens (bnb int8 decodes slowly here)
+    python part2_bnb_nf4.py "${g2r[@]}" --bench --repeats 5 --new-tokens 64 ;;
   part2-cpu-ppl)  # the CPU backend's perplexity, on a 16,384-token prefix (the full text takes hours here)
     python evaluate.py "${smol[@]}" --stride 512 --max-tokens 16384 --per-line 0 --skip-latency
     python part2_bnb_nf4.py "${smol[@]}" --stride 512 --max-tokens 16384 --per-line 0 --skip-latency --mode all

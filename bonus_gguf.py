@@ -25,6 +25,7 @@ warning; scoring never uses the GGUF's tokenizer, only the token ids given to it
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import subprocess
 import sys
@@ -108,13 +109,31 @@ def convert(model_dir: Path, out: Path, outtype: str, quiet: bool = True) -> Pat
     return out
 
 
-def quantize(src: Path, out: Path, gguf_type: str, threads: int | None = None) -> Path:
+@contextlib.contextmanager
+def native_output_hidden(hide: bool = True):
+    """Silence what C code (llama.cpp's quantizer log) writes to fds 1 and 2."""
+    if not hide:
+        yield
+        return
+    sys.stdout.flush(), sys.stderr.flush()
+    saved = [os.dup(1), os.dup(2)]
+    with open(os.devnull, "w") as null:
+        os.dup2(null.fileno(), 1), os.dup2(null.fileno(), 2)
+        try:
+            yield
+        finally:
+            os.dup2(saved[0], 1), os.dup2(saved[1], 2)
+            os.close(saved[0]), os.close(saved[1])
+
+
+def quantize(src: Path, out: Path, gguf_type: str, threads: int | None = None, quiet: bool = True) -> Path:
     """llama.cpp's quantizer (llama_model_quantize) from an F32 GGUF."""
     llama_cpp = require("llama_cpp", "llama-cpp-python")
     params = llama_cpp.llama_model_quantize_default_params()
     params.ftype = getattr(llama_cpp, QUANT_TYPES[gguf_type])
     params.nthread = threads or os.cpu_count() or 1
-    rc = llama_cpp.llama_model_quantize(str(src).encode(), str(out).encode(), params)
+    with native_output_hidden(quiet):
+        rc = llama_cpp.llama_model_quantize(str(src).encode(), str(out).encode(), params)
     if rc != 0 or not out.exists():
         raise ev.UserError(f"llama.cpp's quantizer failed ({gguf_type}, code {rc})")
     return out
@@ -135,7 +154,10 @@ def make_gguf_files(model_dir: Path, folder: Path, types: list[str], stem: str, 
             if t in ("F16",):
                 convert(model_dir, path, CONVERTER_TYPES[t], quiet)
             else:
-                quantize(f32, path, t)
+                t0 = time.perf_counter()
+                quantize(f32, path, t)                      # llama.cpp's per-tensor log hidden
+                if not quiet:
+                    print(f"quantized {f32.name} -> {path.name} in {time.perf_counter() - t0:.0f} s", flush=True)
         files[t] = path
     return files
 
@@ -345,7 +367,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"GGUF types to make and measure (default: {DEFAULT_TYPES}); also Q5_0, Q6_K, Q3_K_M")
     g.add_argument("--gguf-dir", default="gguf", help="where the GGUF files go (default: gguf/)")
     g.add_argument("--inspect", default=None, metavar="FILE",
-                   help="only print this GGUF's header, metadata keys and tensor table")
+                   help="only print this GGUF's header, metadata keys and tensor table (and with --out, "
+                        "write them as JSON)")
     g.add_argument("--push-to-hub", default=None, metavar="USER/REPO",
                    help="upload the GGUF files and a model card (token: HF_TOKEN or the login cache)")
     g.add_argument("--dry-run", action="store_true", help="with --push-to-hub: list what would be uploaded, upload nothing")
@@ -362,6 +385,10 @@ def main(**kwargs) -> list[dict] | dict:
             raise ev.UserError(f"GGUF file '{path}' does not exist")
         info = inspect_gguf(path)
         print(inspect_text(info, max_tensors=10 ** 6))
+        if args.out:                                  # kept for the report's GGUF section
+            ev.write_json_atomic(args.out, {"schema_version": ev.SCHEMA_VERSION, "gguf_inspection": info,
+                                            "stand_in": args.stand_in, **ev.provenance(torch.device("cpu"))})
+            print(f"wrote {args.out}")
         return info
     types = parse_types(args.types)
     if args.push_to_hub and not args.dry_run and not hub_token():   # before hours of work, not after

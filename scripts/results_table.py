@@ -4,7 +4,7 @@ per (model, text, window, stride, token budget, device), with the perplexity cha
 that group's fp32 baseline, and one table per side-by-side bench file. Reads results/*.json
 only; a file that does not parse is skipped with a warning on stderr.
 
-    python scripts/results_table.py [RESULTS_DIR]
+    python scripts/results_table.py [RESULTS_DIR] > RESULTS.md
 """
 from __future__ import annotations
 
@@ -97,7 +97,10 @@ def compare_tables(records: list[dict]) -> str:
 
 def main(folder: str = "results") -> str:
     records = load(Path(folder))
-    text = "\n".join(t for t in (eval_tables(records), bench_tables(records), compare_tables(records)) if t)
+    head = (f"# Results\n\nPrinted by `python scripts/results_table.py > RESULTS.md` from {folder}/*.json "
+            "(do not edit by hand). Perplexity changes are against the fp32 baseline of the same model, text, "
+            "windows and token count; speed ratios come from side-by-side runs only.\n")
+    text = "\n".join(t for t in (head, eval_tables(records), bench_tables(records), compare_tables(records)) if t)
     print(text)
     return text
 

@@ -1,0 +1,297 @@
+#!/usr/bin/env python3
+"""Figures of the study, drawn only from results/*.json, into report/figures/ (PNG).
+
+    python plot_results.py                         # results/ -> report/figures/
+    python plot_results.py --results DIR --out DIR
+
+Figures (each one names its model, its text and its device; a stand-in is named as such):
+  memory_<group>.png        weight MiB by method
+  perplexity_<group>.png    perplexity by method, with the change against fp32
+  pareto_<group>.png        every method: weight MiB against perplexity
+  latency_<bench>.png       prefill and decode, side by side from one bench run, as ratios
+  sensitivity.png           perplexity change with one block / one component type quantized
+  nf4_levels.png            a real layer's w/absmax histogram under the 16 NF4 and 16 uniform levels
+  reconstruction_error.png  per-layer 4-bit reconstruction error, NF4/FP4/int4
+
+A group is the runs of one model on the same text, windows, token count and device, so
+every bar in a figure is comparable. A file that does not parse, or lacks what a figure
+needs, is skipped with a warning.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import warnings
+from collections import defaultdict
+from pathlib import Path
+
+import evaluate as ev
+
+
+# -----------------------------------------------------------------------------
+# Reading
+
+def load_results(folder: str | Path) -> list[dict]:
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise ev.UserError(f"results folder '{folder}' does not exist (run the study first: make study)")
+    records = []
+    for path in sorted(folder.glob("*.json")):
+        try:
+            rec = json.loads(path.read_text(encoding="utf-8"))
+            if not isinstance(rec, dict) or "schema_version" not in rec:
+                raise ValueError("not a results file (no schema_version)")
+            rec["_file"] = path.name
+            records.append(rec)
+        except (OSError, ValueError) as e:
+            warnings.warn(f"skipping {path.name}: {e}", stacklevel=2)
+    if not records:
+        raise ev.UserError(f"no results JSON in '{folder}'")
+    return records
+
+
+def short_model(rec: dict) -> str:
+    return str(rec["model"]["id"]).rstrip("/").split("/")[-1]
+
+
+def device_of(rec: dict) -> str:
+    return rec.get("environment", {}).get("device_name", "unknown device")
+
+
+def caption(rec: dict, extra: str = "") -> str:
+    """model (stand-in), text, device: on every figure."""
+    model = short_model(rec) + (" (stand-in)" if rec["model"].get("stand_in") else "")
+    text = rec.get("dataset", {}).get("id", "?").split("/")[-1]
+    return f"{model} · {text}{extra} · {device_of(rec)}"
+
+
+def eval_groups(records: list[dict]) -> dict[tuple, list[dict]]:
+    groups = defaultdict(list)
+    for r in records:
+        try:
+            if "perplexity" not in r or "sensitivity" in r:
+                continue
+            p = r["perplexity"]
+            key = (short_model(r), r["dataset"]["id"].split("/")[-1], p["max_length"], p["stride"],
+                   p["n_tokens_scored"], device_of(r))
+            r["memory"]["weights_mib"]                                      # must exist
+            groups[key].append(r)
+        except (KeyError, TypeError) as e:
+            warnings.warn(f"skipping {r.get('_file')}: missing {e}", stacklevel=2)
+    return groups
+
+
+def perplexity_means_something(rec: dict) -> bool:
+    """False for a random-weights stand-in, whose note says its perplexity means nothing."""
+    return "perplexity means nothing" not in (rec["model"].get("stand_in") or "")
+
+
+def group_slug(key: tuple) -> str:
+    model, text, L, S, n, dev = key
+    return ev.slug(f"{model}_{text}_L{L}-S{S}-N{n}_{'cuda' if 'cpu' not in dev.lower() else 'cpu'}")
+
+
+# -----------------------------------------------------------------------------
+# Drawing
+
+def _plt():
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    return plt
+
+
+def _save(fig, out: Path, name: str, made: list[Path]) -> None:
+    path = out / name
+    fig.tight_layout()
+    fig.savefig(path, dpi=130)
+    _plt().close(fig)
+    made.append(path)
+
+
+def ordered(rs: list[dict]) -> list[dict]:
+    return sorted(rs, key=lambda r: (not r["method"]["name"].startswith("baseline"), r["memory"]["weights_mib"] * -1,
+                                     r["method"]["name"]))
+
+
+def plot_group(key: tuple, rs: list[dict], out: Path, made: list[Path]) -> None:
+    plt = _plt()
+    rs = ordered(rs)
+    names = [r["method"]["name"] for r in rs]
+    first = rs[0]
+    L, S, n = key[2], key[3], key[4]
+    cap = caption(first, f", L={L} S={S}, {n:,} tokens")
+    slug = group_slug(key)
+    base = next((r["perplexity"]["ppl"] for r in rs if r["method"]["name"] == "baseline-fp32"), None)
+
+    fig, ax = plt.subplots(figsize=(8, 0.35 * len(rs) + 1.6))
+    mib = [r["memory"]["weights_mib"] for r in rs]
+    ax.barh(names, mib, color="#4c72b0")
+    for i, v in enumerate(mib):
+        ax.text(v, i, f" {v:.1f}", va="center", fontsize=8)
+    ax.invert_yaxis()
+    ax.set_xlabel("weights (MiB)")
+    ax.set_title(f"Memory by method\n{cap}", fontsize=9)
+    _save(fig, out, f"memory_{slug}.png", made)
+
+    if not perplexity_means_something(first):
+        return
+    fig, ax = plt.subplots(figsize=(8, 0.35 * len(rs) + 1.6))
+    ppl = [r["perplexity"]["ppl"] for r in rs]
+    ax.barh(names, ppl, color="#dd8452")
+    for i, v in enumerate(ppl):
+        label = f" {v:.3f}" + (f" ({100 * (v / base - 1):+.2f}%)" if base else "")
+        ax.text(v, i, label, va="center", fontsize=8)
+    if base:
+        ax.axvline(base, color="k", lw=0.8, ls="--")
+    ax.invert_yaxis()
+    ax.set_xlabel("perplexity (corpus-level, token-weighted)")
+    ax.set_title(f"Perplexity by method\n{cap}", fontsize=9)
+    _save(fig, out, f"perplexity_{slug}.png", made)
+
+    fig, ax = plt.subplots(figsize=(10, 5.5))
+    markers = "osD^v<>pPX*h"
+    for i, (x, y, name) in enumerate(zip(mib, ppl, names)):
+        ax.scatter([x], [y], marker=markers[i % len(markers)], s=45, label=name, zorder=3)
+    front, best = [], float("inf")
+    for x, y in sorted(zip(mib, ppl)):
+        if y < best:
+            front.append((x, y))
+            best = y
+    ax.plot(*zip(*front), color="grey", lw=1, ls="--", label="Pareto front", zorder=2)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    ax.set_xlabel("weights (MiB)")
+    ax.set_ylabel("perplexity")
+    ax.set_title(f"Memory against perplexity\n{cap}", fontsize=9)
+    _save(fig, out, f"pareto_{slug}.png", made)
+
+
+def plot_bench(rec: dict, out: Path, made: list[Path]) -> None:
+    plt = _plt()
+    b = rec["bench"]
+    names = list(b["table"])
+    pre = [b["table"][n]["prefill_ratio"] for n in names]
+    dec = [b["table"][n]["decode_ratio"] for n in names]
+    fig, ax = plt.subplots(figsize=(8, 0.45 * len(names) + 2.2))
+    y = range(len(names))
+    ax.barh([i - 0.2 for i in y], pre, height=0.4, label=f"prefill 1x{b['prefill_tokens']}")
+    ax.barh([i + 0.2 for i in y], dec, height=0.4, label=f"decode ({b['new_tokens']} tokens)")
+    for i, n in enumerate(names):
+        row = b["table"][n]
+        ax.text(max(pre[i], dec[i]), i, f"  {row['prefill_ms']['median']:.1f} ms | "
+                f"{row['decode_ms_per_token']['median']:.2f} ms/tok", va="center", fontsize=7)
+    ax.axvline(1.0, color="k", lw=0.8, ls="--")
+    ax.set_yticks(list(y), names)
+    ax.invert_yaxis()
+    ax.set_xlabel(f"time / {b.get('baseline', 'fp32')} time (median of {b['repeats']} round-robin repeats)")
+    ax.set_xlim(0, max(pre + dec) * 1.45)                    # room for the ms labels
+    ax.legend(fontsize=8, loc="lower right", framealpha=1.0)
+    ax.set_title(f"Latency side by side\n{caption(rec)}", fontsize=9)
+    dev = "cpu" if "cpu" in device_of(rec).lower() else "cuda"
+    _save(fig, out, f"latency_{ev.slug(rec['method']['name'])}_{ev.slug(short_model(rec))}_{dev}.png", made)
+
+
+def plot_sensitivity(rec: dict, out: Path, made: list[Path]) -> None:
+    plt = _plt()
+    s = rec["sensitivity"]
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(11, 4), gridspec_kw={"width_ratios": [3, 1]})
+    blocks = [r["block"] for r in s["block"]]
+    a1.bar(blocks, [r["delta_pct"] for r in s["block"]], color="#8172b3")
+    a1.set_xlabel("block quantized alone")
+    a1.set_ylabel("perplexity change (%)")
+    a1.tick_params(axis="x", labelsize=7)
+    comps = [r["component"] for r in s["component"]]
+    a2.bar(comps, [r["delta_pct"] for r in s["component"]], color="#937860")
+    a2.set_xlabel("component type quantized in every block")
+    a2.tick_params(axis="x", rotation=30)
+    for a in (a1, a2):
+        a.axhline(0, color="k", lw=0.6)
+    p = rec["perplexity"]
+    window = f", L={p['max_length']} S={p['stride']}, {p['n_tokens_scored']:,} tokens"
+    scheme = rec["method"]["settings"].get("scheme", "")
+    fig.suptitle(f"INT8 sensitivity ({scheme}), base ppl {s['baseline_ppl']:.3f}\n{caption(rec, window)}",
+                 fontsize=9)
+    _save(fig, out, f"sensitivity_{ev.slug(short_model(rec))}.png", made)
+
+
+def plot_compare(rec: dict, out: Path, made: list[Path]) -> None:
+    plt = _plt()
+    c = rec["compare"]
+    h = c["histogram"]
+    model = short_model(rec) + (" (stand-in)" if rec["model"].get("stand_in") else "")
+    fig, ax = plt.subplots(figsize=(9, 4.5))
+    lo, hi = h["range"]
+    width = (hi - lo) / h["bins"]
+    ax.bar([lo + (i + 0.5) * width for i in range(h["bins"])], h["counts"], width=width, color="#cccccc",
+           label=f"w / absmax of its block of {h['block_size']}")
+    for i, v in enumerate(h["levels"]["nf4"]):
+        ax.axvline(v, color="#c44e52", lw=1.2, label="16 NF4 levels" if i == 0 else None)
+    for i, v in enumerate(h["levels"]["uniform16"]):
+        ax.axvline(v, color="#4c72b0", lw=1, ls=":", label="16 uniform levels" if i == 0 else None)
+    e = h["code_entropy_bits"]
+    ax.set_title(f"{h['layer']}: NF4 puts its levels where the weights are\n{model} · code entropy NF4 "
+                 f"{e['nf4']:.2f} bits, uniform {e['uniform16']:.2f} bits (of 4) · {device_of(rec)}", fontsize=9)
+    ax.set_xlabel("w / absmax(block)")
+    ax.set_ylabel("weights")
+    ax.legend(fontsize=8)
+    _save(fig, out, f"nf4_levels_{ev.slug(short_model(rec))}.png", made)
+
+    fig, ax = plt.subplots(figsize=(10, 4))
+    kinds = c["kinds"]
+    for k in kinds:
+        ax.plot([r[f"rel_mse_{k}"] for r in c["layers"]], lw=0.9,
+                label=f"{k} (mean {c['mean_rel_mse'][k]:.2e})")
+    ax.set_yscale("log")
+    ax.set_xlabel("block linear layer (in model order)")
+    ax.set_ylabel("MSE / mean(w²)")
+    ax.legend(fontsize=8)
+    ax.set_title(f"4-bit reconstruction error per layer, block {c['block_size']}\n{model} · {device_of(rec)}",
+                 fontsize=9)
+    _save(fig, out, f"reconstruction_error_{ev.slug(short_model(rec))}.png", made)
+
+
+def plot_all(records: list[dict], out: str | Path) -> list[Path]:
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    made: list[Path] = []
+    for key, rs in sorted(eval_groups(records).items()):
+        if len(rs) >= 2:                                       # one bar compares nothing
+            plot_group(key, rs, out, made)
+    for r in records:
+        kind = "bench" if "bench" in r else "sensitivity" if "sensitivity" in r else \
+            "compare" if "compare" in r else None
+        if kind is None:
+            continue
+        try:
+            {"bench": plot_bench, "sensitivity": plot_sensitivity, "compare": plot_compare}[kind](r, out, made)
+        except (KeyError, TypeError, ValueError, ZeroDivisionError) as e:
+            warnings.warn(f"skipping {r['_file']} ({kind}): {type(e).__name__} {e}", stacklevel=2)
+    return made
+
+
+# -----------------------------------------------------------------------------
+# CLI
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="plot_results.py", description=__doc__.split("\n\n")[0])
+    p.add_argument("--results", default="results", help="folder of results JSON (default: results)")
+    p.add_argument("--out", default="report/figures", help="where the PNG figures go (default: report/figures)")
+    return p
+
+
+def main(**kwargs) -> list[Path]:
+    args = ev.with_defaults(build_parser(), kwargs)
+    with warnings.catch_warnings():
+        warnings.simplefilter("always")
+        warnings.showwarning = lambda msg, *a, **k: print(f"warning: {msg}", file=sys.stderr)
+        records = load_results(args.results)
+        made = plot_all(records, args.out)
+    for path in made:
+        print(path)
+    print(f"{len(made)} figures from {len(records)} results files in {args.out}")
+    return made
+
+
+if __name__ == "__main__":
+    ev.run_cli(main, build_parser())

@@ -186,7 +186,7 @@ def plot_bench(rec: dict, out: Path, made: list[Path]) -> None:
     ax.invert_yaxis()
     ax.set_xlabel(f"time / {b.get('baseline', 'fp32')} time (median of {b['repeats']} round-robin repeats)")
     ax.set_xlim(0, max(pre + dec) * 1.45)                    # room for the ms labels
-    ax.legend(fontsize=8, loc="lower right", framealpha=1.0)
+    ax.legend(fontsize=8, loc="upper right", framealpha=1.0)
     ax.set_title(f"Latency side by side\n{caption(rec)}", fontsize=9)
     dev = "cpu" if "cpu" in device_of(rec).lower() else "cuda"
     _save(fig, out, f"latency_{ev.slug(rec['method']['name'])}_{ev.slug(short_model(rec))}_{dev}.png", made)
@@ -203,7 +203,7 @@ def plot_sensitivity(rec: dict, out: Path, made: list[Path]) -> None:
     a1.tick_params(axis="x", labelsize=7)
     comps = [r["component"] for r in s["component"]]
     a2.bar(comps, [r["delta_pct"] for r in s["component"]], color="#937860")
-    a2.set_xlabel("component type quantized in every block")
+    a2.set_xlabel("component type, every block")
     a2.tick_params(axis="x", rotation=30)
     for a in (a1, a2):
         a.axhline(0, color="k", lw=0.6)

@@ -1,19 +1,31 @@
 #!/usr/bin/env python3
-"""The whole study in one command: every run, one after the other.
+"""The whole study in one command: every run, one after the other, then the figures.
 
     python run_study.py                              # gpt2 from the Hub, WikiText-2
     python run_study.py --model DIR --text-file FILE # offline
-    python run_study.py --smoke                      # tiny offline model, ~1 minute
+    python run_study.py --smoke                      # tiny offline model, a few minutes
+    python run_study.py --steps baseline,part1       # only some steps
+    python run_study.py --force                      # redo runs whose results already exist
 
-Each step is one script's main(), called with keywords, writing its own
-results/*.json. Steps so far: the unquantized baseline. Part 1, Part 2, the GGUF
-bonus, the plots and the report are added as they land.
+Each run is one script's main(), called with keywords, writing its own results JSON.
+A run whose JSON exists and was made with the same settings (results/.study-ledger
+keeps a fingerprint of each run's keywords) is skipped, so an interrupted study resumes
+where it stopped. On a machine without a GPU the default scores the first 16,384 tokens
+(--max-tokens), which every results JSON records; bitsandbytes runs on its CPU backend.
 """
 from __future__ import annotations
 
 import argparse
+import hashlib
+import json
+import time
+from pathlib import Path
 
 import evaluate
+
+STEPS = ("baseline", "part1", "sensitivity", "part2", "gguf", "plots")
+CPU_TOKEN_BUDGET = 16384
+GGUF_TYPES = ("F32", "F16", "Q8_0", "Q5_K_M", "Q4_K_M", "Q4_0")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -24,25 +36,120 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--text-file", default=None, help="local UTF-8 text instead of a Hub dataset")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda (default: auto)")
     p.add_argument("--max-tokens", type=int, default=None,
-                   help="score only the first N tokens (a budget for slow machines; recorded)")
+                   help=f"score only the first N tokens (default: all on a GPU, {CPU_TOKEN_BUDGET} on a CPU; recorded)")
     p.add_argument("--stand-in", default=None, help="which model this one stands in for, if any")
     p.add_argument("--results-dir", default="results", help="where results JSON go (default: results)")
+    p.add_argument("--figures-dir", default="report/figures", help="where the figures go (default: report/figures)")
+    p.add_argument("--steps", default=",".join(STEPS), help=f"comma list of {', '.join(STEPS)} (default: all)")
+    p.add_argument("--force", action="store_true", help="redo runs whose results JSON already exists")
+    p.add_argument("--quiet", action="store_true", help="no progress bars inside the runs")
     p.add_argument("--smoke", action="store_true",
-                   help="tiny random model made on the spot, offline, ~1 minute; numbers mean nothing")
+                   help="tiny random model made on the spot, offline; numbers mean nothing")
     return p
+
+
+def plan(steps: list[str]) -> list[tuple[str, str, dict]]:
+    """(step, label, keywords of that script's main) for every run, in order."""
+    runs = []
+    if "baseline" in steps:
+        runs.append(("baseline", "baseline fp32", {}))
+    if "part1" in steps:
+        runs += [("part1", "INT8 whole, per-channel", {"mode": "whole"}),
+                 ("part1", "INT8 whole, per-tensor", {"mode": "whole", "scheme": "per_tensor"}),
+                 ("part1", "INT8 whole, asymmetric", {"mode": "whole", "scheme": "asymmetric"}),
+                 ("part1", "INT8 whole, group-64", {"mode": "whole", "scheme": "group", "group_size": 64}),
+                 ("part1", "INT8 blocks 0,1 attn+ffn",
+                  {"mode": "selective", "blocks": "0,1", "components": "attn,ffn"}),
+                 ("part1", "4-bit NF4 (scratch)", {"bits": 4, "scheme": "nf4"}),
+                 ("part1", "4-bit int4 (scratch)", {"bits": 4, "scheme": "int4"})]
+    if "sensitivity" in steps:
+        runs.append(("sensitivity", "INT8 sensitivity", {"sensitivity": True}))
+    if "part2" in steps:
+        import part2_bnb_nf4 as p2
+        runs += [("part2", f"bitsandbytes {m}", {"mode": m}) for m in p2.MODES]
+        runs.append(("part2", "NF4 vs linear 4-bit", {"compare": True}))
+    if "gguf" in steps:
+        runs += [("gguf", f"GGUF {t}", {"types": t}) for t in GGUF_TYPES]
+    return runs
+
+
+def script_main(step: str):
+    if step in ("baseline",):
+        return evaluate.main
+    if step in ("part1", "sensitivity"):
+        import part1_quantize_scratch as p1
+        return p1.main
+    if step == "part2":
+        import part2_bnb_nf4 as p2
+        return p2.main
+    import bonus_gguf as bg
+    return bg.main
+
+
+def fingerprint(kwargs: dict) -> str:
+    return hashlib.sha256(json.dumps(kwargs, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def summary(rec) -> tuple[str, str, str]:
+    rec = rec[0] if isinstance(rec, list) else rec
+    if not isinstance(rec, dict):
+        return "", "", ""
+    ppl = rec.get("perplexity", {}).get("ppl")
+    mib = rec.get("memory", {}).get("weights_mib")
+    dec = rec.get("latency", {}).get("decode", {}).get("ms_per_token", {}).get("median")
+    return (f"{ppl:.4f}" if ppl else "", f"{mib:.1f}" if mib else "", f"{dec:.2f}" if dec else "")
 
 
 def main(**kwargs) -> list[dict]:
     args = evaluate.with_defaults(build_parser(), kwargs)
-    # With --smoke every step makes the same seeded tiny model and text for itself.
+    steps = [s.strip() for s in args.steps.split(",") if s.strip()]
+    unknown = [s for s in steps if s not in STEPS]
+    if unknown:
+        raise evaluate.UserError(f"unknown step '{unknown[0]}' (choose {', '.join(STEPS)})")
+    dev = evaluate.resolve_device(args.device)
+    max_tokens = args.max_tokens
+    if max_tokens is None and dev.type == "cpu" and not args.smoke:
+        max_tokens = CPU_TOKEN_BUDGET
     common = dict(model=args.model, dataset=args.dataset, text_file=args.text_file, device=args.device,
-                  max_tokens=args.max_tokens, stand_in=args.stand_in, results_dir=args.results_dir,
-                  smoke=args.smoke)
+                  max_tokens=max_tokens, stand_in=args.stand_in, results_dir=args.results_dir,
+                  smoke=args.smoke, quiet=args.quiet)
     if not args.smoke:  # bad input fails here, in seconds, before any step runs
         evaluate.prepare(evaluate.with_defaults(evaluate.build_parser(), common))
-    records = []
-    print(f"== baseline: {'tiny smoke model' if args.smoke else args.model}", flush=True)
-    records.append(evaluate.main(**common))
+    ledger_path = Path(args.results_dir) / ("smoke" if args.smoke else "") / ".study-ledger"
+    ledger = json.loads(ledger_path.read_text()) if ledger_path.exists() else {}
+    rows, records = [], []
+    runs = plan(steps)
+    for i, (step, label, extra) in enumerate(runs, 1):
+        kw = {**common, **extra}
+        if step == "sensitivity" and max_tokens is None:
+            kw["max_tokens"] = 65536                       # 34 perplexities: a prefix, recorded
+        key, fp = f"{step}:{label}", fingerprint(kw)
+        done = ledger.get(key)
+        if done and done["fingerprint"] == fp and Path(done["out"]).exists() and not args.force:
+            print(f"[{i}/{len(runs)}] {label}: done before, skipped ({done['out']})", flush=True)
+            rows.append((label, "skipped", *done.get("summary", ("", "", ""))))
+            continue
+        print(f"[{i}/{len(runs)}] {label}", flush=True)
+        before = {p: p.stat().st_mtime for p in Path(args.results_dir).rglob("*.json")} \
+            if Path(args.results_dir).exists() else {}
+        t0 = time.perf_counter()
+        rec = script_main(step)(**kw)
+        new = [p for p in Path(args.results_dir).rglob("*.json")
+               if p.name != ledger_path.name and before.get(p) != p.stat().st_mtime]
+        ledger[key] = {"fingerprint": fp, "out": str(new[0]) if new else "", "summary": summary(rec)}
+        evaluate.write_json_atomic(ledger_path, ledger)
+        rows.append((label, f"{time.perf_counter() - t0:.0f} s", *summary(rec)))
+        records.append(rec)
+    if "plots" in steps:
+        import plot_results
+        print(f"[plots] {args.figures_dir}", flush=True)
+        folder = Path(args.results_dir) / ("smoke" if args.smoke else "")
+        plot_results.main(results=str(folder), out=str(Path(args.figures_dir) / ("smoke" if args.smoke else "")))
+    print(f"\n{'run':<28} {'time':>9} {'ppl':>12} {'MiB':>9} {'ms/token':>9}")
+    for label, t, ppl, mib, dec in rows:
+        print(f"{label:<28} {t:>9} {ppl:>12} {mib:>9} {dec:>9}")
+    if max_tokens is not None:
+        print(f"(perplexities over the first {max_tokens:,} tokens: a budget, recorded in every JSON)")
     return records
 
 

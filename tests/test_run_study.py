@@ -1,0 +1,31 @@
+"""run_study.py: skips what is done, redoes it with --force, rejects unknown steps."""
+import pytest
+
+import evaluate as ev
+import run_study
+
+
+def test_study_skips_finished_runs_and_force_redoes_them(tmp_path, capsys):
+    kw = dict(smoke=True, steps="baseline,plots", results_dir=str(tmp_path / "r"),
+              figures_dir=str(tmp_path / "f"), quiet=True)
+    first = run_study.main(**kw)
+    assert len(first) == 1 and first[0]["method"]["name"] == "baseline-fp32"
+    assert any((tmp_path / "r" / "smoke").glob("baseline-fp32__*.json"))
+    capsys.readouterr()
+    assert run_study.main(**kw) == []                                   # nothing redone
+    assert "skipped" in capsys.readouterr().out
+    assert len(run_study.main(**{**kw, "force": True})) == 1
+
+
+def test_changed_settings_are_not_skipped(tmp_path):
+    kw = dict(smoke=True, steps="baseline", results_dir=str(tmp_path / "r"), quiet=True)
+    run_study.main(**kw)
+    assert len(run_study.main(**{**kw, "max_tokens": 500})) == 1
+
+
+def test_unknown_step_is_one_clear_line(capsys):
+    with pytest.raises(SystemExit) as e:
+        ev.run_cli(run_study.main, run_study.build_parser(), ["--smoke", "--steps", "baseline,part9"])
+    assert e.value.code != 0
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "unknown step 'part9'" in err

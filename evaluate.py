@@ -691,6 +691,24 @@ def side_by_side_text(result: dict, prefill_tokens: int) -> str:
     return "\n".join(lines)
 
 
+def save_side_by_side(name: str, settings: dict, model_info: dict, source: "TextSource", result: dict,
+                      args: argparse.Namespace, device: torch.device) -> dict:
+    """Write a side-by-side bench (Part 1's and Part 2's --bench) as results JSON, print its table."""
+    record = {"schema_version": SCHEMA_VERSION, "method": {"name": name, "settings": settings},
+              "model": {**model_info, "stand_in": args.stand_in},
+              "dataset": {"id": source.id, "sha256": source.sha256}, "bench": result,
+              "smoke": args.smoke, **provenance(device)}
+    out = Path(args.out) if args.out else Path(args.results_dir) / ("smoke" if args.smoke else "") / \
+        f"{name}__{slug(Path(args.model).name)}__{device.type}.json"
+    write_json_atomic(out, record)
+    threads = f", {result['threads']} threads" if result.get("threads") and device.type == "cpu" else ""
+    print(f"side by side on {record['environment']['device_name']}{threads}, {result['repeats']} round-robin "
+          f"repeats (median [p10-p90]):")
+    print(side_by_side_text(result, result["prefill_tokens"]))
+    print(f"wrote {out}")
+    return record
+
+
 # -----------------------------------------------------------------------------
 # Results
 

@@ -725,20 +725,8 @@ def run_bench(model, tokenizer, source, cfg, args, spec_kwargs) -> dict:
     dev = ev.input_device(model)
     ids = ev.tokenize(tokenizer, source.text, cfg.max_tokens or 4096)
     result = bench(model, tokenizer, ids, cfg, spec_kwargs, progress=not args.quiet)
-    record = {"schema_version": ev.SCHEMA_VERSION,
-              "method": {"name": "scratch-int8-bench", "settings": {k: v for k, v in spec_kwargs.items()}},
-              "model": {**ev.describe_model(args.model, model), "stand_in": args.stand_in},
-              "dataset": {"id": source.id, "sha256": source.sha256}, "bench": result,
-              "smoke": args.smoke, **ev.provenance(dev)}
-    out = Path(args.out) if args.out else Path(args.results_dir) / ("smoke" if args.smoke else "") / \
-        f"scratch-int8-bench__{ev.slug(Path(args.model).name)}__{dev.type}.json"
-    ev.write_json_atomic(out, record)
-    print(f"side by side on {record['environment']['device_name']}, {result['threads']} threads, "
-          f"{cfg.repeats} round-robin repeats (median [p10-p90]):")
-    print(ev.side_by_side_text(result, cfg.prefill_tokens))
-    print(f"wrote {out}")
-    return record
-
+    return ev.save_side_by_side("scratch-int8-bench", dict(spec_kwargs), ev.describe_model(args.model, model),
+                                source, result, args, dev)
 
 if __name__ == "__main__":
     ev.run_cli(main, build_parser())

@@ -377,22 +377,9 @@ def run_bench(args, cfg, source, modes, compute_dtype, progress) -> dict:
     tokenizer = ev.load_tokenizer(args.model)
     ids = ev.tokenize(tokenizer, source.text, cfg.max_tokens or 4096)
     result = bench(args.model, tokenizer, ids, cfg, modes, args.device, compute_dtype, args.threshold, progress)
-    dev = ev.resolve_device(args.device)
-    record = {"schema_version": ev.SCHEMA_VERSION,
-              "method": {"name": "bnb-bench", "settings": {"modes": modes, "threshold": args.threshold,
-                                                           "compute_dtype": compute_dtype}},
-              "model": {"id": args.model, "stand_in": args.stand_in},
-              "dataset": {"id": source.id, "sha256": source.sha256}, "bench": result,
-              "smoke": args.smoke, **ev.provenance(dev)}
-    out = Path(args.out) if args.out else Path(args.results_dir) / ("smoke" if args.smoke else "") / \
-        f"bnb-bench__{ev.slug(Path(args.model).name)}__{dev.type}.json"
-    ev.write_json_atomic(out, record)
-    print(f"side by side on {record['environment']['device_name']}, {cfg.repeats} round-robin repeats "
-          f"(median [p10-p90]):")
-    print(ev.side_by_side_text(result, cfg.prefill_tokens))
-    print(f"wrote {out}")
-    return record
-
+    settings = {"modes": modes, "threshold": args.threshold, "compute_dtype": compute_dtype}
+    return ev.save_side_by_side("bnb-bench", settings, {"id": args.model}, source, result, args,
+                                ev.resolve_device(args.device))
 
 if __name__ == "__main__":
     ev.run_cli(main, build_parser())

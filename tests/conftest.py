@@ -39,3 +39,19 @@ def llama_dir(tmp_path_factory) -> Path:
 @pytest.fixture(params=["gpt2", "llama"])
 def tiny_dir(request, gpt2_dir, llama_dir) -> Path:
     return {"gpt2": gpt2_dir, "llama": llama_dir}[request.param]
+
+
+@pytest.fixture()
+def cli_error(capsys):
+    """cli_error(module, argv): run that script's CLI on argv, check that it ends in one line
+    on stderr, a non-zero exit and no traceback, and return the line."""
+    import evaluate as ev
+
+    def run(module, argv) -> str:
+        with pytest.raises(SystemExit) as e:
+            ev.run_cli(module.main, module.build_parser(), argv)
+        assert e.value.code != 0
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and "Traceback" not in err, err
+        return err
+    return run

@@ -178,17 +178,9 @@ def test_write_json_atomic_keeps_the_old_file_on_failure(tmp_path):
 
 # ---------------------------------------------------------------- bad input
 
-def cli_error(capsys, argv) -> str:
-    with pytest.raises(SystemExit) as e:
-        ev.run_cli(ev.main, ev.build_parser(), argv)
-    assert e.value.code != 0
-    err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1, err
-    assert "Traceback" not in err
-    return err
 
 
-def test_bad_inputs_end_in_one_line(capsys, gpt2_dir, text_file, tmp_path):
+def test_bad_inputs_end_in_one_line(cli_error, capsys, gpt2_dir, text_file, tmp_path):
     empty = tmp_path / "empty.txt"
     empty.write_text("\n \r\n")
     base = ["--model", str(gpt2_dir), "--text-file", str(text_file), "--device", "cpu", "--quiet"]
@@ -201,15 +193,15 @@ def test_bad_inputs_end_in_one_line(capsys, gpt2_dir, text_file, tmp_path):
         "--stride": base + ["--max-length", "64", "--stride", "0"],
     }
     for expected, argv in cases.items():
-        assert expected in cli_error(capsys, argv), expected
-    assert "--stride" in cli_error(capsys, base + ["--max-length", "64", "--stride", "65"])
-    assert "--stride" in cli_error(capsys, base + ["--stride", "-1"])
-    assert "error" in cli_error(capsys, ["--model", str(text_file)])      # a file, not a model folder
+        assert expected in cli_error(ev, argv), expected
+    assert "--stride" in cli_error(ev, base + ["--max-length", "64", "--stride", "65"])
+    assert "--stride" in cli_error(ev, base + ["--stride", "-1"])
+    assert "error" in cli_error(ev, ["--model", str(text_file)])      # a file, not a model folder
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
-def test_cuda_without_cuda(capsys, gpt2_dir, text_file):
-    assert "no CUDA" in cli_error(capsys, ["--model", str(gpt2_dir), "--text-file", str(text_file),
+def test_cuda_without_cuda(cli_error, capsys, gpt2_dir, text_file):
+    assert "no CUDA" in cli_error(ev, ["--model", str(gpt2_dir), "--text-file", str(text_file),
                                            "--device", "cuda"])
 
 

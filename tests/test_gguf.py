@@ -66,22 +66,15 @@ def test_results_json_and_inspection(gguf_run, capsys):
     assert "token_embd.weight" in capsys.readouterr().out
 
 
-def cli_error(capsys, argv):
-    with pytest.raises(SystemExit) as e:
-        ev.run_cli(bg.main, bg.build_parser(), argv)
-    assert e.value.code != 0
-    err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1 and "Traceback" not in err, err
-    return err
 
 
-def test_push_without_a_token_fails_before_anything(capsys, monkeypatch, gpt2_64, text_file):
+def test_push_without_a_token_fails_before_anything(cli_error, capsys, monkeypatch, gpt2_64, text_file):
     import huggingface_hub
     monkeypatch.delenv("HF_TOKEN", raising=False)
     monkeypatch.setattr(huggingface_hub, "get_token", lambda: None)           # no login cache either
     monkeypatch.setattr(huggingface_hub.HfApi, "create_repo",
                         lambda *a, **k: pytest.fail("a repository was created"))
-    err = cli_error(capsys, ["--model", str(gpt2_64), "--text-file", str(text_file), "--push-to-hub", "me/tiny"])
+    err = cli_error(bg, ["--model", str(gpt2_64), "--text-file", str(text_file), "--push-to-hub", "me/tiny"])
     assert "no Hugging Face token" in err
 
 
@@ -93,7 +86,7 @@ def test_dry_run_lists_the_files(capsys, gpt2_64, text_file, tmp_path):
     assert "tiny-gpt2-d64-Q8_0.gguf" in out and "README.md" in out
 
 
-def test_bad_input(capsys, tmp_path, gpt2_64, text_file):
-    assert "does not exist" in cli_error(capsys, ["--model", str(tmp_path / "nope"), "--text-file", str(text_file)])
-    assert "unknown GGUF type 'Q9'" in cli_error(capsys, ["--model", str(gpt2_64), "--types", "Q9"])
-    assert "does not exist" in cli_error(capsys, ["--inspect", str(tmp_path / "x.gguf")])
+def test_bad_input(cli_error, capsys, tmp_path, gpt2_64, text_file):
+    assert "does not exist" in cli_error(bg, ["--model", str(tmp_path / "nope"), "--text-file", str(text_file)])
+    assert "unknown GGUF type 'Q9'" in cli_error(bg, ["--model", str(gpt2_64), "--types", "Q9"])
+    assert "does not exist" in cli_error(bg, ["--inspect", str(tmp_path / "x.gguf")])

@@ -268,19 +268,12 @@ def test_cli_sensitivity_records_each_block_and_component(gpt2_dir, text_file, t
     assert all(r["n_modules"] == 4 for r in s["block"]) and all(r["n_modules"] == 2 for r in s["component"])
 
 
-def cli_error(capsys, argv):
-    with pytest.raises(SystemExit) as e:
-        ev.run_cli(p1.main, p1.build_parser(), argv)
-    assert e.value.code != 0
-    err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1 and "Traceback" not in err, err
-    return err
 
 
-def test_bad_blocks_and_components_are_rejected(capsys, gpt2_dir, text_file):
+def test_bad_blocks_and_components_are_rejected(cli_error, capsys, gpt2_dir, text_file):
     base = ["--model", str(gpt2_dir), "--text-file", str(text_file), "--device", "cpu", "--mode", "selective"]
-    assert "2 blocks" in cli_error(capsys, base + ["--blocks", "99"])
-    assert "malformed" in cli_error(capsys, base + ["--blocks", "0;1"])
-    assert "unknown component 'mlp'" in cli_error(capsys, base + ["--components", "mlp"])
-    assert "scheme" in cli_error(capsys, base + ["--scheme", "per_row"])
-    assert "--mode selective" in cli_error(capsys, ["--model", str(gpt2_dir), "--blocks", "0"])
+    assert "2 blocks" in cli_error(p1, base + ["--blocks", "99"])
+    assert "malformed" in cli_error(p1, base + ["--blocks", "0;1"])
+    assert "unknown component 'mlp'" in cli_error(p1, base + ["--components", "mlp"])
+    assert "scheme" in cli_error(p1, base + ["--scheme", "per_row"])
+    assert "--mode selective" in cli_error(p1, ["--model", str(gpt2_dir), "--blocks", "0"])

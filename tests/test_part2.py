@@ -134,19 +134,12 @@ def test_bench_times_every_method_side_by_side(gpt2_dir, text_file, tmp_path):
     assert table["bnb-nf4"]["weights_mib"] < table["bnb-int8"]["weights_mib"] < table["fp32"]["weights_mib"]
 
 
-def cli_error(capsys, argv):
-    with pytest.raises(SystemExit) as e:
-        ev.run_cli(p2.main, p2.build_parser(), argv)
-    assert e.value.code != 0
-    err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1 and "Traceback" not in err, err
-    return err
 
 
-def test_bad_input_is_one_clear_line(capsys, gpt2_dir, text_file, tmp_path):
+def test_bad_input_is_one_clear_line(cli_error, capsys, gpt2_dir, text_file, tmp_path):
     base = ["--model", str(gpt2_dir), "--text-file", str(text_file), "--device", "cpu"]
-    assert "unknown mode 'nf3'" in cli_error(capsys, base + ["--mode", "nf3"])
-    assert "compute dtype" in cli_error(capsys, base + ["--mode", "nf4", "--compute-dtype", "float8"])
-    assert "does not exist" in cli_error(capsys, ["--model", str(tmp_path / "nope"), "--mode", "nf4"])
+    assert "unknown mode 'nf3'" in cli_error(p2, base + ["--mode", "nf3"])
+    assert "compute dtype" in cli_error(p2, base + ["--mode", "nf4", "--compute-dtype", "float8"])
+    assert "does not exist" in cli_error(p2, ["--model", str(tmp_path / "nope"), "--mode", "nf4"])
     if not torch.cuda.is_available():
-        assert "no CUDA GPU" in cli_error(capsys, base + ["--device", "cuda"])
+        assert "no CUDA GPU" in cli_error(p2, base + ["--device", "cuda"])

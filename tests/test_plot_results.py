@@ -71,9 +71,5 @@ def test_random_weights_stand_in_gets_no_perplexity_figure(tmp_path):
     assert len(names) == 1 and names[0].startswith("memory_gpt2-random")
 
 
-def test_missing_results_folder_is_one_clear_line(tmp_path, capsys):
-    with pytest.raises(SystemExit) as e:
-        ev.run_cli(pr.main, pr.build_parser(), ["--results", str(tmp_path / "none")])
-    assert e.value.code != 0
-    err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1 and "does not exist" in err
+def test_missing_results_folder_is_one_clear_line(cli_error, tmp_path):
+    assert "does not exist" in cli_error(pr, ["--results", str(tmp_path / "none")])

@@ -244,16 +244,13 @@ class LlamaCppLM:
 
 
 def gguf_latency(lm: LlamaCppLM, ids: torch.Tensor, cfg: ev.EvalConfig) -> dict:
-    prefill_ids, prompt = ev.timing_inputs(ids, cfg.prefill_tokens, cfg.prompt_tokens, torch.device("cpu"))
-    dev = torch.device("cpu")
-    prefill_ms = ev.time_call(lambda: lm(prefill_ids), dev, cfg.repeats, cfg.warmup)
+    cpu = torch.device("cpu")
+    prefill_ids, prompt = ev.timing_inputs(ids, cfg.prefill_tokens, cfg.prompt_tokens, cpu)
     p = prompt[0].tolist()
-    total = ev.time_call(lambda: lm.decode_timing(p, cfg.new_tokens), dev, cfg.repeats, cfg.warmup)
-    return {"unit": "ms", "prefill": {"tokens": cfg.prefill_tokens, **ev.summarize(prefill_ms)},
-            "decode": {"prompt_tokens": cfg.prompt_tokens, "new_tokens": cfg.new_tokens,
-                       "definition": "llama.cpp eval wall time / new tokens (greedy, includes the prompt pass)",
-                       "ms_per_token": ev.summarize([t / cfg.new_tokens for t in total])},
-            "repeats": cfg.repeats, "warmup": cfg.warmup, "threads": lm.llm.n_threads if hasattr(lm.llm, "n_threads") else None}
+    calls = {"prefill": lambda: lm(prefill_ids), "decode": lambda: lm.decode_timing(p, cfg.new_tokens)}
+    return ev.timed_latency(calls, cpu, cfg.prefill_tokens, cfg.prompt_tokens, cfg.new_tokens, cfg.repeats,
+                            cfg.warmup, "llama.cpp eval wall time / new tokens (greedy, includes the prompt pass)",
+                            getattr(lm.llm, "n_threads", None))
 
 
 def evaluate_gguf(path: Path, gguf_type: str, tokenizer, source: ev.TextSource, cfg: ev.EvalConfig, *,
@@ -280,22 +277,15 @@ def evaluate_gguf(path: Path, gguf_type: str, tokenizer, source: ev.TextSource, 
                                 "scoring": "HF tokenizer ids fed to llama.cpp; every position's logits "
                                            "scored over evaluate.window_plan()"}},
         "model": {"id": model_id, "stand_in": stand_in, "format": "gguf"},
-        "dataset": {"id": source.id, "description": source.description, "sha256": source.sha256,
-                    "n_chars": len(source.text), "n_tokens": int(ids.shape[1]),
-                    "max_tokens": cfg.max_tokens, "truncated": cfg.max_tokens is not None},
+        "dataset": ev.dataset_record(source, ids, cfg.max_tokens),
         "eval": {**vars(cfg), "per_line": 0},
         "perplexity": ppl,
-        "memory": {"unit": "MiB (2**20 bytes)", "weights_bytes": info["tensor_bytes"],
-                   "weights_mib": info["tensor_bytes"] / ev.MiB, "by_dtype_bytes": info["bytes_by_type"],
-                   "disk_bytes": info["file_bytes"], "disk_mib": info["file_bytes"] / ev.MiB,
-                   "peak_bytes": peak.peak_bytes, "peak_mib": peak.peak_bytes / ev.MiB, "peak_kind": peak.kind},
+        "memory": ev.memory_record(info["tensor_bytes"], info["bytes_by_type"], info["file_bytes"], peak),
         "gguf": {k: info[k] for k in ("header", "metadata")} | {"n_tensors": len(info["tensors"])},
-        **ev.provenance(cpu), "smoke": smoke,
+        **ev.provenance(cpu), **ev.smoke_fields(smoke),
     }
     if lat:
         record["latency"] = lat
-    if smoke:
-        record["note"] = "SMOKE RUN on a tiny random model: the numbers mean nothing"
     if out_path is not None:
         ev.write_json_atomic(out_path, record)
     return record
@@ -332,9 +322,14 @@ def hub_token() -> str | None:
     return os.environ.get("HF_TOKEN") or get_token()
 
 
-def push(repo: str, files: list[Path], card: str, dry_run: bool) -> list[str]:
-    if "/" not in repo:
+def check_repo(repo: str) -> None:
+    if repo.count("/") != 1 or not all(repo.split("/")):
         raise ev.UserError(f"--push-to-hub needs USER/REPO, not '{repo}'")
+
+
+def push(repo: str, files: list[Path], card: str, dry_run: bool) -> list[str]:
+    """One commit with the GGUF files and the model card (README.md)."""
+    check_repo(repo)
     listing = [f"{p.name} ({p.stat().st_size / ev.MiB:.1f} MiB)" for p in files] + ["README.md (model card)"]
     if dry_run:
         print(f"dry run: would upload to https://huggingface.co/{repo}:")
@@ -344,15 +339,12 @@ def push(repo: str, files: list[Path], card: str, dry_run: bool) -> list[str]:
     token = hub_token()
     if not token:
         raise ev.UserError("no Hugging Face token: set HF_TOKEN or run `hf auth login`; nothing was created")
-    from huggingface_hub import HfApi
+    from huggingface_hub import CommitOperationAdd, HfApi
     api = HfApi(token=token)
     api.create_repo(repo, exist_ok=True)
-    with tempfile.TemporaryDirectory() as d:
-        (Path(d) / "README.md").write_text(card, encoding="utf-8")
-        for p in files:
-            os.link(p, Path(d) / p.name) if p.stat().st_dev == Path(d).stat().st_dev else \
-                __import__("shutil").copy2(p, Path(d) / p.name)
-        api.upload_folder(repo_id=repo, folder_path=d, commit_message="GGUF files from bonus_gguf.py")
+    ops = [CommitOperationAdd(path_in_repo=p.name, path_or_fileobj=str(p)) for p in files]
+    ops.append(CommitOperationAdd(path_in_repo="README.md", path_or_fileobj=card.encode("utf-8")))
+    api.create_commit(repo_id=repo, operations=ops, commit_message="GGUF files from bonus_gguf.py")
     print(f"pushed {len(files)} files to https://huggingface.co/{repo}")
     return listing
 
@@ -391,7 +383,9 @@ def main(**kwargs) -> list[dict] | dict:
             print(f"wrote {args.out}")
         return info
     types = parse_types(args.types)
-    if args.push_to_hub and not args.dry_run and not hub_token():   # before hours of work, not after
+    if args.push_to_hub:                                            # before hours of work, not after
+        check_repo(args.push_to_hub)
+    if args.push_to_hub and not args.dry_run and not hub_token():
         raise ev.UserError("no Hugging Face token: set HF_TOKEN or run `hf auth login`; nothing was created")
     with tempfile.TemporaryDirectory(prefix="qstudy-smoke-") as workdir:
         if args.smoke:

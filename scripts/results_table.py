@@ -8,33 +8,15 @@ only; a file that does not parse is skipped with a warning on stderr.
 """
 from __future__ import annotations
 
-import json
 import sys
-from collections import defaultdict
 from pathlib import Path
 
-
-def load(folder: Path) -> list[dict]:
-    out = []
-    for path in sorted(folder.glob("*.json")):
-        try:
-            rec = json.loads(path.read_text())
-            rec["_file"] = path.name
-            out.append(rec)
-        except (OSError, json.JSONDecodeError) as e:
-            print(f"warning: skipping {path}: {e}", file=sys.stderr)
-    return out
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from plot_results import eval_groups, load_results  # noqa: E402  (the same reading and grouping as the figures)
 
 
 def eval_tables(records: list[dict]) -> str:
-    groups = defaultdict(list)
-    for r in records:
-        if "perplexity" not in r or "sensitivity" in r:
-            continue
-        p = r["perplexity"]
-        key = (r["model"]["id"].rstrip("/").split("/")[-1], r["dataset"]["id"].split("/")[-1],
-               p["max_length"], p["stride"], p["n_tokens_scored"], r["environment"]["device_name"])
-        groups[key].append(r)
+    groups = eval_groups(records)
     lines = []
     for (model, text, L, S, n, dev), rs in sorted(groups.items()):
         base = next((r for r in rs if r["method"]["name"] == "baseline-fp32"), None)
@@ -96,7 +78,7 @@ def compare_tables(records: list[dict]) -> str:
 
 
 def main(folder: str = "results") -> str:
-    records = load(Path(folder))
+    records = load_results(folder)
     head = (f"# Results\n\nPrinted by `python scripts/results_table.py > RESULTS.md` from {folder}/*.json "
             "(do not edit by hand). Perplexity changes are against the fp32 baseline of the same model, text, "
             "windows and token count; speed ratios come from side-by-side runs only.\n")
@@ -106,4 +88,8 @@ def main(folder: str = "results") -> str:
 
 
 if __name__ == "__main__":
-    main(*sys.argv[1:2])
+    from evaluate import UserError
+    try:
+        main(*sys.argv[1:2])
+    except UserError as e:
+        sys.exit(f"results_table.py: error: {e}")

@@ -6,7 +6,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 ARGS   ?=
 
-.PHONY: setup study smoke test clean
+.PHONY: setup study smoke report test clean
 setup: $(VENV)/.installed
 
 $(VENV)/.installed: requirements.txt
@@ -21,8 +21,11 @@ study: setup
 smoke: setup
 	$(PY) run_study.py --smoke $(ARGS)
 
+report: setup
+	$(PY) report/build_report.py $(ARGS)
+
 test: setup
 	$(PY) -m pytest -q $(ARGS)
 
 clean:
-	rm -rf $(VENV) .pytest_cache results/smoke
+	rm -rf $(VENV) .pytest_cache results/smoke report/figures/smoke report/smoke-report.pdf

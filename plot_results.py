@@ -87,9 +87,32 @@ def perplexity_means_something(rec: dict) -> bool:
     return "perplexity means nothing" not in (rec["model"].get("stand_in") or "")
 
 
+def device_kind(rec_or_name) -> str:
+    name = rec_or_name if isinstance(rec_or_name, str) else device_of(rec_or_name)
+    return "cpu" if "cpu" in name.lower() else "cuda"
+
+
 def group_slug(key: tuple) -> str:
     model, text, L, S, n, dev = key
-    return ev.slug(f"{model}_{text}_L{L}-S{S}-N{n}_{'cuda' if 'cpu' not in dev.lower() else 'cpu'}")
+    return ev.slug(f"{model}_{text}_L{L}-S{S}-N{n}_{device_kind(dev)}")
+
+
+# File names of the figures, one place, so that the report can find them.
+def group_figures(key: tuple) -> dict[str, str]:
+    return {k: f"{k}_{group_slug(key)}.png" for k in ("memory", "perplexity", "pareto")}
+
+
+def bench_figure(rec: dict) -> str:
+    return f"latency_{ev.slug(rec['method']['name'])}_{ev.slug(short_model(rec))}_{device_kind(rec)}.png"
+
+
+def sensitivity_figure(rec: dict) -> str:
+    return f"sensitivity_{ev.slug(short_model(rec))}.png"
+
+
+def compare_figures(rec: dict) -> dict[str, str]:
+    m = ev.slug(short_model(rec))
+    return {"levels": f"nf4_levels_{m}.png", "error": f"reconstruction_error_{m}.png"}
 
 
 # -----------------------------------------------------------------------------
@@ -122,7 +145,7 @@ def plot_group(key: tuple, rs: list[dict], out: Path, made: list[Path]) -> None:
     first = rs[0]
     L, S, n = key[2], key[3], key[4]
     cap = caption(first, f", L={L} S={S}, {n:,} tokens")
-    slug = group_slug(key)
+    names_of = group_figures(key)
     base = next((r["perplexity"]["ppl"] for r in rs if r["method"]["name"] == "baseline-fp32"), None)
 
     fig, ax = plt.subplots(figsize=(8, 0.35 * len(rs) + 1.6))
@@ -133,7 +156,7 @@ def plot_group(key: tuple, rs: list[dict], out: Path, made: list[Path]) -> None:
     ax.invert_yaxis()
     ax.set_xlabel("weights (MiB)")
     ax.set_title(f"Memory by method\n{cap}", fontsize=9)
-    _save(fig, out, f"memory_{slug}.png", made)
+    _save(fig, out, names_of["memory"], made)
 
     if not perplexity_means_something(first):
         return
@@ -148,7 +171,7 @@ def plot_group(key: tuple, rs: list[dict], out: Path, made: list[Path]) -> None:
     ax.invert_yaxis()
     ax.set_xlabel("perplexity (corpus-level, token-weighted)")
     ax.set_title(f"Perplexity by method\n{cap}", fontsize=9)
-    _save(fig, out, f"perplexity_{slug}.png", made)
+    _save(fig, out, names_of["perplexity"], made)
 
     fig, ax = plt.subplots(figsize=(10, 5.5))
     markers = "osD^v<>pPX*h"
@@ -164,7 +187,7 @@ def plot_group(key: tuple, rs: list[dict], out: Path, made: list[Path]) -> None:
     ax.set_xlabel("weights (MiB)")
     ax.set_ylabel("perplexity")
     ax.set_title(f"Memory against perplexity\n{cap}", fontsize=9)
-    _save(fig, out, f"pareto_{slug}.png", made)
+    _save(fig, out, names_of["pareto"], made)
 
 
 def plot_bench(rec: dict, out: Path, made: list[Path]) -> None:
@@ -188,8 +211,7 @@ def plot_bench(rec: dict, out: Path, made: list[Path]) -> None:
     ax.set_xlim(0, max(pre + dec) * 1.45)                    # room for the ms labels
     ax.legend(fontsize=8, loc="upper right", framealpha=1.0)
     ax.set_title(f"Latency side by side\n{caption(rec)}", fontsize=9)
-    dev = "cpu" if "cpu" in device_of(rec).lower() else "cuda"
-    _save(fig, out, f"latency_{ev.slug(rec['method']['name'])}_{ev.slug(short_model(rec))}_{dev}.png", made)
+    _save(fig, out, bench_figure(rec), made)
 
 
 def plot_sensitivity(rec: dict, out: Path, made: list[Path]) -> None:
@@ -212,7 +234,7 @@ def plot_sensitivity(rec: dict, out: Path, made: list[Path]) -> None:
     scheme = rec["method"]["settings"].get("scheme", "")
     fig.suptitle(f"INT8 sensitivity ({scheme}), base ppl {s['baseline_ppl']:.3f}\n{caption(rec, window)}",
                  fontsize=9)
-    _save(fig, out, f"sensitivity_{ev.slug(short_model(rec))}.png", made)
+    _save(fig, out, sensitivity_figure(rec), made)
 
 
 def plot_compare(rec: dict, out: Path, made: list[Path]) -> None:
@@ -235,7 +257,7 @@ def plot_compare(rec: dict, out: Path, made: list[Path]) -> None:
     ax.set_xlabel("w / absmax(block)")
     ax.set_ylabel("weights")
     ax.legend(fontsize=8)
-    _save(fig, out, f"nf4_levels_{ev.slug(short_model(rec))}.png", made)
+    _save(fig, out, compare_figures(rec)["levels"], made)
 
     fig, ax = plt.subplots(figsize=(10, 4))
     kinds = c["kinds"]
@@ -248,7 +270,7 @@ def plot_compare(rec: dict, out: Path, made: list[Path]) -> None:
     ax.legend(fontsize=8)
     ax.set_title(f"4-bit reconstruction error per layer, block {c['block_size']}\n{model} · {device_of(rec)}",
                  fontsize=9)
-    _save(fig, out, f"reconstruction_error_{ev.slug(short_model(rec))}.png", made)
+    _save(fig, out, compare_figures(rec)["error"], made)
 
 
 def plot_all(records: list[dict], out: str | Path) -> list[Path]:

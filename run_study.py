@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""The whole study in one command: every run, one after the other, then the figures.
+"""The whole study in one command: every run, one after the other, then the figures and the PDF report.
 
     python run_study.py                              # gpt2 from the Hub, WikiText-2
     python run_study.py --model DIR --text-file FILE # offline
@@ -23,7 +23,7 @@ from pathlib import Path
 
 import evaluate
 
-STEPS = ("baseline", "part1", "sensitivity", "part2", "gguf", "plots")
+STEPS = ("baseline", "part1", "sensitivity", "part2", "gguf", "plots", "report")
 CPU_TOKEN_BUDGET = 16384
 GGUF_TYPES = ("F32", "F16", "Q8_0", "Q5_K_M", "Q4_K_M", "Q4_0")
 
@@ -40,6 +40,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--stand-in", default=None, help="which model this one stands in for, if any")
     p.add_argument("--results-dir", default="results", help="where results JSON go (default: results)")
     p.add_argument("--figures-dir", default="report/figures", help="where the figures go (default: report/figures)")
+    p.add_argument("--report", default="report/report.pdf",
+                   help="the PDF report to write (default: report/report.pdf; --smoke: report/smoke-report.pdf)")
     p.add_argument("--steps", default=",".join(STEPS), help=f"comma list of {', '.join(STEPS)} (default: all)")
     p.add_argument("--force", action="store_true", help="redo runs whose results JSON already exists")
     p.add_argument("--quiet", action="store_true", help="no progress bars inside the runs")
@@ -140,11 +142,17 @@ def main(**kwargs) -> list[dict]:
         evaluate.write_json_atomic(ledger_path, ledger)
         rows.append((label, f"{time.perf_counter() - t0:.0f} s", *summary(rec)))
         records.append(rec)
-    if "plots" in steps:
+    folder = Path(args.results_dir) / ("smoke" if args.smoke else "")
+    figures = Path(args.figures_dir) / ("smoke" if args.smoke else "")
+    if "report" in steps:                                  # draws the figures too
+        from report import build_report
+        pdf = Path(args.report) if not args.smoke else Path(args.report).with_name("smoke-report.pdf")
+        print(f"[report] {figures} and {pdf}", flush=True)
+        build_report.main(results=str(folder), out=str(pdf), figures=str(figures))
+    elif "plots" in steps:
         import plot_results
-        print(f"[plots] {args.figures_dir}", flush=True)
-        folder = Path(args.results_dir) / ("smoke" if args.smoke else "")
-        plot_results.main(results=str(folder), out=str(Path(args.figures_dir) / ("smoke" if args.smoke else "")))
+        print(f"[plots] {figures}", flush=True)
+        plot_results.main(results=str(folder), out=str(figures))
     print(f"\n{'run':<28} {'time':>9} {'ppl':>12} {'MiB':>9} {'ms/token':>9}")
     for label, t, ppl, mib, dec in rows:
         print(f"{label:<28} {t:>9} {ppl:>12} {mib:>9} {dec:>9}")

@@ -1,4 +1,5 @@
 """Shared fixtures: tiny random models, a tokenizer and a text, all made offline."""
+import json
 import os
 import sys
 from pathlib import Path
@@ -55,3 +56,62 @@ def cli_error(capsys):
         assert len(err.splitlines()) == 1 and "Traceback" not in err, err
         return err
     return run
+
+
+# -----------------------------------------------------------------------------
+# A fixture set of results files, as the scripts write them (only the fields read), one malformed.
+
+def record(method, ppl, mib, model="m-small", device="cpu: test", stand_in=None, memory_disk=None, **extra):
+    return {"schema_version": 1, "method": {"name": method, "settings": {"scheme": "per_channel"}},
+            "model": {"id": f"/x/{model}", "stand_in": stand_in},
+            "dataset": {"id": "file:/t/wiki.test.raw", "sha256": "0" * 64},
+            "perplexity": {"ppl": ppl, "max_length": 64, "stride": 32, "n_tokens_scored": 999},
+            "memory": {"weights_mib": mib, "disk_mib": memory_disk}, "environment": {"device_name": device},
+            "timestamp": "2026-11-23T10:00:00+00:00", **extra}
+
+
+def bench_table(names):
+    stat = {"median": 2.0, "p10": 1.9, "p90": 2.1}
+    return {n: {"prefill_ms": stat, "decode_ms_per_token": stat, "prefill_ratio": 1.0 + i / 10,
+                "decode_ratio": 1.0 - i / 10, "weights_mib": 10.0 / (i + 1)} for i, n in enumerate(names)}
+
+
+@pytest.fixture()
+def results_dir(tmp_path, gpt2_dir):
+    import evaluate as ev
+    import part2_bnb_nf4 as p2
+    d = tmp_path / "results"
+    d.mkdir()
+    files = {
+        "a.json": record("baseline-fp32", 20.0, 100.0),
+        "b.json": record("scratch-int8-per_channel", 20.1, 26.0),
+        "c.json": record("bnb-nf4", 25.0, 14.0),
+        "d.json": record("bnb-fp4", 31.25, 14.0),
+        "e.json": record("scratch-int4-int4", 27.5, 14.5),
+        "f.json": record("gguf-q8_0", 20.2, 27.0, memory_disk=28.25),
+        "inspect.json": {"schema_version": 1, "stand_in": "m-small (stand-in)", "gguf_inspection": {
+            "file": "m-small-Q8_0.gguf", "file_bytes": 29622272, "tensor_bytes": 28311552,
+            "header": {"magic": "GGUF", "version": 3, "tensor_count": 2, "kv_count": 2},
+            "metadata": {"general.architecture": "gpt2", "gpt2.block_count": 2},
+            "tensors": [{"name": "token_embd.weight", "type": "Q8_0", "shape": [64, 256], "bytes": 17408},
+                        {"name": "blk.0.attn_qkv.weight", "type": "Q8_0", "shape": [64, 192], "bytes": 13056}],
+            "bytes_by_type": {"Q8_0": 28311552}}},
+        "other.json": record("baseline-fp32", 9.0, 5.0, model="lonely"),          # a group of one: no figure
+        "bench.json": {"schema_version": 1, "method": {"name": "bnb-bench"}, "model": {"id": "g", "stand_in": "x"},
+                       "dataset": {"id": "t"}, "environment": {"device_name": "NVIDIA H100"},
+                       "bench": {"table": bench_table(["fp16", "bnb-nf4"]), "baseline": "fp16", "repeats": 3,
+                                 "prefill_tokens": 512, "new_tokens": 128}},
+        "sens.json": record("scratch-int8-per_channel-sensitivity", 20.0, 100.0, sensitivity={
+            "baseline_ppl": 20.0, "block": [{"block": "0", "delta_pct": 0.1}, {"block": "1", "delta_pct": -0.02}],
+            "component": [{"component": "qkv", "delta_pct": 0.2}]}),
+        "cmp.json": {"schema_version": 1, "method": {"name": "nf4-vs-linear-4bit"}, "model": {"id": "tiny"},
+                     "environment": {"device_name": "cpu"}},
+    }
+    model, _ = ev.load_model(str(gpt2_dir), device="cpu")
+    files["cmp.json"]["compare"] = p2.compare_4bit(model)
+    for name, rec in files.items():
+        (d / name).write_text(json.dumps(rec))
+    (d / "broken.json").write_text('{"schema_version": 1, "method": ')                # cut off mid-write
+    return d
+
+

@@ -4,11 +4,12 @@ import run_study
 
 
 def test_study_skips_finished_runs_and_force_redoes_them(tmp_path, capsys):
-    kw = dict(smoke=True, steps="baseline,plots", results_dir=str(tmp_path / "r"),
-              figures_dir=str(tmp_path / "f"), quiet=True)
+    kw = dict(smoke=True, steps="baseline,report", results_dir=str(tmp_path / "r"),
+              figures_dir=str(tmp_path / "f"), report=str(tmp_path / "rep" / "report.pdf"), quiet=True)
     first = run_study.main(**kw)
     assert len(first) == 1 and first[0]["method"]["name"] == "baseline-fp32"
     assert any((tmp_path / "r" / "smoke").glob("baseline-fp32__*.json"))
+    assert (tmp_path / "rep" / "smoke-report.pdf").read_bytes()[:5] == b"%PDF-"   # the report step ran
     capsys.readouterr()
     assert run_study.main(**kw) == []                                   # nothing redone
     assert "skipped" in capsys.readouterr().out

@@ -1,0 +1,816 @@
+#!/usr/bin/env python3
+"""The study's PDF report, built only from results/*.json.
+
+    python report/build_report.py                      # results/ -> report/figures/ + report/report.pdf
+    python report/build_report.py --results DIR --out FILE.pdf --figures DIR
+
+Every number in the report, and every comparison in its text ("NF4 is x% better than
+FP4"), is read or computed here from the results files; none is typed in. A section
+whose measurements are missing says so instead of guessing. The figures are redrawn by
+plot_results.py first, so the PDF and report/figures/ always come from the same files.
+
+Assumptions: the results files are those written by this project's scripts (schema 1);
+method names follow them (baseline-fp32, scratch-int8-<scheme>, bnb-<mode>, gguf-<type>,
+*-bench, nf4-vs-linear-4bit, gguf-inspect). The text is set in DejaVu Sans, which
+matplotlib ships, so no system font is needed.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import subprocess
+import sys
+import warnings
+from pathlib import Path
+from xml.sax.saxutils import escape
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:                       # run as a script from anywhere
+    sys.path.insert(0, str(ROOT))
+
+import evaluate as ev  # noqa: E402
+import plot_results as pr  # noqa: E402
+
+HBM_BYTES_PER_S = 3.35e12          # H100 SXM HBM3 bandwidth, the decode floor's denominator
+
+
+# -----------------------------------------------------------------------------
+# Numbers: one format for each kind, so the text and the tables agree
+
+def f_ppl(x: float) -> str:
+    return f"{x:.4f}"
+
+
+def f_pct(x: float) -> str:
+    return f"{x:+.2f}%"
+
+
+def f_mib(x: float | None) -> str:
+    return "–" if x is None else f"{x:.1f}"
+
+
+def f_ms(x: float) -> str:
+    return f"{x:.2f}"
+
+
+def f_ratio(x: float) -> str:
+    return f"{x:.2f}×"
+
+
+def pct_change(new: float, old: float) -> float:
+    return 100.0 * (new / old - 1.0)
+
+
+def mib(nbytes: int | float | None) -> float | None:
+    return None if nbytes is None else nbytes / 2**20
+
+
+# -----------------------------------------------------------------------------
+# Reading: which results answer which question
+
+def method(rec: dict) -> str:
+    return rec["method"]["name"]
+
+
+def model_label(rec: dict) -> str:
+    return pr.short_model(rec) + (" (stand-in)" if rec["model"].get("stand_in") else "")
+
+
+def group_label(key: tuple) -> str:
+    model, text, L, S, n, dev = key
+    return f"{model} · {text} · L={L} S={S} · {n:,} tokens · {dev}"
+
+
+class Study:
+    """The results files, sorted into what each section needs."""
+
+    def __init__(self, records: list[dict]):
+        self.records = records
+        self.groups = {k: pr.ordered(v) for k, v in sorted(pr.eval_groups(records).items())}
+        self.benches = [r for r in records if "bench" in r]
+        self.sensitivity = next((r for r in records if "sensitivity" in r), None)
+        self.compare = next((r for r in records if "compare" in r), None)
+        self.inspection = next((r for r in records if "gguf_inspection" in r), None)
+
+    def ppl_groups(self) -> list[tuple]:
+        """Groups of two runs or more whose perplexity means something, largest token count first."""
+        keys = [k for k, rs in self.groups.items() if len(rs) >= 2 and pr.perplexity_means_something(rs[0])]
+        return sorted(keys, key=lambda k: (-k[4], -len(self.groups[k])))
+
+    def memory_groups(self) -> list[tuple]:
+        return [k for k, rs in self.groups.items() if len(rs) >= 2]
+
+    def find_group(self, *names: str) -> tuple | None:
+        """The best perplexity group that holds every one of these methods, with a fp32 baseline."""
+        for k in self.ppl_groups():
+            have = {method(r) for r in self.groups[k]}
+            if "baseline-fp32" in have and all(n in have for n in names):
+                return k
+        return None
+
+    def runs(self, key: tuple) -> dict[str, dict]:
+        return {method(r): r for r in self.groups[key]}
+
+    def bench(self, name: str, device: str) -> dict | None:
+        return next((r for r in self.benches if method(r) == name and pr.device_kind(r) == device), None)
+
+
+def delta(runs: dict[str, dict], name: str, base: str = "baseline-fp32") -> float:
+    return pct_change(runs[name]["perplexity"]["ppl"], runs[base]["perplexity"]["ppl"])
+
+
+# -----------------------------------------------------------------------------
+# Typesetting (reportlab): a thin layer so that sections read as text
+
+class Doc:
+    def __init__(self, figures: Path):
+        from reportlab.lib import colors
+        from reportlab.lib.styles import ParagraphStyle, getSampleStyleSheet
+        from reportlab.pdfbase import pdfmetrics
+        from reportlab.pdfbase.ttfonts import TTFont
+        import matplotlib
+
+        ttf = Path(matplotlib.get_data_path()) / "fonts" / "ttf"
+        for name, file in [("DejaVu", "DejaVuSans.ttf"), ("DejaVu-Bold", "DejaVuSans-Bold.ttf"),
+                           ("DejaVu-Oblique", "DejaVuSans-Oblique.ttf"), ("DejaVuMono", "DejaVuSansMono.ttf")]:
+            pdfmetrics.registerFont(TTFont(name, str(ttf / file)))
+        pdfmetrics.registerFontFamily("DejaVu", normal="DejaVu", bold="DejaVu-Bold", italic="DejaVu-Oblique",
+                                      boldItalic="DejaVu-Bold")
+        base = getSampleStyleSheet()
+        self.colors = colors
+        self.style = {
+            "title": ParagraphStyle("t", parent=base["Title"], fontName="DejaVu-Bold", fontSize=17, leading=21),
+            "h1": ParagraphStyle("h1", parent=base["Heading1"], fontName="DejaVu-Bold", fontSize=13.5,
+                                 leading=17, spaceBefore=10, spaceAfter=5, keepWithNext=1),
+            "h2": ParagraphStyle("h2", parent=base["Heading2"], fontName="DejaVu-Bold", fontSize=11,
+                                 leading=14, spaceBefore=7, spaceAfter=3, keepWithNext=1),
+            "p": ParagraphStyle("p", parent=base["BodyText"], fontName="DejaVu", fontSize=9, leading=12.2,
+                                spaceAfter=4),
+            "small": ParagraphStyle("s", parent=base["BodyText"], fontName="DejaVu", fontSize=7.5, leading=9.5,
+                                    textColor=colors.HexColor("#444444")),
+            "cell": ParagraphStyle("c", parent=base["BodyText"], fontName="DejaVu", fontSize=7.3, leading=8.8),
+            "mono": ParagraphStyle("m", parent=base["Code"], fontName="DejaVuMono", fontSize=7, leading=8.6),
+        }
+        self.figures = figures
+        self.story: list = []
+        self.n_fig = 0
+        self.n_tab = 0
+
+    def h1(self, text: str) -> None:
+        self._heading(text, "h1")
+
+    def h2(self, text: str) -> None:
+        self._heading(text, "h2")
+
+    def _heading(self, text: str, style: str) -> None:
+        from reportlab.lib.units import cm
+        from reportlab.platypus import CondPageBreak, Paragraph
+        self.story += [CondPageBreak(6 * cm), Paragraph(escape(text), self.style[style])]   # no orphan heading
+
+    def p(self, markup: str, style: str = "p") -> None:
+        """A paragraph; markup may use <b>, <i>; plain text from files must go through escape()."""
+        from reportlab.platypus import Paragraph
+        self.story.append(Paragraph(markup, self.style[style]))
+
+    def bullets(self, items: list[str]) -> None:
+        from reportlab.platypus import ListFlowable, ListItem, Paragraph
+        self.story.append(ListFlowable([ListItem(Paragraph(t, self.style["p"]), leftIndent=10) for t in items],
+                                       bulletType="bullet", start="•", leftIndent=10, bulletFontName="DejaVu"))
+
+    def table(self, header: list[str], rows: list[list[str]], caption: str,
+              widths: list[float | None] | None = None) -> None:
+        """A table; a column with a width in cm wraps its text, a column of None sizes to its content."""
+        from reportlab.lib.units import cm
+        from reportlab.platypus import KeepTogether, Paragraph, Spacer, Table, TableStyle
+        c = self.colors
+        cell = self.style["cell"]
+        widths = widths or [None] * len(header)
+        wrap = [w is not None for w in widths]
+        data = [[Paragraph(f"<b>{escape(h)}</b>", cell) if wrap[i] else h for i, h in enumerate(header)]]
+        data += [[Paragraph(escape(str(v)), cell) if wrap[i] else str(v) for i, v in enumerate(row)] for row in rows]
+        t = Table(data, colWidths=[w * cm if w else None for w in widths], repeatRows=1, hAlign="LEFT")
+        t.setStyle(TableStyle([
+            ("FONTNAME", (0, 0), (-1, -1), "DejaVu"), ("FONTSIZE", (0, 0), (-1, -1), 7.3),
+            ("FONTNAME", (0, 0), (-1, 0), "DejaVu-Bold"),
+            ("LINEABOVE", (0, 0), (-1, 0), 0.8, c.black), ("LINEBELOW", (0, 0), (-1, 0), 0.5, c.black),
+            ("LINEBELOW", (0, -1), (-1, -1), 0.8, c.black),
+            ("ROWBACKGROUNDS", (0, 1), (-1, -1), [c.white, c.HexColor("#f2f2f2")]),
+            ("VALIGN", (0, 0), (-1, -1), "TOP"), ("TOPPADDING", (0, 0), (-1, -1), 1.5),
+            ("BOTTOMPADDING", (0, 0), (-1, -1), 1.5), ("LEFTPADDING", (0, 0), (-1, -1), 4),
+            ("RIGHTPADDING", (0, 0), (-1, -1), 4)]))
+        self.n_tab += 1
+        cap = Paragraph(f"<b>Table {self.n_tab}.</b> {caption}", self.style["small"])
+        self.story.append(KeepTogether([cap, Spacer(1, 2), t, Spacer(1, 6)]) if len(rows) < 25 else t)
+
+    def figure(self, name: str, caption: str, max_height_cm: float = 9.5) -> bool:
+        from reportlab.lib.units import cm
+        from reportlab.platypus import Image, KeepTogether, Paragraph, Spacer
+        path = self.figures / name
+        if not path.exists():
+            return False
+        img = Image(str(path))
+        scale = min(16.5 * cm / img.imageWidth, max_height_cm * cm / img.imageHeight)
+        img.drawWidth, img.drawHeight = img.imageWidth * scale, img.imageHeight * scale
+        self.n_fig += 1
+        self.story.append(KeepTogether([img, Paragraph(f"<b>Figure {self.n_fig}.</b> {caption} "
+                                                       f"<i>(report/figures/{escape(name)})</i>",
+                                                       self.style["small"]), Spacer(1, 8)]))
+        return True
+
+    def build(self, out: Path, title: str) -> None:
+        from reportlab.lib.pagesizes import A4
+        from reportlab.lib.units import cm
+        from reportlab.platypus import SimpleDocTemplate
+
+        def footer(canvas, doc):
+            canvas.saveState()
+            canvas.setFont("DejaVu", 7)
+            canvas.drawString(2 * cm, 1.2 * cm, title)
+            canvas.drawRightString(A4[0] - 2 * cm, 1.2 * cm, f"page {doc.page}")
+            canvas.restoreState()
+
+        tmp = out.with_name(out.name + ".tmp")
+        SimpleDocTemplate(str(tmp), pagesize=A4, leftMargin=2 * cm, rightMargin=2 * cm, topMargin=1.8 * cm,
+                          bottomMargin=1.8 * cm, title=title, author="report/build_report.py").build(
+            self.story, onFirstPage=footer, onLaterPages=footer)
+        tmp.replace(out)                                  # a half-written PDF never replaces a good one
+
+
+# -----------------------------------------------------------------------------
+# Sections. Each reads the Study and writes text whose numbers it computes.
+
+SCHEME_WORDS = {
+    "baseline-fp32": "float32, as loaded",
+    "baseline-fp16": "float16 cast",
+    "scratch-int8-per_channel": "Part 1 INT8, symmetric, one scale per output channel",
+    "scratch-int8-per_tensor": "Part 1 INT8, symmetric, one scale per weight matrix",
+    "scratch-int8-asymmetric": "Part 1 INT8, scale and zero point per output channel",
+    "scratch-int8-group64": "Part 1 INT8, symmetric, one scale per 64 inputs of a row",
+    "scratch-int4-nf4": "Part 1 4-bit NF4 codes, absmax per 64",
+    "scratch-int4-int4": "Part 1 4-bit linear int4, absmax per 64",
+    "bnb-int8": "bitsandbytes LLM.int8(), outliers (>6) in fp16",
+    "bnb-fp4": "bitsandbytes 4-bit FP4, absmax per 64",
+    "bnb-nf4": "bitsandbytes 4-bit NF4, absmax per 64",
+    "bnb-nf4-dq": "NF4 + double quantization of the absmax",
+}
+
+
+def describe(name: str) -> str:
+    if name in SCHEME_WORDS:
+        return SCHEME_WORDS[name]
+    if name.startswith("gguf-"):
+        return f"llama.cpp GGUF {name[5:].upper()}"
+    if name.startswith("scratch-int8-") and "-b" in name:
+        return "Part 1 INT8 per channel, only the blocks/components named"
+    return ""
+
+
+def title_block(doc: Doc, s: Study, results: Path) -> None:
+    stamps = sorted(r["timestamp"] for r in s.records if r.get("timestamp"))
+    doc.p("What weight quantization does to a small language model: memory, speed and perplexity",
+          "title")
+    commit = git_commit()
+    doc.p(f"Built {dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC by <i>report/build_report.py</i> from "
+          f"{len(s.records)} results files in <i>{escape(str(results))}</i>"
+          + (f" (measured {stamps[0][:10]} to {stamps[-1][:10]})" if stamps else "")
+          + (f", code at commit {commit}" if commit else "") + ". Every number below is read or computed "
+          "from those files.", "small")
+    notes = sorted({r["model"]["stand_in"] for r in s.records if r.get("model", {}).get("stand_in")}
+                   | {r["stand_in"] for r in s.records if r.get("stand_in")})
+    if notes:
+        doc.p("<b>Stand-in models.</b> This machine could not reach the Hugging Face Hub, so the numbers below "
+              "come from stand-ins, named wherever their numbers appear: " +
+              "; ".join(f"<i>{escape(n)}</i>" for n in notes) +
+              ". The README says how to rerun everything with <i>gpt2</i> where the Hub is reachable.")
+
+
+def git_commit() -> str | None:
+    try:
+        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True,
+                             timeout=10)
+        return out.stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def key_findings(doc: Doc, s: Study) -> None:
+    doc.h1("1. Findings")
+    items = []
+    g = s.find_group("scratch-int8-per_channel")
+    if g:
+        r = s.runs(g)
+        base, q = r["baseline-fp32"], r["scratch-int8-per_channel"]
+        items.append(
+            f"<b>8-bit from scratch.</b> Whole-model INT8 with one scale per output channel shrinks the weights "
+            f"from {f_mib(base['memory']['weights_mib'])} to {f_mib(q['memory']['weights_mib'])} MiB "
+            f"({f_ratio(base['memory']['weights_mib'] / q['memory']['weights_mib'])} smaller) and moves "
+            f"perplexity by {f_pct(delta(r, 'scratch-int8-per_channel'))} "
+            f"({f_ppl(base['perplexity']['ppl'])} → {f_ppl(q['perplexity']['ppl'])}; {escape(group_label(g))}).")
+        best = min((n for n in r if n.startswith("scratch-int8") and not n.startswith("scratch-int8-per_channel-")),
+                   key=lambda n: r[n]["perplexity"]["ppl"])
+        if best != "scratch-int8-per_channel":
+            items.append(f"The best whole-model Part 1 INT8 scheme is <i>{escape(best)}</i> at {f_pct(delta(r, best))}; "
+                         f"per-tensor scaling costs {f_pct(delta(r, 'scratch-int8-per_tensor'))}."
+                         if "scratch-int8-per_tensor" in r else
+                         f"The best whole-model Part 1 INT8 scheme is <i>{escape(best)}</i> at {f_pct(delta(r, best))}.")
+    g = s.find_group("bnb-nf4", "bnb-fp4")
+    if g:
+        r = s.runs(g)
+        nf4, fp4 = r["bnb-nf4"]["perplexity"]["ppl"], r["bnb-fp4"]["perplexity"]["ppl"]
+        text = (f"<b>4-bit: NF4 against linear.</b> At the same size, NF4's perplexity is "
+                f"{-pct_change(nf4, fp4):.1f}% lower than FP4's ({f_ppl(nf4)} against {f_ppl(fp4)})")
+        if "scratch-int4-int4" in r:
+            i4 = r["scratch-int4-int4"]["perplexity"]["ppl"]
+            text += f" and {-pct_change(nf4, i4):.1f}% lower than linear int4's ({f_ppl(i4)})"
+        items.append(text + f"; fp32 is {f_ppl(r['baseline-fp32']['perplexity']['ppl'])} "
+                     f"({escape(group_label(g))}).")
+    if s.compare:
+        m = s.compare["compare"]["mean_rel_mse"]
+        if "bnb-nf4" in m and "bnb-fp4" in m:
+            items.append(f"Per weight, NF4's mean relative reconstruction error ({m['bnb-nf4']:.2e}) is "
+                         f"{f_ratio(m['bnb-fp4'] / m['bnb-nf4'])} smaller than FP4's ({m['bnb-fp4']:.2e})"
+                         + (f" and {f_ratio(m['scratch-int4'] / m['bnb-nf4'])} smaller than linear int4's"
+                            if "scratch-int4" in m else "") + ".")
+    b = s.bench("bnb-bench", "cuda")
+    if b:
+        t, base = b["bench"]["table"], b["bench"].get("baseline", "fp16")
+        q = {n: v for n, v in t.items() if n not in ("fp32", "fp16")}
+        if q and base in t:
+            lo, hi = min(v["decode_ratio"] for v in q.values()), max(v["decode_ratio"] for v in q.values())
+            slower = sum(v["decode_ratio"] > 1 for v in q.values())
+            items.append(f"<b>Speed.</b> On the {escape(pr.device_of(b))}, with Hugging Face generate, {slower} of "
+                         f"{len(q)} quantized models decode slower than {base}: {f_ratio(lo)} to {f_ratio(hi)} its "
+                         f"time per token ({model_label(b)}). {base} itself takes {f_ms(t[base]['decode_ms_per_token']['median'])}"
+                         f" ms per token, "
+                         f"{t[base]['decode_ms_per_token']['median'] / decode_floor_ms(t[base]['weights_mib']):.0f}"
+                         f"× the time needed to read its weights once from memory: at this size decoding is "
+                         f"overhead, not bytes.")
+    fast = next((r for r in s.benches if "fast_path" in r["bench"]), None)
+    if fast:
+        items.append(gpu_fast_summary(fast))
+    g = s.find_group("gguf-q8_0")
+    if g:
+        r = s.runs(g)
+        ggufs = [n for n in r if n.startswith("gguf-")]
+        smallest = min(ggufs, key=lambda n: r[n]["memory"]["disk_mib"] or 1e18)
+        items.append(f"<b>GGUF.</b> llama.cpp's Q8_0 file is {f_mib(r['gguf-q8_0']['memory']['disk_mib'])} MiB at "
+                     f"{f_pct(delta(r, 'gguf-q8_0'))} perplexity; the smallest file, "
+                     f"{escape(smallest[5:].upper())}, is {f_mib(r[smallest]['memory']['disk_mib'])} MiB at "
+                     f"{f_pct(delta(r, smallest))} ({escape(group_label(g))}).")
+    if not items:
+        items.append("No comparable perplexity runs in these results.")
+    doc.bullets(items)
+
+
+def decode_floor_ms(weights_mib: float) -> float:
+    """Time to read every weight byte once at HBM bandwidth: the decode floor on the H100."""
+    return weights_mib * 2**20 / HBM_BYTES_PER_S * 1e3
+
+
+def methodology(doc: Doc, s: Study) -> None:
+    doc.h1("2. Method")
+    doc.p("<b>Perplexity</b> is corpus-level and token-weighted: the test text is joined and tokenized once, "
+          "scored in windows of L tokens that advance by a stride S, each window scoring only the tokens the "
+          "previous one did not, and perplexity = exp(sum of token NLL / tokens scored). Every method, the "
+          "baseline and llama.cpp included, goes through the same <i>evaluate.perplexity()</i> with the same "
+          "tokens and windows. <b>Memory</b> is the bytes the weights really occupy in memory (int8 and packed "
+          "4-bit codes, their scales and zero points, and what stays in full precision), plus the peak device "
+          "memory of the run (CUDA max allocated, or the rise in peak RSS on a CPU) and the size on disk "
+          "(save_pretrained, or the GGUF file). <b>Latency</b> is synchronized, warmed up and repeated; a "
+          "table gives medians with p10–p90. Speed is compared only as ratios taken side by side in one run, "
+          "with the methods timed in turn (round robin).")
+    rows = []
+    for k in s.memory_groups():
+        rs = s.groups[k]
+        d = rs[0]["dataset"]
+        trunc = "yes: first " + f"{d['max_tokens']:,}" if d.get("truncated") else "no (whole text)"
+        rows.append([model_label(rs[0]), k[1], d.get("sha256", "?")[:10], f"{k[2]} / {k[3]}", f"{k[4]:,}",
+                     str(rs[0]["perplexity"].get("n_windows", "?")), trunc, k[5], str(len(rs))])
+    if rows:
+        doc.table(["model", "text", "sha256", "L / S", "tokens scored", "windows", "token budget", "device", "runs"],
+                  rows, "Every group of comparable runs: same model, text, windows, tokens and device.",
+                  widths=[2.3, 2.2, 1.7, 1.4, 1.4, 1.1, 2.1, 3.8, 0.9])
+    names = sorted({method(r) for rs in s.groups.values() for r in rs}, key=lambda n: (not n.startswith("base"), n))
+    doc.table(["method", "what it is"], [[n, describe(n)] for n in names],
+              "The methods, as named in every table and figure.", widths=[6.5, None])
+    for k in s.memory_groups():
+        r0 = s.groups[k][0]
+        if not pr.perplexity_means_something(r0):
+            doc.p(f"<i>{escape(model_label(r0))}</i> has random weights: its runs give memory (and, in benches, "
+                  f"latency) with GPT-2's exact shapes; its perplexity means nothing and is not shown.")
+            break
+    envs = {}
+    for r in s.records:
+        e = r.get("environment", {})
+        if e:
+            v = e.get("versions", {})
+            envs.setdefault(e.get("device_name", "?"), (e.get("cpu_count"), v.get("torch"), v.get("transformers"),
+                                                        v.get("bitsandbytes"), v.get("llama_cpp_python")))
+    if envs:
+        doc.table(["device", "CPU cores", "torch", "transformers", "bitsandbytes", "llama-cpp-python"],
+                  [[d, *(str(x) if x is not None else "–" for x in vals)] for d, vals in sorted(envs.items())],
+                  "Devices and library versions, as recorded in the results files.",
+                  widths=[4.8, None, None, None, None, None])
+    budgets = sorted({r["dataset"]["max_tokens"] for r in s.records
+                      if isinstance(r.get("dataset"), dict) and r["dataset"].get("truncated")})
+    if budgets:
+        doc.p("<b>Reductions.</b> Runs on the CPU score only a prefix of the test text (a token budget of "
+              + ", ".join(f"{b:,}" for b in budgets) + " tokens, as recorded in each file), so that the whole "
+              "study finishes on a CPU in about an hour; their perplexities are compared only with each other, "
+              "never with full-text runs.")
+
+
+def memory_ppl_tables(doc: Doc, s: Study) -> None:
+    doc.h1("3. Memory and perplexity, before and after each scheme")
+    doc.p("Why the sizes change: an INT8 weight takes 1 byte instead of 4 (fp32) or 2 (fp16), a 4-bit weight "
+          "half a byte; each scheme adds its scales (one float per output channel, or per block of 64) and "
+          "keeps some tensors in full precision: norms and biases everywhere, and in bitsandbytes the "
+          "embeddings and the output layer too. The columns below split every model's bytes that way. Why "
+          "perplexity changes: rounding every weight to one of 256 (8-bit) or 16 (4-bit) levels adds an error "
+          "proportional to the step between levels; a scale per small group keeps the step small, one scale "
+          "for a whole matrix lets a single large weight stretch it.")
+    for k in s.memory_groups():
+        rs = s.groups[k]
+        meaningful = pr.perplexity_means_something(rs[0])
+        base = next((r["perplexity"]["ppl"] for r in rs if method(r) == "baseline-fp32"), None)
+        rows = []
+        for r in rs:
+            m, q = r["memory"], r.get("quantization") or {}
+            row = [method(r), f_mib(m["weights_mib"]),
+                   f_mib(mib(q.get("quantized_weights"))), f_mib(mib(q.get("scales_and_zero_points"))),
+                   f_mib(mib(q.get("full_precision"))), f_mib(m.get("disk_mib")), f_mib(m.get("peak_mib"))]
+            if meaningful:
+                ppl = r["perplexity"]["ppl"]
+                row += [f_ppl(ppl), f_pct(pct_change(ppl, base)) if base else "–"]
+            rows.append(row)
+        head = ["method", "weights", "codes", "scales", "full prec.", "disk", "peak"]
+        widths = [5.0] + [None] * 6
+        if meaningful:
+            head += ["perplexity", "vs fp32"]
+            widths += [None, None]
+        doc.h2(group_label(k))
+        doc.table(head, rows, f"{escape(model_label(rs[0]))}, all sizes in MiB: the weights in memory, split into "
+                  f"quantized codes, scales/zero points and full-precision tensors; the size on disk and the "
+                  f"peak device memory of the same run.", widths)
+        names = pr.group_figures(k)
+        if meaningful:
+            doc.figure(names["pareto"], "Memory against perplexity; the dashed line joins the runs no other run "
+                       "beats on both.")
+        else:
+            doc.figure(names["memory"], "Weight memory by method.", max_height_cm=7)
+
+
+def selective(doc: Doc, s: Study) -> None:
+    doc.h1("4. Whole model against selective quantization (Part 1)")
+    g = s.find_group("scratch-int8-per_channel")
+    if not g:
+        doc.p("Not measured in these results.")
+        return
+    r = s.runs(g)
+    sel = [n for n in r if n.startswith("scratch-int8-per_channel-")]
+    whole = r["scratch-int8-per_channel"]
+    fp32 = r["baseline-fp32"]["memory"]["weights_mib"]
+    emb = ("the tied embedding/output matrix" if whole["method"]["settings"].get("tied_output")
+           else "the embeddings")
+    text = (f"Quantizing every block linear and {emb} to INT8 (per channel) takes "
+            f"the weights from {f_mib(fp32)} to {f_mib(whole['memory']['weights_mib'])} MiB at "
+            f"{f_pct(delta(r, 'scratch-int8-per_channel'))} perplexity.")
+    for n in sel:
+        st = r[n]["method"]["settings"]
+        saved = fp32 - r[n]["memory"]["weights_mib"]
+        text += (f" Quantizing only blocks {', '.join(map(str, st.get('blocks') or []))} "
+                 f"({', '.join(st.get('components') or [])}) costs {f_pct(delta(r, n))} but saves only "
+                 f"{f_mib(saved)} MiB ({100 * saved / (fp32 - whole['memory']['weights_mib']):.1f}% of what the "
+                 f"whole model saves).")
+    doc.p(text + " Selective quantization is how to trade: keep the parts that hurt most in full precision and "
+          "quantize the rest; the sensitivity scan below says which parts those are.")
+    sens = s.sensitivity
+    if not sens:
+        return
+    sv = sens["sensitivity"]
+    blocks = sorted(sv["block"], key=lambda b: -b["delta_pct"])
+    comps = sorted(sv["component"], key=lambda c: -c["delta_pct"])
+    p = sens["perplexity"]
+    total = sum(b["delta_pct"] for b in sv["block"])
+    top3 = sum(b["delta_pct"] for b in blocks[:3])
+    small = sum(abs(b["delta_pct"]) < 0.02 for b in sv["block"])
+    neg = sum(b["delta_pct"] < 0 for b in sv["block"])
+    doc.h2("Sensitivity: one block, or one component type, at a time")
+    doc.p(f"Each of the {len(sv['block'])} blocks was quantized alone (INT8, "
+          f"{escape(sens['method']['settings'].get('scheme', ''))}), then each component type in every block, "
+          f"against a base perplexity of {f_ppl(sv['baseline_ppl'])} ({escape(model_label(sens))}, "
+          f"L={p['max_length']} S={p['stride']}, {p['n_tokens_scored']:,} tokens, {escape(pr.device_of(sens))}). "
+          f"The most sensitive blocks are {', '.join(b['block'] for b in blocks[:3])} "
+          f"({', '.join(f_pct(b['delta_pct']) for b in blocks[:3])}); together they carry {top3:.3f} of the "
+          f"{total:.3f} percentage points that the per-block changes add up to. {small} of {len(sv['block'])} "
+          f"blocks move perplexity by less than 0.02%, and {neg} lower it: at INT8 most single blocks are within "
+          f"the noise of rounding. By component, {escape(comps[0]['component'])} is the most sensitive "
+          f"({f_pct(comps[0]['delta_pct'])} over {comps[0].get('n_modules', '?')} modules) and "
+          f"{escape(comps[-1]['component'])} the least ({f_pct(comps[-1]['delta_pct'])}).")
+    doc.figure(pr.sensitivity_figure(sens), "Perplexity change with one block (left) or one component type in "
+               "every block (right) quantized to INT8.")
+
+
+def nf4_section(doc: Doc, s: Study) -> None:
+    doc.h1("5. NF4 against linear 4-bit (Part 2)")
+    doc.p("<b>What NF4 is.</b> Linear (uniform) 4-bit quantization divides each block of 64 weights by its "
+          "largest magnitude (absmax) and rounds to 16 evenly spaced levels in [-1, 1]. NF4 keeps the same "
+          "absmax scale but puts its 16 levels at quantiles of a normal distribution, so that each level is "
+          "used about equally often by normally distributed weights: the levels are dense near zero, where "
+          "most weights are, and sparse in the tails. The scale is the same; what differs is the spacing of "
+          "the levels it multiplies. FP4 is bitsandbytes' other 4-bit format, a tiny float (sign, exponent, "
+          "mantissa): its levels are spaced by powers of two, denser near zero than uniform but not matched to "
+          "the weights. Double quantization stores the absmax of each block itself in 8 bits (with a second "
+          "scale per 256 blocks) instead of 32.")
+    c = s.compare
+    if c:
+        cm = c["compare"]
+        m, h = cm["mean_rel_mse"], cm["histogram"]
+        e = h["code_entropy_bits"]
+        kinds = [k for k in ("bnb-nf4", "scratch-nf4", "scratch-int4", "bnb-fp4") if k in m]
+        doc.table(["4-bit format", "mean relative MSE", "vs NF4"],
+                  [[k, f"{m[k]:.3e}", f_ratio(m[k] / m["bnb-nf4"])] for k in kinds],
+                  f"Reconstruction error of every block linear ({len(cm['layers'])} layers, block "
+                  f"{cm['block_size']}), MSE / mean(w²) averaged over layers; {escape(model_label(c))}. "
+                  f"Scratch NF4 against bitsandbytes NF4: max difference "
+                  f"{cm['cross_check']['max_rel_diff']:.1e} of max |w|.", widths=[4, None, None])
+        doc.p(f"On the layer {escape(h['layer'])}, NF4's 16 codes carry {e['nf4']:.2f} bits of information per "
+              f"weight out of 4, uniform levels {e['uniform16']:.2f}"
+              + (f" and int4's 15 levels {e['int4_scratch']:.2f}" if "int4_scratch" in e else "")
+              + ": uniform levels waste codes on the tails, where few weights fall (Figure below). That is the "
+              "accuracy side of linear against nonlinear quantization. The efficiency side: NF4 and FP4 "
+              "cost exactly the same memory (4 bits plus one absmax per 64 weights), but a nonlinear code "
+              "cannot be computed by an integer multiply; it is looked up in a 16-entry table and the matmul "
+              "runs in 16-bit floats, so neither saves compute, only bytes.")
+        levels_fig = pr.compare_figures(c)
+        doc.figure(levels_fig["levels"], "A real layer's weights, each divided by its block's absmax, with the "
+                   "16 NF4 levels (red) and 16 uniform levels (blue, dotted).")
+        doc.figure(levels_fig["error"], "Per-layer 4-bit reconstruction error.", max_height_cm=7)
+    g = s.find_group("bnb-nf4", "bnb-fp4")
+    if g:
+        r = s.runs(g)
+        rows = [[n, describe(n), f_mib(r[n]["memory"]["weights_mib"]),
+                 f_mib(mib((r[n].get("quantization") or {}).get("scales_and_zero_points"))),
+                 f_ppl(r[n]["perplexity"]["ppl"]), f_pct(delta(r, n))]
+                for n in ("bnb-int8", "bnb-fp4", "bnb-nf4", "bnb-nf4-dq", "scratch-int4-int4", "scratch-int4-nf4")
+                if n in r]
+        doc.table(["method", "what", "weights MiB", "scales MiB", "perplexity", "vs fp32"], rows,
+                  f"bitsandbytes and Part 1's 4-bit on the same tokens ({escape(group_label(g))}).",
+                  widths=[2.8, 5.4, None, None, None, None])
+        text = []
+        if "bnb-nf4-dq" in r:
+            a = (r["bnb-nf4"].get("quantization") or {}).get("scales_and_zero_points")
+            b = (r["bnb-nf4-dq"].get("quantization") or {}).get("scales_and_zero_points")
+            if a and b:
+                text.append(f"Double quantization shrinks the scales from {f_mib(mib(a))} to {f_mib(mib(b))} MiB "
+                            f"and changes perplexity by {f_pct(pct_change(r['bnb-nf4-dq']['perplexity']['ppl'], r['bnb-nf4']['perplexity']['ppl']))} "
+                            f"relative to NF4.")
+        if "bnb-int8" in r:
+            text.append(f"8-bit LLM.int8() is at {f_pct(delta(r, 'bnb-int8'))}: 256 levels make rounding error "
+                        f"small enough that the format matters little.")
+        if "scratch-int4-nf4" in r:
+            text.append(f"Part 1's from-scratch NF4 gives {f_ppl(r['scratch-int4-nf4']['perplexity']['ppl'])} "
+                        f"against bitsandbytes' {f_ppl(r['bnb-nf4']['perplexity']['ppl'])}: the same codes, "
+                        f"computed independently.")
+        if text:
+            doc.p(" ".join(text))
+
+
+def bench_rows(b: dict) -> list[list[str]]:
+    rows = []
+    for name, v in b["bench"]["table"].items():
+        pre, dec = v["prefill_ms"], v["decode_ms_per_token"]
+        rows.append([name, f_mib(v.get("weights_mib")),
+                     f"{f_ms(pre['median'])} ({f_ms(pre['p10'])}–{f_ms(pre['p90'])})",
+                     f"{f_ms(dec['median'])} ({f_ms(dec['p10'])}–{f_ms(dec['p90'])})",
+                     f_ratio(v["prefill_ratio"]), f_ratio(v["decode_ratio"])])
+    return rows
+
+
+def gpu_fast_summary(b: dict) -> str:
+    """One finding from a bench that carries the fast decode path (issue 7's GPU bench)."""
+    t = b["bench"]["table"]
+    base = b["bench"].get("baseline", "fp16")
+    f = {n: v["fast_path"]["decode_ms_per_token"]["median"] for n, v in t.items() if v.get("fast_path")}
+    if base not in f:
+        return ""
+    faster = [n for n in f if n != base and n != "fp32" and f[n] < f[base]]
+    return (f"<b>With the overhead gone</b> (static KV cache and CUDA graphs), {base} decodes in "
+            f"{f_ms(f[base])} ms per token; " + (
+                ", ".join(f"{escape(n)} in {f_ms(f[n])} ms ({f_ratio(f[n] / f[base])})" for n in faster) +
+                " are faster than it." if faster else "no quantized model beats it."))
+
+
+def latency_section(doc: Doc, s: Study) -> None:
+    doc.h1("6. Speed")
+    if not s.benches:
+        doc.p("No latency benchmark in these results.")
+        return
+    doc.p("Each benchmark loads every method into one process and times them in turn, repeat after repeat, so "
+          "that a ratio compares methods under the same conditions. Prefill is one forward pass over 1×512 "
+          "tokens; decode is greedy generation of 128 new tokens after a 32-token prompt, reported per new "
+          "token. Medians, with p10–p90 in brackets.")
+    for b in s.benches:
+        bb = b["bench"]
+        doc.h2(f"{method(b)} · {model_label(b)} · {pr.device_of(b)}")
+        doc.table(["method", "weights MiB", "prefill ms", "decode ms/token", "prefill ratio", "decode ratio"],
+                  bench_rows(b), f"{escape(bb.get('decode_definition', ''))}; {bb['repeats']} repeats, "
+                  f"{escape(bb.get('order', ''))}; ratios against {escape(bb.get('baseline', 'fp32'))}."
+                  + (f" {escape(bb['note'])}." if bb.get("note") else ""), widths=[3.2, None, None, None, None, None])
+        doc.figure(pr.bench_figure(b), "Prefill and decode time as a ratio of the baseline's, same run.",
+                   max_height_cm=7.5)
+        if "fast_path" in bb:
+            fast_table(doc, b)
+    why = []
+    gb = s.bench("bnb-bench", "cuda")
+    if gb and "fp16" in gb["bench"]["table"]:
+        t = gb["bench"]["table"]
+        f16 = t["fp16"]
+        why.append(f"On the GPU, fp16 decodes a token in {f_ms(f16['decode_ms_per_token']['median'])} ms while "
+                   f"reading its {f_mib(f16['weights_mib'])} MiB of weights at {HBM_BYTES_PER_S / 1e12:.2f} TB/s "
+                   f"would take {decode_floor_ms(f16['weights_mib']):.3f} ms: decode time at this size is kernel "
+                   f"launches and Python, not memory traffic, so fewer bytes cannot help and every extra "
+                   f"dequantize kernel hurts. ")
+        if "bnb-int8" in t:
+            why.append(f"LLM.int8() is the slowest ({f_ratio(t['bnb-int8']['decode_ratio'])} fp16's decode time): "
+                       f"each matmul also finds outlier columns and runs a second fp16 matmul for them.")
+    cb = s.bench("scratch-int8-bench", "cpu")
+    if cb and "int8-fast" in cb["bench"]["table"]:
+        t = cb["bench"]["table"]
+        why.append(f"On the CPU, where a decode step does read the weights from memory, Part 1's fast INT8 kernel "
+                   f"decodes at {f_ratio(t['int8-fast']['decode_ratio'])} fp32's time"
+                   + (f" while the naive one (dequantize the whole matrix, then matmul) takes "
+                      f"{f_ratio(t['int8-naive']['decode_ratio'])}" if "int8-naive" in t else "") + ".")
+    if why:
+        doc.p("<b>Why.</b> " + " ".join(why))
+
+
+def fast_table(doc: Doc, b: dict) -> None:
+    t = b["bench"]["table"]
+    base = b["bench"].get("baseline", "fp16")
+    fb = t[base]["fast_path"]["decode_ms_per_token"]["median"]
+    rows = []
+    for n, v in t.items():
+        fp = v.get("fast_path")
+        if not fp:
+            continue
+        floor = decode_floor_ms(v["weights_mib"])
+        rows.append([n, f"{f_ms(fp['prefill_ms']['median'])}", f"{f_ms(fp['decode_ms_per_token']['median'])}",
+                     f_ratio(fp["decode_ms_per_token"]["median"] / fb), f"{floor:.4f}",
+                     f"{fp['decode_ms_per_token']['median'] / floor:.1f}×", f_mib(mib(fp.get("peak_bytes")))])
+    doc.table(["method", "prefill ms", "decode ms/token", f"vs {base}", "floor ms", "× floor", "peak MiB"], rows,
+              f"The fast decode path ({escape(b['bench']['fast_path'])}), same run; floor = weight bytes ÷ "
+              f"{HBM_BYTES_PER_S / 1e12:.2f} TB/s.", widths=[3.2, None, None, None, None, None, None])
+
+
+def gguf_section(doc: Doc, s: Study) -> None:
+    doc.h1("7. GGUF and llama.cpp (bonus)")
+    doc.p("<b>The formats.</b> GGML is llama.cpp's tensor library; GGUF is its single-file model format: a "
+          "header, typed key-value metadata (architecture, hyperparameters, the whole tokenizer, the chat "
+          "template), then a table of tensors, each with its shape, its quantization type and an offset into "
+          "an aligned data section. Quantized types work on blocks: Q8_0 stores 32 int8 weights with one fp16 "
+          "scale (8.5 bits per weight), Q4_0 32 4-bit weights with one scale (4.5 bits); the k-quants (Q4_K, "
+          "Q5_K, Q6_K) group 256 weights in super-blocks with 6-bit sub-block scales and minimums. A "
+          "<i>_M</i> mix gives the more sensitive tensors (attention values, FFN down) more bits. "
+          "<b>Deployment.</b> One file holds everything needed to run; it is memory-mapped, so loading is "
+          "nearly free and pages are shared between processes; llama.cpp runs it on CPUs, Apple silicon and "
+          "GPUs with integer kernels that read the packed blocks directly, without Python or PyTorch.")
+    g = s.find_group("gguf-q8_0")
+    if g:
+        r = s.runs(g)
+        names = [n for n in r if n.startswith("gguf-") or n.startswith("baseline")]
+        rows = []
+        for n in names:
+            v = r[n]
+            lat = v.get("latency", {})
+            rows.append([n, f_mib(v["memory"].get("disk_mib")), f_mib(v["memory"]["weights_mib"]),
+                         f_ppl(v["perplexity"]["ppl"]), f_pct(delta(r, n)),
+                         f_ms(lat["prefill"]["median"]) if lat.get("prefill") else "–",
+                         f_ms(lat["decode"]["ms_per_token"]["median"]) if lat.get("decode") else "–"])
+        doc.table(["method", "file MiB", "tensor MiB", "perplexity", "vs fp32", "prefill ms", "decode ms/tok"],
+                  rows, f"GGUF files run by llama.cpp, scored on the same tokens and windows as the Hugging Face "
+                  f"fp32 baseline ({escape(group_label(g))}). Latencies of GGUF files were taken one file after "
+                  f"another, not round robin.", widths=[3, None, None, None, None, None, None])
+        if "gguf-f16" in r and "baseline-fp16" in r:
+            doc.p(f"Conversion check: the F16 GGUF scores {f_ppl(r['gguf-f16']['perplexity']['ppl'])} against "
+                  f"{f_ppl(r['baseline-fp16']['perplexity']['ppl'])} for the Hugging Face model in float16 on "
+                  f"the same tokens ({f_pct(delta(r, 'gguf-f16', 'baseline-fp16'))}).")
+        if "gguf-q5_k_m" in r and "gguf-q4_k_m" in r and \
+                r["gguf-q5_k_m"]["perplexity"]["ppl"] > r["gguf-q4_k_m"]["perplexity"]["ppl"]:
+            mix = {n: r[n]["method"]["settings"].get("bytes_by_ggml_type", {}) for n in ("gguf-q5_k_m", "gguf-q4_k_m")}
+            doc.p("Q5_K_M scores worse than Q4_K_M here. The files say why: k-quants need rows that are a "
+                  "multiple of 256, and llama.cpp falls back to another type per tensor when they are not. "
+                  + " ".join(f"{n[5:].upper()} holds " + ", ".join(f"{f_mib(mib(v))} MiB of {t}"
+                                                                  for t, v in sorted(m.items(), key=lambda x: -x[1]))
+                             + "." for n, m in mix.items()))
+    if s.inspection:
+        gi = s.inspection["gguf_inspection"]
+        md = gi["metadata"]
+        keys = [k for k in md if not k.startswith("tokenizer.ggml.") or isinstance(md[k], (int, float, str))]
+        doc.h2(f"Inside a real file: {gi['file']}")
+        doc.p(f"{escape(gi['file'])} ({escape(s.inspection.get('stand_in') or '')}): magic "
+              f"{escape(gi['header']['magic'])}, version {gi['header']['version']}, {gi['header']['tensor_count']} "
+              f"tensors, {gi['header']['kv_count']} metadata keys, {gi['file_bytes']:,} bytes, of which "
+              f"{gi['tensor_bytes']:,} are tensor data ("
+              + ", ".join(f"{t} {f_mib(mib(v))} MiB" for t, v in sorted(gi["bytes_by_type"].items(),
+                                                                         key=lambda x: -x[1])) + ").")
+        show = [k for k in keys if not isinstance(md[k], dict) and k != "tokenizer.chat_template"][:24]
+        doc.table(["metadata key", "value"], [[k, str(md[k])[:60]] for k in show],
+                  "Metadata of the file (tokenizer arrays and chat template not shown).", widths=[7, None])
+        tensors = gi["tensors"]
+        rows = [[t["name"], str(t.get("type")), " × ".join(map(str, t.get("shape", []))), f"{t['bytes']:,}"]
+                for t in tensors[:14]]
+        doc.table(["tensor", "type", "shape", "bytes"], rows,
+                  f"The first {len(rows)} of the file's {len(tensors)} tensors, in file order, with their GGML "
+                  f"types: the per-tensor type mix is how a _M file gives some tensors more bits.",
+                  widths=[6, None, None, None])
+
+
+def open_questions(doc: Doc, s: Study) -> None:
+    doc.h1("8. Open questions")
+    items = []
+    if s.sensitivity:
+        sv = s.sensitivity["sensitivity"]
+        blocks = sorted(sv["block"], key=lambda b: -b["delta_pct"])
+        comps = sorted(sv["component"], key=lambda c: -c["delta_pct"])
+        spread = sorted(abs(b["delta_pct"]) for b in blocks)[len(blocks) // 2]      # median |change|
+        top = comps[:2]
+        if len(blocks) > 1 and blocks[0]["delta_pct"] > 3 * max(spread, blocks[1]["delta_pct"]):
+            verdict = (f"block {blocks[0]['block']} stands out ({f_pct(blocks[0]['delta_pct'])}, against a median "
+                       f"|change| of {spread:.3f}%): it is the first to keep in full precision.")
+        else:
+            verdict = (f"at this precision no block stands out: the largest single-block change is "
+                       f"{f_pct(blocks[0]['delta_pct'])} (block {blocks[0]['block']}), the median |change| "
+                       f"{spread:.3f}%.")
+        items.append(f"<b>Which blocks to keep in full precision?</b> In the scan, {verdict} By component, "
+                     + " and ".join(escape(c["component"]) for c in top)
+                     + f" carry {sum(c['delta_pct'] for c in top):.3f} of the "
+                     f"{sum(c['delta_pct'] for c in comps):.3f} percentage points the component types add up to; "
+                     f"at lower precision those are the first candidates to keep at more bits. A 4-bit "
+                     f"sensitivity scan would answer the question where it matters most.")
+    g = s.find_group("scratch-int8-per_channel")
+    if g:
+        r = s.runs(g)
+        if "scratch-int8-asymmetric" in r:
+            items.append(f"<b>Does the gap between asymmetric ({f_pct(delta(r, 'scratch-int8-asymmetric'))}) "
+                         f"and symmetric per-channel INT8 ({f_pct(delta(r, 'scratch-int8-per_channel'))}) hold on "
+                         f"real weights?</b> Both give each output channel 256 levels. The stand-in's weights were "
+                         f"themselves dequantized from 4-bit blocks, so its re-quantization errors are correlated "
+                         f"and luck weighs more; the real gpt2 weights would tell.")
+    if s.benches:
+        items.append("<b>Speed at scale.</b> A model this small is bound by per-token overhead; the byte savings "
+                     "should turn into speed for models whose weights take longer to read than a step's overhead. "
+                     "--device-map auto lets the same scripts run such models over several GPUs.")
+    doc.bullets(items or ["None recorded."])
+
+
+def appendix(doc: Doc, s: Study) -> None:
+    doc.h1("Appendix: the results files")
+    rows = [[r["_file"], model_label(r) if isinstance(r.get("model"), dict) else
+             str(r.get("stand_in") or "").split(" ")[0] + " (stand-in)", pr.device_of(r),
+             str(r.get("timestamp", ""))[:16].replace("T", " ")] for r in s.records]
+    doc.table(["file", "model", "device", "measured (UTC)"], rows,
+              "Every file this report read. Each records its command, settings, text sha256, device and "
+              "library versions.", widths=[8.2, None, None, None])
+
+
+# -----------------------------------------------------------------------------
+# Build
+
+def build_report(results: str | Path = "results", out: str | Path = "report/report.pdf",
+                 figures: str | Path = "report/figures") -> Path:
+    results, out, figures = Path(results), Path(out), Path(figures)
+    records = pr.load_results(results)
+    pr.plot_all(records, figures)
+    s = Study(records)
+    doc = Doc(figures)
+    title_block(doc, s, results)
+    for section in (key_findings, methodology, memory_ppl_tables, selective, nf4_section, latency_section,
+                    gguf_section, open_questions, appendix):
+        section(doc, s)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    doc.build(out, "Weight quantization study: report built from results/*.json")
+    return out
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="build_report.py", description=__doc__.split("\n\n")[0])
+    p.add_argument("--results", default="results", help="folder of results JSON (default: results)")
+    p.add_argument("--out", default="report/report.pdf", help="the PDF to write (default: report/report.pdf)")
+    p.add_argument("--figures", default="report/figures",
+                   help="where the figures are drawn and read from (default: report/figures)")
+    return p
+
+
+def main(**kwargs) -> Path:
+    args = ev.with_defaults(build_parser(), kwargs)
+    with warnings.catch_warnings():
+        warnings.simplefilter("always")
+        warnings.showwarning = lambda msg, *a, **k: print(f"warning: {msg}", file=sys.stderr)
+        out = build_report(args.results, args.out, args.figures)
+    print(f"wrote {out}")
+    return out
+
+
+if __name__ == "__main__":
+    ev.run_cli(main, build_parser())

@@ -1,0 +1,68 @@
+"""report/build_report.py: the fixture results make a PDF whose numbers are the JSON's."""
+import json
+
+import pypdf
+import pytest
+
+from report import build_report as br
+
+
+def pdf_text(path) -> str:
+    return "\n".join(page.extract_text() for page in pypdf.PdfReader(str(path)).pages)
+
+
+@pytest.fixture()
+def built(results_dir, tmp_path, capsys):
+    out = tmp_path / "report" / "report.pdf"
+    br.main(results=str(results_dir), out=str(out), figures=str(tmp_path / "report" / "figures"))
+    return out, capsys.readouterr().err
+
+
+def test_fixture_results_make_the_pdf_and_its_figures(built, tmp_path):
+    out, err = built
+    assert out.read_bytes()[:5] == b"%PDF-" and len(pypdf.PdfReader(str(out)).pages) >= 4
+    assert not list(out.parent.glob("*.tmp"))                                   # written atomically
+    figs = sorted(p.name for p in (tmp_path / "report" / "figures").glob("*.png"))
+    group = "m-small_wiki.test.raw_L64-S32-N999_cpu"
+    assert {f"pareto_{group}.png", "sensitivity_m-small.png", "nf4_levels_tiny.png",
+            "latency_bnb-bench_g_cuda.png"} <= set(figs)
+    text = pdf_text(out)
+    for name in ("pareto_" + group, "sensitivity_m-small", "nf4_levels_tiny", "latency_bnb-bench_g_cuda"):
+        assert f"report/figures/{name}.png" in text.replace("\n", "")            # each figure is in the PDF
+    assert "broken.json" in err                                                 # skipped, with a warning
+
+
+def test_numbers_in_the_report_equal_the_json(built, results_dir):
+    text = pdf_text(built[0]).replace("\n", " ")
+    recs = {p.name: json.loads(p.read_text()) for p in results_dir.glob("*.json") if p.name != "broken.json"}
+    base = recs["a.json"]["perplexity"]["ppl"]
+    for name in ("a.json", "b.json", "c.json", "d.json", "e.json", "f.json"):
+        r = recs[name]
+        ppl = r["perplexity"]["ppl"]
+        assert f"{ppl:.4f}" in text, name
+        assert f"{100 * (ppl / base - 1):+.2f}%" in text, name
+        assert f"{r['memory']['weights_mib']:.1f}" in text, name
+    # comparisons in the prose, computed here independently from the same files
+    nf4, fp4, i4 = (recs[f]["perplexity"]["ppl"] for f in ("c.json", "d.json", "e.json"))
+    assert f"NF4's perplexity is {100 * (1 - nf4 / fp4):.1f}% lower than FP4's" in text       # 20.0%
+    assert f"{100 * (1 - nf4 / i4):.1f}% lower than linear int4's" in text                   # 9.1%
+    m = recs["cmp.json"]["compare"]["mean_rel_mse"]
+    assert f"{m['bnb-fp4'] / m['bnb-nf4']:.2f}× smaller than FP4's" in text
+    w32, w8 = recs["a.json"]["memory"]["weights_mib"], recs["b.json"]["memory"]["weights_mib"]
+    assert f"({w32 / w8:.2f}× smaller)" in text
+    assert "28,311,552 are tensor data" in text                                  # the GGUF inspection
+    assert "Stand-in models." in text and "m-small (stand-in)" in text        # the stand-in is named
+
+
+def test_a_section_without_its_measurements_says_so(tmp_path):
+    from conftest import record
+    d = tmp_path / "r"
+    d.mkdir()
+    (d / "a.json").write_text(json.dumps(record("baseline-fp32", 20.0, 100.0)))
+    out = br.main(results=str(d), out=str(tmp_path / "r.pdf"), figures=str(tmp_path / "f"))
+    text = pdf_text(out)
+    assert "Not measured in these results." in text and "No latency benchmark in these results." in text
+
+
+def test_missing_results_folder_is_one_clear_line(cli_error, tmp_path):
+    assert "does not exist" in cli_error(br, ["--results", str(tmp_path / "none")])

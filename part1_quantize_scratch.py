@@ -142,6 +142,18 @@ def nf4_codes(x: torch.Tensor) -> torch.Tensor:
     return torch.bucketize(x.contiguous(), (levels[1:] + levels[:-1]) / 2)
 
 
+_NF4_TABLES: dict = {}
+
+
+def nf4_table(device) -> torch.Tensor:
+    """NF4_LEVELS as a float32 tensor on device, made once per device (so that a forward
+    pass copies nothing from the host, which CUDA graph capture forbids)."""
+    key = str(device)
+    if key not in _NF4_TABLES:
+        _NF4_TABLES[key] = torch.tensor(NF4_LEVELS, dtype=torch.float32, device=device)
+    return _NF4_TABLES[key]
+
+
 def pack_4bit(codes: torch.Tensor) -> torch.Tensor:
     """Two 4-bit codes per byte: element 2i in the high nibble, 2i+1 in the low one."""
     pairs = codes.reshape(-1, 2)
@@ -158,7 +170,7 @@ def dequantize_4bit(packed: torch.Tensor, absmax: torch.Tensor, kind: str, shape
     if kind == "int4":
         values = (codes - 8).float() / 7
     else:
-        values = torch.tensor(NF4_LEVELS, device=packed.device)[codes]
+        values = nf4_table(packed.device)[codes]
     block = codes.numel() // absmax.numel()
     return (values.reshape(-1, block) * absmax[:, None].float()).reshape(shape).to(dtype)
 
@@ -180,8 +192,9 @@ class Int8Linear(nn.Module):
     per_channel / per_tensor:  y = (x q^T) * scale + b
     asymmetric:                y = (x q^T - sum(x) * zero) * scale + b
     group:                     y = x (dequantized W)^T + b   (scales vary along the input)
-    The matmul runs in x's dtype. `path` picks how: 'fast' (the CPU kernel for a few
-    rows, chunked casts for many) or 'naive' (cast the whole weight, then F.linear).
+    The matmul runs in x's dtype. `path` picks how: 'fast' (on a CPU the C++ kernel for a
+    few rows, chunked casts for many; on CUDA in fp16/bf16 a fused Triton kernel) or
+    'naive' (cast the whole weight, then F.linear).
     """
 
     path = "fast"
@@ -220,6 +233,9 @@ class Int8Linear(nn.Module):
         if self.scheme == "group":
             return F.linear(x, self.dequantized_weight(x.dtype), self._bias(x))
         x2 = x.reshape(-1, self.in_features)                                 # (M, in)
+        if self.path == "fast" and self.zero_point is None and triton_ok(x):
+            y = triton_int8_linear(x2, self.qweight, self.scale, self._bias(x))   # int8 read in-register
+            return y.reshape(*x.shape[:-1], self.out_features)
         fast_cpu = self.path == "fast" and x.device.type == "cpu"
         if fast_cpu and x2.shape[0] > KERNEL_ROWS:
             y = self._chunked(x2)
@@ -284,7 +300,11 @@ class Int8Embedding(nn.Module):
 
 class Linear4bit(nn.Module):
     """A linear layer with a block-wise 4-bit weight (int4 or NF4), two codes per byte,
-    one absmax per block of 64. Forward dequantizes to x's dtype, then F.linear."""
+    one absmax per block of 64. path 'naive' (default) dequantizes to x's dtype, then
+    F.linear; 'fast' runs a fused Triton kernel on CUDA in fp16/bf16 for up to
+    KERNEL_ROWS_4BIT rows (decode; see section 5), and the naive way for more."""
+
+    path = "naive"
 
     def __init__(self, packed, absmax, bias, kind: str, shape, block: int):
         super().__init__()
@@ -302,7 +322,19 @@ class Linear4bit(nn.Module):
     def dequantized_weight(self, dtype=None) -> torch.Tensor:
         return dequantize_4bit(self.packed, self.absmax, self.kind, self.shape, dtype or self.absmax.dtype)
 
+    def lut(self) -> torch.Tensor:
+        """The 16 code values (fp32), on the weight's device."""
+        if getattr(self, "_lut", None) is None or self._lut.device != self.packed.device:
+            codes = torch.arange(16, dtype=torch.float32)
+            self._lut = ((codes - 8) / 7).to(self.packed.device) if self.kind == "int4" else \
+                nf4_table(self.packed.device)
+        return self._lut
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        rows = x.numel() // self.shape[1]
+        if self.path == "fast" and rows <= KERNEL_ROWS_4BIT and self.shape[1] % self.block == 0 and triton_ok(x):
+            y = triton_4bit_linear(x.reshape(-1, self.shape[1]), self)
+            return y.reshape(*x.shape[:-1], self.shape[0])
         return F.linear(x, self.dequantized_weight(x.dtype),
                         None if self.bias is None else self.bias.to(x.dtype))
 
@@ -312,6 +344,7 @@ class Linear4bit(nn.Module):
 
 
 QUANT_MODULES = (Int8Linear, Int8Embedding, Linear4bit)
+KERNEL_ROWS_4BIT = 16    # 'fast' 4-bit: the fused kernel up to this many rows (a 16-row tile)
 
 
 # -----------------------------------------------------------------------------
@@ -575,9 +608,156 @@ def cpu_kernel():
     return _kernel
 
 
+
+# On a GPU the same argument holds at a smaller scale: casting an int8 weight to fp16
+# before the matmul is an extra kernel that writes and reads 2 bytes per weight. These
+# Triton kernels read int8 (or packed 4-bit) weights and dequantize them in registers,
+# inside the matmul tile; the per-channel scale (or the per-64 absmax) is applied there
+# too. They serve fp16/bf16 activations on CUDA; anything else takes the plain path.
+# Under TRITON_INTERPRET=1 they also run on CPU tensors (how the tests check them).
+
+_triton = None
+
+
+def triton_kernels():
+    """(int8 kernel, 4-bit kernel), compiled by Triton on first call; None without Triton."""
+    global _triton
+    if _triton is None:
+        try:
+            import triton
+            import triton.language as tl
+        except ImportError:
+            _triton = False
+            return None
+        configs = [triton.Config({"BM": bm, "BN": bn, "BK": bk}, num_warps=w)
+                   for bm, bn, bk, w in ((16, 16, 256, 2), (16, 32, 128, 4), (16, 64, 128, 4), (16, 32, 256, 4),
+                                         (64, 64, 64, 4), (64, 128, 64, 8), (128, 128, 32, 8))]
+
+        def by_rows(configs, named_args, **kwargs):    # decode (few rows): 16-row tiles; prefill: larger
+            small = named_args["M"] <= 16
+            return [c for c in configs if (c.kwargs["BM"] == 16) == small]
+
+        @triton.jit
+        def int8_mm(x_ptr, q_ptr, scale_ptr, bias_ptr, y_ptr, M, N, K, SCALE_PER_ROW: tl.constexpr,
+                    HAS_BIAS: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr):
+            # y (M, N) = (x (M, K) @ q (N, K)^T) * scale (N,) + bias (N,); all contiguous
+            rm = tl.program_id(0) * BM + tl.arange(0, BM)
+            rn = tl.program_id(1) * BN + tl.arange(0, BN)
+            rk = tl.arange(0, BK)
+            acc = tl.zeros((BM, BN), dtype=tl.float32)
+            for k0 in range(0, K, BK):
+                kk = k0 + rk
+                a = tl.load(x_ptr + rm[:, None] * K + kk[None, :], mask=(rm[:, None] < M) & (kk[None, :] < K),
+                            other=0.0)                                               # (BM, BK)
+                b = tl.load(q_ptr + rn[None, :] * K + kk[:, None], mask=(rn[None, :] < N) & (kk[:, None] < K),
+                            other=0)                                                 # (BK, BN) int8
+                acc += tl.dot(a, b.to(a.dtype))
+            if SCALE_PER_ROW:
+                acc = acc * tl.load(scale_ptr + rn, mask=rn < N, other=0.0).to(tl.float32)[None, :]
+            else:
+                acc = acc * tl.load(scale_ptr).to(tl.float32)
+            if HAS_BIAS:
+                acc += tl.load(bias_ptr + rn, mask=rn < N, other=0.0).to(tl.float32)[None, :]
+            tl.store(y_ptr + rm[:, None] * N + rn[None, :], acc.to(y_ptr.dtype.element_ty),
+                     mask=(rm[:, None] < M) & (rn[None, :] < N))
+
+        @triton.jit
+        def q4_mm(x_ptr, p_ptr, absmax_ptr, lut_ptr, bias_ptr, y_ptr, M, N, K, BLOCK: tl.constexpr,
+                  HAS_BIAS: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr):
+            # One K step is one absmax block: BLOCK weights of a row = BLOCK/2 bytes, whose high
+            # nibbles are the even columns and low nibbles the odd ones (pack_4bit); rows of K
+            # weights hold K // BLOCK whole blocks (the caller checks). BK is unused (shared configs).
+            rm = tl.program_id(0) * BM + tl.arange(0, BM)
+            rn = tl.program_id(1) * BN + tl.arange(0, BN)
+            rh = tl.arange(0, BLOCK // 2)
+            acc = tl.zeros((BM, BN), dtype=tl.float32)
+            # The 16 code values, loaded once into registers: lut[code] is then a select tree on
+            # the code's bits, not a gather (which would put a memory round trip after every
+            # byte load and stall the K loop).
+            v0, v1, v2, v3 = tl.load(lut_ptr + 0), tl.load(lut_ptr + 1), tl.load(lut_ptr + 2), tl.load(lut_ptr + 3)
+            v4, v5, v6, v7 = tl.load(lut_ptr + 4), tl.load(lut_ptr + 5), tl.load(lut_ptr + 6), tl.load(lut_ptr + 7)
+            v8, v9, v10, v11 = tl.load(lut_ptr + 8), tl.load(lut_ptr + 9), tl.load(lut_ptr + 10), tl.load(lut_ptr + 11)
+            v12, v13, v14, v15 = (tl.load(lut_ptr + 12), tl.load(lut_ptr + 13), tl.load(lut_ptr + 14),
+                                  tl.load(lut_ptr + 15))
+            for kb in range(0, K // BLOCK):
+                byte = tl.load(p_ptr + rn[None, :] * (K // 2) + kb * (BLOCK // 2) + rh[:, None],
+                               mask=rn[None, :] < N, other=0).to(tl.int32)         # (BLOCK/2, BN)
+                am = tl.load(absmax_ptr + rn * (K // BLOCK) + kb, mask=rn < N, other=0.0).to(tl.float32)
+                c = byte >> 4                                                        # even columns
+                b0, b1, b2, b3 = (c & 1) != 0, (c & 2) != 0, (c & 4) != 0, (c & 8) != 0
+                lo = tl.where(b2, tl.where(b1, tl.where(b0, v7, v6), tl.where(b0, v5, v4)),
+                              tl.where(b1, tl.where(b0, v3, v2), tl.where(b0, v1, v0)))
+                hi = tl.where(b2, tl.where(b1, tl.where(b0, v15, v14), tl.where(b0, v13, v12)),
+                              tl.where(b1, tl.where(b0, v11, v10), tl.where(b0, v9, v8)))
+                w_even = tl.where(b3, hi, lo) * am[None, :]                          # as dequantize_4bit
+                c = byte & 15                                                        # odd columns
+                b0, b1, b2, b3 = (c & 1) != 0, (c & 2) != 0, (c & 4) != 0, (c & 8) != 0
+                lo = tl.where(b2, tl.where(b1, tl.where(b0, v7, v6), tl.where(b0, v5, v4)),
+                              tl.where(b1, tl.where(b0, v3, v2), tl.where(b0, v1, v0)))
+                hi = tl.where(b2, tl.where(b1, tl.where(b0, v15, v14), tl.where(b0, v13, v12)),
+                              tl.where(b1, tl.where(b0, v11, v10), tl.where(b0, v9, v8)))
+                w_odd = tl.where(b3, hi, lo) * am[None, :]
+                cols = kb * BLOCK + 2 * rh                                           # makes them
+                a_even = tl.load(x_ptr + rm[:, None] * K + cols[None, :], mask=rm[:, None] < M, other=0.0)
+                a_odd = tl.load(x_ptr + rm[:, None] * K + cols[None, :] + 1, mask=rm[:, None] < M, other=0.0)
+                acc += tl.dot(a_even, w_even.to(a_even.dtype)) + tl.dot(a_odd, w_odd.to(a_odd.dtype))
+            if HAS_BIAS:
+                acc += tl.load(bias_ptr + rn, mask=rn < N, other=0.0).to(tl.float32)[None, :]
+            tl.store(y_ptr + rm[:, None] * N + rn[None, :], acc.to(y_ptr.dtype.element_ty),
+                     mask=(rm[:, None] < M) & (rn[None, :] < N))
+
+        def grid(meta, M, N):
+            return (triton.cdiv(M, meta["BM"]), triton.cdiv(N, meta["BN"]))
+
+        def launcher(kernel):
+            """Autotuned on a GPU (first call per shape, before any CUDA graph capture);
+            one fixed tile under the interpreter, which cannot time anything."""
+            if _interpreting():
+                return lambda M, N, *args, **kw: kernel[(triton.cdiv(M, 16), triton.cdiv(N, 32))](
+                    *args, **kw, BM=16, BN=32, BK=64)
+            tuned = triton.autotune(configs=configs, key=["M", "N", "K"],
+                                    prune_configs_by={"early_config_prune": by_rows})(kernel)
+            return lambda M, N, *args, **kw: tuned[lambda meta: grid(meta, M, N)](*args, **kw)
+        _triton = (launcher(int8_mm), launcher(q4_mm))
+    return _triton or None
+
+
+def _interpreting() -> bool:
+    import os
+    return os.environ.get("TRITON_INTERPRET") == "1"
+
+
+def triton_ok(x: torch.Tensor) -> bool:
+    on_device = x.is_cuda or _interpreting()
+    return on_device and x.dtype in (torch.float16, torch.bfloat16) and triton_kernels() is not None
+
+
+def triton_int8_linear(x2: torch.Tensor, q: torch.Tensor, scale: torch.Tensor, bias) -> torch.Tensor:
+    """(M, K) activations, (N, K) int8 weight, (N,) or (1,) scale -> (M, N), in one kernel."""
+    int8_mm, _ = triton_kernels()
+    M, K = x2.shape
+    N = q.shape[0]
+    y = torch.empty(M, N, dtype=x2.dtype, device=x2.device)
+    int8_mm(M, N, x2.contiguous(), q, scale, bias if bias is not None else scale, y, M, N, K,
+            SCALE_PER_ROW=scale.numel() > 1, HAS_BIAS=bias is not None)
+    return y
+
+
+def triton_4bit_linear(x2: torch.Tensor, module: "Linear4bit") -> torch.Tensor:
+    _, q4_mm = triton_kernels()
+    M, K = x2.shape
+    N = module.shape[0]
+    y = torch.empty(M, N, dtype=x2.dtype, device=x2.device)
+    bias = None if module.bias is None else module.bias.to(x2.dtype)
+    q4_mm(M, N, x2.contiguous(), module.packed, module.absmax, module.lut(), bias if bias is not None else x2,
+          y, M, N, K, BLOCK=module.block, HAS_BIAS=bias is not None)
+    return y
+
+
 def set_path(model: nn.Module, path: str) -> None:
+    """'fast' or 'naive' for every quantized linear (4-bit layers default to 'naive')."""
     for m in model.modules():
-        if isinstance(m, Int8Linear):
+        if isinstance(m, (Int8Linear, Linear4bit)):
             m.path = path
 
 

@@ -1,0 +1,347 @@
+#!/usr/bin/env python3
+"""GPU speed without the overhead: a static-KV-cache, CUDA-graph decode path for GPT-2,
+and the side-by-side benchmark that measures every method both ways on one GPU.
+
+    python fast_decode.py --model DIR --text-file FILE            # the bench (CUDA needed)
+    python fast_decode.py --methods fp16,scratch-int8-fast        # a subset
+    python fast_decode.py --help
+
+Why: at GPT-2's size, Hugging Face generate spends a decoded token on Python and kernel
+launches, not on reading the weights (on an H100 those take under 0.1 ms), so fewer
+weight bytes cannot show. The fast path removes the overhead:
+  - a static KV cache, preallocated for prompt + new tokens, written in place;
+  - each step (the prompt pass, one decode step, the 1x512 prefill) captured once as a
+    CUDA graph and replayed: one launch per step, no Python between kernels; the decode
+    step also takes the argmax and feeds it back on the device, so 128 tokens are 128
+    replays and one copy back;
+  - Part 1's int8 and 4-bit layers run fused Triton kernels (dequantize in registers,
+    inside the matmul), set with part1.set_path(model, "fast").
+It computes what the model computes, in the same order per token: GPT2Block's modules are
+called as they are (quantized or not), only attention reads the static cache. Greedy
+tokens are checked against the same model's generate() in every run.
+
+Assumptions: a GPT-2 architecture (model_type gpt2: wte/wpe, blocks of ln_1, attn.c_attn,
+attn.c_proj, ln_2, mlp, then ln_f and lm_head), batch 1. A method whose layers cannot be
+captured (LLM.int8() has data-dependent shapes) runs the same static-cache path without
+a graph, and the results say so.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+
+import torch
+import torch.nn.functional as F
+
+import evaluate as ev
+
+HBM_BYTES_PER_S = 3.35e12     # H100 SXM HBM3: the floor of a decode step is weight bytes / this
+METHODS = ("fp32", "fp16", "bnb-int8", "bnb-nf4", "scratch-int8-naive", "scratch-int8-fast",
+           "scratch-int4-fast", "scratch-nf4-fast")
+FAST_PATH = "static KV cache, one CUDA graph per step (prompt pass, decode step, prefill), argmax on the device"
+
+
+# -----------------------------------------------------------------------------
+# 1. The static-cache model: GPT-2's own modules, attention over a preallocated cache
+
+class StaticGPT2:
+    """Runs a GPT2LMHeadModel's modules with a KV cache of max_len positions, batch 1."""
+
+    def __init__(self, model, max_len: int):
+        if getattr(model.config, "model_type", None) != "gpt2":
+            raise ev.UserError(f"the fast decode path supports GPT-2 models only (this one is "
+                               f"'{getattr(model.config, 'model_type', '?')}')")
+        self.model = model
+        tr = model.transformer
+        self.blocks = list(tr.h)
+        self.n_head = model.config.n_head
+        self.d = model.config.n_embd
+        self.dtype = tr.ln_f.weight.dtype                       # norms keep the compute dtype everywhere
+        self.device = tr.ln_f.weight.device
+        self.max_len = max_len
+        shape = (len(self.blocks), 1, self.n_head, max_len, self.d // self.n_head)
+        self.k = torch.zeros(shape, dtype=self.dtype, device=self.device)     # (L, 1, H, T, D)
+        self.v = torch.zeros_like(self.k)
+        self.t = torch.arange(max_len, device=self.device)
+
+    @torch.no_grad()
+    def forward(self, ids: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
+        """ids (1, S) at positions pos (S,) -> logits (1, S, V); writes K, V at pos."""
+        tr, H = self.model.transformer, self.n_head
+        x = tr.wte(ids) + tr.wpe(pos)[None]                                  # (1, S, C)
+        x = x.to(self.dtype)
+        mask = self.t[None, :] <= pos[:, None]                               # (S, T): causal, cache-wide
+        for i, blk in enumerate(self.blocks):
+            qkv = blk.attn.c_attn(blk.ln_1(x))                               # (1, S, 3C)
+            q, k, v = (t.view(1, -1, H, self.d // H).transpose(1, 2) for t in qkv.split(self.d, dim=-1))
+            self.k[i].index_copy_(2, pos, k)                                 # (1, H, T, D)
+            self.v[i].index_copy_(2, pos, v)
+            a = F.scaled_dot_product_attention(q, self.k[i], self.v[i], attn_mask=mask)   # (1, H, S, D)
+            x = x + blk.attn.c_proj(a.transpose(1, 2).reshape(1, -1, self.d))
+            x = x + blk.mlp(blk.ln_2(x))
+        return self.model.lm_head(tr.ln_f(x))
+
+
+# -----------------------------------------------------------------------------
+# 2. Steps as programs: static buffers, run eagerly or replayed from a CUDA graph
+
+class FastDecoder:
+    """Greedy decode and prefill over StaticGPT2, each step captured as a CUDA graph
+    (graphs=True, CUDA only) or run eagerly on the same buffers (graphs=False)."""
+
+    def __init__(self, model, prompt_tokens: int, new_tokens: int, prefill_tokens: int = 0, graphs: bool = True):
+        self.net = StaticGPT2(model, max(prompt_tokens + new_tokens, prefill_tokens))
+        dev = self.net.device
+        self.graphs = graphs and dev.type == "cuda"
+        self.P, self.n, self.S = prompt_tokens, new_tokens, prefill_tokens
+        self.prompt = torch.zeros(1, prompt_tokens, dtype=torch.long, device=dev)
+        self.prefill_ids = torch.zeros(1, max(prefill_tokens, 1), dtype=torch.long, device=dev)
+        self.next = torch.zeros(1, 1, dtype=torch.long, device=dev)      # the token fed to the next step
+        self.pos = torch.zeros(1, dtype=torch.long, device=dev)          # its position
+        self.step = torch.zeros(1, dtype=torch.long, device=dev)         # how many tokens made
+        self.tokens = torch.zeros(new_tokens, dtype=torch.long, device=dev)
+        self.logits = None
+        self.programs = {"prompt": self._prompt_step, "decode": self._decode_step, "prefill": self._prefill_step}
+        self.why_no_graph = None if self.graphs else "graphs off (CPU or asked)"
+
+    # the three steps; only tensor ops on static buffers, nothing read back to the host
+    def _emit(self, logits: torch.Tensor) -> None:
+        nxt = logits[:, -1].argmax(-1)                                    # (1,)
+        self.tokens.index_copy_(0, self.step, nxt)
+        self.step.add_(1)
+        self.next.copy_(nxt[:, None])
+
+    def _prompt_step(self) -> None:
+        self._emit(self.net.forward(self.prompt, self.net.t[:self.P]))
+        self.pos.fill_(self.P)
+
+    def _decode_step(self) -> None:
+        self._emit(self.net.forward(self.next, self.pos))
+        self.pos.add_(1)
+
+    def _prefill_step(self) -> None:
+        self.logits = self.net.forward(self.prefill_ids, self.net.t[:self.S])
+
+    def capture(self) -> None:
+        """Warm every step (Triton autotuning, cuBLAS handles), then capture it. If a step
+        cannot be captured, every step runs eagerly and why_no_graph says why."""
+        if not self.graphs:
+            return
+        self.reset()
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        names = ["prompt", "decode"] + (["prefill"] if self.S else [])
+        with torch.cuda.stream(side):
+            for name in names:
+                for _ in range(2):
+                    self.reset()
+                    self.programs[name]()
+        torch.cuda.current_stream().wait_stream(side)
+        torch.cuda.synchronize()
+        graphs = {}
+        try:
+            pool = None
+            for name in names:
+                self.reset()
+                g = torch.cuda.CUDAGraph()
+                with torch.cuda.graph(g, pool=pool):
+                    self.programs[name]()
+                pool = g.pool()
+                graphs[name] = g
+        except Exception as e:  # a layer that syncs or changes shape: no graph for this method
+            torch.cuda.synchronize()
+            self.graphs = False
+            self.why_no_graph = f"capture failed: {type(e).__name__}: {str(e).splitlines()[0][:160]}"
+            return
+        for name, g in graphs.items():
+            self.programs[name] = g.replay
+        self.reset()
+
+    def reset(self) -> None:
+        self.step.zero_()
+        self.pos.zero_()
+        self.next.zero_()
+
+    @torch.no_grad()
+    def generate(self, prompt: torch.Tensor) -> torch.Tensor:
+        """Greedy: the prompt pass makes token 1, each decode step one more. -> (new_tokens,)"""
+        self.prompt.copy_(prompt.reshape(1, -1))
+        self.step.zero_()
+        self.programs["prompt"]()
+        for _ in range(self.n - 1):
+            self.programs["decode"]()
+        return self.tokens
+
+    @torch.no_grad()
+    def prefill(self, ids: torch.Tensor):
+        self.prefill_ids.copy_(ids.reshape(1, -1))
+        self.programs["prefill"]()
+        return self.logits
+
+
+def generate_tokens(model, tokenizer, prompt: torch.Tensor, new_tokens: int) -> torch.Tensor:
+    """The same model's own greedy generate(): the reference for the fast path's tokens."""
+    out = model.generate(prompt, attention_mask=torch.ones_like(prompt),
+                         generation_config=ev.greedy_config(tokenizer, new_tokens))
+    return out[0, prompt.shape[1]:]
+
+
+# -----------------------------------------------------------------------------
+# 3. The benchmark: every method, generate() and the fast path, round-robin
+
+def decode_floor_ms(weight_bytes: int) -> float:
+    return weight_bytes / HBM_BYTES_PER_S * 1e3
+
+
+def load_method(name: str, model_id: str, device: str):
+    """One method's model, ready to run; returns (model, path for Part 1 layers or None)."""
+    import part1_quantize_scratch as p1
+    if name in ("fp32", "fp16"):
+        return ev.load_model(model_id, {"fp32": "float32", "fp16": "float16"}[name], device)[0]
+    if name.startswith("bnb-"):
+        import part2_bnb_nf4 as p2
+        return p2.load_bnb(model_id, name[4:], device, "float16")[0]
+    m = ev.load_model(model_id, "float16", device)[0]
+    if name.startswith("scratch-int8"):
+        p1.quantize_model(m, "whole", 8, "per_channel")
+    else:
+        p1.quantize_model(m, "whole", 4, name.split("-")[1])            # int4 or nf4
+    p1.set_path(m, "fast" if name.endswith("-fast") else "naive")
+    return m
+
+
+def parse_methods(spec: str) -> list[str]:
+    names = [s.strip() for s in spec.split(",") if s.strip()]
+    for n in names:
+        if n not in METHODS:
+            raise ev.UserError(f"unknown method '{n}' (choose from {', '.join(METHODS)})")
+    if "fp16" not in names:
+        raise ev.UserError("--methods must include fp16, the baseline of every ratio")
+    return names
+
+
+@torch.no_grad()
+def bench(model_id: str, tokenizer, ids: torch.Tensor, methods: list[str], prefill_tokens: int,
+          prompt_tokens: int, new_tokens: int, repeats: int, warmup: int, progress: bool = True) -> dict:
+    dev = torch.device("cuda")
+    prefill_ids, prompt = ev.timing_inputs(ids, prefill_tokens, prompt_tokens, dev)
+    timed, rows = {}, {}
+    for name in methods:
+        torch.cuda.synchronize()
+        before = torch.cuda.memory_allocated()
+        torch.cuda.reset_peak_memory_stats()
+        m = load_method(name, model_id, "cuda")
+        ev.check_timing_lengths(m, prefill_tokens, prompt_tokens, new_tokens, repeats)
+        m(prompt)                                          # LLM.int8() sets its row scales lazily
+        weights = ev.tensor_bytes(m)
+        ref = generate_tokens(m, tokenizer, prompt, new_tokens)
+        fast = FastDecoder(m, prompt_tokens, new_tokens, prefill_tokens,
+                           graphs=not name.startswith("bnb-int8"))
+        if name.startswith("bnb-int8"):
+            fast.why_no_graph = "LLM.int8() splits outlier columns by value (data-dependent shapes): not capturable"
+        fast.capture()
+        got = fast.generate(prompt).clone()
+        torch.cuda.synchronize()
+        same = int((got == ref).long().cumprod(0).sum())    # leading tokens that agree
+        rows[name] = {"weights_mib": weights["mib"], "weights_bytes": weights["bytes"],
+                      "weight_dtype_bytes": weights["by_dtype_bytes"],
+                      "floor_ms": decode_floor_ms(weights["bytes"]),
+                      "cuda_graph": fast.graphs, "why_no_graph": fast.why_no_graph,
+                      "tokens_equal_generate": same == new_tokens, "leading_tokens_equal": same,
+                      "peak_bytes": torch.cuda.max_memory_allocated() - before}
+        timed[name] = {**ev.hf_calls(m, tokenizer, prefill_ids, prompt, new_tokens)}
+        timed[f"{name}·fast"] = {"prefill": lambda f=fast: f.prefill(prefill_ids),
+                                 "decode": lambda f=fast: f.generate(prompt)}
+        print(f"  {name}: {weights['mib']:.1f} MiB, graph {'yes' if fast.graphs else 'no'}, "
+              f"fast tokens = generate tokens: {same}/{new_tokens}", file=sys.stderr, flush=True)
+    result = ev.side_by_side(timed, dev, new_tokens, repeats, warmup, "fp16", progress)
+    fb = result["table"]["fp16·fast"]
+    table = {}
+    for name in methods:
+        hf, fa = result["table"][name], result["table"][f"{name}·fast"]
+        table[name] = {**{k: hf[k] for k in ("prefill_ms", "decode_ms_per_token", "prefill_ratio", "decode_ratio")},
+                       **rows[name],
+                       "fast_path": {"prefill_ms": fa["prefill_ms"], "decode_ms_per_token": fa["decode_ms_per_token"],
+                                     "prefill_ratio": fa["prefill_ms"]["median"] / fb["prefill_ms"]["median"],
+                                     "decode_ratio": fa["decode_ms_per_token"]["median"] /
+                                     fb["decode_ms_per_token"]["median"],
+                                     "x_floor": fa["decode_ms_per_token"]["median"] / rows[name]["floor_ms"],
+                                     "speedup_over_generate": hf["decode_ms_per_token"]["median"] /
+                                     fa["decode_ms_per_token"]["median"]}}
+    return {"table": table, "baseline": "fp16", "repeats": repeats, "warmup": warmup,
+            "order": result["order"], "prefill_tokens": prefill_tokens, "prompt_tokens": prompt_tokens,
+            "new_tokens": new_tokens, "decode_definition": ev.DECODE_DEFINITION,
+            "fast_path": FAST_PATH, "fast_decode_definition":
+                "fast path wall time for the prompt pass + new_tokens-1 decode steps / new tokens",
+            "hbm_bytes_per_s": HBM_BYTES_PER_S,
+            "note": "ratios: generate() against fp16 generate(); fast path against the fp16 fast path; "
+                    "peak = CUDA memory allocated above what was held before loading the method "
+                    "(its weights, KV cache, graphs, activations)"}
+
+
+def table_text(result: dict) -> str:
+    lines = [f"{'method':<20} {'MiB':>7} {'graph':>5} | {'generate: prefill':>17} {'decode':>9} {'ratio':>6} |"
+             f" {'fast: prefill':>13} {'ratio':>6} {'decode':>8} {'ratio':>6} {'floor':>7} {'x floor':>8}"
+             f" {'peak MiB':>9} {'tokens':>7}"]
+    for name, r in result["table"].items():
+        f = r["fast_path"]
+        lines.append(f"{name:<20} {r['weights_mib']:>7.1f} {'yes' if r['cuda_graph'] else 'no':>5} | "
+                     f"{r['prefill_ms']['median']:>14.2f} ms {r['decode_ms_per_token']['median']:>9.3f} "
+                     f"{r['decode_ratio']:>6.2f} | {f['prefill_ms']['median']:>10.3f} ms {f['prefill_ratio']:>6.2f} "
+                     f"{f['decode_ms_per_token']['median']:>8.3f} {f['decode_ratio']:>6.2f} {r['floor_ms']:>7.4f} "
+                     f"{f['x_floor']:>8.1f} {r['peak_bytes'] / 2**20:>9.1f} "
+                     f"{r['leading_tokens_equal']:>3}/{result['new_tokens']}")
+    lines.append(f"decode in ms per token (median of {result['repeats']} round-robin repeats); ratios against fp16 "
+                 f"on the same path; floor = weight bytes / {HBM_BYTES_PER_S / 1e12:.2f} TB/s; tokens = leading "
+                 f"greedy tokens of the fast path equal to generate()'s")
+    return "\n".join(lines)
+
+
+# -----------------------------------------------------------------------------
+# 4. CLI
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="fast_decode.py", description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", default="gpt2", help="Hub id or local folder of a GPT-2 model (default: gpt2)")
+    p.add_argument("--dataset", default="wikitext2", choices=list(ev.DATASETS),
+                   help="text whose first tokens are the prompts (default: wikitext2)")
+    p.add_argument("--text-file", default=None, help="local UTF-8 text instead of a Hub dataset")
+    p.add_argument("--methods", default=",".join(METHODS), help=f"comma list of {', '.join(METHODS)} (default: all)")
+    p.add_argument("--prefill-tokens", type=int, default=512, help="prefill length, batch 1 (default: 512)")
+    p.add_argument("--prompt-tokens", type=int, default=32, help="decode prompt length (default: 32)")
+    p.add_argument("--new-tokens", type=int, default=128, help="greedy tokens to decode (default: 128)")
+    p.add_argument("--repeats", type=int, default=10, help="timed round-robin repeats (default: 10)")
+    p.add_argument("--warmup", type=int, default=2, help="untimed warm-up runs per call (default: 2)")
+    p.add_argument("--stand-in", default=None, help="which model this one stands in for, stored with the results")
+    p.add_argument("--results-dir", default="results", help="folder for the results JSON (default: results)")
+    p.add_argument("--out", default=None, help="exact results file (default: gpu-decode-bench__<model>__cuda.json)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--smoke", action="store_true", help="a tiny random GPT-2 made on the spot; numbers mean nothing")
+    return p
+
+
+def main(**kwargs) -> dict:
+    args = ev.with_defaults(build_parser(), kwargs)
+    if not torch.cuda.is_available():
+        raise ev.UserError("the GPU decode benchmark needs CUDA, and no GPU was found (use a CUDA machine)")
+    methods = parse_methods(args.methods)
+    if args.smoke:
+        import tempfile
+        args.model, args.text_file = ev.make_smoke_inputs(tempfile.mkdtemp(prefix="qstudy-smoke-"))
+    ev.check_model_source(args.model)
+    if ev.load_config(args.model).model_type != "gpt2":
+        raise ev.UserError(f"the fast decode path supports GPT-2 models only ('{args.model}' is not one)")
+    source = ev.load_text(args.dataset, args.text_file)
+    tokenizer = ev.load_tokenizer(args.model)
+    ids = ev.tokenize(tokenizer, source.text, 4096)
+    result = bench(args.model, tokenizer, ids, methods, args.prefill_tokens, args.prompt_tokens, args.new_tokens,
+                   args.repeats, args.warmup, progress=not args.quiet)
+    record = ev.save_side_by_side("gpu-decode-bench", {"methods": methods, "fast_path": FAST_PATH},
+                                  {"id": args.model}, source, result, args, torch.device("cuda"))
+    print(table_text(result))
+    return record
+
+
+if __name__ == "__main__":
+    ev.run_cli(main, build_parser())

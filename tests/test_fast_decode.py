@@ -1,0 +1,93 @@
+"""fast_decode.py on the CPU: the static-cache path makes the same greedy tokens as
+generate(), its prefill the same logits; the fused Triton kernels (under Triton's
+interpreter) equal dequantize-then-matmul; bad input is one line."""
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import evaluate as ev
+import fast_decode as fd
+import part1_quantize_scratch as p1
+
+
+def prompt_of(tokenizer, n=12):
+    ids = ev.tokenize(tokenizer, "the quick brown fox jumps over the lazy dog " * 4)
+    return ids.reshape(-1)[:n][None]
+
+
+@pytest.mark.parametrize("quant", [None, "int8", "nf4"])
+def test_fast_path_tokens_equal_generate(gpt2_dir, quant):
+    model, tok = ev.load_model(str(gpt2_dir), device="cpu")
+    if quant == "int8":
+        p1.quantize_model(model, "whole", 8, "per_channel")
+    elif quant == "nf4":
+        p1.quantize_model(model, "whole", 4, "nf4")
+    prompt = prompt_of(tok)
+    ref = fd.generate_tokens(model, tok, prompt, 20)
+    fast = fd.FastDecoder(model, prompt.shape[1], 20, graphs=True)      # no CUDA: runs eagerly
+    fast.capture()
+    assert not fast.graphs and fast.why_no_graph
+    got = fast.generate(prompt)
+    assert torch.equal(got, ref)
+    assert torch.equal(fast.generate(prompt), ref)                      # a second run starts clean
+
+
+def test_fast_prefill_logits_equal_the_model(gpt2_dir):
+    model, tok = ev.load_model(str(gpt2_dir), device="cpu")
+    ids = prompt_of(tok, 24)
+    fast = fd.FastDecoder(model, 4, 4, prefill_tokens=24)
+    got = fast.prefill(ids)
+    with torch.no_grad():
+        ref = model(ids).logits
+    assert got.shape == ref.shape and torch.allclose(got, ref, atol=1e-4, rtol=1e-4)
+
+
+def test_only_gpt2_is_supported(llama_dir):
+    model, _ = ev.load_model(str(llama_dir), device="cpu")
+    with pytest.raises(ev.UserError, match="GPT-2 models only"):
+        fd.StaticGPT2(model, 16)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU")
+def test_gpu_bench_without_cuda_is_one_clear_line(cli_error):
+    assert "needs CUDA" in cli_error(fd, ["--smoke"])
+
+
+def test_unknown_method_is_rejected():
+    with pytest.raises(ev.UserError, match="unknown method 'int3'"):
+        fd.parse_methods("fp16,int3")
+
+
+KERNEL_CHECK = r"""
+import torch, torch.nn as nn, torch.nn.functional as F
+import part1_quantize_scratch as p1
+torch.manual_seed(0)
+worst = 0.0
+for M in (1, 7, 33):
+    lin = nn.Linear(192, 80)                       # 80 outputs: not a multiple of the tile
+    x = torch.randn(M, 192).half()
+    mods = [p1.Int8Linear.from_float(lin).half()] + [p1.Linear4bit.from_float(lin, k).half() for k in ("int4", "nf4")]
+    for m in mods:
+        m.path = "fast"
+        ref = F.linear(x.float(), m.dequantized_weight(torch.float16).float(), m.bias.float())
+        if isinstance(m, p1.Int8Linear):           # the int8 scale is applied after the matmul
+            ref = F.linear(x.float(), m.qweight.float()) * m.scale.float() + m.bias.float()
+        y = m(x)
+        assert y.dtype == torch.float16 and y.shape == (M, 80)
+        worst = max(worst, ((y.float() - ref).abs().max() / ref.abs().max()).item())
+print(worst)
+"""
+
+
+def test_triton_kernels_equal_dequantize_then_matmul():
+    pytest.importorskip("triton")
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": str(root)}
+    out = subprocess.run([sys.executable, "-c", KERNEL_CHECK], env=env, capture_output=True, text=True,
+                         timeout=600)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert float(out.stdout.strip().splitlines()[-1]) < 2e-3                  # fp16 output rounding

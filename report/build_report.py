@@ -657,10 +657,18 @@ def fast_table(doc: Doc, b: dict) -> None:
         floor = decode_floor_ms(v["weights_mib"])
         rows.append([n, f"{f_ms(fp['prefill_ms']['median'])}", f"{f_ms(fp['decode_ms_per_token']['median'])}",
                      f_ratio(fp["decode_ms_per_token"]["median"] / fb), f"{floor:.4f}",
-                     f"{fp['decode_ms_per_token']['median'] / floor:.1f}×", f_mib(mib(fp.get("peak_bytes")))])
-    doc.table(["method", "prefill ms", "decode ms/token", f"vs {base}", "floor ms", "× floor", "peak MiB"], rows,
+                     f"{fp['decode_ms_per_token']['median'] / floor:.1f}×", f_mib(mib(v.get("peak_bytes"))),
+                     "yes" if v.get("cuda_graph") else "no",
+                     f"{v.get('leading_tokens_equal', '?')}/{b['bench']['new_tokens']}"])
+    doc.table(["method", "prefill ms", "decode ms/token", f"vs {base}", "floor ms", "× floor", "peak MiB", "graph",
+               "tokens"], rows,
               f"The fast decode path ({escape(b['bench']['fast_path'])}), same run; floor = weight bytes ÷ "
-              f"{HBM_BYTES_PER_S / 1e12:.2f} TB/s.", widths=[3.2, None, None, None, None, None, None])
+              f"{HBM_BYTES_PER_S / 1e12:.2f} TB/s; peak = CUDA memory above what was held before the method "
+              f"was loaded; tokens = leading greedy tokens equal to the same model's generate().",
+              widths=[3.2] + [None] * 8)
+    why = [n for n, v in t.items() if v.get("why_no_graph")]
+    if why:
+        doc.p("Without a CUDA graph: " + "; ".join(f"{escape(n)}: {escape(t[n]['why_no_graph'])}" for n in why) + ".")
 
 
 def gguf_section(doc: Doc, s: Study) -> None:

@@ -38,6 +38,7 @@ import evaluate as ev
 HBM_BYTES_PER_S = 3.35e12     # H100 SXM HBM3: the floor of a decode step is weight bytes / this
 METHODS = ("fp32", "fp16", "bnb-int8", "bnb-nf4", "scratch-int8-naive", "scratch-int8-fast",
            "scratch-int4-fast", "scratch-nf4-fast")
+NOT_CAPTURABLE = {"bnb-int8": "LLM.int8() splits outlier columns by value (data-dependent shapes): not capturable"}
 FAST_PATH = "static KV cache, one CUDA graph per step (prompt pass, decode step, prefill), argmax on the device"
 
 
@@ -89,7 +90,8 @@ class FastDecoder:
     """Greedy decode and prefill over StaticGPT2, each step captured as a CUDA graph
     (graphs=True, CUDA only) or run eagerly on the same buffers (graphs=False)."""
 
-    def __init__(self, model, prompt_tokens: int, new_tokens: int, prefill_tokens: int = 0, graphs: bool = True):
+    def __init__(self, model, prompt_tokens: int, new_tokens: int, prefill_tokens: int = 0, graphs: bool = True,
+                 no_graph_reason: str | None = None):
         self.net = StaticGPT2(model, max(prompt_tokens + new_tokens, prefill_tokens))
         dev = self.net.device
         self.graphs = graphs and dev.type == "cuda"
@@ -102,7 +104,7 @@ class FastDecoder:
         self.tokens = torch.zeros(new_tokens, dtype=torch.long, device=dev)
         self.logits = None
         self.programs = {"prompt": self._prompt_step, "decode": self._decode_step, "prefill": self._prefill_step}
-        self.why_no_graph = None if self.graphs else "graphs off (CPU or asked)"
+        self.why_no_graph = None if self.graphs else (no_graph_reason or "graphs off (CPU or asked)")
 
     # the three steps; only tensor ops on static buffers, nothing read back to the host
     def _emit(self, logits: torch.Tensor) -> None:
@@ -235,10 +237,9 @@ def bench(model_id: str, tokenizer, ids: torch.Tensor, methods: list[str], prefi
         m(prompt)                                          # LLM.int8() sets its row scales lazily
         weights = ev.tensor_bytes(m)
         ref = generate_tokens(m, tokenizer, prompt, new_tokens)
-        fast = FastDecoder(m, prompt_tokens, new_tokens, prefill_tokens,
-                           graphs=not name.startswith("bnb-int8"))
-        if name.startswith("bnb-int8"):
-            fast.why_no_graph = "LLM.int8() splits outlier columns by value (data-dependent shapes): not capturable"
+        uncapturable = NOT_CAPTURABLE.get(name)
+        fast = FastDecoder(m, prompt_tokens, new_tokens, prefill_tokens, graphs=uncapturable is None,
+                           no_graph_reason=uncapturable)
         fast.capture()
         got = fast.generate(prompt).clone()
         torch.cuda.synchronize()
@@ -249,7 +250,7 @@ def bench(model_id: str, tokenizer, ids: torch.Tensor, methods: list[str], prefi
                       "cuda_graph": fast.graphs, "why_no_graph": fast.why_no_graph,
                       "tokens_equal_generate": same == new_tokens, "leading_tokens_equal": same,
                       "peak_bytes": torch.cuda.max_memory_allocated() - before}
-        timed[name] = {**ev.hf_calls(m, tokenizer, prefill_ids, prompt, new_tokens)}
+        timed[name] = ev.hf_calls(m, tokenizer, prefill_ids, prompt, new_tokens)
         timed[f"{name}·fast"] = {"prefill": lambda f=fast: f.prefill(prefill_ids),
                                  "decode": lambda f=fast: f.generate(prompt)}
         print(f"  {name}: {weights['mib']:.1f} MiB, graph {'yes' if fast.graphs else 'no'}, "

@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import os
 import re
 import sys
 import warnings
@@ -723,7 +724,6 @@ def triton_kernels():
 
 
 def _interpreting() -> bool:
-    import os
     return os.environ.get("TRITON_INTERPRET") == "1"
 
 

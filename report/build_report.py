@@ -30,8 +30,7 @@ if str(ROOT) not in sys.path:                       # run as a script from anywh
 
 import evaluate as ev  # noqa: E402
 import plot_results as pr  # noqa: E402
-
-HBM_BYTES_PER_S = 3.35e12          # H100 SXM HBM3 bandwidth, the decode floor's denominator
+from fast_decode import HBM_BYTES_PER_S, decode_floor_ms  # noqa: E402  (the bench's own floor)
 
 
 # -----------------------------------------------------------------------------
@@ -342,7 +341,7 @@ def key_findings(doc: Doc, s: Study) -> None:
                          f"{len(q)} quantized models decode slower than {base}: {f_ratio(lo)} to {f_ratio(hi)} its "
                          f"time per token ({model_label(b)}). {base} itself takes {f_ms(t[base]['decode_ms_per_token']['median'])}"
                          f" ms per token, "
-                         f"{t[base]['decode_ms_per_token']['median'] / decode_floor_ms(t[base]['weights_mib']):.0f}"
+                         f"{t[base]['decode_ms_per_token']['median'] / decode_floor_ms(t[base]['weights_mib'] * 2**20):.0f}"
                          f"× the time needed to read its weights once from memory: at this size decoding is "
                          f"overhead, not bytes.")
     fast = next((r for r in s.benches if "fast_path" in r["bench"]), None)
@@ -360,11 +359,6 @@ def key_findings(doc: Doc, s: Study) -> None:
     if not items:
         items.append("No comparable perplexity runs in these results.")
     doc.bullets(items)
-
-
-def decode_floor_ms(weights_mib: float) -> float:
-    """Time to read every weight byte once at HBM bandwidth: the decode floor on the H100."""
-    return weights_mib * 2**20 / HBM_BYTES_PER_S * 1e3
 
 
 def methodology(doc: Doc, s: Study) -> None:
@@ -628,7 +622,7 @@ def latency_section(doc: Doc, s: Study) -> None:
         f16 = t["fp16"]
         why.append(f"On the GPU, fp16 decodes a token in {f_ms(f16['decode_ms_per_token']['median'])} ms while "
                    f"reading its {f_mib(f16['weights_mib'])} MiB of weights at {HBM_BYTES_PER_S / 1e12:.2f} TB/s "
-                   f"would take {decode_floor_ms(f16['weights_mib']):.3f} ms: decode time at this size is kernel "
+                   f"would take {decode_floor_ms(f16['weights_mib'] * 2**20):.3f} ms: decode time at this size is kernel "
                    f"launches and Python, not memory traffic, so fewer bytes cannot help and every extra "
                    f"dequantize kernel hurts. ")
         if "bnb-int8" in t:
@@ -654,7 +648,7 @@ def fast_table(doc: Doc, b: dict) -> None:
         fp = v.get("fast_path")
         if not fp:
             continue
-        floor = decode_floor_ms(v["weights_mib"])
+        floor = v["floor_ms"]                                   # as the bench computed it
         rows.append([n, f"{f_ms(fp['prefill_ms']['median'])}", f"{f_ms(fp['decode_ms_per_token']['median'])}",
                      f_ratio(fp["decode_ms_per_token"]["median"] / fb), f"{floor:.4f}",
                      f"{fp['decode_ms_per_token']['median'] / floor:.1f}×", f_mib(mib(v.get("peak_bytes"))),

@@ -195,6 +195,77 @@ def decode_floor_ms(weight_bytes: int) -> float:
     return weight_bytes / HBM_BYTES_PER_S * 1e3
 
 
+LAYER_CALLS = 50      # back-to-back calls of one layer per timed graph replay
+LAYERS = ("attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj")   # a GPT-2 block's linear layers
+
+
+def layer_inputs(config) -> dict[str, int]:
+    """Input width of block 0's four linear layers and of lm_head (GPT-2 names)."""
+    d = config.n_embd
+    return dict(zip((*LAYERS, "lm_head"), (d, d, d, config.n_inner or 4 * d, d)))
+
+
+@torch.no_grad()
+def layer_times(model, graphs: bool, repeats: int = 20, calls: int = LAYER_CALLS) -> dict:
+    """Microseconds per call of each linear layer at decode shape (one token): `calls`
+    calls captured as one CUDA graph, so no launch overhead (what a decode step's graph
+    sees), timed with CUDA events over `repeats` replays; eager calls if graphs=False.
+    -> {layer: summary of us per call}, plus 'graph'."""
+    dtype = model.transformer.ln_f.weight.dtype
+    out = {"graph": graphs}
+    for name, k in layer_inputs(model.config).items():
+        mod = model.get_submodule(name) if name == "lm_head" else model.transformer.h[0].get_submodule(name)
+        x = torch.randn(1, 1, k, dtype=dtype, device="cuda")
+
+        def run(mod=mod, x=x):
+            for _ in range(calls):
+                mod(x)
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):                    # Triton autotuning and cuBLAS handles, uncaptured
+            run()
+            run()
+        torch.cuda.current_stream().wait_stream(side)
+        torch.cuda.synchronize()
+        call = run
+        if graphs:
+            g = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(g):
+                run()
+            call = g.replay
+        call()
+        samples = []
+        for _ in range(repeats):
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            call()
+            end.record()
+            end.synchronize()
+            samples.append(start.elapsed_time(end) * 1e3 / calls)
+        out[name] = ev.summarize(samples)
+    return out
+
+
+@torch.no_grad()
+def kernel_error(model, rows: int = 1) -> float | None:
+    """Worst relative error, over block 0's Part 1 layers and lm_head, of the layer's output
+    at decode shape against dequantize-then-matmul in fp32: the check that the fused
+    kernels compute what Part 1's weights mean (the token check only compares a model
+    with itself). None if the model has no Part 1 layers."""
+    import part1_quantize_scratch as p1
+    dtype, worst = model.transformer.ln_f.weight.dtype, None
+    for name, k in layer_inputs(model.config).items():
+        mod = model.get_submodule(name) if name == "lm_head" else model.transformer.h[0].get_submodule(name)
+        if not isinstance(mod, (p1.Int8Linear, p1.Linear4bit)):
+            continue
+        x = torch.randn(rows, k, dtype=dtype, device=model.device)
+        bias = None if mod.bias is None else mod.bias.float()
+        ref = F.linear(x.float(), mod.dequantized_weight(torch.float32), bias)
+        err = ((mod(x).float() - ref).abs().max() / ref.abs().max()).item()
+        worst = err if worst is None else max(worst, err)
+    return worst
+
+
 def load_method(name: str, model_id: str, device: str):
     """One method's model, ready to run; returns (model, path for Part 1 layers or None)."""
     import part1_quantize_scratch as p1
@@ -250,6 +321,11 @@ def bench(model_id: str, tokenizer, ids: torch.Tensor, methods: list[str], prefi
                       "cuda_graph": fast.graphs, "why_no_graph": fast.why_no_graph,
                       "tokens_equal_generate": same == new_tokens, "leading_tokens_equal": same,
                       "peak_bytes": torch.cuda.max_memory_allocated() - before}
+        layers = layer_times(m, graphs=uncapturable is None, repeats=repeats * 2)
+        rows[name]["kernel_max_rel_err"] = kernel_error(m)
+        rows[name]["layers_us"] = layers
+        rows[name]["linear_us_per_token"] = (m.config.n_layer * sum(layers[k]["median"] for k in LAYERS)
+                                             + layers["lm_head"]["median"])
         timed[name] = ev.hf_calls(m, tokenizer, prefill_ids, prompt, new_tokens)
         timed[f"{name}·fast"] = {"prefill": lambda f=fast: f.prefill(prefill_ids),
                                  "decode": lambda f=fast: f.generate(prompt)}
@@ -268,13 +344,19 @@ def bench(model_id: str, tokenizer, ids: torch.Tensor, methods: list[str], prefi
                                      fb["decode_ms_per_token"]["median"],
                                      "x_floor": fa["decode_ms_per_token"]["median"] / rows[name]["floor_ms"],
                                      "speedup_over_generate": hf["decode_ms_per_token"]["median"] /
-                                     fa["decode_ms_per_token"]["median"]}}
+                                     fa["decode_ms_per_token"]["median"]},
+                       "layer_ratio": {k: rows[name]["layers_us"][k]["median"] / rows["fp16"]["layers_us"][k]["median"]
+                                       for k in (*LAYERS, "lm_head")}}
     return {"table": table, "baseline": "fp16", "repeats": repeats, "warmup": warmup,
             "order": result["order"], "prefill_tokens": prefill_tokens, "prompt_tokens": prompt_tokens,
             "new_tokens": new_tokens, "decode_definition": ev.DECODE_DEFINITION,
             "fast_path": FAST_PATH, "fast_decode_definition":
                 "fast path wall time for the prompt pass + new_tokens-1 decode steps / new tokens",
-            "hbm_bytes_per_s": HBM_BYTES_PER_S,
+            "hbm_bytes_per_s": HBM_BYTES_PER_S, "layer_calls_per_replay": LAYER_CALLS,
+            "layers_definition": "us per call of block 0's linear layers and lm_head at one token, "
+                                 f"{LAYER_CALLS} calls per CUDA graph replay (eager where the method has no graph), "
+                                 "median of 2 x repeats replays; linear_us_per_token = n_layer x the four block "
+                                 "layers + lm_head",
             "note": "ratios: generate() against fp16 generate(); fast path against the fp16 fast path; "
                     "peak = CUDA memory allocated above what was held before loading the method "
                     "(its weights, KV cache, graphs, activations)"}
@@ -295,6 +377,16 @@ def table_text(result: dict) -> str:
     lines.append(f"decode in ms per token (median of {result['repeats']} round-robin repeats); ratios against fp16 "
                  f"on the same path; floor = weight bytes / {HBM_BYTES_PER_S / 1e12:.2f} TB/s; tokens = leading "
                  f"greedy tokens of the fast path equal to generate()'s")
+    names = (*LAYERS, "lm_head")
+    lines += ["", f"{'us per call, 1 token':<20} " + " ".join(f"{k:>16}" for k in names) + f" {'linears/token':>14}"]
+    for name, r in result["table"].items():
+        lines.append(f"{name:<20} " + " ".join(f"{r['layers_us'][k]['median']:>8.2f} ({r['layer_ratio'][k]:>4.2f})"
+                                               for k in names) + f" {r['linear_us_per_token']:>11.0f} us"
+                     + ("" if r["kernel_max_rel_err"] is None else f"  err {r['kernel_max_rel_err']:.1e}")
+                     + ("" if r["layers_us"]["graph"] else "  (eager)"))
+    lines.append(f"each layer: {result['layer_calls_per_replay']} calls in one CUDA graph, median; (ratio to fp16); "
+                 "linears/token = n_layer x the block's four + lm_head; err = worst relative error of a Part 1 "
+                 "layer against dequantize-then-matmul in fp32")
     return "\n".join(lines)
 
 

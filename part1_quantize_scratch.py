@@ -302,8 +302,8 @@ class Int8Embedding(nn.Module):
 class Linear4bit(nn.Module):
     """A linear layer with a block-wise 4-bit weight (int4 or NF4), two codes per byte,
     one absmax per block of 64. path 'naive' (default) dequantizes to x's dtype, then
-    F.linear; 'fast' runs a fused Triton kernel on CUDA in fp16/bf16 for up to
-    KERNEL_ROWS_4BIT rows (decode; see section 5), and the naive way for more."""
+    F.linear; 'fast' runs a fused Triton GEMV on CUDA in fp16/bf16 for up to GEMV_ROWS
+    rows (decode; see section 5), and the naive way for more."""
 
     path = "naive"
 
@@ -333,7 +333,8 @@ class Linear4bit(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         rows = x.numel() // self.shape[1]
-        if self.path == "fast" and rows <= KERNEL_ROWS_4BIT and self.shape[1] % self.block == 0 and triton_ok(x):
+        if (self.path == "fast" and rows <= GEMV_ROWS and self.block in GEMV_BLOCKS
+                and self.shape[1] % self.block == 0 and triton_ok(x)):
             y = triton_4bit_linear(x.reshape(-1, self.shape[1]), self)
             return y.reshape(*x.shape[:-1], self.shape[0])
         return F.linear(x, self.dequantized_weight(x.dtype),
@@ -345,7 +346,6 @@ class Linear4bit(nn.Module):
 
 
 QUANT_MODULES = (Int8Linear, Int8Embedding, Linear4bit)
-KERNEL_ROWS_4BIT = 16    # 'fast' 4-bit: the fused kernel up to this many rows (a 16-row tile)
 
 
 # -----------------------------------------------------------------------------
@@ -612,16 +612,27 @@ def cpu_kernel():
 
 # On a GPU the same argument holds at a smaller scale: casting an int8 weight to fp16
 # before the matmul is an extra kernel that writes and reads 2 bytes per weight. These
-# Triton kernels read int8 (or packed 4-bit) weights and dequantize them in registers,
-# inside the matmul tile; the per-channel scale (or the per-64 absmax) is applied there
-# too. They serve fp16/bf16 activations on CUDA; anything else takes the plain path.
-# Under TRITON_INTERPRET=1 they also run on CPU tensors (how the tests check them).
+# Triton kernels read int8 (or packed 4-bit) weights and dequantize them in registers;
+# the per-channel scale (or the per-block absmax) is applied there too. They serve
+# fp16/bf16 activations on CUDA; anything else takes the plain path. Under
+# TRITON_INTERPRET=1 they also run on CPU tensors (how the tests check them).
+#  - decode (at most GEMV_ROWS rows): a GEMV. Each program owns BN output features of
+#    one activation row and walks K in a few wide steps, multiplying elementwise and
+#    summing once at the end. Many small programs keep every SM reading weights; a
+#    matmul tile would compute 16 rows to use one and run K as one long serial loop.
+#  - prefill (more rows, int8 only): a tiled tensor-core matmul. 4-bit prefill
+#    dequantizes, then multiplies (a fused 4-bit tile was slower there).
+
+GEMV_ROWS = 4            # on CUDA, the GEMV kernels for at most this many activation rows
+GEMV_BLOCKS = (32, 64, 128)   # 4-bit block sizes the GEMV takes (each divides every BK below)
+Q4_DECODE = {"int4": 0, "nf4": 1}   # q4_gemv's DECODE: int4 by arithmetic, NF4 by a select tree
 
 _triton = None
 
 
 def triton_kernels():
-    """(int8 kernel, 4-bit kernel), compiled by Triton on first call; None without Triton."""
+    """{'int8_mm', 'int8_gemv', 'q4_gemv'}: launchers compiled by Triton on first use;
+    None without Triton."""
     global _triton
     if _triton is None:
         try:
@@ -630,13 +641,6 @@ def triton_kernels():
         except ImportError:
             _triton = False
             return None
-        configs = [triton.Config({"BM": bm, "BN": bn, "BK": bk}, num_warps=w)
-                   for bm, bn, bk, w in ((16, 16, 256, 2), (16, 32, 128, 4), (16, 64, 128, 4), (16, 32, 256, 4),
-                                         (64, 64, 64, 4), (64, 128, 64, 8), (128, 128, 32, 8))]
-
-        def by_rows(configs, named_args, **kwargs):    # decode (few rows): 16-row tiles; prefill: larger
-            small = named_args["M"] <= 16
-            return [c for c in configs if (c.kwargs["BM"] == 16) == small]
 
         @triton.jit
         def int8_mm(x_ptr, q_ptr, scale_ptr, bias_ptr, y_ptr, M, N, K, SCALE_PER_ROW: tl.constexpr,
@@ -663,63 +667,101 @@ def triton_kernels():
                      mask=(rm[:, None] < M) & (rn[None, :] < N))
 
         @triton.jit
-        def q4_mm(x_ptr, p_ptr, absmax_ptr, lut_ptr, bias_ptr, y_ptr, M, N, K, BLOCK: tl.constexpr,
-                  HAS_BIAS: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr):
-            # One K step is one absmax block: BLOCK weights of a row = BLOCK/2 bytes, whose high
-            # nibbles are the even columns and low nibbles the odd ones (pack_4bit); rows of K
-            # weights hold K // BLOCK whole blocks (the caller checks). BK is unused (shared configs).
-            rm = tl.program_id(0) * BM + tl.arange(0, BM)
+        def int8_gemv(x_ptr, q_ptr, scale_ptr, bias_ptr, y_ptr, N, K, SCALE_PER_ROW: tl.constexpr,
+                      HAS_BIAS: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr):
+            # y[m, n] = sum_k x[m, k] q[n, k] * scale[n] + bias[n], m = program_id(0)
+            m = tl.program_id(0)
             rn = tl.program_id(1) * BN + tl.arange(0, BN)
-            rh = tl.arange(0, BLOCK // 2)
-            acc = tl.zeros((BM, BN), dtype=tl.float32)
-            # The 16 code values, loaded once into registers: lut[code] is then a select tree on
-            # the code's bits, not a gather (which would put a memory round trip after every
-            # byte load and stall the K loop).
+            rk = tl.arange(0, BK)
+            acc = tl.zeros((BN, BK), dtype=tl.float32)
+            for k0 in range(0, K, BK):
+                kk = k0 + rk
+                x = tl.load(x_ptr + m * K + kk, mask=kk < K, other=0.0).to(tl.float32)     # (BK,)
+                q = tl.load(q_ptr + rn[:, None] * K + kk[None, :], mask=(rn[:, None] < N) & (kk[None, :] < K),
+                            other=0)                                                      # (BN, BK) int8
+                acc += q.to(tl.float32) * x[None, :]
+            y = tl.sum(acc, axis=1)                                                       # (BN,)
+            if SCALE_PER_ROW:
+                y = y * tl.load(scale_ptr + rn, mask=rn < N, other=0.0).to(tl.float32)
+            else:
+                y = y * tl.load(scale_ptr).to(tl.float32)
+            if HAS_BIAS:
+                y += tl.load(bias_ptr + rn, mask=rn < N, other=0.0).to(tl.float32)
+            tl.store(y_ptr + m * N + rn, y.to(y_ptr.dtype.element_ty), mask=rn < N)
+
+        @triton.jit
+        def q4_gemv(x_ptr, p_ptr, absmax_ptr, lut_ptr, bias_ptr, y_ptr, N, K, BLOCK: tl.constexpr,
+                    DECODE: tl.constexpr, HAS_BIAS: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr):
+            # y[m, n] = sum_k x[m, k] lut[code[n, k]] absmax[n, k // BLOCK] + bias[n], m = program_id(0).
+            # A row of K weights is K/2 bytes; byte j holds column 2j (high nibble) and 2j+1 (low),
+            # as pack_4bit writes them. K is a multiple of BLOCK and BK of BLOCK (the caller checks),
+            # so each step covers BK // BLOCK whole absmax blocks.
+            m = tl.program_id(0)
+            rn = tl.program_id(1) * BN + tl.arange(0, BN)
+            rh = tl.arange(0, BK // 2)
+            rk = tl.arange(0, BK)
+            rb = tl.arange(0, BK // BLOCK)
             v0, v1, v2, v3 = tl.load(lut_ptr + 0), tl.load(lut_ptr + 1), tl.load(lut_ptr + 2), tl.load(lut_ptr + 3)
             v4, v5, v6, v7 = tl.load(lut_ptr + 4), tl.load(lut_ptr + 5), tl.load(lut_ptr + 6), tl.load(lut_ptr + 7)
             v8, v9, v10, v11 = tl.load(lut_ptr + 8), tl.load(lut_ptr + 9), tl.load(lut_ptr + 10), tl.load(lut_ptr + 11)
             v12, v13, v14, v15 = (tl.load(lut_ptr + 12), tl.load(lut_ptr + 13), tl.load(lut_ptr + 14),
                                   tl.load(lut_ptr + 15))
-            for kb in range(0, K // BLOCK):
-                byte = tl.load(p_ptr + rn[None, :] * (K // 2) + kb * (BLOCK // 2) + rh[:, None],
-                               mask=rn[None, :] < N, other=0).to(tl.int32)         # (BLOCK/2, BN)
-                am = tl.load(absmax_ptr + rn * (K // BLOCK) + kb, mask=rn < N, other=0.0).to(tl.float32)
-                c = byte >> 4                                                        # even columns
-                b0, b1, b2, b3 = (c & 1) != 0, (c & 2) != 0, (c & 4) != 0, (c & 8) != 0
-                lo = tl.where(b2, tl.where(b1, tl.where(b0, v7, v6), tl.where(b0, v5, v4)),
-                              tl.where(b1, tl.where(b0, v3, v2), tl.where(b0, v1, v0)))
-                hi = tl.where(b2, tl.where(b1, tl.where(b0, v15, v14), tl.where(b0, v13, v12)),
-                              tl.where(b1, tl.where(b0, v11, v10), tl.where(b0, v9, v8)))
-                w_even = tl.where(b3, hi, lo) * am[None, :]                          # as dequantize_4bit
-                c = byte & 15                                                        # odd columns
-                b0, b1, b2, b3 = (c & 1) != 0, (c & 2) != 0, (c & 4) != 0, (c & 8) != 0
-                lo = tl.where(b2, tl.where(b1, tl.where(b0, v7, v6), tl.where(b0, v5, v4)),
-                              tl.where(b1, tl.where(b0, v3, v2), tl.where(b0, v1, v0)))
-                hi = tl.where(b2, tl.where(b1, tl.where(b0, v15, v14), tl.where(b0, v13, v12)),
-                              tl.where(b1, tl.where(b0, v11, v10), tl.where(b0, v9, v8)))
-                w_odd = tl.where(b3, hi, lo) * am[None, :]
-                cols = kb * BLOCK + 2 * rh                                           # makes them
-                a_even = tl.load(x_ptr + rm[:, None] * K + cols[None, :], mask=rm[:, None] < M, other=0.0)
-                a_odd = tl.load(x_ptr + rm[:, None] * K + cols[None, :] + 1, mask=rm[:, None] < M, other=0.0)
-                acc += tl.dot(a_even, w_even.to(a_even.dtype)) + tl.dot(a_odd, w_odd.to(a_odd.dtype))
+            acc = tl.zeros((BN, BK // BLOCK), dtype=tl.float32)
+            for k0 in range(0, K, BK):
+                kh = k0 // 2 + rh                                                      # byte index in the row
+                byte = tl.load(p_ptr + rn[:, None] * (K // 2) + kh[None, :],
+                               mask=(rn[:, None] < N) & (kh[None, :] < K // 2), other=0).to(tl.int32)  # (BN, BK/2)
+                c = tl.reshape(tl.join(byte >> 4, byte & 15), (BN, BK))               # codes of columns k0..k0+BK
+                if DECODE == 0:                                                        # int4: c - 8, /7 per block
+                    w = (c - 8).to(tl.float32)
+                else:
+                    # lut[c] as a select tree on c's bits: registers only. (Measured on the H100 at
+                    # GPT-2's shapes: a gather from the table, or from a 256-entry table of byte
+                    # pairs, or a tree over packed fp16 pairs was no faster.)
+                    b0, b1, b2, b3 = (c & 1) != 0, (c & 2) != 0, (c & 4) != 0, (c & 8) != 0
+                    lo = tl.where(b2, tl.where(b1, tl.where(b0, v7, v6), tl.where(b0, v5, v4)),
+                                  tl.where(b1, tl.where(b0, v3, v2), tl.where(b0, v1, v0)))
+                    hi = tl.where(b2, tl.where(b1, tl.where(b0, v15, v14), tl.where(b0, v13, v12)),
+                                  tl.where(b1, tl.where(b0, v11, v10), tl.where(b0, v9, v8)))
+                    w = tl.where(b3, hi, lo)                                           # (BN, BK)
+                kk = k0 + rk
+                x = tl.load(x_ptr + m * K + kk, mask=kk < K, other=0.0).to(tl.float32)  # (BK,)
+                part = tl.sum(tl.reshape(w * x[None, :], (BN, BK // BLOCK, BLOCK)), axis=2)  # (BN, BK/BLOCK)
+                kb = k0 // BLOCK + rb
+                am = tl.load(absmax_ptr + rn[:, None] * (K // BLOCK) + kb[None, :],
+                             mask=(rn[:, None] < N) & (kb[None, :] < K // BLOCK), other=0.0)
+                am = am.to(tl.float32)
+                if DECODE == 0:
+                    am = am / 7
+                acc += part * am                                                       # absmax once per block
+            y = tl.sum(acc, axis=1)                                                    # (BN,)
             if HAS_BIAS:
-                acc += tl.load(bias_ptr + rn, mask=rn < N, other=0.0).to(tl.float32)[None, :]
-            tl.store(y_ptr + rm[:, None] * N + rn[None, :], acc.to(y_ptr.dtype.element_ty),
-                     mask=(rm[:, None] < M) & (rn[None, :] < N))
+                y += tl.load(bias_ptr + rn, mask=rn < N, other=0.0).to(tl.float32)
+            tl.store(y_ptr + m * N + rn, y.to(y_ptr.dtype.element_ty), mask=rn < N)
 
-        def grid(meta, M, N):
-            return (triton.cdiv(M, meta["BM"]), triton.cdiv(N, meta["BN"]))
+        mm_configs = [triton.Config({"BM": bm, "BN": bn, "BK": bk}, num_warps=w)
+                      for bm, bn, bk, w in ((16, 32, 128, 4), (64, 64, 64, 4), (64, 128, 64, 8), (128, 128, 32, 8))]
+        gemv_configs = [triton.Config({"BN": bn, "BK": bk}, num_warps=w)
+                        for bn, bk, w in ((2, 512, 2), (4, 256, 2), (4, 512, 4), (8, 256, 4), (8, 512, 4),
+                                          (16, 256, 4), (16, 128, 4))]
 
-        def launcher(kernel):
+        def launcher(kernel, configs, key, grid, fixed):
             """Autotuned on a GPU (first call per shape, before any CUDA graph capture);
             one fixed tile under the interpreter, which cannot time anything."""
             if _interpreting():
-                return lambda M, N, *args, **kw: kernel[(triton.cdiv(M, 16), triton.cdiv(N, 32))](
-                    *args, **kw, BM=16, BN=32, BK=64)
-            tuned = triton.autotune(configs=configs, key=["M", "N", "K"],
-                                    prune_configs_by={"early_config_prune": by_rows})(kernel)
+                return lambda M, N, *args, **kw: kernel[grid(fixed, M, N)](*args, **kw, **fixed)
+            tuned = triton.autotune(configs=configs, key=key)(kernel)
             return lambda M, N, *args, **kw: tuned[lambda meta: grid(meta, M, N)](*args, **kw)
-        _triton = (launcher(int8_mm), launcher(q4_mm))
+
+        _triton = {
+            "int8_mm": launcher(int8_mm, mm_configs, ["M", "N", "K"],
+                                lambda c, M, N: (triton.cdiv(M, c["BM"]), triton.cdiv(N, c["BN"])),
+                                {"BM": 16, "BN": 32, "BK": 64}),
+            "int8_gemv": launcher(int8_gemv, gemv_configs, ["N", "K"],
+                                  lambda c, M, N: (M, triton.cdiv(N, c["BN"])), {"BN": 8, "BK": 128}),
+            "q4_gemv": launcher(q4_gemv, gemv_configs, ["N", "K"],
+                                lambda c, M, N: (M, triton.cdiv(N, c["BN"])), {"BN": 8, "BK": 128}),
+        }
     return _triton or None
 
 
@@ -734,23 +776,27 @@ def triton_ok(x: torch.Tensor) -> bool:
 
 def triton_int8_linear(x2: torch.Tensor, q: torch.Tensor, scale: torch.Tensor, bias) -> torch.Tensor:
     """(M, K) activations, (N, K) int8 weight, (N,) or (1,) scale -> (M, N), in one kernel."""
-    int8_mm, _ = triton_kernels()
     M, K = x2.shape
     N = q.shape[0]
     y = torch.empty(M, N, dtype=x2.dtype, device=x2.device)
-    int8_mm(M, N, x2.contiguous(), q, scale, bias if bias is not None else scale, y, M, N, K,
-            SCALE_PER_ROW=scale.numel() > 1, HAS_BIAS=bias is not None)
+    args = (x2.contiguous(), q, scale, bias if bias is not None else scale, y)
+    flags = {"SCALE_PER_ROW": scale.numel() > 1, "HAS_BIAS": bias is not None}
+    if M <= GEMV_ROWS:
+        triton_kernels()["int8_gemv"](M, N, *args, N, K, **flags)
+    else:
+        triton_kernels()["int8_mm"](M, N, *args, M, N, K, **flags)
     return y
 
 
 def triton_4bit_linear(x2: torch.Tensor, module: "Linear4bit") -> torch.Tensor:
-    _, q4_mm = triton_kernels()
+    """(M, K) activations (M <= GEMV_ROWS), a Linear4bit -> (M, N), in one kernel."""
     M, K = x2.shape
     N = module.shape[0]
     y = torch.empty(M, N, dtype=x2.dtype, device=x2.device)
     bias = None if module.bias is None else module.bias.to(x2.dtype)
-    q4_mm(M, N, x2.contiguous(), module.packed, module.absmax, module.lut(), bias if bias is not None else x2,
-          y, M, N, K, BLOCK=module.block, HAS_BIAS=bias is not None)
+    triton_kernels()["q4_gemv"](M, N, x2.contiguous(), module.packed, module.absmax, module.lut(),
+                                bias if bias is not None else x2, y, N, K, BLOCK=module.block,
+                                DECODE=Q4_DECODE[module.kind], HAS_BIAS=bias is not None)
     return y
 
 

@@ -46,6 +46,18 @@ def test_fast_prefill_logits_equal_the_model(gpt2_dir):
     assert got.shape == ref.shape and torch.allclose(got, ref, atol=1e-4, rtol=1e-4)
 
 
+def test_kernel_error_catches_a_layer_that_computes_the_wrong_thing(gpt2_dir):
+    model, _ = ev.load_model(str(gpt2_dir), device="cpu")
+    assert fd.kernel_error(model) is None                               # no Part 1 layers
+    p1.quantize_model(model, "whole", 8, "per_channel")
+    assert fd.kernel_error(model) < 1e-5                                # fp32: the same numbers
+    fc = model.transformer.h[0].mlp.c_fc
+    meant = fc.dequantized_weight(torch.float32)
+    fc.dequantized_weight = lambda dtype=None: meant.to(dtype)          # what the weights mean ...
+    fc.scale.mul_(1.01)                                                 # ... and a layer 1% off it
+    assert 0.009 < fd.kernel_error(model) < 0.011
+
+
 def test_only_gpt2_is_supported(llama_dir):
     model, _ = ev.load_model(str(llama_dir), device="cpu")
     with pytest.raises(ev.UserError, match="GPT-2 models only"):
@@ -67,7 +79,7 @@ import torch, torch.nn as nn, torch.nn.functional as F
 import part1_quantize_scratch as p1
 torch.manual_seed(0)
 worst = 0.0
-for M in (1, 7, 33):
+for M in (1, 3, 7, 33):                         # GEMV (<= 4 rows), then the tiled int8 kernel
     lin = nn.Linear(192, 80)                       # 80 outputs: not a multiple of the tile
     x = torch.randn(M, 192).half()
     mods = [p1.Int8Linear.from_float(lin).half()] + [p1.Linear4bit.from_float(lin, k).half() for k in ("int4", "nf4")]

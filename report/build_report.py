@@ -589,10 +589,17 @@ def gpu_fast_summary(b: dict) -> str:
     if base not in f:
         return ""
     faster = [n for n in f if n != base and n != "fp32" and f[n] < f[base]]
-    return (f"<b>With the overhead gone</b> (static KV cache and CUDA graphs), {base} decodes in "
-            f"{f_ms(f[base])} ms per token; " + (
-                ", ".join(f"{escape(n)} in {f_ms(f[n])} ms ({f_ratio(f[n] / f[base])})" for n in faster) +
-                " are faster than it." if faster else "no quantized model beats it."))
+    slower = [n for n in f if n != base and n != "fp32" and f[n] >= f[base]]
+    same = all(v.get("tokens_equal_generate") for v in t.values())
+
+    def listed(names):
+        return ", ".join(f"{escape(n)} {f_ms(f[n])} ms ({f_ratio(f[n] / f[base])})" for n in names)
+    return (f"<b>With the overhead gone</b> (static KV cache and CUDA graphs; {model_label(b)}, "
+            f"{escape(pr.device_of(b))}), {base} decodes in {f_ms(f[base])} ms per token. "
+            + (f"Faster than it: {listed(faster)}. " if faster else "No quantized model beats it. ")
+            + (f"Not faster: {listed(slower)}. " if slower else "")
+            + ("Every fast path makes the same greedy tokens as its model's generate()." if same else
+               "Some fast paths' greedy tokens differ from generate()'s (see Table 13)."))
 
 
 def latency_section(doc: Doc, s: Study) -> None:
@@ -663,6 +670,48 @@ def fast_table(doc: Doc, b: dict) -> None:
     why = [n for n, v in t.items() if v.get("why_no_graph")]
     if why:
         doc.p("Without a CUDA graph: " + "; ".join(f"{escape(n)}: {escape(t[n]['why_no_graph'])}" for n in why) + ".")
+    if all("layers_us" in v for v in t.values()):
+        layer_table(doc, b)
+
+
+def layer_table(doc: Doc, b: dict) -> None:
+    """Per-layer time at one token (issue 7's bench), and what it says about the decode step."""
+    t, bb = b["bench"]["table"], b["bench"]
+    base = bb.get("baseline", "fp16")
+    names = [k for k in t[base]["layers_us"] if k != "graph"]
+    rows = []
+    for n, v in t.items():
+        err = v.get("kernel_max_rel_err")
+        rows.append([n + ("" if v["layers_us"].get("graph", True) else " (eager)")]
+                    + [f"{v['layers_us'][k]['median']:.2f}" for k in names]
+                    + [f"{v['linear_us_per_token']:.0f}", f_ratio(v["linear_us_per_token"] / t[base]["linear_us_per_token"]),
+                       "" if err is None else f"{err:.1e}"] )
+    short = {"attn.c_attn": "c_attn", "attn.c_proj": "attn proj", "mlp.c_fc": "c_fc", "mlp.c_proj": "mlp proj"}
+    doc.table(["method"] + [short.get(k, k) for k in names] + ["µs/token", f"vs {base}", "max err"], rows,
+              f"Microseconds per call of each linear layer at one token: {escape(bb.get('layers_definition', ''))}. "
+              f"µs/token: all linear layers of one decode step; max err: the worst relative error of Part 1's "
+              f"layers against dequantize-then-matmul in fp32.",
+              widths=[3.2] + [None] * (len(names) + 3))
+    f = {n: v["fast_path"]["decode_ms_per_token"]["median"] * 1e3 for n, v in t.items()}
+    lin = {n: v["linear_us_per_token"] for n, v in t.items()}
+    rest = f[base] - lin[base]
+    text = [f"In {base}, the linear layers take about {lin[base]:.0f} µs of a {f[base]:.0f} µs decode step; the other "
+            f"~{rest:.0f} µs (attention over the cache, layer norms, residual adds, embedding, argmax, and the gaps "
+            f"between kernels) are the same kernels whatever the weights are. So even a method whose linear layers "
+            f"were free could not decode faster than {f_ratio(rest / f[base])} {base}'s time at this size."]
+    q4 = [n for n in ("scratch-int4-fast", "scratch-nf4-fast", "bnb-nf4") if n in lin]
+    if len(q4) > 1:
+        text.append("Among the 4-bit layers: " + ", ".join(f"{escape(n)} {lin[n]:.0f} µs" for n in q4) + " per token.")
+    if "scratch-int4-fast" in lin and "scratch-nf4-fast" in lin:
+        text.append("Part 1's int4 and NF4 read the same bytes; the difference is decoding a code: int4 is one "
+                    "subtraction (the ÷7 is folded into the block's absmax), NF4 looks each code up among 16 levels "
+                    "(a select tree in registers), which costs arithmetic on every weight.")
+    if "scratch-int8-fast" in t and "lm_head" in names:
+        text.append(f"Whole-model INT8 also stores the tied embedding / output layer in int8: lm_head takes "
+                    f"{t['scratch-int8-fast']['layers_us']['lm_head']['median']:.1f} µs against "
+                    f"{t[base]['layers_us']['lm_head']['median']:.1f} µs in {base}; the 4-bit methods keep it in "
+                    f"{base}, as bitsandbytes does.")
+    doc.p(" ".join(text))
 
 
 def gguf_section(doc: Doc, s: Study) -> None:

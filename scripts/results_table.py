@@ -54,6 +54,19 @@ def bench_tables(records: list[dict]) -> str:
                          f"| {row['decode_ms_per_token']['median']:.3f} | {row['decode_ratio']:.2f} "
                          f"| {row['weights_mib']:.1f} |")
         lines.append("")
+        if all("fast_path" in row for row in b["table"].values()):
+            lines += [f"Fast path ({b['fast_path']}), same run; linear µs/token: every linear layer of one "
+                      "decode step, timed at one token inside a CUDA graph", "",
+                      "| method | prefill ms | ratio | decode ms/token | ratio | x floor | linear µs/token | tokens |",
+                      "|---|---|---|---|---|---|---|---|"]
+            for name, row in b["table"].items():
+                f = row["fast_path"]
+                lin = row.get("linear_us_per_token")
+                lines.append(f"| {name} | {f['prefill_ms']['median']:.2f} | {f['prefill_ratio']:.2f} "
+                             f"| {f['decode_ms_per_token']['median']:.3f} | {f['decode_ratio']:.2f} "
+                             f"| {f['x_floor']:.1f} | {'' if lin is None else f'{lin:.0f}'} "
+                             f"| {row['leading_tokens_equal']}/{b['new_tokens']} |")
+            lines.append("")
     return "\n".join(lines)
 
 

@@ -76,6 +76,21 @@ def bench_table(names):
                 "decode_ratio": 1.0 - i / 10, "weights_mib": 10.0 / (i + 1)} for i, n in enumerate(names)}
 
 
+def fast_bench_table():
+    """fast_decode.py's table for three methods: the fast path, per-layer times, the kernel check."""
+    table = bench_table(["fp16", "scratch-int4-fast", "scratch-nf4-fast"])
+    for (n, v), decode_ms, lin, err in zip(table.items(), (0.8, 0.6, 0.9), (240.0, 170.0, 260.0), (None, 4e-4, 5e-4)):
+        layer = {"median": lin / 10}
+        v.update({"floor_ms": 0.05, "cuda_graph": True, "why_no_graph": None, "tokens_equal_generate": True,
+                  "leading_tokens_equal": 128, "peak_bytes": 2**20, "kernel_max_rel_err": err,
+                  "linear_us_per_token": lin,
+                  "layers_us": {"graph": True, "attn.c_attn": layer, "attn.c_proj": layer, "mlp.c_fc": layer,
+                                "mlp.c_proj": layer, "lm_head": layer},
+                  "fast_path": {"prefill_ms": {"median": 1.5}, "decode_ms_per_token": {"median": decode_ms},
+                                "prefill_ratio": 1.0, "decode_ratio": decode_ms / 0.8, "x_floor": decode_ms / 0.05}})
+    return table
+
+
 @pytest.fixture()
 def results_dir(tmp_path, gpt2_dir):
     import evaluate as ev
@@ -101,6 +116,12 @@ def results_dir(tmp_path, gpt2_dir):
                        "dataset": {"id": "t"}, "environment": {"device_name": "NVIDIA H100"},
                        "bench": {"table": bench_table(["fp16", "bnb-nf4"]), "baseline": "fp16", "repeats": 3,
                                  "prefill_tokens": 512, "new_tokens": 128}},
+        "fast.json": {"schema_version": 1, "method": {"name": "gpu-decode-bench"},
+                      "model": {"id": "/x/g2", "stand_in": "g2 (stand-in)"}, "dataset": {"id": "t"},
+                      "environment": {"device_name": "NVIDIA H100"},
+                      "bench": {"table": fast_bench_table(), "baseline": "fp16", "repeats": 3, "prefill_tokens": 512,
+                                "new_tokens": 128, "fast_path": "static KV cache, CUDA graphs",
+                                "layers_definition": "50 calls per graph"}},
         "sens.json": record("scratch-int8-per_channel-sensitivity", 20.0, 100.0, sensitivity={
             "baseline_ppl": 20.0, "block": [{"block": "0", "delta_pct": 0.1}, {"block": "1", "delta_pct": -0.02}],
             "component": [{"component": "qkv", "delta_pct": 0.2}]}),

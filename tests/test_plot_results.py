@@ -11,7 +11,8 @@ def test_fixture_results_make_the_expected_figures(results_dir, tmp_path, capsys
     names = sorted(p.name for p in made)
     group = "m-small_wiki.test.raw_L64-S32-N999_cpu"
     assert names == sorted([f"memory_{group}.png", f"perplexity_{group}.png", f"pareto_{group}.png",
-                            "latency_bnb-bench_g_cuda.png", "sensitivity_m-small.png",
+                            "latency_bnb-bench_g_cuda.png", "latency_gpu-decode-bench_g2_cuda.png",
+                            "sensitivity_m-small.png",
                             "nf4_levels_tiny.png", "reconstruction_error_tiny.png"])
     assert all(p.stat().st_size > 5000 and p.read_bytes()[:4] == b"\x89PNG" for p in made)
     assert "broken.json" in capsys.readouterr().err                              # skipped, with a warning
@@ -29,3 +30,16 @@ def test_random_weights_stand_in_gets_no_perplexity_figure(tmp_path):
 
 def test_missing_results_folder_is_one_clear_line(cli_error, tmp_path):
     assert "does not exist" in cli_error(pr, ["--results", str(tmp_path / "none")])
+
+
+def test_results_table_prints_the_fast_path_of_a_gpu_bench(results_dir, capsys):
+    import importlib.util
+    from pathlib import Path
+    path = Path(__file__).resolve().parents[1] / "scripts" / "results_table.py"
+    spec = importlib.util.spec_from_file_location("results_table", path)
+    rt = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(rt)
+    text = rt.main(str(results_dir))
+    assert "| scratch-int4-fast | 1.50 | 1.00 | 0.600 | 0.75 | 12.0 | 170 | 128/128 |" in text   # 0.6/0.8, 0.6/0.05
+    assert "| bnb-nf4 | 2.00 | 1.10 | 2.000 | 0.90 | 5.0 |" in text                          # a bench without one
+    assert text.count("Fast path (") == 1

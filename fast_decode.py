@@ -14,11 +14,12 @@ weight bytes cannot show. The fast path removes the overhead:
     CUDA graph and replayed: one launch per step, no Python between kernels; the decode
     step also takes the argmax and feeds it back on the device, so 128 tokens are 128
     replays and one copy back;
-  - Part 1's int8 and 4-bit layers run fused Triton kernels (dequantize in registers,
-    inside the matmul), set with part1.set_path(model, "fast").
+  - Part 1's int8 and 4-bit layers run fused Triton kernels (a GEMV at decode that
+    dequantizes in registers), set with part1.set_path(model, "fast").
 It computes what the model computes, in the same order per token: GPT2Block's modules are
 called as they are (quantized or not), only attention reads the static cache. Greedy
-tokens are checked against the same model's generate() in every run.
+tokens are checked against the same model's generate() in every run, each Part 1 layer
+against dequantize-then-matmul, and each linear layer is timed alone at one token.
 
 Assumptions: a GPT-2 architecture (model_type gpt2: wte/wpe, blocks of ln_1, attn.c_attn,
 attn.c_proj, ln_2, mlp, then ln_f and lm_head), batch 1. A method whose layers cannot be

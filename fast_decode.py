@@ -130,17 +130,8 @@ class FastDecoder:
         cannot be captured, every step runs eagerly and why_no_graph says why."""
         if not self.graphs:
             return
-        self.reset()
-        side = torch.cuda.Stream()
-        side.wait_stream(torch.cuda.current_stream())
         names = ["prompt", "decode"] + (["prefill"] if self.S else [])
-        with torch.cuda.stream(side):
-            for name in names:
-                for _ in range(2):
-                    self.reset()
-                    self.programs[name]()
-        torch.cuda.current_stream().wait_stream(side)
-        torch.cuda.synchronize()
+        on_side_stream([call for name in names for call in (self.reset, self.programs[name]) * 2])
         graphs = {}
         try:
             pool = None
@@ -198,12 +189,26 @@ def decode_floor_ms(weight_bytes: int) -> float:
 
 LAYER_CALLS = 50      # back-to-back calls of one layer per timed graph replay
 LAYERS = ("attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj")   # a GPT-2 block's linear layers
+TIMED_LAYERS = (*LAYERS, "lm_head")                                 # block 0's four, and the output layer
 
 
-def layer_inputs(config) -> dict[str, int]:
-    """Input width of block 0's four linear layers and of lm_head (GPT-2 names)."""
-    d = config.n_embd
-    return dict(zip((*LAYERS, "lm_head"), (d, d, d, config.n_inner or 4 * d, d)))
+def timed_layers(model):
+    """(name, module, input width) of block 0's four linear layers and of lm_head."""
+    d = model.config.n_embd
+    for name, width in zip(TIMED_LAYERS, (d, d, d, model.config.n_inner or 4 * d, d)):
+        yield name, model.get_submodule(name if name == "lm_head" else f"transformer.h.0.{name}"), width
+
+
+def on_side_stream(calls) -> None:
+    """Run each call on a side stream, then wait for it: the uncaptured warm-up (Triton
+    autotuning, cuBLAS handles) that CUDA graph capture needs first."""
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for call in calls:
+            call()
+    torch.cuda.current_stream().wait_stream(side)
+    torch.cuda.synchronize()
 
 
 @torch.no_grad()
@@ -214,20 +219,13 @@ def layer_times(model, graphs: bool, repeats: int = 20, calls: int = LAYER_CALLS
     -> {layer: summary of us per call}, plus 'graph'."""
     dtype = model.transformer.ln_f.weight.dtype
     out = {"graph": graphs}
-    for name, k in layer_inputs(model.config).items():
-        mod = model.get_submodule(name) if name == "lm_head" else model.transformer.h[0].get_submodule(name)
+    for name, mod, k in timed_layers(model):
         x = torch.randn(1, 1, k, dtype=dtype, device="cuda")
 
         def run(mod=mod, x=x):
             for _ in range(calls):
                 mod(x)
-        side = torch.cuda.Stream()
-        side.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(side):                    # Triton autotuning and cuBLAS handles, uncaptured
-            run()
-            run()
-        torch.cuda.current_stream().wait_stream(side)
-        torch.cuda.synchronize()
+        on_side_stream([run, run])
         call = run
         if graphs:
             g = torch.cuda.CUDAGraph()
@@ -255,8 +253,7 @@ def kernel_error(model, rows: int = 1) -> float | None:
     with itself). None if the model has no Part 1 layers."""
     import part1_quantize_scratch as p1
     dtype, worst = model.transformer.ln_f.weight.dtype, None
-    for name, k in layer_inputs(model.config).items():
-        mod = model.get_submodule(name) if name == "lm_head" else model.transformer.h[0].get_submodule(name)
+    for _, mod, k in timed_layers(model):
         if not isinstance(mod, (p1.Int8Linear, p1.Linear4bit)):
             continue
         x = torch.randn(rows, k, dtype=dtype, device=model.device)
@@ -347,7 +344,7 @@ def bench(model_id: str, tokenizer, ids: torch.Tensor, methods: list[str], prefi
                                      "speedup_over_generate": hf["decode_ms_per_token"]["median"] /
                                      fa["decode_ms_per_token"]["median"]},
                        "layer_ratio": {k: rows[name]["layers_us"][k]["median"] / rows["fp16"]["layers_us"][k]["median"]
-                                       for k in (*LAYERS, "lm_head")}}
+                                       for k in TIMED_LAYERS}}
     return {"table": table, "baseline": "fp16", "repeats": repeats, "warmup": warmup,
             "order": result["order"], "prefill_tokens": prefill_tokens, "prompt_tokens": prompt_tokens,
             "new_tokens": new_tokens, "decode_definition": ev.DECODE_DEFINITION,
@@ -378,11 +375,11 @@ def table_text(result: dict) -> str:
     lines.append(f"decode in ms per token (median of {result['repeats']} round-robin repeats); ratios against fp16 "
                  f"on the same path; floor = weight bytes / {HBM_BYTES_PER_S / 1e12:.2f} TB/s; tokens = leading "
                  f"greedy tokens of the fast path equal to generate()'s")
-    names = (*LAYERS, "lm_head")
-    lines += ["", f"{'us per call, 1 token':<20} " + " ".join(f"{k:>16}" for k in names) + f" {'linears/token':>14}"]
+    lines += ["", f"{'us per call, 1 token':<20} " + " ".join(f"{k:>16}" for k in TIMED_LAYERS)
+              + f" {'linears/token':>14}"]
     for name, r in result["table"].items():
         lines.append(f"{name:<20} " + " ".join(f"{r['layers_us'][k]['median']:>8.2f} ({r['layer_ratio'][k]:>4.2f})"
-                                               for k in names) + f" {r['linear_us_per_token']:>11.0f} us"
+                                               for k in TIMED_LAYERS) + f" {r['linear_us_per_token']:>11.0f} us"
                      + ("" if r["kernel_max_rel_err"] is None else f"  err {r['kernel_max_rel_err']:.1e}")
                      + ("" if r["layers_us"]["graph"] else "  (eager)"))
     lines.append(f"each layer: {result['layer_calls_per_replay']} calls in one CUDA graph, median; (ratio to fp16); "

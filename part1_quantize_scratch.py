@@ -625,7 +625,6 @@ def cpu_kernel():
 
 GEMV_ROWS = 4            # on CUDA, the GEMV kernels for at most this many activation rows
 GEMV_BLOCKS = (32, 64, 128)   # 4-bit block sizes the GEMV takes (each divides every BK below)
-Q4_DECODE = {"int4": 0, "nf4": 1}   # q4_gemv's DECODE: int4 by arithmetic, NF4 by a select tree
 
 _triton = None
 
@@ -691,7 +690,7 @@ def triton_kernels():
 
         @triton.jit
         def q4_gemv(x_ptr, p_ptr, absmax_ptr, lut_ptr, bias_ptr, y_ptr, N, K, BLOCK: tl.constexpr,
-                    DECODE: tl.constexpr, HAS_BIAS: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr):
+                    LINEAR: tl.constexpr, HAS_BIAS: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr):
             # y[m, n] = sum_k x[m, k] lut[code[n, k]] absmax[n, k // BLOCK] + bias[n], m = program_id(0).
             # A row of K weights is K/2 bytes; byte j holds column 2j (high nibble) and 2j+1 (low),
             # as pack_4bit writes them. K is a multiple of BLOCK and BK of BLOCK (the caller checks),
@@ -712,7 +711,7 @@ def triton_kernels():
                 byte = tl.load(p_ptr + rn[:, None] * (K // 2) + kh[None, :],
                                mask=(rn[:, None] < N) & (kh[None, :] < K // 2), other=0).to(tl.int32)  # (BN, BK/2)
                 c = tl.reshape(tl.join(byte >> 4, byte & 15), (BN, BK))               # codes of columns k0..k0+BK
-                if DECODE == 0:                                                        # int4: c - 8, /7 per block
+                if LINEAR:                                                             # int4: c - 8, /7 per block
                     w = (c - 8).to(tl.float32)
                 else:
                     # lut[c] as a select tree on c's bits: registers only. (Measured on the H100 at
@@ -731,7 +730,7 @@ def triton_kernels():
                 am = tl.load(absmax_ptr + rn[:, None] * (K // BLOCK) + kb[None, :],
                              mask=(rn[:, None] < N) & (kb[None, :] < K // BLOCK), other=0.0)
                 am = am.to(tl.float32)
-                if DECODE == 0:
+                if LINEAR:
                     am = am / 7
                 acc += part * am                                                       # absmax once per block
             y = tl.sum(acc, axis=1)                                                    # (BN,)
@@ -796,7 +795,7 @@ def triton_4bit_linear(x2: torch.Tensor, module: "Linear4bit") -> torch.Tensor:
     bias = None if module.bias is None else module.bias.to(x2.dtype)
     triton_kernels()["q4_gemv"](M, N, x2.contiguous(), module.packed, module.absmax, module.lut(),
                                 bias if bias is not None else x2, y, N, K, BLOCK=module.block,
-                                DECODE=Q4_DECODE[module.kind], HAS_BIAS=bias is not None)
+                                LINEAR=module.kind == "int4", HAS_BIAS=bias is not None)
     return y
 
 

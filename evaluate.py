@@ -83,30 +83,100 @@ def with_defaults(parser: argparse.ArgumentParser, kwargs: dict) -> argparse.Nam
     if unknown:
         raise TypeError(f"unknown argument(s): {', '.join(sorted(unknown))}")
     vars(args).update(kwargs)
+    if isinstance(getattr(args, "model", None), str):
+        args.model = expand_model_id(args.model)           # '--model=~/x' reaches us unexpanded
     return args
+
+
+# -----------------------------------------------------------------------------
+# Output locations: checked before any work, so a long run never fails at its last step.
+
+def _first_existing(path: Path) -> Path:
+    p = path.absolute()
+    while not p.exists() and p != p.parent:
+        p = p.parent
+    return p
+
+
+def check_output_dir(path: str | os.PathLike, flag: str) -> Path:
+    """A folder the run will write into: a folder already, or one that can be made."""
+    path = Path(path).expanduser()
+    if path.exists() and not path.is_dir():
+        raise UserError(f"{flag} '{path}' is a file, not a folder")
+    base = _first_existing(path)
+    if not base.is_dir():
+        raise UserError(f"{flag} '{path}' cannot be made: '{base}' is a file")
+    if not os.access(base, os.W_OK | os.X_OK):
+        raise UserError(f"{flag} '{path}' cannot be written: no write permission in '{base}'")
+    return path
+
+
+def check_output_file(path: str | os.PathLike, flag: str) -> Path:
+    """A file the run will (re)write: not a folder, in a folder that exists or can be made."""
+    path = Path(path).expanduser()
+    if path.is_dir():
+        raise UserError(f"{flag} '{path}' is a folder; give a file name")
+    if str(path).endswith(os.sep):
+        raise UserError(f"{flag} '{path}' ends with '{os.sep}'; give a file name")
+    check_output_dir(path.parent, f"{flag}'s folder")
+    return path
+
+
+def check_new_folder(path: str | os.PathLike, flag: str, model_id: str | None = None) -> Path:
+    """A folder a save writes into: new or empty, never the model's own folder, so that no
+    file the run did not make is overwritten."""
+    path = Path(path).expanduser()
+    check_output_dir(path, flag)
+    if model_id is not None and Path(model_id).expanduser().exists() and \
+            path.resolve() == Path(model_id).expanduser().resolve():
+        raise UserError(f"{flag} '{path}' is the model's own folder: saving there would overwrite its weights")
+    if path.is_dir() and any(path.iterdir()):
+        raise UserError(f"{flag} '{path}' is not empty; choose a new folder (nothing is overwritten)")
+    return path
 
 
 # -----------------------------------------------------------------------------
 # Loading
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+DEVICE_MAPS = ("auto", "balanced", "balanced_low_0", "sequential")   # accelerate's strategies
 
 
 def resolve_device(device: str) -> torch.device:
     """'auto' -> cuda if there is one, else cpu. Asking for cuda without CUDA is an error."""
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise UserError(f"--device {device} asked for, but this machine has no CUDA GPU (use --device cpu)")
-    if device not in ("cpu",) and not device.startswith("cuda"):
-        raise UserError(f"unknown device '{device}' (choose auto, cpu or cuda)")
+    m = re.fullmatch(r"cuda(?::(\d+))?", device)
+    if m:
+        if not torch.cuda.is_available():
+            raise UserError(f"--device {device} asked for, but this machine has no CUDA GPU (use --device cpu)")
+        if m.group(1) is not None and int(m.group(1)) >= torch.cuda.device_count():
+            raise UserError(f"--device {device}: this machine has {torch.cuda.device_count()} CUDA GPU(s)")
+        return torch.device(device)
+    if device != "cpu":
+        raise UserError(f"unknown device '{device}' (choose auto, cpu, cuda or cuda:N)")
     return torch.device(device)
+
+
+def check_device_map(device_map: str | None) -> None:
+    """--device-map: one of accelerate's strategies, or one device for the whole model."""
+    if device_map is None or isinstance(device_map, dict) or device_map in DEVICE_MAPS:
+        return                                        # a dict is a map the code built itself
+    if device_map == "cpu" or device_map.startswith("cuda"):
+        resolve_device(device_map)
+        return
+    raise UserError(f"unknown --device-map '{device_map}' (choose {', '.join(DEVICE_MAPS)}, cpu or cuda[:N])")
 
 
 def looks_like_path(model_id: str) -> bool:
     """A Hub id is 'name' or 'org/name'; anything else, or anything that exists, is a path."""
     return (model_id.startswith((".", "/", "~")) or model_id.count("/") > 1
             or Path(model_id).expanduser().exists())
+
+
+def expand_model_id(model_id: str) -> str:
+    """'~/models/x' -> '/home/me/models/x' (the shell does not expand '--model=~/x'); a Hub id as is."""
+    return str(Path(model_id).expanduser()) if model_id.startswith("~") else model_id
 
 
 def model_context(config) -> int | None:
@@ -119,12 +189,13 @@ def model_context(config) -> int | None:
 
 
 def describe_model(model_id: str, model) -> dict:
-    """Where the weights came from: a local folder, or a Hub id at a revision."""
+    """Where the weights came from: a local folder (with its content hash), or a Hub id at a revision."""
     path = Path(model_id).expanduser()
     local = path.exists()
     return {
         "id": model_id,
         "local_path": str(path.resolve()) if local else None,
+        "sha256": model_identity(model_id)["sha256"] if local else None,
         "revision": None if local else getattr(model.config, "_commit_hash", None),
         "class": type(model).__name__,
         "model_type": getattr(model.config, "model_type", None),
@@ -133,41 +204,155 @@ def describe_model(model_id: str, model) -> dict:
     }
 
 
-def check_model_source(model_id: str) -> None:
-    """A local path must exist and hold a saved model; a Hub id is tried as is."""
+_IDENTITY_CACHE: dict[tuple, dict] = {}
+
+
+def model_identity(model_id: str) -> dict:
+    """What a model is, independent of where it lies: for a local folder the sha256 of its
+    files' names and contents (so two folders of one name but different weights differ,
+    and one model copied elsewhere is the same); for a Hub id, the id. Cached per process
+    by the files' sizes and modification times."""
+    path = Path(model_id).expanduser()
+    if not path.is_dir():
+        return {"kind": "hub", "name": model_id.replace("/", "-"), "sha256": None,
+                "key": hashlib.sha256(model_id.encode()).hexdigest()}
+    files = sorted(p for p in path.iterdir() if p.is_file() and not p.name.startswith("."))
+    stamp = (str(path.resolve()), tuple((p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in files))
+    if stamp not in _IDENTITY_CACHE:
+        h = hashlib.sha256()
+        for p in files:
+            fh = hashlib.sha256()
+            with open(p, "rb") as f:
+                while chunk := f.read(1 << 24):
+                    fh.update(chunk)
+            h.update(f"{p.name}\0{fh.hexdigest()}\n".encode())
+        digest = h.hexdigest()
+        _IDENTITY_CACHE[stamp] = {"kind": "local", "name": path.resolve().name, "sha256": digest, "key": digest}
+    return _IDENTITY_CACHE[stamp]
+
+
+TOKENIZER_FILES = ("tokenizer.json", "vocab.json", "tokenizer.model", "spiece.model", "vocab.txt",
+                   "sentencepiece.bpe.model")
+
+
+def safetensors_problem(path: Path) -> str | None:
+    """Why a .safetensors file cannot be whole (cut short, not safetensors), or None. Reads
+    only its header: 8 bytes of length, then JSON with every tensor's byte range."""
+    size = path.stat().st_size
+    try:
+        with open(path, "rb") as f:
+            n = int.from_bytes(f.read(8), "little")
+            if size < 8 or n > size - 8:
+                raise ValueError
+            header = json.loads(f.read(n))
+        end = max((v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"), default=0)
+    except (ValueError, KeyError, TypeError, IndexError, AttributeError):
+        return f"'{path}' is not a readable safetensors file"
+    if size < 8 + n + end:
+        return f"'{path}' is cut short ({size:,} bytes; its header needs {8 + n + end:,}): copy or download it again"
+    return None
+
+
+def saved_quantization(folder: Path) -> str | None:
+    """What quantized the model saved in folder, or None for a plain (float) model:
+    Part 1's --save writes its spec into model.safetensors' metadata; a bitsandbytes (or
+    any other transformers) quantized save writes quantization_config into config.json."""
+    try:
+        config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        config = {}
+    q = config.get("quantization_config") if isinstance(config, dict) else None
+    if isinstance(q, dict):
+        bits = "4-bit" if q.get("load_in_4bit") else "8-bit" if q.get("load_in_8bit") else None
+        return str(q.get("quant_method", "a quantization library")) + (f" ({bits})" if bits else "")
+    weights = folder / "model.safetensors"
+    if weights.is_file() and safetensors_problem(weights) is None:
+        with open(weights, "rb") as f:
+            n = int.from_bytes(f.read(8), "little")
+            meta = json.loads(f.read(n)).get("__metadata__") or {}
+        if "quant_spec" in meta:
+            return "part1_quantize_scratch.py (--save)"
+    return None
+
+
+def check_model_source(model_id: str, need_tokenizer: bool = False) -> None:
+    """A local path must be a folder that holds a whole, unquantized saved model; a Hub id
+    is tried as is. Reads only small files and headers, so it takes well under a second."""
     path = Path(model_id).expanduser()
     if looks_like_path(model_id) and not path.exists():
         raise UserError(f"model path '{model_id}' does not exist")
-    if path.exists() and not (path / "config.json").is_file():
+    if not path.exists():
+        return
+    if not path.is_dir():
+        raise UserError(f"--model '{model_id}' is a file, not a model folder (one written by save_pretrained)")
+    if not (path / "config.json").is_file():
         raise UserError(f"'{model_id}' is not a saved model (no config.json in it)")
+    quantized = saved_quantization(path)
+    if quantized:
+        hint = " (part1_quantize_scratch.load_quantized() reloads it in Python)" if "part1" in quantized else ""
+        raise UserError(f"'{model_id}' holds a model already quantized by {quantized}; give the original "
+                        f"float model{hint}")
+    weights = sorted(path.glob("*.safetensors")) + sorted(path.glob("*.bin"))
+    if not weights:
+        raise UserError(f"'{model_id}' has no weights (no *.safetensors or *.bin file in it)")
+    for w in weights:
+        if w.suffix == ".safetensors" and (problem := safetensors_problem(w)):
+            raise UserError(problem)
+    if need_tokenizer and not any((path / f).is_file() for f in TOKENIZER_FILES):
+        raise UserError(f"'{model_id}' has no tokenizer files (none of {', '.join(TOKENIZER_FILES[:3])}, ...): "
+                        f"save the tokenizer beside the model (tokenizer.save_pretrained(DIR))")
 
 
 def load_config(model_id: str):
-    """The model's config alone: cheap, so settings are checked before a long load."""
+    """The model's config alone: cheap, so settings are checked before a long load.
+    It must be a causal LM that AutoModelForCausalLM loads."""
     from transformers import AutoConfig
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 
     check_model_source(model_id)
     try:
-        return AutoConfig.from_pretrained(model_id)
+        config = AutoConfig.from_pretrained(model_id)
     except OSError as e:
         raise UserError(unreachable_message(model_id, e)) from None
     except ValueError as e:
-        raise UserError(f"'{model_id}' is not a model transformers can load ({str(e)[:160]})") from None
+        raise UserError(f"'{model_id}' is not a model transformers can load ({one_line(e)})") from None
+    if config.model_type not in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES:
+        raise UserError(f"'{model_id}' is a '{config.model_type}' model, not a causal language model "
+                        f"(AutoModelForCausalLM has no class for it)")
+    return config
+
+
+def skeleton(model_id: str, config=None):
+    """The model's modules with no weights (on the meta device): its layers' shapes, for
+    checking settings against the architecture before the weights load."""
+    from transformers import AutoModelForCausalLM
+    config = config or load_config(model_id)
+    with torch.device("meta"):
+        return AutoModelForCausalLM.from_config(config)
 
 
 def load_tokenizer(model_id: str):
     from transformers import AutoTokenizer
 
-    check_model_source(model_id)
+    check_model_source(model_id, need_tokenizer=True)
     try:
         return AutoTokenizer.from_pretrained(model_id)
     except OSError as e:
         raise UserError(unreachable_message(model_id, e)) from None
+    except (ValueError, TypeError) as e:
+        raise UserError(f"cannot load the tokenizer of '{model_id}' ({one_line(e)})") from None
+
+
+def one_line(e: BaseException, limit: int = 160) -> str:
+    """An exception's first line, cut to limit characters (for one-line error messages)."""
+    text = str(e).strip()
+    return (text.splitlines()[0] if text else type(e).__name__)[:limit]
 
 
 def unreachable_message(model_id: str, e: Exception) -> str:
-    first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-    return (f"cannot load '{model_id}' ({first[:160]}). Without Hub access, pass a local copy "
+    if Path(model_id).expanduser().exists():
+        return f"cannot load '{model_id}' ({one_line(e)})"
+    return (f"cannot load '{model_id}' from the Hub ({one_line(e)}). Without Hub access, pass a local copy "
             f"with --model DIR (a folder saved by save_pretrained)")
 
 
@@ -184,6 +369,8 @@ def load_model(model_id: str, dtype: str = "float32", device: str = "auto",
     if dtype not in DTYPES:
         raise UserError(f"unknown dtype '{dtype}' (choose {', '.join(DTYPES)})")
     dev = resolve_device(device)
+    check_device_map(device_map)
+    load_config(model_id)                       # a causal LM, whole, not already quantized
     tokenizer = load_tokenizer(model_id)
     kwargs = dict(dtype=DTYPES[dtype], **from_pretrained_kwargs)
     if device_map:
@@ -192,6 +379,8 @@ def load_model(model_id: str, dtype: str = "float32", device: str = "auto",
         model = AutoModelForCausalLM.from_pretrained(model_id, **kwargs)
     except OSError as e:
         raise UserError(unreachable_message(model_id, e)) from None
+    except (ValueError, RuntimeError) as e:     # e.g. weights that do not fit the config
+        raise UserError(f"cannot load the weights of '{model_id}' ({one_line(e)})") from None
     if not device_map and "quantization_config" not in from_pretrained_kwargs:
         model.to(dev)
     model.eval()
@@ -335,6 +524,9 @@ def perplexity(model, input_ids: torch.Tensor, max_length: int, stride: int,
         nll_sum += nll.double().sum().item()
         n_scored += nll.numel()
     mean_nll = nll_sum / n_scored
+    if not math.isfinite(mean_nll) or mean_nll > 700:      # exp() would overflow: no number to report
+        raise UserError(f"the model's loss is not finite ({mean_nll}): its logits overflowed "
+                        f"(in float16, try --dtype float32)")
     return {"ppl": math.exp(mean_nll), "mean_nll": mean_nll, "n_tokens_scored": n_scored,
             "n_tokens_total": ids.numel(), "n_windows": len(plan), "max_length": max_length,
             "stride": stride, "aggregation": "corpus-level, token-weighted: exp(sum NLL / tokens)"}
@@ -377,8 +569,8 @@ def per_line_perplexity(model, tokenizer, text: str, n_lines: int = 3000, max_le
         per_line = nll.double().sum(1) / mask[:, 1:].sum(1)
         for row, i in enumerate(idx):
             ppls[i] = math.exp(per_line[row].item())
-    return {"mean_of_line_ppl": statistics.fmean(ppls) if ppls else float("nan"),
-            "median_of_line_ppl": statistics.median(ppls) if ppls else float("nan"),
+    return {"mean_of_line_ppl": statistics.fmean(ppls) if ppls else None,      # None: no line to score
+            "median_of_line_ppl": statistics.median(ppls) if ppls else None,
             "n_lines": len(ppls), "n_lines_asked": n_lines, "max_length": max_length,
             "label": "per-sample aggregation of the sample report (mean of per-line perplexities); "
                      "not comparable with the corpus perplexity"}
@@ -705,8 +897,10 @@ def save_side_by_side(name: str, settings: dict, model_info: dict, source: "Text
               "model": {**model_info, "stand_in": args.stand_in},
               "dataset": {"id": source.id, "sha256": source.sha256}, "bench": result,
               "smoke": args.smoke, **provenance(device)}
-    out = Path(args.out) if args.out else Path(args.results_dir) / ("smoke" if args.smoke else "") / \
-        f"{name}__{slug(Path(args.model).name)}__{device.type}.json"
+    out = Path(args.out) if args.out else result_path(
+        args.results_dir, name, args.model, [device.type],
+        {"text": source.sha256, "settings": settings, "bench": {k: result.get(k) for k in (
+            "prefill_tokens", "prompt_tokens", "new_tokens", "repeats", "warmup")}}, args.smoke)
     write_json_atomic(out, record)
     threads = f", {result['threads']} threads" if result.get("threads") and device.type == "cpu" else ""
     print(f"side by side on {record['environment']['device_name']}{threads}, {result['repeats']} round-robin "
@@ -756,13 +950,14 @@ def provenance(device: torch.device) -> dict:
 
 
 def write_json_atomic(path: str | os.PathLike, obj) -> Path:
-    """Write JSON so that a reader never sees half a file: temp file, fsync, rename."""
+    """Write JSON so that a reader never sees half a file: temp file, fsync, rename.
+    A non-finite number raises ValueError before anything is replaced."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(obj, f, indent=2, sort_keys=False, allow_nan=True)
+            json.dump(obj, f, indent=2, sort_keys=False, allow_nan=False)  # NaN is not JSON
             f.write("\n")
             f.flush()
             os.fsync(f.fileno())
@@ -805,12 +1000,25 @@ class EvalConfig:
         return cls(**{k: getattr(args, k) for k in cls.__dataclass_fields__ if hasattr(args, k)})
 
 
-def run_path(results_dir: str | os.PathLike, method: str, model_id: str, source: TextSource,
-             cfg: EvalConfig, smoke: bool = False) -> Path:
-    """results/<method>__<model>__<text>__L<max_length>-S<stride>[-T<max_tokens>].json"""
-    tag = f"L{cfg.max_length}-S{cfg.stride}" + (f"-T{cfg.max_tokens}" if cfg.max_tokens else "")
-    name = "__".join([slug(method), slug(Path(model_id).name or model_id), slug(source.slug), tag])
+def result_path(results_dir: str | os.PathLike, method: str, model_id: str, parts: list[str], key: dict,
+                smoke: bool = False) -> Path:
+    """results/<method>__<model>__<parts...>__<hash>.json. The readable parts say what a run
+    is; the hash, of the model's identity (its files' content, or its Hub id) and of every
+    setting in key, makes two different runs never share a name: a second model in a folder
+    of the same name, another text file of the same name, another device or setting."""
+    ident = model_identity(model_id)
+    blob = json.dumps({"method": method, "model": ident["key"], **key}, sort_keys=True, default=str)
+    digest = hashlib.sha256(blob.encode()).hexdigest()[:8]
+    name = "__".join([slug(method), slug(ident["name"]), *map(slug, parts), digest])
     return Path(results_dir) / ("smoke" if smoke else "") / f"{name}.json"
+
+
+def run_path(results_dir: str | os.PathLike, method: str, model_id: str, source: TextSource,
+             cfg: EvalConfig, smoke: bool = False, device: str = "cpu", settings: dict | None = None) -> Path:
+    """results/<method>__<model>__<text>__L<max_length>-S<stride>[-T<max_tokens>]__<device>__<hash>.json"""
+    tag = f"L{cfg.max_length}-S{cfg.stride}" + (f"-T{cfg.max_tokens}" if cfg.max_tokens else "")
+    key = {"text": source.sha256, "eval": asdict(cfg), "device": device, "settings": settings}
+    return result_path(results_dir, method, model_id, [source.slug, tag, device], key, smoke)
 
 
 def evaluate(model, tokenizer, source: TextSource, cfg: EvalConfig, *, method: str,
@@ -951,7 +1159,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def check_common(args: argparse.Namespace) -> None:
-    """Checks that need no model: fail fast, before a long load."""
+    """Checks that need no model: every value's range and every output location, so that a
+    mistake fails in a second, before a long load or a long run."""
     if args.quiet:
         from transformers.utils import logging as hf_logging
         hf_logging.disable_progress_bar()
@@ -960,14 +1169,33 @@ def check_common(args: argparse.Namespace) -> None:
             raise UserError("--threads must be at least 1")
         torch.set_num_threads(args.threads)
     resolve_device(args.device)
-    if args.text_file:
-        read_text_file(args.text_file)
-    if args.max_tokens is not None and args.max_tokens < 2:
-        raise UserError("--max-tokens must be at least 2")
+    check_device_map(args.device_map)
+    for flag, value, least in (("--max-tokens", args.max_tokens, 2), ("--max-length", args.max_length, 2),
+                               ("--per-line", args.per_line, 0), ("--prefill-tokens", args.prefill_tokens, 1),
+                               ("--prompt-tokens", args.prompt_tokens, 1), ("--new-tokens", args.new_tokens, 1),
+                               ("--repeats", args.repeats, 1), ("--warmup", args.warmup, 0)):
+        if value is not None and value < least:
+            raise UserError(f"{flag} must be at least {least} (got {value})")
     if args.max_length is not None:
         check_windows(args.max_length, args.stride or min(512, args.max_length), None)
     elif args.stride is not None and args.stride <= 0:
         raise UserError(f"--stride must be positive; got {args.stride}")
+    check_output_dir(args.results_dir, "--results-dir")
+    if args.out:
+        check_output_file(args.out, "--out")
+    if args.text_file:
+        read_text_file(args.text_file)
+
+
+def check_latency_fits(cfg: "EvalConfig", context: int | None) -> None:
+    """The latency lengths against the model's context, before the perplexity pass, not after."""
+    if cfg.skip_latency or context is None:
+        return
+    for what, n in (("--prefill-tokens", cfg.prefill_tokens),
+                    ("--prompt-tokens + --new-tokens", cfg.prompt_tokens + cfg.new_tokens)):
+        if n > context:
+            raise UserError(f"latency: {what} ({n}) is longer than the model's context of {context} tokens "
+                            f"(shorten it, or --skip-latency)")
 
 
 def prepare(args: argparse.Namespace) -> tuple[EvalConfig, TextSource]:
@@ -975,8 +1203,10 @@ def prepare(args: argparse.Namespace) -> tuple[EvalConfig, TextSource]:
     check the flags and the model's config, fix the windows, read the text."""
     check_common(args)
     context = model_context(load_config(args.model))
+    check_model_source(args.model, need_tokenizer=True)
     cfg = EvalConfig.from_args(args).resolve(context)
     check_windows(cfg.max_length, cfg.stride, context)
+    check_latency_fits(cfg, context)
     return cfg, load_text(args.dataset, args.text_file)
 
 
@@ -1012,14 +1242,15 @@ def main(**kwargs) -> dict:
         method = {"float32": "fp32", "float16": "fp16", "bfloat16": "bf16"}[args.dtype]
         settings = {"dtype": args.dtype, "device": args.device, "device_map": args.device_map,
                     "quantized": False}
-        out = Path(args.out) if args.out else run_path(args.results_dir, f"baseline-{method}",
-                                                       args.model, source, cfg, args.smoke)
+        dev = resolve_device(args.device).type
+        out = Path(args.out) if args.out else run_path(args.results_dir, f"baseline-{method}", args.model,
+                                                       source, cfg, args.smoke, dev, settings)
         record = evaluate(model, tokenizer, source, cfg, method=f"baseline-{method}", settings=settings,
                           model_id=args.model, out_path=out, stand_in=args.stand_in, smoke=args.smoke,
                           progress=not args.quiet)
     print(summary_line(record))
-    if record.get("per_line_perplexity"):
-        pl = record["per_line_perplexity"]
+    pl = record.get("per_line_perplexity")
+    if pl and pl["mean_of_line_ppl"] is not None:
         print(f"  (per-sample aggregation, not comparable: mean of {pl['n_lines']} line perplexities = "
               f"{pl['mean_of_line_ppl']:.2f})")
     if args.smoke:

@@ -42,6 +42,7 @@ import evaluate as ev
 
 SCHEMES_8BIT = ("per_channel", "per_tensor", "asymmetric", "group")
 SCHEMES_4BIT = ("int4", "nf4")
+BLOCK_4BIT = 64                     # values per absmax block in 4-bit, as in bitsandbytes
 # The 16 NF4 levels of QLoRA (Dettmers et al. 2023, appendix E; bitsandbytes' table):
 # quantiles of N(0, 1) scaled to [-1, 1], with an exact zero.
 NF4_LEVELS = (
@@ -382,10 +383,11 @@ def decoder_blocks(model: nn.Module) -> tuple[str, nn.ModuleList]:
     return best
 
 
-def parse_blocks(spec: str | None, n_blocks: int) -> list[int]:
-    """'0,1' or '0-3' or '0-3,8' -> sorted block indices; 'all' or None -> every block."""
+def parse_blocks(spec: str | None, n_blocks: int | None) -> list[int] | None:
+    """'0,1' or '0-3' or '0-3,8' -> sorted block indices; 'all' or None -> every block.
+    With n_blocks None only the syntax is checked (before the model's config is read)."""
     if spec is None or spec.strip().lower() == "all":
-        return list(range(n_blocks))
+        return None if n_blocks is None else list(range(n_blocks))
     out = set()
     for part in spec.split(","):
         part = part.strip()
@@ -395,7 +397,7 @@ def parse_blocks(spec: str | None, n_blocks: int) -> list[int]:
         lo, hi = int(m.group(1)), int(m.group(2) or m.group(1))
         if lo > hi:
             raise ev.UserError(f"malformed --blocks range '{part}': start after end")
-        if hi >= n_blocks:
+        if n_blocks is not None and hi >= n_blocks:
             raise ev.UserError(f"--blocks {part}: the model has {n_blocks} blocks (0-{n_blocks - 1})")
         out.update(range(lo, hi + 1))
     return sorted(out)
@@ -405,8 +407,11 @@ def parse_components(spec: str | None) -> list[str]:
     """'attn,ffn' or fine names (qkv, attn_out, ffn_up, ffn_down); None or 'all' -> all."""
     if spec is None or spec.strip().lower() == "all":
         return list(COMPONENTS)
+    names = [s.strip() for s in spec.split(",")]
+    if not all(names):
+        raise ev.UserError(f"malformed --components '{spec}': use e.g. attn,ffn or qkv,ffn_down")
     out = []
-    for name in (s.strip() for s in spec.split(",")):
+    for name in names:
         expanded = COMPONENT_GROUPS.get(name, (name,))
         for c in expanded:
             if c not in COMPONENT_PATTERNS:
@@ -431,7 +436,58 @@ def set_module(model: nn.Module, name: str, new: nn.Module) -> None:
 def make_quantized(module: nn.Module, bits: int, scheme: str, group_size: int) -> nn.Module:
     if bits == 8:
         return Int8Linear.from_float(module, scheme, group_size)
-    return Linear4bit.from_float(module, scheme, 64)
+    return Linear4bit.from_float(module, scheme, BLOCK_4BIT)
+
+
+def check_settings(bits: int, scheme: str, mode: str) -> None:
+    if bits not in (4, 8):
+        raise ev.UserError(f"--bits must be 8 or 4, not {bits}")
+    choices = SCHEMES_8BIT if bits == 8 else SCHEMES_4BIT
+    if scheme not in choices:
+        raise ev.UserError(f"unknown {bits}-bit scheme '{scheme}' (choose {', '.join(choices)})")
+    if mode not in ("whole", "selective"):
+        raise ev.UserError(f"unknown mode '{mode}' (whole or selective)")
+
+
+def select_targets(model: nn.Module, mode: str = "whole", bits: int = 8, blocks: str | None = None,
+                   components: str | None = None) -> dict:
+    """Which modules quantize_model() swaps, by full name; touches no weight, so it also
+    runs on ev.skeleton() (the model on the meta device) to check settings before loading."""
+    blocks_name, block_list = decoder_blocks(model)
+    chosen_blocks = parse_blocks(blocks if mode == "selective" else None, len(block_list))
+    chosen_comps = parse_components(components if mode == "selective" else None)
+    targets = []                                                             # full module names
+    for i in chosen_blocks:
+        for name, module in block_list[i].named_modules():
+            if is_linear(module) and (mode == "whole" or component_of(name) in chosen_comps):
+                targets.append(f"{blocks_name}.{i}.{name}")
+    in_blocks = set(targets)
+    embeddings = []
+    if mode == "whole" and bits == 8:
+        targets += [n for n, m in model.named_modules() if is_linear(m) and n not in in_blocks
+                    and not n.startswith(f"{blocks_name}.")]
+        embeddings = [n for n, m in model.named_modules() if isinstance(m, nn.Embedding)]
+    if not targets:
+        raise ev.UserError("nothing to quantize: no linear layer matches the chosen blocks and components")
+    return {"blocks": chosen_blocks, "components": chosen_comps, "n_blocks": len(block_list),
+            "targets": targets, "embeddings": embeddings}
+
+
+def check_quantizable(model: nn.Module, mode: str = "whole", bits: int = 8, scheme: str = "per_channel",
+                      group_size: int = 128, blocks: str | None = None, components: str | None = None) -> dict:
+    """Every check quantize_model() would make, on the layers' shapes only: run it on
+    ev.skeleton(model_id) and a bad setting fails before the weights load."""
+    check_settings(bits, scheme, mode)
+    if group_size < 1:
+        raise ev.UserError(f"--group-size must be at least 1 (got {group_size})")
+    chosen = select_targets(model, mode, bits, blocks, components)
+    for name in chosen["targets"]:
+        out_f, in_f = linear_weight(model.get_submodule(name)).shape
+        if bits == 8 and scheme == "group" and in_f % group_size:
+            raise ev.UserError(f"--group-size {group_size} does not divide {name}'s {in_f} inputs")
+        if bits == 4 and (out_f * in_f) % BLOCK_4BIT:
+            raise ev.UserError(f"4-bit blocks of {BLOCK_4BIT} do not divide {name}'s {out_f * in_f} weights")
+    return chosen
 
 
 @torch.no_grad()
@@ -446,32 +502,8 @@ def quantize_model(model: nn.Module, mode: str = "whole", bits: int = 8, scheme:
       which keeps the embeddings and the output layer in full precision).
     selective: only the named components of the named blocks.
     """
-    if bits == 8 and scheme not in SCHEMES_8BIT:
-        raise ev.UserError(f"unknown 8-bit scheme '{scheme}' (choose {', '.join(SCHEMES_8BIT)})")
-    if bits == 4 and scheme not in SCHEMES_4BIT:
-        raise ev.UserError(f"unknown 4-bit scheme '{scheme}' (choose {', '.join(SCHEMES_4BIT)})")
-    if bits not in (4, 8):
-        raise ev.UserError(f"--bits must be 8 or 4, not {bits}")
-    if mode not in ("whole", "selective"):
-        raise ev.UserError(f"unknown mode '{mode}' (whole or selective)")
-    blocks_name, block_list = decoder_blocks(model)
-    chosen_blocks = parse_blocks(blocks if mode == "selective" else None, len(block_list))
-    chosen_comps = parse_components(components if mode == "selective" else None)
-
-    targets = []                                                             # full module names
-    for i in chosen_blocks:
-        for name, module in block_list[i].named_modules():
-            if is_linear(module) and (mode == "whole" or component_of(name) in chosen_comps):
-                targets.append(f"{blocks_name}.{i}.{name}")
-    in_blocks = set(targets)
-    embeddings = []
-    if mode == "whole" and bits == 8:
-        targets += [n for n, m in model.named_modules() if is_linear(m) and n not in in_blocks
-                    and not n.startswith(f"{blocks_name}.")]
-        embeddings = [n for n, m in model.named_modules() if isinstance(m, nn.Embedding)]
-    if not targets:
-        raise ev.UserError("nothing to quantize: no linear layer matches the chosen blocks and components")
-
+    chosen = check_quantizable(model, mode, bits, scheme, group_size, blocks, components)
+    targets, embeddings = chosen["targets"], chosen["embeddings"]
     out_emb, in_emb = model.get_output_embeddings(), model.get_input_embeddings()
     tied = out_emb is not None and in_emb is not None and out_emb.weight is in_emb.weight
     out_name = next((n for n, m in model.named_modules() if m is out_emb), None)
@@ -486,8 +518,8 @@ def quantize_model(model: nn.Module, mode: str = "whole", bits: int = 8, scheme:
             set_module(model, name, make_quantized(model.get_submodule(name), bits, scheme, group_size))
     return {"mode": mode, "bits": bits, "scheme": scheme,
             "group_size": group_size if scheme == "group" else None,
-            "block_size": 64 if bits == 4 else None,
-            "blocks": chosen_blocks, "components": chosen_comps, "n_blocks": len(block_list),
+            "block_size": BLOCK_4BIT if bits == 4 else None,
+            "blocks": chosen["blocks"], "components": chosen["components"], "n_blocks": chosen["n_blocks"],
             "quantized_modules": targets + embeddings,
             "tied_output": bool(tied and out_name in targets and in_name in embeddings)}
 
@@ -903,17 +935,28 @@ def main(**kwargs) -> dict:
         if args.smoke:
             ev.smoke_setup(args, workdir)
         scheme = args.scheme or ("per_channel" if args.bits == 8 else "nf4")
-        choices = SCHEMES_8BIT if args.bits == 8 else SCHEMES_4BIT
-        if scheme not in choices:
-            raise ev.UserError(f"unknown {args.bits}-bit scheme '{scheme}' (choose {', '.join(choices)})")
+        check_settings(args.bits, scheme, args.mode)                         # fail before loading
         if args.mode == "whole" and (args.blocks or args.components):
             raise ev.UserError("--blocks and --components need --mode selective")
-        parse_components(args.components)                                    # fail before loading
+        if args.bench and args.sensitivity:
+            raise ev.UserError("--bench and --sensitivity are two runs: give one of them")
+        if args.save is not None and (args.bench or args.sensitivity):
+            raise ev.UserError("--save saves a quantized model: it goes with a plain run, not --bench or --sensitivity")
+        if args.group_size < 1:
+            raise ev.UserError(f"--group-size must be at least 1 (got {args.group_size})")
+        parse_blocks(args.blocks, None)
+        parse_components(args.components)
+        if args.save is not None:
+            ev.check_new_folder(args.save, "--save", args.model)
+        if args.sensitivity:
+            args.skip_latency = True                                         # it times nothing
         cfg, source = ev.prepare(args)
         spec_kwargs = dict(mode=args.mode, bits=args.bits, scheme=scheme, group_size=args.group_size,
                            blocks=args.blocks, components=args.components)
+        check_quantizable(ev.skeleton(args.model), **spec_kwargs)            # shapes only, no weights
         model, tokenizer = ev.load_model(args.model, args.dtype, args.device, args.device_map)
         progress = not args.quiet
+        dev = ev.input_device(model).type
         common = dict(model_id=args.model, stand_in=args.stand_in, smoke=args.smoke, progress=progress)
         if args.bench:
             return run_bench(model, tokenizer, source, cfg, args, spec_kwargs)
@@ -921,7 +964,7 @@ def main(**kwargs) -> dict:
             cfg.skip_latency, cfg.skip_disk, cfg.per_line = True, True, 0
             name = f"scratch-int{args.bits}-{scheme}-sensitivity"
             out = Path(args.out) if args.out else ev.run_path(args.results_dir, name, args.model, source, cfg,
-                                                              args.smoke)
+                                                              args.smoke, dev, spec_kwargs)
             record = ev.evaluate(model, tokenizer, source, cfg, method=name,
                                  settings={**spec_kwargs, "mode": "sensitivity"}, **common)
             ids = ev.tokenize(tokenizer, source.text, cfg.max_tokens)
@@ -936,7 +979,7 @@ def main(**kwargs) -> dict:
         spec = quantize_model(model, **spec_kwargs)
         name = method_name(spec)
         out = Path(args.out) if args.out else ev.run_path(args.results_dir, name, args.model, source, cfg,
-                                                          args.smoke)
+                                                          args.smoke, dev, spec)
         record = ev.evaluate(model, tokenizer, source, cfg, method=name, settings=spec, out_path=out,
                              save=lambda d: save_quantized(model, d, spec),
                              extra={"quantization": ev.memory_breakdown(model)}, **common)

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import math
 import logging
 import tempfile
 from pathlib import Path
@@ -86,11 +87,34 @@ def bnb_config(mode: str, compute_dtype: str, threshold: float = 6.0):
 def parse_modes(spec: str) -> list[str]:
     if spec.strip().lower() == "all":
         return list(MODES)
-    modes = [m.strip() for m in spec.split(",") if m.strip()]
+    modes = [m.strip() for m in spec.split(",")]
+    if not all(modes):
+        raise ev.UserError(f"malformed --mode '{spec}': use e.g. nf4 or int8,nf4 or all")
     for m in modes:
         if m not in MODES:
             raise ev.UserError(f"unknown mode '{m}' (choose {', '.join(MODES)} or all)")
-    return modes or list(MODES)
+    return list(dict.fromkeys(modes))
+
+
+def check_threshold(threshold: float) -> None:
+    if not math.isfinite(threshold) or threshold < 0:
+        raise ev.UserError(f"--threshold must be a finite number >= 0 (got {threshold}); 0 turns the "
+                           f"outlier columns off")
+
+
+def check_4bit_shapes(model, modes: list[str], device: torch.device) -> None:
+    """bitsandbytes' CPU 4-bit kernel repacks each weight at its first forward into rows of
+    in_features / BLOCK absmax values, so a layer whose input width is not a multiple of
+    BLOCK fails there, after the load (CUDA takes any width). Checked on ev.skeleton()
+    (shapes only) before the weights load."""
+    if device.type != "cpu" or not any(m != "int8" for m in modes):
+        return
+    for name, module in model.named_modules():
+        if p1.is_linear(module) and module is not model.get_output_embeddings():
+            out_f, in_f = p1.linear_weight(module).shape
+            if in_f % BLOCK:
+                raise ev.UserError(f"bitsandbytes' CPU 4-bit kernel needs input widths that are multiples of "
+                                   f"{BLOCK}: {name} has {in_f} (use --mode int8, a GPU, or another model)")
 
 
 def load_bnb(model_id: str, mode: str, device: str, compute_dtype: str, threshold: float = 6.0,
@@ -171,7 +195,7 @@ def compare_4bit(model, layer: str | None = None, bins: int = 200) -> dict:
                    "shape": list(w.shape), "weight_mean_square": power}
             for k, r in rec.items():
                 row[f"mse_{k}"] = float((r - w).pow(2).mean())
-                row[f"rel_mse_{k}"] = row[f"mse_{k}"] / power if power else float("nan")
+                row[f"rel_mse_{k}"] = row[f"mse_{k}"] / power if power else 0.0    # an all-zero layer: exact
             cross = float((rec["scratch-nf4"] - rec["bnb-nf4"]).abs().max())
             row["max_abs_diff_scratch_vs_bnb_nf4"] = cross
             worst_cross = max(worst_cross, cross / max(float(w.abs().max()), 1e-30))
@@ -280,17 +304,38 @@ def main(**kwargs) -> list[dict] | dict:
     """Quantize with bitsandbytes, evaluate through evaluate.py, write results JSON."""
     args = ev.with_defaults(build_parser(), kwargs)
     modes = parse_modes(args.mode)                                       # fail before loading anything
+    check_threshold(args.threshold)
+    if args.compare and args.bench:
+        raise ev.UserError("--compare and --bench are two runs: give one of them")
+    if args.save is not None and (args.compare or args.bench):
+        raise ev.UserError("--save saves quantized models: it goes with a plain run, not --compare or --bench")
+    if args.out and len(modes) > 1 and not (args.compare or args.bench):
+        raise ev.UserError(f"--out names one results file, but --mode {args.mode} makes {len(modes)}: "
+                           f"give one mode, or use --results-dir")
     with tempfile.TemporaryDirectory(prefix="qstudy-smoke-") as workdir:
         if args.smoke:
             ev.smoke_setup(args, workdir)
         if args.compare:                                                # weights only: no text needed
-            ev.check_model_source(args.model)
+            ev.check_output_dir(args.results_dir, "--results-dir")
+            if args.out:
+                ev.check_output_file(args.out, "--out")
+            ev.load_config(args.model)
             return run_compare(args)
-        cfg, source = ev.prepare(args)
         dev = ev.resolve_device(args.device)
-        progress = not args.quiet
-        check_backend(dev)
         compute_dtype = compute_dtype_for(dev, args.compute_dtype)
+        cfg, source = ev.prepare(args)
+        progress = not args.quiet
+        if args.save is not None:
+            ev.check_output_dir(args.save, "--save")
+            if Path(args.save).expanduser().resolve() == Path(args.model).expanduser().resolve():
+                raise ev.UserError(f"--save '{args.save}' is the model's own folder: give a new folder")
+            for mode in modes:
+                ev.check_new_folder(Path(args.save) / method_name(mode, args.threshold), "--save", args.model)
+        skel = ev.skeleton(args.model)
+        check_4bit_shapes(skel, modes, dev)
+        if args.bench:                                                  # it also times Part 1's 4-bit
+            p1.check_quantizable(skel, "whole", 4, "nf4")
+        check_backend(dev)
         if args.bench:
             return run_bench(args, cfg, source, modes, compute_dtype, progress)
         records = []
@@ -299,8 +344,9 @@ def main(**kwargs) -> list[dict] | dict:
             model, tokenizer = load_bnb(args.model, mode, args.device, compute_dtype, args.threshold,
                                         args.device_map)
             name = method_name(mode, args.threshold)
-            out = Path(args.out) if args.out and len(modes) == 1 else \
-                ev.run_path(args.results_dir, name, args.model, source, cfg, args.smoke)
+            settings = settings_of(mode, compute_dtype, args.threshold)
+            out = Path(args.out) if args.out else \
+                ev.run_path(args.results_dir, name, args.model, source, cfg, args.smoke, dev.type, settings)
             # Save before the first forward: on a CPU with AVX512-BF16, bitsandbytes 0.50
             # repacks 4-bit weights at the first forward and rounds their absmax to bfloat16;
             # a save after that no longer holds the loaded model. (evaluate() sizes the model
@@ -310,7 +356,7 @@ def main(**kwargs) -> list[dict] | dict:
                 model.save_pretrained(folder)
                 tokenizer.save_pretrained(folder)
             record = ev.evaluate(model, tokenizer, source, cfg, method=name,
-                                 settings=settings_of(mode, compute_dtype, args.threshold),
+                                 settings=settings,
                                  model_id=args.model, out_path=None, stand_in=args.stand_in,
                                  smoke=args.smoke, progress=progress)
             record["quantization"] = ev.memory_breakdown(model)           # after a forward: int8 scales exist
@@ -350,8 +396,9 @@ def run_compare(args) -> dict:
               "method": {"name": "nf4-vs-linear-4bit", "settings": {"block_size": BLOCK, "kinds": list(KINDS_4BIT)}},
               "model": {**ev.describe_model(args.model, model), "stand_in": args.stand_in},
               "compare": result, "smoke": args.smoke, **ev.provenance(torch.device("cpu"))}
-    out = Path(args.out) if args.out else Path(args.results_dir) / ("smoke" if args.smoke else "") / \
-        f"nf4-vs-linear-4bit__{ev.slug(Path(args.model).name)}.json"
+    out = Path(args.out) if args.out else ev.result_path(
+        args.results_dir, "nf4-vs-linear-4bit", args.model, [], record["method"]["settings"] | {"layer": args.layer},
+        args.smoke)
     ev.write_json_atomic(out, record)
     mean = result["mean_rel_mse"]
     print(f"reconstruction error, mean over {len(result['layers'])} block linears, "

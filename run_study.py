@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import sys
 import time
 from pathlib import Path
 
@@ -43,6 +44,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--report", default="report/report.pdf",
                    help="the PDF report to write (default: report/report.pdf; --smoke: report/smoke-report.pdf)")
     p.add_argument("--steps", default=",".join(STEPS), help=f"comma list of {', '.join(STEPS)} (default: all)")
+    p.add_argument("--skip-latency", action="store_true",
+                   help="do not time prefill and decode (e.g. for a model whose context is shorter than 512)")
     p.add_argument("--force", action="store_true", help="redo runs whose results JSON already exists")
     p.add_argument("--quiet", action="store_true", help="no progress bars inside the runs")
     p.add_argument("--smoke", action="store_true",
@@ -102,23 +105,59 @@ def summary(rec) -> tuple[str, str, str]:
     return (f"{ppl:.4f}" if ppl else "", f"{mib:.1f}" if mib else "", f"{dec:.2f}" if dec else "")
 
 
+def read_ledger(path: Path) -> dict:
+    """The study's ledger of finished runs. A damaged one is set aside (never deleted) with a
+    warning, and the study goes on as if it were new: it redoes runs, it loses none."""
+    if not path.exists():
+        return {}
+    try:
+        ledger = json.loads(path.read_text(encoding="utf-8"))
+        if isinstance(ledger, dict) and all(isinstance(v, dict) for v in ledger.values()):
+            return ledger
+    except (OSError, ValueError):
+        pass
+    aside = path.with_name(f"{path.name}.damaged-{time.strftime('%Y%m%d-%H%M%S')}")
+    path.rename(aside)
+    print(f"run_study.py: warning: {path} could not be read; kept as {aside.name}, and every run is redone",
+          file=sys.stderr, flush=True)
+    return {}
+
+
+def reads_back(out) -> bool:
+    """A finished run's results file is still there and still a results record."""
+    try:
+        rec = json.loads(Path(out).read_text(encoding="utf-8"))
+        return isinstance(rec, dict) and "schema_version" in rec
+    except (OSError, ValueError, TypeError):
+        return False
+
+
 def main(**kwargs) -> list[dict]:
     args = evaluate.with_defaults(build_parser(), kwargs)
-    steps = [s.strip() for s in args.steps.split(",") if s.strip()]
+    steps = [s.strip() for s in args.steps.split(",")]
+    if not all(steps):
+        raise evaluate.UserError(f"malformed --steps '{args.steps}': a comma list of {', '.join(STEPS)}")
     unknown = [s for s in steps if s not in STEPS]
     if unknown:
         raise evaluate.UserError(f"unknown step '{unknown[0]}' (choose {', '.join(STEPS)})")
     dev = evaluate.resolve_device(args.device)
+    if args.max_tokens is not None and args.max_tokens < 2:
+        raise evaluate.UserError(f"--max-tokens must be at least 2 (got {args.max_tokens})")
+    evaluate.check_output_dir(args.results_dir, "--results-dir")
+    if "plots" in steps or "report" in steps:
+        evaluate.check_output_dir(args.figures_dir, "--figures-dir")
+    if "report" in steps:
+        evaluate.check_output_file(args.report, "--report")
     max_tokens = args.max_tokens
     if max_tokens is None and dev.type == "cpu" and not args.smoke:
         max_tokens = CPU_TOKEN_BUDGET
     common = dict(model=args.model, dataset=args.dataset, text_file=args.text_file, device=args.device,
                   max_tokens=max_tokens, stand_in=args.stand_in, results_dir=args.results_dir,
-                  smoke=args.smoke, quiet=args.quiet)
+                  smoke=args.smoke, quiet=args.quiet, **({"skip_latency": True} if args.skip_latency else {}))
     if not args.smoke:  # bad input fails here, in seconds, before any step runs
         evaluate.prepare(evaluate.with_defaults(evaluate.build_parser(), common))
     ledger_path = Path(args.results_dir) / ("smoke" if args.smoke else "") / ".study-ledger"
-    ledger = json.loads(ledger_path.read_text()) if ledger_path.exists() else {}
+    ledger = read_ledger(ledger_path)
     rows, records = [], []
     runs = plan(steps)
     for i, (step, label, extra) in enumerate(runs, 1):
@@ -127,7 +166,7 @@ def main(**kwargs) -> list[dict]:
             kw["max_tokens"] = 65536                       # 34 perplexities: a prefix, recorded
         key, fp = f"{step}:{label}", fingerprint(kw)
         done = ledger.get(key)
-        if done and done["fingerprint"] == fp and Path(done["out"]).exists() and not args.force:
+        if done and done.get("fingerprint") == fp and reads_back(done.get("out")) and not args.force:
             print(f"[{i}/{len(runs)}] {label}: done before, skipped ({done['out']})", flush=True)
             rows.append((label, "skipped", *done.get("summary", ("", "", ""))))
             continue

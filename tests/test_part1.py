@@ -271,7 +271,8 @@ def test_cli_sensitivity_records_each_block_and_component(gpt2_dir, text_file, t
 
 
 def test_bad_blocks_and_components_are_rejected(cli_error, capsys, gpt2_dir, text_file):
-    base = ["--model", str(gpt2_dir), "--text-file", str(text_file), "--device", "cpu", "--mode", "selective"]
+    base = ["--model", str(gpt2_dir), "--text-file", str(text_file), "--device", "cpu", "--mode", "selective",
+            "--skip-latency"]
     assert "2 blocks" in cli_error(p1, base + ["--blocks", "99"])
     assert "malformed" in cli_error(p1, base + ["--blocks", "0;1"])
     assert "unknown component 'mlp'" in cli_error(p1, base + ["--components", "mlp"])

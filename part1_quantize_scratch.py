@@ -43,6 +43,7 @@ import evaluate as ev
 SCHEMES_8BIT = ("per_channel", "per_tensor", "asymmetric", "group")
 SCHEMES_4BIT = ("int4", "nf4")
 BLOCK_4BIT = 64                     # values per absmax block in 4-bit, as in bitsandbytes
+GROUP_SIZE_DEFAULT = 128            # inputs per scale of the 'group' scheme
 # The 16 NF4 levels of QLoRA (Dettmers et al. 2023, appendix E; bitsandbytes' table):
 # quantiles of N(0, 1) scaled to [-1, 1], with an exact zero.
 NF4_LEVELS = (
@@ -211,7 +212,7 @@ class Int8Linear(nn.Module):
         self.bias = None if bias is None else nn.Parameter(bias.detach().clone(), requires_grad=False)
 
     @classmethod
-    def from_float(cls, module: nn.Module, scheme: str = "per_channel", group_size: int = 128):
+    def from_float(cls, module: nn.Module, scheme: str = "per_channel", group_size: int = GROUP_SIZE_DEFAULT):
         w = linear_weight(module)
         zero = None
         if scheme == "per_channel":
@@ -391,7 +392,7 @@ def parse_blocks(spec: str | None, n_blocks: int | None) -> list[int] | None:
     out = set()
     for part in spec.split(","):
         part = part.strip()
-        m = re.fullmatch(r"(\d+)(?:-(\d+))?", part)
+        m = re.fullmatch(r"([0-9]+)(?:-([0-9]+))?", part, flags=re.ASCII)
         if not m:
             raise ev.UserError(f"malformed --blocks '{spec}': use e.g. 0,1 or 0-3")
         lo, hi = int(m.group(1)), int(m.group(2) or m.group(1))
@@ -399,8 +400,9 @@ def parse_blocks(spec: str | None, n_blocks: int | None) -> list[int] | None:
             raise ev.UserError(f"malformed --blocks range '{part}': start after end")
         if n_blocks is not None and hi >= n_blocks:
             raise ev.UserError(f"--blocks {part}: the model has {n_blocks} blocks (0-{n_blocks - 1})")
-        out.update(range(lo, hi + 1))
-    return sorted(out)
+        if n_blocks is not None:                     # syntax only until the block count is known
+            out.update(range(lo, hi + 1))
+    return sorted(out) if n_blocks is not None else None
 
 
 def parse_components(spec: str | None) -> list[str]:
@@ -474,7 +476,7 @@ def select_targets(model: nn.Module, mode: str = "whole", bits: int = 8, blocks:
 
 
 def check_quantizable(model: nn.Module, mode: str = "whole", bits: int = 8, scheme: str = "per_channel",
-                      group_size: int = 128, blocks: str | None = None, components: str | None = None) -> dict:
+                      group_size: int = GROUP_SIZE_DEFAULT, blocks: str | None = None, components: str | None = None) -> dict:
     """Every check quantize_model() would make, on the layers' shapes only: run it on
     ev.skeleton(model_id) and a bad setting fails before the weights load."""
     check_settings(bits, scheme, mode)
@@ -492,7 +494,7 @@ def check_quantizable(model: nn.Module, mode: str = "whole", bits: int = 8, sche
 
 @torch.no_grad()
 def quantize_model(model: nn.Module, mode: str = "whole", bits: int = 8, scheme: str = "per_channel",
-                   group_size: int = 128, blocks: str | None = None,
+                   group_size: int = GROUP_SIZE_DEFAULT, blocks: str | None = None,
                    components: str | None = None) -> dict:
     """Swap the chosen layers of model for quantized ones, in place; returns the spec.
 
@@ -559,7 +561,7 @@ def load_quantized(folder: str | Path, dtype: torch.dtype = torch.float32) -> tu
         spec = json.loads(f.metadata()["quant_spec"])
         tensors = {k: f.get_tensor(k) for k in f.keys()}
     model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(folder), dtype=dtype)
-    quantize_model(model, spec["mode"], spec["bits"], spec["scheme"], spec["group_size"] or 128,
+    quantize_model(model, spec["mode"], spec["bits"], spec["scheme"], spec["group_size"] or GROUP_SIZE_DEFAULT,
                    ",".join(map(str, spec["blocks"])), ",".join(spec["components"]))
     missing, unexpected = model.load_state_dict(tensors, strict=False)
     state = model.state_dict()
@@ -871,7 +873,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--scheme", default=None,
                    help="8-bit: per_channel (default), per_tensor, asymmetric, group; "
                         "4-bit: int4 or nf4 (default nf4), block-wise, 64 per block")
-    g.add_argument("--group-size", type=int, default=128, help="inputs per group for --scheme group (default: 128)")
+    g.add_argument("--group-size", type=int, default=GROUP_SIZE_DEFAULT,
+                   help=f"inputs per group for --scheme group (default: {GROUP_SIZE_DEFAULT})")
     g.add_argument("--blocks", default=None, help="selective: decoder blocks, e.g. 0,1 or 0-3 (default: all)")
     g.add_argument("--components", default=None,
                    help="selective: attn, ffn, or the finer qkv, attn_out, ffn_up, ffn_down, "
@@ -940,6 +943,14 @@ def main(**kwargs) -> dict:
             raise ev.UserError("--blocks and --components need --mode selective")
         if args.bench and args.sensitivity:
             raise ev.UserError("--bench and --sensitivity are two runs: give one of them")
+        if args.bench and (args.bits != 8 or args.mode != "whole" or args.skip_latency):
+            raise ev.UserError("--bench times fp32 against whole-model INT8 (naive and fast): it takes no "
+                               "--bits 4, --mode selective or --skip-latency")
+        if args.sensitivity and (args.mode != "whole" or args.blocks or args.components):
+            raise ev.UserError("--sensitivity quantizes one block, then one component type, at a time by itself: "
+                               "it takes no --mode selective, --blocks or --components")
+        if args.group_size != GROUP_SIZE_DEFAULT and scheme != "group":
+            raise ev.UserError(f"--group-size goes with --scheme group (the scheme here is {scheme})")
         if args.save is not None and (args.bench or args.sensitivity):
             raise ev.UserError("--save saves a quantized model: it goes with a plain run, not --bench or --sensitivity")
         if args.group_size < 1:
@@ -948,6 +959,9 @@ def main(**kwargs) -> dict:
         parse_components(args.components)
         if args.save is not None:
             ev.check_new_folder(args.save, "--save", args.model)
+            if args.out is not None and Path(args.save).expanduser().resolve() in \
+                    Path(args.out).expanduser().resolve().parents:
+                raise ev.UserError("--out is inside --save: the save would overwrite it; put the results elsewhere")
         if args.sensitivity:
             args.skip_latency = True                                         # it times nothing
         cfg, source = ev.prepare(args)

@@ -38,7 +38,11 @@ import part1_quantize_scratch as p1
 MODES = ("int8", "fp4", "nf4", "nf4-dq")
 # LLM.int8() warns at every matmul that it casts float32 inputs to float16; said once, in the docstring.
 logging.getLogger("bitsandbytes.autograd._functions").setLevel(logging.ERROR)
+# On a CPU with AVX512-BF16, bitsandbytes looks for an optional faster 4-bit kernel (the
+# 'kernels' package) and warns on every run when it is absent; its own kernel serves.
+logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
 BLOCK = 64                      # bitsandbytes' 4-bit block size, and Part 1's
+THRESHOLD_DEFAULT = 6.0         # LLM.int8()'s outlier threshold, bitsandbytes' default
 KINDS_4BIT = ("bnb-nf4", "bnb-fp4", "scratch-nf4", "scratch-int4")
 
 
@@ -72,7 +76,7 @@ def compute_dtype_for(device: torch.device, name: str | None) -> str:
     return name
 
 
-def bnb_config(mode: str, compute_dtype: str, threshold: float = 6.0):
+def bnb_config(mode: str, compute_dtype: str, threshold: float = THRESHOLD_DEFAULT):
     """transformers' BitsAndBytesConfig for one mode."""
     from transformers import BitsAndBytesConfig
     if mode == "int8":
@@ -102,6 +106,22 @@ def check_threshold(threshold: float) -> None:
                            f"outlier columns off")
 
 
+def compare_layers(model) -> list[str]:
+    """The block linears --compare measures: those with a whole number of blocks of BLOCK."""
+    blocks_name, block_list = p1.decoder_blocks(model)
+    return [f"{blocks_name}.{i}.{name}" for i, block in enumerate(block_list)
+            for name, m in block.named_modules() if p1.is_linear(m) and p1.linear_weight(m).numel() % BLOCK == 0]
+
+
+def check_layer(model, layer: str | None) -> None:
+    """--layer against the model's layers, on ev.skeleton() before the weights load."""
+    names = compare_layers(model)
+    if not names:
+        raise ev.UserError(f"no linear layer in the decoder blocks has a multiple of {BLOCK} weights")
+    if layer is not None and layer not in names:
+        raise ev.UserError(f"--layer {layer}: no such block linear (e.g. {names[len(names) // 2]})")
+
+
 def check_4bit_shapes(model, modes: list[str], device: torch.device) -> None:
     """bitsandbytes' CPU 4-bit kernel repacks each weight at its first forward into rows of
     in_features / BLOCK absmax values, so a layer whose input width is not a multiple of
@@ -117,7 +137,7 @@ def check_4bit_shapes(model, modes: list[str], device: torch.device) -> None:
                                    f"{BLOCK}: {name} has {in_f} (use --mode int8, a GPU, or another model)")
 
 
-def load_bnb(model_id: str, mode: str, device: str, compute_dtype: str, threshold: float = 6.0,
+def load_bnb(model_id: str, mode: str, device: str, compute_dtype: str, threshold: float = THRESHOLD_DEFAULT,
              device_map: str | None = None):
     """(model, tokenizer) quantized by bitsandbytes on load. Without --device-map the
     whole model goes to the one device; 'auto' lets accelerate spread it."""
@@ -129,7 +149,7 @@ def load_bnb(model_id: str, mode: str, device: str, compute_dtype: str, threshol
 
 
 def method_name(mode: str, threshold: float) -> str:
-    return f"bnb-{mode}" + (f"-t{threshold:g}" if mode == "int8" and threshold != 6.0 else "")
+    return f"bnb-{mode}" + (f"-t{threshold:g}" if mode == "int8" and threshold != THRESHOLD_DEFAULT else "")
 
 
 def settings_of(mode: str, compute_dtype: str, threshold: float) -> dict:
@@ -189,6 +209,8 @@ def compare_4bit(model, layer: str | None = None, bins: int = 200) -> dict:
             w = p1.linear_weight(module).detach().float().cpu()                   # (out, in)
             if w.numel() % BLOCK:
                 continue
+            if not torch.isfinite(w).all():
+                raise ev.UserError(f"{blocks_name}.{i}.{name} holds NaN or infinite weights: no error to measure")
             rec = {k: roundtrip(w, k) for k in KINDS_4BIT}
             power = float(w.pow(2).mean())
             row = {"layer": f"{blocks_name}.{i}.{name}", "block": i, "component": p1.component_of(name),
@@ -281,7 +303,7 @@ def build_parser() -> argparse.ArgumentParser:
     g = p.add_argument_group("bitsandbytes")
     g.add_argument("--mode", default="all",
                    help=f"{', '.join(MODES)}, a comma list, or all (default: all)")
-    g.add_argument("--threshold", type=float, default=6.0,
+    g.add_argument("--threshold", type=float, default=THRESHOLD_DEFAULT,
                    help="LLM.int8() outlier threshold: activations above it stay fp16 (default: 6.0)")
     g.add_argument("--compute-dtype", default="auto",
                    help="dtype of the 4-bit matmuls and of the unquantized tensors: auto (float16 on a GPU, "
@@ -312,14 +334,26 @@ def main(**kwargs) -> list[dict] | dict:
     if args.out and len(modes) > 1 and not (args.compare or args.bench):
         raise ev.UserError(f"--out names one results file, but --mode {args.mode} makes {len(modes)}: "
                            f"give one mode, or use --results-dir")
+    if args.dtype != "float32":
+        raise ev.UserError("--dtype is the baseline's; bitsandbytes loads the model in its compute dtype: "
+                           "use --compute-dtype")
+    if args.threshold != THRESHOLD_DEFAULT and "int8" not in modes and not args.compare:
+        raise ev.UserError("--threshold is LLM.int8()'s outlier threshold: it goes with --mode int8")
+    if args.layer is not None and not args.compare:
+        raise ev.UserError("--layer picks the histogram's layer of --compare: it goes with --compare")
+    if args.bench and args.skip_latency:
+        raise ev.UserError("--bench is a timing run: it takes no --skip-latency")
     with tempfile.TemporaryDirectory(prefix="qstudy-smoke-") as workdir:
         if args.smoke:
             ev.smoke_setup(args, workdir)
         if args.compare:                                                # weights only: no text needed
+            if args.quiet:
+                from transformers.utils import logging as hf_logging
+                hf_logging.disable_progress_bar()
             ev.check_output_dir(args.results_dir, "--results-dir")
             if args.out:
                 ev.check_output_file(args.out, "--out")
-            ev.load_config(args.model)
+            check_layer(ev.skeleton(args.model), args.layer)
             return run_compare(args)
         dev = ev.resolve_device(args.device)
         compute_dtype = compute_dtype_for(dev, args.compute_dtype)

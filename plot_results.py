@@ -134,7 +134,9 @@ def record_problem(rec) -> str | None:
 
 
 def load_results(folder: str | Path) -> list[dict]:
-    folder = Path(folder)
+    folder = Path(folder).expanduser()
+    if folder.exists() and not folder.is_dir():
+        raise ev.UserError(f"results folder '{folder}' is a file, not a folder")
     if not folder.is_dir():
         raise ev.UserError(f"results folder '{folder}' does not exist (run the study first: make study)")
     records = []

@@ -153,14 +153,14 @@ def main(**kwargs) -> list[dict]:
     if "plots" in steps or "report" in steps:
         evaluate.check_output_dir(args.figures_dir, "--figures-dir")
     if "report" in steps:
-        evaluate.check_output_file(args.report, "--report")
+        evaluate.check_output_file(args.report, "--report", kind="pdf")
     max_tokens = args.max_tokens
     if max_tokens is None and dev.type == "cpu" and not args.smoke:
         max_tokens = CPU_TOKEN_BUDGET
     common = dict(model=args.model, dataset=args.dataset, text_file=args.text_file, device=args.device,
                   max_tokens=max_tokens, stand_in=args.stand_in, results_dir=args.results_dir,
                   smoke=args.smoke, quiet=args.quiet, **({"skip_latency": True} if args.skip_latency else {}))
-    if not args.smoke:  # bad input fails here, in seconds, before any step runs
+    if not args.smoke and set(steps) - {"plots", "report"}:  # bad input fails here, before any step runs
         evaluate.prepare(evaluate.with_defaults(evaluate.build_parser(), common))
     ledger_path = Path(args.results_dir) / ("smoke" if args.smoke else "") / ".study-ledger"
     ledger = read_ledger(ledger_path)

@@ -886,7 +886,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(**kwargs) -> Path:
     args = ev.with_defaults(build_parser(), kwargs)
-    ev.check_output_file(args.out, "--out")
+    ev.check_output_file(args.out, "--out", kind="pdf")
     ev.check_output_dir(args.figures, "--figures")
     with warnings.catch_warnings():
         warnings.simplefilter("always")

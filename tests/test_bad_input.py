@@ -78,6 +78,16 @@ def world(tmp_path_factory, gpt2_dir, text_file):
     home = root / "home"                                    # for '--model=~/tiny'
     home.mkdir()
     shutil.copytree(gpt2_dir, home / "tiny")
+    (home / "notes.txt").write_text("my notes\n")
+    (root / "one.txt").write_text("a")                      # one token
+    (root / "dangling").symlink_to(root / "gone")
+    (root / "report.json").write_text('{"schema_version": 1, "method": {"name": "a results file"}}')
+    nan = root / "nan-weights"                              # a model whose weights hold NaN
+    shutil.copytree(gpt2_dir, nan)
+    from safetensors.torch import load_file, save_file
+    t = load_file(nan / "model.safetensors")
+    t["transformer.h.0.attn.c_attn.weight"][0, 0] = float("nan")
+    save_file(t, str(nan / "model.safetensors"), metadata={"format": "pt"})
     return root
 
 
@@ -104,7 +114,7 @@ def cases(w: Path) -> list[tuple[object, list[str], str]]:
             ("--new-tokens", "0"), ("--prompt-tokens", "0"), ("--prefill-tokens", "0"), ("--prefill-tokens", "-4"),
             ("--per-line", "-1"), ("--warmup", "-1"), ("--repeats", "0"), ("--max-tokens", "1"),
             ("--max-length", "1"))],
-        (ev, base + ["--threads", "0"], "--threads must be at least 1"),
+        (ev, base + ["--threads", "0"], "--threads must be between 1 and"),
         (ev, base + ["--stride", "0"], "--stride"),
         (ev, base + ["--prefill-tokens", "512"], "--prefill-tokens (512) is longer than the model's context of 128"),
         (ev, base + ["--prompt-tokens", "100", "--new-tokens", "100"], "--prompt-tokens + --new-tokens (200)"),
@@ -156,6 +166,43 @@ def cases(w: Path) -> list[tuple[object, list[str], str]]:
         (bg, base + ["--types", "Q9_9"], "unknown GGUF type 'Q9_9'"),
         (bg, base + ["--types", ","], "--types is empty"),
         (bg, base + ["--out", str(w / "r.json")], "--out names one results file"),
+        # an existing file that this run did not make is never the output
+        (ev, base + ["--out", t], "exists and is not a results file"),
+        (ev, base + ["--out", str(w / "tiny" / "config.json")], "exists and is not a results file"),
+        (ev, base + ["--out=~/notes.txt"], f"'{w / 'home' / 'notes.txt'}' exists and is not a results file"),
+        (p2, ["--compare", "--model", m, "--out", str(w / "tiny" / "model.safetensors")], "is not a results file"),
+        (bg, ["--inspect", str(w / "not.gguf"), "--out", str(w / "not.gguf")], "is not a results file"),
+        (br, ["--results", str(w / "results"), "--out", str(w / "report.json")], "is not a pdf file"),
+        (p1, base + ["--save", str(w / "new-save"), "--out", str(w / "new-save" / "config.json")], "inside --save"),
+        (ev, base + ["--results-dir", ""], "--results-dir is empty"),
+        (ev, base + ["--results-dir", str(w / "dangling")], "broken symbolic link"),
+        # values that are out of this world
+        (ev, base + ["--threads", "99999999999"], "--threads must be between 1 and"),
+        (ev, base + ["--threads", "100000"], "--threads must be between 1 and"),
+        (p1, base + ["--mode", "selective", "--blocks", "0-999999999"], "the model has 2 blocks"),
+        (ev, base + ["--repeats", "abc"], "invalid int value: 'abc' (see --help)"),
+        # flags that contradict each other or do nothing
+        (p1, base + ["--bench", "--bits", "4"], "--bench times fp32 against whole-model INT8"),
+        (p1, base + ["--bench", "--skip-latency"], "--bench times fp32"),
+        (p1, base + ["--sensitivity", "--mode", "selective", "--blocks", "0"], "--sensitivity quantizes"),
+        (p1, base + ["--bits", "4", "--group-size", "33"], "--group-size goes with --scheme group"),
+        (p2, base + ["--dtype", "bfloat16"], "use --compute-dtype"),
+        (p2, base + ["--threshold", "0.5", "--mode", "nf4"], "it goes with --mode int8"),
+        (p2, base + ["--layer", "x"], "--layer picks the histogram's layer of --compare"),
+        (p2, base + ["--bench", "--skip-latency"], "--bench is a timing run"),
+        (p2, ["--compare", "--model", m, "--layer", "nope"], "--layer nope: no such block linear"),
+        (p2, ["--compare", "--model", str(w / "nan-weights")], "holds NaN or infinite weights"),
+        (bg, ["--inspect", str(w / "not.gguf"), "--push-to-hub", "a/b"], "--inspect only reads one file"),
+        (bg, base + ["--dtype", "float16"], "the GGUF types are chosen with --types"),
+        (bg, base + ["--gguf-dir", m], "inside the model's folder"),
+        # the wrong kind of path, named as such
+        (ev, base[:2] + ["--text-file", str(w / "tiny")], "is a folder, not a text file"),
+        (ev, base[:2] + ["--text-file", ""], "--text-file is empty"),
+        (ev, base[:2] + ["--text-file", str(w / "one.txt"), "--skip-latency"], "fewer than 2 tokens"),
+        (p2, base[:2] + ["--text-file", str(w / "one.txt"), "--mode", "int8", "--skip-latency"],
+         "fewer than 2 tokens"),
+        (bg, ["--inspect", str(w / "tiny")], "is a folder, not a file"),
+        (pr, ["--results", t], "is a file, not a folder"),
         # the study
         (run_study, ["--model", m, "--text-file", t, "--steps", ""], "malformed --steps"),
         (run_study, ["--model", m, "--text-file", t, "--steps", "baseline,part9"], "unknown step 'part9'"),
@@ -227,6 +274,9 @@ def test_the_cli_from_a_shell(world):
     assert ok.returncode == 0 and "usage" in ok.stdout
     bad = subprocess.run([sys.executable, script, str(world / "nope")], capture_output=True, text=True)
     assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1 and "does not exist" in bad.stderr
+    two = subprocess.run([sys.executable, script, "a", "b"], capture_output=True, text=True)
+    assert two.returncode == 2 and two.stderr.strip().splitlines() == [
+        "results_table.py: error: unrecognized arguments: b (see --help)"]
 
 
 # -----------------------------------------------------------------------------
@@ -389,6 +439,7 @@ def test_blocks_out_of_range_fail_before_the_weights_load(gpt2_dir, text_file, m
 def test_no_gpu_where_one_is_needed(gpt2_dir, text_file, cli_error):
     base = ["--model", str(gpt2_dir), "--text-file", str(text_file)]
     assert "no CUDA" in cli_error(ev, base + ["--device-map", "cuda"])
+    assert "--device-map cuda:0 asked for" in cli_error(ev, base + ["--device-map", "cuda:0"])
     assert "no CUDA" in cli_error(ev, base + ["--device", "cuda:0"])
     import fast_decode
     assert "needs CUDA" in cli_error(fast_decode, base)
@@ -399,6 +450,23 @@ def test_non_finite_loss_is_one_line(gpt2_dir, text_file, monkeypatch):
     with torch.no_grad():
         model.transformer.wte.weight[:] = float("nan")
     ids = ev.tokenize(tok, "the model is a token of the layer")
-    with pytest.raises(ev.UserError, match="not finite"):
+    with pytest.raises(ev.UserError, match="not finite .*hold NaN or infinity$"):
         ev.perplexity(model, ids, 32, 32, progress=False)
+
+
+def test_a_line_whose_perplexity_overflows_is_counted_not_a_traceback(gpt2_dir):
+    model, tok = ev.load_model(str(gpt2_dir), device="cpu")
+    with torch.no_grad():
+        model.lm_head.weight.mul_(1e4)                       # tied: logits in the tens of thousands
+    got = ev.per_line_perplexity(model, tok, "the model is a token of the layer\nscale zero point",
+                                 n_lines=10, max_length=64, progress=False)
+    assert got["n_lines_overflowing"] >= 1 and got["mean_of_line_ppl"] is None
+    json.dumps(got, allow_nan=False)
+
+
+def test_plots_and_report_alone_need_no_model_check(world, tmp_path, results_dir):
+    """run_study --steps report reads results only: a model whose context is short is no reason to stop."""
+    assert run_study.main(model=str(world / "tiny"), text_file=str(world / "text.txt"), steps="plots",
+                          results_dir=str(results_dir), figures_dir=str(tmp_path / "f"), quiet=True) == []
+    assert list((tmp_path / "f").glob("*.png"))
 

@@ -87,6 +87,7 @@ def test_gguf_converts_the_hub_layout_and_the_push_round_trips(hub, tmp_path):
             "--results-dir", str(results), "--push-to-hub", "tester/tiny-gpt2-gguf", token=hub.token)
     recs = {r["method"]["settings"]["gguf_type"]: r for r in only_json(results) if "push" not in r}
     assert set(recs) == {"F32", "Q8_0"}
+    assert recs["F32"]["model"]["revision"] == hub.repos[("model", "openai-community/gpt2")].branches["main"]
     hf = run(hub, "evaluate.py", *SMALL, "--skip-latency", "--per-line", "0", "--results-dir", str(tmp_path / "hf"))
     assert hf.returncode == 0
     [base] = only_json(tmp_path / "hf")

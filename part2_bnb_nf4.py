@@ -33,6 +33,7 @@ from pathlib import Path
 import torch
 
 import evaluate as ev
+import results
 import part1_quantize_scratch as p1
 
 MODES = ("int8", "fp4", "nf4", "nf4-dq")
@@ -322,8 +323,9 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def main(**kwargs) -> list[dict] | dict:
-    """Quantize with bitsandbytes, evaluate through evaluate.py, write results JSON."""
+def main(**kwargs) -> list[results.Record] | results.Record:
+    """Quantize with bitsandbytes, evaluate through evaluate.py, write results JSON; returns
+    the records (each with .path), or the one record of --compare or --bench."""
     args = ev.with_defaults(build_parser(), kwargs)
     modes = parse_modes(args.mode)                                       # fail before loading anything
     check_threshold(args.threshold)
@@ -392,12 +394,12 @@ def main(**kwargs) -> list[dict] | dict:
             record = ev.evaluate(model, tokenizer, source, cfg, method=name,
                                  settings=settings,
                                  model_id=args.model, out_path=None, stand_in=args.stand_in,
-                                 smoke=args.smoke, progress=progress)
+                                 random_weights=args.random_weights, smoke=args.smoke, progress=progress)
             record["quantization"] = ev.memory_breakdown(model)           # after a forward: int8 scales exist
             record["method"]["settings"]["cpu_repacked_4bit"] = cpu_repacked(model)
             if args.save:
                 record["saved_to"] = str(Path(args.save) / name)
-            ev.write_json_atomic(out, record)
+            record = results.write(record, out)
             print(ev.summary_line(record))
             print("  " + breakdown_line(record["quantization"]))
             print(f"wrote {out}")
@@ -422,18 +424,18 @@ def breakdown_line(q: dict) -> str:
             + ", ".join(f"{k} {v / ev.MiB:.2f}" for k, v in fp.items() if v) + ")")
 
 
-def run_compare(args) -> dict:
+def run_compare(args) -> results.Record:
     check_backend(torch.device("cpu"))                                   # the round trips run on the CPU
     model, _ = ev.load_model(args.model, "float32", "cpu")
     result = compare_4bit(model, args.layer)
-    record = {"schema_version": ev.SCHEMA_VERSION,
-              "method": {"name": "nf4-vs-linear-4bit", "settings": {"block_size": BLOCK, "kinds": list(KINDS_4BIT)}},
-              "model": {**ev.describe_model(args.model, model), "stand_in": args.stand_in},
-              "compare": result, "smoke": args.smoke, **ev.provenance(torch.device("cpu"))}
-    out = Path(args.out) if args.out else ev.result_path(
-        args.results_dir, "nf4-vs-linear-4bit", args.model, [], record["method"]["settings"] | {"layer": args.layer},
-        args.smoke)
-    ev.write_json_atomic(out, record)
+    settings = {"block_size": BLOCK, "kinds": list(KINDS_4BIT)}
+    record = results.new_record(
+        "compare", "nf4-vs-linear-4bit", settings,
+        {**ev.describe_model(args.model, model), "stand_in": args.stand_in, "random_weights": args.random_weights},
+        torch.device("cpu"), smoke=args.smoke, compare=result)
+    out = Path(args.out) if args.out else results.result_path(
+        args.results_dir, "nf4-vs-linear-4bit", args.model, [], settings | {"layer": args.layer}, args.smoke)
+    record = results.write(record, out)
     mean = result["mean_rel_mse"]
     print(f"reconstruction error, mean over {len(result['layers'])} block linears, "
           f"relative to mean(w^2) (block {BLOCK}):")

@@ -20,140 +20,18 @@ needs, is skipped with a warning.
 from __future__ import annotations
 
 import argparse
-import json
-import math
 import sys
 import warnings
 from collections import defaultdict
 from pathlib import Path
 
 import evaluate as ev
+import results
+from results import load_results  # noqa: F401  (the one reader, used by the report and the tables too)
 
 
 # -----------------------------------------------------------------------------
 # Reading
-
-# What the readers (figures, report, tables) take from a record, block by block: a block
-# that is present must have these fields of these kinds, or the whole file is skipped with
-# a warning, so that no reader meets a string, a null or a zero where it divides by a number.
-# '*' is every item of a list or every value of a dict; a kind ending in '?' may be null or absent.
-RECORD_FIELDS = {
-    "method": [("name", "text")],
-    "model": [("id", "text"), ("stand_in", "text?")],
-    "dataset": [("id", "text")],
-    "environment": [("device_name", "text")],
-    "perplexity": [("ppl", "positive"), ("max_length", "count"), ("stride", "count"),
-                   ("n_tokens_scored", "count")],
-    "memory": [("weights_mib", "size"), ("disk_mib", "size?"), ("peak_mib", "size?")],
-    "per_line_perplexity": [("mean_of_line_ppl", "positive?"), ("n_lines", "size")],
-    "latency": [(f"{part}.{q}", "positive") for part in ("prefill", "decode.ms_per_token")
-                for q in ("median", "p10", "p90")],
-    "bench": [("table", "table"), ("repeats", "count"), ("prefill_tokens", "count"), ("new_tokens", "count"),
-              ("baseline", "text?")] +
-             [(f"table.*.{k}", "positive") for k in ("prefill_ms.median", "prefill_ms.p10", "prefill_ms.p90",
-                                                     "decode_ms_per_token.median", "decode_ms_per_token.p10",
-                                                     "decode_ms_per_token.p90", "prefill_ratio", "decode_ratio")] +
-             [("table.*.weights_mib", "size?")],
-    "sensitivity": [("baseline_ppl", "positive"), ("block", "rows"), ("component", "rows"),
-                    ("block.*.block", "text"), ("block.*.delta_pct", "number"),
-                    ("component.*.component", "text"), ("component.*.delta_pct", "number")],
-    "compare": [("kinds.*", "text"), ("block_size", "count"), ("mean_rel_mse.*", "size"),
-                ("layers.*.layer", "text"), ("histogram.layer", "text"), ("histogram.bins", "count"),
-                ("histogram.counts.*", "size"), ("histogram.range.*", "number"), ("histogram.block_size", "count"),
-                ("histogram.levels.nf4.*", "number"), ("histogram.levels.uniform16.*", "number"),
-                ("histogram.code_entropy_bits.*", "size"), ("cross_check.max_rel_diff", "size")],
-    "gguf_inspection": [("file", "text"), ("file_bytes", "size"), ("tensor_bytes", "size"),
-                        ("tensors.*.name", "text"), ("tensors.*.type", "text"), ("tensors.*.bytes", "size"),
-                        ("bytes_by_type.*", "size"), ("header.version", "size")],
-}
-
-
-def _is_number(x) -> bool:
-    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
-
-
-KIND_WORDS = {"text": "a string", "number": "a finite number", "positive": "a positive number",
-              "size": "a number >= 0", "count": "an integer >= 1", "table": "a non-empty object",
-              "rows": "a non-empty list"}
-KINDS = {
-    "text": lambda x: isinstance(x, str),
-    "number": _is_number,
-    "positive": lambda x: _is_number(x) and x > 0,
-    "size": lambda x: _is_number(x) and x >= 0,
-    "count": lambda x: isinstance(x, int) and not isinstance(x, bool) and x >= 1,
-    "table": lambda x: isinstance(x, dict) and len(x) > 0,
-    "rows": lambda x: isinstance(x, list) and len(x) > 0,
-}
-
-
-def _field_values(obj, parts: list[str], path: str):
-    """Every value at a dotted path ('*' fans out); raises ValueError naming what is missing."""
-    if not parts:
-        yield path, obj
-        return
-    head, rest = parts[0], parts[1:]
-    if head == "*":
-        if not isinstance(obj, (dict, list)):
-            raise ValueError(f"{path} is not a list or an object")
-        for i, v in (obj.items() if isinstance(obj, dict) else enumerate(obj)):
-            yield from _field_values(v, rest, f"{path}.{i}")
-    elif not isinstance(obj, dict) or head not in obj:
-        yield f"{path}.{head}", _Missing
-    else:
-        yield from _field_values(obj[head], rest, f"{path}.{head}")
-
-
-class _Missing:
-    pass
-
-
-def record_problem(rec) -> str | None:
-    """Why a parsed results file cannot be read by the figures and the report, or None."""
-    if not isinstance(rec, dict) or not KINDS["size"](rec.get("schema_version")):
-        return "not a results file (no schema_version)"
-    if "method" not in rec and "gguf_inspection" not in rec:
-        return "no method block"
-    for block, fields in RECORD_FIELDS.items():
-        if block not in rec:
-            continue
-        for dotted, kind in fields:
-            optional = kind.endswith("?")
-            check = KINDS[kind.rstrip("?")]
-            try:
-                for path, value in _field_values(rec[block], dotted.split("."), block):
-                    if value is _Missing or value is None:
-                        if optional:
-                            continue
-                    elif check(value):
-                        continue
-                    shown = "missing" if value is _Missing else json.dumps(value)[:40]
-                    return f"{path} should be {KIND_WORDS[kind.rstrip('?')]}{' or null' if optional else ''}, not {shown}"
-            except ValueError as e:
-                return str(e)
-    return None
-
-
-def load_results(folder: str | Path) -> list[dict]:
-    folder = Path(folder).expanduser()
-    if folder.exists() and not folder.is_dir():
-        raise ev.UserError(f"results folder '{folder}' is a file, not a folder")
-    if not folder.is_dir():
-        raise ev.UserError(f"results folder '{folder}' does not exist (run the study first: make study)")
-    records = []
-    for path in sorted(folder.glob("*.json")):
-        try:
-            rec = json.loads(path.read_text(encoding="utf-8"))
-            problem = record_problem(rec)
-            if problem:
-                raise ValueError(problem)
-            rec["_file"] = path.name
-            records.append(rec)
-        except (OSError, ValueError) as e:
-            warnings.warn(f"skipping {path.name}: {e}", stacklevel=2)
-    if not records:
-        raise ev.UserError(f"no results JSON in '{folder}'")
-    return records
-
 
 def short_model(rec: dict) -> str:
     return str(rec["model"]["id"]).rstrip("/").split("/")[-1]
@@ -174,7 +52,7 @@ def eval_groups(records: list[dict]) -> dict[tuple, list[dict]]:
     groups = defaultdict(list)
     for r in records:
         try:
-            if "perplexity" not in r or "sensitivity" in r:
+            if results.kind_of(r) != "eval":
                 continue
             p = r["perplexity"]
             key = (short_model(r), r["dataset"]["id"].split("/")[-1], p["max_length"], p["stride"],
@@ -187,8 +65,8 @@ def eval_groups(records: list[dict]) -> dict[tuple, list[dict]]:
 
 
 def perplexity_means_something(rec: dict) -> bool:
-    """False for a random-weights stand-in, whose note says its perplexity means nothing."""
-    return "perplexity means nothing" not in (rec["model"].get("stand_in") or "")
+    """False for a model with random weights (model.random_weights)."""
+    return not results.random_weights(rec)
 
 
 def device_kind(rec_or_name) -> str:
@@ -198,7 +76,7 @@ def device_kind(rec_or_name) -> str:
 
 def group_slug(key: tuple) -> str:
     model, text, L, S, n, dev = key
-    return ev.slug(f"{model}_{text}_L{L}-S{S}-N{n}_{device_kind(dev)}")
+    return results.slug(f"{model}_{text}_L{L}-S{S}-N{n}_{device_kind(dev)}")
 
 
 # File names of the figures, one place, so that the report can find them.
@@ -207,15 +85,15 @@ def group_figures(key: tuple) -> dict[str, str]:
 
 
 def bench_figure(rec: dict) -> str:
-    return f"latency_{ev.slug(rec['method']['name'])}_{ev.slug(short_model(rec))}_{device_kind(rec)}.png"
+    return f"latency_{results.slug(rec['method']['name'])}_{results.slug(short_model(rec))}_{device_kind(rec)}.png"
 
 
 def sensitivity_figure(rec: dict) -> str:
-    return f"sensitivity_{ev.slug(short_model(rec))}.png"
+    return f"sensitivity_{results.slug(short_model(rec))}.png"
 
 
 def compare_figures(rec: dict) -> dict[str, str]:
-    m = ev.slug(short_model(rec))
+    m = results.slug(short_model(rec))
     return {"levels": f"nf4_levels_{m}.png", "error": f"reconstruction_error_{m}.png"}
 
 
@@ -388,9 +266,8 @@ def plot_all(records: list[dict], out: str | Path) -> list[Path]:
             except (KeyError, TypeError, ValueError, ZeroDivisionError) as e:
                 warnings.warn(f"skipping the figures of {group_slug(key)}: {type(e).__name__} {e}", stacklevel=2)
     for r in records:
-        kind = "bench" if "bench" in r else "sensitivity" if "sensitivity" in r else \
-            "compare" if "compare" in r else None
-        if kind is None:
+        kind = results.kind_of(r)
+        if kind not in ("bench", "sensitivity", "compare"):
             continue
         try:
             {"bench": plot_bench, "sensitivity": plot_sensitivity, "compare": plot_compare}[kind](r, out, made)

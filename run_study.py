@@ -7,7 +7,8 @@
     python run_study.py --steps baseline,part1       # only some steps
     python run_study.py --force                      # redo runs whose results already exist
 
-Each run is one script's main(), called with keywords, writing its own results JSON.
+Each run is one script's main(), called with keywords, writing its own results JSON and
+returning its record(s), each with the path it was written to (results.Record.path).
 A run whose JSON exists and was made with the same settings (results/.study-ledger
 keeps a fingerprint of each run's keywords) is skipped, so an interrupted study resumes
 where it stopped. A run that fails is recorded in the ledger with its one-line reason, and
@@ -26,6 +27,7 @@ import time
 from pathlib import Path
 
 import evaluate
+import results
 
 STEPS = ("baseline", "part1", "sensitivity", "part2", "gguf", "plots", "report")
 CPU_TOKEN_BUDGET = 16384
@@ -172,14 +174,12 @@ def main(**kwargs) -> list[dict]:
             kw["max_tokens"] = 65536                       # 34 perplexities: a prefix, recorded
         key, fp = f"{step}:{label}", fingerprint(kw)
         done = ledger.get(key)
-        if done and done.get("fingerprint") == fp and not done.get("failed") and reads_back(done.get("out")) \
-                and not args.force:
+        if done and done.get("fingerprint") == fp and not done.get("failed") and \
+                all(reads_back(p) for p in done.get("outs", [done.get("out")])) and not args.force:
             print(f"[{i}/{len(runs)}] {label}: done before, skipped ({done['out']})", flush=True)
             rows.append((label, "skipped", *done.get("summary", ("", "", ""))))
             continue
         print(f"[{i}/{len(runs)}] {label}", flush=True)
-        before = {p: p.stat().st_mtime for p in Path(args.results_dir).rglob("*.json")} \
-            if Path(args.results_dir).exists() else {}
         t0 = time.perf_counter()
         try:
             rec = script_main(step)(**kw)
@@ -187,14 +187,13 @@ def main(**kwargs) -> list[dict]:
             reason = failure_reason(e)
             print(f"[{i}/{len(runs)}] {label}: FAILED: {reason}", file=sys.stderr, flush=True)
             ledger[key] = {"fingerprint": fp, "out": "", "failed": reason}
-            evaluate.write_json_atomic(ledger_path, ledger)
+            results.write_json_atomic(ledger_path, ledger)
             rows.append((label, "FAILED", "", "", ""))
             failures.append((label, reason))
             continue
-        new = [p for p in Path(args.results_dir).rglob("*.json")
-               if p.name != ledger_path.name and before.get(p) != p.stat().st_mtime]
-        ledger[key] = {"fingerprint": fp, "out": str(new[0]) if new else "", "summary": summary(rec)}
-        evaluate.write_json_atomic(ledger_path, ledger)
+        paths = [str(r.path) for r in (rec if isinstance(rec, list) else [rec])]   # each main returns Records
+        ledger[key] = {"fingerprint": fp, "out": paths[0], "outs": paths, "summary": summary(rec)}
+        results.write_json_atomic(ledger_path, ledger)
         rows.append((label, f"{time.perf_counter() - t0:.0f} s", *summary(rec)))
         records.append(rec)
     folder = Path(args.results_dir) / ("smoke" if args.smoke else "")

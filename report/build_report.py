@@ -29,6 +29,7 @@ if str(ROOT) not in sys.path:                       # run as a script from anywh
     sys.path.insert(0, str(ROOT))
 
 import evaluate as ev  # noqa: E402
+import results  # noqa: E402
 import plot_results as pr  # noqa: E402
 from fast_decode import HBM_BYTES_PER_S, decode_floor_ms  # noqa: E402  (the bench's own floor)
 
@@ -86,11 +87,12 @@ class Study:
     def __init__(self, records: list[dict]):
         self.records = records
         self.groups = {k: pr.ordered(v) for k, v in sorted(pr.eval_groups(records).items())}
-        self.benches = [r for r in records if "bench" in r]
-        self.sensitivity = next((r for r in records if "sensitivity" in r), None)
-        self.compare = next((r for r in records if "compare" in r), None)
-        self.inspection = next((r for r in records if "gguf_inspection" in r), None)
-        self.pushes = [r for r in records if "push" in r]
+        by_kind = {k: [r for r in records if results.kind_of(r) == k] for k in results.KINDS}
+        self.benches = by_kind["bench"]
+        self.sensitivity = next(iter(by_kind["sensitivity"]), None)
+        self.compare = next(iter(by_kind["compare"]), None)
+        self.inspection = next(iter(by_kind["gguf-inspect"]), None)
+        self.pushes = by_kind["gguf-push"]
 
     def ppl_groups(self) -> list[tuple]:
         """Groups of two runs or more whose perplexity means something, largest token count first."""
@@ -763,7 +765,8 @@ def gguf_section(doc: Doc, s: Study) -> None:
         md = gi["metadata"]
         keys = [k for k in md if not k.startswith("tokenizer.ggml.") or isinstance(md[k], (int, float, str))]
         doc.h2(f"Inside a real file: {gi['file']}")
-        doc.p(f"{escape(gi['file'])} ({escape(s.inspection.get('stand_in') or '')}): magic "
+        stand_in = (s.inspection.get("model") or {}).get("stand_in") or s.inspection.get("stand_in") or ""
+        doc.p(f"{escape(gi['file'])} ({escape(stand_in)}): magic "
               f"{escape(gi['header']['magic'])}, version {gi['header']['version']}, {gi['header']['tensor_count']} "
               f"tensors, {gi['header']['kv_count']} metadata keys, {gi['file_bytes']:,} bytes, of which "
               f"{gi['tensor_bytes']:,} are tensor data ("

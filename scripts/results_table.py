@@ -14,8 +14,10 @@ import warnings
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import results  # noqa: E402
 from evaluate import run_cli  # noqa: E402
-from plot_results import eval_groups, load_results  # noqa: E402  (the same reading and grouping as the figures)
+from plot_results import eval_groups  # noqa: E402  (the same grouping as the figures)
+from results import load_results  # noqa: E402
 
 
 def eval_tables(records: list[dict]) -> str:
@@ -44,7 +46,7 @@ def eval_tables(records: list[dict]) -> str:
 def bench_tables(records: list[dict]) -> str:
     lines = []
     for r in records:
-        if "bench" not in r:
+        if results.kind_of(r) != "bench":
             continue
         b = r["bench"]
         lines += [f"**{r['method']['name']}** ({r['_file']}), {r['environment']['device_name']}, "
@@ -76,7 +78,7 @@ def bench_tables(records: list[dict]) -> str:
 def compare_tables(records: list[dict]) -> str:
     lines = []
     for r in records:
-        if "compare" not in r:
+        if results.kind_of(r) != "compare":
             continue
         c = r["compare"]
         h = c["histogram"]

@@ -12,7 +12,7 @@ models=$1; text=$2; device=$3; step=$4
 read -r -a extra <<< "${EXTRA_ARGS:-}"
 smol_note="smollm2-135m (SmolLM2-135M-Instruct, dequantized from Q4_1) stands in for gpt2 for perplexity"
 smol=(--model "$models/smollm2-135m" --text-file "$text" --device "$device" --quiet --stand-in "$smol_note" "${extra[@]}")
-g2r=(--model "$models/gpt2-random" --text-file "$text" --device "$device" --quiet
+g2r=(--model "$models/gpt2-random" --text-file "$text" --device "$device" --quiet --random-weights
      --stand-in "gpt2-random (GPT-2 small shapes, random weights) stands in for gpt2 for memory and latency; its perplexity means nothing" "${extra[@]}")
 case $step in
   baseline)
@@ -47,7 +47,8 @@ case $step in
   gguf)  # llama.cpp on the CPU, same 16,384-token prefix; HF float16 on it for the conversion check
     python evaluate.py "${smol[@]}" --stride 512 --max-tokens 16384 --per-line 0 --skip-latency --dtype float16
     python bonus_gguf.py "${smol[@]}" --stride 512 --max-tokens 16384 --gguf-dir "$models/gguf"
-    python bonus_gguf.py --stand-in "$smol_note" --inspect "$models/gguf/smollm2-135m-Q4_K_M.gguf" \
+    q4km=("$models"/gguf/smollm2-135m-*-Q4_K_M.gguf)        # <model>-<content hash>-<type>.gguf
+    python bonus_gguf.py --stand-in "$smol_note" --inspect "${q4km[0]}" \
       --out results/gguf-inspect__smollm2-135m-Q4_K_M.json > /dev/null ;;
   *) echo "unknown step '$step'" >&2; exit 2 ;;
 esac

@@ -7,7 +7,6 @@ by their model's content, a quantized folder recognised as such, a damaged study
 import hashlib
 import json
 import math
-import os
 import shutil
 from pathlib import Path
 
@@ -16,6 +15,7 @@ import torch
 
 import bonus_gguf as bg
 import evaluate as ev
+import results
 import part1_quantize_scratch as p1
 import part2_bnb_nf4 as p2
 import plot_results as pr
@@ -352,10 +352,10 @@ def test_quantize_to_a_partial_file_is_never_reused(tmp_path, monkeypatch):
 
 def test_nan_never_reaches_a_results_file(tmp_path):
     path = tmp_path / "r.json"
-    ev.write_json_atomic(path, {"a": 1})
+    results.write_json_atomic(path, {"a": 1})
     for bad in (math.nan, math.inf):
         with pytest.raises(ValueError):
-            ev.write_json_atomic(path, {"ppl": bad})
+            results.write_json_atomic(path, {"ppl": bad})
     assert json.loads(path.read_text()) == {"a": 1} and [p.name for p in tmp_path.iterdir()] == ["r.json"]
 
 
@@ -384,8 +384,8 @@ def test_wrong_schema_is_skipped_with_a_warning_not_a_traceback(tmp_path, result
         (results_dir / name).write_text(json.dumps(rec))
         (only_bad / name).write_text(json.dumps(rec))
     for name in bad:
-        assert pr.record_problem(bad[name]), name
-    assert pr.record_problem(good) is None
+        assert results.record_problem(bad[name]), name
+    assert results.record_problem(good) is None
     pr.main(results=str(results_dir), out=str(tmp_path / "figs"))
     err = capsys.readouterr().err
     assert all(f"skipping {name}" in err for name in bad), err
@@ -398,7 +398,7 @@ def test_wrong_schema_is_skipped_with_a_warning_not_a_traceback(tmp_path, result
     spec.loader.exec_module(rt)
     assert "| baseline-fp32 |" in rt.main(str(results_dir))
     with pytest.raises(ev.UserError, match="no results JSON"):
-        pr.load_results(only_bad)
+        results.load_results(only_bad)
 
 
 def test_study_reruns_a_damaged_result_and_survives_a_damaged_ledger(tmp_path, capsys):

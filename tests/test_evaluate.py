@@ -9,6 +9,7 @@ import pytest
 import torch
 
 import evaluate as ev
+import results
 
 
 def load(path, dtype="float32"):
@@ -169,9 +170,9 @@ def test_max_tokens_is_recorded(gpt2_dir, text_file, tmp_path):
 
 def test_write_json_atomic_keeps_the_old_file_on_failure(tmp_path):
     path = tmp_path / "r.json"
-    ev.write_json_atomic(path, {"a": 1})
+    results.write_json_atomic(path, {"a": 1})
     with pytest.raises(TypeError):
-        ev.write_json_atomic(path, {"a": object()})
+        results.write_json_atomic(path, {"a": object()})
     assert json.loads(path.read_text()) == {"a": 1}
     assert [p.name for p in tmp_path.iterdir()] == ["r.json"]
 

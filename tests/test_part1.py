@@ -136,7 +136,7 @@ def test_gpt2_block_matches_a_reference_from_dequantized_weights(gpt2_dir):
     dequantized int8 weight transposed back to (in, out). Outputs must agree."""
     model, _ = ev.load_model(str(gpt2_dir), device="cpu")
     ref = __import__("copy").deepcopy(model)
-    p1.quantize_model(model, mode="selective", blocks="0")
+    p1.quantize_model(model, mode="selective", blocks=[0])
     with torch.no_grad():
         for name, module in model.transformer.h[0].named_modules():
             if isinstance(module, p1.Int8Linear):
@@ -163,13 +163,13 @@ def quantized_names(model):
 
 def test_selective_touches_exactly_the_named_modules(gpt2_dir, llama_dir):
     gpt2, _ = ev.load_model(str(gpt2_dir), device="cpu")
-    p1.quantize_model(gpt2, mode="selective", blocks="1", components="attn")
+    p1.quantize_model(gpt2, mode="selective", blocks=[1], components=["qkv", "attn_out"])
     assert quantized_names(gpt2) == ["transformer.h.1.attn.c_attn", "transformer.h.1.attn.c_proj"]
     gpt2, _ = ev.load_model(str(gpt2_dir), device="cpu")
-    p1.quantize_model(gpt2, mode="selective", blocks="0-1", components="ffn_down")
+    p1.quantize_model(gpt2, mode="selective", blocks=[0, 1], components=["ffn_down"])
     assert quantized_names(gpt2) == ["transformer.h.0.mlp.c_proj", "transformer.h.1.mlp.c_proj"]
     llama, _ = ev.load_model(str(llama_dir), device="cpu")
-    p1.quantize_model(llama, mode="selective", blocks="0", components="qkv,ffn_up")
+    p1.quantize_model(llama, mode="selective", blocks=[0], components=["qkv", "ffn_up"])
     assert quantized_names(llama) == [f"model.layers.0.{n}" for n in
                                       ("mlp.gate_proj", "mlp.up_proj", "self_attn.k_proj",
                                        "self_attn.q_proj", "self_attn.v_proj")]
@@ -224,7 +224,7 @@ def test_parse_blocks_and_components():
 # ---------------------------------------------------------------- save and load
 
 @pytest.mark.parametrize("kwargs", [dict(), dict(scheme="asymmetric"), dict(scheme="group", group_size=16),
-                                    dict(bits=4, scheme="nf4"), dict(mode="selective", blocks="1", components="ffn")])
+                                    dict(bits=4, scheme="nf4"), dict(mode="selective", blocks=[1], components=["ffn_up", "ffn_down"])])
 def test_save_load_gives_identical_logits(gpt2_dir, tmp_path, tiny_text, kwargs):
     model, tok = ev.load_model(str(gpt2_dir), device="cpu")
     spec = p1.quantize_model(model, **kwargs)

@@ -1,0 +1,82 @@
+"""results.py, the one home of the results record: every writer stamps its kind, every main
+returns Records that know their file, schema 1 files are still read, and a stand-in's random
+weights are a field, not words in a label."""
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+import evaluate as ev
+import part1_quantize_scratch as p1
+import plot_results as pr
+import results
+
+RUN = dict(device="cpu", max_length=32, stride=32, max_tokens=300, per_line=0, skip_latency=True, quiet=True)
+
+
+def test_every_main_returns_records_that_know_their_file(gpt2_dir, text_file, tmp_path):
+    base = ev.main(model=str(gpt2_dir), text_file=str(text_file), results_dir=str(tmp_path), **RUN)
+    sens = p1.main(model=str(gpt2_dir), text_file=str(text_file), results_dir=str(tmp_path), sensitivity=True,
+                   **RUN)
+    for rec, kind in ((base, "eval"), (sens, "sensitivity")):
+        assert isinstance(rec, results.Record) and rec["kind"] == kind
+        assert rec.path.parent == tmp_path and json.loads(rec.path.read_text()) == dict(rec)
+        assert rec["schema_version"] == results.SCHEMA_VERSION == 2
+    loaded = {r["_file"]: r for r in results.load_results(tmp_path)}
+    assert {results.kind_of(r) for r in loaded.values()} == {"eval", "sensitivity"}
+    assert all(r.path == tmp_path / name for name, r in loaded.items())
+
+
+def test_random_weights_is_a_field_and_readers_use_it(gpt2_dir, text_file, tmp_path):
+    rec = ev.main(model=str(gpt2_dir), text_file=str(text_file), results_dir=str(tmp_path), random_weights=True,
+                  stand_in="tiny (any words at all)", **RUN)
+    assert rec["model"]["random_weights"] is True
+    assert not pr.perplexity_means_something(rec)
+    plain = ev.main(model=str(gpt2_dir), text_file=str(text_file), results_dir=str(tmp_path / "b"),
+                    stand_in="its perplexity means nothing, says the label", **RUN)
+    assert plain["model"]["random_weights"] is False and pr.perplexity_means_something(plain)
+
+
+@pytest.mark.parametrize("old,kind", [
+    ({"perplexity": {}}, "eval"), ({"perplexity": {}, "sensitivity": {}}, "sensitivity"), ({"bench": {}}, "bench"),
+    ({"compare": {}}, "compare"), ({"gguf_inspection": {}}, "gguf-inspect"), ({"push": {}}, "gguf-push")])
+def test_schema_1_files_are_still_read(old, kind):
+    assert results.kind_of({"schema_version": 1, **old}) == kind
+    assert results.random_weights({"model": {"stand_in": "gpt2-random ...; its perplexity means nothing"}})
+    assert not results.random_weights({"model": {"stand_in": "smollm2-135m stands in for gpt2"}})
+
+
+def test_the_committed_results_read_back_with_their_kinds():
+    recs = results.load_results(Path(__file__).resolve().parents[1] / "results")
+    kinds = {results.kind_of(r) for r in recs}
+    assert kinds >= {"eval", "bench", "sensitivity", "compare", "gguf-inspect"}
+    assert all(results.record_problem(r) is None for r in recs)
+
+
+def test_new_record_refuses_an_unknown_kind_and_config_is_never_mutated():
+    with pytest.raises(ValueError, match="unknown record kind"):
+        results.new_record("evaluation", "m", {}, {"id": "x"}, torch.device("cpu"))
+    cfg = ev.EvalConfig()
+    resolved = cfg.resolve(128)
+    assert (cfg.max_length, cfg.stride) == (None, None) and (resolved.max_length, resolved.stride) == (128, 128)
+    with pytest.raises(Exception):                       # frozen: a caller's config cannot be changed
+        cfg.max_length = 5
+
+
+def test_defaults_are_declared_once():
+    """Every parser that takes an evaluation flag reads its default from ev.DEFAULTS."""
+    import fast_decode
+    import part2_bnb_nf4 as p2
+    for module in (ev, p1, p2, fast_decode):
+        args = module.build_parser().parse_args([])
+        for field in ("prefill_tokens", "prompt_tokens", "new_tokens", "repeats", "warmup"):
+            assert getattr(args, field) == getattr(ev.DEFAULTS, field), (module.__name__, field)
+
+
+def test_saved_spec_stores_lists_and_loads_them_back(gpt2_dir, tmp_path):
+    model, tok = ev.load_model(str(gpt2_dir), device="cpu")
+    spec = p1.quantize_model(model, mode="selective", blocks=[1], components=["qkv", "ffn_down"])
+    p1.save_quantized(model, tmp_path / "q", spec, tok)
+    _, loaded = p1.load_quantized(tmp_path / "q")
+    assert loaded["blocks"] == [1] and loaded["components"] == ["qkv", "ffn_down"]

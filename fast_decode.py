@@ -423,12 +423,16 @@ def main(**kwargs) -> dict:
     ev.check_output_dir(args.results_dir, "--results-dir")
     if args.out:
         ev.check_output_file(args.out, "--out")
-    if args.smoke:
+    if args.smoke:                       # the tiny model's context is 128: its own small lengths
         import tempfile
         args.model, args.text_file = ev.make_smoke_inputs(tempfile.mkdtemp(prefix="qstudy-smoke-"))
+        vars(args).update({k: v for k, v in ev.SMOKE_SETTINGS.items() if k in vars(args)})
     ev.check_model_source(args.model)
-    if ev.load_config(args.model).model_type != "gpt2":
+    config = ev.load_config(args.model)
+    if config.model_type != "gpt2":
         raise ev.UserError(f"the fast decode path supports GPT-2 models only ('{args.model}' is not one)")
+    ev.check_latency_fits(ev.EvalConfig(prefill_tokens=args.prefill_tokens, prompt_tokens=args.prompt_tokens,
+                                        new_tokens=args.new_tokens), ev.model_context(config))
     source = ev.load_text(args.dataset, args.text_file)
     tokenizer = ev.load_tokenizer(args.model)
     ids = ev.tokenize(tokenizer, source.text, 4096)

@@ -8,7 +8,7 @@ stay in the model's own dtype. The file reads top to bottom:
   2. quantized modules: Int8Linear, Int8Embedding, Linear4bit;
   3. the swapper: which modules of which blocks get replaced;
   4. save / load as safetensors;
-  5. the CPU int8 kernel and the side-by-side benchmark;
+  5. the side-by-side benchmark (the fast kernels are in kernels.py);
   6. the CLI: quantize, evaluate through evaluate.py, write a results JSON.
 
     python part1_quantize_scratch.py --mode whole                      # gpt2, per-channel INT8
@@ -28,10 +28,8 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import os
 import re
 import sys
-import warnings
 from dataclasses import replace
 from pathlib import Path
 
@@ -40,6 +38,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import evaluate as ev
+import kernels
 import results
 
 SCHEMES_8BIT = ("per_channel", "per_tensor", "asymmetric", "group")
@@ -197,16 +196,15 @@ class Int8Linear(nn.Module):
     per_channel / per_tensor:  y = (x q^T) * scale + b
     asymmetric:                y = (x q^T - sum(x) * zero) * scale + b
     group:                     y = x (dequantized W)^T + b   (scales vary along the input)
-    The matmul runs in x's dtype. `path` picks how: 'fast' (on a CPU the C++ kernel for a
-    few rows, chunked casts for many; on CUDA in fp16/bf16 a fused Triton kernel) or
-    'naive' (cast the whole weight, then F.linear).
+    The matmul runs in x's dtype. forward() tries kernels.int8_linear() (on a CPU the C++
+    kernel for a few rows, chunked casts for many; on CUDA in fp16/bf16 a fused Triton
+    kernel) and computes reference() where it returns None. This module's `path`, 'fast'
+    (default) or 'naive' (reference only), picks whether the kernel is tried.
     """
 
-    path = "fast"
-
-    def __init__(self, qweight, scale, zero, bias, scheme: str):
+    def __init__(self, qweight, scale, zero, bias, scheme: str, path: str = "fast"):
         super().__init__()
-        self.scheme = scheme
+        self.scheme, self.path = scheme, path                                # path: this module's own
         self.in_features, self.out_features = qweight.shape[1], qweight.shape[0]
         self.register_buffer("qweight", qweight.contiguous())               # (out, in) int8
         self.register_buffer("scale", scale)                                # (out,), (1,) or (out, G)
@@ -235,46 +233,27 @@ class Int8Linear(nn.Module):
                                dtype or self.scale.dtype)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.scheme == "group":
-            return F.linear(x, self.dequantized_weight(x.dtype), self._bias(x))
         x2 = x.reshape(-1, self.in_features)                                 # (M, in)
-        if self.path == "fast" and self.zero_point is None and triton_ok(x):
-            y = triton_int8_linear(x2, self.qweight, self.scale, self._bias(x))   # int8 read in-register
-            return y.reshape(*x.shape[:-1], self.out_features)
-        fast_cpu = self.path == "fast" and x.device.type == "cpu"
-        if fast_cpu and x2.shape[0] > KERNEL_ROWS:
-            y = self._chunked(x2)
-        else:
-            if fast_cpu and x.dtype == torch.float32 and cpu_kernel() is not None:
-                y = cpu_kernel().int8_matmul(x2.contiguous(), self.qweight)   # (M, out), int8 read in-register
-            else:
-                y = F.linear(x2, self.qweight.to(x.dtype))                   # naive: cast the whole weight
-            if self.zero_point is not None:
-                y = y - x2.sum(-1, keepdim=True) * self.zero_point.to(x.dtype)
-            y = y * self.scale.to(x.dtype)
-            if self.bias is not None:
-                y = y + self.bias.to(x.dtype)
+        y = kernels.int8_linear(x2, self.qweight, self.scale, self.zero_point, self._bias(x)) \
+            if self.path == "fast" else None
+        if y is None:
+            y = self.reference(x2)
         return y.reshape(*x.shape[:-1], self.out_features)
+
+    def reference(self, x2: torch.Tensor) -> torch.Tensor:
+        """What the layer computes, plainly: cast the int8 weight to x's dtype, multiply, then
+        the per-channel scale (after the matmul), the zero point's correction, the bias. A
+        group-wise scale varies along the input, so that scheme dequantizes first."""
+        if self.scheme == "group":
+            return F.linear(x2, self.dequantized_weight(x2.dtype), self._bias(x2))
+        y = F.linear(x2, self.qweight.to(x2.dtype))                          # (M, out)
+        if self.zero_point is not None:
+            y = y - x2.sum(-1, keepdim=True) * self.zero_point.to(x2.dtype)
+        y = y * self.scale.to(x2.dtype)
+        return y if self.bias is None else y + self.bias.to(x2.dtype)
 
     def _bias(self, x):
         return None if self.bias is None else self.bias.to(x.dtype)
-
-    def _chunked(self, x2: torch.Tensor) -> torch.Tensor:
-        """Many rows: dequantize CHUNK_ROWS output rows at a time (the chunk stays in
-        cache, so the scale costs nothing there) and let the GEMM add the bias."""
-        y = torch.empty(x2.shape[0], self.out_features, dtype=x2.dtype)
-        bias = self._bias(x2)
-        for r in range(0, self.out_features, CHUNK_ROWS):
-            rows = slice(r, r + CHUNK_ROWS)
-            w = self.qweight[rows].to(x2.dtype)                              # (C, in)
-            if self.zero_point is not None:
-                w -= self.zero_point[rows, None].to(x2.dtype)
-            w *= self.scale[rows, None].to(x2.dtype) if self.scale.numel() > 1 else self.scale.to(x2.dtype)
-            if bias is None:
-                torch.mm(x2, w.t(), out=y[:, rows])
-            else:
-                torch.addmm(bias[rows], x2, w.t(), out=y[:, rows])
-        return y
 
     def extra_repr(self) -> str:
         return f"in={self.in_features}, out={self.out_features}, scheme={self.scheme}, path={self.path}"
@@ -305,15 +284,13 @@ class Int8Embedding(nn.Module):
 
 class Linear4bit(nn.Module):
     """A linear layer with a block-wise 4-bit weight (int4 or NF4), two codes per byte,
-    one absmax per block of 64. path 'naive' (default) dequantizes to x's dtype, then
-    F.linear; 'fast' runs a fused Triton GEMV on CUDA in fp16/bf16 for up to GEMV_ROWS
-    rows (decode; see section 5), and the naive way for more."""
+    one absmax per block of 64. The reference dequantizes to x's dtype, then F.linear;
+    with path 'fast' (default 'naive') forward() first tries kernels.q4_linear(), a fused
+    Triton GEMV on CUDA in fp16/bf16 for up to kernels.GEMV_ROWS rows (decode)."""
 
-    path = "naive"
-
-    def __init__(self, packed, absmax, bias, kind: str, shape, block: int):
+    def __init__(self, packed, absmax, bias, kind: str, shape, block: int, path: str = "naive"):
         super().__init__()
-        self.kind, self.shape, self.block = kind, tuple(shape), block
+        self.kind, self.shape, self.block, self.path = kind, tuple(shape), block, path
         self.register_buffer("packed", packed)                              # (out*in/2,) uint8
         self.register_buffer("absmax", absmax)                              # (out*in/block,)
         self.bias = None if bias is None else nn.Parameter(bias.detach().clone(), requires_grad=False)
@@ -336,13 +313,11 @@ class Linear4bit(nn.Module):
         return self._lut
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        rows = x.numel() // self.shape[1]
-        if (self.path == "fast" and rows <= GEMV_ROWS and self.block in GEMV_BLOCKS
-                and self.shape[1] % self.block == 0 and triton_ok(x)):
-            y = triton_4bit_linear(x.reshape(-1, self.shape[1]), self)
-            return y.reshape(*x.shape[:-1], self.shape[0])
-        return F.linear(x, self.dequantized_weight(x.dtype),
-                        None if self.bias is None else self.bias.to(x.dtype))
+        x2 = x.reshape(-1, self.shape[1])                                    # (M, in)
+        y = kernels.q4_linear(x2, self) if self.path == "fast" else None
+        if y is None:                                                        # the reference
+            y = F.linear(x2, self.dequantized_weight(x.dtype), None if self.bias is None else self.bias.to(x.dtype))
+        return y.reshape(*x.shape[:-1], self.shape[0])
 
     def extra_repr(self) -> str:
         return f"in={self.shape[1]}, out={self.shape[0]}, kind={self.kind}, block={self.block}"
@@ -584,265 +559,7 @@ def load_quantized(folder: str | Path, dtype: torch.dtype = torch.float32) -> tu
 
 
 # -----------------------------------------------------------------------------
-# 5. Speed: the int8 matmul on the CPU, and the side-by-side benchmark
-#
-# Decoding multiplies one row of activations by every weight: the time is the time
-# to read the weights. Casting a whole int8 weight to float before the matmul
-# writes and reads 4 bytes per weight, more than fp32 itself reads. So:
-#  - a few rows (decode): a small C++ kernel reads int8 and converts in registers,
-#    vectorized by the compiler, threaded with torch's pool;
-#  - many rows (prefill): dequantize 256 output rows at a time (the chunk stays in
-#    cache) and let torch's GEMM do the rest, bias included.
-# The kernel is compiled on first use (about 30 s, cached by torch); if that fails,
-# the chunked path serves every shape.
-
-KERNEL_ROWS = 4          # use the kernel for at most this many activation rows
-CHUNK_ROWS = 256         # output rows dequantized at a time on the chunked path
-
-_KERNEL_SRC = r"""
-#include <torch/extension.h>
-#include <ATen/Parallel.h>
-// y (M, N) = x (M, K) @ q^T, q (N, K) int8, x float32, all contiguous.
-torch::Tensor int8_matmul(torch::Tensor x, torch::Tensor q) {
-  TORCH_CHECK(x.is_contiguous() && q.is_contiguous() && x.size(1) == q.size(1), "int8_matmul: bad operands");
-  const int64_t M = x.size(0), K = x.size(1), N = q.size(0);
-  auto y = torch::empty({M, N}, x.options());
-  const float* xp = x.data_ptr<float>();
-  const int8_t* qp = q.data_ptr<int8_t>();
-  float* yp = y.data_ptr<float>();
-  at::parallel_for(0, (N + 3) / 4, 16, [&](int64_t b0, int64_t b1) {
-    for (int64_t b = b0; b < b1; ++b) {
-      const int64_t n = b * 4, rows = std::min<int64_t>(4, N - n);
-      const int8_t* q0 = qp + n * K;
-      const int8_t* q1 = q0 + (rows > 1 ? K : 0);
-      const int8_t* q2 = q0 + (rows > 2 ? 2 * K : 0);
-      const int8_t* q3 = q0 + (rows > 3 ? 3 * K : 0);
-      for (int64_t m = 0; m < M; ++m) {
-        const float* xr = xp + m * K;
-        float a0 = 0.f, a1 = 0.f, a2 = 0.f, a3 = 0.f;
-        #pragma omp simd reduction(+:a0, a1, a2, a3)
-        for (int64_t i = 0; i < K; ++i) {
-          const float v = xr[i];
-          a0 += v * (float)q0[i]; a1 += v * (float)q1[i];
-          a2 += v * (float)q2[i]; a3 += v * (float)q3[i];
-        }
-        float* yr = yp + m * N + n;
-        const float acc[4] = {a0, a1, a2, a3};
-        for (int64_t r = 0; r < rows; ++r) yr[r] = acc[r];
-      }
-    }
-  });
-  return y;
-}
-"""
-_kernel = None
-_kernel_error: str | None = None
-
-
-def cpu_kernel():
-    """The compiled int8 kernel, or None (with a warning, once) if it cannot be built."""
-    global _kernel, _kernel_error
-    if _kernel is None and _kernel_error is None:
-        try:
-            from torch.utils.cpp_extension import load_inline
-            flags = ["-O3", "-fopenmp-simd"] + (["-march=native"] if sys.platform == "linux" else [])
-            _kernel = load_inline("qstudy_int8_matmul", cpp_sources=_KERNEL_SRC, functions=["int8_matmul"],
-                                  extra_cflags=flags, verbose=False)
-        except Exception as e:  # no compiler, no ninja, ...: fall back, say so once
-            _kernel_error = f"{type(e).__name__}: {str(e).strip().splitlines()[0][:200] if str(e).strip() else ''}"
-            warnings.warn(f"int8 CPU kernel unavailable, using the chunked path ({_kernel_error})")
-    return _kernel
-
-
-
-# On a GPU the same argument holds at a smaller scale: casting an int8 weight to fp16
-# before the matmul is an extra kernel that writes and reads 2 bytes per weight. These
-# Triton kernels read int8 (or packed 4-bit) weights and dequantize them in registers;
-# the per-channel scale (or the per-block absmax) is applied there too. They serve
-# fp16/bf16 activations on CUDA; anything else takes the plain path. Under
-# TRITON_INTERPRET=1 they also run on CPU tensors (how the tests check them).
-#  - decode (at most GEMV_ROWS rows): a GEMV. Each program owns BN output features of
-#    one activation row and walks K in a few wide steps, multiplying elementwise and
-#    summing once at the end. Many small programs keep every SM reading weights; a
-#    matmul tile would compute 16 rows to use one and run K as one long serial loop.
-#  - prefill (more rows, int8 only): a tiled tensor-core matmul. 4-bit prefill
-#    dequantizes, then multiplies (a fused 4-bit tile was slower there).
-
-GEMV_ROWS = 4            # on CUDA, the GEMV kernels for at most this many activation rows
-GEMV_BLOCKS = (32, 64, 128)   # 4-bit block sizes the GEMV takes (each divides every BK below)
-
-_triton = None
-
-
-def triton_kernels():
-    """{'int8_mm', 'int8_gemv', 'q4_gemv'}: launchers compiled by Triton on first use;
-    None without Triton."""
-    global _triton
-    if _triton is None:
-        try:
-            import triton
-            import triton.language as tl
-        except ImportError:
-            _triton = False
-            return None
-
-        @triton.jit
-        def int8_mm(x_ptr, q_ptr, scale_ptr, bias_ptr, y_ptr, M, N, K, SCALE_PER_ROW: tl.constexpr,
-                    HAS_BIAS: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr):
-            # y (M, N) = (x (M, K) @ q (N, K)^T) * scale (N,) + bias (N,); all contiguous
-            rm = tl.program_id(0) * BM + tl.arange(0, BM)
-            rn = tl.program_id(1) * BN + tl.arange(0, BN)
-            rk = tl.arange(0, BK)
-            acc = tl.zeros((BM, BN), dtype=tl.float32)
-            for k0 in range(0, K, BK):
-                kk = k0 + rk
-                a = tl.load(x_ptr + rm[:, None] * K + kk[None, :], mask=(rm[:, None] < M) & (kk[None, :] < K),
-                            other=0.0)                                               # (BM, BK)
-                b = tl.load(q_ptr + rn[None, :] * K + kk[:, None], mask=(rn[None, :] < N) & (kk[:, None] < K),
-                            other=0)                                                 # (BK, BN) int8
-                acc += tl.dot(a, b.to(a.dtype))
-            if SCALE_PER_ROW:
-                acc = acc * tl.load(scale_ptr + rn, mask=rn < N, other=0.0).to(tl.float32)[None, :]
-            else:
-                acc = acc * tl.load(scale_ptr).to(tl.float32)
-            if HAS_BIAS:
-                acc += tl.load(bias_ptr + rn, mask=rn < N, other=0.0).to(tl.float32)[None, :]
-            tl.store(y_ptr + rm[:, None] * N + rn[None, :], acc.to(y_ptr.dtype.element_ty),
-                     mask=(rm[:, None] < M) & (rn[None, :] < N))
-
-        @triton.jit
-        def int8_gemv(x_ptr, q_ptr, scale_ptr, bias_ptr, y_ptr, N, K, SCALE_PER_ROW: tl.constexpr,
-                      HAS_BIAS: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr):
-            # y[m, n] = sum_k x[m, k] q[n, k] * scale[n] + bias[n], m = program_id(0)
-            m = tl.program_id(0)
-            rn = tl.program_id(1) * BN + tl.arange(0, BN)
-            rk = tl.arange(0, BK)
-            acc = tl.zeros((BN, BK), dtype=tl.float32)
-            for k0 in range(0, K, BK):
-                kk = k0 + rk
-                x = tl.load(x_ptr + m * K + kk, mask=kk < K, other=0.0).to(tl.float32)     # (BK,)
-                q = tl.load(q_ptr + rn[:, None] * K + kk[None, :], mask=(rn[:, None] < N) & (kk[None, :] < K),
-                            other=0)                                                      # (BN, BK) int8
-                acc += q.to(tl.float32) * x[None, :]
-            y = tl.sum(acc, axis=1)                                                       # (BN,)
-            if SCALE_PER_ROW:
-                y = y * tl.load(scale_ptr + rn, mask=rn < N, other=0.0).to(tl.float32)
-            else:
-                y = y * tl.load(scale_ptr).to(tl.float32)
-            if HAS_BIAS:
-                y += tl.load(bias_ptr + rn, mask=rn < N, other=0.0).to(tl.float32)
-            tl.store(y_ptr + m * N + rn, y.to(y_ptr.dtype.element_ty), mask=rn < N)
-
-        @triton.jit
-        def q4_gemv(x_ptr, p_ptr, absmax_ptr, lut_ptr, bias_ptr, y_ptr, N, K, BLOCK: tl.constexpr,
-                    LINEAR: tl.constexpr, HAS_BIAS: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr):
-            # y[m, n] = sum_k x[m, k] lut[code[n, k]] absmax[n, k // BLOCK] + bias[n], m = program_id(0).
-            # A row of K weights is K/2 bytes; byte j holds column 2j (high nibble) and 2j+1 (low),
-            # as pack_4bit writes them. K is a multiple of BLOCK and BK of BLOCK (the caller checks),
-            # so each step covers BK // BLOCK whole absmax blocks.
-            m = tl.program_id(0)
-            rn = tl.program_id(1) * BN + tl.arange(0, BN)
-            rh = tl.arange(0, BK // 2)
-            rk = tl.arange(0, BK)
-            rb = tl.arange(0, BK // BLOCK)
-            v0, v1, v2, v3 = tl.load(lut_ptr + 0), tl.load(lut_ptr + 1), tl.load(lut_ptr + 2), tl.load(lut_ptr + 3)
-            v4, v5, v6, v7 = tl.load(lut_ptr + 4), tl.load(lut_ptr + 5), tl.load(lut_ptr + 6), tl.load(lut_ptr + 7)
-            v8, v9, v10, v11 = tl.load(lut_ptr + 8), tl.load(lut_ptr + 9), tl.load(lut_ptr + 10), tl.load(lut_ptr + 11)
-            v12, v13, v14, v15 = (tl.load(lut_ptr + 12), tl.load(lut_ptr + 13), tl.load(lut_ptr + 14),
-                                  tl.load(lut_ptr + 15))
-            acc = tl.zeros((BN, BK // BLOCK), dtype=tl.float32)
-            for k0 in range(0, K, BK):
-                kh = k0 // 2 + rh                                                      # byte index in the row
-                byte = tl.load(p_ptr + rn[:, None] * (K // 2) + kh[None, :],
-                               mask=(rn[:, None] < N) & (kh[None, :] < K // 2), other=0).to(tl.int32)  # (BN, BK/2)
-                c = tl.reshape(tl.join(byte >> 4, byte & 15), (BN, BK))               # codes of columns k0..k0+BK
-                if LINEAR:                                                             # int4: c - 8, /7 per block
-                    w = (c - 8).to(tl.float32)
-                else:
-                    # lut[c] as a select tree on c's bits: registers only. (Measured on the H100 at
-                    # GPT-2's shapes: a gather from the table, or from a 256-entry table of byte
-                    # pairs, or a tree over packed fp16 pairs was no faster.)
-                    b0, b1, b2, b3 = (c & 1) != 0, (c & 2) != 0, (c & 4) != 0, (c & 8) != 0
-                    lo = tl.where(b2, tl.where(b1, tl.where(b0, v7, v6), tl.where(b0, v5, v4)),
-                                  tl.where(b1, tl.where(b0, v3, v2), tl.where(b0, v1, v0)))
-                    hi = tl.where(b2, tl.where(b1, tl.where(b0, v15, v14), tl.where(b0, v13, v12)),
-                                  tl.where(b1, tl.where(b0, v11, v10), tl.where(b0, v9, v8)))
-                    w = tl.where(b3, hi, lo)                                           # (BN, BK)
-                kk = k0 + rk
-                x = tl.load(x_ptr + m * K + kk, mask=kk < K, other=0.0).to(tl.float32)  # (BK,)
-                part = tl.sum(tl.reshape(w * x[None, :], (BN, BK // BLOCK, BLOCK)), axis=2)  # (BN, BK/BLOCK)
-                kb = k0 // BLOCK + rb
-                am = tl.load(absmax_ptr + rn[:, None] * (K // BLOCK) + kb[None, :],
-                             mask=(rn[:, None] < N) & (kb[None, :] < K // BLOCK), other=0.0)
-                am = am.to(tl.float32)
-                if LINEAR:
-                    am = am / 7
-                acc += part * am                                                       # absmax once per block
-            y = tl.sum(acc, axis=1)                                                    # (BN,)
-            if HAS_BIAS:
-                y += tl.load(bias_ptr + rn, mask=rn < N, other=0.0).to(tl.float32)
-            tl.store(y_ptr + m * N + rn, y.to(y_ptr.dtype.element_ty), mask=rn < N)
-
-        mm_configs = [triton.Config({"BM": bm, "BN": bn, "BK": bk}, num_warps=w)
-                      for bm, bn, bk, w in ((16, 32, 128, 4), (64, 64, 64, 4), (64, 128, 64, 8), (128, 128, 32, 8))]
-        gemv_configs = [triton.Config({"BN": bn, "BK": bk}, num_warps=w)
-                        for bn, bk, w in ((2, 512, 2), (4, 256, 2), (4, 512, 4), (8, 256, 4), (8, 512, 4),
-                                          (16, 256, 4), (16, 128, 4))]
-
-        def launcher(kernel, configs, key, grid, fixed):
-            """Autotuned on a GPU (first call per shape, before any CUDA graph capture);
-            one fixed tile under the interpreter, which cannot time anything."""
-            if _interpreting():
-                return lambda M, N, *args, **kw: kernel[grid(fixed, M, N)](*args, **kw, **fixed)
-            tuned = triton.autotune(configs=configs, key=key)(kernel)
-            return lambda M, N, *args, **kw: tuned[lambda meta: grid(meta, M, N)](*args, **kw)
-
-        _triton = {
-            "int8_mm": launcher(int8_mm, mm_configs, ["M", "N", "K"],
-                                lambda c, M, N: (triton.cdiv(M, c["BM"]), triton.cdiv(N, c["BN"])),
-                                {"BM": 16, "BN": 32, "BK": 64}),
-            "int8_gemv": launcher(int8_gemv, gemv_configs, ["N", "K"],
-                                  lambda c, M, N: (M, triton.cdiv(N, c["BN"])), {"BN": 8, "BK": 128}),
-            "q4_gemv": launcher(q4_gemv, gemv_configs, ["N", "K"],
-                                lambda c, M, N: (M, triton.cdiv(N, c["BN"])), {"BN": 8, "BK": 128}),
-        }
-    return _triton or None
-
-
-def _interpreting() -> bool:
-    return os.environ.get("TRITON_INTERPRET") == "1"
-
-
-def triton_ok(x: torch.Tensor) -> bool:
-    on_device = x.is_cuda or _interpreting()
-    return on_device and x.dtype in (torch.float16, torch.bfloat16) and triton_kernels() is not None
-
-
-def triton_int8_linear(x2: torch.Tensor, q: torch.Tensor, scale: torch.Tensor, bias) -> torch.Tensor:
-    """(M, K) activations, (N, K) int8 weight, (N,) or (1,) scale -> (M, N), in one kernel."""
-    M, K = x2.shape
-    N = q.shape[0]
-    y = torch.empty(M, N, dtype=x2.dtype, device=x2.device)
-    args = (x2.contiguous(), q, scale, bias if bias is not None else scale, y)
-    flags = {"SCALE_PER_ROW": scale.numel() > 1, "HAS_BIAS": bias is not None}
-    if M <= GEMV_ROWS:
-        triton_kernels()["int8_gemv"](M, N, *args, N, K, **flags)
-    else:
-        triton_kernels()["int8_mm"](M, N, *args, M, N, K, **flags)
-    return y
-
-
-def triton_4bit_linear(x2: torch.Tensor, module: "Linear4bit") -> torch.Tensor:
-    """(M, K) activations (M <= GEMV_ROWS), a Linear4bit -> (M, N), in one kernel."""
-    M, K = x2.shape
-    N = module.shape[0]
-    y = torch.empty(M, N, dtype=x2.dtype, device=x2.device)
-    bias = None if module.bias is None else module.bias.to(x2.dtype)
-    triton_kernels()["q4_gemv"](M, N, x2.contiguous(), module.packed, module.absmax, module.lut(),
-                                bias if bias is not None else x2, y, N, K, BLOCK=module.block,
-                                LINEAR=module.kind == "int4", HAS_BIAS=bias is not None)
-    return y
-
+# 5. Speed: the side-by-side benchmark (the kernels are in kernels.py)
 
 def set_path(model: nn.Module, path: str) -> None:
     """'fast' or 'naive' for every quantized linear (4-bit layers default to 'naive')."""
@@ -868,8 +585,8 @@ def bench(model, tokenizer, ids: torch.Tensor, cfg: ev.EvalConfig, spec_kwargs: 
     result = ev.side_by_side(methods, dev, cfg.new_tokens, cfg.repeats, cfg.warmup, "fp32", progress)
     return {**result, "prefill_tokens": cfg.prefill_tokens, "prompt_tokens": cfg.prompt_tokens,
             "new_tokens": cfg.new_tokens, "decode_definition": ev.DECODE_DEFINITION,
-            "threads": torch.get_num_threads(), "kernel": "compiled" if cpu_kernel() else _kernel_error,
-            "kernel_rows": KERNEL_ROWS, "chunk_rows": CHUNK_ROWS}
+            "threads": torch.get_num_threads(), "kernel": kernels.cpu_kernel_status(),
+            "kernel_rows": kernels.KERNEL_ROWS, "chunk_rows": kernels.CHUNK_ROWS}
 
 
 # -----------------------------------------------------------------------------

@@ -31,7 +31,6 @@ if str(ROOT) not in sys.path:                       # run as a script from anywh
 import evaluate as ev  # noqa: E402
 import results  # noqa: E402
 import plot_results as pr  # noqa: E402
-from fast_decode import HBM_BYTES_PER_S, decode_floor_ms  # noqa: E402  (the bench's own floor)
 
 
 # -----------------------------------------------------------------------------
@@ -115,6 +114,15 @@ class Study:
 
     def bench(self, name: str, device: str) -> dict | None:
         return next((r for r in self.benches if method(r) == name and pr.device_kind(r) == device), None)
+
+
+def bandwidth(s: "Study", device: str = "cuda") -> float | None:
+    """The memory bandwidth (bytes/s) that a GPU bench recorded for its decode floor, or None."""
+    for b in s.benches:
+        bw = b["bench"].get("hbm_bytes_per_s")
+        if bw and pr.device_kind(b) == device:
+            return float(bw)
+    return None
 
 
 def delta(runs: dict[str, dict], name: str, base: str = "baseline-fp32") -> float:
@@ -343,13 +351,15 @@ def key_findings(doc: Doc, s: Study) -> None:
         if q and base in t:
             lo, hi = min(v["decode_ratio"] for v in q.values()), max(v["decode_ratio"] for v in q.values())
             slower = sum(v["decode_ratio"] > 1 for v in q.values())
+            bw = bandwidth(s)
+            base_ms = t[base]["decode_ms_per_token"]["median"]
+            floor = None if bw is None else t[base]["weights_mib"] * 2**20 / bw * 1e3
             items.append(f"<b>Speed.</b> On the {escape(pr.device_of(b))}, with Hugging Face generate, {slower} of "
                          f"{len(q)} quantized models decode slower than {base}: {f_ratio(lo)} to {f_ratio(hi)} its "
-                         f"time per token ({model_label(b)}). {base} itself takes {f_ms(t[base]['decode_ms_per_token']['median'])}"
-                         f" ms per token, "
-                         f"{t[base]['decode_ms_per_token']['median'] / decode_floor_ms(t[base]['weights_mib'] * 2**20):.0f}"
-                         f"× the time needed to read its weights once from memory: at this size decoding is "
-                         f"overhead, not bytes.")
+                         f"time per token ({model_label(b)}). {base} itself takes {f_ms(base_ms)} ms per token"
+                         + ("." if floor is None else
+                            f", {base_ms / floor:.0f}× the time needed to read its weights once from memory: "
+                            f"at this size decoding is overhead, not bytes."))
     fast = next((r for r in s.benches if "fast_path" in r["bench"]), None)
     if fast:
         items.append(gpu_fast_summary(fast))
@@ -605,7 +615,7 @@ def gpu_fast_summary(b: dict) -> str:
             + (f"Faster than it: {listed(faster)}. " if faster else "No quantized model beats it. ")
             + (f"Not faster: {listed(slower)}. " if slower else "")
             + ("Every fast path makes the same greedy tokens as its model's generate()." if same else
-               "Some fast paths' greedy tokens differ from generate()'s (see Table 13)."))
+               "Some fast paths' greedy tokens differ from generate()'s (see the fast-path table in section 6)."))
 
 
 def latency_section(doc: Doc, s: Study) -> None:
@@ -613,15 +623,25 @@ def latency_section(doc: Doc, s: Study) -> None:
     if not s.benches:
         doc.p("No latency benchmark in these results.")
         return
-    doc.p("Each benchmark loads every method into one process and times them in turn, repeat after repeat, so "
-          "that a ratio compares methods under the same conditions. Prefill is one forward pass over 1×512 "
-          "tokens; decode is greedy generation of 128 new tokens after a 32-token prompt, reported per new "
-          "token. Medians, with p10–p90 in brackets.")
+    lengths = sorted({(b["bench"]["prefill_tokens"], b["bench"].get("prompt_tokens"), b["bench"]["new_tokens"])
+                      for b in s.benches}, key=str)
+    if len(lengths) == 1:
+        (p, q, n), = lengths
+        said = (f"prefill is one forward pass over 1×{p} tokens, decode greedy generation of {n} new tokens "
+                f"after a {q}-token prompt")
+    else:
+        said = ("prefill is one forward pass over a batch of one prompt, decode greedy generation of new "
+                "tokens after a shorter prompt, with the lengths that each table's caption gives")
+    doc.p("Each benchmark loads every method into one process and times them in turn, repeat after repeat, "
+          f"so that a ratio compares methods under the same conditions. Here {said}; decode is reported per "
+          "new token. Medians, with p10–p90 in brackets.")
     for b in s.benches:
         bb = b["bench"]
         doc.h2(f"{method(b)} · {model_label(b)} · {pr.device_of(b)}")
         doc.table(["method", "weights MiB", "prefill ms", "decode ms/token", "prefill ratio", "decode ratio"],
-                  bench_rows(b), f"{escape(bb.get('decode_definition', ''))}; {bb['repeats']} repeats, "
+                  bench_rows(b), f"Prefill 1×{bb['prefill_tokens']} tokens; decode {bb['new_tokens']} new tokens"
+                  + (f" after {bb['prompt_tokens']}" if bb.get("prompt_tokens") else "")
+                  + f"; {escape(bb.get('decode_definition', ''))}; {bb['repeats']} repeats, "
                   f"{escape(bb.get('order', ''))}; ratios against {escape(bb.get('baseline', 'fp32'))}."
                   + (f" {escape(bb['note'])}." if bb.get("note") else ""), widths=[3.2, None, None, None, None, None])
         doc.figure(pr.bench_figure(b), "Prefill and decode time as a ratio of the baseline's, same run.",
@@ -633,11 +653,13 @@ def latency_section(doc: Doc, s: Study) -> None:
     if gb and "fp16" in gb["bench"]["table"]:
         t = gb["bench"]["table"]
         f16 = t["fp16"]
-        why.append(f"On the GPU, fp16 decodes a token in {f_ms(f16['decode_ms_per_token']['median'])} ms while "
-                   f"reading its {f_mib(f16['weights_mib'])} MiB of weights at {HBM_BYTES_PER_S / 1e12:.2f} TB/s "
-                   f"would take {decode_floor_ms(f16['weights_mib'] * 2**20):.3f} ms: decode time at this size is kernel "
-                   f"launches and Python, not memory traffic, so fewer bytes cannot help and every extra "
-                   f"dequantize kernel hurts. ")
+        bw = bandwidth(s)
+        if bw is not None:
+            floor = f16["weights_mib"] * 2**20 / bw * 1e3
+            why.append(f"On the GPU, fp16 decodes a token in {f_ms(f16['decode_ms_per_token']['median'])} ms while "
+                       f"reading its {f_mib(f16['weights_mib'])} MiB of weights at {bw / 1e12:.2f} TB/s would take "
+                       f"{floor:.3f} ms: decode time at this size is kernel launches and Python, not memory "
+                       f"traffic, so fewer bytes cannot help and every extra dequantize kernel hurts. ")
         if "bnb-int8" in t:
             why.append(f"LLM.int8() is the slowest ({f_ratio(t['bnb-int8']['decode_ratio'])} fp16's decode time): "
                        f"each matmul also finds outlier columns and runs a second fp16 matmul for them.")
@@ -670,7 +692,7 @@ def fast_table(doc: Doc, b: dict) -> None:
     doc.table(["method", "prefill ms", "decode ms/token", f"vs {base}", "floor ms", "× floor", "peak MiB", "graph",
                "tokens"], rows,
               f"The fast decode path ({escape(b['bench']['fast_path'])}), same run; floor = weight bytes ÷ "
-              f"{HBM_BYTES_PER_S / 1e12:.2f} TB/s; peak = CUDA memory above what was held before the method "
+              f"{b['bench']['hbm_bytes_per_s'] / 1e12:.2f} TB/s; peak = CUDA memory above what was held before the method "
               f"was loaded; tokens = leading greedy tokens equal to the same model's generate().",
               widths=[3.2] + [None] * 8)
     why = [n for n, v in t.items() if v.get("why_no_graph")]

@@ -82,7 +82,7 @@ def fast_bench_table():
     for (n, v), decode_ms, lin, err in zip(table.items(), (0.8, 0.6, 0.9), (240.0, 170.0, 260.0), (None, 4e-4, 5e-4)):
         layer = {"median": lin / 10}
         v.update({"floor_ms": 0.05, "cuda_graph": True, "why_no_graph": None, "tokens_equal_generate": True,
-                  "leading_tokens_equal": 128, "peak_bytes": 2**20, "kernel_max_rel_err": err,
+                  "leading_tokens_equal": 77, "peak_bytes": 2**20, "kernel_max_rel_err": err,
                   "linear_us_per_token": lin,
                   "layers_us": {"graph": True, "attn.c_attn": layer, "attn.c_proj": layer, "mlp.c_fc": layer,
                                 "mlp.c_proj": layer, "lm_head": layer},
@@ -115,13 +115,13 @@ def results_dir(tmp_path, gpt2_dir):
         "bench.json": {"schema_version": 1, "method": {"name": "bnb-bench"}, "model": {"id": "g", "stand_in": "x"},
                        "dataset": {"id": "t"}, "environment": {"device_name": "NVIDIA H100"},
                        "bench": {"table": bench_table(["fp16", "bnb-nf4"]), "baseline": "fp16", "repeats": 3,
-                                 "prefill_tokens": 512, "new_tokens": 128}},
+                                 "prefill_tokens": 333, "prompt_tokens": 11, "new_tokens": 77}},
         "fast.json": {"schema_version": 1, "method": {"name": "gpu-decode-bench"},
                       "model": {"id": "/x/g2", "stand_in": "g2 (stand-in)"}, "dataset": {"id": "t"},
                       "environment": {"device_name": "NVIDIA H100"},
-                      "bench": {"table": fast_bench_table(), "baseline": "fp16", "repeats": 3, "prefill_tokens": 512,
-                                "new_tokens": 128, "fast_path": "static KV cache, CUDA graphs",
-                                "layers_definition": "50 calls per graph"}},
+                      "bench": {"table": fast_bench_table(), "baseline": "fp16", "repeats": 3, "prefill_tokens": 333,
+                                "prompt_tokens": 11, "new_tokens": 77, "fast_path": "static KV cache, CUDA graphs",
+                                "layers_definition": "50 calls per graph", "hbm_bytes_per_s": 1.23e12}},
         "sens.json": record("scratch-int8-per_channel-sensitivity", 20.0, 100.0, sensitivity={
             "baseline_ppl": 20.0, "block": [{"block": "0", "delta_pct": 0.1}, {"block": "1", "delta_pct": -0.02}],
             "component": [{"component": "qkv", "delta_pct": 0.2}]}),

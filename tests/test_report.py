@@ -79,3 +79,14 @@ def test_a_section_without_its_measurements_says_so(tmp_path):
 
 def test_missing_results_folder_is_one_clear_line(cli_error, tmp_path):
     assert "does not exist" in cli_error(br, ["--results", str(tmp_path / "none")])
+
+
+def test_settings_and_bandwidth_are_read_from_the_results_not_typed(built):
+    """The fixture's benches use 1x333 prefill, 77 new tokens after 11, and 1.23 TB/s: numbers
+    the committed results do not have, so text that says them was read from the files."""
+    text = pdf_text(built[0]).replace("\n", " ")
+    assert "Here prefill is one forward pass over 1×333 tokens, decode greedy generation of 77 new tokens " \
+           "after a 11-token prompt" in text
+    assert "Prefill 1×333 tokens; decode 77 new tokens after 11" in text
+    assert "floor = weight bytes ÷ 1.23 TB/s" in text and "at 1.23 TB/s would take" in text
+    assert "512" not in text.split("6. Speed")[1].split("7. ")[0]             # no typed prefill length left

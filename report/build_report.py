@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """The study's PDF report, built only from results/*.json.
 
-    python report/build_report.py                      # results/ -> report/figures/ + report/report.pdf
+    python report/build_report.py         # results/ -> report/figures/ + report/report.pdf
     python report/build_report.py --results DIR --out FILE.pdf --figures DIR
 
 Every number in the report, and every comparison in its text ("NF4 is x% better than
@@ -14,6 +14,7 @@ method names follow them (baseline-fp32, scratch-int8-<scheme>, bnb-<mode>, gguf
 *-bench, nf4-vs-linear-4bit, gguf-inspect). The text is set in DejaVu Sans, which
 matplotlib ships, so no system font is needed.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -25,7 +26,7 @@ from pathlib import Path
 from xml.sax.saxutils import escape
 
 ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:                       # run as a script from anywhere
+if str(ROOT) not in sys.path:  # run as a script from anywhere
     sys.path.insert(0, str(ROOT))
 
 import evaluate as ev  # noqa: E402
@@ -35,6 +36,7 @@ import plot_results as pr  # noqa: E402
 
 # -----------------------------------------------------------------------------
 # Numbers: one format for each kind, so the text and the tables agree
+
 
 def f_ppl(x: float) -> str:
     return f"{x:.4f}"
@@ -67,6 +69,7 @@ def mib(nbytes: int | float | None) -> float | None:
 # -----------------------------------------------------------------------------
 # Reading: which results answer which question
 
+
 def method(rec: dict) -> str:
     return rec["method"]["name"]
 
@@ -94,8 +97,12 @@ class Study:
         self.pushes = by_kind["gguf-push"]
 
     def ppl_groups(self) -> list[tuple]:
-        """Groups of two runs or more whose perplexity means something, largest token count first."""
-        keys = [k for k, rs in self.groups.items() if len(rs) >= 2 and pr.perplexity_means_something(rs[0])]
+        """Groups of two runs or more whose perplexity means something, most tokens first."""
+        keys = [
+            k
+            for k, rs in self.groups.items()
+            if len(rs) >= 2 and pr.perplexity_means_something(rs[0])
+        ]
         return sorted(keys, key=lambda k: (-k[4], -len(self.groups[k])))
 
     def memory_groups(self) -> list[tuple]:
@@ -113,7 +120,9 @@ class Study:
         return {method(r): r for r in self.groups[key]}
 
     def bench(self, name: str, device: str) -> dict | None:
-        return next((r for r in self.benches if method(r) == name and pr.device_kind(r) == device), None)
+        return next(
+            (r for r in self.benches if method(r) == name and pr.device_kind(r) == device), None
+        )
 
 
 def bandwidth(s: "Study", device: str = "cuda") -> float | None:
@@ -132,6 +141,7 @@ def delta(runs: dict[str, dict], name: str, base: str = "baseline-fp32") -> floa
 # -----------------------------------------------------------------------------
 # Typesetting (reportlab): a thin layer so that sections read as text
 
+
 class Doc:
     def __init__(self, figures: Path):
         from reportlab.lib import colors
@@ -141,25 +151,68 @@ class Doc:
         import matplotlib
 
         ttf = Path(matplotlib.get_data_path()) / "fonts" / "ttf"
-        for name, file in [("DejaVu", "DejaVuSans.ttf"), ("DejaVu-Bold", "DejaVuSans-Bold.ttf"),
-                           ("DejaVu-Oblique", "DejaVuSans-Oblique.ttf"), ("DejaVuMono", "DejaVuSansMono.ttf")]:
+        for name, file in [
+            ("DejaVu", "DejaVuSans.ttf"),
+            ("DejaVu-Bold", "DejaVuSans-Bold.ttf"),
+            ("DejaVu-Oblique", "DejaVuSans-Oblique.ttf"),
+            ("DejaVuMono", "DejaVuSansMono.ttf"),
+        ]:
             pdfmetrics.registerFont(TTFont(name, str(ttf / file)))
-        pdfmetrics.registerFontFamily("DejaVu", normal="DejaVu", bold="DejaVu-Bold", italic="DejaVu-Oblique",
-                                      boldItalic="DejaVu-Bold")
+        pdfmetrics.registerFontFamily(
+            "DejaVu",
+            normal="DejaVu",
+            bold="DejaVu-Bold",
+            italic="DejaVu-Oblique",
+            boldItalic="DejaVu-Bold",
+        )
         base = getSampleStyleSheet()
         self.colors = colors
         self.style = {
-            "title": ParagraphStyle("t", parent=base["Title"], fontName="DejaVu-Bold", fontSize=17, leading=21),
-            "h1": ParagraphStyle("h1", parent=base["Heading1"], fontName="DejaVu-Bold", fontSize=13.5,
-                                 leading=17, spaceBefore=10, spaceAfter=5, keepWithNext=1),
-            "h2": ParagraphStyle("h2", parent=base["Heading2"], fontName="DejaVu-Bold", fontSize=11,
-                                 leading=14, spaceBefore=7, spaceAfter=3, keepWithNext=1),
-            "p": ParagraphStyle("p", parent=base["BodyText"], fontName="DejaVu", fontSize=9, leading=12.2,
-                                spaceAfter=4),
-            "small": ParagraphStyle("s", parent=base["BodyText"], fontName="DejaVu", fontSize=7.5, leading=9.5,
-                                    textColor=colors.HexColor("#444444")),
-            "cell": ParagraphStyle("c", parent=base["BodyText"], fontName="DejaVu", fontSize=7.3, leading=8.8),
-            "mono": ParagraphStyle("m", parent=base["Code"], fontName="DejaVuMono", fontSize=7, leading=8.6),
+            "title": ParagraphStyle(
+                "t", parent=base["Title"], fontName="DejaVu-Bold", fontSize=17, leading=21
+            ),
+            "h1": ParagraphStyle(
+                "h1",
+                parent=base["Heading1"],
+                fontName="DejaVu-Bold",
+                fontSize=13.5,
+                leading=17,
+                spaceBefore=10,
+                spaceAfter=5,
+                keepWithNext=1,
+            ),
+            "h2": ParagraphStyle(
+                "h2",
+                parent=base["Heading2"],
+                fontName="DejaVu-Bold",
+                fontSize=11,
+                leading=14,
+                spaceBefore=7,
+                spaceAfter=3,
+                keepWithNext=1,
+            ),
+            "p": ParagraphStyle(
+                "p",
+                parent=base["BodyText"],
+                fontName="DejaVu",
+                fontSize=9,
+                leading=12.2,
+                spaceAfter=4,
+            ),
+            "small": ParagraphStyle(
+                "s",
+                parent=base["BodyText"],
+                fontName="DejaVu",
+                fontSize=7.5,
+                leading=9.5,
+                textColor=colors.HexColor("#444444"),
+            ),
+            "cell": ParagraphStyle(
+                "c", parent=base["BodyText"], fontName="DejaVu", fontSize=7.3, leading=8.8
+            ),
+            "mono": ParagraphStyle(
+                "m", parent=base["Code"], fontName="DejaVuMono", fontSize=7, leading=8.6
+            ),
         }
         self.figures = figures
         self.story: list = []
@@ -175,46 +228,87 @@ class Doc:
     def _heading(self, text: str, style: str) -> None:
         from reportlab.lib.units import cm
         from reportlab.platypus import CondPageBreak, Paragraph
-        self.story += [CondPageBreak(6 * cm), Paragraph(escape(text), self.style[style])]   # no orphan heading
+
+        self.story += [
+            CondPageBreak(6 * cm),
+            Paragraph(escape(text), self.style[style]),
+        ]  # no orphan heading
 
     def p(self, markup: str, style: str = "p") -> None:
         """A paragraph; markup may use <b>, <i>; plain text from files must go through escape()."""
         from reportlab.platypus import Paragraph
+
         self.story.append(Paragraph(markup, self.style[style]))
 
     def bullets(self, items: list[str]) -> None:
         from reportlab.platypus import ListFlowable, ListItem, Paragraph
-        self.story.append(ListFlowable([ListItem(Paragraph(t, self.style["p"]), leftIndent=10) for t in items],
-                                       bulletType="bullet", start="•", leftIndent=10, bulletFontName="DejaVu"))
 
-    def table(self, header: list[str], rows: list[list[str]], caption: str,
-              widths: list[float | None] | None = None) -> None:
-        """A table; a column with a width in cm wraps its text, a column of None sizes to its content."""
+        self.story.append(
+            ListFlowable(
+                [ListItem(Paragraph(t, self.style["p"]), leftIndent=10) for t in items],
+                bulletType="bullet",
+                start="•",
+                leftIndent=10,
+                bulletFontName="DejaVu",
+            )
+        )
+
+    def table(
+        self,
+        header: list[str],
+        rows: list[list[str]],
+        caption: str,
+        widths: list[float | None] | None = None,
+    ) -> None:
+        """A table; a column with a width in cm wraps its text, one of None fits its content."""
         from reportlab.lib.units import cm
         from reportlab.platypus import KeepTogether, Paragraph, Spacer, Table, TableStyle
+
         c = self.colors
         cell = self.style["cell"]
         widths = widths or [None] * len(header)
         wrap = [w is not None for w in widths]
-        data = [[Paragraph(f"<b>{escape(h)}</b>", cell) if wrap[i] else h for i, h in enumerate(header)]]
-        data += [[Paragraph(escape(str(v)), cell) if wrap[i] else str(v) for i, v in enumerate(row)] for row in rows]
-        t = Table(data, colWidths=[w * cm if w else None for w in widths], repeatRows=1, hAlign="LEFT")
-        t.setStyle(TableStyle([
-            ("FONTNAME", (0, 0), (-1, -1), "DejaVu"), ("FONTSIZE", (0, 0), (-1, -1), 7.3),
-            ("FONTNAME", (0, 0), (-1, 0), "DejaVu-Bold"),
-            ("LINEABOVE", (0, 0), (-1, 0), 0.8, c.black), ("LINEBELOW", (0, 0), (-1, 0), 0.5, c.black),
-            ("LINEBELOW", (0, -1), (-1, -1), 0.8, c.black),
-            ("ROWBACKGROUNDS", (0, 1), (-1, -1), [c.white, c.HexColor("#f2f2f2")]),
-            ("VALIGN", (0, 0), (-1, -1), "TOP"), ("TOPPADDING", (0, 0), (-1, -1), 1.5),
-            ("BOTTOMPADDING", (0, 0), (-1, -1), 1.5), ("LEFTPADDING", (0, 0), (-1, -1), 4),
-            ("RIGHTPADDING", (0, 0), (-1, -1), 4)]))
+        data = [
+            [
+                Paragraph(f"<b>{escape(h)}</b>", cell) if wrap[i] else h
+                for i, h in enumerate(header)
+            ]
+        ]
+        data += [
+            [Paragraph(escape(str(v)), cell) if wrap[i] else str(v) for i, v in enumerate(row)]
+            for row in rows
+        ]
+        t = Table(
+            data, colWidths=[w * cm if w else None for w in widths], repeatRows=1, hAlign="LEFT"
+        )
+        t.setStyle(
+            TableStyle(
+                [
+                    ("FONTNAME", (0, 0), (-1, -1), "DejaVu"),
+                    ("FONTSIZE", (0, 0), (-1, -1), 7.3),
+                    ("FONTNAME", (0, 0), (-1, 0), "DejaVu-Bold"),
+                    ("LINEABOVE", (0, 0), (-1, 0), 0.8, c.black),
+                    ("LINEBELOW", (0, 0), (-1, 0), 0.5, c.black),
+                    ("LINEBELOW", (0, -1), (-1, -1), 0.8, c.black),
+                    ("ROWBACKGROUNDS", (0, 1), (-1, -1), [c.white, c.HexColor("#f2f2f2")]),
+                    ("VALIGN", (0, 0), (-1, -1), "TOP"),
+                    ("TOPPADDING", (0, 0), (-1, -1), 1.5),
+                    ("BOTTOMPADDING", (0, 0), (-1, -1), 1.5),
+                    ("LEFTPADDING", (0, 0), (-1, -1), 4),
+                    ("RIGHTPADDING", (0, 0), (-1, -1), 4),
+                ]
+            )
+        )
         self.n_tab += 1
         cap = Paragraph(f"<b>Table {self.n_tab}.</b> {caption}", self.style["small"])
-        self.story.append(KeepTogether([cap, Spacer(1, 2), t, Spacer(1, 6)]) if len(rows) < 25 else t)
+        self.story.append(
+            KeepTogether([cap, Spacer(1, 2), t, Spacer(1, 6)]) if len(rows) < 25 else t
+        )
 
     def figure(self, name: str, caption: str, max_height_cm: float = 9.5) -> bool:
         from reportlab.lib.units import cm
         from reportlab.platypus import Image, KeepTogether, Paragraph, Spacer
+
         path = self.figures / name
         if not path.exists():
             return False
@@ -222,9 +316,19 @@ class Doc:
         scale = min(16.5 * cm / img.imageWidth, max_height_cm * cm / img.imageHeight)
         img.drawWidth, img.drawHeight = img.imageWidth * scale, img.imageHeight * scale
         self.n_fig += 1
-        self.story.append(KeepTogether([img, Paragraph(f"<b>Figure {self.n_fig}.</b> {caption} "
-                                                       f"<i>(report/figures/{escape(name)})</i>",
-                                                       self.style["small"]), Spacer(1, 8)]))
+        self.story.append(
+            KeepTogether(
+                [
+                    img,
+                    Paragraph(
+                        f"<b>Figure {self.n_fig}.</b> {caption} "
+                        f"<i>(report/figures/{escape(name)})</i>",
+                        self.style["small"],
+                    ),
+                    Spacer(1, 8),
+                ]
+            )
+        )
         return True
 
     def build(self, out: Path, title: str) -> None:
@@ -241,10 +345,17 @@ class Doc:
 
         tmp = out.with_name(out.name + ".tmp")
         try:
-            SimpleDocTemplate(str(tmp), pagesize=A4, leftMargin=2 * cm, rightMargin=2 * cm, topMargin=1.8 * cm,
-                              bottomMargin=1.8 * cm, title=title, author="report/build_report.py").build(
-                self.story, onFirstPage=footer, onLaterPages=footer)
-            tmp.replace(out)                              # a half-written PDF never replaces a good one
+            SimpleDocTemplate(
+                str(tmp),
+                pagesize=A4,
+                leftMargin=2 * cm,
+                rightMargin=2 * cm,
+                topMargin=1.8 * cm,
+                bottomMargin=1.8 * cm,
+                title=title,
+                author="report/build_report.py",
+            ).build(self.story, onFirstPage=footer, onLaterPages=footer)
+            tmp.replace(out)  # a half-written PDF never replaces a good one
         finally:
             tmp.unlink(missing_ok=True)
 
@@ -280,29 +391,44 @@ def describe(name: str) -> str:
 
 def title_block(doc: Doc, s: Study, results: Path) -> None:
     stamps = sorted(r["timestamp"] for r in s.records if r.get("timestamp"))
-    doc.p("What weight quantization does to a small language model: memory, speed and perplexity",
-          "title")
+    doc.p(
+        "What weight quantization does to a small language model: memory, speed and perplexity",
+        "title",
+    )
     commit = git_commit()
-    doc.p(f"Built {dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC by "
-          f"<i>report/build_report.py</i> from {len(s.records)} results files in "
-          f"<i>{escape(str(results))}</i>"
-          + (f" (measured {stamps[0][:10]} to {stamps[-1][:10]})" if stamps else "")
-          + (f", code at commit {commit}" if commit else "") + ". Every number below is read or "
-                                                               "computed from those files.", "small")
-    notes = sorted({r["model"]["stand_in"] for r in s.records if r.get("model", {}).get("stand_in")}
-                   | {r["stand_in"] for r in s.records if r.get("stand_in")})
+    doc.p(
+        f"Built {dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC by "
+        f"<i>report/build_report.py</i> from {len(s.records)} results files in "
+        f"<i>{escape(str(results))}</i>"
+        + (f" (measured {stamps[0][:10]} to {stamps[-1][:10]})" if stamps else "")
+        + (f", code at commit {commit}" if commit else "")
+        + ". Every number below is read or "
+        "computed from those files.",
+        "small",
+    )
+    notes = sorted(
+        {r["model"]["stand_in"] for r in s.records if r.get("model", {}).get("stand_in")}
+        | {r["stand_in"] for r in s.records if r.get("stand_in")}
+    )
     if notes:
-        doc.p("<b>Stand-in models.</b> This machine could not reach the Hugging Face Hub, so the "
-              "numbers below come from stand-ins, named wherever their numbers appear: " +
-              "; ".join(f"<i>{escape(n)}</i>" for n in notes) +
-              ". The README says how to rerun everything with <i>gpt2</i> where the Hub is "
-              "reachable.")
+        doc.p(
+            "<b>Stand-in models.</b> This machine could not reach the Hugging Face Hub, so the "
+            "numbers below come from stand-ins, named wherever their numbers appear: "
+            + "; ".join(f"<i>{escape(n)}</i>" for n in notes)
+            + ". The README says how to rerun everything with <i>gpt2</i> where the Hub is "
+            "reachable."
+        )
 
 
 def git_commit() -> str | None:
     try:
-        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True,
-                             timeout=10)
+        out = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=10,
+        )
         return out.stdout.strip() or None
     except (OSError, subprocess.SubprocessError):
         return None
@@ -322,54 +448,80 @@ def key_findings(doc: Doc, s: Study) -> None:
             f"({f_ratio(base['memory']['weights_mib'] / q['memory']['weights_mib'])} smaller) and "
             f"moves perplexity by {f_pct(delta(r, 'scratch-int8-per_channel'))} "
             f"({f_ppl(base['perplexity']['ppl'])} → {f_ppl(q['perplexity']['ppl'])}; "
-            f"{escape(group_label(g))}).")
-        best = min((n for n in r if n.startswith("scratch-int8") and not n.startswith("scratch-int8-per_channel-")),
-                   key=lambda n: r[n]["perplexity"]["ppl"])
+            f"{escape(group_label(g))})."
+        )
+        best = min(
+            (
+                n
+                for n in r
+                if n.startswith("scratch-int8") and not n.startswith("scratch-int8-per_channel-")
+            ),
+            key=lambda n: r[n]["perplexity"]["ppl"],
+        )
         if best != "scratch-int8-per_channel":
-            items.append(f"The best whole-model Part 1 INT8 scheme is <i>{escape(best)}</i> at "
-                         f"{f_pct(delta(r, best))}; per-tensor scaling costs "
-                         f"{f_pct(delta(r, 'scratch-int8-per_tensor'))}."
-                         if "scratch-int8-per_tensor" in r else
-                         f"The best whole-model Part 1 INT8 scheme is <i>{escape(best)}</i> at "
-                         f"{f_pct(delta(r, best))}.")
+            items.append(
+                f"The best whole-model Part 1 INT8 scheme is <i>{escape(best)}</i> at "
+                f"{f_pct(delta(r, best))}; per-tensor scaling costs "
+                f"{f_pct(delta(r, 'scratch-int8-per_tensor'))}."
+                if "scratch-int8-per_tensor" in r
+                else f"The best whole-model Part 1 INT8 scheme is <i>{escape(best)}</i> at "
+                f"{f_pct(delta(r, best))}."
+            )
     g = s.find_group("bnb-nf4", "bnb-fp4")
     if g:
         r = s.runs(g)
         nf4, fp4 = r["bnb-nf4"]["perplexity"]["ppl"], r["bnb-fp4"]["perplexity"]["ppl"]
-        text = ("<b>4-bit: NF4 against linear.</b> At the same size, NF4's perplexity is "
-                f"{-pct_change(nf4, fp4):.1f}% lower than FP4's ({f_ppl(nf4)} against "
-                f"{f_ppl(fp4)})")
+        text = (
+            "<b>4-bit: NF4 against linear.</b> At the same size, NF4's perplexity is "
+            f"{-pct_change(nf4, fp4):.1f}% lower than FP4's ({f_ppl(nf4)} against "
+            f"{f_ppl(fp4)})"
+        )
         if "scratch-int4-int4" in r:
             i4 = r["scratch-int4-int4"]["perplexity"]["ppl"]
             text += f" and {-pct_change(nf4, i4):.1f}% lower than linear int4's ({f_ppl(i4)})"
-        items.append(text + f"; fp32 is {f_ppl(r['baseline-fp32']['perplexity']['ppl'])} "
-                     f"({escape(group_label(g))}).")
+        items.append(
+            text + f"; fp32 is {f_ppl(r['baseline-fp32']['perplexity']['ppl'])} "
+            f"({escape(group_label(g))})."
+        )
     if s.compare:
         m = s.compare["compare"]["mean_rel_mse"]
         if "bnb-nf4" in m and "bnb-fp4" in m:
-            items.append("Per weight, NF4's mean relative reconstruction error "
-                         f"({m['bnb-nf4']:.2e}) is {f_ratio(m['bnb-fp4'] / m['bnb-nf4'])} smaller "
-                         f"than FP4's ({m['bnb-fp4']:.2e})"
-                         + (f" and {f_ratio(m['scratch-int4'] / m['bnb-nf4'])} smaller than "
-                            "linear int4's"
-                            if "scratch-int4" in m else "") + ".")
+            items.append(
+                "Per weight, NF4's mean relative reconstruction error "
+                f"({m['bnb-nf4']:.2e}) is {f_ratio(m['bnb-fp4'] / m['bnb-nf4'])} smaller "
+                f"than FP4's ({m['bnb-fp4']:.2e})"
+                + (
+                    f" and {f_ratio(m['scratch-int4'] / m['bnb-nf4'])} smaller than linear int4's"
+                    if "scratch-int4" in m
+                    else ""
+                )
+                + "."
+            )
     b = s.bench("bnb-bench", "cuda")
     if b:
         t, base = b["bench"]["table"], b["bench"].get("baseline", "fp16")
         q = {n: v for n, v in t.items() if n not in ("fp32", "fp16")}
         if q and base in t:
-            lo, hi = min(v["decode_ratio"] for v in q.values()), max(v["decode_ratio"] for v in q.values())
+            lo, hi = (
+                min(v["decode_ratio"] for v in q.values()),
+                max(v["decode_ratio"] for v in q.values()),
+            )
             slower = sum(v["decode_ratio"] > 1 for v in q.values())
             bw = bandwidth(s)
             base_ms = t[base]["decode_ms_per_token"]["median"]
             floor = None if bw is None else t[base]["weights_mib"] * 2**20 / bw * 1e3
-            items.append(f"<b>Speed.</b> On the {escape(pr.device_of(b))}, with Hugging Face "
-                         f"generate, {slower} of {len(q)} quantized models decode slower than "
-                         f"{base}: {f_ratio(lo)} to {f_ratio(hi)} its time per token "
-                         f"({model_label(b)}). {base} itself takes {f_ms(base_ms)} ms per token"
-                         + ("." if floor is None else
-                            f", {base_ms / floor:.0f}× the time needed to read its weights once "
-                            "from memory: at this size decoding is overhead, not bytes."))
+            items.append(
+                f"<b>Speed.</b> On the {escape(pr.device_of(b))}, with Hugging Face "
+                f"generate, {slower} of {len(q)} quantized models decode slower than "
+                f"{base}: {f_ratio(lo)} to {f_ratio(hi)} its time per token "
+                f"({model_label(b)}). {base} itself takes {f_ms(base_ms)} ms per token"
+                + (
+                    "."
+                    if floor is None
+                    else f", {base_ms / floor:.0f}× the time needed to read its weights once "
+                    "from memory: at this size decoding is overhead, not bytes."
+                )
+            )
     fast = next((r for r in s.benches if "fast_path" in r["bench"]), None)
     if fast:
         items.append(gpu_fast_summary(fast))
@@ -378,12 +530,14 @@ def key_findings(doc: Doc, s: Study) -> None:
         r = s.runs(g)
         ggufs = [n for n in r if n.startswith("gguf-")]
         smallest = min(ggufs, key=lambda n: r[n]["memory"]["disk_mib"] or 1e18)
-        items.append("<b>GGUF.</b> llama.cpp's Q8_0 file is "
-                     f"{f_mib(r['gguf-q8_0']['memory']['disk_mib'])} MiB at "
-                     f"{f_pct(delta(r, 'gguf-q8_0'))} perplexity; the smallest file, "
-                     f"{escape(smallest[5:].upper())}, is "
-                     f"{f_mib(r[smallest]['memory']['disk_mib'])} MiB at "
-                     f"{f_pct(delta(r, smallest))} ({escape(group_label(g))}).")
+        items.append(
+            "<b>GGUF.</b> llama.cpp's Q8_0 file is "
+            f"{f_mib(r['gguf-q8_0']['memory']['disk_mib'])} MiB at "
+            f"{f_pct(delta(r, 'gguf-q8_0'))} perplexity; the smallest file, "
+            f"{escape(smallest[5:].upper())}, is "
+            f"{f_mib(r[smallest]['memory']['disk_mib'])} MiB at "
+            f"{f_pct(delta(r, smallest))} ({escape(group_label(g))})."
+        )
     if not items:
         items.append("No comparable perplexity runs in these results.")
     doc.bullets(items)
@@ -391,73 +545,130 @@ def key_findings(doc: Doc, s: Study) -> None:
 
 def methodology(doc: Doc, s: Study) -> None:
     doc.h1("2. Method")
-    doc.p("<b>Perplexity</b> is corpus-level and token-weighted: the test text is joined and "
-          "tokenized once, scored in windows of L tokens that advance by a stride S, each window "
-          "scoring only the tokens the previous one did not, and perplexity = exp(sum of token "
-          "NLL / tokens scored). Every method, the baseline and llama.cpp included, goes through "
-          "the same <i>evaluate.perplexity()</i> with the same tokens and windows. <b>Memory</b> "
-          "is the bytes the weights really occupy in memory (int8 and packed 4-bit codes, their "
-          "scales and zero points, and what stays in full precision), plus the peak device memory "
-          "of the run (CUDA max allocated, or the rise in peak RSS on a CPU) and the size on disk "
-          "(save_pretrained, or the GGUF file). <b>Latency</b> is synchronized, warmed up and "
-          "repeated; a table gives medians with p10–p90. Speed is compared only as ratios taken "
-          "side by side in one run, with the methods timed in turn (round robin).")
+    doc.p(
+        "<b>Perplexity</b> is corpus-level and token-weighted: the test text is joined and "
+        "tokenized once, scored in windows of L tokens that advance by a stride S, each window "
+        "scoring only the tokens the previous one did not, and perplexity = exp(sum of token "
+        "NLL / tokens scored). Every method, the baseline and llama.cpp included, goes through "
+        "the same <i>evaluate.perplexity()</i> with the same tokens and windows. <b>Memory</b> "
+        "is the bytes the weights really occupy in memory (int8 and packed 4-bit codes, their "
+        "scales and zero points, and what stays in full precision), plus the peak device memory "
+        "of the run (CUDA max allocated, or the rise in peak RSS on a CPU) and the size on disk "
+        "(save_pretrained, or the GGUF file). <b>Latency</b> is synchronized, warmed up and "
+        "repeated; a table gives medians with p10–p90. Speed is compared only as ratios taken "
+        "side by side in one run, with the methods timed in turn (round robin)."
+    )
     rows = []
     for k in s.memory_groups():
         rs = s.groups[k]
         d = rs[0]["dataset"]
         trunc = "yes: first " + f"{d['max_tokens']:,}" if d.get("truncated") else "no (whole text)"
-        rows.append([model_label(rs[0]), k[1], d.get("sha256", "?")[:10], f"{k[2]} / {k[3]}", f"{k[4]:,}",
-                     str(rs[0]["perplexity"].get("n_windows", "?")), trunc, k[5], str(len(rs))])
+        rows.append(
+            [
+                model_label(rs[0]),
+                k[1],
+                d.get("sha256", "?")[:10],
+                f"{k[2]} / {k[3]}",
+                f"{k[4]:,}",
+                str(rs[0]["perplexity"].get("n_windows", "?")),
+                trunc,
+                k[5],
+                str(len(rs)),
+            ]
+        )
     if rows:
-        doc.table(["model", "text", "sha256", "L / S", "tokens scored", "windows", "token budget", "device", "runs"],
-                  rows, "Every group of comparable runs: same model, text, windows, tokens and "
-                        "device.",
-                  widths=[2.3, 2.2, 1.7, 1.4, 1.4, 1.1, 2.1, 3.8, 0.9])
-    names = sorted({method(r) for rs in s.groups.values() for r in rs}, key=lambda n: (not n.startswith("base"), n))
-    doc.table(["method", "what it is"], [[n, describe(n)] for n in names],
-              "The methods, as named in every table and figure.", widths=[6.5, None])
+        doc.table(
+            [
+                "model",
+                "text",
+                "sha256",
+                "L / S",
+                "tokens scored",
+                "windows",
+                "token budget",
+                "device",
+                "runs",
+            ],
+            rows,
+            "Every group of comparable runs: same model, text, windows, tokens and device.",
+            widths=[2.3, 2.2, 1.7, 1.4, 1.4, 1.1, 2.1, 3.8, 0.9],
+        )
+    names = sorted(
+        {method(r) for rs in s.groups.values() for r in rs},
+        key=lambda n: (not n.startswith("base"), n),
+    )
+    doc.table(
+        ["method", "what it is"],
+        [[n, describe(n)] for n in names],
+        "The methods, as named in every table and figure.",
+        widths=[6.5, None],
+    )
     for k in s.memory_groups():
         r0 = s.groups[k][0]
         if not pr.perplexity_means_something(r0):
-            doc.p(f"<i>{escape(model_label(r0))}</i> has random weights: its runs give memory "
-                  "(and, in benches, latency) with GPT-2's exact shapes; its perplexity means "
-                  "nothing and is not shown.")
+            doc.p(
+                f"<i>{escape(model_label(r0))}</i> has random weights: its runs give memory "
+                "(and, in benches, latency) with GPT-2's exact shapes; its perplexity means "
+                "nothing and is not shown."
+            )
             break
     envs = {}
     for r in s.records:
         e = r.get("environment", {})
         if e:
             v = e.get("versions", {})
-            envs.setdefault(e.get("device_name", "?"), (e.get("cpu_count"), v.get("torch"), v.get("transformers"),
-                                                        v.get("bitsandbytes"), v.get("llama_cpp_python")))
+            envs.setdefault(
+                e.get("device_name", "?"),
+                (
+                    e.get("cpu_count"),
+                    v.get("torch"),
+                    v.get("transformers"),
+                    v.get("bitsandbytes"),
+                    v.get("llama_cpp_python"),
+                ),
+            )
     if envs:
-        doc.table(["device", "CPU cores", "torch", "transformers", "bitsandbytes", "llama-cpp-python"],
-                  [[d, *(str(x) if x is not None else "–" for x in vals)] for d, vals in sorted(envs.items())],
-                  "Devices and library versions, as recorded in the results files.",
-                  widths=[4.8, None, None, None, None, None])
-    budgets = sorted({r["dataset"]["max_tokens"] for r in s.records
-                      if isinstance(r.get("dataset"), dict) and r["dataset"].get("truncated")})
+        doc.table(
+            ["device", "CPU cores", "torch", "transformers", "bitsandbytes", "llama-cpp-python"],
+            [
+                [d, *(str(x) if x is not None else "–" for x in vals)]
+                for d, vals in sorted(envs.items())
+            ],
+            "Devices and library versions, as recorded in the results files.",
+            widths=[4.8, None, None, None, None, None],
+        )
+    budgets = sorted(
+        {
+            r["dataset"]["max_tokens"]
+            for r in s.records
+            if isinstance(r.get("dataset"), dict) and r["dataset"].get("truncated")
+        }
+    )
     if budgets:
-        doc.p("<b>Reductions.</b> Runs on the CPU score only a prefix of the test text (a token "
-              "budget of "
-              + ", ".join(f"{b:,}" for b in budgets) + " tokens, as recorded in each file), so "
-                                                       "that the whole study finishes on a CPU in "
-                                                       "about an hour; their perplexities are "
-                                                       "compared only with each other, never with "
-                                                       "full-text runs.")
+        doc.p(
+            "<b>Reductions.</b> Runs on the CPU score only a prefix of the test text (a token "
+            "budget of "
+            + ", ".join(f"{b:,}" for b in budgets)
+            + " tokens, as recorded in each file), so "
+            "that the whole study finishes on a CPU in "
+            "about an hour; their perplexities are "
+            "compared only with each other, never with "
+            "full-text runs."
+        )
 
 
 def memory_ppl_tables(doc: Doc, s: Study) -> None:
     doc.h1("3. Memory and perplexity, before and after each scheme")
-    doc.p("Why the sizes change: an INT8 weight takes 1 byte instead of 4 (fp32) or 2 (fp16), a "
-          "4-bit weight half a byte; each scheme adds its scales (one float per output channel, "
-          "or per block of 64) and keeps some tensors in full precision: norms and biases "
-          "everywhere, and in bitsandbytes the embeddings and the output layer too. The columns "
-          "below split every model's bytes that way. Why perplexity changes: rounding every "
-          "weight to one of 256 (8-bit) or 16 (4-bit) levels adds an error proportional to the "
-          "step between levels; a scale per small group keeps the step small, one scale for a "
-          "whole matrix lets a single large weight stretch it.")
+    doc.p(
+        "Why the sizes change: an INT8 weight takes 1 byte instead of 4 (fp32) or 2 (fp16), a "
+        "4-bit weight half a byte; each scheme adds its scales (one float per output channel, "
+        "or per block of 64) and keeps some tensors in full precision: norms and biases "
+        "everywhere, and in bitsandbytes the embeddings and the output layer too. The columns "
+        "below split every model's bytes that way. Why perplexity changes: rounding every "
+        "weight to one of 256 (8-bit) or 16 (4-bit) levels adds an error proportional to the "
+        "step between levels; a scale per small group keeps the step small, one scale for a "
+        "whole matrix lets a single large weight stretch it."
+    )
     for k in s.memory_groups():
         rs = s.groups[k]
         meaningful = pr.perplexity_means_something(rs[0])
@@ -465,9 +676,15 @@ def memory_ppl_tables(doc: Doc, s: Study) -> None:
         rows = []
         for r in rs:
             m, q = r["memory"], r.get("quantization") or {}
-            row = [method(r), f_mib(m["weights_mib"]),
-                   f_mib(mib(q.get("quantized_weights"))), f_mib(mib(q.get("scales_and_zero_points"))),
-                   f_mib(mib(q.get("full_precision"))), f_mib(m.get("disk_mib")), f_mib(m.get("peak_mib"))]
+            row = [
+                method(r),
+                f_mib(m["weights_mib"]),
+                f_mib(mib(q.get("quantized_weights"))),
+                f_mib(mib(q.get("scales_and_zero_points"))),
+                f_mib(mib(q.get("full_precision"))),
+                f_mib(m.get("disk_mib")),
+                f_mib(m.get("peak_mib")),
+            ]
             if meaningful:
                 ppl = r["perplexity"]["ppl"]
                 row += [f_ppl(ppl), f_pct(pct_change(ppl, base)) if base else "–"]
@@ -478,14 +695,22 @@ def memory_ppl_tables(doc: Doc, s: Study) -> None:
             head += ["perplexity", "vs fp32"]
             widths += [None, None]
         doc.h2(group_label(k))
-        doc.table(head, rows, f"{escape(model_label(rs[0]))}, all sizes in MiB: the weights in "
-                              "memory, split into quantized codes, scales/zero points and "
-                              "full-precision tensors; the size on disk and the peak device "
-                              "memory of the same run.", widths)
+        doc.table(
+            head,
+            rows,
+            f"{escape(model_label(rs[0]))}, all sizes in MiB: the weights in "
+            "memory, split into quantized codes, scales/zero points and "
+            "full-precision tensors; the size on disk and the peak device "
+            "memory of the same run.",
+            widths,
+        )
         names = pr.group_figures(k)
         if meaningful:
-            doc.figure(names["pareto"], "Memory against perplexity; the dashed line joins the "
-                                        "runs no other run beats on both.")
+            doc.figure(
+                names["pareto"],
+                "Memory against perplexity; the dashed line joins the "
+                "runs no other run beats on both.",
+            )
         else:
             doc.figure(names["memory"], "Weight memory by method.", max_height_cm=7)
 
@@ -500,22 +725,31 @@ def selective(doc: Doc, s: Study) -> None:
     sel = [n for n in r if n.startswith("scratch-int8-per_channel-")]
     whole = r["scratch-int8-per_channel"]
     fp32 = r["baseline-fp32"]["memory"]["weights_mib"]
-    emb = ("the tied embedding/output matrix" if whole["method"]["settings"].get("tied_output")
-           else "the embeddings")
-    text = (f"Quantizing every block linear and {emb} to INT8 (per channel) takes "
-            f"the weights from {f_mib(fp32)} to {f_mib(whole['memory']['weights_mib'])} MiB at "
-            f"{f_pct(delta(r, 'scratch-int8-per_channel'))} perplexity.")
+    emb = (
+        "the tied embedding/output matrix"
+        if whole["method"]["settings"].get("tied_output")
+        else "the embeddings"
+    )
+    text = (
+        f"Quantizing every block linear and {emb} to INT8 (per channel) takes "
+        f"the weights from {f_mib(fp32)} to {f_mib(whole['memory']['weights_mib'])} MiB at "
+        f"{f_pct(delta(r, 'scratch-int8-per_channel'))} perplexity."
+    )
     for n in sel:
         st = r[n]["method"]["settings"]
         saved = fp32 - r[n]["memory"]["weights_mib"]
-        text += (f" Quantizing only blocks {', '.join(map(str, st.get('blocks') or []))} "
-                 f"({', '.join(st.get('components') or [])}) costs {f_pct(delta(r, n))} but saves "
-                 f"only {f_mib(saved)} MiB "
-                 f"({100 * saved / (fp32 - whole['memory']['weights_mib']):.1f}% of what the "
-                 "whole model saves).")
-    doc.p(text + " Selective quantization is how to trade: keep the parts that hurt most in full "
-                 "precision and quantize the rest; the sensitivity scan below says which parts "
-                 "those are.")
+        text += (
+            f" Quantizing only blocks {', '.join(map(str, st.get('blocks') or []))} "
+            f"({', '.join(st.get('components') or [])}) costs {f_pct(delta(r, n))} but saves "
+            f"only {f_mib(saved)} MiB "
+            f"({100 * saved / (fp32 - whole['memory']['weights_mib']):.1f}% of what the "
+            "whole model saves)."
+        )
+    doc.p(
+        text + " Selective quantization is how to trade: keep the parts that hurt most in full "
+        "precision and quantize the rest; the sensitivity scan below says which parts "
+        "those are."
+    )
     sens = s.sensitivity
     if not sens:
         return
@@ -528,89 +762,127 @@ def selective(doc: Doc, s: Study) -> None:
     small = sum(abs(b["delta_pct"]) < 0.02 for b in sv["block"])
     neg = sum(b["delta_pct"] < 0 for b in sv["block"])
     doc.h2("Sensitivity: one block, or one component type, at a time")
-    doc.p(f"Each of the {len(sv['block'])} blocks was quantized alone (INT8, "
-          f"{escape(sens['method']['settings'].get('scheme', ''))}), then each component type in "
-          f"every block, against a base perplexity of {f_ppl(sv['baseline_ppl'])} "
-          f"({escape(model_label(sens))}, L={p['max_length']} S={p['stride']}, "
-          f"{p['n_tokens_scored']:,} tokens, {escape(pr.device_of(sens))}). The most sensitive "
-          f"blocks are {', '.join(b['block'] for b in blocks[:3])} "
-          f"({', '.join(f_pct(b['delta_pct']) for b in blocks[:3])}); together they carry "
-          f"{top3:.3f} of the {total:.3f} percentage points that the per-block changes add up to. "
-          f"{small} of {len(sv['block'])} blocks move perplexity by less than 0.02%, and {neg} "
-          "lower it: at INT8 most single blocks are within the noise of rounding. By component, "
-          f"{escape(comps[0]['component'])} is the most sensitive ({f_pct(comps[0]['delta_pct'])} "
-          f"over {comps[0].get('n_modules', '?')} modules) and {escape(comps[-1]['component'])} "
-          f"the least ({f_pct(comps[-1]['delta_pct'])}).")
-    doc.figure(pr.sensitivity_figure(sens), "Perplexity change with one block (left) or one "
-                                            "component type in every block (right) quantized to "
-                                            "INT8.")
+    doc.p(
+        f"Each of the {len(sv['block'])} blocks was quantized alone (INT8, "
+        f"{escape(sens['method']['settings'].get('scheme', ''))}), then each component type in "
+        f"every block, against a base perplexity of {f_ppl(sv['baseline_ppl'])} "
+        f"({escape(model_label(sens))}, L={p['max_length']} S={p['stride']}, "
+        f"{p['n_tokens_scored']:,} tokens, {escape(pr.device_of(sens))}). The most sensitive "
+        f"blocks are {', '.join(b['block'] for b in blocks[:3])} "
+        f"({', '.join(f_pct(b['delta_pct']) for b in blocks[:3])}); together they carry "
+        f"{top3:.3f} of the {total:.3f} percentage points that the per-block changes add up to. "
+        f"{small} of {len(sv['block'])} blocks move perplexity by less than 0.02%, and {neg} "
+        "lower it: at INT8 most single blocks are within the noise of rounding. By component, "
+        f"{escape(comps[0]['component'])} is the most sensitive ({f_pct(comps[0]['delta_pct'])} "
+        f"over {comps[0].get('n_modules', '?')} modules) and {escape(comps[-1]['component'])} "
+        f"the least ({f_pct(comps[-1]['delta_pct'])})."
+    )
+    doc.figure(
+        pr.sensitivity_figure(sens),
+        "Perplexity change with one block (left) or one "
+        "component type in every block (right) quantized to "
+        "INT8.",
+    )
 
 
 def nf4_section(doc: Doc, s: Study) -> None:
     doc.h1("5. NF4 against linear 4-bit (Part 2)")
-    doc.p("<b>What NF4 is.</b> Linear (uniform) 4-bit quantization divides each block of 64 "
-          "weights by its largest magnitude (absmax) and rounds to 16 evenly spaced levels in "
-          "[-1, 1]. NF4 keeps the same absmax scale but puts its 16 levels at quantiles of a "
-          "normal distribution, so that each level is used about equally often by normally "
-          "distributed weights: the levels are dense near zero, where most weights are, and "
-          "sparse in the tails. The scale is the same; what differs is the spacing of the levels "
-          "it multiplies. FP4 is bitsandbytes' other 4-bit format, a tiny float (sign, exponent, "
-          "mantissa): its levels are spaced by powers of two, denser near zero than uniform but "
-          "not matched to the weights. Double quantization stores the absmax of each block itself "
-          "in 8 bits (with a second scale per 256 blocks) instead of 32.")
+    doc.p(
+        "<b>What NF4 is.</b> Linear (uniform) 4-bit quantization divides each block of 64 "
+        "weights by its largest magnitude (absmax) and rounds to 16 evenly spaced levels in "
+        "[-1, 1]. NF4 keeps the same absmax scale but puts its 16 levels at quantiles of a "
+        "normal distribution, so that each level is used about equally often by normally "
+        "distributed weights: the levels are dense near zero, where most weights are, and "
+        "sparse in the tails. The scale is the same; what differs is the spacing of the levels "
+        "it multiplies. FP4 is bitsandbytes' other 4-bit format, a tiny float (sign, exponent, "
+        "mantissa): its levels are spaced by powers of two, denser near zero than uniform but "
+        "not matched to the weights. Double quantization stores the absmax of each block itself "
+        "in 8 bits (with a second scale per 256 blocks) instead of 32."
+    )
     c = s.compare
     if c:
         cm = c["compare"]
         m, h = cm["mean_rel_mse"], cm["histogram"]
         e = h["code_entropy_bits"]
         kinds = [k for k in ("bnb-nf4", "scratch-nf4", "scratch-int4", "bnb-fp4") if k in m]
-        doc.table(["4-bit format", "mean relative MSE", "vs NF4"],
-                  [[k, f"{m[k]:.3e}", f_ratio(m[k] / m["bnb-nf4"])] for k in kinds],
-                  f"Reconstruction error of every block linear ({len(cm['layers'])} layers, block "
-                  f"{cm['block_size']}), MSE / mean(w²) averaged over layers; "
-                  f"{escape(model_label(c))}. Scratch NF4 against bitsandbytes NF4: max "
-                  f"difference {cm['cross_check']['max_rel_diff']:.1e} of max |w|.", widths=[4, None, None])
-        doc.p(f"On the layer {escape(h['layer'])}, NF4's 16 codes carry {e['nf4']:.2f} bits of "
-              f"information per weight out of 4, uniform levels {e['uniform16']:.2f}"
-              + (f" and int4's 15 levels {e['int4_scratch']:.2f}" if "int4_scratch" in e else "")
-              + ": uniform levels waste codes on the tails, where few weights fall (Figure "
-                "below). That is the accuracy side of linear against nonlinear quantization. The "
-                "efficiency side: NF4 and FP4 cost exactly the same memory (4 bits plus one "
-                "absmax per 64 weights), but a nonlinear code cannot be computed by an integer "
-                "multiply; it is looked up in a 16-entry table and the matmul runs in 16-bit "
-                "floats, so neither saves compute, only bytes.")
+        doc.table(
+            ["4-bit format", "mean relative MSE", "vs NF4"],
+            [[k, f"{m[k]:.3e}", f_ratio(m[k] / m["bnb-nf4"])] for k in kinds],
+            f"Reconstruction error of every block linear ({len(cm['layers'])} layers, block "
+            f"{cm['block_size']}), MSE / mean(w²) averaged over layers; "
+            f"{escape(model_label(c))}. Scratch NF4 against bitsandbytes NF4: max "
+            f"difference {cm['cross_check']['max_rel_diff']:.1e} of max |w|.",
+            widths=[4, None, None],
+        )
+        doc.p(
+            f"On the layer {escape(h['layer'])}, NF4's 16 codes carry {e['nf4']:.2f} bits of "
+            f"information per weight out of 4, uniform levels {e['uniform16']:.2f}"
+            + (f" and int4's 15 levels {e['int4_scratch']:.2f}" if "int4_scratch" in e else "")
+            + ": uniform levels waste codes on the tails, where few weights fall (Figure "
+            "below). That is the accuracy side of linear against nonlinear quantization. The "
+            "efficiency side: NF4 and FP4 cost exactly the same memory (4 bits plus one "
+            "absmax per 64 weights), but a nonlinear code cannot be computed by an integer "
+            "multiply; it is looked up in a 16-entry table and the matmul runs in 16-bit "
+            "floats, so neither saves compute, only bytes."
+        )
         levels_fig = pr.compare_figures(c)
-        doc.figure(levels_fig["levels"], "A real layer's weights, each divided by its block's "
-                                         "absmax, with the 16 NF4 levels (red) and 16 uniform "
-                                         "levels (blue, dotted).")
+        doc.figure(
+            levels_fig["levels"],
+            "A real layer's weights, each divided by its block's "
+            "absmax, with the 16 NF4 levels (red) and 16 uniform "
+            "levels (blue, dotted).",
+        )
         doc.figure(levels_fig["error"], "Per-layer 4-bit reconstruction error.", max_height_cm=7)
     g = s.find_group("bnb-nf4", "bnb-fp4")
     if g:
         r = s.runs(g)
-        rows = [[n, describe(n), f_mib(r[n]["memory"]["weights_mib"]),
-                 f_mib(mib((r[n].get("quantization") or {}).get("scales_and_zero_points"))),
-                 f_ppl(r[n]["perplexity"]["ppl"]), f_pct(delta(r, n))]
-                for n in ("bnb-int8", "bnb-fp4", "bnb-nf4", "bnb-nf4-dq", "scratch-int4-int4", "scratch-int4-nf4")
-                if n in r]
-        doc.table(["method", "what", "weights MiB", "scales MiB", "perplexity", "vs fp32"], rows,
-                  f"bitsandbytes and Part 1's 4-bit on the same tokens ({escape(group_label(g))}).",
-                  widths=[2.8, 5.4, None, None, None, None])
+        rows = [
+            [
+                n,
+                describe(n),
+                f_mib(r[n]["memory"]["weights_mib"]),
+                f_mib(mib((r[n].get("quantization") or {}).get("scales_and_zero_points"))),
+                f_ppl(r[n]["perplexity"]["ppl"]),
+                f_pct(delta(r, n)),
+            ]
+            for n in (
+                "bnb-int8",
+                "bnb-fp4",
+                "bnb-nf4",
+                "bnb-nf4-dq",
+                "scratch-int4-int4",
+                "scratch-int4-nf4",
+            )
+            if n in r
+        ]
+        doc.table(
+            ["method", "what", "weights MiB", "scales MiB", "perplexity", "vs fp32"],
+            rows,
+            f"bitsandbytes and Part 1's 4-bit on the same tokens ({escape(group_label(g))}).",
+            widths=[2.8, 5.4, None, None, None, None],
+        )
         text = []
         if "bnb-nf4-dq" in r:
             a = (r["bnb-nf4"].get("quantization") or {}).get("scales_and_zero_points")
             b = (r["bnb-nf4-dq"].get("quantization") or {}).get("scales_and_zero_points")
             if a and b:
-                text.append(f"Double quantization shrinks the scales from {f_mib(mib(a))} to "
-                            f"{f_mib(mib(b))} MiB and changes perplexity by "
-                            f"{f_pct(pct_change(r['bnb-nf4-dq']['perplexity']['ppl'], r['bnb-nf4']['perplexity']['ppl']))} relative to NF4.")
+                dq_change = delta(r, "bnb-nf4-dq", "bnb-nf4")
+                text.append(
+                    f"Double quantization shrinks the scales from {f_mib(mib(a))} to "
+                    f"{f_mib(mib(b))} MiB and changes perplexity by {f_pct(dq_change)} relative to NF4."
+                )
         if "bnb-int8" in r:
-            text.append(f"8-bit LLM.int8() is at {f_pct(delta(r, 'bnb-int8'))}: 256 levels make "
-                        "rounding error small enough that the format matters little.")
+            text.append(
+                f"8-bit LLM.int8() is at {f_pct(delta(r, 'bnb-int8'))}: 256 levels make "
+                "rounding error small enough that the format matters little."
+            )
         if "scratch-int4-nf4" in r:
-            text.append("Part 1's from-scratch NF4 gives "
-                        f"{f_ppl(r['scratch-int4-nf4']['perplexity']['ppl'])} against "
-                        f"bitsandbytes' {f_ppl(r['bnb-nf4']['perplexity']['ppl'])}: the same "
-                        "codes, computed independently.")
+            text.append(
+                "Part 1's from-scratch NF4 gives "
+                f"{f_ppl(r['scratch-int4-nf4']['perplexity']['ppl'])} against "
+                f"bitsandbytes' {f_ppl(r['bnb-nf4']['perplexity']['ppl'])}: the same "
+                "codes, computed independently."
+            )
         if text:
             doc.p(" ".join(text))
 
@@ -619,10 +891,16 @@ def bench_rows(b: dict) -> list[list[str]]:
     rows = []
     for name, v in b["bench"]["table"].items():
         pre, dec = v["prefill_ms"], v["decode_ms_per_token"]
-        rows.append([name, f_mib(v.get("weights_mib")),
-                     f"{f_ms(pre['median'])} ({f_ms(pre['p10'])}–{f_ms(pre['p90'])})",
-                     f"{f_ms(dec['median'])} ({f_ms(dec['p10'])}–{f_ms(dec['p90'])})",
-                     f_ratio(v["prefill_ratio"]), f_ratio(v["decode_ratio"])])
+        rows.append(
+            [
+                name,
+                f_mib(v.get("weights_mib")),
+                f"{f_ms(pre['median'])} ({f_ms(pre['p10'])}–{f_ms(pre['p90'])})",
+                f"{f_ms(dec['median'])} ({f_ms(dec['p10'])}–{f_ms(dec['p90'])})",
+                f_ratio(v["prefill_ratio"]),
+                f_ratio(v["decode_ratio"]),
+            ]
+        )
     return rows
 
 
@@ -630,7 +908,11 @@ def gpu_fast_summary(b: dict) -> str:
     """One finding from a bench that carries the fast decode path (issue 7's GPU bench)."""
     t = b["bench"]["table"]
     base = b["bench"].get("baseline", "fp16")
-    f = {n: v["fast_path"]["decode_ms_per_token"]["median"] for n, v in t.items() if v.get("fast_path")}
+    f = {
+        n: v["fast_path"]["decode_ms_per_token"]["median"]
+        for n, v in t.items()
+        if v.get("fast_path")
+    }
     if base not in f:
         return ""
     faster = [n for n in f if n != base and n != "fp32" and f[n] < f[base]]
@@ -639,13 +921,19 @@ def gpu_fast_summary(b: dict) -> str:
 
     def listed(names):
         return ", ".join(f"{escape(n)} {f_ms(f[n])} ms ({f_ratio(f[n] / f[base])})" for n in names)
-    return (f"<b>With the overhead gone</b> (static KV cache and CUDA graphs; {model_label(b)}, "
-            f"{escape(pr.device_of(b))}), {base} decodes in {f_ms(f[base])} ms per token. "
-            + (f"Faster than it: {listed(faster)}. " if faster else "No quantized model beats it. ")
-            + (f"Not faster: {listed(slower)}. " if slower else "")
-            + ("Every fast path makes the same greedy tokens as its model's generate()." if same else
-               "Some fast paths' greedy tokens differ from generate()'s (see the fast-path table "
-               "in section 6)."))
+
+    return (
+        f"<b>With the overhead gone</b> (static KV cache and CUDA graphs; {model_label(b)}, "
+        f"{escape(pr.device_of(b))}), {base} decodes in {f_ms(f[base])} ms per token. "
+        + (f"Faster than it: {listed(faster)}. " if faster else "No quantized model beats it. ")
+        + (f"Not faster: {listed(slower)}. " if slower else "")
+        + (
+            "Every fast path makes the same greedy tokens as its model's generate()."
+            if same
+            else "Some fast paths' greedy tokens differ from generate()'s (see the fast-path table "
+            "in section 6)."
+        )
+    )
 
 
 def latency_section(doc: Doc, s: Study) -> None:
@@ -653,33 +941,61 @@ def latency_section(doc: Doc, s: Study) -> None:
     if not s.benches:
         doc.p("No latency benchmark in these results.")
         return
-    lengths = sorted({(b["bench"]["prefill_tokens"], b["bench"].get("prompt_tokens"), b["bench"]["new_tokens"])
-                      for b in s.benches}, key=str)
+    lengths = sorted(
+        {
+            (
+                b["bench"]["prefill_tokens"],
+                b["bench"].get("prompt_tokens"),
+                b["bench"]["new_tokens"],
+            )
+            for b in s.benches
+        },
+        key=str,
+    )
     if len(lengths) == 1:
-        (p, q, n), = lengths
-        said = (f"prefill is one forward pass over 1×{p} tokens, decode greedy generation of {n} "
-                f"new tokens after a {q}-token prompt")
+        ((p, q, n),) = lengths
+        said = (
+            f"prefill is one forward pass over 1×{p} tokens, decode greedy generation of {n} "
+            f"new tokens after a {q}-token prompt"
+        )
     else:
-        said = ("prefill is one forward pass over a batch of one prompt, decode greedy generation "
-                "of new tokens after a shorter prompt, with the lengths that each table's caption "
-                "gives")
-    doc.p("Each benchmark loads every method into one process and times them in turn, repeat "
-          "after repeat, so that a ratio compares methods under the same conditions. Here "
-          f"{said}; decode is reported per new token. Medians, with p10–p90 in brackets.")
+        said = (
+            "prefill is one forward pass over a batch of one prompt, decode greedy generation "
+            "of new tokens after a shorter prompt, with the lengths that each table's caption "
+            "gives"
+        )
+    doc.p(
+        "Each benchmark loads every method into one process and times them in turn, repeat "
+        "after repeat, so that a ratio compares methods under the same conditions. Here "
+        f"{said}; decode is reported per new token. Medians, with p10–p90 in brackets."
+    )
     for b in s.benches:
         bb = b["bench"]
         doc.h2(f"{method(b)} · {model_label(b)} · {pr.device_of(b)}")
-        doc.table(["method", "weights MiB", "prefill ms", "decode ms/token", "prefill ratio", "decode ratio"],
-                  bench_rows(b), f"Prefill 1×{bb['prefill_tokens']} tokens; decode "
-                                 f"{bb['new_tokens']} new tokens"
-                  + (f" after {bb['prompt_tokens']}" if bb.get("prompt_tokens") else "")
-                  + f"; {escape(bb.get('decode_definition', ''))}; {bb['repeats']} repeats, "
-                    f"{escape(bb.get('order', ''))}; ratios against "
-                    f"{escape(bb.get('baseline', 'fp32'))}."
-                  + (f" {escape(bb['note'])}." if bb.get("note") else ""), widths=[3.2, None, None, None, None, None])
-        doc.figure(pr.bench_figure(b), "Prefill and decode time as a ratio of the baseline's, "
-                                       "same run.",
-                   max_height_cm=7.5)
+        doc.table(
+            [
+                "method",
+                "weights MiB",
+                "prefill ms",
+                "decode ms/token",
+                "prefill ratio",
+                "decode ratio",
+            ],
+            bench_rows(b),
+            f"Prefill 1×{bb['prefill_tokens']} tokens; decode "
+            f"{bb['new_tokens']} new tokens"
+            + (f" after {bb['prompt_tokens']}" if bb.get("prompt_tokens") else "")
+            + f"; {escape(bb.get('decode_definition', ''))}; {bb['repeats']} repeats, "
+            f"{escape(bb.get('order', ''))}; ratios against "
+            f"{escape(bb.get('baseline', 'fp32'))}."
+            + (f" {escape(bb['note'])}." if bb.get("note") else ""),
+            widths=[3.2, None, None, None, None, None],
+        )
+        doc.figure(
+            pr.bench_figure(b),
+            "Prefill and decode time as a ratio of the baseline's, same run.",
+            max_height_cm=7.5,
+        )
         if "fast_path" in bb:
             fast_table(doc, b)
     why = []
@@ -690,24 +1006,35 @@ def latency_section(doc: Doc, s: Study) -> None:
         bw = bandwidth(s)
         if bw is not None:
             floor = f16["weights_mib"] * 2**20 / bw * 1e3
-            why.append("On the GPU, fp16 decodes a token in "
-                       f"{f_ms(f16['decode_ms_per_token']['median'])} ms while reading its "
-                       f"{f_mib(f16['weights_mib'])} MiB of weights at {bw / 1e12:.2f} TB/s would "
-                       f"take {floor:.3f} ms: decode time at this size is kernel launches and "
-                       "Python, not memory traffic, so fewer bytes cannot help and every extra "
-                       "dequantize kernel hurts. ")
+            why.append(
+                "On the GPU, fp16 decodes a token in "
+                f"{f_ms(f16['decode_ms_per_token']['median'])} ms while reading its "
+                f"{f_mib(f16['weights_mib'])} MiB of weights at {bw / 1e12:.2f} TB/s would "
+                f"take {floor:.3f} ms: decode time at this size is kernel launches and "
+                "Python, not memory traffic, so fewer bytes cannot help and every extra "
+                "dequantize kernel hurts. "
+            )
         if "bnb-int8" in t:
-            why.append(f"LLM.int8() is the slowest ({f_ratio(t['bnb-int8']['decode_ratio'])} "
-                       "fp16's decode time): each matmul also finds outlier columns and runs a "
-                       "second fp16 matmul for them.")
+            why.append(
+                f"LLM.int8() is the slowest ({f_ratio(t['bnb-int8']['decode_ratio'])} "
+                "fp16's decode time): each matmul also finds outlier columns and runs a "
+                "second fp16 matmul for them."
+            )
     cb = s.bench("scratch-int8-bench", "cpu")
     if cb and "int8-fast" in cb["bench"]["table"]:
         t = cb["bench"]["table"]
-        why.append("On the CPU, where a decode step does read the weights from memory, Part 1's "
-                   f"fast INT8 kernel decodes at {f_ratio(t['int8-fast']['decode_ratio'])} fp32's "
-                   "time"
-                   + (" while the naive one (dequantize the whole matrix, then matmul) takes "
-                      f"{f_ratio(t['int8-naive']['decode_ratio'])}" if "int8-naive" in t else "") + ".")
+        why.append(
+            "On the CPU, where a decode step does read the weights from memory, Part 1's "
+            f"fast INT8 kernel decodes at {f_ratio(t['int8-fast']['decode_ratio'])} fp32's "
+            "time"
+            + (
+                " while the naive one (dequantize the whole matrix, then matmul) takes "
+                f"{f_ratio(t['int8-naive']['decode_ratio'])}"
+                if "int8-naive" in t
+                else ""
+            )
+            + "."
+        )
     if why:
         doc.p("<b>Why.</b> " + " ".join(why))
 
@@ -721,22 +1048,46 @@ def fast_table(doc: Doc, b: dict) -> None:
         fp = v.get("fast_path")
         if not fp:
             continue
-        floor = v["floor_ms"]                                   # as the bench computed it
-        rows.append([n, f"{f_ms(fp['prefill_ms']['median'])}", f"{f_ms(fp['decode_ms_per_token']['median'])}",
-                     f_ratio(fp["decode_ms_per_token"]["median"] / fb), f"{floor:.4f}",
-                     f"{fp['decode_ms_per_token']['median'] / floor:.1f}×", f_mib(mib(v.get("peak_bytes"))),
-                     "yes" if v.get("cuda_graph") else "no",
-                     f"{v.get('leading_tokens_equal', '?')}/{b['bench']['new_tokens']}"])
-    doc.table(["method", "prefill ms", "decode ms/token", f"vs {base}", "floor ms", "× floor", "peak MiB", "graph",
-               "tokens"], rows,
-              f"The fast decode path ({escape(b['bench']['fast_path'])}), same run; floor = "
-              f"weight bytes ÷ {b['bench']['hbm_bytes_per_s'] / 1e12:.2f} TB/s; peak = CUDA "
-              "memory above what was held before the method was loaded; tokens = leading greedy "
-              "tokens equal to the same model's generate().",
-              widths=[3.2] + [None] * 8)
+        floor = v["floor_ms"]  # as the bench computed it
+        rows.append(
+            [
+                n,
+                f"{f_ms(fp['prefill_ms']['median'])}",
+                f"{f_ms(fp['decode_ms_per_token']['median'])}",
+                f_ratio(fp["decode_ms_per_token"]["median"] / fb),
+                f"{floor:.4f}",
+                f"{fp['decode_ms_per_token']['median'] / floor:.1f}×",
+                f_mib(mib(v.get("peak_bytes"))),
+                "yes" if v.get("cuda_graph") else "no",
+                f"{v.get('leading_tokens_equal', '?')}/{b['bench']['new_tokens']}",
+            ]
+        )
+    doc.table(
+        [
+            "method",
+            "prefill ms",
+            "decode ms/token",
+            f"vs {base}",
+            "floor ms",
+            "× floor",
+            "peak MiB",
+            "graph",
+            "tokens",
+        ],
+        rows,
+        f"The fast decode path ({escape(b['bench']['fast_path'])}), same run; floor = "
+        f"weight bytes ÷ {b['bench']['hbm_bytes_per_s'] / 1e12:.2f} TB/s; peak = CUDA "
+        "memory above what was held before the method was loaded; tokens = leading greedy "
+        "tokens equal to the same model's generate().",
+        widths=[3.2] + [None] * 8,
+    )
     why = [n for n, v in t.items() if v.get("why_no_graph")]
     if why:
-        doc.p("Without a CUDA graph: " + "; ".join(f"{escape(n)}: {escape(t[n]['why_no_graph'])}" for n in why) + ".")
+        doc.p(
+            "Without a CUDA graph: "
+            + "; ".join(f"{escape(n)}: {escape(t[n]['why_no_graph'])}" for n in why)
+            + "."
+        )
     if all("layers_us" in v for v in t.values()):
         layer_table(doc, b)
 
@@ -749,56 +1100,81 @@ def layer_table(doc: Doc, b: dict) -> None:
     rows = []
     for n, v in t.items():
         err = v.get("kernel_max_rel_err")
-        rows.append([n + ("" if v["layers_us"].get("graph", True) else " (eager)")]
-                    + [f"{v['layers_us'][k]['median']:.2f}" for k in names]
-                    + [f"{v['linear_us_per_token']:.0f}", f_ratio(v["linear_us_per_token"] / t[base]["linear_us_per_token"]),
-                       "" if err is None else f"{err:.1e}"] )
-    short = {"attn.c_attn": "c_attn", "attn.c_proj": "attn proj", "mlp.c_fc": "c_fc", "mlp.c_proj": "mlp proj"}
-    doc.table(["method"] + [short.get(k, k) for k in names] + ["µs/token", f"vs {base}", "max err"], rows,
-              "Microseconds per call of each linear layer at one token: "
-              f"{escape(bb.get('layers_definition', ''))}. µs/token: all linear layers of one "
-              "decode step; max err: the worst relative error of Part 1's layers against "
-              "dequantize-then-matmul in fp32.",
-              widths=[3.2] + [None] * (len(names) + 3))
+        rows.append(
+            [n + ("" if v["layers_us"].get("graph", True) else " (eager)")]
+            + [f"{v['layers_us'][k]['median']:.2f}" for k in names]
+            + [
+                f"{v['linear_us_per_token']:.0f}",
+                f_ratio(v["linear_us_per_token"] / t[base]["linear_us_per_token"]),
+                "" if err is None else f"{err:.1e}",
+            ]
+        )
+    short = {
+        "attn.c_attn": "c_attn",
+        "attn.c_proj": "attn proj",
+        "mlp.c_fc": "c_fc",
+        "mlp.c_proj": "mlp proj",
+    }
+    doc.table(
+        ["method"] + [short.get(k, k) for k in names] + ["µs/token", f"vs {base}", "max err"],
+        rows,
+        "Microseconds per call of each linear layer at one token: "
+        f"{escape(bb.get('layers_definition', ''))}. µs/token: all linear layers of one "
+        "decode step; max err: the worst relative error of Part 1's layers against "
+        "dequantize-then-matmul in fp32.",
+        widths=[3.2] + [None] * (len(names) + 3),
+    )
     f = {n: v["fast_path"]["decode_ms_per_token"]["median"] * 1e3 for n, v in t.items()}
     lin = {n: v["linear_us_per_token"] for n, v in t.items()}
     rest = f[base] - lin[base]
-    text = [f"In {base}, the linear layers take about {lin[base]:.0f} µs of a {f[base]:.0f} µs "
-            f"decode step; the other ~{rest:.0f} µs (attention over the cache, layer norms, "
-            "residual adds, embedding, argmax, and the gaps between kernels) are the same "
-            "kernels whatever the weights are. So even a method whose linear layers were free "
-            f"could not decode faster than {f_ratio(rest / f[base])} {base}'s time at this size."]
+    text = [
+        f"In {base}, the linear layers take about {lin[base]:.0f} µs of a {f[base]:.0f} µs "
+        f"decode step; the other ~{rest:.0f} µs (attention over the cache, layer norms, "
+        "residual adds, embedding, argmax, and the gaps between kernels) are the same "
+        "kernels whatever the weights are. So even a method whose linear layers were free "
+        f"could not decode faster than {f_ratio(rest / f[base])} {base}'s time at this size."
+    ]
     q4 = [n for n in ("scratch-int4-fast", "scratch-nf4-fast", "bnb-nf4") if n in lin]
     if len(q4) > 1:
-        text.append("Among the 4-bit layers: " + ", ".join(f"{escape(n)} {lin[n]:.0f} µs" for n in q4) + " per token.")
+        text.append(
+            "Among the 4-bit layers: "
+            + ", ".join(f"{escape(n)} {lin[n]:.0f} µs" for n in q4)
+            + " per token."
+        )
     if "scratch-int4-fast" in lin and "scratch-nf4-fast" in lin:
-        text.append("Part 1's int4 and NF4 read the same bytes; the difference is decoding a "
-                    "code: int4 is one subtraction (the ÷7 is folded into the block's absmax), "
-                    "NF4 looks each code up among 16 levels (a select tree in registers), which "
-                    "costs arithmetic on every weight.")
+        text.append(
+            "Part 1's int4 and NF4 read the same bytes; the difference is decoding a "
+            "code: int4 is one subtraction (the ÷7 is folded into the block's absmax), "
+            "NF4 looks each code up among 16 levels (a select tree in registers), which "
+            "costs arithmetic on every weight."
+        )
     if "scratch-int8-fast" in t and "lm_head" in names:
-        text.append("Whole-model INT8 also stores the tied embedding / output layer in int8: "
-                    "lm_head takes "
-                    f"{t['scratch-int8-fast']['layers_us']['lm_head']['median']:.1f} µs against "
-                    f"{t[base]['layers_us']['lm_head']['median']:.1f} µs in {base}; the 4-bit "
-                    f"methods keep it in {base}, as bitsandbytes does.")
+        text.append(
+            "Whole-model INT8 also stores the tied embedding / output layer in int8: "
+            "lm_head takes "
+            f"{t['scratch-int8-fast']['layers_us']['lm_head']['median']:.1f} µs against "
+            f"{t[base]['layers_us']['lm_head']['median']:.1f} µs in {base}; the 4-bit "
+            f"methods keep it in {base}, as bitsandbytes does."
+        )
     doc.p(" ".join(text))
 
 
 def gguf_section(doc: Doc, s: Study) -> None:
     doc.h1("7. GGUF and llama.cpp (bonus)")
-    doc.p("<b>The formats.</b> GGML is llama.cpp's tensor library; GGUF is its single-file model "
-          "format: a header, typed key-value metadata (architecture, hyperparameters, the whole "
-          "tokenizer, the chat template), then a table of tensors, each with its shape, its "
-          "quantization type and an offset into an aligned data section. Quantized types work on "
-          "blocks: Q8_0 stores 32 int8 weights with one fp16 scale (8.5 bits per weight), Q4_0 32 "
-          "4-bit weights with one scale (4.5 bits); the k-quants (Q4_K, Q5_K, Q6_K) group 256 "
-          "weights in super-blocks with 6-bit sub-block scales and minimums. A <i>_M</i> mix "
-          "gives the more sensitive tensors (attention values, FFN down) more bits. "
-          "<b>Deployment.</b> One file holds everything needed to run; it is memory-mapped, so "
-          "loading is nearly free and pages are shared between processes; llama.cpp runs it on "
-          "CPUs, Apple silicon and GPUs with integer kernels that read the packed blocks "
-          "directly, without Python or PyTorch.")
+    doc.p(
+        "<b>The formats.</b> GGML is llama.cpp's tensor library; GGUF is its single-file model "
+        "format: a header, typed key-value metadata (architecture, hyperparameters, the whole "
+        "tokenizer, the chat template), then a table of tensors, each with its shape, its "
+        "quantization type and an offset into an aligned data section. Quantized types work on "
+        "blocks: Q8_0 stores 32 int8 weights with one fp16 scale (8.5 bits per weight), Q4_0 32 "
+        "4-bit weights with one scale (4.5 bits); the k-quants (Q4_K, Q5_K, Q6_K) group 256 "
+        "weights in super-blocks with 6-bit sub-block scales and minimums. A <i>_M</i> mix "
+        "gives the more sensitive tensors (attention values, FFN down) more bits. "
+        "<b>Deployment.</b> One file holds everything needed to run; it is memory-mapped, so "
+        "loading is nearly free and pages are shared between processes; llama.cpp runs it on "
+        "CPUs, Apple silicon and GPUs with integer kernels that read the packed blocks "
+        "directly, without Python or PyTorch."
+    )
     g = s.find_group("gguf-q8_0")
     if g:
         r = s.runs(g)
@@ -807,52 +1183,114 @@ def gguf_section(doc: Doc, s: Study) -> None:
         for n in names:
             v = r[n]
             lat = v.get("latency", {})
-            rows.append([n, f_mib(v["memory"].get("disk_mib")), f_mib(v["memory"]["weights_mib"]),
-                         f_ppl(v["perplexity"]["ppl"]), f_pct(delta(r, n)),
-                         f_ms(lat["prefill"]["median"]) if lat.get("prefill") else "–",
-                         f_ms(lat["decode"]["ms_per_token"]["median"]) if lat.get("decode") else "–"])
-        doc.table(["method", "file MiB", "tensor MiB", "perplexity", "vs fp32", "prefill ms", "decode ms/tok"],
-                  rows, "GGUF files run by llama.cpp, scored on the same tokens and windows as "
-                        f"the Hugging Face fp32 baseline ({escape(group_label(g))}). Latencies of "
-                        "GGUF files were taken one file after another, not round robin.", widths=[3, None, None, None, None, None, None])
+            rows.append(
+                [
+                    n,
+                    f_mib(v["memory"].get("disk_mib")),
+                    f_mib(v["memory"]["weights_mib"]),
+                    f_ppl(v["perplexity"]["ppl"]),
+                    f_pct(delta(r, n)),
+                    f_ms(lat["prefill"]["median"]) if lat.get("prefill") else "–",
+                    f_ms(lat["decode"]["ms_per_token"]["median"]) if lat.get("decode") else "–",
+                ]
+            )
+        doc.table(
+            [
+                "method",
+                "file MiB",
+                "tensor MiB",
+                "perplexity",
+                "vs fp32",
+                "prefill ms",
+                "decode ms/tok",
+            ],
+            rows,
+            "GGUF files run by llama.cpp, scored on the same tokens and windows as "
+            f"the Hugging Face fp32 baseline ({escape(group_label(g))}). Latencies of "
+            "GGUF files were taken one file after another, not round robin.",
+            widths=[3, None, None, None, None, None, None],
+        )
         if "gguf-f16" in r and "baseline-fp16" in r:
-            doc.p("Conversion check: the F16 GGUF scores "
-                  f"{f_ppl(r['gguf-f16']['perplexity']['ppl'])} against "
-                  f"{f_ppl(r['baseline-fp16']['perplexity']['ppl'])} for the Hugging Face model "
-                  "in float16 on the same tokens "
-                  f"({f_pct(delta(r, 'gguf-f16', 'baseline-fp16'))}).")
-        if "gguf-q5_k_m" in r and "gguf-q4_k_m" in r and \
-                r["gguf-q5_k_m"]["perplexity"]["ppl"] > r["gguf-q4_k_m"]["perplexity"]["ppl"]:
-            mix = {n: r[n]["method"]["settings"].get("bytes_by_ggml_type", {}) for n in ("gguf-q5_k_m", "gguf-q4_k_m")}
-            doc.p("Q5_K_M scores worse than Q4_K_M here. The files say why: k-quants need rows "
-                  "that are a multiple of 256, and llama.cpp falls back to another type per "
-                  "tensor when they are not. "
-                  + " ".join(f"{n[5:].upper()} holds " + ", ".join(f"{f_mib(mib(v))} MiB of {t}"
-                                                                  for t, v in sorted(m.items(), key=lambda x: -x[1]))
-                             + "." for n, m in mix.items()))
+            doc.p(
+                "Conversion check: the F16 GGUF scores "
+                f"{f_ppl(r['gguf-f16']['perplexity']['ppl'])} against "
+                f"{f_ppl(r['baseline-fp16']['perplexity']['ppl'])} for the Hugging Face model "
+                "in float16 on the same tokens "
+                f"({f_pct(delta(r, 'gguf-f16', 'baseline-fp16'))})."
+            )
+        if (
+            "gguf-q5_k_m" in r
+            and "gguf-q4_k_m" in r
+            and r["gguf-q5_k_m"]["perplexity"]["ppl"] > r["gguf-q4_k_m"]["perplexity"]["ppl"]
+        ):
+            mix = {
+                n: r[n]["method"]["settings"].get("bytes_by_ggml_type", {})
+                for n in ("gguf-q5_k_m", "gguf-q4_k_m")
+            }
+            doc.p(
+                "Q5_K_M scores worse than Q4_K_M here. The files say why: k-quants need rows "
+                "that are a multiple of 256, and llama.cpp falls back to another type per "
+                "tensor when they are not. "
+                + " ".join(
+                    f"{n[5:].upper()} holds "
+                    + ", ".join(
+                        f"{f_mib(mib(v))} MiB of {t}"
+                        for t, v in sorted(m.items(), key=lambda x: -x[1])
+                    )
+                    + "."
+                    for n, m in mix.items()
+                )
+            )
     if s.inspection:
         gi = s.inspection["gguf_inspection"]
         md = gi["metadata"]
-        keys = [k for k in md if not k.startswith("tokenizer.ggml.") or isinstance(md[k], (int, float, str))]
+        keys = [
+            k
+            for k in md
+            if not k.startswith("tokenizer.ggml.") or isinstance(md[k], (int, float, str))
+        ]
         doc.h2(f"Inside a real file: {gi['file']}")
-        stand_in = (s.inspection.get("model") or {}).get("stand_in") or s.inspection.get("stand_in") or ""
-        doc.p(f"{escape(gi['file'])} ({escape(stand_in)}): magic {escape(gi['header']['magic'])}, "
-              f"version {gi['header']['version']}, {gi['header']['tensor_count']} tensors, "
-              f"{gi['header']['kv_count']} metadata keys, {gi['file_bytes']:,} bytes, of which "
-              f"{gi['tensor_bytes']:,} are tensor data ("
-              + ", ".join(f"{t} {f_mib(mib(v))} MiB" for t, v in sorted(gi["bytes_by_type"].items(),
-                                                                         key=lambda x: -x[1])) + ").")
-        show = [k for k in keys if not isinstance(md[k], dict) and k != "tokenizer.chat_template"][:24]
-        doc.table(["metadata key", "value"], [[k, str(md[k])[:60]] for k in show],
-                  "Metadata of the file (tokenizer arrays and chat template not shown).", widths=[7, None])
+        stand_in = (
+            (s.inspection.get("model") or {}).get("stand_in") or s.inspection.get("stand_in") or ""
+        )
+        doc.p(
+            f"{escape(gi['file'])} ({escape(stand_in)}): magic {escape(gi['header']['magic'])}, "
+            f"version {gi['header']['version']}, {gi['header']['tensor_count']} tensors, "
+            f"{gi['header']['kv_count']} metadata keys, {gi['file_bytes']:,} bytes, of which "
+            f"{gi['tensor_bytes']:,} are tensor data ("
+            + ", ".join(
+                f"{t} {f_mib(mib(v))} MiB"
+                for t, v in sorted(gi["bytes_by_type"].items(), key=lambda x: -x[1])
+            )
+            + ")."
+        )
+        show = [k for k in keys if not isinstance(md[k], dict) and k != "tokenizer.chat_template"][
+            :24
+        ]
+        doc.table(
+            ["metadata key", "value"],
+            [[k, str(md[k])[:60]] for k in show],
+            "Metadata of the file (tokenizer arrays and chat template not shown).",
+            widths=[7, None],
+        )
         tensors = gi["tensors"]
-        rows = [[t["name"], str(t.get("type")), " × ".join(map(str, t.get("shape", []))), f"{t['bytes']:,}"]
-                for t in tensors[:14]]
-        doc.table(["tensor", "type", "shape", "bytes"], rows,
-                  f"The first {len(rows)} of the file's {len(tensors)} tensors, in file order, "
-                  "with their GGML types: the per-tensor type mix is how a _M file gives some "
-                  "tensors more bits.",
-                  widths=[6, None, None, None])
+        rows = [
+            [
+                t["name"],
+                str(t.get("type")),
+                " × ".join(map(str, t.get("shape", []))),
+                f"{t['bytes']:,}",
+            ]
+            for t in tensors[:14]
+        ]
+        doc.table(
+            ["tensor", "type", "shape", "bytes"],
+            rows,
+            f"The first {len(rows)} of the file's {len(tensors)} tensors, in file order, "
+            "with their GGML types: the per-tensor type mix is how a _M file gives some "
+            "tensors more bits.",
+            widths=[6, None, None, None],
+        )
     push_paragraph(doc, s)
 
 
@@ -862,18 +1300,23 @@ def push_paragraph(doc: Doc, s: Study) -> None:
     if real:
         for r in real:
             p = r["push"]
-            doc.p(f"<b>On the Hub.</b> {len(p['files']) - 1} GGUF files and a model card were "
-                  f"pushed to {escape(p['url'])} (commit {escape(str(p['commit'])[:12])}, "
-                  f"{escape(r['timestamp'][:10])}): "
-                  + ", ".join(escape(f["name"]) for f in p["files"]) + ".")
+            doc.p(
+                f"<b>On the Hub.</b> {len(p['files']) - 1} GGUF files and a model card were "
+                f"pushed to {escape(p['url'])} (commit {escape(str(p['commit'])[:12])}, "
+                f"{escape(r['timestamp'][:10])}): "
+                + ", ".join(escape(f["name"]) for f in p["files"])
+                + "."
+            )
         return
-    doc.p("<b>On the Hub.</b> No push to the Hugging Face Hub is recorded in these results: the "
-          "machines that made them cannot reach it. <font face='DejaVuMono'>bonus_gguf.py "
-          "--push-to-hub USER/REPO</font> (with HF_TOKEN set) makes the files, measures them, and "
-          "pushes every GGUF file with a model card in one commit; the test suite runs that push "
-          "against a local imitation of the Hub's upload endpoints with the real huggingface_hub "
-          "client and reads the files back byte for byte. A real push writes a gguf-push results "
-          "file, and this paragraph then names the repository and its commit.")
+    doc.p(
+        "<b>On the Hub.</b> No push to the Hugging Face Hub is recorded in these results: the "
+        "machines that made them cannot reach it. <font face='DejaVuMono'>bonus_gguf.py "
+        "--push-to-hub USER/REPO</font> (with HF_TOKEN set) makes the files, measures them, and "
+        "pushes every GGUF file with a model card in one commit; the test suite runs that push "
+        "against a local imitation of the Hub's upload endpoints with the real huggingface_hub "
+        "client and reads the files back byte for byte. A real push writes a gguf-push results "
+        "file, and this paragraph then names the repository and its commit."
+    )
 
 
 def open_questions(doc: Doc, s: Study) -> None:
@@ -883,75 +1326,122 @@ def open_questions(doc: Doc, s: Study) -> None:
         sv = s.sensitivity["sensitivity"]
         blocks = sorted(sv["block"], key=lambda b: -b["delta_pct"])
         comps = sorted(sv["component"], key=lambda c: -c["delta_pct"])
-        spread = sorted(abs(b["delta_pct"]) for b in blocks)[len(blocks) // 2]      # median |change|
+        spread = sorted(abs(b["delta_pct"]) for b in blocks)[len(blocks) // 2]  # median |change|
         top = comps[:2]
         if len(blocks) > 1 and blocks[0]["delta_pct"] > 3 * max(spread, blocks[1]["delta_pct"]):
-            verdict = (f"block {blocks[0]['block']} stands out ({f_pct(blocks[0]['delta_pct'])}, "
-                       f"against a median |change| of {spread:.3f}%): it is the first to keep in "
-                       "full precision.")
+            verdict = (
+                f"block {blocks[0]['block']} stands out ({f_pct(blocks[0]['delta_pct'])}, "
+                f"against a median |change| of {spread:.3f}%): it is the first to keep in "
+                "full precision."
+            )
         else:
-            verdict = ("at this precision no block stands out: the largest single-block change "
-                       f"is {f_pct(blocks[0]['delta_pct'])} (block {blocks[0]['block']}), the "
-                       f"median |change| {spread:.3f}%.")
-        items.append(f"<b>Which blocks to keep in full precision?</b> In the scan, {verdict} By "
-                     "component, "
-                     + " and ".join(escape(c["component"]) for c in top)
-                     + f" carry {sum(c['delta_pct'] for c in top):.3f} of the "
-                       f"{sum(c['delta_pct'] for c in comps):.3f} percentage points the component "
-                       "types add up to; at lower precision those are the first candidates to "
-                       "keep at more bits. A 4-bit sensitivity scan would answer the question "
-                       "where it matters most.")
+            verdict = (
+                "at this precision no block stands out: the largest single-block change "
+                f"is {f_pct(blocks[0]['delta_pct'])} (block {blocks[0]['block']}), the "
+                f"median |change| {spread:.3f}%."
+            )
+        items.append(
+            f"<b>Which blocks to keep in full precision?</b> In the scan, {verdict} By "
+            "component, "
+            + " and ".join(escape(c["component"]) for c in top)
+            + f" carry {sum(c['delta_pct'] for c in top):.3f} of the "
+            f"{sum(c['delta_pct'] for c in comps):.3f} percentage points the component "
+            "types add up to; at lower precision those are the first candidates to "
+            "keep at more bits. A 4-bit sensitivity scan would answer the question "
+            "where it matters most."
+        )
     g = s.find_group("scratch-int8-per_channel")
     if g:
         r = s.runs(g)
         if "scratch-int8-asymmetric" in r:
-            items.append("<b>Does the gap between asymmetric "
-                         f"({f_pct(delta(r, 'scratch-int8-asymmetric'))}) and symmetric "
-                         f"per-channel INT8 ({f_pct(delta(r, 'scratch-int8-per_channel'))}) hold "
-                         "on real weights?</b> Both give each output channel 256 levels. The "
-                         "stand-in's weights were themselves dequantized from 4-bit blocks, so "
-                         "its re-quantization errors are correlated and luck weighs more; the "
-                         "real gpt2 weights would tell.")
+            items.append(
+                "<b>Does the gap between asymmetric "
+                f"({f_pct(delta(r, 'scratch-int8-asymmetric'))}) and symmetric "
+                f"per-channel INT8 ({f_pct(delta(r, 'scratch-int8-per_channel'))}) hold "
+                "on real weights?</b> Both give each output channel 256 levels. The "
+                "stand-in's weights were themselves dequantized from 4-bit blocks, so "
+                "its re-quantization errors are correlated and luck weighs more; the "
+                "real gpt2 weights would tell."
+            )
     if s.benches:
-        items.append("<b>Speed at scale.</b> A model this small is bound by per-token overhead; "
-                     "the byte savings should turn into speed for models whose weights take "
-                     "longer to read than a step's overhead. --device-map auto lets the same "
-                     "scripts run such models over several GPUs.")
+        items.append(
+            "<b>Speed at scale.</b> A model this small is bound by per-token overhead; "
+            "the byte savings should turn into speed for models whose weights take "
+            "longer to read than a step's overhead. --device-map auto lets the same "
+            "scripts run such models over several GPUs."
+        )
     doc.bullets(items or ["None recorded."])
 
 
 def appendix(doc: Doc, s: Study) -> None:
     doc.h1("Appendix: the results files")
-    rows = [[r["_file"], model_label(r) if isinstance(r.get("model"), dict) else
-             str(r.get("stand_in") or "").split(" ")[0] + " (stand-in)", pr.device_of(r),
-             str(r.get("timestamp", ""))[:16].replace("T", " ")] for r in s.records]
-    doc.table(["file", "model", "device", "measured (UTC)"], rows,
-              "Every file this report read. Each records its command, settings, text sha256, "
-              "device and library versions.", widths=[8.2, None, None, None])
+    rows = [
+        [
+            r["_file"],
+            model_label(r)
+            if isinstance(r.get("model"), dict)
+            else str(r.get("stand_in") or "").split(" ")[0] + " (stand-in)",
+            pr.device_of(r),
+            str(r.get("timestamp", ""))[:16].replace("T", " "),
+        ]
+        for r in s.records
+    ]
+    doc.table(
+        ["file", "model", "device", "measured (UTC)"],
+        rows,
+        "Every file this report read. Each records its command, settings, text sha256, "
+        "device and library versions.",
+        widths=[8.2, None, None, None],
+    )
 
 
 # -----------------------------------------------------------------------------
 # Build
 
-def build_report(results: str | Path = "results", out: str | Path = "report/report.pdf",
-                 figures: str | Path = "report/figures") -> Path:
+
+def build_report(
+    results: str | Path = "results",
+    out: str | Path = "report/report.pdf",
+    figures: str | Path = "report/figures",
+) -> Path:
     results, out, figures = Path(results), Path(out), Path(figures)
     records = pr.load_results(results)
     pr.plot_all(records, figures)
     s = Study(records)
     doc = Doc(figures)
     title_block(doc, s, results)
-    for section in (key_findings, methodology, memory_ppl_tables, selective, nf4_section, latency_section,
-                    gguf_section, open_questions, appendix):
+    for section in (
+        key_findings,
+        methodology,
+        memory_ppl_tables,
+        selective,
+        nf4_section,
+        latency_section,
+        gguf_section,
+        open_questions,
+        appendix,
+    ):
         mark = len(doc.story)
         try:
             section(doc, s)
-        except (KeyError, TypeError, ValueError, ZeroDivisionError, AttributeError, IndexError) as e:
-            del doc.story[mark:]              # a half-written section would mislead: leave it out, say so
-            warnings.warn(f"section '{section.__name__}' left out: its results lack what it reads "
-                          f"({type(e).__name__} {e})", stacklevel=2)
-            doc.p(f"<i>Section {section.__name__} is left out: the results files lack what it "
-                  f"reads ({escape(type(e).__name__)}).</i>")
+        except (
+            KeyError,
+            TypeError,
+            ValueError,
+            ZeroDivisionError,
+            AttributeError,
+            IndexError,
+        ) as e:
+            del doc.story[mark:]  # a half-written section would mislead: leave it out, say so
+            warnings.warn(
+                f"section '{section.__name__}' left out: its results lack what it reads "
+                f"({type(e).__name__} {e})",
+                stacklevel=2,
+            )
+            doc.p(
+                f"<i>Section {section.__name__} is left out: the results files lack what it "
+                f"reads ({escape(type(e).__name__)}).</i>"
+            )
     out.parent.mkdir(parents=True, exist_ok=True)
     doc.build(out, "Weight quantization study: report built from results/*.json")
     return out
@@ -959,11 +1449,17 @@ def build_report(results: str | Path = "results", out: str | Path = "report/repo
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="build_report.py", description=__doc__.split("\n\n")[0])
-    p.add_argument("--results", default="results", help="folder of results JSON (default: results)")
-    p.add_argument("--out", default="report/report.pdf", help="the PDF to write (default: "
-                                                              "report/report.pdf)")
-    p.add_argument("--figures", default="report/figures",
-                   help="where the figures are drawn and read from (default: report/figures)")
+    p.add_argument(
+        "--results", default="results", help="folder of results JSON (default: results)"
+    )
+    p.add_argument(
+        "--out", default="report/report.pdf", help="the PDF to write (default: report/report.pdf)"
+    )
+    p.add_argument(
+        "--figures",
+        default="report/figures",
+        help="where the figures are drawn and read from (default: report/figures)",
+    )
     return p
 
 

@@ -273,8 +273,8 @@ def describe_model(model_id: str, model) -> dict:
     path = Path(model_id).expanduser()
     local = path.exists()
     return {
-        "id": model_id,
-        "local_path": str(path.resolve()) if local else None,
+        "id": model_id,                                  # results.portable_model() names a folder by its name
+        "local": local,
         "sha256": results.model_identity(model_id)["sha256"] if local else None,
         "revision": None if local else (getattr(model.config, "_commit_hash", None)
                                         or hub_commit("model", model_id)),
@@ -496,8 +496,8 @@ def load_text(dataset: str = "wikitext2", text_file: str | None = None) -> TextS
     joins), so their token counts and perplexities are not comparable (see the README).
     """
     if text_file is not None:
-        return TextSource(f"file:{Path(text_file).expanduser().resolve()}", read_text_file(text_file),
-                          f"local file {text_file}")
+        name = Path(text_file).expanduser().name                  # the sha256 says which file; no machine path
+        return TextSource(f"file:{name}", read_text_file(text_file), f"local file {name}")
     if dataset not in DATASETS:
         raise UserError(f"unknown dataset '{dataset}' (choose {', '.join(DATASETS)}, or --text-file PATH)")
     d = DATASETS[dataset]

@@ -398,7 +398,7 @@ def main(**kwargs) -> list[results.Record] | results.Record:
             record["quantization"] = ev.memory_breakdown(model)           # after a forward: int8 scales exist
             record["method"]["settings"]["cpu_repacked_4bit"] = cpu_repacked(model)
             if args.save:
-                record["saved_to"] = str(Path(args.save) / name)
+                record["saved_to"] = f"{Path(args.save).name}/{name}"
             record = results.write(record, out)
             print(ev.summary_line(record))
             print("  " + breakdown_line(record["quantization"]))

@@ -62,13 +62,36 @@ def new_record(kind: str, method: str, settings: dict, model: dict, device: torc
     if kind not in KINDS:
         raise ValueError(f"unknown record kind '{kind}' (one of {', '.join(KINDS)})")
     rec = Record(schema_version=SCHEMA_VERSION, kind=kind, method={"name": method, "settings": settings},
-                 model={"random_weights": False, **model})
+                 model={"random_weights": False, **portable_model(model)})
     if dataset is not None:
         rec["dataset"] = dataset
     rec.update(blocks)
     rec.update(provenance(device))
     rec.update(smoke_fields(smoke))
     return rec
+
+
+def portable_model(model: dict) -> dict:
+    """The model block with no path of the machine that ran it: a local folder is named by its
+    folder name, and its content by model.sha256 (the sha256 of its files); a Hub id stays."""
+    path = Path(str(model["id"])).expanduser()
+    if not path.exists():
+        return model
+    out = {**model, "id": path.resolve().name, "local": True}
+    out.setdefault("sha256", model_identity(str(path))["sha256"] if path.is_dir() else None)
+    return out
+
+
+def portable_command(argv: list[str]) -> str:
+    """The command line, with every path in it cut to its last name: a results file must not
+    carry the folders of the machine that made it."""
+    def cut(arg: str) -> str:
+        flag, eq, value = arg.partition("=") if arg.startswith("--") else ("", "", arg)
+        if value and ("/" in value or value.startswith("~")) and (Path(value).expanduser().exists()
+                                                                  or value.startswith(("/", "~", "."))):
+            value = Path(value.rstrip("/")).name or value
+        return f"{flag}{eq}{value}"
+    return " ".join(shlex.quote(cut(a)) for a in argv)
 
 
 def write(record: dict, path: str | os.PathLike) -> Record:
@@ -111,7 +134,7 @@ def provenance(device: torch.device) -> dict:
     """Where, when and by which command a result was made."""
     return {"environment": environment(device),
             "timestamp": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "command": " ".join(shlex.quote(a) for a in [Path(sys.argv[0]).name, *sys.argv[1:]])}
+            "command": portable_command([Path(sys.argv[0]).name, *sys.argv[1:]])}
 
 
 def write_json_atomic(path: str | os.PathLike, obj) -> Path:

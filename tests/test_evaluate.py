@@ -152,7 +152,8 @@ def test_cli_writes_a_complete_results_file(gpt2_dir, text_file, tmp_path, tiny_
     saved = json.loads(out.read_text())
     assert saved["perplexity"] == rec["perplexity"]
     assert saved["dataset"]["sha256"] == __import__("hashlib").sha256(tiny_text.encode()).hexdigest()  # CRLF read as LF
-    assert saved["model"]["local_path"] and saved["model"]["stand_in"] == "tiny test model"
+    assert saved["model"]["local"] and saved["model"]["stand_in"] == "tiny test model"
+    assert saved["model"]["id"] == gpt2_dir.name and len(saved["model"]["sha256"]) == 64
     assert saved["memory"]["unit"].startswith("MiB")
     assert saved["memory"]["disk_bytes"] > saved["memory"]["weights_bytes"]
     assert set(saved["environment"]["versions"]) >= {"torch", "transformers", "bitsandbytes"}

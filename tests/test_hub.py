@@ -52,7 +52,7 @@ def only_json(folder: Path) -> list[dict]:
 def test_evaluate_defaults_read_gpt2_and_wikitext_from_the_hub(hub, tmp_path):
     run(hub, "evaluate.py", *SMALL, "--results-dir", str(tmp_path))
     [rec] = only_json(tmp_path)
-    assert rec["model"]["id"] == "gpt2" and rec["model"]["local_path"] is None
+    assert rec["model"]["id"] == "gpt2" and rec["model"]["local"] is False
     gpt2 = hub.repos[("model", "openai-community/gpt2")]
     assert rec["model"]["revision"] == gpt2.branches["main"]                  # the commit that was measured
     wiki = hub.repos[("dataset", "Salesforce/wikitext")]

@@ -80,3 +80,19 @@ def test_saved_spec_stores_lists_and_loads_them_back(gpt2_dir, tmp_path):
     p1.save_quantized(model, tmp_path / "q", spec, tok)
     _, loaded = p1.load_quantized(tmp_path / "q")
     assert loaded["blocks"] == [1] and loaded["components"] == ["qkv", "ffn_down"]
+
+
+def test_no_machine_path_in_a_results_file(gpt2_dir, text_file, tmp_path, monkeypatch):
+    """model.id is the folder's name (its content: model.sha256), dataset.id the file's name
+    (its content: dataset.sha256), and the recorded command has no folders either."""
+    monkeypatch.setattr("sys.argv", ["evaluate.py", "--model", str(gpt2_dir), f"--text-file={text_file}",
+                                     "--results-dir", str(tmp_path / "r")])
+    rec = ev.main(model=str(gpt2_dir), text_file=str(text_file), results_dir=str(tmp_path / "r"), **RUN)
+    text = rec.path.read_text()
+    for folder in (str(gpt2_dir.parent), str(text_file.parent), str(tmp_path), "/tmp/", "/root"):
+        assert folder not in text, folder
+    saved = json.loads(text)
+    assert saved["model"]["id"] == gpt2_dir.name and saved["model"]["sha256"] == results.model_identity(
+        str(gpt2_dir))["sha256"]
+    assert saved["dataset"]["id"] == f"file:{text_file.name}" and len(saved["dataset"]["sha256"]) == 64
+    assert saved["command"] == f"evaluate.py --model {gpt2_dir.name} --text-file={text_file.name} --results-dir r"

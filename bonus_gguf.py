@@ -455,8 +455,8 @@ def main(**kwargs) -> list[dict] | dict:
         if args.out:                                  # kept for the report's GGUF section
             results.write(results.new_record(
                 "gguf-inspect", "gguf-inspect", {"file": path.name},
-                {"id": args.model, "stand_in": args.stand_in, "random_weights": args.random_weights},
-                torch.device("cpu"), gguf_inspection=info, stand_in=args.stand_in), args.out)
+                {"id": path.name, "stand_in": args.stand_in, "random_weights": args.random_weights,
+                 "format": "gguf"}, torch.device("cpu"), gguf_inspection=info, stand_in=args.stand_in), args.out)
             print(f"wrote {args.out}")
         return info
     types = parse_types(args.types)
@@ -511,10 +511,9 @@ def main(**kwargs) -> list[dict] | dict:
 
 def push_record(args, files: list[Path], pushed: dict) -> results.Record:
     """What was pushed where, as a results file: the report says it from this, not from hope."""
-    import hashlib
     push_block = {"repo": args.push_to_hub, **{k: pushed[k] for k in ("url", "endpoint", "commit")},
                   "files": [{"name": hub_name(p.name), "bytes": p.stat().st_size,
-                             "sha256": hashlib.sha256(p.read_bytes()).hexdigest()} for p in files]
+                             "sha256": results.file_sha256(p)} for p in files]
                   + [{"name": "README.md", "bytes": None, "sha256": None}]}
     record = results.new_record("gguf-push", "gguf-push", {"repo": args.push_to_hub},
                                 {"id": args.model, "stand_in": args.stand_in, "random_weights": args.random_weights},

@@ -143,8 +143,12 @@ PATH_FLAGS = ("text_file", "results_dir", "out", "save", "gguf_dir", "inspect", 
 # Output locations: checked before any work, so a long run never fails at its last step.
 
 def _first_existing(path: Path) -> Path:
+    """The nearest folder above path that exists; a broken symbolic link on the way is an error
+    (the write would fail there, after the work)."""
     p = path.absolute()
     while not p.exists() and p != p.parent:
+        if p.is_symlink():
+            raise UserError(f"'{p}' is a broken symbolic link, on the way to '{path}'")
         p = p.parent
     return p
 
@@ -177,11 +181,11 @@ def check_output_file(path: str | os.PathLike, flag: str, kind: str = "results")
     model's weights, a text or anything else that a slip of the keyboard named."""
     if str(path).strip() == "":
         raise UserError(f"{flag} is empty; give a file name")
+    if str(path).endswith(("/", os.sep)):                 # Path() would drop the slash
+        raise UserError(f"{flag} '{path}' ends with '/'; give a file name")
     path = Path(path).expanduser()
     if path.is_dir():
         raise UserError(f"{flag} '{path}' is a folder; give a file name")
-    if str(path).endswith(os.sep):
-        raise UserError(f"{flag} '{path}' ends with '{os.sep}'; give a file name")
     if path.exists() and not is_output_of_kind(path, kind):
         raise UserError(f"{flag} '{path}' exists and is not a {kind} file this project wrote; "
                         f"nothing is overwritten (give a new name)")
@@ -193,10 +197,12 @@ def is_output_of_kind(path: Path, kind: str) -> bool:
     """Whether an existing file is one this project may replace: a results JSON (an object
     with schema_version) or a PDF."""
     try:
-        if kind == "pdf":
-            with open(path, "rb") as f:
+        with open(path, "rb") as f:
+            if kind == "pdf":
                 return f.read(5) == b"%PDF-"
-        rec = json.loads(path.read_text(encoding="utf-8"))
+            if path.stat().st_size > 64 * MiB:            # no results file is that big: never read it all
+                return False
+            rec = json.loads(f.read().decode("utf-8"))
         return isinstance(rec, dict) and "schema_version" in rec
     except (OSError, ValueError):
         return False
@@ -1170,9 +1176,10 @@ def check_common(args: argparse.Namespace) -> None:
         check_windows(args.max_length, args.stride or default_stride(args.max_length), None)
     elif args.stride is not None and args.stride <= 0:
         raise UserError(f"--stride must be positive; got {args.stride}")
-    check_output_dir(args.results_dir, "--results-dir")
     if args.out is not None:
         check_output_file(args.out, "--out")
+    else:
+        check_output_dir(args.results_dir, "--results-dir")
     if args.text_file is not None:
         read_text_file(args.text_file)
 

@@ -339,7 +339,7 @@ def main(**kwargs) -> list[results.Record] | results.Record:
     if args.dtype != "float32":
         raise ev.UserError("--dtype is the baseline's; bitsandbytes loads the model in its compute dtype: "
                            "use --compute-dtype")
-    if args.threshold != THRESHOLD_DEFAULT and "int8" not in modes and not args.compare:
+    if args.threshold != THRESHOLD_DEFAULT and ("int8" not in modes or args.compare):
         raise ev.UserError("--threshold is LLM.int8()'s outlier threshold: it goes with --mode int8")
     if args.layer is not None and not args.compare:
         raise ev.UserError("--layer picks the histogram's layer of --compare: it goes with --compare")
@@ -363,8 +363,12 @@ def main(**kwargs) -> list[results.Record] | results.Record:
         progress = not args.quiet
         if args.save is not None:
             ev.check_output_dir(args.save, "--save")
-            if Path(args.save).expanduser().resolve() == Path(args.model).expanduser().resolve():
+            model_dir = Path(args.model).expanduser()
+            if model_dir.is_dir() and Path(args.save).expanduser().resolve() == model_dir.resolve():
                 raise ev.UserError(f"--save '{args.save}' is the model's own folder: give a new folder")
+            if args.out is not None and Path(args.save).expanduser().resolve() in \
+                    Path(args.out).expanduser().resolve().parents:
+                raise ev.UserError("--out is inside --save: the save would overwrite it; put the results elsewhere")
             for mode in modes:
                 ev.check_new_folder(Path(args.save) / method_name(mode, args.threshold), "--save", args.model)
         skel = ev.skeleton(args.model)

@@ -163,6 +163,15 @@ def slug(text: str) -> str:
 _IDENTITY_CACHE: dict[tuple, dict] = {}
 
 
+def file_sha256(path: str | os.PathLike) -> str:
+    """sha256 of a file, read in 16 MiB pieces (a 28 GB GGUF never sits in memory)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 24):
+            h.update(chunk)
+    return h.hexdigest()
+
+
 def model_identity(model_id: str) -> dict:
     """What a model is, independent of where it lies: for a local folder the sha256 of its
     files' names and contents (so two folders of one name but different weights differ,
@@ -177,11 +186,7 @@ def model_identity(model_id: str) -> dict:
     if stamp not in _IDENTITY_CACHE:
         h = hashlib.sha256()
         for p in files:
-            fh = hashlib.sha256()
-            with open(p, "rb") as f:
-                while chunk := f.read(1 << 24):
-                    fh.update(chunk)
-            h.update(f"{p.name}\0{fh.hexdigest()}\n".encode())
+            h.update(f"{p.name}\0{file_sha256(p)}\n".encode())
         digest = h.hexdigest()
         _IDENTITY_CACHE[stamp] = {"kind": "local", "name": path.resolve().name, "sha256": digest, "key": digest}
     return _IDENTITY_CACHE[stamp]

@@ -44,6 +44,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-tokens", type=int, default=None,
                    help=f"score only the first N tokens (default: all on a GPU, {CPU_TOKEN_BUDGET} on a CPU; recorded)")
     p.add_argument("--stand-in", default=None, help="which model this one stands in for, if any")
+    p.add_argument("--random-weights", action="store_true",
+                   help="the model's weights are random (a stand-in for shapes, memory and speed): its "
+                        "perplexity means nothing, and the figures and report say so")
     p.add_argument("--results-dir", default="results", help="where results JSON go (default: results)")
     p.add_argument("--figures-dir", default="report/figures", help="where the figures go (default: report/figures)")
     p.add_argument("--gguf-dir", default="gguf", help="where the GGUF files go (default: gguf/)")
@@ -154,14 +157,16 @@ def main(**kwargs) -> list[dict]:
         evaluate.check_output_dir(args.gguf_dir, "--gguf-dir")
     if "plots" in steps or "report" in steps:
         evaluate.check_output_dir(args.figures_dir, "--figures-dir")
+    pdf = Path(args.report) if not args.smoke else Path(args.report).with_name("smoke-report.pdf")
     if "report" in steps:
-        evaluate.check_output_file(args.report, "--report", kind="pdf")
+        evaluate.check_output_file(pdf, "--report", kind="pdf")
     max_tokens = args.max_tokens
     if max_tokens is None and dev.type == "cpu" and not args.smoke:
         max_tokens = CPU_TOKEN_BUDGET
     common = dict(model=args.model, dataset=args.dataset, text_file=args.text_file, device=args.device,
                   max_tokens=max_tokens, stand_in=args.stand_in, results_dir=args.results_dir,
-                  smoke=args.smoke, quiet=args.quiet, **({"skip_latency": True} if args.skip_latency else {}))
+                  smoke=args.smoke, quiet=args.quiet, **({"skip_latency": True} if args.skip_latency else {}),
+                  **({"random_weights": True} if args.random_weights else {}))
     if not args.smoke and set(steps) - {"plots", "report"}:  # bad input fails here, before any step runs
         evaluate.prepare(evaluate.with_defaults(evaluate.build_parser(), common))
     ledger_path = Path(args.results_dir) / ("smoke" if args.smoke else "") / ".study-ledger"
@@ -201,7 +206,6 @@ def main(**kwargs) -> list[dict]:
     try:
         if "report" in steps:                              # draws the figures too
             from report import build_report
-            pdf = Path(args.report) if not args.smoke else Path(args.report).with_name("smoke-report.pdf")
             print(f"[report] {figures} and {pdf}", flush=True)
             build_report.main(results=str(folder), out=str(pdf), figures=str(figures))
         elif "plots" in steps:

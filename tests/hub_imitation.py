@@ -108,10 +108,11 @@ class HubImitation:
         return self
 
     def stop(self) -> None:
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-            self._server = None
+        with self._lock:                                   # the timer and __exit__ may both call it
+            server, self._server = self._server, None
+        if server is not None:
+            server.shutdown()
+            server.server_close()
             self._timer.cancel()
 
     def __enter__(self):

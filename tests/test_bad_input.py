@@ -176,6 +176,11 @@ def cases(w: Path) -> list[tuple[object, list[str], str]]:
         (p1, base + ["--save", str(w / "new-save"), "--out", str(w / "new-save" / "config.json")], "inside --save"),
         (ev, base + ["--results-dir", ""], "--results-dir is empty"),
         (ev, base + ["--results-dir", str(w / "dangling")], "broken symbolic link"),
+        (ev, base + ["--results-dir", str(w / "dangling" / "sub")], "broken symbolic link"),
+        (ev, base + ["--out", str(w / "results" / "new") + "/"], "ends with '/'"),
+        (p2, base + ["--mode", "int8", "--save", str(w / "sv"), "--out", str(w / "sv" / "bnb-int8" / "c.json")],
+         "--out is inside --save"),
+        (p2, ["--compare", "--model", m, "--threshold", "3"], "it goes with --mode int8"),
         # values that are out of this world
         (ev, base + ["--threads", "99999999999"], "--threads must be between 1 and"),
         (ev, base + ["--threads", "100000"], "--threads must be between 1 and"),
@@ -223,10 +228,19 @@ def case_id(case) -> str:
     return f"{Path(script.__file__).stem}:{' '.join(a.split('/')[-1] for a in argv if a != '--quiet')}"[:90]
 
 
+def no_login(monkeypatch, world) -> None:
+    """No token anywhere, whatever the developer's own login: env and the token file."""
+    import huggingface_hub.constants as hc
+    for var in ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("HF_HOME", str(world / "hf-home-empty"))
+    monkeypatch.setattr(hc, "HF_TOKEN_PATH", str(world / "hf-home-empty" / "token"))
+    monkeypatch.setattr(hc, "HF_STORED_TOKENS_PATH", str(world / "hf-home-empty" / "stored_tokens"))
+
+
 def test_every_bad_input_is_one_line_and_touches_nothing(world, cli_error, monkeypatch):
     monkeypatch.setenv("HOME", str(world / "home"))
-    monkeypatch.delenv("HF_TOKEN", raising=False)
-    monkeypatch.setenv("HF_HOME", str(world / "hf-home-empty"))       # no cached login
+    no_login(monkeypatch, world)
     failures = []
     for case in cases(world):
         script, argv, expected = case

@@ -24,7 +24,7 @@ SMALL = ["--device", "cpu", "--quiet", "--max-tokens", "1500", "--per-line", "20
 
 @pytest.fixture(scope="module")
 def hub(tmp_path_factory):
-    h = HubImitation(max_seconds=1500)
+    h = HubImitation(max_seconds=5400)                             # a safety net: the fixture stops it
     h.rows = default_repos(h, tiny_models.synthetic_text(n_lines=300, seed=3))
     h.home = tmp_path_factory.mktemp("hf-home")                    # one user's cache for the module
     with h:
@@ -32,9 +32,10 @@ def hub(tmp_path_factory):
 
 
 def run(hub, script: str, *argv: str, token: str | None = None, check: bool = True) -> subprocess.CompletedProcess:
-    env = {k: v for k, v in os.environ.items()
-           if k not in ("HF_HUB_OFFLINE", "HF_TOKEN", "TRANSFORMERS_OFFLINE", "HF_DATASETS_OFFLINE")}
-    env.update(HF_ENDPOINT=hub.url, HF_HOME=str(hub.home), HF_HUB_DISABLE_XET="1",
+    env = {k: v for k, v in os.environ.items()                     # none of the user's Hub settings
+           if not k.startswith(("HF_", "HUGGINGFACE_", "HUGGING_FACE_", "TRANSFORMERS_"))
+           and k.lower() not in ("http_proxy", "https_proxy", "all_proxy")}
+    env.update(HF_ENDPOINT=hub.url, HF_HOME=str(hub.home), HF_HUB_DISABLE_XET="1", NO_PROXY="127.0.0.1,localhost",
                HF_HUB_DISABLE_TELEMETRY="1", TRANSFORMERS_VERBOSITY="error")
     if token is not None:
         env["HF_TOKEN"] = token

@@ -64,3 +64,9 @@ def test_cli_exit_code_says_a_step_failed(tmp_path, monkeypatch, capsys):
     assert e.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1].startswith("run_study.py: error: 1 of 1 steps failed (first: baseline fp32: RuntimeError: boom)")
+
+
+def test_random_weights_reaches_every_run(tmp_path):
+    [rec] = run_study.main(smoke=True, steps="baseline", results_dir=str(tmp_path), random_weights=True, quiet=True)
+    assert rec["model"]["random_weights"] is True
+    assert json.loads(rec.path.read_text())["model"]["random_weights"] is True

@@ -167,52 +167,20 @@ class Doc:
         )
         base = getSampleStyleSheet()
         self.colors = colors
+        def style(name: str, parent: str, font: str = "DejaVu", **kw) -> ParagraphStyle:
+            return ParagraphStyle(name, parent=base[parent], fontName=font, **kw)
+
+        heading = dict(keepWithNext=1)
         self.style = {
-            "title": ParagraphStyle(
-                "t", parent=base["Title"], fontName="DejaVu-Bold", fontSize=17, leading=21
-            ),
-            "h1": ParagraphStyle(
-                "h1",
-                parent=base["Heading1"],
-                fontName="DejaVu-Bold",
-                fontSize=13.5,
-                leading=17,
-                spaceBefore=10,
-                spaceAfter=5,
-                keepWithNext=1,
-            ),
-            "h2": ParagraphStyle(
-                "h2",
-                parent=base["Heading2"],
-                fontName="DejaVu-Bold",
-                fontSize=11,
-                leading=14,
-                spaceBefore=7,
-                spaceAfter=3,
-                keepWithNext=1,
-            ),
-            "p": ParagraphStyle(
-                "p",
-                parent=base["BodyText"],
-                fontName="DejaVu",
-                fontSize=9,
-                leading=12.2,
-                spaceAfter=4,
-            ),
-            "small": ParagraphStyle(
-                "s",
-                parent=base["BodyText"],
-                fontName="DejaVu",
-                fontSize=7.5,
-                leading=9.5,
-                textColor=colors.HexColor("#444444"),
-            ),
-            "cell": ParagraphStyle(
-                "c", parent=base["BodyText"], fontName="DejaVu", fontSize=7.3, leading=8.8
-            ),
-            "mono": ParagraphStyle(
-                "m", parent=base["Code"], fontName="DejaVuMono", fontSize=7, leading=8.6
-            ),
+            "title": style("t", "Title", "DejaVu-Bold", fontSize=17, leading=21),
+            "h1": style("h1", "Heading1", "DejaVu-Bold", fontSize=13.5, leading=17, spaceBefore=10,
+                        spaceAfter=5, **heading),
+            "h2": style("h2", "Heading2", "DejaVu-Bold", fontSize=11, leading=14, spaceBefore=7,
+                        spaceAfter=3, **heading),
+            "p": style("p", "BodyText", fontSize=9, leading=12.2, spaceAfter=4),
+            "small": style("s", "BodyText", fontSize=7.5, leading=9.5, textColor=colors.HexColor("#444444")),
+            "cell": style("c", "BodyText", fontSize=7.3, leading=8.8),
+            "mono": style("m", "Code", "DejaVuMono", fontSize=7, leading=8.6),
         }
         self.figures = figures
         self.story: list = []

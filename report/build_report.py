@@ -402,109 +402,132 @@ def git_commit() -> str | None:
         return None
 
 
-def key_findings(doc: Doc, s: Study) -> None:
-    doc.h1("1. Findings")
-    items = []
+def findings_facts(s: Study) -> dict:
+    """The numbers of the findings, read and computed from the records; nothing is rendered."""
+    facts = {}
     g = s.find_group("scratch-int8-per_channel")
     if g:
         r = s.runs(g)
         base, q = r["baseline-fp32"], r["scratch-int8-per_channel"]
-        items.append(
-            "<b>8-bit from scratch.</b> Whole-model INT8 with one scale per output channel "
-            f"shrinks the weights from {f_mib(base['memory']['weights_mib'])} to "
-            f"{f_mib(q['memory']['weights_mib'])} MiB "
-            f"({f_ratio(base['memory']['weights_mib'] / q['memory']['weights_mib'])} smaller) and "
-            f"moves perplexity by {f_pct(delta(r, 'scratch-int8-per_channel'))} "
-            f"({f_ppl(base['perplexity']['ppl'])} → {f_ppl(q['perplexity']['ppl'])}; "
-            f"{escape(group_label(g))})."
-        )
-        best = min(
-            (
-                n
-                for n in r
-                if n.startswith("scratch-int8") and not n.startswith("scratch-int8-per_channel-")
-            ),
-            key=lambda n: r[n]["perplexity"]["ppl"],
-        )
-        if best != "scratch-int8-per_channel":
-            items.append(
-                f"The best whole-model Part 1 INT8 scheme is <i>{escape(best)}</i> at "
-                f"{f_pct(delta(r, best))}; per-tensor scaling costs "
-                f"{f_pct(delta(r, 'scratch-int8-per_tensor'))}."
-                if "scratch-int8-per_tensor" in r
-                else f"The best whole-model Part 1 INT8 scheme is <i>{escape(best)}</i> at "
-                f"{f_pct(delta(r, best))}."
-            )
+        int8 = [n for n in r if n.startswith("scratch-int8")
+                and not n.startswith("scratch-int8-per_channel-")]
+        best = min(int8, key=lambda n: r[n]["perplexity"]["ppl"])
+        facts["int8"] = {
+            "group": group_label(g),
+            "base_mib": base["memory"]["weights_mib"], "int8_mib": q["memory"]["weights_mib"],
+            "shrink": base["memory"]["weights_mib"] / q["memory"]["weights_mib"],
+            "delta": delta(r, "scratch-int8-per_channel"),
+            "base_ppl": base["perplexity"]["ppl"], "int8_ppl": q["perplexity"]["ppl"],
+            "best": best, "best_delta": delta(r, best),
+            "per_tensor_delta": delta(r, "scratch-int8-per_tensor")
+            if "scratch-int8-per_tensor" in r else None,
+        }
     g = s.find_group("bnb-nf4", "bnb-fp4")
     if g:
         r = s.runs(g)
-        nf4, fp4 = r["bnb-nf4"]["perplexity"]["ppl"], r["bnb-fp4"]["perplexity"]["ppl"]
-        text = (
-            "<b>4-bit: NF4 against linear.</b> At the same size, NF4's perplexity is "
-            f"{-pct_change(nf4, fp4):.1f}% lower than FP4's ({f_ppl(nf4)} against "
-            f"{f_ppl(fp4)})"
-        )
-        if "scratch-int4-int4" in r:
-            i4 = r["scratch-int4-int4"]["perplexity"]["ppl"]
-            text += f" and {-pct_change(nf4, i4):.1f}% lower than linear int4's ({f_ppl(i4)})"
-        items.append(
-            text + f"; fp32 is {f_ppl(r['baseline-fp32']['perplexity']['ppl'])} "
-            f"({escape(group_label(g))})."
-        )
-    if s.compare:
-        m = s.compare["compare"]["mean_rel_mse"]
-        if "bnb-nf4" in m and "bnb-fp4" in m:
-            items.append(
-                "Per weight, NF4's mean relative reconstruction error "
-                f"({m['bnb-nf4']:.2e}) is {f_ratio(m['bnb-fp4'] / m['bnb-nf4'])} smaller "
-                f"than FP4's ({m['bnb-fp4']:.2e})"
-                + (
-                    f" and {f_ratio(m['scratch-int4'] / m['bnb-nf4'])} smaller than linear int4's"
-                    if "scratch-int4" in m
-                    else ""
-                )
-                + "."
-            )
+        ppl = {n: r[n]["perplexity"]["ppl"] for n in ("bnb-nf4", "bnb-fp4", "scratch-int4-int4",
+                                                      "baseline-fp32") if n in r}
+        facts["nf4"] = {
+            "group": group_label(g), "nf4": ppl["bnb-nf4"], "fp4": ppl["bnb-fp4"],
+            "fp32": ppl["baseline-fp32"], "int4": ppl.get("scratch-int4-int4"),
+            "lower_than_fp4": -pct_change(ppl["bnb-nf4"], ppl["bnb-fp4"]),
+            "lower_than_int4": -pct_change(ppl["bnb-nf4"], ppl["scratch-int4-int4"])
+            if "scratch-int4-int4" in ppl else None,
+        }
+    m = s.compare["compare"]["mean_rel_mse"] if s.compare else {}
+    if "bnb-nf4" in m and "bnb-fp4" in m:
+        facts["error"] = {
+            "nf4": m["bnb-nf4"], "fp4": m["bnb-fp4"], "fp4_over_nf4": m["bnb-fp4"] / m["bnb-nf4"],
+            "int4_over_nf4": m["scratch-int4"] / m["bnb-nf4"] if "scratch-int4" in m else None,
+        }
     b = s.bench("bnb-bench", "cuda")
     if b:
         t, base = b["bench"]["table"], b["bench"].get("baseline", "fp16")
-        q = {n: v for n, v in t.items() if n not in ("fp32", "fp16")}
-        if q and base in t:
-            lo, hi = (
-                min(v["decode_ratio"] for v in q.values()),
-                max(v["decode_ratio"] for v in q.values()),
-            )
-            slower = sum(v["decode_ratio"] > 1 for v in q.values())
+        ratios = [v["decode_ratio"] for n, v in t.items() if n not in ("fp32", "fp16")]
+        if ratios and base in t:
             bw = bandwidth(s)
             base_ms = t[base]["decode_ms_per_token"]["median"]
             floor = None if bw is None else t[base]["weights_mib"] * 2**20 / bw * 1e3
-            items.append(
-                f"<b>Speed.</b> On the {escape(pr.device_of(b))}, with Hugging Face "
-                f"generate, {slower} of {len(q)} quantized models decode slower than "
-                f"{base}: {f_ratio(lo)} to {f_ratio(hi)} its time per token "
-                f"({model_label(b)}). {base} itself takes {f_ms(base_ms)} ms per token"
-                + (
-                    "."
-                    if floor is None
-                    else f", {base_ms / floor:.0f}× the time needed to read its weights once "
-                    "from memory: at this size decoding is overhead, not bytes."
-                )
-            )
+            facts["speed"] = {
+                "device": pr.device_of(b), "model": model_label(b), "base": base,
+                "n": len(ratios), "slower": sum(x > 1 for x in ratios), "lo": min(ratios),
+                "hi": max(ratios), "base_ms": base_ms,
+                "x_floor": None if floor is None else base_ms / floor,
+            }
     fast = next((r for r in s.benches if "fast_path" in r["bench"]), None)
     if fast:
-        items.append(gpu_fast_summary(fast))
+        facts["fast"] = fast_facts(fast)
     g = s.find_group("gguf-q8_0")
     if g:
         r = s.runs(g)
         ggufs = [n for n in r if n.startswith("gguf-")]
         smallest = min(ggufs, key=lambda n: r[n]["memory"]["disk_mib"] or 1e18)
+        facts["gguf"] = {
+            "group": group_label(g), "q8_mib": r["gguf-q8_0"]["memory"]["disk_mib"],
+            "q8_delta": delta(r, "gguf-q8_0"), "smallest": smallest[5:].upper(),
+            "smallest_mib": r[smallest]["memory"]["disk_mib"], "smallest_delta": delta(r, smallest),
+        }
+    return facts
+
+
+def key_findings(doc: Doc, s: Study) -> None:
+    f = findings_facts(s)
+    doc.h1("1. Findings")
+    items = []
+    if "int8" in f:
+        x = f["int8"]
         items.append(
-            "<b>GGUF.</b> llama.cpp's Q8_0 file is "
-            f"{f_mib(r['gguf-q8_0']['memory']['disk_mib'])} MiB at "
-            f"{f_pct(delta(r, 'gguf-q8_0'))} perplexity; the smallest file, "
-            f"{escape(smallest[5:].upper())}, is "
-            f"{f_mib(r[smallest]['memory']['disk_mib'])} MiB at "
-            f"{f_pct(delta(r, smallest))} ({escape(group_label(g))})."
+            "<b>8-bit from scratch.</b> Whole-model INT8 with one scale per output channel "
+            f"shrinks the weights from {f_mib(x['base_mib'])} to {f_mib(x['int8_mib'])} MiB "
+            f"({f_ratio(x['shrink'])} smaller) and moves perplexity by {f_pct(x['delta'])} "
+            f"({f_ppl(x['base_ppl'])} → {f_ppl(x['int8_ppl'])}; {escape(x['group'])})."
+        )
+        if x["best"] != "scratch-int8-per_channel":
+            items.append(
+                f"The best whole-model Part 1 INT8 scheme is <i>{escape(x['best'])}</i> at "
+                f"{f_pct(x['best_delta'])}"
+                + ("." if x["per_tensor_delta"] is None else
+                   f"; per-tensor scaling costs {f_pct(x['per_tensor_delta'])}.")
+            )
+    if "nf4" in f:
+        x = f["nf4"]
+        items.append(
+            "<b>4-bit: NF4 against linear.</b> At the same size, NF4's perplexity is "
+            f"{x['lower_than_fp4']:.1f}% lower than FP4's ({f_ppl(x['nf4'])} against "
+            f"{f_ppl(x['fp4'])})"
+            + ("" if x["int4"] is None else
+               f" and {x['lower_than_int4']:.1f}% lower than linear int4's ({f_ppl(x['int4'])})")
+            + f"; fp32 is {f_ppl(x['fp32'])} ({escape(x['group'])})."
+        )
+    if "error" in f:
+        x = f["error"]
+        items.append(
+            f"Per weight, NF4's mean relative reconstruction error ({x['nf4']:.2e}) is "
+            f"{f_ratio(x['fp4_over_nf4'])} smaller than FP4's ({x['fp4']:.2e})"
+            + ("" if x["int4_over_nf4"] is None else
+               f" and {f_ratio(x['int4_over_nf4'])} smaller than linear int4's")
+            + "."
+        )
+    if "speed" in f:
+        x = f["speed"]
+        items.append(
+            f"<b>Speed.</b> On the {escape(x['device'])}, with Hugging Face generate, "
+            f"{x['slower']} of {x['n']} quantized models decode slower than {x['base']}: "
+            f"{f_ratio(x['lo'])} to {f_ratio(x['hi'])} its time per token ({x['model']}). "
+            f"{x['base']} itself takes {f_ms(x['base_ms'])} ms per token"
+            + ("." if x["x_floor"] is None else
+               f", {x['x_floor']:.0f}× the time needed to read its weights once from memory: "
+               "at this size decoding is overhead, not bytes.")
+        )
+    if f.get("fast"):
+        items.append(fast_summary_text(f["fast"]))
+    if "gguf" in f:
+        x = f["gguf"]
+        items.append(
+            f"<b>GGUF.</b> llama.cpp's Q8_0 file is {f_mib(x['q8_mib'])} MiB at "
+            f"{f_pct(x['q8_delta'])} perplexity; the smallest file, {escape(x['smallest'])}, is "
+            f"{f_mib(x['smallest_mib'])} MiB at {f_pct(x['smallest_delta'])} "
+            f"({escape(x['group'])})."
         )
     if not items:
         items.append("No comparable perplexity runs in these results.")
@@ -872,35 +895,36 @@ def bench_rows(b: dict) -> list[list[str]]:
     return rows
 
 
-def gpu_fast_summary(b: dict) -> str:
-    """One finding from a bench that carries the fast decode path (issue 7's GPU bench)."""
+def fast_facts(b: dict) -> dict | None:
+    """The fast decode path's finding, from a bench that carries it (issue 7's GPU bench)."""
     t = b["bench"]["table"]
     base = b["bench"].get("baseline", "fp16")
-    f = {
-        n: v["fast_path"]["decode_ms_per_token"]["median"]
-        for n, v in t.items()
-        if v.get("fast_path")
+    ms = {n: v["fast_path"]["decode_ms_per_token"]["median"] for n, v in t.items() if v.get("fast_path")}
+    if base not in ms:
+        return None
+    others = [n for n in ms if n not in (base, "fp32")]
+    return {
+        "model": model_label(b), "device": pr.device_of(b), "base": base, "base_ms": ms[base],
+        "faster": [(n, ms[n], ms[n] / ms[base]) for n in others if ms[n] < ms[base]],
+        "slower": [(n, ms[n], ms[n] / ms[base]) for n in others if ms[n] >= ms[base]],
+        "same_tokens": all(v.get("tokens_equal_generate") for v in t.values()),
     }
-    if base not in f:
-        return ""
-    faster = [n for n in f if n != base and n != "fp32" and f[n] < f[base]]
-    slower = [n for n in f if n != base and n != "fp32" and f[n] >= f[base]]
-    same = all(v.get("tokens_equal_generate") for v in t.values())
 
-    def listed(names):
-        return ", ".join(f"{escape(n)} {f_ms(f[n])} ms ({f_ratio(f[n] / f[base])})" for n in names)
+
+def fast_summary_text(x: dict) -> str:
+    def listed(rows):
+        return ", ".join(f"{escape(n)} {f_ms(v)} ms ({f_ratio(ratio)})" for n, v, ratio in rows)
 
     return (
-        f"<b>With the overhead gone</b> (static KV cache and CUDA graphs; {model_label(b)}, "
-        f"{escape(pr.device_of(b))}), {base} decodes in {f_ms(f[base])} ms per token. "
-        + (f"Faster than it: {listed(faster)}. " if faster else "No quantized model beats it. ")
-        + (f"Not faster: {listed(slower)}. " if slower else "")
-        + (
-            "Every fast path makes the same greedy tokens as its model's generate()."
-            if same
-            else "Some fast paths' greedy tokens differ from generate()'s (see the fast-path table "
-            "in section 6)."
-        )
+        f"<b>With the overhead gone</b> (static KV cache and CUDA graphs; {x['model']}, "
+        f"{escape(x['device'])}), {x['base']} decodes in {f_ms(x['base_ms'])} ms per token. "
+        + (f"Faster than it: {listed(x['faster'])}. " if x["faster"] else
+           "No quantized model beats it. ")
+        + (f"Not faster: {listed(x['slower'])}. " if x["slower"] else "")
+        + ("Every fast path makes the same greedy tokens as its model's generate()."
+           if x["same_tokens"] else
+           "Some fast paths' greedy tokens differ from generate()'s (see the fast-path table "
+           "in section 6).")
     )
 
 

@@ -933,19 +933,9 @@ def latency_section(doc: Doc, s: Study) -> None:
     if not s.benches:
         doc.p("No latency benchmark in these results.")
         return
-    lengths = sorted(
-        {
-            (
-                b["bench"]["prefill_tokens"],
-                b["bench"].get("prompt_tokens"),
-                b["bench"]["new_tokens"],
-            )
-            for b in s.benches
-        },
-        key=str,
-    )
-    if len(lengths) == 1:
-        ((p, q, n),) = lengths
+    x = latency_facts(s)
+    if x["lengths"] is not None:
+        p, q, n = x["lengths"]
         said = (
             f"prefill is one forward pass over 1×{p} tokens, decode greedy generation of {n} "
             f"new tokens after a {q}-token prompt"
@@ -991,44 +981,56 @@ def latency_section(doc: Doc, s: Study) -> None:
         if "fast_path" in bb:
             fast_table(doc, b)
     why = []
-    gb = s.bench("bnb-bench", "cuda")
-    if gb and "fp16" in gb["bench"]["table"]:
-        t = gb["bench"]["table"]
-        f16 = t["fp16"]
-        bw = bandwidth(s)
-        if bw is not None:
-            floor = f16["weights_mib"] * 2**20 / bw * 1e3
+    if x["gpu"]:
+        g = x["gpu"]
+        if g["floor_ms"] is not None:
             why.append(
-                "On the GPU, fp16 decodes a token in "
-                f"{f_ms(f16['decode_ms_per_token']['median'])} ms while reading its "
-                f"{f_mib(f16['weights_mib'])} MiB of weights at {bw / 1e12:.2f} TB/s would "
-                f"take {floor:.3f} ms: decode time at this size is kernel launches and "
+                f"On the GPU, fp16 decodes a token in {f_ms(g['fp16_ms'])} ms while reading its "
+                f"{f_mib(g['fp16_mib'])} MiB of weights at {g['tb_per_s']:.2f} TB/s would "
+                f"take {g['floor_ms']:.3f} ms: decode time at this size is kernel launches and "
                 "Python, not memory traffic, so fewer bytes cannot help and every extra "
                 "dequantize kernel hurts. "
             )
-        if "bnb-int8" in t:
+        if g["int8_ratio"] is not None:
             why.append(
-                f"LLM.int8() is the slowest ({f_ratio(t['bnb-int8']['decode_ratio'])} "
-                "fp16's decode time): each matmul also finds outlier columns and runs a "
-                "second fp16 matmul for them."
+                f"LLM.int8() is the slowest ({f_ratio(g['int8_ratio'])} fp16's decode time): "
+                "each matmul also finds outlier columns and runs a second fp16 matmul for them."
             )
-    cb = s.bench("scratch-int8-bench", "cpu")
-    if cb and "int8-fast" in cb["bench"]["table"]:
-        t = cb["bench"]["table"]
+    if x["cpu"]:
+        c = x["cpu"]
         why.append(
             "On the CPU, where a decode step does read the weights from memory, Part 1's "
-            f"fast INT8 kernel decodes at {f_ratio(t['int8-fast']['decode_ratio'])} fp32's "
-            "time"
-            + (
-                " while the naive one (dequantize the whole matrix, then matmul) takes "
-                f"{f_ratio(t['int8-naive']['decode_ratio'])}"
-                if "int8-naive" in t
-                else ""
-            )
+            f"fast INT8 kernel decodes at {f_ratio(c['fast_ratio'])} fp32's time"
+            + ("" if c["naive_ratio"] is None else
+               " while the naive one (dequantize the whole matrix, then matmul) takes "
+               f"{f_ratio(c['naive_ratio'])}")
             + "."
         )
     if why:
         doc.p("<b>Why.</b> " + " ".join(why))
+
+
+def latency_facts(s: Study) -> dict:
+    """The benches' lengths (one tuple if they all agree) and the numbers behind 'Why'."""
+    lengths = {(b["bench"]["prefill_tokens"], b["bench"].get("prompt_tokens"), b["bench"]["new_tokens"])
+               for b in s.benches}
+    facts = {"lengths": next(iter(lengths)) if len(lengths) == 1 else None, "gpu": None, "cpu": None}
+    gb = s.bench("bnb-bench", "cuda")
+    if gb and "fp16" in gb["bench"]["table"]:
+        t = gb["bench"]["table"]
+        bw = bandwidth(s)
+        facts["gpu"] = {
+            "fp16_ms": t["fp16"]["decode_ms_per_token"]["median"], "fp16_mib": t["fp16"]["weights_mib"],
+            "tb_per_s": None if bw is None else bw / 1e12,
+            "floor_ms": None if bw is None else t["fp16"]["weights_mib"] * 2**20 / bw * 1e3,
+            "int8_ratio": t["bnb-int8"]["decode_ratio"] if "bnb-int8" in t else None,
+        }
+    cb = s.bench("scratch-int8-bench", "cpu")
+    if cb and "int8-fast" in cb["bench"]["table"]:
+        t = cb["bench"]["table"]
+        facts["cpu"] = {"fast_ratio": t["int8-fast"]["decode_ratio"],
+                        "naive_ratio": t["int8-naive"]["decode_ratio"] if "int8-naive" in t else None}
+    return facts
 
 
 def fast_table(doc: Doc, b: dict) -> None:
@@ -1116,39 +1118,54 @@ def layer_table(doc: Doc, b: dict) -> None:
         "dequantize-then-matmul in fp32.",
         widths=[3.2] + [None] * (len(names) + 3),
     )
-    f = {n: v["fast_path"]["decode_ms_per_token"]["median"] * 1e3 for n, v in t.items()}
-    lin = {n: v["linear_us_per_token"] for n, v in t.items()}
-    rest = f[base] - lin[base]
+    x = layer_facts(b)
     text = [
-        f"In {base}, the linear layers take about {lin[base]:.0f} µs of a {f[base]:.0f} µs "
-        f"decode step; the other ~{rest:.0f} µs (attention over the cache, layer norms, "
-        "residual adds, embedding, argmax, and the gaps between kernels) are the same "
-        "kernels whatever the weights are. So even a method whose linear layers were free "
-        f"could not decode faster than {f_ratio(rest / f[base])} {base}'s time at this size."
+        f"In {base}, the linear layers take about {x['base_linear_us']:.0f} µs of a "
+        f"{x['base_step_us']:.0f} µs decode step; the other ~{x['rest_us']:.0f} µs (attention over "
+        "the cache, layer norms, residual adds, embedding, argmax, and the gaps between kernels) "
+        "are the same kernels whatever the weights are. So even a method whose linear layers "
+        f"were free could not decode faster than {f_ratio(x['best_possible'])} {base}'s time at "
+        "this size."
     ]
-    q4 = [n for n in ("scratch-int4-fast", "scratch-nf4-fast", "bnb-nf4") if n in lin]
-    if len(q4) > 1:
+    if len(x["q4_linear_us"]) > 1:
         text.append(
             "Among the 4-bit layers: "
-            + ", ".join(f"{escape(n)} {lin[n]:.0f} µs" for n in q4)
+            + ", ".join(f"{escape(n)} {us:.0f} µs" for n, us in x["q4_linear_us"])
             + " per token."
         )
-    if "scratch-int4-fast" in lin and "scratch-nf4-fast" in lin:
+    if x["int4_and_nf4"]:
         text.append(
             "Part 1's int4 and NF4 read the same bytes; the difference is decoding a "
             "code: int4 is one subtraction (the ÷7 is folded into the block's absmax), "
             "NF4 looks each code up among 16 levels (a select tree in registers), which "
             "costs arithmetic on every weight."
         )
-    if "scratch-int8-fast" in t and "lm_head" in names:
+    if x["lm_head_us"] is not None:
+        int8_us, base_us = x["lm_head_us"]
         text.append(
             "Whole-model INT8 also stores the tied embedding / output layer in int8: "
-            "lm_head takes "
-            f"{t['scratch-int8-fast']['layers_us']['lm_head']['median']:.1f} µs against "
-            f"{t[base]['layers_us']['lm_head']['median']:.1f} µs in {base}; the 4-bit "
+            f"lm_head takes {int8_us:.1f} µs against {base_us:.1f} µs in {base}; the 4-bit "
             f"methods keep it in {base}, as bitsandbytes does."
         )
     doc.p(" ".join(text))
+
+
+def layer_facts(b: dict) -> dict:
+    """What the per-layer times say about one decode step, in numbers."""
+    t, base = b["bench"]["table"], b["bench"].get("baseline", "fp16")
+    step = {n: v["fast_path"]["decode_ms_per_token"]["median"] * 1e3 for n, v in t.items()}
+    lin = {n: v["linear_us_per_token"] for n, v in t.items()}
+    rest = step[base] - lin[base]
+    lm_head = [t[n]["layers_us"].get("lm_head") for n in ("scratch-int8-fast", base) if n in t]
+    return {
+        "base_linear_us": lin[base], "base_step_us": step[base], "rest_us": rest,
+        "best_possible": rest / step[base],
+        "q4_linear_us": [(n, lin[n]) for n in ("scratch-int4-fast", "scratch-nf4-fast", "bnb-nf4")
+                         if n in lin],
+        "int4_and_nf4": "scratch-int4-fast" in lin and "scratch-nf4-fast" in lin,
+        "lm_head_us": (lm_head[0]["median"], lm_head[1]["median"])
+        if len(lm_head) == 2 and all(lm_head) else None,
+    }
 
 
 def gguf_section(doc: Doc, s: Study) -> None:

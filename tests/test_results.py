@@ -96,3 +96,14 @@ def test_no_machine_path_in_a_results_file(gpt2_dir, text_file, tmp_path, monkey
         str(gpt2_dir))["sha256"]
     assert saved["dataset"]["id"] == f"file:{text_file.name}" and len(saved["dataset"]["sha256"]) == 64
     assert saved["command"] == f"evaluate.py --model {gpt2_dir.name} --text-file={text_file.name} --results-dir r"
+
+
+def test_peak_memory_is_the_perplexity_pass_alone(gpt2_dir, text_file, tmp_path):
+    """memory.peak_bytes covers the windowed pass at batch 1 only; the per-line pass (batches of
+    lines) and the timings keep their own, so a column of peaks compares like with like."""
+    rec = ev.main(model=str(gpt2_dir), text_file=str(text_file), results_dir=str(tmp_path), device="cpu",
+                  max_length=32, stride=32, max_tokens=300, per_line=40, prefill_tokens=32, prompt_tokens=4,
+                  new_tokens=4, repeats=2, warmup=1, quiet=True)
+    assert rec["memory"]["peak_scope"].startswith("the windowed perplexity pass, batch 1")
+    assert isinstance(rec["per_line_perplexity"]["peak_bytes"], int)
+    assert isinstance(rec["latency"]["peak_bytes"], int)

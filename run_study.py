@@ -133,10 +133,9 @@ def read_ledger(path: Path) -> dict:
 
 
 def reads_back(out) -> bool:
-    """A finished run's results file is still there and still a results record."""
+    """A finished run's results file is still there and still a record the readers accept."""
     try:
-        rec = json.loads(Path(out).read_text(encoding="utf-8"))
-        return isinstance(rec, dict) and "schema_version" in rec
+        return results.record_problem(json.loads(Path(out).read_text(encoding="utf-8"))) is None
     except (OSError, ValueError, TypeError):
         return False
 

@@ -404,7 +404,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--random-weights", action="store_true",
                    help="the weights are random (a stand-in for shapes and speed); stored as model.random_weights")
     p.add_argument("--results-dir", default="results", help="folder for the results JSON (default: results)")
-    p.add_argument("--out", default=None, help="exact results file (default: gpu-decode-bench__<model>__cuda.json)")
+    p.add_argument("--out", default=None, help="exact results file (default: gpu-decode-bench__<model>__cuda__<hash>.json)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.add_argument("--smoke", action="store_true", help="a tiny random GPT-2 made on the spot; numbers mean nothing")
     return p

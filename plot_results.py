@@ -20,6 +20,7 @@ needs, is skipped with a warning.
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 import warnings
 from collections import defaultdict
@@ -155,21 +156,75 @@ def plot_group(key: tuple, rs: list[dict], out: Path, made: list[Path]) -> None:
     ax.set_title(f"Perplexity by method\n{cap}", fontsize=9)
     _save(fig, out, names_of["perplexity"], made)
 
-    fig, ax = plt.subplots(figsize=(10, 5.5))
-    markers = "osD^v<>pPX*h"
-    for i, (x, y, name) in enumerate(zip(mib, ppl, names)):
-        ax.scatter([x], [y], marker=markers[i % len(markers)], s=45, label=name, zorder=3)
+    # Two panels: every method, then the cluster near the best perplexity, where the 8-bit
+    # schemes sit on top of each other. Each point is labelled on the plot; colours say the
+    # family (baseline, Part 1 8-bit, Part 1 4-bit, bitsandbytes, GGUF), markers the member.
+    fig, (ax, zoom) = plt.subplots(1, 2, figsize=(7.2, 4.4))      # ~16.5 cm wide in the PDF: 8 pt stays 8 pt
     front, best = [], float("inf")
     for x, y in sorted(zip(mib, ppl)):
         if y < best:
             front.append((x, y))
             best = y
-    ax.plot(*zip(*front), color="grey", lw=1, ls="--", label="Pareto front", zorder=2)
-    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
-    ax.set_xlabel("weights (MiB)")
-    ax.set_ylabel("perplexity")
-    ax.set_title(f"Memory against perplexity\n{cap}", fontsize=9)
+    near = [(x, y, n) for x, y, n in zip(mib, ppl, names) if y <= min(ppl) * 1.03]
+    for a in (ax, zoom):
+        seen = {}
+        for x, y, name in zip(mib, ppl, names):
+            color, fam = family_style(name)
+            k = seen[fam] = seen.get(fam, -1) + 1
+            a.scatter([x], [y], marker="osD^v<>pPX*h"[k % 11], s=36, color=color, zorder=3)
+        a.plot(*zip(*front), color="grey", lw=0.8, ls="--", zorder=2)
+        a.set_xlabel("weights (MiB)", fontsize=9)
+        a.tick_params(labelsize=8)
+    ax.set_ylabel("perplexity", fontsize=9)
+    pad_x = 0.08 * (max(x for x, _, _ in near) - min(x for x, _, _ in near) or 10)
+    pad_y = 0.3 * (max(y for _, y, _ in near) - min(y for _, y, _ in near) or 0.05)
+    zoom.set_xlim(min(x for x, _, _ in near) - 2 * pad_x, max(x for x, _, _ in near) + 2 * pad_x)
+    zoom.set_ylim(min(y for _, y, _ in near) - pad_y, max(y for _, y, _ in near) + pad_y)
+    label_points(ax, [(x, y, n) for x, y, n in zip(mib, ppl, names) if (x, y, n) not in near])
+    label_points(zoom, near)
+    ax.set_title("every method (the dashed line: the Pareto front)", fontsize=9)
+    zoom.set_title(f"zoom: within 3% of the best perplexity ({len(near)} methods)", fontsize=9)
+    fig.suptitle(f"Memory against perplexity\n{cap}", fontsize=9)
     _save(fig, out, names_of["pareto"], made)
+
+
+FAMILIES = (("baseline", "#222222"), ("scratch-int8", "#1f77b4"), ("scratch-int4", "#2ca02c"),
+            ("bnb", "#d62728"), ("gguf", "#9467bd"))
+
+
+def family_style(name: str) -> tuple[str, str]:
+    """(colour, family) of a method name: one colour per family of methods."""
+    for prefix, color in FAMILIES:
+        if name.startswith(prefix):
+            return color, prefix
+    return "#7f7f7f", "other"
+
+
+def label_points(ax, points: list[tuple[float, float, str]], size: float = 8) -> None:
+    """Write each point's name beside it; names that would overlap are pushed down and joined
+    to their point by a thin line."""
+    if not points:
+        return
+    ax.figure.canvas.draw()                          # limits settled, so data -> pixels is final
+    to_px = ax.transData.transform
+    step = size * 1.35 * ax.figure.dpi / 72          # one line of text, in pixels
+    x_mid = sum(ax.get_xlim()) / 2
+    last = None
+    for x, y, name in sorted(points, key=lambda p: -to_px((p[0], p[1]))[1]):
+        side = 1 if x <= x_mid else -1               # right of the left half's points, left of the rest
+        px, py = to_px((x, y))
+        ty = py if last is None else min(py, last - step)
+        last = ty
+        ax.annotate(short_label(name), (x, y), xytext=(8 * side, (ty - py) * 72 / ax.figure.dpi),
+                    textcoords="offset points", fontsize=size, va="center",
+                    ha="left" if side == 1 else "right", color=family_style(name)[0],
+                    arrowprops=dict(arrowstyle="-", lw=0.4, color="#999999") if ty != py else None)
+
+
+def short_label(name: str) -> str:
+    """A method's name for a label on a plot: a selective run by its blocks, not its components."""
+    m = re.fullmatch(r"(.+?)-b([0-9.-]+)-(.+)", name)
+    return f"{m.group(1)} (blocks {m.group(2)})" if m and name.startswith("scratch-int8") else name
 
 
 def plot_bench(rec: dict, out: Path, made: list[Path]) -> None:
@@ -241,11 +296,11 @@ def plot_compare(rec: dict, out: Path, made: list[Path]) -> None:
     ax.legend(fontsize=8)
     _save(fig, out, compare_figures(rec)["levels"], made)
 
-    fig, ax = plt.subplots(figsize=(10, 4))
+    fig, ax = plt.subplots(figsize=(7.2, 3.6))
     kinds = c["kinds"]
-    for k in kinds:
-        ax.plot([r[f"rel_mse_{k}"] for r in c["layers"]], lw=0.9,
-                label=f"{k} (mean {c['mean_rel_mse'][k]:.2e})")
+    for k in kinds:                   # scratch NF4 equals bnb NF4 exactly: dashed, so both show
+        ax.plot([r[f"rel_mse_{k}"] for r in c["layers"]], lw=1.6 if k.startswith("bnb") else 1.0,
+                ls="-" if k.startswith("bnb") else (0, (4, 3)), label=f"{k} (mean {c['mean_rel_mse'][k]:.2e})")
     ax.set_yscale("log")
     ax.set_xlabel("block linear layer (in model order)")
     ax.set_ylabel("MSE / mean(w²)")

@@ -310,8 +310,7 @@ class Doc:
                 [
                     img,
                     Paragraph(
-                        f"<b>Figure {self.n_fig}.</b> {caption} "
-                        f"<i>(report/figures/{escape(name)})</i>",
+                        f"<b>Figure {self.n_fig}.</b> {caption}",
                         self.style["small"],
                     ),
                     Spacer(1, 8),
@@ -908,7 +907,8 @@ def nf4_section(doc: Doc, s: Study) -> None:
             f"information per weight out of 4, uniform levels {e['uniform16']:.2f}"
             + (f" and int4's 15 levels {e['int4_scratch']:.2f}" if "int4_scratch" in e else "")
             + ": uniform levels waste codes on the tails, where few weights fall (Figure "
-            "below). That is the accuracy side of linear against nonlinear quantization. The "
+            f"{doc.n_fig + 1}, next). That is the accuracy side of linear against nonlinear "
+            "quantization. The "
             "efficiency side: NF4 and FP4 cost exactly the same memory (4 bits plus one "
             "absmax per 64 weights), but a nonlinear code cannot be computed by an integer "
             "multiply; it is looked up in a 16-entry table and the matmul runs in 16-bit "
@@ -1251,7 +1251,7 @@ def layer_table(doc: Doc, b: dict) -> None:
         ["method"] + [short.get(k, k) for k in names] + ["µs/token", f"vs {base}", "max err"],
         rows,
         "Microseconds per call of each linear layer at one token: "
-        f"{escape(bb.get('layers_definition', ''))}. µs/token: all linear layers of one "
+        f"{escape(readable(bb.get('layers_definition', '')))}. µs/token: all linear layers of one "
         "decode step; max err: the worst relative error of Part 1's layers against "
         "dequantize-then-matmul in fp32.",
         widths=[3.2] + [None] * (len(names) + 3),
@@ -1286,6 +1286,14 @@ def layer_table(doc: Doc, b: dict) -> None:
             f"methods keep it in {base}, as bitsandbytes does."
         )
     doc.p(" ".join(text))
+
+
+def readable(definition: str) -> str:
+    """A definition string from a bench record, with its field names said in words."""
+    for field, words in (("linear_us_per_token", "µs/token"), ("us per call", "µs per call"),
+                         (" x repeats", " × repeats"), ("n_layer x", "n_layer ×")):
+        definition = definition.replace(field, words)
+    return definition
 
 
 def layer_facts(b: dict) -> dict:
@@ -1406,7 +1414,7 @@ def gguf_section(doc: Doc, s: Study) -> None:
         ]
         doc.table(
             ["metadata key", "value"],
-            [[k, str(md[k])[:60]] for k in show],
+            [[k, (f"{md[k]:.6g}" if isinstance(md[k], float) else str(md[k]))[:60]] for k in show],
             "Metadata of the file (tokenizer arrays and chat template not shown).",
             widths=[7, None],
         )

@@ -621,7 +621,7 @@ def methodology(doc: Doc, s: Study) -> None:
             [
                 model_label(rs[0]),
                 k[1],
-                d.get("sha256", "?")[:10],
+                d.get("sha256", "?")[:8],
                 f"{k[2]} / {k[3]}",
                 f"{k[4]:,}",
                 str(rs[0]["perplexity"].get("n_windows", "?")),
@@ -645,7 +645,7 @@ def methodology(doc: Doc, s: Study) -> None:
             ],
             rows,
             "Every group of comparable runs: same model, text, windows, tokens and device.",
-            widths=[2.3, 2.2, 1.7, 1.4, 1.4, 1.1, 2.1, 3.8, 0.9],
+            widths=[2.4, 2.0, 1.6, 1.3, 1.5, 1.6, 2.0, 3.1, 1.0],
         )
     names = sorted(
         {method(r) for rs in s.groups.values() for r in rs},
@@ -1587,7 +1587,7 @@ def appendix(doc: Doc, s: Study) -> None:
         rows,
         "Every file this report read. Each records its command, settings, text sha256, "
         "device and library versions.",
-        widths=[8.2, None, None, None],
+        widths=[7.6, 3.3, 3.4, 2.2],
     )
 
 

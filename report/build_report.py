@@ -136,6 +136,11 @@ def bandwidth(s: "Study", device: str = "cuda") -> float | None:
     return None
 
 
+def full_precision_mib(rec: dict) -> float | None:
+    """MiB a run kept in full precision (embeddings, norms, ...), from its quantization block."""
+    return mib((rec.get("quantization") or {}).get("full_precision"))
+
+
 def delta(runs: dict[str, dict], name: str, base: str = "baseline-fp32") -> float:
     return pct_change(runs[name]["perplexity"]["ppl"], runs[base]["perplexity"]["ppl"])
 
@@ -463,8 +468,13 @@ def findings_facts(s: Study) -> dict:
             for n in ("bnb-nf4", "bnb-fp4", "scratch-int4-int4", "baseline-fp32")
             if n in r
         }
+        int4 = "scratch-int4-int4" in r
         facts["nf4"] = {
             "group": group_label(g),
+            "nf4_mib": r["bnb-nf4"]["memory"]["weights_mib"],
+            "nf4_full_mib": full_precision_mib(r["bnb-nf4"]),
+            "int4_mib": r["scratch-int4-int4"]["memory"]["weights_mib"] if int4 else None,
+            "int4_full_mib": full_precision_mib(r["scratch-int4-int4"]) if int4 else None,
             "nf4": ppl["bnb-nf4"],
             "fp4": ppl["bnb-fp4"],
             "fp32": ppl["baseline-fp32"],
@@ -545,14 +555,16 @@ def key_findings(doc: Doc, s: Study) -> None:
     if "nf4" in f:
         x = f["nf4"]
         items.append(
-            "<b>4-bit: NF4 against linear.</b> At the same size, NF4's perplexity is "
-            f"{x['lower_than_fp4']:.1f}% lower than FP4's ({f_ppl(x['nf4'])} against "
-            f"{f_ppl(x['fp4'])})"
+            "<b>4-bit: NF4 against linear.</b> At the same size as FP4 "
+            f"({f_mib(x['nf4_mib'])} MiB), NF4's perplexity is {x['lower_than_fp4']:.1f}% lower "
+            f"than FP4's ({f_ppl(x['nf4'])} against {f_ppl(x['fp4'])})"
             + (
                 ""
                 if x["int4"] is None
-                else f" and {x['lower_than_int4']:.1f}% lower than linear int4's "
-                     f"({f_ppl(x['int4'])})"
+                else f" and {x['lower_than_int4']:.1f}% lower than Part 1's linear int4's "
+                f"({f_ppl(x['int4'])}, at {f_mib(x['int4_mib'])} MiB, of which "
+                f"{f_mib(x['int4_full_mib'])} in full precision against bitsandbytes' "
+                f"{f_mib(x['nf4_full_mib'])})"
             )
             + f"; fp32 is {f_ppl(x['fp32'])} ({escape(x['group'])})."
         )
@@ -879,19 +891,22 @@ def nf4_section(doc: Doc, s: Study) -> None:
         "<b>What NF4 is.</b> Linear (uniform) 4-bit quantization divides each block of 64 "
         "weights by its largest magnitude (absmax) and rounds to 16 evenly spaced levels in "
         "[-1, 1]. NF4 keeps the same absmax scale but puts its 16 levels at quantiles of a "
-        "normal distribution, so that each level is used about equally often by normally "
-        "distributed weights: the levels are dense near zero, where most weights are, and "
-        "sparse in the tails. The scale is the same; what differs is the spacing of the levels "
+        "normal distribution, so that for exactly normal weights each level would take an equal "
+        "share: the levels are dense near zero, where most weights are, and sparse in the "
+        "tails. The scale is the same; what differs is the spacing of the levels "
         "it multiplies. FP4 is bitsandbytes' other 4-bit format, a tiny float (sign, exponent, "
         "mantissa): its levels are spaced by powers of two, denser near zero than uniform but "
         "not matched to the weights. Double quantization stores the absmax of each block itself "
         "in 8 bits (with a second scale per 256 blocks) instead of 32."
     )
     c = s.compare
+    cross_check_table = None
     if c:
         cm = c["compare"]
         m, h = cm["mean_rel_mse"], cm["histogram"]
         e = h["code_entropy_bits"]
+        use = {k: (min(v), max(v)) for k, v in h.get("code_use", {}).items() if v}
+        use = use if {"nf4", "uniform16"} <= set(use) else None
         kinds = [k for k in ("bnb-nf4", "scratch-nf4", "scratch-int4", "bnb-fp4") if k in m]
         doc.table(
             ["4-bit format", "mean relative MSE", "vs NF4"],
@@ -902,10 +917,14 @@ def nf4_section(doc: Doc, s: Study) -> None:
             f"difference {cm['cross_check']['max_rel_diff']:.1e} of max |w|.",
             widths=[4, None, None],
         )
+        cross_check_table = doc.n_tab                       # cited below, by its number
         doc.p(
             f"On the layer {escape(h['layer'])}, NF4's 16 codes carry {e['nf4']:.2f} bits of "
             f"information per weight out of 4, uniform levels {e['uniform16']:.2f}"
             + (f" and int4's 15 levels {e['int4_scratch']:.2f}" if "int4_scratch" in e else "")
+            + (f". Real weights are not exactly normal: NF4's codes are used {use['nf4'][0]:,} "
+               f"to {use['nf4'][1]:,} times each on that layer, uniform levels' "
+               f"{use['uniform16'][0]:,} to {use['uniform16'][1]:,} times" if use else "")
             + ": uniform levels waste codes on the tails, where few weights fall (Figure "
             f"{doc.n_fig + 1}, next). That is the accuracy side of linear against nonlinear "
             "quantization. The "
@@ -966,7 +985,13 @@ def nf4_section(doc: Doc, s: Study) -> None:
         if x["scratch_nf4_ppl"] is not None:
             text.append(
                 f"Part 1's from-scratch NF4 gives {f_ppl(x['scratch_nf4_ppl'])} against "
-                f"bitsandbytes' {f_ppl(x['bnb_nf4_ppl'])}: the same codes, computed independently."
+                f"bitsandbytes' {f_ppl(x['bnb_nf4_ppl'])} ({f_pct(x['scratch_vs_bnb'])}). Both "
+                "make the same codes from the same weights"
+                + ("" if cross_check_table is None else
+                   f" (the cross-check in Table {cross_check_table}'s caption)")
+                + "; the runs differ in what is not quantized: bitsandbytes computes in "
+                f"{x['bnb_compute']} and keeps the rest of the model in it, Part 1's run kept "
+                f"{', '.join(x['scratch_dtypes'])}."
             )
         if text:
             doc.p(" ".join(text))
@@ -989,6 +1014,11 @@ def nf4_facts(r: dict[str, dict]) -> dict:
         if "scratch-int4-nf4" in r
         else None,
         "bnb_nf4_ppl": r["bnb-nf4"]["perplexity"]["ppl"],
+        "scratch_vs_bnb": delta(r, "scratch-int4-nf4", "bnb-nf4") if "scratch-int4-nf4" in r
+        else None,
+        "bnb_compute": r["bnb-nf4"]["method"]["settings"].get("compute_dtype", "?"),
+        "scratch_dtypes": [t for t in r["scratch-int4-nf4"]["memory"].get("by_dtype_bytes", {})
+                           if t.startswith(("float", "bfloat"))] if "scratch-int4-nf4" in r else [],
     }
 
 
@@ -1326,8 +1356,9 @@ def gguf_section(doc: Doc, s: Study) -> None:
         "tokenizer, the chat template), then a table of tensors, each with its shape, its "
         "quantization type and an offset into an aligned data section. Quantized types work on "
         "blocks: Q8_0 stores 32 int8 weights with one fp16 scale (8.5 bits per weight), Q4_0 32 "
-        "4-bit weights with one scale (4.5 bits); the k-quants (Q4_K, Q5_K, Q6_K) group 256 "
-        "weights in super-blocks with 6-bit sub-block scales and minimums. A <i>_M</i> mix "
+        "4-bit weights with one scale (4.5 bits); the k-quants group 256 weights in super-blocks: "
+        "Q4_K and Q5_K with 6-bit sub-block scales and minimums, Q6_K with 8-bit sub-block scales "
+        "and no minimum. A <i>_M</i> mix "
         "gives the more sensitive tensors (attention values, FFN down) more bits. "
         "<b>Deployment.</b> One file holds everything needed to run; it is memory-mapped, so "
         "loading is nearly free and pages are shared between processes; llama.cpp runs it on "

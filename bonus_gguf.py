@@ -475,9 +475,7 @@ def main(**kwargs) -> list[dict] | dict:
         require("llama_cpp", "llama-cpp-python")
         folder = Path(workdir if args.smoke else args.gguf_dir).expanduser()
         ev.check_output_dir(folder, "--gguf-dir")
-        model_path = Path(args.model).expanduser()
-        if model_path.is_dir() and (folder.resolve() == model_path.resolve()
-                                    or model_path.resolve() in folder.resolve().parents):
+        if Path(args.model).expanduser().is_dir() and ev.within(folder, args.model):
             raise ev.UserError(f"--gguf-dir '{folder}' is inside the model's folder: the GGUF files would change "
                                f"the model it is made from; give another folder")
         cfg, source = ev.prepare(args)

@@ -208,13 +208,30 @@ def is_output_of_kind(path: Path, kind: str) -> bool:
         return False
 
 
+def within(path: str | os.PathLike, folder: str | os.PathLike) -> bool:
+    """Whether path is folder itself or lies inside it (both resolved, ~ expanded)."""
+    p, f = Path(path).expanduser().resolve(), Path(folder).expanduser().resolve()
+    return p == f or f in p.parents
+
+
+def is_model_folder(path: str | os.PathLike, model_id: str) -> bool:
+    """Whether path is the local model's own folder (never for a Hub id)."""
+    model = Path(model_id).expanduser()
+    return model.is_dir() and Path(path).expanduser().resolve() == model.resolve()
+
+
+def check_out_outside_save(out: str | None, save: str) -> None:
+    """--out inside --save would be overwritten by the save (Part 1 and Part 2)."""
+    if out is not None and within(out, save):
+        raise UserError("--out is inside --save: the save would overwrite it; put the results elsewhere")
+
+
 def check_new_folder(path: str | os.PathLike, flag: str, model_id: str | None = None) -> Path:
     """A folder a save writes into: new or empty, never the model's own folder, so that no
     file the run did not make is overwritten."""
     path = Path(path).expanduser()
     check_output_dir(path, flag)
-    if model_id is not None and Path(model_id).expanduser().exists() and \
-            path.resolve() == Path(model_id).expanduser().resolve():
+    if model_id is not None and is_model_folder(path, model_id):
         raise UserError(f"{flag} '{path}' is the model's own folder: saving there would overwrite its weights")
     if path.is_dir() and any(path.iterdir()):
         raise UserError(f"{flag} '{path}' is not empty; choose a new folder (nothing is overwritten)")
@@ -295,16 +312,26 @@ TOKENIZER_FILES = ("tokenizer.json", "vocab.json", "tokenizer.model", "spiece.mo
                    "sentencepiece.bpe.model")
 
 
+def safetensors_header(path: Path) -> tuple[dict, int]:
+    """A .safetensors file's header (every tensor's byte range, and __metadata__) and its
+    length: 8 bytes of length, then that much JSON. ValueError if it is not one."""
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        n = int.from_bytes(f.read(8), "little")
+        if size < 8 or n > size - 8:
+            raise ValueError("no safetensors header")
+        header = json.loads(f.read(n))
+    if not isinstance(header, dict):
+        raise ValueError("no safetensors header")
+    return header, n
+
+
 def safetensors_problem(path: Path) -> str | None:
     """Why a .safetensors file cannot be whole (cut short, not safetensors), or None. Reads
-    only its header: 8 bytes of length, then JSON with every tensor's byte range."""
+    only its header."""
     size = path.stat().st_size
     try:
-        with open(path, "rb") as f:
-            n = int.from_bytes(f.read(8), "little")
-            if size < 8 or n > size - 8:
-                raise ValueError
-            header = json.loads(f.read(n))
+        header, n = safetensors_header(path)
         end = max((v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"), default=0)
     except (ValueError, KeyError, TypeError, IndexError, AttributeError):
         return f"'{path}' is not a readable safetensors file"
@@ -326,13 +353,13 @@ def saved_quantization(folder: Path) -> str | None:
         bits = "4-bit" if q.get("load_in_4bit") else "8-bit" if q.get("load_in_8bit") else None
         return str(q.get("quant_method", "a quantization library")) + (f" ({bits})" if bits else "")
     weights = folder / "model.safetensors"
-    if weights.is_file() and safetensors_problem(weights) is None:
-        with open(weights, "rb") as f:
-            n = int.from_bytes(f.read(8), "little")
-            meta = json.loads(f.read(n)).get("__metadata__") or {}
-        if "quant_spec" in meta:
-            return "part1_quantize_scratch.py (--save)"
-    return None
+    meta = {}
+    if weights.is_file():
+        try:
+            meta = safetensors_header(weights)[0].get("__metadata__") or {}
+        except ValueError:                                # not whole: check_model_source says so
+            pass
+    return "part1_quantize_scratch.py (--save)" if "quant_spec" in meta else None
 
 
 def check_model_source(model_id: str, need_tokenizer: bool = False) -> None:
@@ -897,12 +924,10 @@ def hf_calls(model, tokenizer, prefill_ids: torch.Tensor, prompt: torch.Tensor, 
 
 
 def check_timing_lengths(model, prefill_tokens: int, prompt_tokens: int, new_tokens: int, repeats: int) -> None:
-    context = model_context(model.config)
-    for what, n in (("prefill length", prefill_tokens), ("prompt + new tokens", prompt_tokens + new_tokens)):
-        if context is not None and n > context:
-            raise UserError(f"latency {what} ({n}) is longer than the model's context of {context} tokens")
-    if repeats < 1:
-        raise UserError("--repeats must be at least 1")
+    """check_latency_fits() against a loaded model (the benches, which time without prepare())."""
+    check_latency_fits(EvalConfig(prefill_tokens=prefill_tokens, prompt_tokens=prompt_tokens,
+                                  new_tokens=new_tokens), model_context(model.config))
+    check_at_least(("--repeats", repeats, 1))
 
 
 @torch.no_grad()
@@ -1176,12 +1201,8 @@ def check_common(args: argparse.Namespace) -> None:
         torch.set_num_threads(args.threads)
     resolve_device(args.device)
     check_device_map(args.device_map)
-    for flag, value, least in (("--max-tokens", args.max_tokens, 2), ("--max-length", args.max_length, 2),
-                               ("--per-line", args.per_line, 0), ("--prefill-tokens", args.prefill_tokens, 1),
-                               ("--prompt-tokens", args.prompt_tokens, 1), ("--new-tokens", args.new_tokens, 1),
-                               ("--repeats", args.repeats, 1), ("--warmup", args.warmup, 0)):
-        if value is not None and value < least:
-            raise UserError(f"{flag} must be at least {least} (got {value})")
+    check_at_least(("--max-tokens", args.max_tokens, 2), ("--max-length", args.max_length, 2),
+                   ("--per-line", args.per_line, 0), *latency_minimums(args))
     if args.max_length is not None:
         check_windows(args.max_length, args.stride or default_stride(args.max_length), None)
     elif args.stride is not None and args.stride <= 0:
@@ -1192,6 +1213,19 @@ def check_common(args: argparse.Namespace) -> None:
         check_output_dir(args.results_dir, "--results-dir")
     if args.text_file is not None:
         read_text_file(args.text_file)
+
+
+def check_at_least(*checks: tuple[str, int | None, int]) -> None:
+    """(flag, value, least): each value, where given, is at least its least."""
+    for flag, value, least in checks:
+        if value is not None and value < least:
+            raise UserError(f"{flag} must be at least {least} (got {value})")
+
+
+def latency_minimums(args) -> tuple:
+    """The timing flags' lower bounds, for check_at_least (evaluate's flags and fast_decode's)."""
+    return (("--prefill-tokens", args.prefill_tokens, 1), ("--prompt-tokens", args.prompt_tokens, 1),
+            ("--new-tokens", args.new_tokens, 1), ("--repeats", args.repeats, 1), ("--warmup", args.warmup, 0))
 
 
 def check_latency_fits(cfg: "EvalConfig", context: int | None) -> None:

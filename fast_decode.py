@@ -415,11 +415,7 @@ def main(**kwargs) -> dict:
     if not torch.cuda.is_available():
         raise ev.UserError("the GPU decode benchmark needs CUDA, and no GPU was found (use a CUDA machine)")
     methods = parse_methods(args.methods)
-    for flag, value, least in (("--prefill-tokens", args.prefill_tokens, 1), ("--prompt-tokens", args.prompt_tokens, 1),
-                               ("--new-tokens", args.new_tokens, 1), ("--repeats", args.repeats, 1),
-                               ("--warmup", args.warmup, 0)):
-        if value < least:
-            raise ev.UserError(f"{flag} must be at least {least} (got {value})")
+    ev.check_at_least(*ev.latency_minimums(args))
     ev.check_output_dir(args.results_dir, "--results-dir")
     if args.out:
         ev.check_output_file(args.out, "--out")

@@ -688,9 +688,7 @@ def main(**kwargs) -> results.Record:
         parse_components(args.components)
         if args.save is not None:
             ev.check_new_folder(args.save, "--save", args.model)
-            if args.out is not None and Path(args.save).expanduser().resolve() in \
-                    Path(args.out).expanduser().resolve().parents:
-                raise ev.UserError("--out is inside --save: the save would overwrite it; put the results elsewhere")
+            ev.check_out_outside_save(args.out, args.save)
         if args.sensitivity:
             args.skip_latency = True                                         # it times nothing
         cfg, source = ev.prepare(args)

@@ -65,7 +65,7 @@ def check_backend(device: torch.device) -> str:
         bnbf.dequantize_4bit(q, st)
     except Exception as e:
         raise ev.UserError(f"bitsandbytes cannot run here: no CUDA GPU, and its CPU backend failed "
-                           f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from None
+                           f"({type(e).__name__}: {ev.one_line(e)})") from None
     return "cpu"
 
 
@@ -363,12 +363,9 @@ def main(**kwargs) -> list[results.Record] | results.Record:
         progress = not args.quiet
         if args.save is not None:
             ev.check_output_dir(args.save, "--save")
-            model_dir = Path(args.model).expanduser()
-            if model_dir.is_dir() and Path(args.save).expanduser().resolve() == model_dir.resolve():
+            if ev.is_model_folder(args.save, args.model):
                 raise ev.UserError(f"--save '{args.save}' is the model's own folder: give a new folder")
-            if args.out is not None and Path(args.save).expanduser().resolve() in \
-                    Path(args.out).expanduser().resolve().parents:
-                raise ev.UserError("--out is inside --save: the save would overwrite it; put the results elsewhere")
+            ev.check_out_outside_save(args.out, args.save)
             for mode in modes:
                 ev.check_new_folder(Path(args.save) / method_name(mode, args.threshold), "--save", args.model)
         skel = ev.skeleton(args.model)

@@ -149,8 +149,7 @@ def main(**kwargs) -> list[dict]:
     if unknown:
         raise evaluate.UserError(f"unknown step '{unknown[0]}' (choose {', '.join(STEPS)})")
     dev = evaluate.resolve_device(args.device)
-    if args.max_tokens is not None and args.max_tokens < 2:
-        raise evaluate.UserError(f"--max-tokens must be at least 2 (got {args.max_tokens})")
+    evaluate.check_at_least(("--max-tokens", args.max_tokens, 2))
     evaluate.check_output_dir(args.results_dir, "--results-dir")
     if "gguf" in steps:
         evaluate.check_output_dir(args.gguf_dir, "--gguf-dir")

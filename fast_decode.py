@@ -36,7 +36,13 @@ import torch.nn.functional as F
 
 import evaluate as ev
 
-HBM_BYTES_PER_S = 3.35e12     # H100 SXM HBM3: the floor of a decode step is weight bytes / this
+# Peak memory bandwidth from NVIDIA's spec sheets, matched against the device name (first
+# match wins): the floor of a decode step is weight bytes / this. Unknown GPUs get no floor.
+HBM_PEAK_BYTES_PER_S = (("H200", 4.8e12), ("H100 PCIe", 2.0e12), ("H100", 3.35e12))
+
+
+def hbm_bytes_per_s(device_name: str) -> float | None:
+    return next((bw for key, bw in HBM_PEAK_BYTES_PER_S if key in device_name), None)
 METHODS = ("fp32", "fp16", "bnb-int8", "bnb-nf4", "scratch-int8-naive", "scratch-int8-fast",
            "scratch-int4-fast", "scratch-nf4-fast")
 NOT_CAPTURABLE = {"bnb-int8": "LLM.int8() splits outlier columns by value (data-dependent shapes): not capturable"}
@@ -183,8 +189,8 @@ def generate_tokens(model, tokenizer, prompt: torch.Tensor, new_tokens: int) -> 
 # -----------------------------------------------------------------------------
 # 3. The benchmark: every method, generate() and the fast path, round-robin
 
-def decode_floor_ms(weight_bytes: int) -> float:
-    return weight_bytes / HBM_BYTES_PER_S * 1e3
+def decode_floor_ms(weight_bytes: int, bytes_per_s: float | None) -> float | None:
+    return None if bytes_per_s is None else weight_bytes / bytes_per_s * 1e3
 
 
 LAYER_CALLS = 50      # back-to-back calls of one layer per timed graph replay
@@ -315,7 +321,7 @@ def bench(model_id: str, tokenizer, ids: torch.Tensor, methods: list[str], prefi
         same = int((got == ref).long().cumprod(0).sum())    # leading tokens that agree
         rows[name] = {"weights_mib": weights["mib"], "weights_bytes": weights["bytes"],
                       "weight_dtype_bytes": weights["by_dtype_bytes"],
-                      "floor_ms": decode_floor_ms(weights["bytes"]),
+                      "floor_ms": decode_floor_ms(weights["bytes"], hbm_bytes_per_s(torch.cuda.get_device_name())),
                       "cuda_graph": fast.graphs, "why_no_graph": fast.why_no_graph,
                       "tokens_equal_generate": same == new_tokens, "leading_tokens_equal": same,
                       "peak_bytes": torch.cuda.max_memory_allocated() - before}
@@ -340,7 +346,8 @@ def bench(model_id: str, tokenizer, ids: torch.Tensor, methods: list[str], prefi
                                      "prefill_ratio": fa["prefill_ms"]["median"] / fb["prefill_ms"]["median"],
                                      "decode_ratio": fa["decode_ms_per_token"]["median"] /
                                      fb["decode_ms_per_token"]["median"],
-                                     "x_floor": fa["decode_ms_per_token"]["median"] / rows[name]["floor_ms"],
+                                     "x_floor": None if rows[name]["floor_ms"] is None else
+                                     fa["decode_ms_per_token"]["median"] / rows[name]["floor_ms"],
                                      "speedup_over_generate": hf["decode_ms_per_token"]["median"] /
                                      fa["decode_ms_per_token"]["median"]},
                        "layer_ratio": {k: rows[name]["layers_us"][k]["median"] / rows["fp16"]["layers_us"][k]["median"]
@@ -350,7 +357,7 @@ def bench(model_id: str, tokenizer, ids: torch.Tensor, methods: list[str], prefi
             "new_tokens": new_tokens, "decode_definition": ev.DECODE_DEFINITION,
             "fast_path": FAST_PATH, "fast_decode_definition":
                 "fast path wall time for the prompt pass + new_tokens-1 decode steps / new tokens",
-            "hbm_bytes_per_s": HBM_BYTES_PER_S, "layer_calls_per_replay": LAYER_CALLS,
+            "hbm_bytes_per_s": hbm_bytes_per_s(torch.cuda.get_device_name()), "layer_calls_per_replay": LAYER_CALLS,
             "layers_definition": "us per call of block 0's linear layers and lm_head at one token, "
                                  f"{LAYER_CALLS} calls per CUDA graph replay (eager where the method has no graph), "
                                  "median of 2 x repeats replays; linear_us_per_token = n_layer x the four block "
@@ -369,12 +376,15 @@ def table_text(result: dict) -> str:
         lines.append(f"{name:<20} {r['weights_mib']:>7.1f} {'yes' if r['cuda_graph'] else 'no':>5} | "
                      f"{r['prefill_ms']['median']:>14.2f} ms {r['decode_ms_per_token']['median']:>9.3f} "
                      f"{r['decode_ratio']:>6.2f} | {f['prefill_ms']['median']:>10.3f} ms {f['prefill_ratio']:>6.2f} "
-                     f"{f['decode_ms_per_token']['median']:>8.3f} {f['decode_ratio']:>6.2f} {r['floor_ms']:>7.4f} "
-                     f"{f['x_floor']:>8.1f} {r['peak_bytes'] / 2**20:>9.1f} "
+                     f"{f['decode_ms_per_token']['median']:>8.3f} {f['decode_ratio']:>6.2f} "
+                     f"{'–' if r['floor_ms'] is None else format(r['floor_ms'], '.4f'):>7} "
+                     f"{'–' if f['x_floor'] is None else format(f['x_floor'], '.1f'):>8} {r['peak_bytes'] / 2**20:>9.1f} "
                      f"{r['leading_tokens_equal']:>3}/{result['new_tokens']}")
     lines.append(f"decode in ms per token (median of {result['repeats']} round-robin repeats); ratios against fp16 "
-                 f"on the same path; floor = weight bytes / {HBM_BYTES_PER_S / 1e12:.2f} TB/s; tokens = leading "
-                 f"greedy tokens of the fast path equal to generate()'s")
+                 "on the same path; floor = weight bytes / "
+                 + (f"{result['hbm_bytes_per_s'] / 1e12:.2f} TB/s (spec peak)" if result.get("hbm_bytes_per_s")
+                    else "peak bandwidth (unknown for this GPU: no floor)") + "; tokens = leading "
+                 "greedy tokens of the fast path equal to generate()'s")
     lines += ["", f"{'us per call, 1 token':<20} " + " ".join(f"{k:>16}" for k in TIMED_LAYERS)
               + f" {'linears/token':>14}"]
     for name, r in result["table"].items():

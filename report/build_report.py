@@ -127,12 +127,23 @@ class Study:
         )
 
 
+def bench_bandwidth(b: dict) -> float | None:
+    """The peak memory bandwidth (bytes/s) of the GPU a bench ran on, from the spec table in
+    fast_decode.py matched against the recorded device name; else what the bench recorded.
+    (Benches before that table assumed an H100's 3.35 TB/s whatever the GPU.)"""
+    import fast_decode
+
+    name = (b.get("environment") or {}).get("device_name") or ""
+    bw = fast_decode.hbm_bytes_per_s(name) or b["bench"].get("hbm_bytes_per_s")
+    return float(bw) if bw else None
+
+
 def bandwidth(s: "Study", device: str = "cuda") -> float | None:
-    """The memory bandwidth (bytes/s) that a GPU bench recorded for its decode floor, or None."""
+    """The memory bandwidth (bytes/s) of the GPU that the benches ran on, or None."""
     for b in s.benches:
-        bw = b["bench"].get("hbm_bytes_per_s")
-        if bw and pr.device_kind(b) == device:
-            return float(bw)
+        bw = bench_bandwidth(b) if pr.device_kind(b) == device else None
+        if bw:
+            return bw
     return None
 
 
@@ -1205,20 +1216,21 @@ def fast_table(doc: Doc, b: dict) -> None:
     t = b["bench"]["table"]
     base = b["bench"].get("baseline", "fp16")
     fb = t[base]["fast_path"]["decode_ms_per_token"]["median"]
+    bw = bench_bandwidth(b)
     rows = []
     for n, v in t.items():
         fp = v.get("fast_path")
         if not fp:
             continue
-        floor = v["floor_ms"]  # as the bench computed it
+        floor = None if bw is None else v["weights_mib"] * 2**20 / bw * 1e3
         rows.append(
             [
                 n,
                 f"{f_ms(fp['prefill_ms']['median'])}",
                 f"{f_ms(fp['decode_ms_per_token']['median'])}",
                 f_ratio(fp["decode_ms_per_token"]["median"] / fb),
-                f"{floor:.4f}",
-                f"{fp['decode_ms_per_token']['median'] / floor:.1f}×",
+                "–" if floor is None else f"{floor:.4f}",
+                "–" if floor is None else f"{fp['decode_ms_per_token']['median'] / floor:.1f}×",
                 f_mib(mib(v.get("peak_bytes"))),
                 "yes" if v.get("cuda_graph") else "no",
                 f"{v.get('leading_tokens_equal', '?')}/{b['bench']['new_tokens']}",
@@ -1237,8 +1249,10 @@ def fast_table(doc: Doc, b: dict) -> None:
             "tokens",
         ],
         rows,
-        f"The fast decode path ({escape(b['bench']['fast_path'])}), same run; floor = "
-        f"weight bytes ÷ {b['bench']['hbm_bytes_per_s'] / 1e12:.2f} TB/s; peak = CUDA "
+        f"The fast decode path ({escape(b['bench']['fast_path'])}), same run; "
+        + ("no floor (the GPU's peak bandwidth is unknown); " if bw is None else
+           f"floor = weight bytes ÷ {bw / 1e12:.2f} TB/s (the GPU's spec peak); ")
+        + "peak = CUDA "
         "memory above what was held before the method was loaded; tokens = leading greedy "
         "tokens equal to the same model's generate().",
         widths=[3.2] + [None] * 8,

@@ -103,3 +103,17 @@ def test_triton_kernels_equal_dequantize_then_matmul():
                          timeout=600)
     assert out.returncode == 0, out.stderr[-2000:]
     assert float(out.stdout.strip().splitlines()[-1]) < 2e-3                  # fp16 output rounding
+
+
+def test_the_decode_floor_uses_the_gpus_own_bandwidth():
+    """An H200 is not an H100: the floor comes from the device's spec peak, or is absent."""
+    import fast_decode
+    assert fast_decode.hbm_bytes_per_s("NVIDIA H200") == 4.8e12
+    assert fast_decode.hbm_bytes_per_s("NVIDIA H100 80GB HBM3") == 3.35e12
+    assert fast_decode.hbm_bytes_per_s("NVIDIA H100 PCIe") == 2.0e12
+    assert fast_decode.hbm_bytes_per_s("NVIDIA GeForce RTX 4090") is None
+    assert fast_decode.decode_floor_ms(4_800_000_000, 4.8e12) == 1.0
+    assert fast_decode.decode_floor_ms(1, None) is None
+    from report import build_report as br
+    old = {"environment": {"device_name": "NVIDIA H200"}, "bench": {"hbm_bytes_per_s": 3.35e12}}
+    assert br.bench_bandwidth(old) == 4.8e12             # a bench made before the table assumed an H100

@@ -453,11 +453,12 @@ def main(**kwargs) -> list[dict] | dict:
         info = inspect_gguf(path)
         print(inspect_text(info, max_tensors=10 ** 6))
         if args.out:                                  # kept for the report's GGUF section
-            results.write(results.new_record(
+            rec = results.write(results.new_record(
                 "gguf-inspect", "gguf-inspect", {"file": path.name},
                 {"id": path.name, "stand_in": args.stand_in, "random_weights": args.random_weights,
                  "format": "gguf"}, torch.device("cpu"), gguf_inspection=info, stand_in=args.stand_in), args.out)
             print(f"wrote {args.out}")
+            return rec                                # a Record, with the path it was written to
         return info
     types = parse_types(args.types)
     if args.out:

@@ -43,6 +43,15 @@ HBM_PEAK_BYTES_PER_S = (("H200", 4.8e12), ("H100 PCIe", 2.0e12), ("H100", 3.35e1
 
 def hbm_bytes_per_s(device_name: str) -> float | None:
     return next((bw for key, bw in HBM_PEAK_BYTES_PER_S if key in device_name), None)
+
+
+def bench_bandwidth(record: dict) -> float | None:
+    """The peak bandwidth (bytes/s) of the GPU that a bench record ran on: the table above,
+    matched against the recorded device name; else what the bench recorded. (Benches made
+    before the table assumed an H100's 3.35 TB/s whatever the GPU.)"""
+    name = (record.get("environment") or {}).get("device_name") or ""
+    bw = hbm_bytes_per_s(name) or record["bench"].get("hbm_bytes_per_s")
+    return float(bw) if bw else None
 METHODS = ("fp32", "fp16", "bnb-int8", "bnb-nf4", "scratch-int8-naive", "scratch-int8-fast",
            "scratch-int4-fast", "scratch-nf4-fast")
 NOT_CAPTURABLE = {"bnb-int8": "LLM.int8() splits outlier columns by value (data-dependent shapes): not capturable"}

@@ -31,6 +31,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # run as a script from anywhere
     sys.path.insert(0, str(ROOT))
 
+import fast_decode  # noqa: E402  (the GPU peak-bandwidth table, for the decode floor)
 import evaluate as ev  # noqa: E402
 import results  # noqa: E402
 import plot_results as pr  # noqa: E402
@@ -127,21 +128,10 @@ class Study:
         )
 
 
-def bench_bandwidth(b: dict) -> float | None:
-    """The peak memory bandwidth (bytes/s) of the GPU a bench ran on, from the spec table in
-    fast_decode.py matched against the recorded device name; else what the bench recorded.
-    (Benches before that table assumed an H100's 3.35 TB/s whatever the GPU.)"""
-    import fast_decode
-
-    name = (b.get("environment") or {}).get("device_name") or ""
-    bw = fast_decode.hbm_bytes_per_s(name) or b["bench"].get("hbm_bytes_per_s")
-    return float(bw) if bw else None
-
-
 def bandwidth(s: "Study", device: str = "cuda") -> float | None:
     """The memory bandwidth (bytes/s) of the GPU that the benches ran on, or None."""
     for b in s.benches:
-        bw = bench_bandwidth(b) if pr.device_kind(b) == device else None
+        bw = fast_decode.bench_bandwidth(b) if pr.device_kind(b) == device else None
         if bw:
             return bw
     return None
@@ -1216,7 +1206,7 @@ def fast_table(doc: Doc, b: dict) -> None:
     t = b["bench"]["table"]
     base = b["bench"].get("baseline", "fp16")
     fb = t[base]["fast_path"]["decode_ms_per_token"]["median"]
-    bw = bench_bandwidth(b)
+    bw = fast_decode.bench_bandwidth(b)
     rows = []
     for n, v in t.items():
         fp = v.get("fast_path")

@@ -14,6 +14,7 @@ import warnings
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import fast_decode  # noqa: E402  (the GPU's peak bandwidth, for the decode floor)
 import results  # noqa: E402
 from evaluate import run_cli  # noqa: E402
 from plot_results import eval_groups  # noqa: E402  (the same grouping as the figures)
@@ -62,14 +63,18 @@ def bench_tables(records: list[dict]) -> str:
         if all("fast_path" in row for row in b["table"].values()):
             lines += [f"Fast path ({b['fast_path']}), same run; linear µs/token: every linear layer of one "
                       "decode step, timed at one token inside a CUDA graph", "",
-                      "| method | prefill ms | ratio | decode ms/token | ratio | x floor | linear µs/token | tokens |",
+                      "| method | prefill ms | ratio | decode ms/token | ratio | x floor (weights / peak bandwidth) "
+                      "| linear µs/token | tokens |",
                       "|---|---|---|---|---|---|---|---|"]
+            bw = fast_decode.bench_bandwidth(r)
             for name, row in b["table"].items():
                 f = row["fast_path"]
                 lin = row.get("linear_us_per_token")
+                x_floor = "–" if bw is None else \
+                    f"{f['decode_ms_per_token']['median'] / (row['weights_mib'] * 2**20 / bw * 1e3):.1f}"
                 lines.append(f"| {name} | {f['prefill_ms']['median']:.2f} | {f['prefill_ratio']:.2f} "
                              f"| {f['decode_ms_per_token']['median']:.3f} | {f['decode_ratio']:.2f} "
-                             f"| {f['x_floor']:.1f} | {'' if lin is None else f'{lin:.0f}'} "
+                             f"| {x_floor} | {'' if lin is None else f'{lin:.0f}'} "
                              f"| {row['leading_tokens_equal']}/{b['new_tokens']} |")
             lines.append("")
     return "\n".join(lines)

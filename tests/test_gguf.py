@@ -56,7 +56,9 @@ def test_results_json_and_inspection(gguf_run, capsys):
     saved = json.loads(next((out / "results").glob("gguf-q8_0__*.json")).read_text())
     assert saved["perplexity"] == recs["Q8_0"]["perplexity"] and saved["dataset"]["sha256"]
     f32 = next((out / "files").glob("*-F32.gguf"))
-    info = bg.main(inspect=str(f32), out=str(out / "inspect.json"))
+    rec = bg.main(inspect=str(f32), out=str(out / "inspect.json"))
+    assert rec.path == out / "inspect.json"                   # a Record, as the study's runner needs
+    info = rec["gguf_inspection"]
     assert json.loads((out / "inspect.json").read_text())["gguf_inspection"]["tensors"] == info["tensors"]
     names = {t["name"]: t for t in info["tensors"]}
     assert names["token_embd.weight"]["type"] == "F32"

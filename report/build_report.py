@@ -564,8 +564,12 @@ def key_findings(doc: Doc, s: Study) -> None:
                 if x["int4"] is None
                 else f" and {x['lower_than_int4']:.1f}% lower than Part 1's linear int4's "
                 f"({f_ppl(x['int4'])}, at {f_mib(x['int4_mib'])} MiB, of which "
-                f"{f_mib(x['int4_full_mib'])} in full precision against bitsandbytes' "
-                f"{f_mib(x['nf4_full_mib'])})"
+                f"{f_mib(x['int4_full_mib'])} in full precision"
+                + (
+                    ", as in bitsandbytes)"
+                    if f_mib(x["int4_full_mib"]) == f_mib(x["nf4_full_mib"])
+                    else f" against bitsandbytes' {f_mib(x['nf4_full_mib'])})"
+                )
             )
             + f"; fp32 is {f_ppl(x['fp32'])} ({escape(x['group'])})."
         )

@@ -179,6 +179,8 @@ def main(machine: str, steps: str | None = None, models: str = "models", text_fi
     if machine == "cuda" and not __import__("torch").cuda.is_available():
         raise ev.UserError("--machine cuda needs a GPU, and none was found")
     ev.read_text_file(text_file)                                    # a missing text fails here
+    if Path(models).exists() and not Path(models).is_dir():
+        raise ev.UserError(f"--models {models}: exists and is not a folder")
     need = sorted({"smollm2-135m" if m == "smol" else "gpt2-random"
                    for s in chosen for _, m, _, _ in plan[s]} - {p.name for p in Path(models).glob("*")
                                                                    if (p / "config.json").exists()})

@@ -163,3 +163,15 @@ def test_committed_results_carry_no_machine_paths():
             assert folder not in text, (f.name, folder)
         rec = json.loads(text)
         assert rec["schema_version"] == results.SCHEMA_VERSION and results.record_problem(rec) is None, f.name
+
+
+@pytest.mark.parametrize("argv, needle", [
+    (["--machine", "cpu", "--text-file", "/nonexistent.txt"], "text file '/nonexistent.txt' does not exist"),
+    (["--machine", "cpu", "--models", __file__], f"--models {__file__}: exists and is not a folder"),
+    (["--machine", "cpu", "--steps", "cpu-smol,nope"], "unknown step 'nope' for --machine cpu"),
+])
+def test_the_study_refuses_bad_input_in_one_line(argv, needle):
+    done = subprocess.run([sys.executable, str(ROOT / "scripts" / "standin_study.py"), *argv],
+                          capture_output=True, text=True, cwd=ROOT)
+    assert done.returncode == 2
+    assert done.stderr.strip().count("\n") == 0 and needle in done.stderr

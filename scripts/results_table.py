@@ -70,8 +70,12 @@ def bench_tables(records: list[dict]) -> str:
             for name, row in b["table"].items():
                 f = row["fast_path"]
                 lin = row.get("linear_us_per_token")
-                x_floor = "–" if bw is None else \
-                    f"{f['decode_ms_per_token']['median'] / (row['weights_mib'] * 2**20 / bw * 1e3):.1f}"
+                if bw is not None and bw == b.get("hbm_bytes_per_s") and f.get("x_floor") is not None:
+                    x_floor = f"{f['x_floor']:.1f}"                    # as the bench computed it
+                elif bw is not None:                                   # a bench that assumed another GPU's
+                    x_floor = f"{f['decode_ms_per_token']['median'] / (row['weights_mib'] * 2**20 / bw * 1e3):.1f}"
+                else:
+                    x_floor = "–"
                 lines.append(f"| {name} | {f['prefill_ms']['median']:.2f} | {f['prefill_ratio']:.2f} "
                              f"| {f['decode_ms_per_token']['median']:.3f} | {f['decode_ratio']:.2f} "
                              f"| {x_floor} | {'' if lin is None else f'{lin:.0f}'} "

@@ -500,7 +500,7 @@ def findings_facts(s: Study) -> dict:
         if ratios and base in t:
             bw = bandwidth(s)
             base_ms = t[base]["decode_ms_per_token"]["median"]
-            floor = None if bw is None else t[base]["weights_mib"] * 2**20 / bw * 1e3
+            floor = fast_decode.decode_floor_ms(t[base]["weights_mib"] * 2**20, bw)
             facts["speed"] = {
                 "device": pr.device_of(b),
                 "model": model_label(b),
@@ -1193,7 +1193,7 @@ def latency_facts(s: Study) -> dict:
             "fp16_ms": t["fp16"]["decode_ms_per_token"]["median"],
             "fp16_mib": t["fp16"]["weights_mib"],
             "tb_per_s": None if bw is None else bw / 1e12,
-            "floor_ms": None if bw is None else t["fp16"]["weights_mib"] * 2**20 / bw * 1e3,
+            "floor_ms": fast_decode.decode_floor_ms(t["fp16"]["weights_mib"] * 2**20, bw),
             "int8_ratio": t["bnb-int8"]["decode_ratio"] if "bnb-int8" in t else None,
         }
     cb = s.bench("scratch-int8-bench", "cpu")
@@ -1216,7 +1216,7 @@ def fast_table(doc: Doc, b: dict) -> None:
         fp = v.get("fast_path")
         if not fp:
             continue
-        floor = None if bw is None else v["weights_mib"] * 2**20 / bw * 1e3
+        floor = fast_decode.decode_floor_ms(v["weights_mib"] * 2**20, bw)
         rows.append(
             [
                 n,

@@ -154,6 +154,7 @@ def drop_version_stamps(folder: Path) -> None:
 def weights_sha256(folder: Path) -> str:
     """sha256 of the weights alone: every tensor's name, dtype, shape and bytes, in name
     order, as safetensors stores them (independent of file layout and sharding)."""
+    import torch
     from safetensors import safe_open
 
     h = hashlib.sha256()
@@ -162,7 +163,7 @@ def weights_sha256(folder: Path) -> str:
             for key in sorted(st.keys()):
                 t = st.get_tensor(key).contiguous()
                 h.update(f"{key}\0{t.dtype}\0{tuple(t.shape)}\n".encode())
-                h.update(t.view(-1).view(dtype=__import__("torch").uint8).numpy().tobytes())
+                h.update(t.view(-1).view(dtype=torch.uint8).numpy().tobytes())
     return h.hexdigest()
 
 

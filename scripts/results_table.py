@@ -73,7 +73,7 @@ def bench_tables(records: list[dict]) -> str:
                 if bw is not None and bw == b.get("hbm_bytes_per_s") and f.get("x_floor") is not None:
                     x_floor = f"{f['x_floor']:.1f}"                    # as the bench computed it
                 elif bw is not None:                                   # a bench that assumed another GPU's
-                    x_floor = f"{f['decode_ms_per_token']['median'] / (row['weights_mib'] * 2**20 / bw * 1e3):.1f}"
+                    x_floor = f"{f['decode_ms_per_token']['median'] / fast_decode.decode_floor_ms(row['weights_mib'] * 2**20, bw):.1f}"
                 else:
                     x_floor = "–"
                 lines.append(f"| {name} | {f['prefill_ms']['median']:.2f} | {f['prefill_ratio']:.2f} "

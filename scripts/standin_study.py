@@ -31,6 +31,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "scripts")]
 
 import evaluate as ev  # noqa: E402  (the repository's root, above)
+import results  # noqa: E402
 import run_study  # noqa: E402
 
 TEXT = "data/wikitext-2-raw/wiki.test.raw"
@@ -118,7 +119,7 @@ def keywords(script: str, model: str, extra: dict, machine: str, models: str, te
     folder = str(Path(models) / ("smollm2-135m" if model == "smol" else "gpt2-random"))
     note = SMOL_NOTE if model == "smol" else G2R_NOTE
     if script == "gguf-inspect":          # the Q4_K_M file that the cpu-gguf step wrote
-        ident = __import__("results").model_identity(folder)
+        ident = results.model_identity(folder)
         name = f"{Path(folder).name}-{ident['key'][:8]}-{extra['type']}.gguf"
         return {"inspect": str(Path(gguf_dir) / name), "stand_in": note,
                 "out": str(Path(results_dir) / f"gguf-inspect__{Path(folder).name}-{extra['type']}.json")}

@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
-"""GPU speed without the overhead: a static-KV-cache, CUDA-graph decode path for GPT-2,
-and the side-by-side benchmark that measures every method both ways on one GPU.
+"""GPU speed without the overhead: a static-KV-cache, CUDA-graph decode path for GPT-2 and
+Llama, and the side-by-side benchmark that measures every method both ways on one GPU.
 
     python fast_decode.py --model DIR --text-file FILE            # the bench (CUDA needed)
     python fast_decode.py --methods fp16,scratch-int8-fast        # a subset
@@ -16,13 +16,15 @@ weight bytes cannot show. The fast path removes the overhead:
     replays and one copy back;
   - Part 1's int8 and 4-bit layers run fused Triton kernels (a GEMV at decode that
     dequantizes in registers), set with part1.set_path(model, "fast").
-It computes what the model computes, in the same order per token: GPT2Block's modules are
+It computes what the model computes, in the same order per token: each block's modules are
 called as they are (quantized or not), only attention reads the static cache. Greedy
 tokens are checked against the same model's generate() in every run, each Part 1 layer
 against dequantize-then-matmul, and each linear layer is timed alone at one token.
 
-Assumptions: a GPT-2 architecture (model_type gpt2: wte/wpe, blocks of ln_1, attn.c_attn,
-attn.c_proj, ln_2, mlp, then ln_f and lm_head), batch 1. A method whose layers cannot be
+Assumptions: batch 1, and a GPT-2 (model_type gpt2: wte/wpe, blocks of ln_1, attn.c_attn,
+attn.c_proj, ln_2, mlp, then ln_f and lm_head) or a Llama (model_type llama: embed_tokens,
+blocks of input_layernorm, self_attn.q/k/v/o_proj with rotary and grouped-query heads,
+post_attention_layernorm, mlp, then norm and lm_head). A method whose layers cannot be
 captured (LLM.int8() has data-dependent shapes) runs the same static-cache path without
 a graph, and the results say so.
 """
@@ -59,56 +61,111 @@ FAST_PATH = "static KV cache, one CUDA graph per step (prompt pass, decode step,
 
 
 # -----------------------------------------------------------------------------
-# 1. The static-cache model: GPT-2's own modules, attention over a preallocated cache
+# 1. The static-cache models: the model's own modules, attention over a preallocated cache
 
-class StaticGPT2:
-    """Runs a GPT2LMHeadModel's modules with a KV cache of max_len positions, batch 1."""
+class StaticCache:
+    """K and V for max_len positions of every block, batch 1, written in place."""
 
-    def __init__(self, model, max_len: int):
-        if getattr(model.config, "model_type", None) != "gpt2":
-            raise ev.UserError(f"the fast decode path supports GPT-2 models only (this one is "
-                               f"'{getattr(model.config, 'model_type', '?')}')")
-        self.model = model
-        tr = model.transformer
-        self.blocks = list(tr.h)
-        self.n_head = model.config.n_head
-        self.d = model.config.n_embd
-        self.dtype = tr.ln_f.weight.dtype                       # norms keep the compute dtype everywhere
-        self.device = tr.ln_f.weight.device
-        self.max_len = max_len
-        shape = (len(self.blocks), 1, self.n_head, max_len, self.d // self.n_head)
-        self.k = torch.zeros(shape, dtype=self.dtype, device=self.device)     # (L, 1, H, T, D)
+    def __init__(self, model, blocks, kv_heads: int, head_dim: int, norm: torch.nn.Module, max_len: int):
+        self.model, self.blocks, self.max_len = model, list(blocks), max_len
+        self.dtype = norm.weight.dtype                          # norms keep the compute dtype everywhere
+        self.device = norm.weight.device
+        shape = (len(self.blocks), 1, kv_heads, max_len, head_dim)
+        self.k = torch.zeros(shape, dtype=self.dtype, device=self.device)     # (L, 1, Hkv, T, D)
         self.v = torch.zeros_like(self.k)
         self.t = torch.arange(max_len, device=self.device)
+
+    def attend(self, i: int, q, k, v, pos, mask, groups: int = 1) -> torch.Tensor:
+        """Write block i's k, v (1, Hkv, S, D) at pos; q (1, H, S, D) -> (1, S, H*D)."""
+        self.k[i].index_copy_(2, pos, k)
+        self.v[i].index_copy_(2, pos, v)
+        keys, values = self.k[i], self.v[i]                                   # (1, Hkv, T, D)
+        if groups > 1:                                   # grouped-query attention: as the model's repeat_kv
+            keys, values = keys.repeat_interleave(groups, dim=1), values.repeat_interleave(groups, dim=1)
+        a = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask)   # (1, H, S, D)
+        return a.transpose(1, 2).reshape(1, q.shape[2], -1)
+
+
+class StaticGPT2(StaticCache):
+    """A GPT2LMHeadModel: wte + wpe, blocks of ln_1, attn.c_attn, attn.c_proj, ln_2, mlp; ln_f, lm_head."""
+
+    def __init__(self, model, max_len: int):
+        tr, c = model.transformer, model.config
+        self.n_head, self.d = c.n_head, c.n_embd
+        super().__init__(model, tr.h, c.n_head, c.n_embd // c.n_head, tr.ln_f, max_len)
 
     @torch.no_grad()
     def forward(self, ids: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
         """ids (1, S) at positions pos (S,) -> logits (1, S, V); writes K, V at pos."""
         tr, H = self.model.transformer, self.n_head
-        x = tr.wte(ids) + tr.wpe(pos)[None]                                  # (1, S, C)
-        x = x.to(self.dtype)
+        x = (tr.wte(ids) + tr.wpe(pos)[None]).to(self.dtype)                 # (1, S, C)
         mask = self.t[None, :] <= pos[:, None]                               # (S, T): causal, cache-wide
         for i, blk in enumerate(self.blocks):
             qkv = blk.attn.c_attn(blk.ln_1(x))                               # (1, S, 3C)
             q, k, v = (t.view(1, -1, H, self.d // H).transpose(1, 2) for t in qkv.split(self.d, dim=-1))
-            self.k[i].index_copy_(2, pos, k)                                 # (1, H, T, D)
-            self.v[i].index_copy_(2, pos, v)
-            a = F.scaled_dot_product_attention(q, self.k[i], self.v[i], attn_mask=mask)   # (1, H, S, D)
-            x = x + blk.attn.c_proj(a.transpose(1, 2).reshape(1, -1, self.d))
+            x = x + blk.attn.c_proj(self.attend(i, q, k, v, pos, mask))
             x = x + blk.mlp(blk.ln_2(x))
         return self.model.lm_head(tr.ln_f(x))
+
+
+class StaticLlama(StaticCache):
+    """A LlamaForCausalLM: embed_tokens, blocks of input_layernorm, self_attn (q/k/v/o_proj,
+    rotary on q and k, grouped-query), post_attention_layernorm, mlp; norm, lm_head. The
+    rotary cos/sin come from the model's own rotary_emb, once for every cache position."""
+
+    def __init__(self, model, max_len: int):
+        from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
+        m, c = model.model, model.config
+        self.n_head, self.kv_heads = c.num_attention_heads, c.num_key_value_heads
+        self.head_dim = getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads
+        super().__init__(model, m.layers, self.kv_heads, self.head_dim, m.norm, max_len)
+        self.rotate = apply_rotary_pos_emb
+        probe = torch.zeros(1, dtype=self.dtype, device=self.device)        # rotary_emb reads dtype, device
+        self.cos, self.sin = m.rotary_emb(probe, self.t[None])               # (1, T, D) each
+
+    @torch.no_grad()
+    def forward(self, ids: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
+        """ids (1, S) at positions pos (S,) -> logits (1, S, V); writes K, V at pos."""
+        m, D = self.model.model, self.head_dim
+        x = m.embed_tokens(ids).to(self.dtype)                               # (1, S, C)
+        cos, sin = self.cos[:, pos], self.sin[:, pos]                        # (1, S, D)
+        mask = self.t[None, :] <= pos[:, None]                               # (S, T)
+        for i, blk in enumerate(self.blocks):
+            att, h = blk.self_attn, blk.input_layernorm(x)
+            q = att.q_proj(h).view(1, -1, self.n_head, D).transpose(1, 2)     # (1, H, S, D)
+            k = att.k_proj(h).view(1, -1, self.kv_heads, D).transpose(1, 2)   # (1, Hkv, S, D)
+            v = att.v_proj(h).view(1, -1, self.kv_heads, D).transpose(1, 2)
+            q, k = self.rotate(q, k, cos, sin)
+            x = x + att.o_proj(self.attend(i, q, k, v, pos, mask, self.n_head // self.kv_heads))
+            x = x + blk.mlp(blk.post_attention_layernorm(x))
+        return self.model.lm_head(m.norm(x))
+
+
+STATIC = {"gpt2": StaticGPT2, "llama": StaticLlama}
+
+
+def check_architecture(model_type: str | None, what: str = "this model") -> None:
+    if model_type not in STATIC:
+        raise ev.UserError(f"the fast decode path supports GPT-2 and Llama models only ({what} is "
+                           f"'{model_type or '?'}')")
+
+
+def static_model(model, max_len: int) -> StaticCache:
+    kind = getattr(model.config, "model_type", None)
+    check_architecture(kind)
+    return STATIC[kind](model, max_len)
 
 
 # -----------------------------------------------------------------------------
 # 2. Steps as programs: static buffers, run eagerly or replayed from a CUDA graph
 
 class FastDecoder:
-    """Greedy decode and prefill over StaticGPT2, each step captured as a CUDA graph
+    """Greedy decode and prefill over a static-cache model, each step captured as a CUDA graph
     (graphs=True, CUDA only) or run eagerly on the same buffers (graphs=False)."""
 
     def __init__(self, model, prompt_tokens: int, new_tokens: int, prefill_tokens: int = 0, graphs: bool = True,
                  no_graph_reason: str | None = None):
-        self.net = StaticGPT2(model, max(prompt_tokens + new_tokens, prefill_tokens))
+        self.net = static_model(model, max(prompt_tokens + new_tokens, prefill_tokens))
         dev = self.net.device
         self.graphs = graphs and dev.type == "cuda"
         self.P, self.n, self.S = prompt_tokens, new_tokens, prefill_tokens
@@ -203,15 +260,29 @@ def decode_floor_ms(weight_bytes: int, bytes_per_s: float | None) -> float | Non
 
 
 LAYER_CALLS = 50      # back-to-back calls of one layer per timed graph replay
-LAYERS = ("attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj")   # a GPT-2 block's linear layers
-TIMED_LAYERS = (*LAYERS, "lm_head")                                 # block 0's four, and the output layer
+def block_layers(config) -> tuple[str, tuple[tuple[str, int], ...]]:
+    """Block 0's path and its linear layers as (name, input width), for the architecture."""
+    d = config.hidden_size
+    if config.model_type == "gpt2":
+        return "transformer.h.0", (("attn.c_attn", d), ("attn.c_proj", d), ("mlp.c_fc", d),
+                                   ("mlp.c_proj", config.n_inner or 4 * d))
+    heads = config.num_attention_heads * (getattr(config, "head_dim", None) or d // config.num_attention_heads)
+    return "model.layers.0", (("self_attn.q_proj", d), ("self_attn.k_proj", d), ("self_attn.v_proj", d),
+                              ("self_attn.o_proj", heads), ("mlp.gate_proj", d), ("mlp.up_proj", d),
+                              ("mlp.down_proj", config.intermediate_size))
 
 
 def timed_layers(model):
-    """(name, module, input width) of block 0's four linear layers and of lm_head."""
-    d = model.config.n_embd
-    for name, width in zip(TIMED_LAYERS, (d, d, d, model.config.n_inner or 4 * d, d)):
-        yield name, model.get_submodule(name if name == "lm_head" else f"transformer.h.0.{name}"), width
+    """(name, module, input width) of block 0's linear layers, then of lm_head."""
+    prefix, layers = block_layers(model.config)
+    for name, width in layers:
+        yield name, model.get_submodule(f"{prefix}.{name}"), width
+    yield "lm_head", model.lm_head, model.config.hidden_size
+
+
+def compute_dtype(model) -> torch.dtype:
+    """The dtype activations run in: the final norm's (kept unquantized by every method)."""
+    return (model.transformer.ln_f if model.config.model_type == "gpt2" else model.model.norm).weight.dtype
 
 
 def on_side_stream(calls) -> None:
@@ -232,7 +303,7 @@ def layer_times(model, graphs: bool, repeats: int = 20, calls: int = LAYER_CALLS
     calls captured as one CUDA graph, so no launch overhead (what a decode step's graph
     sees), timed with CUDA events over `repeats` replays; eager calls if graphs=False.
     -> {layer: summary of us per call}, plus 'graph'."""
-    dtype = model.transformer.ln_f.weight.dtype
+    dtype = compute_dtype(model)
     out = {"graph": graphs}
     for name, mod, k in timed_layers(model):
         x = torch.randn(1, 1, k, dtype=dtype, device="cuda")
@@ -267,7 +338,7 @@ def kernel_error(model, rows: int = 1) -> float | None:
     kernels compute what Part 1's weights mean (the token check only compares a model
     with itself). None if the model has no Part 1 layers."""
     import part1_quantize_scratch as p1
-    dtype, worst = model.transformer.ln_f.weight.dtype, None
+    dtype, worst = compute_dtype(model), None
     for _, mod, k in timed_layers(model):
         if not isinstance(mod, (p1.Int8Linear, p1.Linear4bit)):
             continue
@@ -337,7 +408,8 @@ def bench(model_id: str, tokenizer, ids: torch.Tensor, methods: list[str], prefi
         layers = layer_times(m, graphs=uncapturable is None, repeats=repeats * 2)
         rows[name]["kernel_max_rel_err"] = kernel_error(m)
         rows[name]["layers_us"] = layers
-        rows[name]["linear_us_per_token"] = (m.config.n_layer * sum(layers[k]["median"] for k in LAYERS)
+        block = [k for k, _ in block_layers(m.config)[1]]
+        rows[name]["linear_us_per_token"] = (m.config.num_hidden_layers * sum(layers[k]["median"] for k in block)
                                              + layers["lm_head"]["median"])
         timed[name] = ev.hf_calls(m, tokenizer, prefill_ids, prompt, new_tokens)
         timed[f"{name}·fast"] = {"prefill": lambda f=fast: f.prefill(prefill_ids),
@@ -360,7 +432,7 @@ def bench(model_id: str, tokenizer, ids: torch.Tensor, methods: list[str], prefi
                                      "speedup_over_generate": hf["decode_ms_per_token"]["median"] /
                                      fa["decode_ms_per_token"]["median"]},
                        "layer_ratio": {k: rows[name]["layers_us"][k]["median"] / rows["fp16"]["layers_us"][k]["median"]
-                                       for k in TIMED_LAYERS}}
+                                       for k in rows[name]["layers_us"] if k != "graph"}}
     return {"table": table, "baseline": "fp16", "repeats": repeats, "warmup": warmup,
             "order": result["order"], "prefill_tokens": prefill_tokens, "prompt_tokens": prompt_tokens,
             "new_tokens": new_tokens, "decode_definition": ev.DECODE_DEFINITION,
@@ -369,8 +441,8 @@ def bench(model_id: str, tokenizer, ids: torch.Tensor, methods: list[str], prefi
             "hbm_bytes_per_s": hbm_bytes_per_s(torch.cuda.get_device_name()), "layer_calls_per_replay": LAYER_CALLS,
             "layers_definition": "us per call of block 0's linear layers and lm_head at one token, "
                                  f"{LAYER_CALLS} calls per CUDA graph replay (eager where the method has no graph), "
-                                 "median of 2 x repeats replays; linear_us_per_token = n_layer x the four block "
-                                 "layers + lm_head",
+                                 "median of 2 x repeats replays; linear_us_per_token = the number of blocks x the "
+                                 "block's layers + lm_head",
             "note": "ratios: generate() against fp16 generate(); fast path against the fp16 fast path; "
                     "peak = CUDA memory allocated above what was held before loading the method "
                     "(its weights, KV cache, graphs, activations)"}
@@ -394,15 +466,16 @@ def table_text(result: dict) -> str:
                  + (f"{result['hbm_bytes_per_s'] / 1e12:.2f} TB/s (spec peak)" if result.get("hbm_bytes_per_s")
                     else "peak bandwidth (unknown for this GPU: no floor)") + "; tokens = leading "
                  "greedy tokens of the fast path equal to generate()'s")
-    lines += ["", f"{'us per call, 1 token':<20} " + " ".join(f"{k:>16}" for k in TIMED_LAYERS)
+    names = [k for k in next(iter(result["table"].values()))["layers_us"] if k != "graph"]
+    lines += ["", f"{'us per call, 1 token':<20} " + " ".join(f"{k:>16}" for k in names)
               + f" {'linears/token':>14}"]
     for name, r in result["table"].items():
         lines.append(f"{name:<20} " + " ".join(f"{r['layers_us'][k]['median']:>8.2f} ({r['layer_ratio'][k]:>4.2f})"
-                                               for k in TIMED_LAYERS) + f" {r['linear_us_per_token']:>11.0f} us"
+                                               for k in names) + f" {r['linear_us_per_token']:>11.0f} us"
                      + ("" if r["kernel_max_rel_err"] is None else f"  err {r['kernel_max_rel_err']:.1e}")
                      + ("" if r["layers_us"]["graph"] else "  (eager)"))
     lines.append(f"each layer: {result['layer_calls_per_replay']} calls in one CUDA graph, median; (ratio to fp16); "
-                 "linears/token = n_layer x the block's four + lm_head; err = worst relative error of a Part 1 "
+                 "linears/token = blocks x the block's layers + lm_head; err = worst relative error of a Part 1 "
                  "layer against dequantize-then-matmul in fp32")
     return "\n".join(lines)
 
@@ -413,7 +486,7 @@ def table_text(result: dict) -> str:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="fast_decode.py", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", default="gpt2", help="Hub id or local folder of a GPT-2 model (default: gpt2)")
+    p.add_argument("--model", default="gpt2", help="Hub id or local folder of a GPT-2 or Llama model (default: gpt2)")
     p.add_argument("--dataset", default="wikitext2", choices=list(ev.DATASETS),
                    help="text whose first tokens are the prompts (default: wikitext2)")
     p.add_argument("--text-file", default=None, help="local UTF-8 text instead of a Hub dataset")
@@ -444,8 +517,7 @@ def main(**kwargs) -> dict:
         vars(args).update({k: v for k, v in ev.SMOKE_SETTINGS.items() if k in vars(args)})
     ev.check_model_source(args.model)
     config = ev.load_config(args.model)
-    if config.model_type != "gpt2":
-        raise ev.UserError(f"the fast decode path supports GPT-2 models only ('{args.model}' is not one)")
+    check_architecture(config.model_type, f"'{args.model}'")
     ev.check_latency_fits(ev.EvalConfig(prefill_tokens=args.prefill_tokens, prompt_tokens=args.prompt_tokens,
                                         new_tokens=args.new_tokens), ev.model_context(config))
     source = ev.load_text(args.dataset, args.text_file)

@@ -19,9 +19,10 @@ def prompt_of(tokenizer, n=12):
     return ids.reshape(-1)[:n][None]
 
 
-@pytest.mark.parametrize("quant", [None, "int8", "nf4"])
-def test_fast_path_tokens_equal_generate(gpt2_dir, quant):
-    model, tok = ev.load_model(str(gpt2_dir), device="cpu")
+@pytest.mark.parametrize("arch,quant", [("gpt2", None), ("gpt2", "int8"), ("gpt2", "nf4"),
+                                        ("llama", None), ("llama", "int8")])
+def test_fast_path_tokens_equal_generate(gpt2_dir, llama_dir, arch, quant):
+    model, tok = ev.load_model(str(gpt2_dir if arch == "gpt2" else llama_dir), device="cpu")
     if quant == "int8":
         p1.quantize_model(model, "whole", 8, "per_channel")
     elif quant == "nf4":
@@ -36,8 +37,9 @@ def test_fast_path_tokens_equal_generate(gpt2_dir, quant):
     assert torch.equal(fast.generate(prompt), ref)                      # a second run starts clean
 
 
-def test_fast_prefill_logits_equal_the_model(gpt2_dir):
-    model, tok = ev.load_model(str(gpt2_dir), device="cpu")
+@pytest.mark.parametrize("arch", ["gpt2", "llama"])
+def test_fast_prefill_logits_equal_the_model(gpt2_dir, llama_dir, arch):
+    model, tok = ev.load_model(str(gpt2_dir if arch == "gpt2" else llama_dir), device="cpu")
     ids = prompt_of(tok, 24)
     fast = fd.FastDecoder(model, 4, 4, prefill_tokens=24)
     got = fast.prefill(ids)
@@ -58,10 +60,24 @@ def test_kernel_error_catches_a_layer_that_computes_the_wrong_thing(gpt2_dir):
     assert 0.009 < fd.kernel_error(model) < 0.011
 
 
-def test_only_gpt2_is_supported(llama_dir):
+def test_other_architectures_are_refused_in_one_line(llama_dir):
     model, _ = ev.load_model(str(llama_dir), device="cpu")
-    with pytest.raises(ev.UserError, match="GPT-2 models only"):
-        fd.StaticGPT2(model, 16)
+    model.config.model_type = "mistral"
+    with pytest.raises(ev.UserError, match="GPT-2 and Llama models only .* is 'mistral'"):
+        fd.static_model(model, 16)
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "llama"])
+def test_timed_layers_are_the_blocks_linears(gpt2_dir, llama_dir, arch):
+    """Every linear layer of block 0 and lm_head, each with the width its input really has."""
+    model, _ = ev.load_model(str(gpt2_dir if arch == "gpt2" else llama_dir), device="cpu")
+    p1.quantize_model(model, "whole", 8, "per_channel")
+    layers = list(fd.timed_layers(model))
+    block = {n for n, m in model.named_modules() if isinstance(m, p1.Int8Linear)
+             and n.startswith(("transformer.h.0.", "model.layers.0."))}
+    assert {fd.block_layers(model.config)[0] + "." + n for n, _, _ in layers[:-1]} == block
+    for _, mod, width in layers:
+        assert mod.in_features == width
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU")

@@ -275,10 +275,12 @@ def bench(model_id: str, tokenizer, ids: torch.Tensor, cfg: ev.EvalConfig, modes
         models["fp16"] = ev.load_model(model_id, "float16", device)[0]
     for mode in modes:
         models[method_name(mode, threshold)] = load_bnb(model_id, mode, device, compute_dtype, threshold)[0]
-    for kind in ("int4", "nf4"):
+    for bits, kind in ((8, "per_channel"), (4, "int4"), (4, "nf4")):
         m = copy.deepcopy(models["fp16"] if dev.type == "cuda" else base)
-        p1.quantize_model(m, "whole", 4, kind)
-        models[f"scratch-{kind}"] = m
+        p1.quantize_model(m, "whole", bits, kind)
+        if bits == 8:
+            p1.set_path(m, "fast")                      # Part 1's INT8 with its fused kernel
+        models[f"scratch-{'int8' if bits == 8 else kind}"] = m
     prefill_ids, prompt = ev.timing_inputs(ids, cfg.prefill_tokens, cfg.prompt_tokens, dev)
     methods = {}
     for name, m in models.items():
@@ -292,7 +294,8 @@ def bench(model_id: str, tokenizer, ids: torch.Tensor, cfg: ev.EvalConfig, modes
     return {**result, "prefill_tokens": cfg.prefill_tokens, "prompt_tokens": cfg.prompt_tokens,
             "new_tokens": cfg.new_tokens, "decode_definition": ev.DECODE_DEFINITION,
             "compute_dtype": compute_dtype, "threads": torch.get_num_threads(),
-            "note": "scratch-int4/nf4 are Part 1's from-scratch 4-bit (dequantize then F.linear), "
+            "note": "scratch-int8 is Part 1's from-scratch INT8 (per-channel, its fast path: the fused kernel); "
+                    "scratch-int4/nf4 are Part 1's from-scratch 4-bit (dequantize then F.linear); all "
                     f"in the {'fp16' if dev.type == 'cuda' else 'fp32'} model"}
 
 
@@ -315,7 +318,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "NF4/int4 (block 64), the scratch-vs-bnb NF4 cross-check, a weight histogram")
     g.add_argument("--layer", default=None, help="--compare: the layer for the histogram (default: a middle one)")
     g.add_argument("--bench", action="store_true",
-                   help="time fp32, fp16 (GPU), every --mode and scratch int4/NF4 side by side; print ratios")
+                   help="time fp32, fp16 (GPU), every --mode and Part 1's INT8 (fast path), int4 and NF4 side by side; print ratios")
     g.add_argument("--save", default=None,
                    help="also save_pretrained each quantized model into this folder (one subfolder per mode)")
     ev.add_model_args(p)

@@ -129,9 +129,11 @@ def test_bench_times_every_method_side_by_side(gpt2_dir, text_file, tmp_path):
     rec = p2.main(model=str(gpt2_dir), text_file=str(text_file), bench=True, mode="int8,nf4",
                   results_dir=str(tmp_path), **{**small_run(), "repeats": 2})
     table = rec["bench"]["table"]
-    assert list(table) == ["fp32", "bnb-int8", "bnb-nf4", "scratch-int4", "scratch-nf4"]
+    assert list(table) == ["fp32", "bnb-int8", "bnb-nf4", "scratch-int8", "scratch-int4", "scratch-nf4"]
     assert table["fp32"]["decode_ratio"] == 1.0
     assert table["bnb-nf4"]["weights_mib"] < table["bnb-int8"]["weights_mib"] < table["fp32"]["weights_mib"]
+    assert table["scratch-int8"]["weights_mib"] < table["fp32"]["weights_mib"] / 2
+    assert table["scratch-int8"]["weight_dtype_bytes"]["int8"] > 0           # stored as int8
 
 
 

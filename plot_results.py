@@ -89,6 +89,10 @@ def bench_figure(rec: dict) -> str:
     return f"latency_{results.slug(rec['method']['name'])}_{results.slug(short_model(rec))}_{device_kind(rec)}.png"
 
 
+def fast_figure(rec: dict) -> str:
+    return f"fast_path_{results.slug(short_model(rec))}_{device_kind(rec)}.png"
+
+
 def sensitivity_figure(rec: dict) -> str:
     return f"sensitivity_{results.slug(short_model(rec))}.png"
 
@@ -251,6 +255,41 @@ def plot_bench(rec: dict, out: Path, made: list[Path]) -> None:
     _save(fig, out, bench_figure(rec), made)
 
 
+def plot_fast(rec: dict, out: Path, made: list[Path]) -> None:
+    """The fast decode path: ms per token of every method, generate() beside it, and the
+    floor (weight bytes / the GPU's peak bandwidth) as a tick on each bar."""
+    import fast_decode
+    plt = _plt()
+    b = rec["bench"]
+    names = [n for n, v in b["table"].items() if v.get("fast_path")]
+    fast = [b["table"][n]["fast_path"]["decode_ms_per_token"]["median"] for n in names]
+    hf = [b["table"][n]["decode_ms_per_token"]["median"] for n in names]
+    bw = fast_decode.bench_bandwidth(rec)
+    fig, ax = plt.subplots(figsize=(7.2, 0.42 * len(names) + 2.0))
+    y = list(range(len(names)))
+    ax.set_xscale("log")                      # 0.03 ms floors, 3 ms fast steps, 100 ms LLM.int8()
+    ax.barh([i - 0.2 for i in y], fast, height=0.4, color="#55a868", label="fast path")
+    ax.barh([i + 0.2 for i in y], hf, height=0.4, color="#a0a0a0", label="Hugging Face generate()")
+    lo = min(fast)
+    if bw:
+        floors = [fast_decode.decode_floor_ms(b["table"][n]["weights_mib"] * 2**20, bw) for n in names]
+        ax.scatter(floors, [i - 0.2 for i in y], marker="|", s=90, color="k", zorder=3,
+                   label=f"floor: weight bytes / {bw / 1e12:.1f} TB/s")
+        lo = min(lo, *floors)
+    for i in y:
+        ax.text(fast[i], i - 0.2, f" {fast[i]:.2f}", va="center", fontsize=8)
+        ax.text(hf[i], i + 0.2, f" {hf[i]:.1f}", va="center", fontsize=8)
+    ax.set_xlim(lo / 2, max(hf + fast) * 4)
+    ax.set_xlabel("ms per decoded token (log scale)", fontsize=9)
+    ax.set_yticks(y, names, fontsize=8)
+    ax.invert_yaxis()
+    ax.tick_params(labelsize=8)
+    ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.4, -0.14), ncol=3, frameon=False)
+    fig.suptitle(f"Decode, {b['new_tokens']} tokens after {b['prompt_tokens']}: median of {b['repeats']} "
+                 f"round-robin repeats\n{caption(rec)}", fontsize=9)
+    _save(fig, out, fast_figure(rec), made)
+
+
 def plot_sensitivity(rec: dict, out: Path, made: list[Path]) -> None:
     plt = _plt()
     s = rec["sensitivity"]
@@ -326,6 +365,8 @@ def plot_all(records: list[dict], out: str | Path) -> list[Path]:
             continue
         try:
             {"bench": plot_bench, "sensitivity": plot_sensitivity, "compare": plot_compare}[kind](r, out, made)
+            if kind == "bench" and "fast_path" in r["bench"]:
+                plot_fast(r, out, made)
         except (KeyError, TypeError, ValueError, ZeroDivisionError) as e:
             warnings.warn(f"skipping {r['_file']} ({kind}): {type(e).__name__} {e}", stacklevel=2)
     return made

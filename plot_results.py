@@ -42,10 +42,23 @@ def device_of(rec: dict) -> str:
     return rec.get("environment", {}).get("device_name", "unknown device")
 
 
+TEXT_NAMES = {"wiki.test.raw": "WikiText-2 (raw), test split", "wikitext-2-raw-v1": "WikiText-2 (raw), test split",
+              "ptb.test.txt": "Penn Treebank, test split", "ptb_text_only": "Penn Treebank, test split"}
+
+
+def text_name(rec: dict) -> str:
+    """The dataset in words, from the record's id: a Hub config or a local file's name."""
+    d = rec.get("dataset") or {}
+    for key, words in TEXT_NAMES.items():
+        if key in str(d.get("id", "")) or key in str(d.get("description", "")):
+            return words
+    return str(d.get("id", "?")).removeprefix("file:").split("/")[-1]
+
+
 def caption(rec: dict, extra: str = "") -> str:
     """model (stand-in), text, device: on every figure."""
     model = short_model(rec) + (" (stand-in)" if rec["model"].get("stand_in") else "")
-    text = rec.get("dataset", {}).get("id", "?").split("/")[-1]
+    text = text_name(rec).replace(", test split", " test")
     return f"{model} · {text}{extra} · {device_of(rec)}"
 
 
@@ -115,7 +128,7 @@ def _plt():
 def _save(fig, out: Path, name: str, made: list[Path]) -> None:
     path = out / name
     fig.tight_layout()
-    fig.savefig(path, dpi=130)
+    fig.savefig(path, dpi=130, bbox_inches="tight")          # text set outside the axes stays in
     _plt().close(fig)
     made.append(path)
 
@@ -232,25 +245,31 @@ def short_label(name: str) -> str:
 
 
 def plot_bench(rec: dict, out: Path, made: list[Path]) -> None:
+    """Prefill and decode as ratios of the baseline; each method's milliseconds in a column to
+    the right of the plot, clear of the bars and of the baseline's dashed line."""
     plt = _plt()
     b = rec["bench"]
     names = list(b["table"])
     pre = [b["table"][n]["prefill_ratio"] for n in names]
     dec = [b["table"][n]["decode_ratio"] for n in names]
-    fig, ax = plt.subplots(figsize=(8, 0.45 * len(names) + 2.2))
+    fig, ax = plt.subplots(figsize=(7.2, 0.4 * len(names) + 1.9))
     y = range(len(names))
     ax.barh([i - 0.2 for i in y], pre, height=0.4, label=f"prefill 1x{b['prefill_tokens']}")
     ax.barh([i + 0.2 for i in y], dec, height=0.4, label=f"decode ({b['new_tokens']} tokens)")
+    ax.axvline(1.0, color="k", lw=0.8, ls="--")
+    column = ax.get_yaxis_transform()                # x in axes fractions, y in data
+    ax.text(1.02, -0.9, "prefill ms | decode ms/token", transform=column, fontsize=8, va="center")
     for i, n in enumerate(names):
         row = b["table"][n]
-        ax.text(max(pre[i], dec[i]), i, f"  {row['prefill_ms']['median']:.1f} ms | "
-                f"{row['decode_ms_per_token']['median']:.2f} ms/tok", va="center", fontsize=7)
-    ax.axvline(1.0, color="k", lw=0.8, ls="--")
-    ax.set_yticks(list(y), names)
+        ax.text(1.02, i, f"{row['prefill_ms']['median']:.1f} | {row['decode_ms_per_token']['median']:.2f}",
+                transform=column, va="center", fontsize=8)
+    ax.set_yticks(list(y), names, fontsize=8)
     ax.invert_yaxis()
-    ax.set_xlabel(f"time / {b.get('baseline', 'fp32')} time (median of {b['repeats']} round-robin repeats)")
-    ax.set_xlim(0, max(pre + dec) * 1.45)                    # room for the ms labels
-    ax.legend(fontsize=8, loc="upper right", framealpha=1.0)
+    ax.tick_params(labelsize=8)
+    ax.set_xlabel(f"time / {b.get('baseline', 'fp32')} time (median of {b['repeats']} round-robin repeats)",
+                  fontsize=9)
+    ax.set_xlim(0, max(pre + dec) * 1.05)
+    ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=2, frameon=False)
     ax.set_title(f"Latency side by side\n{caption(rec)}", fontsize=9)
     _save(fig, out, bench_figure(rec), made)
 

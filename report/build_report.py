@@ -83,7 +83,8 @@ def model_label(rec: dict) -> str:
 
 def group_label(key: tuple) -> str:
     model, text, L, S, n, dev = key
-    return f"{model} · {text} · L={L} S={S} · {n:,} tokens · {dev}"
+    name = next((w for k, w in pr.TEXT_NAMES.items() if k in text), text.removeprefix("file:"))
+    return f"{model} · {name.replace(', test split', ' test')} · L={L} S={S} · {n:,} tokens · {dev}"
 
 
 class Study:
@@ -121,6 +122,17 @@ class Study:
 
     def runs(self, key: tuple) -> dict[str, dict]:
         return {method(r): r for r in self.groups[key]}
+
+    def headline_group(self) -> tuple | None:
+        """The group the summary shows: a real LM's runs with a fp32 baseline, the most tokens,
+        then the most methods."""
+        keys = [k for k in self.ppl_groups() if "baseline-fp32" in {method(r) for r in self.groups[k]}]
+        return max(keys, key=lambda k: (k[4], len(self.groups[k])), default=None)
+
+    def bench_for(self, name: str, model: str, device_name: str) -> dict | None:
+        """A bench of this kind on this model and this device."""
+        return next((r for r in self.benches if method(r) == name and pr.short_model(r) == model
+                     and pr.device_of(r) == device_name), None)
 
     def bench(self, name: str, device: str) -> dict | None:
         return next(
@@ -213,6 +225,7 @@ class Doc:
         self.story: list = []
         self.n_fig = 0
         self.n_tab = 0
+        self.refs: dict[str, int] = {}     # table numbers that the text cites, set as they are made
 
     def h1(self, text: str) -> None:
         self._heading(text, "h1")
@@ -493,7 +506,8 @@ def findings_facts(s: Study) -> dict:
             "fp4_over_nf4": m["bnb-fp4"] / m["bnb-nf4"],
             "int4_over_nf4": m["scratch-int4"] / m["bnb-nf4"] if "scratch-int4" in m else None,
         }
-    b = s.bench("bnb-bench", "cuda")
+    head = s.headline_group()
+    b = (s.bench_for("bnb-bench", head[0], head[5]) if head else None) or s.bench("bnb-bench", "cuda")
     if b:
         t, base = b["bench"]["table"], b["bench"].get("baseline", "fp16")
         ratios = [v["decode_ratio"] for n, v in t.items() if n not in ("fp32", "fp16")]
@@ -512,7 +526,8 @@ def findings_facts(s: Study) -> dict:
                 "base_ms": base_ms,
                 "x_floor": None if floor is None else base_ms / floor,
             }
-    fast = next((r for r in s.benches if "fast_path" in r["bench"]), None)
+    fast = (s.bench_for("gpu-decode-bench", head[0], head[5]) if head else None) or \
+        next((r for r in s.benches if "fast_path" in r["bench"]), None)
     if fast:
         facts["fast"] = fast_facts(fast)
     g = s.find_group("gguf-q8_0")
@@ -533,7 +548,7 @@ def findings_facts(s: Study) -> dict:
 
 def key_findings(doc: Doc, s: Study) -> None:
     f = findings_facts(s)
-    doc.h1("1. Findings")
+    doc.h2("Findings")
     items = []
     if "int8" in f:
         x = f["int8"]
@@ -582,6 +597,8 @@ def key_findings(doc: Doc, s: Study) -> None:
                 ""
                 if x["int4_over_nf4"] is None
                 else f" and {f_ratio(x['int4_over_nf4'])} smaller than linear int4's"
+                if x["int4_over_nf4"] >= 1
+                else f" and {f_ratio(1 / x['int4_over_nf4'])} larger than linear int4's"
             )
             + "."
         )
@@ -615,7 +632,6 @@ def key_findings(doc: Doc, s: Study) -> None:
 
 
 def methodology(doc: Doc, s: Study) -> None:
-    doc.h1("2. Method")
     doc.p(
         "<b>Perplexity</b> is corpus-level and token-weighted: the test text is joined and "
         "tokenized once, scored in windows of L tokens that advance by a stride S, each window "
@@ -637,7 +653,7 @@ def methodology(doc: Doc, s: Study) -> None:
         rows.append(
             [
                 model_label(rs[0]),
-                k[1],
+                text_name(rs[0]).replace(", test split", " test"),
                 d.get("sha256", "?")[:8],
                 f"{k[2]} / {k[3]}",
                 f"{k[4]:,}",
@@ -708,28 +724,23 @@ def methodology(doc: Doc, s: Study) -> None:
             "Devices and library versions, as recorded in the results files.",
             widths=[4.8, None, None, None, None, None],
         )
-    budgets = sorted(
-        {
-            r["dataset"]["max_tokens"]
-            for r in s.records
-            if isinstance(r.get("dataset"), dict) and r["dataset"].get("truncated")
-        }
-    )
+    budgets = {}
+    for r in s.records:
+        if isinstance(r.get("dataset"), dict) and r["dataset"].get("truncated"):
+            budgets.setdefault(r["dataset"]["max_tokens"], set()).add(pr.device_of(r))
     if budgets:
         doc.p(
-            "<b>Reductions.</b> Runs on the CPU score only a prefix of the test text (a token "
-            "budget of "
-            + ", ".join(f"{b:,}" for b in budgets)
-            + " tokens, as recorded in each file), so "
-            "that the whole study finishes on a CPU in "
-            "about an hour; their perplexities are "
-            "compared only with each other, never with "
-            "full-text runs."
+            "<b>Reductions.</b> Some runs score only a prefix of the test text, as each file "
+            "records: "
+            + "; ".join(f"the first {b:,} tokens on {', '.join(escape(d) for d in sorted(devs))}"
+                        for b, devs in sorted(budgets.items()))
+            + ". Their perplexities are compared only with runs on the same tokens, never with "
+            "whole-text runs."
         )
 
 
 def memory_ppl_tables(doc: Doc, s: Study) -> None:
-    doc.h1("3. Memory and perplexity, before and after each scheme")
+    doc.h1("Appendix A: every group of comparable runs")
     doc.p(
         "Why the sizes change: an INT8 weight takes 1 byte instead of 4 (fp32) or 2 (fp16), a "
         "4-bit weight half a byte; each scheme adds its scales (one float per output channel, "
@@ -776,7 +787,9 @@ def memory_ppl_tables(doc: Doc, s: Study) -> None:
             widths,
         )
         names = pr.group_figures(k)
-        if meaningful:
+        if meaningful and k == s.headline_group():
+            doc.p(f"Its memory against perplexity: Figure {doc.refs.get('pareto', '?')}.")
+        elif meaningful:
             doc.figure(
                 names["pareto"],
                 "Memory against perplexity; the dashed line joins the runs no other run beats on "
@@ -789,7 +802,7 @@ def memory_ppl_tables(doc: Doc, s: Study) -> None:
 
 
 def selective(doc: Doc, s: Study) -> None:
-    doc.h1("4. Whole model against selective quantization (Part 1)")
+    doc.h2("Whole model against selective quantization")
     g = s.find_group("scratch-int8-per_channel")
     if not g:
         doc.p("Not measured in these results.")
@@ -891,7 +904,7 @@ def sensitivity_facts(sens: dict) -> dict:
 
 
 def nf4_section(doc: Doc, s: Study) -> None:
-    doc.h1("5. NF4 against linear 4-bit (Part 2)")
+    doc.h2("NF4 against linear 4-bit")
     doc.p(
         "<b>What NF4 is.</b> Linear (uniform) 4-bit quantization divides each block of 64 "
         "weights by its largest magnitude (absmax) and rounds to 16 evenly spaced levels in "
@@ -1112,7 +1125,9 @@ def latency_section(doc: Doc, s: Study) -> None:
         "after repeat, so that a ratio compares methods under the same conditions. Here "
         f"{said}; decode is reported per new token. Medians, with p10–p90 in brackets."
     )
-    for b in s.benches:
+    head = s.headline_group()
+    first = head[0] if head else None
+    for b in sorted(s.benches, key=lambda b: (pr.short_model(b) != first, pr.device_kind(b) == "cpu")):
         bb = b["bench"]
         doc.h2(f"{method(b)} · {model_label(b)} · {pr.device_of(b)}")
         doc.table(
@@ -1141,12 +1156,15 @@ def latency_section(doc: Doc, s: Study) -> None:
         )
         if "fast_path" in bb:
             fast_table(doc, b)
+            doc.figure(pr.fast_figure(b), "Decode time per token on the fast path and with Hugging Face "
+                       "generate(), same run, log scale; the tick on each fast-path bar is the time to read "
+                       "that method's weights once at the GPU's peak bandwidth.", max_height_cm=8)
     why = []
     if x["gpu"]:
         g = x["gpu"]
         if g["floor_ms"] is not None:
             why.append(
-                f"On the GPU, fp16 decodes a token in {f_ms(g['fp16_ms'])} ms while reading its "
+                f"On the GPU ({g['model']}), fp16 decodes a token in {f_ms(g['fp16_ms'])} ms while reading its "
                 f"{f_mib(g['fp16_mib'])} MiB of weights at {g['tb_per_s']:.2f} TB/s would "
                 f"take {g['floor_ms']:.3f} ms: decode time at this size is kernel launches and "
                 "Python, not memory traffic, so fewer bytes cannot help and every extra "
@@ -1185,11 +1203,13 @@ def latency_facts(s: Study) -> dict:
         "gpu": None,
         "cpu": None,
     }
-    gb = s.bench("bnb-bench", "cuda")
+    head = s.headline_group()
+    gb = (s.bench_for("bnb-bench", head[0], head[5]) if head else None) or s.bench("bnb-bench", "cuda")
     if gb and "fp16" in gb["bench"]["table"]:
         t = gb["bench"]["table"]
         bw = bandwidth(s)
         facts["gpu"] = {
+            "model": model_label(gb),
             "fp16_ms": t["fp16"]["decode_ms_per_token"]["median"],
             "fp16_mib": t["fp16"]["weights_mib"],
             "tb_per_s": None if bw is None else bw / 1e12,
@@ -1284,14 +1304,22 @@ def layer_table(doc: Doc, b: dict) -> None:
         "attn.c_proj": "attn proj",
         "mlp.c_fc": "c_fc",
         "mlp.c_proj": "mlp proj",
+        "self_attn.q_proj": "q",
+        "self_attn.k_proj": "k",
+        "self_attn.v_proj": "v",
+        "self_attn.o_proj": "o",
+        "mlp.gate_proj": "gate",
+        "mlp.up_proj": "up",
+        "mlp.down_proj": "down",
     }
     doc.table(
         ["method"] + [short.get(k, k) for k in names] + ["µs/token", f"vs {base}", "max err"],
         rows,
-        "Microseconds per call of each linear layer at one token: "
-        f"{escape(readable(bb.get('layers_definition', '')))}. µs/token: all linear layers of one "
-        "decode step; max err: the worst relative error of Part 1's layers against "
-        "dequantize-then-matmul in fp32.",
+        f"Microseconds per call of block 0's linear layers and of lm_head at one token: "
+        f"{bb.get('layer_calls_per_replay', '?')} calls captured in one CUDA graph (eager calls where a "
+        f"method has no graph), median of {2 * bb['repeats']} replays. µs/token: the number of blocks × "
+        "the block's layers + lm_head, all linear layers of one decode step; max err: the worst "
+        "relative error of Part 1's layers against dequantize-then-matmul in fp32.",
         widths=[3.2] + [None] * (len(names) + 3),
     )
     x = layer_facts(b)
@@ -1326,14 +1354,6 @@ def layer_table(doc: Doc, b: dict) -> None:
     doc.p(" ".join(text))
 
 
-def readable(definition: str) -> str:
-    """A definition string from a bench record, with its field names said in words."""
-    for field, words in (("linear_us_per_token", "µs/token"), ("us per call", "µs per call"),
-                         (" x repeats", " × repeats"), ("n_layer x", "n_layer ×")):
-        definition = definition.replace(field, words)
-    return definition
-
-
 def layer_facts(b: dict) -> dict:
     """What the per-layer times say about one decode step, in numbers."""
     t, base = b["bench"]["table"], b["bench"].get("baseline", "fp16")
@@ -1357,7 +1377,7 @@ def layer_facts(b: dict) -> dict:
 
 
 def gguf_section(doc: Doc, s: Study) -> None:
-    doc.h1("7. GGUF and llama.cpp (bonus)")
+    doc.h1("5. Bonus: GGUF and llama.cpp")
     doc.p(
         "<b>The formats.</b> GGML is llama.cpp's tensor library; GGUF is its single-file model "
         "format: a header, typed key-value metadata (architecture, hyperparameters, the whole "
@@ -1449,12 +1469,12 @@ def gguf_section(doc: Doc, s: Study) -> None:
             + ")."
         )
         show = [k for k in keys if not isinstance(md[k], dict) and k != "tokenizer.chat_template"][
-            :24
+            :16
         ]
         doc.table(
             ["metadata key", "value"],
             [[k, (f"{md[k]:.6g}" if isinstance(md[k], float) else str(md[k]))[:60]] for k in show],
-            "Metadata of the file (tokenizer arrays and chat template not shown).",
+            f"The first {len(show)} of the file's metadata keys (tokenizer arrays and chat template not shown).",
             widths=[7, None],
         )
         tensors = gi["tensors"]
@@ -1475,7 +1495,6 @@ def gguf_section(doc: Doc, s: Study) -> None:
             "tensors more bits.",
             widths=[6, None, None, None],
         )
-    push_paragraph(doc, s)
 
 
 def gguf_facts(r: dict[str, dict]) -> dict:
@@ -1536,7 +1555,7 @@ def push_paragraph(doc: Doc, s: Study) -> None:
 
 
 def open_questions(doc: Doc, s: Study) -> None:
-    doc.h1("8. Open questions")
+    doc.h1("7. Limitations and open questions")
     x = open_facts(s)
     items = []
     if x["scan"]:
@@ -1609,7 +1628,7 @@ def open_facts(s: Study) -> dict:
 
 
 def appendix(doc: Doc, s: Study) -> None:
-    doc.h1("Appendix: the results files")
+    doc.h1("Appendix B: the results files")
     rows = [
         [
             r["_file"],
@@ -1631,6 +1650,312 @@ def appendix(doc: Doc, s: Study) -> None:
 
 
 # -----------------------------------------------------------------------------
+# The assignment's sections: Summary, How we measure, Part 1, Part 2, Bonus, Speed, Limitations
+
+
+def text_name(rec: dict) -> str:
+    return pr.text_name(rec)
+
+
+def latency_of(rec: dict) -> tuple[float | None, float | None]:
+    """(prefill ms, decode ms/token) medians of a run's own timing, or None where not timed."""
+    lat = rec.get("latency") or {}
+    dec = (lat.get("decode") or {}).get("ms_per_token") or {}
+    return (lat.get("prefill") or {}).get("median"), dec.get("median")
+
+
+def short_name(name: str) -> str:
+    """A method's name for a table cell: a selective run by its blocks and components."""
+    import re
+    m = re.fullmatch(r"scratch-int8-per_channel-b([0-9.-]+)-(.+)", name)
+    return f"scratch-int8 blocks {m.group(1).replace('-', ', ')}: {m.group(2).replace('+', ', ')}" if m else name
+
+
+FAMILY_ORDER = ("baseline", "scratch-int8", "scratch-int4", "bnb", "gguf")
+
+
+def by_family(rs: list[dict]) -> list[dict]:
+    """Baselines, Part 1 INT8, Part 1 4-bit, bitsandbytes, GGUF; within each, larger first."""
+    def key(r):
+        n = method(r)
+        fam = next((i for i, f in enumerate(FAMILY_ORDER) if n.startswith(f)), len(FAMILY_ORDER))
+        return fam, -r["memory"]["weights_mib"], n
+    return sorted(rs, key=key)
+
+
+def setting_facts(rec: dict) -> dict:
+    """What the headline's caption says about how a run measured: read from the record."""
+    d, p = rec["dataset"], rec["perplexity"]
+    lat = rec.get("latency") or {}
+    dec = lat.get("decode") or {}
+    return {
+        "model": model_label(rec),
+        "text": text_name(rec),
+        "tokens": p["n_tokens_scored"],
+        "whole": not d.get("truncated"),
+        "text_tokens": d.get("n_tokens"),
+        "L": p["max_length"],
+        "S": p["stride"],
+        "windows": p.get("n_windows"),
+        "device": pr.device_of(rec),
+        "prefill_tokens": (lat.get("prefill") or {}).get("tokens"),
+        "prompt_tokens": dec.get("prompt_tokens"),
+        "new_tokens": dec.get("new_tokens"),
+        "repeats": lat.get("repeats"),
+        "decode_definition": dec.get("definition"),
+    }
+
+
+def settings_sentence(x: dict) -> str:
+    tokens = (f"all {x['tokens']:,} scored tokens of the text" if x["whole"]
+              else f"the first {x['tokens']:,} tokens of the text's {x['text_tokens']:,}")
+    out = (f"{escape(x['model'])} on {escape(x['text'])}: {tokens}, windows of {x['L']} tokens at "
+           f"stride {x['S']}" + (f" ({x['windows']:,} windows)" if x["windows"] else "")
+           + f", on {escape(x['device'])}.")
+    if x["prefill_tokens"]:
+        out += (f" Prefill is one forward pass over 1×{x['prefill_tokens']} tokens; decode is "
+                f"{escape(str(x['decode_definition']))}, {x['new_tokens']} new tokens after a "
+                f"{x['prompt_tokens']}-token prompt; medians of {x['repeats']} repeats.")
+    return out
+
+
+def summary(doc: Doc, s: Study) -> None:
+    doc.h1("1. Summary")
+    g = s.headline_group()
+    if g is None:
+        doc.p("No comparable perplexity runs in these results.")
+        return
+    r = s.runs(g)
+    x = setting_facts(r["baseline-fp32"])
+    rows = []
+    for rec in by_family(s.groups[g]):
+        n = method(rec)
+        pre, dec = latency_of(rec)
+        rows.append([short_name(n), f_mib(rec["memory"]["weights_mib"]), f_mib(rec["memory"].get("disk_mib")),
+                     "–" if pre is None else f_ms(pre), "–" if dec is None else f_ms(dec),
+                     f_ppl(rec["perplexity"]["ppl"]), f_pct(delta(r, n))])
+    doc.table(["method", "weights MiB", "disk MiB", "prefill ms", "decode ms/token", "perplexity", "vs fp32"],
+              rows, "Every method on one model, one text and one device. " + settings_sentence(x)
+              + " Each run timed itself with Hugging Face generate(), one run after another: compare "
+              "latencies across rows only roughly; the side-by-side ratios are in section 6.",
+              widths=[5.6, None, None, None, None, None, None])
+    doc.refs["headline"] = doc.n_tab
+    key_findings(doc, s)
+
+
+def how_we_measure(doc: Doc, s: Study) -> None:
+    doc.h1("2. How we measure")
+    methodology(doc, s)
+    g = s.headline_group()
+    rec = next((r for r in s.groups[g] if r.get("per_line_perplexity")), None) if g else None
+    if rec:
+        pl, p = rec["per_line_perplexity"], rec["perplexity"]
+        doc.p(
+            f"<b>Corpus perplexity, not a mean over samples.</b> The assignment asks for at least "
+            f"3000 evaluation points; the corpus figure scores {p['n_tokens_scored']:,} tokens, each "
+            f"one a point. For comparison, the same run ({escape(method(rec))}) also scored each of "
+            f"the first {pl['n_lines_asked']:,} non-empty lines alone ({pl['n_lines']:,} of them have "
+            f"two tokens or more to score): the plain mean of those per-line perplexities is "
+            f"{pl['mean_of_line_ppl']:,.2f}, their median {pl['median_of_line_ppl']:.2f}, against a "
+            f"corpus perplexity of {f_ppl(p['ppl'])}. A line of a few tokens, scored without "
+            "context, can have a perplexity in the thousands, and a plain mean gives it the weight "
+            "of a paragraph; the corpus figure weighs every token once and gives each its "
+            f"preceding context (up to {p['max_length']} tokens). That is why every table uses the "
+            "corpus figure; the per-line numbers are kept in the results only to show the gap."
+        )
+    notes = stand_in_facts(s)
+    if notes:
+        doc.p(
+            "<b>What the stand-ins do to each number.</b> "
+            + ("<i>smollm2-135m</i> is a real language model, but its weights were dequantized from "
+               "a 4-bit file (Q4_1, blocks of 32): every 4-bit method here rounds them a second time, "
+               "onto blocks that do not line up with the first, so the 4-bit perplexity penalties are "
+               "those of re-quantization and likely larger than on the original weights; the 8-bit "
+               "penalties are small either way. " if notes["smol"] else "")
+            + ("<i>gpt2-random</i> has GPT-2 small's exact shapes and random weights: its memory "
+               "and speed are GPT-2's, its perplexity means nothing, and its activations have none "
+               "of the outliers that LLM.int8() separates, so LLM.int8()'s accuracy and its speed on "
+               "real models are not what it shows here." if notes["random"] else "")
+        )
+
+
+def stand_in_facts(s: Study) -> dict:
+    labels = {pr.short_model(r) for r in s.records if isinstance(r.get("model"), dict) and r["model"].get("stand_in")}
+    return {} if not labels else {"smol": any("smollm2" in m for m in labels),
+                                  "random": any(results.random_weights(r) for r in s.records
+                                                if isinstance(r.get("model"), dict))}
+
+
+def part1(doc: Doc, s: Study) -> None:
+    doc.h1("3. Part 1: INT8 from scratch")
+    g = s.headline_group()
+    group_sizes = sorted({((r.get("method") or {}).get("settings") or {}).get("group_size") for r in s.records
+                          if (r.get("method") or {}).get("name") == "scratch-int8-group64"} - {None})
+    gs = str(group_sizes[0]) if group_sizes else "g"
+    doc.p(
+        "<b>The rules.</b> No quantization library: <i>part1_quantize_scratch.py</i> uses PyTorch "
+        "tensors only. Weights are stored as int8 tensors (and their scales), so memory really "
+        "drops; activations stay in the model's own precision (float32, or float16 on the GPU); "
+        "norms and biases are not quantized. The script quantizes the whole model, or only chosen "
+        "decoder blocks (--blocks) and components (--components attn, ffn, or finer)."
+    )
+    doc.p(
+        "<b>The schemes.</b> A linear layer's weight W is taken as (out, in); GPT-2's Conv1D stores "
+        "(in, out) and is transposed first. For each output row i:"
+    )
+    doc.bullets([
+        "<b>symmetric per channel</b>: s<sub>i</sub> = max<sub>j</sub>|W<sub>ij</sub>| / 127, "
+        "q<sub>ij</sub> = clamp(round(W<sub>ij</sub> / s<sub>i</sub>), −127, 127), so W ≈ q·s;",
+        "<b>symmetric per tensor</b>: one s = max|W| / 127 for the whole matrix: one large weight "
+        "stretches every row's step;",
+        "<b>asymmetric per channel</b>: the row's range [min(W<sub>i</sub>, 0), max(W<sub>i</sub>, 0)] "
+        "mapped onto 256 levels: s<sub>i</sub> = (max − min) / 255, an int8 zero point "
+        "z<sub>i</sub> = round(−min / s<sub>i</sub>) − 128, q = clamp(round(W / s<sub>i</sub>) + "
+        "z<sub>i</sub>, −128, 127), W ≈ (q − z<sub>i</sub>)·s<sub>i</sub>;",
+        f"<b>group-wise</b>: symmetric, one scale for each run of {gs} consecutive inputs of a row.",
+    ])
+    doc.p(
+        "<b>Storage.</b> Each quantized layer keeps the int8 codes (out × in bytes), the scales in "
+        "the model's dtype (out values, one, or out × in/" + gs + ") and the zero points (out "
+        "bytes, asymmetric only). The token embedding is stored the same way (int8 rows, a scale "
+        "per token); where the output layer is tied to it (GPT-2, SmolLM2) the output layer reads "
+        "the same int8 table, so it is stored once. <b>Forward.</b> y = (x · q<super>T</super>) · s + b: "
+        "the int8 weight is cast to x's dtype inside the matmul and the per-channel scale is "
+        "applied to the output, after the matmul; the asymmetric scheme subtracts "
+        "sum(x)·z before scaling; the group-wise scheme, whose scale varies along the input, "
+        "dequantizes first. The fast path computes the same thing in one kernel: a Triton GEMV on "
+        "the GPU that reads int8 and dequantizes in registers, a C++ kernel on the CPU; every "
+        "fast-path run checks its layers against dequantize-then-matmul."
+    )
+    if g is None:
+        return
+    r = s.runs(g)
+    names = [method(x) for x in by_family(s.groups[g]) if method(x).startswith(("baseline", "scratch-int8"))]
+    scopes = {r[n]["memory"].get("peak_scope") for n in names}
+    rows = []
+    for n in names:
+        pre, dec = latency_of(r[n])
+        m = r[n]["memory"]
+        rows.append([short_name(n), f_mib(m["weights_mib"]), f_mib(m.get("disk_mib")),
+                     f_mib(m.get("peak_mib")) if len(scopes) == 1 else "–",
+                     "–" if pre is None else f_ms(pre), "–" if dec is None else f_ms(dec),
+                     f_ppl(r[n]["perplexity"]["ppl"]), f_pct(delta(r, n))])
+    scope = next(iter(scopes)) if len(scopes) == 1 else None
+    doc.table(["method", "weights MiB", "disk MiB", "peak MiB", "prefill ms", "decode ms/tok", "perplexity",
+               "vs fp32"], rows,
+              "Part 1 before and after: the whole model under each INT8 scheme, and a selective model. "
+              + settings_sentence(setting_facts(r["baseline-fp32"]))
+              + (f" Peak: {escape(scope)}." if scope else ""),
+              widths=[5.0] + [None] * 7)
+    selective(doc, s)
+
+
+def part2(doc: Doc, s: Study) -> None:
+    doc.h1("4. Part 2: bitsandbytes")
+    nf4_section(doc, s)
+    accuracy_efficiency(doc, s)
+
+
+def accuracy_efficiency(doc: Doc, s: Study) -> None:
+    g = s.headline_group()
+    b = s.bench_for("bnb-bench", g[0], g[5]) if g else None
+    if not g or not b:
+        return
+    r, t = s.runs(g), b["bench"]["table"]
+    pairs = [("bnb-int8", "bnb-int8"), ("bnb-fp4", "bnb-fp4"), ("bnb-nf4", "bnb-nf4"),
+             ("bnb-nf4-dq", "bnb-nf4-dq"), ("scratch-int8-per_channel", "scratch-int8"),
+             ("scratch-int4-int4", "scratch-int4"), ("scratch-int4-nf4", "scratch-nf4")]
+    base = b["bench"].get("baseline", "fp16")
+    rows = [[n, f_mib(r[n]["memory"]["weights_mib"]), f_ratio(t[k]["prefill_ratio"]), f_ratio(t[k]["decode_ratio"]),
+             f_pct(delta(r, n))] for n, k in [("baseline-fp16", base)] + pairs if n in r and k in t]
+    doc.h2("Accuracy against efficiency")
+    doc.table(["method", "weights MiB", f"prefill vs {base}", f"decode vs {base}", "perplexity vs fp32"], rows,
+              f"Memory, speed and accuracy of one model: the time ratios come from one side-by-side run "
+              f"({b['bench']['repeats']} round-robin repeats, Hugging Face generate(), "
+              f"{escape(pr.device_of(b))}), the perplexities from the runs of Table {doc.refs.get('headline', '1')}.",
+              widths=[4.5, None, None, None, None])
+    if doc.figure(pr.group_figures(g)["pareto"],
+               f"Weight memory against perplexity, every method of Table {doc.refs.get('headline', '1')}; the dashed line joins the "
+               "methods that no other beats on both. Right: the methods within 3% of the best perplexity.",
+               max_height_cm=10):
+        doc.refs["pareto"] = doc.n_fig
+
+
+def bonus(doc: Doc, s: Study) -> None:
+    gguf_section(doc, s)
+    equal_bits(doc, s)
+    push_paragraph(doc, s)
+
+
+def equal_bits(doc: Doc, s: Study) -> None:
+    g = s.find_group("gguf-q8_0", "bnb-nf4")
+    if not g:
+        return
+    r = s.runs(g)
+    classes = [("8-bit", ("scratch-int8-per_channel", "scratch-int8-asymmetric", "bnb-int8", "gguf-q8_0")),
+               ("4-bit", ("scratch-int4-int4", "scratch-int4-nf4", "bnb-fp4", "bnb-nf4", "bnb-nf4-dq",
+                          "gguf-q4_0", "gguf-q4_k_m"))]
+    rows = [[bits, n, f_mib(r[n]["memory"]["weights_mib"]), f_mib(r[n]["memory"].get("disk_mib")),
+             f_ppl(r[n]["perplexity"]["ppl"]), f_pct(delta(r, n))]
+            for bits, names in classes for n in names if n in r]
+    doc.h2("GGUF against Part 1 and Part 2, at equal bits")
+    doc.table(["bits", "method", "weights MiB", "disk MiB", "perplexity", "vs fp32"], rows,
+              "The same tokens for every row: " + settings_sentence(setting_facts(r["baseline-fp32"])).split(" Prefill")[0]
+              + " GGUF rows: weights are the tensor bytes of the file.",
+              widths=[1.2, 4.0, None, None, None, None])
+    if "gguf-q4_k_m" in r and "bnb-nf4" in r:
+        q, n = r["gguf-q4_k_m"], r["bnb-nf4"]
+        doc.p(
+            f"At 4 bits, llama.cpp's Q4_K_M costs {f_pct(delta(r, 'gguf-q4_k_m'))} in "
+            f"{f_mib(q['memory'].get('disk_mib'))} MiB on disk, bitsandbytes NF4 "
+            f"{f_pct(delta(r, 'bnb-nf4'))} in {f_mib(n['memory'].get('disk_mib'))} MiB. Q4_K_M is "
+            "a mix: its super-blocks carry a scale and a minimum per sub-block of 32, quantized "
+            "themselves, and the sensitive tensors get 6 bits; bitsandbytes keeps the embeddings "
+            "in 16 bits (the larger file) and gives every other weight the same 4-bit code. "
+            + ("At 8 bits the three formats are within a fraction of a percent of each other."
+               if all(abs(delta(r, k)) < 1.0 for k in ("scratch-int8-per_channel", "gguf-q8_0") if k in r) else "")
+        )
+
+
+def speed(doc: Doc, s: Study) -> None:
+    latency_section(doc, s)
+
+
+def limitations(doc: Doc, s: Study) -> None:
+    open_questions(doc, s)
+    x = limitation_facts(s)
+    items = []
+    if x["stand_ins"]:
+        items.append("<b>No real gpt2 numbers.</b> Every number here comes from stand-ins ("
+                     + ", ".join(f"<i>{escape(m)}</i>" for m in x["stand_ins"]) + "), because the machines "
+                     "that ran the study could not reach the Hub. The scripts load gpt2 from the Hub by "
+                     "default; the README gives the commands.")
+    if x["prefix_devices"]:
+        items.append("<b>Prefixes on the CPU.</b> Runs on " + ", ".join(escape(d) for d in x["prefix_devices"])
+                     + " score a prefix of the text, not all of it; their perplexities sit in their own "
+                     "tables.")
+    if x["sens_devices"]:
+        items.append("<b>One sensitivity scan.</b> The scan ran on " + ", ".join(escape(d) for d in x["sens_devices"])
+                     + f", at INT8, over {x['sens_tokens']:,} tokens; at INT8 most single-block changes "
+                     "are within rounding noise, and a 4-bit scan has not been run.")
+    items.append("<b>Latency in the tables of single runs</b> is each run's own timing, taken one run after "
+                 "another; only the side-by-side benches of section 6 compare speeds as ratios.")
+    doc.h2("Limitations")
+    doc.bullets(items)
+
+
+def limitation_facts(s: Study) -> dict:
+    stand = sorted({pr.short_model(r) for r in s.records
+                    if isinstance(r.get("model"), dict) and r["model"].get("stand_in")})
+    prefix = sorted({pr.device_of(r) for r in s.records
+                     if isinstance(r.get("dataset"), dict) and r["dataset"].get("truncated")})
+    sens = [s.sensitivity] if s.sensitivity else []
+    return {"stand_ins": stand, "prefix_devices": prefix,
+            "sens_devices": sorted({pr.device_of(r) for r in sens}),
+            "sens_tokens": sens[0]["perplexity"]["n_tokens_scored"] if sens else 0}
+
+
+# -----------------------------------------------------------------------------
 # Build
 
 
@@ -1646,14 +1971,14 @@ def build_report(
     doc = Doc(figures)
     title_block(doc, s, results)
     for section in (
-        key_findings,
-        methodology,
+        summary,
+        how_we_measure,
+        part1,
+        part2,
+        bonus,
+        speed,
+        limitations,
         memory_ppl_tables,
-        selective,
-        nf4_section,
-        latency_section,
-        gguf_section,
-        open_questions,
         appendix,
     ):
         mark = len(doc.story)

@@ -70,6 +70,15 @@ def record(method, ppl, mib, model="m-small", device="cpu: test", stand_in=None,
             "timestamp": "2026-11-23T10:00:00+00:00", **extra}
 
 
+def timing(prefill_ms, decode_ms):
+    """A run's own latency block, as evaluate.py writes it (1x333 prefill, 77 tokens after 11)."""
+    def stat(x):
+        return {"median": x, "p10": 0.9 * x, "p90": 1.1 * x, "min": 0.8 * x, "max": 1.2 * x, "n": 3}
+    return {"unit": "ms", "prefill": {"tokens": 333, **stat(prefill_ms)},
+            "decode": {"prompt_tokens": 11, "new_tokens": 77, "definition": "generate() wall time / new tokens",
+                       "ms_per_token": stat(decode_ms)}, "repeats": 3, "warmup": 1}
+
+
 def bench_table(names):
     stat = {"median": 2.0, "p10": 1.9, "p90": 2.1}
     return {n: {"prefill_ms": stat, "decode_ms_per_token": stat, "prefill_ratio": 1.0 + i / 10,
@@ -98,8 +107,8 @@ def results_dir(tmp_path, gpt2_dir):
     d = tmp_path / "results"
     d.mkdir()
     files = {
-        "a.json": record("baseline-fp32", 20.0, 100.0),
-        "b.json": record("scratch-int8-per_channel", 20.1, 26.0),
+        "a.json": record("baseline-fp32", 20.0, 100.0, latency=timing(12.34, 5.67)),
+        "b.json": record("scratch-int8-per_channel", 20.1, 26.0, latency=timing(9.87, 4.32)),
         "c.json": record("bnb-nf4", 25.0, 14.0),
         "d.json": record("bnb-fp4", 31.25, 14.0),
         "e.json": record("scratch-int4-int4", 27.5, 14.5),

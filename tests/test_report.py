@@ -76,7 +76,8 @@ def test_a_section_without_its_measurements_says_so(tmp_path):
     (d / "a.json").write_text(json.dumps(record("baseline-fp32", 20.0, 100.0)))
     out = br.main(results=str(d), out=str(tmp_path / "r.pdf"), figures=str(tmp_path / "f"))
     text = pdf_text(out)
-    assert "Not measured in these results." in text and "No latency benchmark in these results." in text
+    assert "No comparable perplexity runs in these results." in text
+    assert "No latency benchmark in these results." in text
 
 
 def test_missing_results_folder_is_one_clear_line(cli_error, tmp_path):
@@ -92,3 +93,28 @@ def test_settings_and_bandwidth_are_read_from_the_results_not_typed(built):
     assert "Prefill 1×333 tokens; decode 77 new tokens after 11" in text
     assert "floor = weight bytes ÷ 1.23 TB/s" in text and "at 1.23 TB/s would take" in text
     assert "512" not in text.split("6. Speed")[1].split("7. ")[0]             # no typed prefill length left
+
+
+def test_the_headline_table_and_its_settings_are_the_fixtures(built, results_dir):
+    """Summary, Table 1: every method of the one group, with its own numbers; the sentence
+    under it says the fixture's text, tokens, windows, device and timing lengths."""
+    text = pdf_text(built[0]).replace("\n", " ")
+    summary = text.split("1. Summary")[1].split("Findings")[0]
+    assert "Table 1." in summary
+    assert "baseline-fp32 100.0 – 12.34 5.67 20.0000 +0.00%" in summary
+    assert "scratch-int8-per_channel 26.0 – 9.87 4.32 20.1000 +0.50%" in summary
+    assert "bnb-nf4 14.0 – – – 25.0000 +25.00%" in summary
+    assert f"gguf-q8_0 27.0 {28.25:.1f} – – 20.2000 +1.00%" in summary
+    assert ("m-small on WikiText-2 (raw), test split: all 999 scored tokens of the text, windows "
+            "of 64 tokens at stride 32") in summary
+    assert "on cpu: test." in summary
+    assert "Prefill is one forward pass over 1×333 tokens" in summary and "77 new tokens after a 11-token prompt" in summary
+
+
+def test_sections_follow_the_assignment(built):
+    text = pdf_text(built[0]).replace("\n", " ")
+    heads = ["1. Summary", "2. How we measure", "3. Part 1: INT8 from scratch", "4. Part 2: bitsandbytes",
+             "5. Bonus: GGUF and llama.cpp", "6. Speed", "7. Limitations and open questions",
+             "Appendix A", "Appendix B"]
+    at = [text.find(h) for h in heads]
+    assert -1 not in at and at == sorted(at), dict(zip(heads, at))

@@ -148,29 +148,34 @@ def plot_group(key: tuple, rs: list[dict], out: Path, made: list[Path]) -> None:
     names_of = group_figures(key)
     base = next((r["perplexity"]["ppl"] for r in rs if r["method"]["name"] == "baseline-fp32"), None)
 
-    fig, ax = plt.subplots(figsize=(8, 0.35 * len(rs) + 1.6))
+    labels = [short_label(n) for n in names]
     mib = [r["memory"]["weights_mib"] for r in rs]
-    ax.barh(names, mib, color="#4c72b0")
+    fig, ax = plt.subplots(figsize=(7.2, 0.3 * len(rs) + 1.6))
+    ax.barh(labels, mib, color="#4c72b0")
+    column = ax.get_yaxis_transform()                # values in a column right of the axes
     for i, v in enumerate(mib):
-        ax.text(v, i, f" {v:.1f}", va="center", fontsize=8)
+        ax.text(1.02, i, f"{v:.1f}", transform=column, va="center", fontsize=8)
     ax.invert_yaxis()
-    ax.set_xlabel("weights (MiB)")
-    ax.set_title(f"Memory by method\n{cap}", fontsize=9)
+    ax.tick_params(labelsize=8)
+    ax.set_xlabel("weights (MiB)", fontsize=9)
+    fig.suptitle(f"Memory by method\n{cap}", fontsize=9)
     _save(fig, out, names_of["memory"], made)
 
     if not perplexity_means_something(first):
         return
-    fig, ax = plt.subplots(figsize=(8, 0.35 * len(rs) + 1.6))
+    fig, ax = plt.subplots(figsize=(7.2, 0.3 * len(rs) + 1.6))
     ppl = [r["perplexity"]["ppl"] for r in rs]
-    ax.barh(names, ppl, color="#dd8452")
+    ax.barh(labels, ppl, color="#dd8452")
+    column = ax.get_yaxis_transform()
     for i, v in enumerate(ppl):
-        label = f" {v:.3f}" + (f" ({100 * (v / base - 1):+.2f}%)" if base else "")
-        ax.text(v, i, label, va="center", fontsize=8)
+        label = f"{v:.3f}" + (f" ({100 * (v / base - 1):+.2f}%)" if base else "")
+        ax.text(1.02, i, label, transform=column, va="center", fontsize=8)
     if base:
         ax.axvline(base, color="k", lw=0.8, ls="--")
     ax.invert_yaxis()
-    ax.set_xlabel("perplexity (corpus-level, token-weighted)")
-    ax.set_title(f"Perplexity by method\n{cap}", fontsize=9)
+    ax.tick_params(labelsize=8)
+    ax.set_xlabel("perplexity (corpus-level, token-weighted)", fontsize=9)
+    fig.suptitle(f"Perplexity by method\n{cap}", fontsize=9)
     _save(fig, out, names_of["perplexity"], made)
 
     # Two panels: every method, then the cluster near the best perplexity, where the 8-bit

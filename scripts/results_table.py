@@ -17,6 +17,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import fast_decode  # noqa: E402  (the GPU's peak bandwidth, for the decode floor)
 import results  # noqa: E402
 from evaluate import run_cli  # noqa: E402
+import plot_results as pr  # noqa: E402
 from plot_results import eval_groups  # noqa: E402  (the same grouping as the figures)
 from results import load_results  # noqa: E402
 
@@ -27,7 +28,7 @@ def eval_tables(records: list[dict]) -> str:
     for (model, text, L, S, n, dev), rs in sorted(groups.items()):
         base = next((r for r in rs if r["method"]["name"] == "baseline-fp32"), None)
         stand_in = rs[0]["model"].get("stand_in")
-        lines += [f"**{model}** on {text}, L={L} S={S}, {n:,} tokens scored, {dev}"
+        lines += [f"**{model}** on {pr.text_name(rs[0])} ({text.removeprefix('file:')}), L={L} S={S}, {n:,} tokens scored, {dev}"
                   + (f" — stand-in: {stand_in}" if stand_in else ""), "",
                   "| method | ppl | vs fp32 | weights MiB | disk MiB | prefill ms | decode ms/token |",
                   "|---|---|---|---|---|---|---|"]

@@ -116,6 +116,19 @@ def script_main(script: str):
     return call
 
 
+def with_gguf_file(call, model_folder: str, gguf_type: str):
+    """The inspection reads the GGUF file that the cpu-gguf step writes; where that step was
+    skipped (its results committed) the file is missing, so make that one file first."""
+    def run(**kw):
+        path = Path(kw["inspect"])
+        if not path.exists():
+            import bonus_gguf
+            stem = path.name.removesuffix(f"-{gguf_type}.gguf")
+            bonus_gguf.make_gguf_files(Path(model_folder), path.parent, [gguf_type], stem, quiet=True)
+        return call(**kw)
+    return run
+
+
 def keywords(script: str, model: str, extra: dict, machine: str, models: str, text: str, results_dir: str,
              gguf_dir: str) -> dict:
     """The full keywords of one run's main()."""
@@ -175,9 +188,9 @@ def main(machine: str, steps: str | None = None, models: str = "models", text_fi
     for step in chosen:
         for label, model, script, extra in plan[step]:
             kw = keywords(script, model, extra, machine, models, text_file, results_dir, gguf_dir)
-            runs.append((step, label, script, kw))
+            runs.append((step, label, script, kw, model, extra))
     if list:
-        for step, label, script, kw in runs:
+        for step, label, script, kw, _, _ in runs:
             print(f"# {step}: {label}\n{command_line(script, kw)}")
         return []
     if machine == "cuda" and not __import__("torch").cuda.is_available():
@@ -193,8 +206,16 @@ def main(machine: str, steps: str | None = None, models: str = "models", text_fi
         print(f"building the stand-ins first: {', '.join(need)}", flush=True)
         make_standins.main(which=need, out=models)
     ledger = Path(results_dir) / f".standin-ledger-{machine}"
+    def main_of(script, model, extra):
+        call = script_main(script)
+        if script == "gguf-inspect":
+            folder = str(Path(models) / ("smollm2-135m" if model == "smol" else "gpt2-random"))
+            call = with_gguf_file(call, folder, extra["type"])
+        return call
+
     rows, records, failures = run_study.execute(
-        [(f"{step}:{label}", f"{step}: {label}", script_main(script), kw) for step, label, script, kw in runs],
+        [(f"{step}:{label}", f"{step}: {label}", main_of(script, model, extra), kw)
+         for step, label, script, kw, model, extra in runs],
         ledger, force=force)
     run_study.print_rows(rows)
     if failures:

@@ -178,3 +178,23 @@ def test_the_study_refuses_bad_input_in_one_line(argv, needle):
                           capture_output=True, text=True, cwd=ROOT)
     assert done.returncode == 2
     assert done.stderr.strip().count("\n") == 0 and needle in done.stderr
+
+
+def test_the_inspection_makes_its_gguf_file_when_the_gguf_step_was_skipped(tmp_path, monkeypatch):
+    """In a clone whose results are committed the cpu-gguf step is skipped, so its Q4_K_M file
+    is missing: the inspection makes that one file (same name) before it reads it."""
+    import bonus_gguf
+    made, seen = [], []
+
+    def fake_make(model_dir, folder, types, stem, quiet):
+        made.append((str(model_dir), folder, types, stem))
+        (folder / f"{stem}-{types[0]}.gguf").write_bytes(b"GGUF")
+
+    monkeypatch.setattr(bonus_gguf, "make_gguf_files", fake_make)
+    run = standin_study.with_gguf_file(lambda **kw: seen.append(Path(kw["inspect"]).read_bytes()), "models/m",
+                                       "Q4_K_M")
+    target = tmp_path / "m-1234abcd-Q4_K_M.gguf"
+    run(inspect=str(target))
+    assert made == [("models/m", tmp_path, ["Q4_K_M"], "m-1234abcd")] and seen == [b"GGUF"]
+    run(inspect=str(target))                                   # there now: not made again
+    assert len(made) == 1 and len(seen) == 2

@@ -150,7 +150,7 @@ def plot_group(key: tuple, rs: list[dict], out: Path, made: list[Path]) -> None:
 
     labels = [short_label(n) for n in names]
     mib = [r["memory"]["weights_mib"] for r in rs]
-    fig, ax = plt.subplots(figsize=(7.2, 0.3 * len(rs) + 1.6))
+    fig, ax = plt.subplots(figsize=(5.4, 0.3 * len(rs) + 1.6))
     ax.barh(labels, mib, color="#4c72b0")
     column = ax.get_yaxis_transform()                # values in a column right of the axes
     for i, v in enumerate(mib):
@@ -163,7 +163,7 @@ def plot_group(key: tuple, rs: list[dict], out: Path, made: list[Path]) -> None:
 
     if not perplexity_means_something(first):
         return
-    fig, ax = plt.subplots(figsize=(7.2, 0.3 * len(rs) + 1.6))
+    fig, ax = plt.subplots(figsize=(5.4, 0.3 * len(rs) + 1.6))
     ppl = [r["perplexity"]["ppl"] for r in rs]
     ax.barh(labels, ppl, color="#dd8452")
     column = ax.get_yaxis_transform()
@@ -181,7 +181,8 @@ def plot_group(key: tuple, rs: list[dict], out: Path, made: list[Path]) -> None:
     # Two panels: every method, then the cluster near the best perplexity, where the 8-bit
     # schemes sit on top of each other. Each point is labelled on the plot; colours say the
     # family (baseline, Part 1 8-bit, Part 1 4-bit, bitsandbytes, GGUF), markers the member.
-    fig, (ax, zoom) = plt.subplots(1, 2, figsize=(7.2, 4.4))      # ~16.5 cm wide in the PDF: 8 pt stays 8 pt
+    fig, (ax, zoom) = plt.subplots(1, 2, figsize=(6.5, 4.6), gridspec_kw={"width_ratios": [1, 1.25]})
+    # 6.5 in: 16.5 cm wide in the PDF, so 8 pt stays 8 pt
     front, best = [], float("inf")
     for x, y in sorted(zip(mib, ppl)):
         if y < best:
@@ -202,10 +203,10 @@ def plot_group(key: tuple, rs: list[dict], out: Path, made: list[Path]) -> None:
     pad_y = 0.3 * (max(y for _, y, _ in near) - min(y for _, y, _ in near) or 0.05)
     zoom.set_xlim(min(x for x, _, _ in near) - 2 * pad_x, max(x for x, _, _ in near) + 2 * pad_x)
     zoom.set_ylim(min(y for _, y, _ in near) - pad_y, max(y for _, y, _ in near) + pad_y)
-    label_points(ax, [(x, y, n) for x, y, n in zip(mib, ppl, names) if (x, y, n) not in near])
-    label_points(zoom, near)
-    ax.set_title("every method (the dashed line: the Pareto front)", fontsize=9)
-    zoom.set_title(f"zoom: within 3% of the best perplexity ({len(near)} methods)", fontsize=9)
+    label_points(ax, [(x, y, n) for x, y, n in zip(mib, ppl, names) if (x, y, n) not in near], spill="none")
+    label_points(zoom, near, spill="right")
+    ax.set_title("every method (dashed: Pareto front)", fontsize=9)
+    zoom.set_title(f"zoom: within 3% of the best ({len(near)})", fontsize=9)
     fig.suptitle(f"Memory against perplexity\n{cap}", fontsize=9)
     _save(fig, out, names_of["pareto"], made)
 
@@ -222,31 +223,49 @@ def family_style(name: str) -> tuple[str, str]:
     return "#7f7f7f", "other"
 
 
-def label_points(ax, points: list[tuple[float, float, str]], size: float = 8) -> None:
-    """Write each point's name beside it; names that would overlap are pushed down and joined
-    to their point by a thin line."""
+def label_points(ax, points: list[tuple[float, float, str]], size: float = 8, spill: str = "right") -> None:
+    """Write each point's name beside it, at the first of a list of nearby places where it
+    overlaps no name already written, no marker and nothing outside the axes; a name moved up
+    or down is joined to its point by a thin line. Names may run past the axes on the `spill`
+    side only (where no other panel is)."""
     if not points:
         return
-    ax.figure.canvas.draw()                          # limits settled, so data -> pixels is final
+    from matplotlib.text import Text
+    fig = ax.figure
+    fig.canvas.draw()                                # limits settled, so data -> pixels is final
+    renderer = fig.canvas.get_renderer()
+    box = ax.get_window_extent(renderer)
     to_px = ax.transData.transform
-    step = size * 1.35 * ax.figure.dpi / 72          # one line of text, in pixels
-    x_mid = sum(ax.get_xlim()) / 2
-    last = None
+    marks = [to_px((x, y)) for x, y, _ in points]
+    x_lo = fig.bbox.x0 if spill == "left" else box.x0
+    x_hi = fig.bbox.x1 if spill == "right" else box.x1
+    taken = []
+    tries = [(side * 7, dy) for dy in (0, 9, -9, 18, -18, 27, -27, 36, -36, 45, -45, 54, -54, 66, -66, 80, -80)
+             for side in (1, -1)]
     for x, y, name in sorted(points, key=lambda p: -to_px((p[0], p[1]))[1]):
-        side = 1 if x <= x_mid else -1               # right of the left half's points, left of the rest
-        px, py = to_px((x, y))
-        ty = py if last is None else min(py, last - step)
-        last = ty
-        ax.annotate(short_label(name), (x, y), xytext=(8 * side, (ty - py) * 72 / ax.figure.dpi),
-                    textcoords="offset points", fontsize=size, va="center",
-                    ha="left" if side == 1 else "right", color=family_style(name)[0],
-                    arrowprops=dict(arrowstyle="-", lw=0.4, color="#999999") if ty != py else None)
+        for dx, dy in tries:
+            t = ax.annotate(short_label(name), (x, y), xytext=(dx, dy), textcoords="offset points",
+                            fontsize=size, va="center", ha="left" if dx > 0 else "right",
+                            color=family_style(name)[0],
+                            arrowprops=dict(arrowstyle="-", lw=0.4, color="#999999") if dy else None)
+            t.update_positions(renderer)
+            bb = Text.get_window_extent(t, renderer).expanded(1.02, 1.1)      # the text, not its leader line
+            inside = x_lo <= bb.x0 and bb.x1 <= x_hi and box.y0 <= bb.y0 and bb.y1 <= box.y1
+            clear = not any(bb.overlaps(o) for o in taken) and \
+                not any(bb.x0 - 6 <= mx <= bb.x1 + 6 and bb.y0 - 6 <= my <= bb.y1 + 6 for mx, my in marks)
+            if inside and clear:
+                taken.append(bb)
+                break
+            t.remove()
+        else:                                        # nowhere free: the plain place, overlap and all
+            ax.annotate(short_label(name), (x, y), xytext=(7, 0), textcoords="offset points", fontsize=size,
+                        va="center", color=family_style(name)[0])
 
 
 def short_label(name: str) -> str:
     """A method's name for a label on a plot: a selective run by its blocks, not its components."""
     m = re.fullmatch(r"(.+?)-b([0-9.-]+)-(.+)", name)
-    return f"{m.group(1)} (blocks {m.group(2)})" if m and name.startswith("scratch-int8") else name
+    return f"scratch-int8 (blocks {m.group(2)})" if m and name.startswith("scratch-int8") else name
 
 
 def plot_bench(rec: dict, out: Path, made: list[Path]) -> None:
@@ -257,13 +276,12 @@ def plot_bench(rec: dict, out: Path, made: list[Path]) -> None:
     names = list(b["table"])
     pre = [b["table"][n]["prefill_ratio"] for n in names]
     dec = [b["table"][n]["decode_ratio"] for n in names]
-    fig, ax = plt.subplots(figsize=(7.2, 0.4 * len(names) + 1.9))
+    fig, ax = plt.subplots(figsize=(5.0, 0.32 * len(names) + 1.7))
     y = range(len(names))
     ax.barh([i - 0.2 for i in y], pre, height=0.4, label=f"prefill 1x{b['prefill_tokens']}")
     ax.barh([i + 0.2 for i in y], dec, height=0.4, label=f"decode ({b['new_tokens']} tokens)")
     ax.axvline(1.0, color="k", lw=0.8, ls="--")
     column = ax.get_yaxis_transform()                # x in axes fractions, y in data
-    ax.text(1.02, -0.9, "prefill ms | decode ms/token", transform=column, fontsize=8, va="center")
     for i, n in enumerate(names):
         row = b["table"][n]
         ax.text(1.02, i, f"{row['prefill_ms']['median']:.1f} | {row['decode_ms_per_token']['median']:.2f}",
@@ -271,11 +289,13 @@ def plot_bench(rec: dict, out: Path, made: list[Path]) -> None:
     ax.set_yticks(list(y), names, fontsize=8)
     ax.invert_yaxis()
     ax.tick_params(labelsize=8)
-    ax.set_xlabel(f"time / {b.get('baseline', 'fp32')} time (median of {b['repeats']} round-robin repeats)",
-                  fontsize=9)
+    ax.set_xlabel(f"time / {b.get('baseline', 'fp32')} time (median of {b['repeats']} round-robin repeats)\n"
+                  "right of the plot: prefill ms | decode ms/token", fontsize=9)
     ax.set_xlim(0, max(pre + dec) * 1.05)
-    ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=2, frameon=False)
-    ax.set_title(f"Latency side by side\n{caption(rec)}", fontsize=9)
+    from matplotlib.transforms import offset_copy
+    ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, 0), ncol=2, frameon=False,
+              bbox_transform=offset_copy(ax.transAxes, fig=fig, y=-46, units="points"))   # under the 2-line x label
+    fig.suptitle(f"Latency side by side\n{caption(rec)}", fontsize=9)
     _save(fig, out, bench_figure(rec), made)
 
 
@@ -289,7 +309,7 @@ def plot_fast(rec: dict, out: Path, made: list[Path]) -> None:
     fast = [b["table"][n]["fast_path"]["decode_ms_per_token"]["median"] for n in names]
     hf = [b["table"][n]["decode_ms_per_token"]["median"] for n in names]
     bw = fast_decode.bench_bandwidth(rec)
-    fig, ax = plt.subplots(figsize=(7.2, 0.42 * len(names) + 2.0))
+    fig, ax = plt.subplots(figsize=(6.2, 0.36 * len(names) + 1.9))
     y = list(range(len(names)))
     ax.set_xscale("log")                      # 0.03 ms floors, 3 ms fast steps, 100 ms LLM.int8()
     ax.barh([i - 0.2 for i in y], fast, height=0.4, color="#55a868", label="fast path")
@@ -317,16 +337,18 @@ def plot_fast(rec: dict, out: Path, made: list[Path]) -> None:
 def plot_sensitivity(rec: dict, out: Path, made: list[Path]) -> None:
     plt = _plt()
     s = rec["sensitivity"]
-    fig, (a1, a2) = plt.subplots(1, 2, figsize=(11, 4), gridspec_kw={"width_ratios": [3, 1]})
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(6.5, 3.2), gridspec_kw={"width_ratios": [3, 1]})
     blocks = [r["block"] for r in s["block"]]
     a1.bar(blocks, [r["delta_pct"] for r in s["block"]], color="#8172b3")
-    a1.set_xlabel("block quantized alone")
-    a1.set_ylabel("perplexity change (%)")
-    a1.tick_params(axis="x", labelsize=7)
+    a1.set_xlabel("block quantized alone", fontsize=9)
+    a1.set_ylabel("perplexity change (%)", fontsize=9)
+    a1.tick_params(labelsize=8)
+    a1.set_xticks(blocks[::2] if len(blocks) > 16 else blocks)
     comps = [r["component"] for r in s["component"]]
     a2.bar(comps, [r["delta_pct"] for r in s["component"]], color="#937860")
-    a2.set_xlabel("component type, every block")
-    a2.tick_params(axis="x", rotation=30)
+    a2.set_xlabel("component type, every block", fontsize=9)
+    a2.tick_params(labelsize=8)
+    a2.tick_params(axis="x", rotation=35)
     for a in (a1, a2):
         a.axhline(0, color="k", lw=0.6)
     p = rec["perplexity"]
@@ -342,7 +364,7 @@ def plot_compare(rec: dict, out: Path, made: list[Path]) -> None:
     c = rec["compare"]
     h = c["histogram"]
     model = short_model(rec) + (" (stand-in)" if rec["model"].get("stand_in") else "")
-    fig, ax = plt.subplots(figsize=(9, 4.5))
+    fig, ax = plt.subplots(figsize=(6.5, 3.6))
     lo, hi = h["range"]
     width = (hi - lo) / h["bins"]
     ax.bar([lo + (i + 0.5) * width for i in range(h["bins"])], h["counts"], width=width, color="#cccccc",
@@ -354,20 +376,22 @@ def plot_compare(rec: dict, out: Path, made: list[Path]) -> None:
     e = h["code_entropy_bits"]
     ax.set_title(f"{h['layer']}: NF4 puts its levels where the weights are\n{model} · code entropy NF4 "
                  f"{e['nf4']:.2f} bits, uniform {e['uniform16']:.2f} bits (of 4) · {device_of(rec)}", fontsize=9)
-    ax.set_xlabel("w / absmax(block)")
-    ax.set_ylabel("weights")
-    ax.legend(fontsize=8)
+    ax.set_xlabel("w / absmax(block)", fontsize=9)
+    ax.set_ylabel("weights", fontsize=9)
+    ax.tick_params(labelsize=8)
+    ax.legend(fontsize=8, loc="upper left", framealpha=1.0)
     _save(fig, out, compare_figures(rec)["levels"], made)
 
-    fig, ax = plt.subplots(figsize=(7.2, 3.6))
+    fig, ax = plt.subplots(figsize=(6.5, 3.4))
     kinds = c["kinds"]
     for k in kinds:                   # scratch NF4 equals bnb NF4 exactly: dashed, so both show
         ax.plot([r[f"rel_mse_{k}"] for r in c["layers"]], lw=1.6 if k.startswith("bnb") else 1.0,
                 ls="-" if k.startswith("bnb") else (0, (4, 3)), label=f"{k} (mean {c['mean_rel_mse'][k]:.2e})")
     ax.set_yscale("log")
-    ax.set_xlabel("block linear layer (in model order)")
-    ax.set_ylabel("MSE / mean(w²)")
-    ax.legend(fontsize=8)
+    ax.set_xlabel("block linear layer (in model order)", fontsize=9)
+    ax.set_ylabel("MSE / mean(w²)", fontsize=9)
+    ax.tick_params(labelsize=8)
+    ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.22), ncol=2, frameon=False)
     ax.set_title(f"4-bit reconstruction error per layer, block {c['block_size']}\n{model} · {device_of(rec)}",
                  fontsize=9)
     _save(fig, out, compare_figures(rec)["error"], made)

@@ -313,7 +313,7 @@ class Doc:
             KeepTogether([cap, Spacer(1, 2), t, Spacer(1, 6)]) if len(rows) < 25 else t
         )
 
-    def figure(self, name: str, caption: str, max_height_cm: float = 9.5) -> bool:
+    def figure(self, name: str, caption: str, max_height_cm: float = 12) -> bool:
         from reportlab.lib.units import cm
         from reportlab.platypus import Image, KeepTogether, Paragraph, Spacer
 
@@ -608,7 +608,7 @@ def key_findings(doc: Doc, s: Study) -> None:
             f"<b>Speed.</b> On the {escape(x['device'])}, with Hugging Face generate, "
             f"{x['slower']} of {x['n']} quantized models decode slower than {x['base']}: "
             f"{f_ratio(x['lo'])} to {f_ratio(x['hi'])} its time per token ({x['model']}). "
-            f"{x['base']} itself takes {f_ms(x['base_ms'])} ms per token"
+            f"In that side-by-side run {x['base']} takes {f_ms(x['base_ms'])} ms per token"
             + (
                 "."
                 if x["x_floor"] is None
@@ -686,7 +686,7 @@ def methodology(doc: Doc, s: Study) -> None:
     )
     doc.table(
         ["method", "what it is"],
-        [[n, describe(n)] for n in names],
+        [[short_name(n), describe(n)] for n in names],
         "The methods, as named in every table and figure.",
         widths=[6.5, None],
     )
@@ -724,16 +724,13 @@ def methodology(doc: Doc, s: Study) -> None:
             "Devices and library versions, as recorded in the results files.",
             widths=[4.8, None, None, None, None, None],
         )
-    budgets = {}
-    for r in s.records:
-        if isinstance(r.get("dataset"), dict) and r["dataset"].get("truncated"):
-            budgets.setdefault(r["dataset"]["max_tokens"], set()).add(pr.device_of(r))
+    budgets = sorted({(pr.short_model(r), pr.device_of(r), r["dataset"]["max_tokens"]) for r in s.records
+                      if isinstance(r.get("dataset"), dict) and r["dataset"].get("truncated")})
     if budgets:
         doc.p(
-            "<b>Reductions.</b> Some runs score only a prefix of the test text, as each file "
+            "<b>Reductions.</b> Some runs score only the start of the test text, as each file "
             "records: "
-            + "; ".join(f"the first {b:,} tokens on {', '.join(escape(d) for d in sorted(devs))}"
-                        for b, devs in sorted(budgets.items()))
+            + "; ".join(f"{escape(m)} on {escape(d)}, the first {n:,} tokens" for m, d, n in budgets)
             + ". Their perplexities are compared only with runs on the same tokens, never with "
             "whole-text runs."
         )
@@ -782,8 +779,11 @@ def memory_ppl_tables(doc: Doc, s: Study) -> None:
             rows,
             f"{escape(model_label(rs[0]))}, all sizes in MiB: the weights in "
             "memory, split into quantized codes, scales/zero points and "
-            "full-precision tensors; the size on disk and the peak device "
-            "memory of the same run.",
+            "full-precision tensors; the size on disk; the peak memory of the run's perplexity pass "
+            + ("(CUDA max allocated, weights included)." if pr.device_kind(rs[0]) == "cuda" else
+               "(the rise of the process's peak RSS during the pass: it leaves out weights loaded "
+               "before it and counts the backend's own buffers, such as llama.cpp's, so compare it "
+               "only between runs of one backend)."),
             widths,
         )
         names = pr.group_figures(k)
@@ -795,10 +795,10 @@ def memory_ppl_tables(doc: Doc, s: Study) -> None:
                 "Memory against perplexity; the dashed line joins the runs no other run beats on "
                 "both. Right: the methods within 3% of the best perplexity, where the 8-bit "
                 "schemes sit close together, each labelled.",
-                max_height_cm=10.5,
+                max_height_cm=12,
             )
         else:
-            doc.figure(names["memory"], "Weight memory by method.", max_height_cm=7)
+            doc.figure(names["memory"], "Weight memory by method.", max_height_cm=12)
 
 
 def selective(doc: Doc, s: Study) -> None:
@@ -958,7 +958,7 @@ def nf4_section(doc: Doc, s: Study) -> None:
             "absmax, with the 16 NF4 levels (red) and 16 uniform "
             "levels (blue, dotted).",
         )
-        doc.figure(levels_fig["error"], "Per-layer 4-bit reconstruction error.", max_height_cm=7)
+        doc.figure(levels_fig["error"], "Per-layer 4-bit reconstruction error.", max_height_cm=10)
     g = s.find_group("bnb-nf4", "bnb-fp4")
     if g:
         r = s.runs(g)
@@ -995,10 +995,21 @@ def nf4_section(doc: Doc, s: Study) -> None:
                 f"Double quantization shrinks the scales from {f_mib(a)} to {f_mib(b)} MiB and "
                 f"changes perplexity by {f_pct(x['dq_delta'])} relative to NF4."
             )
+        cpu = cpu_dq_facts(s)
+        if cpu:
+            text.append(
+                f"On the CPU ({escape(cpu['group'])}), bitsandbytes {escape(cpu['version'])} keeps each "
+                f"block's absmax in {escape(cpu['dtype'])} and double quantization changes nothing there: "
+                f"NF4 and NF4-DQ both hold {f_mib(cpu['scales_mib'])} MiB of scales."
+            )
         if x["int8_delta"] is not None:
             text.append(
-                f"8-bit LLM.int8() is at {f_pct(x['int8_delta'])}: 256 levels make "
-                "rounding error small enough that the format matters little."
+                f"8-bit LLM.int8() is at {f_pct(x['int8_delta'])}"
+                + ("" if x["scratch_int8_delta"] is None else
+                   f", more than Part 1's per-channel INT8 ({f_pct(x['scratch_int8_delta'])})")
+                + ": it rounds the activations to int8 too (one absmax per row of the input), "
+                "keeping only the columns with an outlier above its threshold in fp16, while Part 1 "
+                "keeps every activation in full precision."
             )
         if x["scratch_nf4_ppl"] is not None:
             text.append(
@@ -1015,6 +1026,22 @@ def nf4_section(doc: Doc, s: Study) -> None:
             doc.p(" ".join(text))
 
 
+def cpu_dq_facts(s: Study) -> dict | None:
+    """Where a CPU run's NF4 and NF4-DQ hold the same scale bytes: the absmax's dtype, the version."""
+    for k in s.ppl_groups():
+        if pr.device_kind(k[5]) != "cpu":
+            continue
+        r = s.runs(k)
+        if not {"bnb-nf4", "bnb-nf4-dq"} <= set(r):
+            continue
+        a, b = (mib((r[n].get("quantization") or {}).get("scales_and_zero_points")) for n in ("bnb-nf4", "bnb-nf4-dq"))
+        if a and b and abs(a - b) < 0.01 * a:
+            half = [t for t in r["bnb-nf4"]["memory"].get("by_dtype_bytes", {}) if t in ("bfloat16", "float16")]
+            return {"group": group_label(k), "scales_mib": a, "dtype": half[0] if half else "16 bits",
+                    "version": (r["bnb-nf4"].get("environment") or {}).get("versions", {}).get("bitsandbytes", "?")}
+    return None
+
+
 def nf4_facts(r: dict[str, dict]) -> dict:
     """The Part 2 comparison's numbers: double quantization, LLM.int8(), scratch against bnb NF4."""
 
@@ -1028,6 +1055,7 @@ def nf4_facts(r: dict[str, dict]) -> dict:
         "dq_scales_mib": dq if all(dq) else None,
         "dq_delta": delta(r, "bnb-nf4-dq", "bnb-nf4") if all(dq) else None,
         "int8_delta": delta(r, "bnb-int8") if "bnb-int8" in r else None,
+        "scratch_int8_delta": delta(r, "scratch-int8-per_channel") if "scratch-int8-per_channel" in r else None,
         "scratch_nf4_ppl": r["scratch-int4-nf4"]["perplexity"]["ppl"]
         if "scratch-int4-nf4" in r
         else None,
@@ -1058,7 +1086,8 @@ def bench_rows(b: dict) -> list[list[str]]:
 
 
 def fast_facts(b: dict) -> dict | None:
-    """The fast decode path's finding, from a bench that carries it (issue 7's GPU bench)."""
+    """The fast decode path's finding: each method's time against the baseline's, split at
+    +-3% (closer is within the run's noise), with how many greedy tokens equal generate()'s."""
     t = b["bench"]["table"]
     base = b["bench"].get("baseline", "fp16")
     ms = {
@@ -1069,37 +1098,41 @@ def fast_facts(b: dict) -> dict | None:
     if base not in ms:
         return None
     others = [n for n in ms if n not in (base, "fp32")]
+    row = {n: (n, ms[n], ms[n] / ms[base], t[n].get("leading_tokens_equal"), b["bench"]["new_tokens"]) for n in others}
     return {
         "model": model_label(b),
         "device": pr.device_of(b),
         "base": base,
         "base_ms": ms[base],
-        "faster": [(n, ms[n], ms[n] / ms[base]) for n in others if ms[n] < ms[base]],
-        "slower": [(n, ms[n], ms[n] / ms[base]) for n in others if ms[n] >= ms[base]],
-        "same_tokens": all(v.get("tokens_equal_generate") for v in t.values()),
+        "faster": [row[n] for n in others if ms[n] / ms[base] < 0.97],
+        "same": [row[n] for n in others if 0.97 <= ms[n] / ms[base] <= 1.03],
+        "slower": [row[n] for n in others if ms[n] / ms[base] > 1.03],
+        "diverging": [row[n] for n in others if not t[n].get("tokens_equal_generate")],
     }
 
 
 def fast_summary_text(x: dict) -> str:
     def listed(rows):
-        return ", ".join(f"{escape(n)} {f_ms(v)} ms ({f_ratio(ratio)})" for n, v, ratio in rows)
+        return ", ".join(f"{escape(n)} {f_ms(v)} ms ({f_ratio(ratio)})" for n, v, ratio, _, _ in rows)
 
     return (
         f"<b>With the overhead gone</b> (static KV cache and CUDA graphs; {x['model']}, "
         f"{escape(x['device'])}), {x['base']} decodes in {f_ms(x['base_ms'])} ms per token. "
-        + (
-            f"Faster than it: {listed(x['faster'])}. "
-            if x["faster"]
-            else "No quantized model beats it. "
-        )
-        + (f"Not faster: {listed(x['slower'])}. " if x["slower"] else "")
-        + (
-            "Every fast path makes the same greedy tokens as its model's generate()."
-            if x["same_tokens"]
-            else "Some fast paths' greedy tokens differ from generate()'s (see the fast-path table "
-            "in section 6)."
-        )
+        + (f"Faster than it by more than 3%: {listed(x['faster'])}. " if x["faster"]
+           else "No quantized model beats it by more than 3%. ")
+        + (f"Within 3%: {listed(x['same'])}. " if x["same"] else "")
+        + (f"Slower: {listed(x['slower'])}. " if x["slower"] else "")
+        + ("Every fast path makes the same greedy tokens as its model's generate()."
+           if not x["diverging"] else
+           "Greedy tokens equal to generate()'s, where not all: "
+           + ", ".join(f"{escape(n)} {k}/{m}" for n, _, _, k, m in x["diverging"])
+           + " (section 6 says why).")
     )
+
+
+BENCH_TITLES = {"bnb-bench": "Every method through generate()",
+                "gpu-decode-bench": "generate() against the fast decode path",
+                "scratch-int8-bench": "Part 1's INT8, naive and fast"}
 
 
 def latency_section(doc: Doc, s: Study) -> None:
@@ -1129,7 +1162,7 @@ def latency_section(doc: Doc, s: Study) -> None:
     first = head[0] if head else None
     for b in sorted(s.benches, key=lambda b: (pr.short_model(b) != first, pr.device_kind(b) == "cpu")):
         bb = b["bench"]
-        doc.h2(f"{method(b)} · {model_label(b)} · {pr.device_of(b)}")
+        doc.h2(f"{BENCH_TITLES.get(method(b), method(b))} · {model_label(b)} · {pr.device_of(b)}")
         doc.table(
             [
                 "method",
@@ -1152,13 +1185,13 @@ def latency_section(doc: Doc, s: Study) -> None:
         doc.figure(
             pr.bench_figure(b),
             "Prefill and decode time as a ratio of the baseline's, same run.",
-            max_height_cm=7.5,
+            max_height_cm=12,
         )
         if "fast_path" in bb:
             fast_table(doc, b)
             doc.figure(pr.fast_figure(b), "Decode time per token on the fast path and with Hugging Face "
                        "generate(), same run, log scale; the tick on each fast-path bar is the time to read "
-                       "that method's weights once at the GPU's peak bandwidth.", max_height_cm=8)
+                       "that method's weights once at the GPU's peak bandwidth.", max_height_cm=12)
     why = []
     if x["gpu"]:
         g = x["gpu"]
@@ -1271,6 +1304,19 @@ def fast_table(doc: Doc, b: dict) -> None:
         "tokens equal to the same model's generate().",
         widths=[3.2] + [None] * 8,
     )
+    diverging = [(n, v.get("leading_tokens_equal"), v.get("kernel_max_rel_err")) for n, v in t.items()
+                 if v.get("tokens_equal_generate") is False]
+    if diverging:
+        doc.p(
+            "<b>Tokens.</b> "
+            + ", ".join(f"{escape(n)}: {k}/{b['bench']['new_tokens']}" for n, k, _ in diverging)
+            + " of the fast path's greedy tokens equal generate()'s before the first difference. The two "
+            "paths run the same layers through different kernels (a fused GEMV against dequantize-then-"
+            "cuBLAS, attention over a static cache against transformers' own), so their float16 "
+            "roundings differ; where the two best logits are nearly tied, one flipped token changes "
+            "every token after it. That the layers compute the same thing is checked apart, layer by "
+            "layer against dequantize-then-matmul in fp32 (the max err column of the next table)."
+        )
     why = [n for n, v in t.items() if v.get("why_no_graph")]
     if why:
         doc.p(
@@ -1388,6 +1434,12 @@ def gguf_section(doc: Doc, s: Study) -> None:
         "Q4_K and Q5_K with 6-bit sub-block scales and minimums, Q6_K with 8-bit sub-block scales "
         "and no minimum. A <i>_M</i> mix "
         "gives the more sensitive tensors (attention values, FFN down) more bits. "
+        "<b>How the files are made.</b> <i>bonus_gguf.py</i> converts the Hugging Face folder with "
+        "llama.cpp's own converter (convert_hf_to_gguf, from the convert-hf-to-gguf package) into an F32 "
+        "file, and into F16 directly; every other type is quantized from the F32 file by llama.cpp's "
+        "quantizer (llama_model_quantize, through llama-cpp-python), as <i>llama-quantize</i> would. "
+        "llama-cpp-python then loads each file and the same evaluator scores it: the text's tokens "
+        "go in, llama.cpp's logits come out, in the same windows as every other method. "
         "<b>Deployment.</b> One file holds everything needed to run; it is memory-mapped, so "
         "loading is nearly free and pages are shared between processes; llama.cpp runs it on "
         "CPUs, Apple silicon and GPUs with integer kernels that read the packed blocks "
@@ -1458,7 +1510,8 @@ def gguf_section(doc: Doc, s: Study) -> None:
             (s.inspection.get("model") or {}).get("stand_in") or s.inspection.get("stand_in") or ""
         )
         doc.p(
-            f"{escape(gi['file'])} ({escape(stand_in)}): magic {escape(gi['header']['magic'])}, "
+            f"{escape(gi['file'])}, made from {escape(stand_in.split(' (')[0] if stand_in else 'the model')}"
+            f": magic {escape(gi['header']['magic'])}, "
             f"version {gi['header']['version']}, {gi['header']['tensor_count']} tensors, "
             f"{gi['header']['kv_count']} metadata keys, {gi['file_bytes']:,} bytes, of which "
             f"{gi['tensor_bytes']:,} are tensor data ("
@@ -1555,7 +1608,7 @@ def push_paragraph(doc: Doc, s: Study) -> None:
 
 
 def open_questions(doc: Doc, s: Study) -> None:
-    doc.h1("7. Limitations and open questions")
+    doc.h2("Open questions")
     x = open_facts(s)
     items = []
     if x["scan"]:
@@ -1573,12 +1626,11 @@ def open_questions(doc: Doc, s: Study) -> None:
             )
         items.append(
             f"<b>Which blocks to keep in full precision?</b> In the scan, {verdict} By "
-            "component, "
-            + " and ".join(escape(c) for c in y["top_components"])
-            + f" carry {y['top_components_sum']:.3f} of the {y['components_sum']:.3f} percentage "
-            "points the component types add up to; at lower precision those are the first "
-            "candidates to keep at more bits. A 4-bit sensitivity scan would answer the question "
-            "where it matters most."
+            "component, the most sensitive types are "
+            + " and ".join(f"{escape(c)} ({f_pct(d)})" for c, d in y["top_components"])
+            + f" (all types together: {f_pct(y['components_sum'])}); at lower precision those are "
+            "the first candidates to keep at more bits. A 4-bit sensitivity scan would answer the "
+            "question where it matters most."
         )
     if x["asymmetric"]:
         asym, sym = x["asymmetric"]
@@ -1613,7 +1665,7 @@ def open_facts(s: Study) -> dict:
             "median_abs": median_abs,
             "stands_out": len(blocks) > 1
             and blocks[0]["delta_pct"] > 3 * max(median_abs, blocks[1]["delta_pct"]),
-            "top_components": [c["component"] for c in comps[:2]],
+            "top_components": [(c["component"], c["delta_pct"]) for c in comps[:2]],
             "top_components_sum": sum(c["delta_pct"] for c in comps[:2]),
             "components_sum": sum(c["delta_pct"] for c in comps),
         }
@@ -1768,9 +1820,10 @@ def how_we_measure(doc: Doc, s: Study) -> None:
         doc.p(
             "<b>What the stand-ins do to each number.</b> "
             + ("<i>smollm2-135m</i> is a real language model, but its weights were dequantized from "
-               "a 4-bit file (Q4_1, blocks of 32): every 4-bit method here rounds them a second time, "
-               "onto blocks that do not line up with the first, so the 4-bit perplexity penalties are "
-               "those of re-quantization and likely larger than on the original weights; the 8-bit "
+               "a 4-bit file (Q4_1: a scale and a minimum per 32 weights): every 4-bit method here rounds "
+               "them a second time, onto another grid (one absmax per 64 weights, other levels), so the "
+               "4-bit perplexity penalties are those of re-quantization and likely larger than on the "
+               "original weights; the 8-bit "
                "penalties are small either way. " if notes["smol"] else "")
             + ("<i>gpt2-random</i> has GPT-2 small's exact shapes and random weights: its memory "
                "and speed are GPT-2's, its perplexity means nothing, and its activations have none "
@@ -1819,7 +1872,10 @@ def part1(doc: Doc, s: Study) -> None:
         "the model's dtype (out values, one, or out × in/" + gs + ") and the zero points (out "
         "bytes, asymmetric only). The token embedding is stored the same way (int8 rows, a scale "
         "per token); where the output layer is tied to it (GPT-2, SmolLM2) the output layer reads "
-        "the same int8 table, so it is stored once. <b>Forward.</b> y = (x · q<super>T</super>) · s + b: "
+        "the same int8 table, so it is stored once."
+    )
+    doc.p(
+        "<b>Forward.</b> y = (x · q<super>T</super>) · s + b: "
         "the int8 weight is cast to x's dtype inside the matmul and the per-channel scale is "
         "applied to the output, after the matmul; the asymmetric scheme subtracts "
         "sum(x)·z before scaling; the group-wise scheme, whose scale varies along the input, "
@@ -1847,7 +1903,48 @@ def part1(doc: Doc, s: Study) -> None:
               + settings_sentence(setting_facts(r["baseline-fp32"]))
               + (f" Peak: {escape(scope)}." if scope else ""),
               widths=[5.0] + [None] * 7)
+    x = part1_facts(r)
+    text = []
+    if x["sel"]:
+        a = x["sel"]
+        text.append(
+            f"<b>Latency.</b> In these single-run timings fp32 prefills in {f_ms(a['fp32'][0])} ms and "
+            f"decodes in {f_ms(a['fp32'][1])} ms per token, whole-model INT8 (per channel) in "
+            f"{f_ms(a['whole'][0])} and {f_ms(a['whole'][1])}, the selective model in {f_ms(a['sel'][0])} "
+            f"and {f_ms(a['sel'][1])}. On this GPU a step of a model this small is bound by kernel "
+            "launches and Python, not by reading weights, so fewer weight bytes do not make it faster, "
+            "and one run's timing varies from the next by more than the differences between methods "
+            "(the selective model runs fp32 and int8 layers side by side). Section 6 compares speed "
+            "side by side, in one run."
+        )
+    if x["q4"]:
+        q = x["q4"]
+        text.append(
+            f"Part 1's 4-bit models ({f_mib(q['q4_mib'])} MiB) are larger than its whole-model INT8 "
+            f"({f_mib(q['int8_mib'])} MiB): they quantize the block linears only and keep the "
+            f"{'tied ' if q['tied'] else ''}embedding in full precision ({f_mib(q['q4_full_mib'])} MiB), "
+            "while INT8 stores it as int8 rows."
+        )
+    if text:
+        doc.p(" ".join(text))
     selective(doc, s)
+
+
+def part1_facts(r: dict[str, dict]) -> dict:
+    lat = {n: latency_of(r[n]) for n in r}
+    sel = next((n for n in r if n.startswith("scratch-int8-per_channel-b")), None)
+    have = sel and all(None not in lat.get(n, (None,)) for n in ("baseline-fp32", "scratch-int8-per_channel", sel))
+    q4 = next((n for n in ("scratch-int4-nf4", "scratch-int4-int4") if n in r), None)
+    whole = r.get("scratch-int8-per_channel")
+    return {
+        "sel": {"fp32": lat["baseline-fp32"], "whole": lat["scratch-int8-per_channel"], "sel": lat[sel]}
+        if have else None,
+        "q4": {"q4_mib": r[q4]["memory"]["weights_mib"], "int8_mib": whole["memory"]["weights_mib"],
+               "q4_full_mib": full_precision_mib(r[q4]),
+               "tied": bool(whole["method"]["settings"].get("tied_output"))}
+        if q4 and whole and full_precision_mib(r[q4]) and
+        r[q4]["memory"]["weights_mib"] > whole["memory"]["weights_mib"] else None,
+    }
 
 
 def part2(doc: Doc, s: Study) -> None:
@@ -1866,19 +1963,48 @@ def accuracy_efficiency(doc: Doc, s: Study) -> None:
              ("bnb-nf4-dq", "bnb-nf4-dq"), ("scratch-int8-per_channel", "scratch-int8"),
              ("scratch-int4-int4", "scratch-int4"), ("scratch-int4-nf4", "scratch-nf4")]
     base = b["bench"].get("baseline", "fp16")
-    rows = [[n, f_mib(r[n]["memory"]["weights_mib"]), f_ratio(t[k]["prefill_ratio"]), f_ratio(t[k]["decode_ratio"]),
+    rows = [[n, f_mib(t[k]["weights_mib"]), f_ratio(t[k]["prefill_ratio"]), f_ratio(t[k]["decode_ratio"]),
              f_pct(delta(r, n))] for n, k in [("baseline-fp16", base)] + pairs if n in r and k in t]
     doc.h2("Accuracy against efficiency")
     doc.table(["method", "weights MiB", f"prefill vs {base}", f"decode vs {base}", "perplexity vs fp32"], rows,
-              f"Memory, speed and accuracy of one model: the time ratios come from one side-by-side run "
+              f"Memory, speed and accuracy of one model: the weights and the time ratios come from one "
+              f"side-by-side run, where every model computes in {escape(base)} "
               f"({b['bench']['repeats']} round-robin repeats, Hugging Face generate(), "
               f"{escape(pr.device_of(b))}), the perplexities from the runs of Table {doc.refs.get('headline', '1')}.",
               widths=[4.5, None, None, None, None])
+    x = tradeoff_facts(r, t, pairs, base)
+    if x:
+        doc.p(
+            f"<b>The trade.</b> Within 1% of fp32's perplexity, the smallest model is {escape(x['best8'][0])}: "
+            f"{f_mib(x['best8'][1])} MiB, {f_ratio(x['best8'][2])} smaller than fp32, at {f_pct(x['best8'][3])}. "
+            f"The smallest of all is {escape(x['small'][0])} ({f_mib(x['small'][1])} MiB, "
+            f"{f_ratio(x['small'][2])} smaller) at {f_pct(x['small'][3])}. Through generate() "
+            + (f"no quantized method is faster than {base} here: decode takes {f_ratio(x['lo'])} to "
+               f"{f_ratio(x['hi'])} {base}'s time, because every layer adds dequantization work to a step "
+               "whose time is launches, not bytes. So at this size" if x["lo"] >= 1 else
+               f"decode takes {f_ratio(x['lo'])} to {f_ratio(x['hi'])} {base}'s time. So at this size")
+            + " quantization buys memory, paid for in "
+            "perplexity (little at 8 bits, much at 4) and in speed (unless the decode path removes the "
+            "overhead: section 6). On a device where the weights barely fit, the memory is what counts."
+        )
     if doc.figure(pr.group_figures(g)["pareto"],
                f"Weight memory against perplexity, every method of Table {doc.refs.get('headline', '1')}; the dashed line joins the "
                "methods that no other beats on both. Right: the methods within 3% of the best perplexity.",
-               max_height_cm=10):
+               max_height_cm=12):
         doc.refs["pareto"] = doc.n_fig
+
+
+def tradeoff_facts(r: dict, t: dict, pairs, base: str) -> dict | None:
+    """The smallest method within 1% of fp32, the smallest of all, and the decode ratios."""
+    fp32 = r["baseline-fp32"]["memory"]["weights_mib"]
+    rows = [(n, r[n]["memory"]["weights_mib"], fp32 / r[n]["memory"]["weights_mib"], delta(r, n))
+            for n in r if not n.startswith("baseline") and "-b" not in n.removeprefix("scratch-int8-per_channel")]
+    near = [x for x in rows if x[3] < 1.0]
+    ratios = [t[k]["decode_ratio"] for n, k in pairs if n in r and k in t]
+    if not rows or not near or not ratios:
+        return None
+    return {"best8": min(near, key=lambda x: x[1]), "small": min(rows, key=lambda x: x[1]),
+            "lo": min(ratios), "hi": max(ratios)}
 
 
 def bonus(doc: Doc, s: Study) -> None:
@@ -1895,26 +2021,41 @@ def equal_bits(doc: Doc, s: Study) -> None:
     classes = [("8-bit", ("scratch-int8-per_channel", "scratch-int8-asymmetric", "bnb-int8", "gguf-q8_0")),
                ("4-bit", ("scratch-int4-int4", "scratch-int4-nf4", "bnb-fp4", "bnb-nf4", "bnb-nf4-dq",
                           "gguf-q4_0", "gguf-q4_k_m"))]
-    rows = [[bits, n, f_mib(r[n]["memory"]["weights_mib"]), f_mib(r[n]["memory"].get("disk_mib")),
+    x = equal_bits_facts(r, classes)
+    rows = [[bits, n, f"{x['bpw'][n]:.2f}", f_mib(r[n]["memory"]["weights_mib"]), f_mib(r[n]["memory"].get("disk_mib")),
              f_ppl(r[n]["perplexity"]["ppl"]), f_pct(delta(r, n))]
             for bits, names in classes for n in names if n in r]
-    doc.h2("GGUF against Part 1 and Part 2, at equal bits")
-    doc.table(["bits", "method", "weights MiB", "disk MiB", "perplexity", "vs fp32"], rows,
+    doc.h2("GGUF against Part 1 and Part 2, at nominally equal bits")
+    doc.table(["class", "method", "bits/weight", "weights MiB", "disk MiB", "perplexity", "vs fp32"], rows,
               "The same tokens for every row: " + settings_sentence(setting_facts(r["baseline-fp32"])).split(" Prefill")[0]
-              + " GGUF rows: weights are the tensor bytes of the file.",
-              widths=[1.2, 4.0, None, None, None, None])
+              + " Bits/weight: every byte of the model's weights in memory (GGUF: the file's tensor data), "
+              "× 8, over the parameter count (fp32 bytes ÷ 4); it counts scales and what stays in full precision.",
+              widths=[1.3, 3.6, None, None, None, None, None])
+    text = []
+    if x["q8"]:
+        lo, hi = x["q8"]
+        text.append(f"At 8 bits the perplexity cost runs from {f_pct(lo[1])} ({escape(lo[0])}) to "
+                    f"{f_pct(hi[1])} ({escape(hi[0])}).")
     if "gguf-q4_k_m" in r and "bnb-nf4" in r:
-        q, n = r["gguf-q4_k_m"], r["bnb-nf4"]
-        doc.p(
-            f"At 4 bits, llama.cpp's Q4_K_M costs {f_pct(delta(r, 'gguf-q4_k_m'))} in "
-            f"{f_mib(q['memory'].get('disk_mib'))} MiB on disk, bitsandbytes NF4 "
-            f"{f_pct(delta(r, 'bnb-nf4'))} in {f_mib(n['memory'].get('disk_mib'))} MiB. Q4_K_M is "
-            "a mix: its super-blocks carry a scale and a minimum per sub-block of 32, quantized "
-            "themselves, and the sensitive tensors get 6 bits; bitsandbytes keeps the embeddings "
-            "in 16 bits (the larger file) and gives every other weight the same 4-bit code. "
-            + ("At 8 bits the three formats are within a fraction of a percent of each other."
-               if all(abs(delta(r, k)) < 1.0 for k in ("scratch-int8-per_channel", "gguf-q8_0") if k in r) else "")
-        )
+        mix = r["gguf-q4_k_m"]["method"]["settings"].get("bytes_by_ggml_type") or {}
+        text.append(
+            f"The 4-bit names hide different sizes: Q4_K_M costs {f_pct(delta(r, 'gguf-q4_k_m'))} at "
+            f"{x['bpw']['gguf-q4_k_m']:.2f} bits per weight, because a _M mix gives many tensors 5, 6 or 8 "
+            "bits"
+            + (" (" + ", ".join(f"{f_mib(mib(v))} MiB of {t}" for t, v in sorted(mix.items(), key=lambda kv: -kv[1]))
+               + ")" if mix else "")
+            + f"; bitsandbytes NF4 costs {f_pct(delta(r, 'bnb-nf4'))} at {x['bpw']['bnb-nf4']:.2f} bits per "
+            f"weight, most of them in the {f_mib(full_precision_mib(r['bnb-nf4']))} MiB it keeps in full "
+            "precision (the embedding), while its linear layers hold 4-bit codes and one absmax per 64.")
+    if text:
+        doc.p(" ".join(text))
+
+
+def equal_bits_facts(r: dict, classes) -> dict:
+    params = r["baseline-fp32"]["memory"]["weights_mib"] / 4           # MiB of fp32 weights / 4 bytes
+    bpw = {n: r[n]["memory"]["weights_mib"] * 8 / params for _, names in classes for n in names if n in r}
+    q8 = sorted(((n, delta(r, n)) for n in classes[0][1] if n in r), key=lambda x: x[1])
+    return {"bpw": bpw, "q8": (q8[0], q8[-1]) if q8 else None}
 
 
 def speed(doc: Doc, s: Study) -> None:
@@ -1922,7 +2063,7 @@ def speed(doc: Doc, s: Study) -> None:
 
 
 def limitations(doc: Doc, s: Study) -> None:
-    open_questions(doc, s)
+    doc.h1("7. Limitations and open questions")
     x = limitation_facts(s)
     items = []
     if x["stand_ins"]:
@@ -1930,27 +2071,28 @@ def limitations(doc: Doc, s: Study) -> None:
                      + ", ".join(f"<i>{escape(m)}</i>" for m in x["stand_ins"]) + "), because the machines "
                      "that ran the study could not reach the Hub. The scripts load gpt2 from the Hub by "
                      "default; the README gives the commands.")
-    if x["prefix_devices"]:
-        items.append("<b>Prefixes on the CPU.</b> Runs on " + ", ".join(escape(d) for d in x["prefix_devices"])
-                     + " score a prefix of the text, not all of it; their perplexities sit in their own "
-                     "tables.")
+    if x["prefixes"]:
+        items.append("<b>Prefixes.</b> Some runs score only the start of the text: "
+                     + "; ".join(f"{escape(m)} on {escape(d)}, the first {n:,} tokens" for m, d, n in x["prefixes"])
+                     + ". Their perplexities are compared only within their own tables.")
     if x["sens_devices"]:
         items.append("<b>One sensitivity scan.</b> The scan ran on " + ", ".join(escape(d) for d in x["sens_devices"])
                      + f", at INT8, over {x['sens_tokens']:,} tokens; at INT8 most single-block changes "
                      "are within rounding noise, and a 4-bit scan has not been run.")
     items.append("<b>Latency in the tables of single runs</b> is each run's own timing, taken one run after "
                  "another; only the side-by-side benches of section 6 compare speeds as ratios.")
-    doc.h2("Limitations")
     doc.bullets(items)
+    open_questions(doc, s)
 
 
 def limitation_facts(s: Study) -> dict:
     stand = sorted({pr.short_model(r) for r in s.records
-                    if isinstance(r.get("model"), dict) and r["model"].get("stand_in")})
-    prefix = sorted({pr.device_of(r) for r in s.records
+                    if isinstance(r.get("model"), dict) and r["model"].get("stand_in")
+                    and results.kind_of(r) in ("eval", "bench", "sensitivity")})
+    prefix = sorted({(pr.short_model(r), pr.device_of(r), r["dataset"]["max_tokens"]) for r in s.records
                      if isinstance(r.get("dataset"), dict) and r["dataset"].get("truncated")})
     sens = [s.sensitivity] if s.sensitivity else []
-    return {"stand_ins": stand, "prefix_devices": prefix,
+    return {"stand_ins": stand, "prefixes": prefix,
             "sens_devices": sorted({pr.device_of(r) for r in sens}),
             "sens_tokens": sens[0]["perplexity"]["n_tokens_scored"] if sens else 0}
 

@@ -12,7 +12,7 @@ def test_fixture_results_make_the_expected_figures(results_dir, tmp_path, capsys
     group = "m-small_wiki.test.raw_L64-S32-N999_cpu"
     assert names == sorted([f"memory_{group}.png", f"perplexity_{group}.png", f"pareto_{group}.png",
                             "latency_bnb-bench_g_cuda.png", "latency_gpu-decode-bench_g2_cuda.png",
-                            "sensitivity_m-small.png",
+                            "fast_path_g2_cuda.png", "sensitivity_m-small.png",
                             "nf4_levels_tiny.png", "reconstruction_error_tiny.png"])
     assert all(p.stat().st_size > 5000 and p.read_bytes()[:4] == b"\x89PNG" for p in made)
     assert "broken.json" in capsys.readouterr().err                              # skipped, with a warning

@@ -59,7 +59,7 @@ def caption(rec: dict, extra: str = "") -> str:
     """model (stand-in), text, device: on every figure."""
     model = short_model(rec) + (" (stand-in)" if rec["model"].get("stand_in") else "")
     text = text_name(rec).replace(", test split", " test")
-    return f"{model} · {text}{extra} · {device_of(rec)}"
+    return f"{model} · {text}{extra}\n{device_of(rec)}"
 
 
 def eval_groups(records: list[dict]) -> dict[tuple, list[dict]]:
@@ -337,7 +337,7 @@ def plot_fast(rec: dict, out: Path, made: list[Path]) -> None:
 def plot_sensitivity(rec: dict, out: Path, made: list[Path]) -> None:
     plt = _plt()
     s = rec["sensitivity"]
-    fig, (a1, a2) = plt.subplots(1, 2, figsize=(6.5, 3.2), gridspec_kw={"width_ratios": [3, 1]})
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(6.2, 3.2), gridspec_kw={"width_ratios": [3, 1]})
     blocks = [r["block"] for r in s["block"]]
     a1.bar(blocks, [r["delta_pct"] for r in s["block"]], color="#8172b3")
     a1.set_xlabel("block quantized alone", fontsize=9)
@@ -375,7 +375,7 @@ def plot_compare(rec: dict, out: Path, made: list[Path]) -> None:
         ax.axvline(v, color="#4c72b0", lw=1, ls=":", label="16 uniform levels" if i == 0 else None)
     e = h["code_entropy_bits"]
     ax.set_title(f"{h['layer']}: NF4 puts its levels where the weights are\n{model} · code entropy NF4 "
-                 f"{e['nf4']:.2f} bits, uniform {e['uniform16']:.2f} bits (of 4) · {device_of(rec)}", fontsize=9)
+                 f"{e['nf4']:.2f} bits, uniform {e['uniform16']:.2f} bits (of 4)\n{device_of(rec)}", fontsize=9)
     ax.set_xlabel("w / absmax(block)", fontsize=9)
     ax.set_ylabel("weights", fontsize=9)
     ax.tick_params(labelsize=8)

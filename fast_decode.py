@@ -54,6 +54,8 @@ def bench_bandwidth(record: dict) -> float | None:
     name = (record.get("environment") or {}).get("device_name") or ""
     bw = hbm_bytes_per_s(name) or record["bench"].get("hbm_bytes_per_s")
     return float(bw) if bw else None
+
+
 METHODS = ("fp32", "fp16", "bnb-int8", "bnb-nf4", "scratch-int8-naive", "scratch-int8-fast",
            "scratch-int4-fast", "scratch-nf4-fast")
 NOT_CAPTURABLE = {"bnb-int8": "LLM.int8() splits outlier columns by value (data-dependent shapes): not capturable"}
@@ -260,6 +262,8 @@ def decode_floor_ms(weight_bytes: int, bytes_per_s: float | None) -> float | Non
 
 
 LAYER_CALLS = 50      # back-to-back calls of one layer per timed graph replay
+
+
 def block_layers(config) -> tuple[str, tuple[tuple[str, int], ...]]:
     """Block 0's path and its linear layers as (name, input width), for the architecture."""
     d = config.hidden_size

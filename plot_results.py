@@ -46,19 +46,24 @@ TEXT_NAMES = {"wiki.test.raw": "WikiText-2 (raw), test split", "wikitext-2-raw-v
               "ptb.test.txt": "Penn Treebank, test split", "ptb_text_only": "Penn Treebank, test split"}
 
 
-def text_name(rec: dict) -> str:
-    """The dataset in words, from the record's id: a Hub config or a local file's name."""
+def text_words(ident: str, description: str = "", short: bool = False) -> str:
+    """A text's name in words, from a dataset id (a Hub config or 'file:<name>') and its
+    description; short drops ', split' to ' test'-style for captions."""
+    words = next((w for key, w in TEXT_NAMES.items() if key in ident or key in description),
+                 ident.removeprefix("file:").split("/")[-1])
+    return words.replace(", test split", " test") if short else words
+
+
+def text_name(rec: dict, short: bool = False) -> str:
+    """The dataset of a record in words."""
     d = rec.get("dataset") or {}
-    for key, words in TEXT_NAMES.items():
-        if key in str(d.get("id", "")) or key in str(d.get("description", "")):
-            return words
-    return str(d.get("id", "?")).removeprefix("file:").split("/")[-1]
+    return text_words(str(d.get("id", "?")), str(d.get("description", "")), short)
 
 
 def caption(rec: dict, extra: str = "") -> str:
     """model (stand-in), text, device: on every figure."""
     model = short_model(rec) + (" (stand-in)" if rec["model"].get("stand_in") else "")
-    text = text_name(rec).replace(", test split", " test")
+    text = text_name(rec, short=True)
     return f"{model} · {text}{extra}\n{device_of(rec)}"
 
 
@@ -131,6 +136,15 @@ def _save(fig, out: Path, name: str, made: list[Path]) -> None:
     fig.savefig(path, dpi=130, bbox_inches="tight")          # text set outside the axes stays in
     _plt().close(fig)
     made.append(path)
+
+
+def by_family(rs: list[dict]) -> list[dict]:
+    """Baselines, Part 1 INT8, Part 1 4-bit, bitsandbytes, GGUF (FAMILIES' order); within each, larger first."""
+    def key(r):
+        n = r["method"]["name"]
+        fam = next((i for i, (prefix, _) in enumerate(FAMILIES) if n.startswith(prefix)), len(FAMILIES))
+        return fam, -r["memory"]["weights_mib"], n
+    return sorted(rs, key=key)
 
 
 def ordered(rs: list[dict]) -> list[dict]:
@@ -262,10 +276,17 @@ def label_points(ax, points: list[tuple[float, float, str]], size: float = 8, sp
                         va="center", color=family_style(name)[0])
 
 
+def selective_parts(name: str) -> tuple[str, str] | None:
+    """(blocks, components) of a selective Part 1 run's method name, as the name writes them
+    ('0-1', 'qkv+attn_out'), or None for any other method."""
+    m = re.fullmatch(r"scratch-int8-per_channel-b([0-9.-]+)-(.+)", name)
+    return (m.group(1), m.group(2)) if m else None
+
+
 def short_label(name: str) -> str:
     """A method's name for a label on a plot: a selective run by its blocks, not its components."""
-    m = re.fullmatch(r"(.+?)-b([0-9.-]+)-(.+)", name)
-    return f"scratch-int8 (blocks {m.group(2)})" if m and name.startswith("scratch-int8") else name
+    parts = selective_parts(name)
+    return f"scratch-int8 (blocks {parts[0]})" if parts else name
 
 
 def plot_bench(rec: dict, out: Path, made: list[Path]) -> None:

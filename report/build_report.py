@@ -83,8 +83,7 @@ def model_label(rec: dict) -> str:
 
 def group_label(key: tuple) -> str:
     model, text, L, S, n, dev = key
-    name = next((w for k, w in pr.TEXT_NAMES.items() if k in text), text.removeprefix("file:"))
-    return f"{model} · {name.replace(', test split', ' test')} · L={L} S={S} · {n:,} tokens · {dev}"
+    return f"{model} · {pr.text_words(text, short=True)} · L={L} S={S} · {n:,} tokens · {dev}"
 
 
 class Study:
@@ -99,6 +98,7 @@ class Study:
         self.compare = next(iter(by_kind["compare"]), None)
         self.inspection = next(iter(by_kind["gguf-inspect"]), None)
         self.pushes = by_kind["gguf-push"]
+        self.headline = self.headline_group()
 
     def ppl_groups(self) -> list[tuple]:
         """Groups of two runs or more whose perplexity means something, most tokens first."""
@@ -129,10 +129,12 @@ class Study:
         keys = [k for k in self.ppl_groups() if "baseline-fp32" in {method(r) for r in self.groups[k]}]
         return max(keys, key=lambda k: (k[4], len(self.groups[k])), default=None)
 
-    def bench_for(self, name: str, model: str, device_name: str) -> dict | None:
-        """A bench of this kind on this model and this device."""
-        return next((r for r in self.benches if method(r) == name and pr.short_model(r) == model
-                     and pr.device_of(r) == device_name), None)
+    def headline_bench(self, name: str) -> dict | None:
+        """A bench of this kind on the headline group's model and device, or None."""
+        g = self.headline
+        return None if g is None else next(
+            (r for r in self.benches if method(r) == name and pr.short_model(r) == g[0]
+             and pr.device_of(r) == g[5]), None)
 
     def bench(self, name: str, device: str) -> dict | None:
         return next(
@@ -506,8 +508,7 @@ def findings_facts(s: Study) -> dict:
             "fp4_over_nf4": m["bnb-fp4"] / m["bnb-nf4"],
             "int4_over_nf4": m["scratch-int4"] / m["bnb-nf4"] if "scratch-int4" in m else None,
         }
-    head = s.headline_group()
-    b = (s.bench_for("bnb-bench", head[0], head[5]) if head else None) or s.bench("bnb-bench", "cuda")
+    b = s.headline_bench("bnb-bench") or s.bench("bnb-bench", "cuda")
     if b:
         t, base = b["bench"]["table"], b["bench"].get("baseline", "fp16")
         ratios = [v["decode_ratio"] for n, v in t.items() if n not in ("fp32", "fp16")]
@@ -526,8 +527,7 @@ def findings_facts(s: Study) -> dict:
                 "base_ms": base_ms,
                 "x_floor": None if floor is None else base_ms / floor,
             }
-    fast = (s.bench_for("gpu-decode-bench", head[0], head[5]) if head else None) or \
-        next((r for r in s.benches if "fast_path" in r["bench"]), None)
+    fast = s.headline_bench("gpu-decode-bench") or next((r for r in s.benches if "fast_path" in r["bench"]), None)
     if fast:
         facts["fast"] = fast_facts(fast)
     g = s.find_group("gguf-q8_0")
@@ -653,7 +653,7 @@ def methodology(doc: Doc, s: Study) -> None:
         rows.append(
             [
                 model_label(rs[0]),
-                text_name(rs[0]).replace(", test split", " test"),
+                pr.text_name(rs[0], short=True),
                 d.get("sha256", "?")[:8],
                 f"{k[2]} / {k[3]}",
                 f"{k[4]:,}",
@@ -787,7 +787,7 @@ def memory_ppl_tables(doc: Doc, s: Study) -> None:
             widths,
         )
         names = pr.group_figures(k)
-        if meaningful and k == s.headline_group():
+        if meaningful and k == s.headline:
             doc.p(f"Its memory against perplexity: Figure {doc.refs.get('pareto', '?')}.")
         elif meaningful:
             doc.figure(
@@ -1158,8 +1158,7 @@ def latency_section(doc: Doc, s: Study) -> None:
         "after repeat, so that a ratio compares methods under the same conditions. Here "
         f"{said}; decode is reported per new token. Medians, with p10–p90 in brackets."
     )
-    head = s.headline_group()
-    first = head[0] if head else None
+    first = s.headline[0] if s.headline else None
     for b in sorted(s.benches, key=lambda b: (pr.short_model(b) != first, pr.device_kind(b) == "cpu")):
         bb = b["bench"]
         doc.h2(f"{BENCH_TITLES.get(method(b), method(b))} · {model_label(b)} · {pr.device_of(b)}")
@@ -1236,8 +1235,7 @@ def latency_facts(s: Study) -> dict:
         "gpu": None,
         "cpu": None,
     }
-    head = s.headline_group()
-    gb = (s.bench_for("bnb-bench", head[0], head[5]) if head else None) or s.bench("bnb-bench", "cuda")
+    gb = s.headline_bench("bnb-bench") or s.bench("bnb-bench", "cuda")
     if gb and "fp16" in gb["bench"]["table"]:
         t = gb["bench"]["table"]
         bw = bandwidth(s)
@@ -1705,10 +1703,6 @@ def appendix(doc: Doc, s: Study) -> None:
 # The assignment's sections: Summary, How we measure, Part 1, Part 2, Bonus, Speed, Limitations
 
 
-def text_name(rec: dict) -> str:
-    return pr.text_name(rec)
-
-
 def latency_of(rec: dict) -> tuple[float | None, float | None]:
     """(prefill ms, decode ms/token) medians of a run's own timing, or None where not timed."""
     lat = rec.get("latency") or {}
@@ -1718,21 +1712,8 @@ def latency_of(rec: dict) -> tuple[float | None, float | None]:
 
 def short_name(name: str) -> str:
     """A method's name for a table cell: a selective run by its blocks and components."""
-    import re
-    m = re.fullmatch(r"scratch-int8-per_channel-b([0-9.-]+)-(.+)", name)
-    return f"scratch-int8 blocks {m.group(1).replace('-', ', ')}: {m.group(2).replace('+', ', ')}" if m else name
-
-
-FAMILY_ORDER = ("baseline", "scratch-int8", "scratch-int4", "bnb", "gguf")
-
-
-def by_family(rs: list[dict]) -> list[dict]:
-    """Baselines, Part 1 INT8, Part 1 4-bit, bitsandbytes, GGUF; within each, larger first."""
-    def key(r):
-        n = method(r)
-        fam = next((i for i, f in enumerate(FAMILY_ORDER) if n.startswith(f)), len(FAMILY_ORDER))
-        return fam, -r["memory"]["weights_mib"], n
-    return sorted(rs, key=key)
+    parts = pr.selective_parts(name)
+    return f"scratch-int8 blocks {parts[0].replace('-', ', ')}: {parts[1].replace('+', ', ')}" if parts else name
 
 
 def setting_facts(rec: dict) -> dict:
@@ -1742,7 +1723,7 @@ def setting_facts(rec: dict) -> dict:
     dec = lat.get("decode") or {}
     return {
         "model": model_label(rec),
-        "text": text_name(rec),
+        "text": pr.text_name(rec),
         "tokens": p["n_tokens_scored"],
         "whole": not d.get("truncated"),
         "text_tokens": d.get("n_tokens"),
@@ -1773,14 +1754,14 @@ def settings_sentence(x: dict) -> str:
 
 def summary(doc: Doc, s: Study) -> None:
     doc.h1("1. Summary")
-    g = s.headline_group()
+    g = s.headline
     if g is None:
         doc.p("No comparable perplexity runs in these results.")
         return
     r = s.runs(g)
     x = setting_facts(r["baseline-fp32"])
     rows = []
-    for rec in by_family(s.groups[g]):
+    for rec in pr.by_family(s.groups[g]):
         n = method(rec)
         pre, dec = latency_of(rec)
         rows.append([short_name(n), f_mib(rec["memory"]["weights_mib"]), f_mib(rec["memory"].get("disk_mib")),
@@ -1798,7 +1779,7 @@ def summary(doc: Doc, s: Study) -> None:
 def how_we_measure(doc: Doc, s: Study) -> None:
     doc.h1("2. How we measure")
     methodology(doc, s)
-    g = s.headline_group()
+    g = s.headline
     rec = next((r for r in s.groups[g] if r.get("per_line_perplexity")), None) if g else None
     if rec:
         pl, p = rec["per_line_perplexity"], rec["perplexity"]
@@ -1841,7 +1822,7 @@ def stand_in_facts(s: Study) -> dict:
 
 def part1(doc: Doc, s: Study) -> None:
     doc.h1("3. Part 1: INT8 from scratch")
-    g = s.headline_group()
+    g = s.headline
     group_sizes = sorted({((r.get("method") or {}).get("settings") or {}).get("group_size") for r in s.records
                           if (r.get("method") or {}).get("name") == "scratch-int8-group64"} - {None})
     gs = str(group_sizes[0]) if group_sizes else "g"
@@ -1886,7 +1867,7 @@ def part1(doc: Doc, s: Study) -> None:
     if g is None:
         return
     r = s.runs(g)
-    names = [method(x) for x in by_family(s.groups[g]) if method(x).startswith(("baseline", "scratch-int8"))]
+    names = [method(x) for x in pr.by_family(s.groups[g]) if method(x).startswith(("baseline", "scratch-int8"))]
     scopes = {r[n]["memory"].get("peak_scope") for n in names}
     rows = []
     for n in names:
@@ -1954,8 +1935,8 @@ def part2(doc: Doc, s: Study) -> None:
 
 
 def accuracy_efficiency(doc: Doc, s: Study) -> None:
-    g = s.headline_group()
-    b = s.bench_for("bnb-bench", g[0], g[5]) if g else None
+    g = s.headline
+    b = s.headline_bench("bnb-bench")
     if not g or not b:
         return
     r, t = s.runs(g), b["bench"]["table"]

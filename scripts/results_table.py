@@ -17,13 +17,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import fast_decode  # noqa: E402  (the GPU's peak bandwidth, for the decode floor)
 import results  # noqa: E402
 from evaluate import run_cli  # noqa: E402
-import plot_results as pr  # noqa: E402
-from plot_results import eval_groups  # noqa: E402  (the same grouping as the figures)
+import plot_results as pr  # noqa: E402  (the same grouping and text names as the figures)
 from results import load_results  # noqa: E402
 
 
 def eval_tables(records: list[dict]) -> str:
-    groups = eval_groups(records)
+    groups = pr.eval_groups(records)
     lines = []
     for (model, text, L, S, n, dev), rs in sorted(groups.items()):
         base = next((r for r in rs if r["method"]["name"] == "baseline-fp32"), None)

@@ -41,6 +41,7 @@ G2R_NOTE = ("gpt2-random (GPT-2 small shapes, random weights) stands in for gpt2
 CPU_PREFIX = 16384          # tokens scored on the CPU: 32 windows of 1024 at stride 512
 CPU_TIMING = {"repeats": 5, "new_tokens": 64}     # fewer on 2 cores: bitsandbytes INT8 decodes slowly there
 GGUF_TYPES = ",".join(run_study.GGUF_TYPES)
+FOLDERS = {"smol": "smollm2-135m", "g2r": "gpt2-random"}      # a plan's model -> its folder under --models
 
 # (step, label, script, keywords): the keywords are the script's main() arguments beyond
 # the model's own (model, text_file, device, stand_in, quiet, results_dir).
@@ -132,7 +133,7 @@ def with_gguf_file(call, model_folder: str, gguf_type: str):
 def keywords(script: str, model: str, extra: dict, machine: str, models: str, text: str, results_dir: str,
              gguf_dir: str) -> dict:
     """The full keywords of one run's main()."""
-    folder = str(Path(models) / ("smollm2-135m" if model == "smol" else "gpt2-random"))
+    folder = str(Path(models) / FOLDERS[model])
     note = SMOL_NOTE if model == "smol" else G2R_NOTE
     if script == "gguf-inspect":          # the Q4_K_M file that the cpu-gguf step wrote
         ident = results.model_identity(folder)
@@ -198,7 +199,7 @@ def main(machine: str, steps: str | None = None, models: str = "models", text_fi
     ev.read_text_file(text_file)                                    # a missing text fails here
     if Path(models).exists() and not Path(models).is_dir():
         raise ev.UserError(f"--models {models}: exists and is not a folder")
-    need = sorted({"smollm2-135m" if m == "smol" else "gpt2-random"
+    need = sorted({FOLDERS[m]
                    for s in chosen for _, m, _, _ in plan[s]} - {p.name for p in Path(models).glob("*")
                                                                    if (p / "config.json").exists()})
     if need:
@@ -209,8 +210,7 @@ def main(machine: str, steps: str | None = None, models: str = "models", text_fi
     def main_of(script, model, extra):
         call = script_main(script)
         if script == "gguf-inspect":
-            folder = str(Path(models) / ("smollm2-135m" if model == "smol" else "gpt2-random"))
-            call = with_gguf_file(call, folder, extra["type"])
+            call = with_gguf_file(call, str(Path(models) / FOLDERS[model]), extra["type"])
         return call
 
     rows, records, failures = run_study.execute(

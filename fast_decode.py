@@ -37,6 +37,7 @@ import torch
 import torch.nn.functional as F
 
 import evaluate as ev
+import kernels
 
 # Peak memory bandwidth from NVIDIA's spec sheets, matched against the device name (first
 # match wins): the floor of a decode step is weight bytes / this. Unknown GPUs get no floor.
@@ -56,10 +57,20 @@ def bench_bandwidth(record: dict) -> float | None:
     return float(bw) if bw else None
 
 
-METHODS = ("fp32", "fp16", "bnb-int8", "bnb-nf4", "scratch-int8-naive", "scratch-int8-fast",
-           "scratch-int4-fast", "scratch-nf4-fast")
 NOT_CAPTURABLE = {"bnb-int8": "LLM.int8() splits outlier columns by value (data-dependent shapes): not capturable"}
 FAST_PATH = "static KV cache, one CUDA graph per step (prompt pass, decode step, prefill), argmax on the device"
+FUSED_PATH = ("the fast path with the decode step as FusedStep's Triton kernels: per block norm+QKV GEMV, "
+              "attention over the filled cache, out-projection GEMV+residual, norm+up GEMV+activation, "
+              "down GEMV+residual; final norm+output layer+argmax; one CUDA graph")
+# The peers: the same job done by others' recipes, in the same round-robin run.
+COMPILE_MODE = "max-autotune-no-cudagraphs"       # the mode of gpt-fast's decode step; the graph is ours
+PEERS = {"torchao-int8wo": "torchao int8 weight-only (Int8WeightOnlyConfig) on every linear layer (GPT-2's Conv1D "
+                           "made nn.Linear first), the static-cache decode step under torch.compile(mode="
+                           f"'{COMPILE_MODE}'), replayed from one CUDA graph",
+         "hf-static-compile": "fp16, transformers generate() with cache_implementation='static', which compiles "
+                              "the forward (torch.compile, mode 'reduce-overhead': CUDA graphs)"}
+METHODS = ("fp32", "fp16", "bnb-int8", "bnb-nf4", "scratch-int8-naive", "scratch-int8-fast",
+           "scratch-int4-fast", "scratch-nf4-fast") + tuple(PEERS)
 
 
 # -----------------------------------------------------------------------------
@@ -159,14 +170,244 @@ def static_model(model, max_len: int) -> StaticCache:
 
 
 # -----------------------------------------------------------------------------
-# 2. Steps as programs: static buffers, run eagerly or replayed from a CUDA graph
+# 2. The fused decode step: one token in five kernels a block (CUDA; the tests run it under
+#    Triton's interpreter). The model's norms, residual adds and activation go into the GEMV
+#    beside them and attention reads only the filled part of the cache; layers the fused GEMV
+#    cannot read (bitsandbytes, group-wise or asymmetric int8) run as the model's modules.
+
+def fused_available(device: torch.device) -> str | None:
+    """None if the fused step can run on device, else why not."""
+    if kernels.triton_kernels() is None:
+        return "Triton is not installed"
+    if device.type != "cuda" and not kernels._interpreting():
+        return "the fused step runs on CUDA (or under TRITON_INTERPRET=1)"
+    return None
+
+
+def norm_args(norm: torch.nn.Module) -> tuple | None:
+    """A GPT-2 LayerNorm or a Llama RMSNorm as the fused GEMV's norm; None for another kind."""
+    if isinstance(norm, torch.nn.LayerNorm):
+        return kernels.NORM_LAYER, norm.weight, norm.bias, float(norm.eps)
+    if type(norm).__name__.endswith("RMSNorm") and hasattr(norm, "variance_epsilon"):
+        return kernels.NORM_RMS, norm.weight, None, float(norm.variance_epsilon)
+    return None
+
+
+def rows_of(m) -> int:
+    """Output features of a linear layer of any kind the fused step meets."""
+    for attr in ("out_features", "nf"):
+        if hasattr(m, attr):
+            return int(getattr(m, attr))
+    return int(m.shape[0])                                                   # Part 1's Linear4bit
+
+
+def stack_rows(modules: list, attr: str) -> torch.Tensor:
+    """modules' tensors `attr` as one, stacked by rows; with several, each module's tensor
+    becomes a view of its rows of the stacked one (the modules compute as before)."""
+    if len(modules) == 1:
+        return getattr(modules[0], attr).data.contiguous()
+    stacked = torch.cat([getattr(m, attr).data for m in modules])
+    at = 0
+    for m in modules:
+        t = getattr(m, attr)
+        view = stacked[at:at + t.shape[0]]
+        at += t.shape[0]
+        if isinstance(t, torch.nn.Parameter):
+            t.data = view
+        else:
+            setattr(m, attr, view)
+    return stacked
+
+
+def fused_weights(modules: list, dtype: torch.dtype, gated: bool = False) -> kernels.FusedWeights | None:
+    """The weights of one linear layer, or of several with the same input stacked by rows
+    (Llama's q, k, v; gate then up, gated=True), as the fused GEMV reads them: a float layer
+    (nn.Linear, or GPT-2's Conv1D, whose (in, out) weight is re-laid out once as (out, in),
+    in place), a Part 1 per-channel or per-tensor Int8Linear, or a Part 1 Linear4bit. None
+    for any other kind (bitsandbytes, group-wise or asymmetric int8): those run as the
+    model's modules. Stacking re-points each module's tensors at its rows of the stacked
+    ones, so no copy is kept."""
+    import part1_quantize_scratch as p1
+    from transformers.pytorch_utils import Conv1D
+    if len({type(m) for m in modules}) != 1 or gated and len(modules) != 2:
+        return None
+    first = modules[0]
+    n = rows_of(first) if gated else sum(map(rows_of, modules))
+    bias = None
+    if any(getattr(m, "bias", None) is not None for m in modules):
+        device = next(m.bias.device for m in modules if m.bias is not None)
+        bias = torch.cat([m.bias.data.to(dtype) if m.bias is not None else
+                          torch.zeros(rows_of(m), dtype=dtype, device=device) for m in modules])
+    if isinstance(first, (torch.nn.Linear, Conv1D)):
+        if any(m.weight.dtype != dtype for m in modules):
+            return None
+        if isinstance(first, Conv1D):
+            if len(modules) > 1:
+                return None
+            if not first.weight.t().is_contiguous():                       # (in, out) -> (out, in), once
+                first.weight.data = first.weight.data.t().contiguous().t()
+            w = first.weight.data.t()
+        else:
+            w = stack_rows(modules, "weight")
+        return kernels.FusedWeights(kernels.W_DENSE, w, n, w.shape[1], bias=bias)
+    if isinstance(first, p1.Int8Linear):
+        if any(m.zero_point is not None or m.scale.dim() != 1 for m in modules):
+            return None
+        for m in modules:
+            if m.scale.numel() != m.out_features:                            # per tensor: one scale a row
+                m.scale = m.scale.expand(m.out_features).contiguous()
+        q, s = stack_rows(modules, "qweight"), stack_rows(modules, "scale")
+        return kernels.FusedWeights(kernels.W_INT8, q, n, q.shape[1], scale=s, bias=bias)
+    if isinstance(first, p1.Linear4bit):
+        k = first.shape[1]
+        if (any((m.kind, m.block, m.shape[1]) != (first.kind, first.block, k) for m in modules)
+                or first.block not in kernels.FUSED_BLOCKS or k % first.block):
+            return None
+        packed, absmax = stack_rows(modules, "packed"), stack_rows(modules, "absmax")
+        return kernels.FusedWeights(kernels.W_4BIT, packed, n, k, scale=absmax, lut=first.lut(),
+                                    block=first.block, linear4=first.kind == "int4", bias=bias)
+    return None
+
+
+GPT2_ACTS = {"gelu_new": kernels.ACT_GELU_NEW, "gelu_pytorch_tanh": kernels.ACT_GELU_TANH}
+
+
+class FusedStep:
+    """One greedy decode step of a static-cache model (StaticGPT2 or StaticLlama) as a list of
+    kernel calls on static buffers, capturable as one CUDA graph. A block:
+      1. norm + QKV GEMV (+ bias)            (Llama: q, k, v stacked)
+      2. attention over positions 0..pos of the cache, k and v written at pos (Llama: rotary)
+      3. out-projection GEMV (+ bias) + residual, in place on the residual stream
+      4. norm + up GEMV (+ bias) + activation (Llama: gate and up in one GEMV, silu(g) * u)
+      5. down GEMV (+ bias) + residual
+    then the final norm + output layer + argmax per block of logits, and one kernel that
+    picks the token and advances step and pos; the embedding is one kernel too. A layer the
+    fused GEMV cannot read runs as the model's own module (with the model's norm before it
+    and its activation and residual add after). Reads next and pos; writes tokens[step]."""
+
+    def __init__(self, net: StaticCache, nxt: torch.Tensor, pos: torch.Tensor, step: torch.Tensor,
+                 tokens: torch.Tensor):
+        why = fused_available(net.device)
+        if why:
+            raise ev.UserError(f"the fused decode step cannot run here: {why}")
+        self.net, self.nxt, self.pos, self.step, self.tokens = net, nxt, pos, step, tokens
+        self.dtype, dev = net.dtype, net.device
+        self.ops, self.fused_layers, self.module_layers = [], [], []
+        model, c = net.model, net.model.config
+        gpt2 = c.model_type == "gpt2"
+        d = c.hidden_size
+        heads, kv_heads = (c.n_head, c.n_head) if gpt2 else (net.n_head, net.kv_heads)
+        head_dim = d // heads if gpt2 else net.head_dim
+        inner = (c.n_inner or 4 * d) if gpt2 else c.intermediate_size
+        buf = lambda n: torch.zeros(n, dtype=self.dtype, device=dev)       # noqa: E731
+        self.x, self.a = buf(d), buf(heads * head_dim)
+        self.qkv, self.h = buf((heads + 2 * kv_heads) * head_dim), buf(inner)
+        emb = model.transformer.wte if gpt2 else model.model.embed_tokens
+        self._embed(emb, model.transformer.wpe if gpt2 else None)
+        for i, blk in enumerate(net.blocks):
+            if gpt2:
+                att, mlp = blk.attn, blk.mlp
+                self._linear(f"{i}.attn.c_attn", [att.c_attn], self.x, self.qkv, blk.ln_1)
+                self._attend(i, heads, kv_heads, head_dim, head_dim ** -0.5, None)
+                self._linear(f"{i}.attn.c_proj", [att.c_proj], self.a, self.x, res=self.x)
+                self._linear(f"{i}.mlp.c_fc", [mlp.c_fc], self.x, self.h, blk.ln_2,
+                             act=GPT2_ACTS.get(c.activation_function), act_mod=mlp.act)
+                self._linear(f"{i}.mlp.c_proj", [mlp.c_proj], self.h, self.x, res=self.x)
+            else:
+                att, mlp = blk.self_attn, blk.mlp
+                self._linear(f"{i}.self_attn.qkv", [att.q_proj, att.k_proj, att.v_proj], self.x, self.qkv,
+                             blk.input_layernorm)
+                self._attend(i, heads, kv_heads, head_dim, att.scaling, (net.cos[0], net.sin[0]))
+                self._linear(f"{i}.self_attn.o_proj", [att.o_proj], self.a, self.x, res=self.x)
+                self._linear(f"{i}.mlp.gate_up", [mlp.gate_proj, mlp.up_proj], self.x, self.h,
+                             blk.post_attention_layernorm,
+                             act=kernels.ACT_SILU_GATE if c.hidden_act == "silu" else None, act_mod=mlp.act_fn)
+                self._linear(f"{i}.mlp.down_proj", [mlp.down_proj], self.h, self.x, res=self.x)
+        self._head(model.lm_head, model.transformer.ln_f if gpt2 else model.model.norm)
+
+    def __call__(self) -> None:
+        for op in self.ops:
+            op()
+
+    # the pieces
+    def _embed(self, te, pe) -> None:
+        import part1_quantize_scratch as p1
+
+        def table(e):
+            if e is None:
+                return None
+            return (e.qweight, e.scale) if isinstance(e, p1.Int8Embedding) else (e.weight, None)
+        self.ops.append(lambda: kernels.fused_embed(self.nxt, self.pos, table(te), table(pe), self.x))
+
+    def _attend(self, i: int, heads: int, kv_heads: int, head_dim: int, scale: float, rotary) -> None:
+        k, v = self.net.k[i][0], self.net.v[i][0]                             # (Hkv, T, D) each
+        self.ops.append(lambda: kernels.decode_attention(self.qkv, k, v, self.pos, self.a, heads, kv_heads,
+                                                         head_dim, float(scale), rotary))
+
+    def _linear(self, name: str, mods: list, inp: torch.Tensor, out: torch.Tensor, norm=None, act: int | None = 0,
+                act_mod=None, res: torch.Tensor | None = None) -> None:
+        """out = act(norm(inp) W^T + b) (+ res): one fused kernel, or the model's modules."""
+        gated = len(mods) == 2
+        fw = fused_weights(mods, self.dtype, gated)
+        nargs = None if norm is None else norm_args(norm)
+        if fw is not None and (norm is None or nargs is not None) and (act is not None or not gated):
+            self.fused_layers.append(name)
+            self.ops.append(lambda: kernels.fused_linear(inp, fw, out, nargs, act or 0, res))
+            if act is None and act_mod is not None:                          # an activation it lacks
+                self.ops.append(lambda: out.copy_(act_mod(out)))
+            return
+        self.module_layers.append(name)
+
+        def run():
+            h = inp.view(1, 1, -1) if norm is None else norm(inp.view(1, 1, -1))
+            if gated:
+                y = act_mod(mods[0](h)) * mods[1](h)
+            else:
+                y = torch.cat([m(h) for m in mods], -1)
+                if act_mod is not None:
+                    y = act_mod(y)
+            if res is None:
+                out.copy_(y.view(-1))
+            else:
+                torch.add(res, y.view(-1), out=out)
+        self.ops.append(run)
+
+    def _head(self, lm_head, norm) -> None:
+        fw, nargs = fused_weights([lm_head], self.dtype), norm_args(norm)
+        if fw is not None and nargs is not None:
+            self.fused_layers.append("lm_head")
+            parts = -(-fw.n // kernels.ARGMAX_BN)
+            pv = torch.full((parts,), float("-inf"), dtype=torch.float32, device=self.x.device)
+            pi = torch.zeros(parts, dtype=torch.int32, device=self.x.device)
+            self.ops.append(lambda: kernels.fused_argmax_head(self.x, fw, nargs, pv, pi, self.tokens, self.step,
+                                                              self.nxt, self.pos))
+            return
+        self.module_layers.append("lm_head")
+
+        def run():
+            nxt = lm_head(norm(self.x.view(1, 1, -1)))[0, -1].argmax(-1, keepdim=True)   # (1,)
+            self.tokens.index_copy_(0, self.step, nxt)
+            self.step.add_(1)
+            self.nxt.copy_(nxt[:, None])
+            self.pos.add_(1)
+        self.ops.append(run)
+
+    def kernels_per_step(self) -> int:
+        """Kernel launches of a step whose layers are all fused (module layers launch more)."""
+        return len(self.ops) + (1 if "lm_head" in self.fused_layers else 0)
+
+
+# -----------------------------------------------------------------------------
+# 3. Steps as programs: static buffers, run eagerly or replayed from a CUDA graph
 
 class FastDecoder:
     """Greedy decode and prefill over a static-cache model, each step captured as a CUDA graph
-    (graphs=True, CUDA only) or run eagerly on the same buffers (graphs=False)."""
+    (graphs=True, CUDA only) or run eagerly on the same buffers (graphs=False). fused=True:
+    the decode step is FusedStep's kernels (the prompt pass and the prefill stay as they are);
+    compiled=MODE: the decode step under torch.compile(mode=MODE), as gpt-fast does."""
 
     def __init__(self, model, prompt_tokens: int, new_tokens: int, prefill_tokens: int = 0, graphs: bool = True,
-                 no_graph_reason: str | None = None):
+                 no_graph_reason: str | None = None, fused: bool = False, compiled: str | None = None):
         self.net = static_model(model, max(prompt_tokens + new_tokens, prefill_tokens))
         dev = self.net.device
         self.graphs = graphs and dev.type == "cuda"
@@ -179,6 +420,12 @@ class FastDecoder:
         self.tokens = torch.zeros(new_tokens, dtype=torch.long, device=dev)
         self.logits = None
         self.programs = {"prompt": self._prompt_step, "decode": self._decode_step, "prefill": self._prefill_step}
+        self.fused = None
+        if fused:                          # the decode step as FusedStep's kernels; prompt and prefill as above
+            self.fused = FusedStep(self.net, self.next, self.pos, self.step, self.tokens)
+            self.programs["decode"] = self.fused
+        elif compiled:                     # a peer's recipe: the decode step under torch.compile (this mode)
+            self.programs["decode"] = torch.compile(self._decode_step, mode=compiled)
         self.why_no_graph = None if self.graphs else (no_graph_reason or "graphs off (CPU or asked)")
 
     # the three steps; only tensor ops on static buffers, nothing read back to the host
@@ -255,7 +502,7 @@ def generate_tokens(model, tokenizer, prompt: torch.Tensor, new_tokens: int) -> 
 
 
 # -----------------------------------------------------------------------------
-# 3. The benchmark: every method, generate() and the fast path, round-robin
+# 4. The benchmark: every method, generate() and the fast path, round-robin
 
 def decode_floor_ms(weight_bytes: int, bytes_per_s: float | None) -> float | None:
     return None if bytes_per_s is None else weight_bytes / bytes_per_s * 1e3
@@ -381,13 +628,67 @@ def parse_methods(spec: str) -> list[str]:
     return names
 
 
+def conv1d_to_linear(model) -> None:
+    """GPT-2's Conv1D layers as nn.Linear (weight transposed, same numbers), in place: what
+    torchao's quantize_() finds and quantizes."""
+    from transformers.pytorch_utils import Conv1D
+    for name, mod in list(model.named_modules()):
+        if isinstance(mod, Conv1D):
+            lin = torch.nn.Linear(mod.weight.shape[0], mod.nf, device=mod.weight.device, dtype=mod.weight.dtype)
+            lin.weight.data = mod.weight.data.t().contiguous()
+            lin.bias.data = mod.bias.data
+            parent, _, child = name.rpartition(".")
+            setattr(model.get_submodule(parent), child, lin)
+
+
+def first_line(e: Exception) -> str:
+    return f"{type(e).__name__}: {(str(e).strip().splitlines() or [''])[0][:200]}"
+
+
+def peer(name: str, model_id: str, tokenizer, prompt: torch.Tensor, prefill_ids: torch.Tensor, prompt_tokens: int,
+         new_tokens: int, prefill_tokens: int, fp16_tokens: torch.Tensor) -> tuple[dict | None, dict]:
+    """One peer: (its timed calls, its row), or (None, a row that says why it cannot run)."""
+    row = {"recipe": PEERS[name], "why_not": None}
+    try:
+        m = ev.load_model(model_id, "float16", "cuda")[0]
+        if name == "torchao-int8wo":
+            from torchao.quantization import Int8WeightOnlyConfig, quantize_
+            conv1d_to_linear(m)
+            quantize_(m, Int8WeightOnlyConfig())
+            ref = generate_tokens(m, tokenizer, prompt, new_tokens)          # its own eager generate()
+            fast = FastDecoder(m, prompt_tokens, new_tokens, prefill_tokens, compiled=COMPILE_MODE)
+            fast.capture()
+            if not fast.graphs:
+                raise RuntimeError(fast.why_no_graph)
+            got = fast.generate(prompt).clone()
+            calls = {"prefill": lambda: fast.prefill(prefill_ids), "decode": lambda: fast.generate(prompt)}
+            row["torchao_version"] = __import__("torchao").__version__
+        else:
+            gen = ev.greedy_config(tokenizer, new_tokens)
+            gen.cache_implementation = "static"
+            mask = torch.ones_like(prompt)
+            ref = fp16_tokens                                               # the fp16 model's eager generate()
+            got = m.generate(prompt, attention_mask=mask, generation_config=gen)[0, prompt.shape[1]:]
+            calls = {"prefill": lambda: m(prefill_ids, use_cache=False),
+                     "decode": lambda: m.generate(prompt, attention_mask=mask, generation_config=gen)}
+        torch.cuda.synchronize()
+        row["weights_bytes"] = ev.tensor_bytes(m)["bytes"]
+        row["leading_tokens_equal"] = int((got == ref).long().cumprod(0).sum())
+        return calls, row
+    except Exception as e:  # a peer that cannot run here is a row that says why, not a crash
+        row["why_not"] = first_line(e)
+        print(f"  {name}: cannot run ({row['why_not']})", file=sys.stderr, flush=True)
+        return None, row
+
+
 @torch.no_grad()
 def bench(model_id: str, tokenizer, ids: torch.Tensor, methods: list[str], prefill_tokens: int,
           prompt_tokens: int, new_tokens: int, repeats: int, warmup: int, progress: bool = True) -> dict:
     dev = torch.device("cuda")
     prefill_ids, prompt = ev.timing_inputs(ids, prefill_tokens, prompt_tokens, dev)
-    timed, rows = {}, {}
-    for name in methods:
+    bandwidth = hbm_bytes_per_s(torch.cuda.get_device_name())
+    timed, rows, refs = {}, {}, {}
+    for name in [m for m in methods if m not in PEERS]:
         torch.cuda.synchronize()
         before = torch.cuda.memory_allocated()
         torch.cuda.reset_peak_memory_stats()
@@ -395,19 +696,33 @@ def bench(model_id: str, tokenizer, ids: torch.Tensor, methods: list[str], prefi
         ev.check_timing_lengths(m, prefill_tokens, prompt_tokens, new_tokens, repeats)
         m(prompt)                                          # LLM.int8() sets its row scales lazily
         weights = ev.tensor_bytes(m)
-        ref = generate_tokens(m, tokenizer, prompt, new_tokens)
         uncapturable = NOT_CAPTURABLE.get(name)
+        fused, why_not_fused = None, uncapturable          # built first: it re-lays out weights in place
+        if uncapturable is None:
+            fused = FastDecoder(m, prompt_tokens, new_tokens, prefill_tokens, fused=True)
+        ref = refs[name] = generate_tokens(m, tokenizer, prompt, new_tokens)
         fast = FastDecoder(m, prompt_tokens, new_tokens, prefill_tokens, graphs=uncapturable is None,
                            no_graph_reason=uncapturable)
         fast.capture()
         got = fast.generate(prompt).clone()
+        same_fused = None
+        if fused is not None:
+            fused.capture()
+            if not fused.graphs:
+                why_not_fused, fused = fused.why_no_graph, None
+            else:
+                same_fused = int((fused.generate(prompt) == ref).long().cumprod(0).sum())
         torch.cuda.synchronize()
         same = int((got == ref).long().cumprod(0).sum())    # leading tokens that agree
         rows[name] = {"weights_mib": weights["mib"], "weights_bytes": weights["bytes"],
                       "weight_dtype_bytes": weights["by_dtype_bytes"],
-                      "floor_ms": decode_floor_ms(weights["bytes"], hbm_bytes_per_s(torch.cuda.get_device_name())),
+                      "floor_ms": decode_floor_ms(weights["bytes"], bandwidth),
                       "cuda_graph": fast.graphs, "why_no_graph": fast.why_no_graph,
                       "tokens_equal_generate": same == new_tokens, "leading_tokens_equal": same,
+                      "fused_leading_tokens_equal": same_fused, "why_not_fused": why_not_fused,
+                      "fused_layers": None if fused is None else len(fused.fused.fused_layers),
+                      "module_layers": None if fused is None else fused.fused.module_layers,
+                      "fused_kernels_per_step": None if fused is None else fused.fused.kernels_per_step(),
                       "peak_bytes": torch.cuda.max_memory_allocated() - before}
         layers = layer_times(m, graphs=uncapturable is None, repeats=repeats * 2)
         rows[name]["kernel_max_rel_err"] = kernel_error(m)
@@ -418,36 +733,63 @@ def bench(model_id: str, tokenizer, ids: torch.Tensor, methods: list[str], prefi
         timed[name] = ev.hf_calls(m, tokenizer, prefill_ids, prompt, new_tokens)
         timed[f"{name}·fast"] = {"prefill": lambda f=fast: f.prefill(prefill_ids),
                                  "decode": lambda f=fast: f.generate(prompt)}
+        if fused is not None:
+            timed[f"{name}·fused"] = {"prefill": lambda f=fused: f.prefill(prefill_ids),
+                                      "decode": lambda f=fused: f.generate(prompt)}
         print(f"  {name}: {weights['mib']:.1f} MiB, graph {'yes' if fast.graphs else 'no'}, "
-              f"fast tokens = generate tokens: {same}/{new_tokens}", file=sys.stderr, flush=True)
+              f"fast tokens = generate tokens: {same}/{new_tokens}, fused: "
+              + (f"{same_fused}/{new_tokens}" if fused is not None else f"no ({why_not_fused})"),
+              file=sys.stderr, flush=True)
+    peers = {}
+    for name in [m for m in methods if m in PEERS]:
+        calls, peers[name] = peer(name, model_id, tokenizer, prompt, prefill_ids, prompt_tokens, new_tokens,
+                                  prefill_tokens, refs["fp16"])
+        if calls is not None:
+            timed[f"{name}·peer"] = calls
+            print(f"  {name}: tokens = its reference: {peers[name]['leading_tokens_equal']}/{new_tokens}",
+                  file=sys.stderr, flush=True)
     result = ev.side_by_side(timed, dev, new_tokens, repeats, warmup, "fp16", progress)
-    fb = result["table"]["fp16·fast"]
+    rt = result["table"]
+    fb = rt["fp16·fast"]
+    fused_base = rt["fp16·fused"]["decode_ms_per_token"]["median"] if "fp16·fused" in rt else None
+
+    def path_row(entry: dict, floor: float | None) -> dict:
+        d = entry["decode_ms_per_token"]["median"]
+        return {"prefill_ms": entry["prefill_ms"], "decode_ms_per_token": entry["decode_ms_per_token"],
+                "vs_fp16_fused": None if fused_base is None else d / fused_base,
+                "x_floor": None if floor is None else d / floor}
+
     table = {}
-    for name in methods:
-        hf, fa = result["table"][name], result["table"][f"{name}·fast"]
+    for name in rows:
+        hf, fa = rt[name], rt[f"{name}·fast"]
+        floor = rows[name]["floor_ms"]
         table[name] = {**{k: hf[k] for k in ("prefill_ms", "decode_ms_per_token", "prefill_ratio", "decode_ratio")},
                        **rows[name],
-                       "fast_path": {"prefill_ms": fa["prefill_ms"], "decode_ms_per_token": fa["decode_ms_per_token"],
+                       "fast_path": {**path_row(fa, floor),
                                      "prefill_ratio": fa["prefill_ms"]["median"] / fb["prefill_ms"]["median"],
                                      "decode_ratio": fa["decode_ms_per_token"]["median"] /
                                      fb["decode_ms_per_token"]["median"],
-                                     "x_floor": None if rows[name]["floor_ms"] is None else
-                                     fa["decode_ms_per_token"]["median"] / rows[name]["floor_ms"],
                                      "speedup_over_generate": hf["decode_ms_per_token"]["median"] /
                                      fa["decode_ms_per_token"]["median"]},
+                       "fused_path": path_row(rt[f"{name}·fused"], floor) if f"{name}·fused" in rt else None,
                        "layer_ratio": {k: rows[name]["layers_us"][k]["median"] / rows["fp16"]["layers_us"][k]["median"]
                                        for k in rows[name]["layers_us"] if k != "graph"}}
-    return {"table": table, "baseline": "fp16", "repeats": repeats, "warmup": warmup,
+    for name, row in peers.items():
+        if row["why_not"] is None:
+            row.update(path_row(rt[f"{name}·peer"], decode_floor_ms(row["weights_bytes"], bandwidth)))
+    return {"table": table, "peers": peers, "baseline": "fp16", "repeats": repeats, "warmup": warmup,
             "order": result["order"], "prefill_tokens": prefill_tokens, "prompt_tokens": prompt_tokens,
             "new_tokens": new_tokens, "decode_definition": ev.DECODE_DEFINITION,
-            "fast_path": FAST_PATH, "fast_decode_definition":
+            "fast_path": FAST_PATH, "fused_path": FUSED_PATH, "fast_decode_definition":
                 "fast path wall time for the prompt pass + new_tokens-1 decode steps / new tokens",
-            "hbm_bytes_per_s": hbm_bytes_per_s(torch.cuda.get_device_name()), "layer_calls_per_replay": LAYER_CALLS,
+            "hbm_bytes_per_s": bandwidth, "layer_calls_per_replay": LAYER_CALLS,
             "layers_definition": "us per call of block 0's linear layers and lm_head at one token, "
                                  f"{LAYER_CALLS} calls per CUDA graph replay (eager where the method has no graph), "
                                  "median of 2 x repeats replays; linear_us_per_token = the number of blocks x the "
                                  "block's layers + lm_head",
             "note": "ratios: generate() against fp16 generate(); fast path against the fp16 fast path; "
+                    "vs_fp16_fused: decode against fp16 on the fused path; peers' tokens against their own "
+                    "eager generate() (torchao) or fp16's (transformers' static cache); "
                     "peak = CUDA memory allocated above what was held before loading the method "
                     "(its weights, KV cache, graphs, activations)"}
 
@@ -470,6 +812,7 @@ def table_text(result: dict) -> str:
                  + (f"{result['hbm_bytes_per_s'] / 1e12:.2f} TB/s (spec peak)" if result.get("hbm_bytes_per_s")
                     else "peak bandwidth (unknown for this GPU: no floor)") + "; tokens = leading "
                  "greedy tokens of the fast path equal to generate()'s")
+    lines += ["", fused_table_text(result)]
     names = [k for k in next(iter(result["table"].values()))["layers_us"] if k != "graph"]
     lines += ["", f"{'us per call, 1 token':<20} " + " ".join(f"{k:>16}" for k in names)
               + f" {'linears/token':>14}"]
@@ -484,8 +827,38 @@ def table_text(result: dict) -> str:
     return "\n".join(lines)
 
 
+def fused_table_text(result: dict) -> str:
+    """Decode on each path against fp16 on the fused path, the floor, and the peers beside them."""
+    if "fused_path" not in result:                       # a bench made before the fused step
+        return ""
+    n = result["new_tokens"]
+    lines = [f"{'method':<20} {'path':<8} {'ms/token':>9} {'vs fp16 fused':>14} {'x floor':>8} {'tokens':>8}"
+             f" {'kernels/step':>13}"]
+
+    def line(name, path, p, tokens, kernels_=None):
+        lines.append(f"{name:<20} {path:<8} {p['decode_ms_per_token']['median']:>9.4f} "
+                     f"{'–' if p['vs_fp16_fused'] is None else format(p['vs_fp16_fused'], '.2f'):>14} "
+                     f"{'–' if p['x_floor'] is None else format(p['x_floor'], '.1f'):>8} "
+                     f"{'–' if tokens is None else f'{tokens}/{n}':>8} {kernels_ or '':>13}")
+    for name, r in result["table"].items():
+        line(name, "fast", r["fast_path"], r["leading_tokens_equal"])
+        if r.get("fused_path"):
+            line(name, "fused", r["fused_path"], r["fused_leading_tokens_equal"], r["fused_kernels_per_step"])
+        else:
+            lines.append(f"{name:<20} {'fused':<8} not run: {r.get('why_not_fused')}")
+    for name, p in result.get("peers", {}).items():
+        if p["why_not"]:
+            lines.append(f"{name:<20} {'peer':<8} cannot run: {p['why_not']}")
+        else:
+            line(name, "peer", p, p["leading_tokens_equal"])
+    lines.append("ms/token: median decode, round-robin; vs fp16 fused: against fp16 on the fused path in the same "
+                 "run; x floor: against weight bytes / peak bandwidth; tokens: leading greedy tokens equal to "
+                 "generate()'s (a peer: to its reference)")
+    return "\n".join(lines)
+
+
 # -----------------------------------------------------------------------------
-# 4. CLI
+# 5. CLI
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="fast_decode.py", description=__doc__.split("\n\n")[0],

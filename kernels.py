@@ -30,6 +30,7 @@ from __future__ import annotations
 import os
 import sys
 import warnings
+from dataclasses import dataclass
 
 import torch
 
@@ -64,11 +65,12 @@ def int8_linear(x2: torch.Tensor, q: torch.Tensor, scale: torch.Tensor, zero: to
     kernel = cpu_kernel() if x2.dtype == torch.float32 else None
     if kernel is None:
         return None
-    y = kernel.int8_matmul(x2.contiguous(), q)                          # (M, N), int8 read in-register
-    if zero is not None:
+    if zero is not None:                                  # (x q^T - sum(x) zero) * scale + bias
+        y = kernel.int8_matmul(x2.contiguous(), q, torch.ones(1), _EMPTY)
         y = y - x2.sum(-1, keepdim=True) * zero.to(x2.dtype)
-    y = y * scale.to(x2.dtype)
-    return y if bias is None else y + bias
+        y = y * scale.to(x2.dtype)
+        return y if bias is None else y + bias
+    return kernel.int8_matmul(x2.contiguous(), q, scale.float(), _EMPTY if bias is None else bias.float())
 
 
 def q4_linear(x2: torch.Tensor, module) -> torch.Tensor | None:
@@ -86,39 +88,70 @@ def q4_linear(x2: torch.Tensor, module) -> torch.Tensor | None:
 _KERNEL_SRC = r"""
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
-// y (M, N) = x (M, K) @ q^T, q (N, K) int8, x float32, all contiguous.
-torch::Tensor int8_matmul(torch::Tensor x, torch::Tensor q) {
+#if defined(__AVX512F__) || defined(__AVX2__)
+#include <immintrin.h>
+#endif
+// One row of q (K int8) against x (K float32): int8 -> float in registers, K/16 (AVX-512)
+// or K/8 (AVX2) fused multiply-adds into four accumulators, one sum at the end.
+#ifndef QSTUDY_PF
+#define QSTUDY_PF 4096
+#endif
+static inline float dot_row(const float* x, const int8_t* q, int64_t K) {
+  int64_t i = 0;
+  float s = 0.f;
+#if defined(__AVX512F__)
+  __m512 a0 = _mm512_setzero_ps(), a1 = _mm512_setzero_ps(), a2 = _mm512_setzero_ps(), a3 = _mm512_setzero_ps();
+  for (; i + 64 <= K; i += 64) {
+    _mm_prefetch((const char*)(q + i + QSTUDY_PF), _MM_HINT_T0);
+    a0 = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i*)(q + i)))),
+                         _mm512_loadu_ps(x + i), a0);
+    a1 = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i*)(q + i + 16)))),
+                         _mm512_loadu_ps(x + i + 16), a1);
+    a2 = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i*)(q + i + 32)))),
+                         _mm512_loadu_ps(x + i + 32), a2);
+    a3 = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i*)(q + i + 48)))),
+                         _mm512_loadu_ps(x + i + 48), a3);
+  }
+  s = _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(a0, a1), _mm512_add_ps(a2, a3)));
+#elif defined(__AVX2__)
+  __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps();
+  for (; i + 16 <= K; i += 16) {
+    a0 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i*)(q + i)))),
+                         _mm256_loadu_ps(x + i), a0);
+    a1 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i*)(q + i + 8)))),
+                         _mm256_loadu_ps(x + i + 8), a1);
+  }
+  __m256 a = _mm256_add_ps(a0, a1);
+  __m128 h = _mm_add_ps(_mm256_castps256_ps128(a), _mm256_extractf128_ps(a, 1));
+  h = _mm_add_ps(h, _mm_movehl_ps(h, h));
+  s = _mm_cvtss_f32(_mm_add_ss(h, _mm_movehdup_ps(h)));
+#endif
+  for (; i < K; ++i) s += x[i] * (float)q[i];
+  return s;
+}
+// y (M, N) = (x (M, K) @ q^T) * scale + bias: q (N, K) int8; x, scale (N or 1), bias (N or
+// empty) float32, all contiguous. Threads split the rows of q; each row is read once.
+torch::Tensor int8_matmul(torch::Tensor x, torch::Tensor q, torch::Tensor scale, torch::Tensor bias) {
   TORCH_CHECK(x.is_contiguous() && q.is_contiguous() && x.size(1) == q.size(1), "int8_matmul: bad operands");
   const int64_t M = x.size(0), K = x.size(1), N = q.size(0);
+  TORCH_CHECK(scale.numel() == N || scale.numel() == 1, "int8_matmul: bad scale");
+  TORCH_CHECK(bias.numel() == N || bias.numel() == 0, "int8_matmul: bad bias");
   auto y = torch::empty({M, N}, x.options());
   const float* xp = x.data_ptr<float>();
   const int8_t* qp = q.data_ptr<int8_t>();
+  const float* sp = scale.data_ptr<float>();
+  const float* bp = bias.numel() ? bias.data_ptr<float>() : nullptr;
+  const int64_t ds = scale.numel() == 1 ? 0 : 1;
   float* yp = y.data_ptr<float>();
-  at::parallel_for(0, (N + 3) / 4, 16, [&](int64_t b0, int64_t b1) {
-    for (int64_t b = b0; b < b1; ++b) {
-      const int64_t n = b * 4, rows = std::min<int64_t>(4, N - n);
-      const int8_t* q0 = qp + n * K;
-      const int8_t* q1 = q0 + (rows > 1 ? K : 0);
-      const int8_t* q2 = q0 + (rows > 2 ? 2 * K : 0);
-      const int8_t* q3 = q0 + (rows > 3 ? 3 * K : 0);
-      for (int64_t m = 0; m < M; ++m) {
-        const float* xr = xp + m * K;
-        float a0 = 0.f, a1 = 0.f, a2 = 0.f, a3 = 0.f;
-        #pragma omp simd reduction(+:a0, a1, a2, a3)
-        for (int64_t i = 0; i < K; ++i) {
-          const float v = xr[i];
-          a0 += v * (float)q0[i]; a1 += v * (float)q1[i];
-          a2 += v * (float)q2[i]; a3 += v * (float)q3[i];
-        }
-        float* yr = yp + m * N + n;
-        const float acc[4] = {a0, a1, a2, a3};
-        for (int64_t r = 0; r < rows; ++r) yr[r] = acc[r];
-      }
-    }
+  at::parallel_for(0, N, 64, [&](int64_t n0, int64_t n1) {
+    for (int64_t n = n0; n < n1; ++n)
+      for (int64_t m = 0; m < M; ++m)
+        yp[m * N + n] = dot_row(xp + m * K, qp + n * K, K) * sp[n * ds] + (bp ? bp[n] : 0.f);
   });
   return y;
 }
 """
+_EMPTY = torch.empty(0)
 _kernel = None
 _kernel_error: str | None = None
 
@@ -129,9 +162,9 @@ def cpu_kernel():
     if _kernel is None and _kernel_error is None:
         try:
             from torch.utils.cpp_extension import load_inline
-            flags = ["-O3", "-fopenmp-simd"] + (["-march=native"] if sys.platform == "linux" else [])
+            flags = ["-O3", "-fopenmp"] + (["-march=native"] if sys.platform == "linux" else [])
             _kernel = load_inline("qstudy_int8_matmul", cpp_sources=_KERNEL_SRC, functions=["int8_matmul"],
-                                  extra_cflags=flags, verbose=False)
+                                  extra_cflags=flags, extra_ldflags=["-fopenmp"], verbose=False)
         except Exception as e:  # no compiler, no ninja, ...: fall back, say so once
             _kernel_error = f"{type(e).__name__}: {str(e).strip().splitlines()[0][:200] if str(e).strip() else ''}"
             warnings.warn(f"int8 CPU kernel unavailable, using the chunked path ({_kernel_error})")
@@ -214,6 +247,23 @@ if triton is not None:
         tl.store(y_ptr + m * N + rn, y.to(y_ptr.dtype.element_ty), mask=rn < N)
 
     @triton.jit
+    def _lut16(c, lut_ptr):
+        # lut[c] for 4-bit codes c, as a select tree on c's bits: registers only. (Measured on
+        # the H100 at GPT-2's shapes: a gather from the table, or from a 256-entry table of
+        # byte pairs, or a tree over packed fp16 pairs was no faster.)
+        v0, v1, v2, v3 = tl.load(lut_ptr + 0), tl.load(lut_ptr + 1), tl.load(lut_ptr + 2), tl.load(lut_ptr + 3)
+        v4, v5, v6, v7 = tl.load(lut_ptr + 4), tl.load(lut_ptr + 5), tl.load(lut_ptr + 6), tl.load(lut_ptr + 7)
+        v8, v9, v10, v11 = tl.load(lut_ptr + 8), tl.load(lut_ptr + 9), tl.load(lut_ptr + 10), tl.load(lut_ptr + 11)
+        v12, v13, v14, v15 = (tl.load(lut_ptr + 12), tl.load(lut_ptr + 13), tl.load(lut_ptr + 14),
+                              tl.load(lut_ptr + 15))
+        b0, b1, b2, b3 = (c & 1) != 0, (c & 2) != 0, (c & 4) != 0, (c & 8) != 0
+        lo = tl.where(b2, tl.where(b1, tl.where(b0, v7, v6), tl.where(b0, v5, v4)),
+                      tl.where(b1, tl.where(b0, v3, v2), tl.where(b0, v1, v0)))
+        hi = tl.where(b2, tl.where(b1, tl.where(b0, v15, v14), tl.where(b0, v13, v12)),
+                      tl.where(b1, tl.where(b0, v11, v10), tl.where(b0, v9, v8)))
+        return tl.where(b3, hi, lo)
+
+    @triton.jit
     def _q4_gemv(x_ptr, p_ptr, absmax_ptr, lut_ptr, bias_ptr, y_ptr, N, K, BLOCK: tl.constexpr,
                 LINEAR: tl.constexpr, HAS_BIAS: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr):
         # y[m, n] = sum_k x[m, k] lut[code[n, k]] absmax[n, k // BLOCK] + bias[n], m = program_id(0).
@@ -225,11 +275,6 @@ if triton is not None:
         rh = tl.arange(0, BK // 2)
         rk = tl.arange(0, BK)
         rb = tl.arange(0, BK // BLOCK)
-        v0, v1, v2, v3 = tl.load(lut_ptr + 0), tl.load(lut_ptr + 1), tl.load(lut_ptr + 2), tl.load(lut_ptr + 3)
-        v4, v5, v6, v7 = tl.load(lut_ptr + 4), tl.load(lut_ptr + 5), tl.load(lut_ptr + 6), tl.load(lut_ptr + 7)
-        v8, v9, v10, v11 = tl.load(lut_ptr + 8), tl.load(lut_ptr + 9), tl.load(lut_ptr + 10), tl.load(lut_ptr + 11)
-        v12, v13, v14, v15 = (tl.load(lut_ptr + 12), tl.load(lut_ptr + 13), tl.load(lut_ptr + 14),
-                              tl.load(lut_ptr + 15))
         acc = tl.zeros((BN, BK // BLOCK), dtype=tl.float32)
         for k0 in range(0, K, BK):
             kh = k0 // 2 + rh                                                      # byte index in the row
@@ -239,15 +284,7 @@ if triton is not None:
             if LINEAR:                                                             # int4: c - 8, /7 per block
                 w = (c - 8).to(tl.float32)
             else:
-                # lut[c] as a select tree on c's bits: registers only. (Measured on the H100 at
-                # GPT-2's shapes: a gather from the table, or from a 256-entry table of byte
-                # pairs, or a tree over packed fp16 pairs was no faster.)
-                b0, b1, b2, b3 = (c & 1) != 0, (c & 2) != 0, (c & 4) != 0, (c & 8) != 0
-                lo = tl.where(b2, tl.where(b1, tl.where(b0, v7, v6), tl.where(b0, v5, v4)),
-                              tl.where(b1, tl.where(b0, v3, v2), tl.where(b0, v1, v0)))
-                hi = tl.where(b2, tl.where(b1, tl.where(b0, v15, v14), tl.where(b0, v13, v12)),
-                              tl.where(b1, tl.where(b0, v11, v10), tl.where(b0, v9, v8)))
-                w = tl.where(b3, hi, lo)                                           # (BN, BK)
+                w = _lut16(c, lut_ptr)                                             # (BN, BK)
             kk = k0 + rk
             x = tl.load(x_ptr + m * K + kk, mask=kk < K, other=0.0).to(tl.float32)  # (BK,)
             part = tl.sum(tl.reshape(w * x[None, :], (BN, BK // BLOCK, BLOCK)), axis=2)  # (BN, BK/BLOCK)
@@ -262,6 +299,229 @@ if triton is not None:
         if HAS_BIAS:
             y += tl.load(bias_ptr + rn, mask=rn < N, other=0.0).to(tl.float32)
         tl.store(y_ptr + m * N + rn, y.to(y_ptr.dtype.element_ty), mask=rn < N)
+
+    # -------------------------------------------------------------------------
+    # The fused decode step (fast_decode.FusedStep): one token, batch 1. A block is five
+    # kernels: norm + QKV GEMV, attention over the static cache, out-projection GEMV + residual,
+    # norm + up GEMV + activation, down GEMV + residual. Where the model rounds to its 16-bit
+    # dtype (a norm's output, a layer's output, each op of GPT-2's gelu_new, a residual add),
+    # these kernels round too, so they compute what the model's modules compute.
+
+    @triton.jit
+    def _rnd(v, like_ptr):
+        # round fp32 to the activations' dtype and back: where the model's op would round
+        return v.to(like_ptr.dtype.element_ty).to(tl.float32)
+
+    @triton.jit
+    def _tanh(z):
+        return 1.0 - 2.0 / (tl.exp(2.0 * z) + 1.0)
+
+    @triton.jit
+    def _w_tile(w_ptr, s_ptr, lut_ptr, rows, rmask, k0, K, WFMT: tl.constexpr, LINEAR4: tl.constexpr,
+                QB: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr):
+        # rows (BN,) x columns k0..k0+BK of a weight, as fp32: dense (N, K) in any float dtype;
+        # int8 (N, K) (its per-row scale comes after the sum); packed 4-bit (N*K/2 bytes, as
+        # part1.pack_4bit writes them) times its absmax per block of QB along K.
+        rk = k0 + tl.arange(0, BK)
+        if WFMT == 2:
+            kh = k0 // 2 + tl.arange(0, BK // 2)
+            byte = tl.load(w_ptr + rows[:, None] * (K // 2) + kh[None, :],
+                           mask=rmask[:, None] & (kh[None, :] < K // 2), other=0).to(tl.int32)
+            c = tl.reshape(tl.join(byte >> 4, byte & 15), (BN, BK))
+            if LINEAR4:
+                v = (c - 8).to(tl.float32) / 7.0
+            else:
+                v = _lut16(c, lut_ptr)
+            kb = k0 // QB + tl.arange(0, BK // QB)
+            am = tl.load(s_ptr + rows[:, None] * (K // QB) + kb[None, :],
+                         mask=rmask[:, None] & (kb[None, :] < K // QB), other=0.0).to(tl.float32)
+            w = tl.reshape(tl.reshape(v, (BN, BK // QB, QB)) * am[:, :, None], (BN, BK))
+        else:
+            w = tl.load(w_ptr + rows[:, None] * K + rk[None, :], mask=rmask[:, None] & (rk[None, :] < K),
+                        other=0).to(tl.float32)
+        return w
+
+    @triton.jit
+    def _fused_gemv(x_ptr, nw_ptr, nb_ptr, w_ptr, s_ptr, lut_ptr, b_ptr, r_ptr, y_ptr, pv_ptr, pi_ptr,
+                    N, K, eps, NORM: tl.constexpr, WFMT: tl.constexpr, LINEAR4: tl.constexpr, QB: tl.constexpr,
+                    HAS_BIAS: tl.constexpr, ACT: tl.constexpr, HAS_RES: tl.constexpr, ARGMAX: tl.constexpr,
+                    BN: tl.constexpr, BK: tl.constexpr):
+        # y (N,) = act(norm(x) W^T * scale + bias) [+ r], x (K,): this program's BN outputs.
+        # NORM 0 none, 1 LayerNorm (nw, nb), 2 RMSNorm (nw); WFMT 0 dense, 1 int8, 2 4-bit;
+        # ACT 0 none, 1 GPT-2's gelu_new, 2 gelu tanh (one rounding), 3 silu(gate) * up, the
+        # weight holding gate's N rows then up's N rows. ARGMAX: no y; this block's largest
+        # output and its index go to pv[pid], pi[pid] (first index on ties), for _argmax_emit.
+        pid = tl.program_id(0)
+        rn = pid * BN + tl.arange(0, BN)
+        nm = rn < N
+        rk = tl.arange(0, BK)
+        mean = 0.0
+        rstd = 1.0
+        if NORM == 1:                                   # statistics in fp32, two passes, as torch
+            s1 = tl.zeros((BK,), tl.float32)
+            for k0 in range(0, K, BK):
+                s1 += tl.load(x_ptr + k0 + rk, mask=k0 + rk < K, other=0.0).to(tl.float32)
+            mean = tl.sum(s1, 0) / K
+        if NORM != 0:
+            s2 = tl.zeros((BK,), tl.float32)
+            for k0 in range(0, K, BK):
+                kk = k0 + rk
+                d = tl.where(kk < K, tl.load(x_ptr + kk, mask=kk < K, other=0.0).to(tl.float32) - mean, 0.0)
+                s2 += d * d
+            rstd = 1.0 / tl.sqrt(tl.sum(s2, 0) / K + eps)
+        acc = tl.zeros((BN, BK), tl.float32)
+        acc2 = tl.zeros((BN, BK), tl.float32)
+        for k0 in range(0, K, BK):
+            kk = k0 + rk
+            km = kk < K
+            x = tl.load(x_ptr + kk, mask=km, other=0.0).to(tl.float32)
+            if NORM == 1:
+                g = tl.load(nw_ptr + kk, mask=km, other=0.0).to(tl.float32)
+                b = tl.load(nb_ptr + kk, mask=km, other=0.0).to(tl.float32)
+                x = _rnd((x - mean) * rstd * g + b, x_ptr)
+            if NORM == 2:                               # Llama: weight * (x * rstd) in 16-bit
+                g = tl.load(nw_ptr + kk, mask=km, other=0.0).to(tl.float32)
+                x = _rnd(g * _rnd(x * rstd, x_ptr), x_ptr)
+            acc += _w_tile(w_ptr, s_ptr, lut_ptr, rn, nm, k0, K, WFMT, LINEAR4, QB, BN, BK) * x[None, :]
+            if ACT == 3:
+                acc2 += _w_tile(w_ptr, s_ptr, lut_ptr, rn + N, nm, k0, K, WFMT, LINEAR4, QB, BN, BK) * x[None, :]
+        y = tl.sum(acc, 1)                                                          # (BN,)
+        if WFMT == 1:
+            y = y * tl.load(s_ptr + rn, mask=nm, other=0.0).to(tl.float32)
+        if HAS_BIAS:
+            y += tl.load(b_ptr + rn, mask=nm, other=0.0).to(tl.float32)
+        y = _rnd(y, x_ptr)
+        if ACT == 1:                                    # 0.5 x (1 + tanh(c (x + 0.044715 x^3))), op by op
+            t = _rnd(y * y * y, x_ptr)
+            t = _rnd(0.044715 * t, x_ptr)
+            t = _rnd(y + t, x_ptr)
+            t = _rnd(0.7978845608028654 * t, x_ptr)
+            t = _rnd(_tanh(t), x_ptr)
+            t = _rnd(1.0 + t, x_ptr)
+            y = _rnd(_rnd(0.5 * y, x_ptr) * t, x_ptr)
+        if ACT == 2:
+            y = _rnd(0.5 * y * (1.0 + _tanh(0.7978845608028654 * (y + 0.044715 * y * y * y))), x_ptr)
+        if ACT == 3:
+            u = tl.sum(acc2, 1)
+            if WFMT == 1:
+                u = u * tl.load(s_ptr + N + rn, mask=nm, other=0.0).to(tl.float32)
+            if HAS_BIAS:
+                u += tl.load(b_ptr + N + rn, mask=nm, other=0.0).to(tl.float32)
+            u = _rnd(u, x_ptr)
+            y = _rnd(_rnd(y / (1.0 + tl.exp(-y)), x_ptr) * u, x_ptr)
+        if HAS_RES:
+            y = _rnd(tl.load(r_ptr + rn, mask=nm, other=0.0).to(tl.float32) + y, x_ptr)
+        if ARGMAX:
+            v = tl.where(nm, y, float("-inf"))
+            i = tl.argmax(v, 0, tie_break_left=True)
+            tl.store(pv_ptr + pid, tl.max(v, 0))
+            tl.store(pi_ptr + pid, pid * BN + i)
+        else:
+            tl.store(y_ptr + rn, y.to(y_ptr.dtype.element_ty), mask=nm)
+
+    @triton.jit
+    def _argmax_emit(pv_ptr, pi_ptr, P, tokens_ptr, step_ptr, next_ptr, pos_ptr, BP: tl.constexpr):
+        # The token: the largest of P block maxima (first index on ties), then the step's
+        # bookkeeping on the device: tokens[step] = it, next = it, step += 1, pos += 1.
+        rp = tl.arange(0, BP)
+        v = tl.load(pv_ptr + rp, mask=rp < P, other=float("-inf"))
+        best_v = tl.max(v, 0)
+        best_i = tl.load(pi_ptr + tl.argmax(v, 0, tie_break_left=True))
+        for p0 in range(BP, P, BP):
+            v = tl.load(pv_ptr + p0 + rp, mask=p0 + rp < P, other=float("-inf"))
+            m = tl.max(v, 0)
+            i = tl.load(pi_ptr + p0 + tl.argmax(v, 0, tie_break_left=True))
+            best_i = tl.where(m > best_v, i, best_i)
+            best_v = tl.maximum(m, best_v)
+        step = tl.load(step_ptr)
+        tok = best_i.to(tl.int64)
+        tl.store(tokens_ptr + step, tok)
+        tl.store(step_ptr, step + 1)
+        tl.store(next_ptr, tok)
+        tl.store(pos_ptr, tl.load(pos_ptr) + 1)
+
+    @triton.jit
+    def _embed(ids_ptr, pos_ptr, te_ptr, ts_ptr, pe_ptr, ps_ptr, x_ptr, C, TE_INT8: tl.constexpr,
+               HAS_PE: tl.constexpr, PE_INT8: tl.constexpr, BC: tl.constexpr):
+        # x (C,) = te[id] (+ pe[pos]); an int8 table's row times its scale, rounded as the model does
+        tok = tl.load(ids_ptr)
+        pos = tl.load(pos_ptr)
+        for c0 in range(0, C, BC):
+            c = c0 + tl.arange(0, BC)
+            cm = c < C
+            e = tl.load(te_ptr + tok * C + c, mask=cm, other=0).to(tl.float32)
+            if TE_INT8:
+                e = _rnd(e * tl.load(ts_ptr + tok).to(tl.float32), x_ptr)
+            if HAS_PE:
+                p = tl.load(pe_ptr + pos * C + c, mask=cm, other=0).to(tl.float32)
+                if PE_INT8:
+                    p = _rnd(p * tl.load(ps_ptr + pos).to(tl.float32), x_ptr)
+                e = _rnd(e + p, x_ptr)
+            tl.store(x_ptr + c, e.to(x_ptr.dtype.element_ty), mask=cm)
+
+    @triton.jit
+    def _rotate(a1, a2, c1, c2, s1, s2, like_ptr):
+        # the model's apply_rotary_pos_emb on the two halves of a head: a*cos + rotate_half(a)*sin
+        r1 = _rnd(_rnd(a1 * c1, like_ptr) + _rnd(-a2 * s1, like_ptr), like_ptr)
+        r2 = _rnd(_rnd(a2 * c2, like_ptr) + _rnd(a1 * s2, like_ptr), like_ptr)
+        return r1, r2
+
+    @triton.jit
+    def _decode_attention(qkv_ptr, kc_ptr, vc_ptr, cos_ptr, sin_ptr, pos_ptr, out_ptr, sm_scale, H, HKV, T,
+                          HALF: tl.constexpr, HP: tl.constexpr, ROTARY: tl.constexpr, BT: tl.constexpr):
+        # One query head per program. qkv (H*D + 2*HKV*D,) holds q, k, v of the new token at
+        # position pos; the cache (HKV, T, D) holds positions 0..pos-1. Rotary (Llama) on q and
+        # k from the model's cos/sin table (T, D); k, v written to the cache at pos (by the
+        # group's first head); softmax over positions 0..pos only, online, in fp32.
+        h = tl.program_id(0)
+        D = 2 * HALF
+        kvh = h // (H // HKV)
+        pos = tl.load(pos_ptr)
+        d = tl.arange(0, HP)
+        dm = d < HALF
+        q1 = tl.load(qkv_ptr + h * D + d, mask=dm, other=0.0).to(tl.float32)
+        q2 = tl.load(qkv_ptr + h * D + HALF + d, mask=dm, other=0.0).to(tl.float32)
+        kb = H * D + kvh * D
+        vb = (H + HKV) * D + kvh * D
+        k1 = tl.load(qkv_ptr + kb + d, mask=dm, other=0.0).to(tl.float32)
+        k2 = tl.load(qkv_ptr + kb + HALF + d, mask=dm, other=0.0).to(tl.float32)
+        v1 = tl.load(qkv_ptr + vb + d, mask=dm, other=0.0).to(tl.float32)
+        v2 = tl.load(qkv_ptr + vb + HALF + d, mask=dm, other=0.0).to(tl.float32)
+        if ROTARY:
+            c1 = tl.load(cos_ptr + pos * D + d, mask=dm, other=0.0).to(tl.float32)
+            c2 = tl.load(cos_ptr + pos * D + HALF + d, mask=dm, other=0.0).to(tl.float32)
+            s1 = tl.load(sin_ptr + pos * D + d, mask=dm, other=0.0).to(tl.float32)
+            s2 = tl.load(sin_ptr + pos * D + HALF + d, mask=dm, other=0.0).to(tl.float32)
+            q1, q2 = _rotate(q1, q2, c1, c2, s1, s2, qkv_ptr)
+            k1, k2 = _rotate(k1, k2, c1, c2, s1, s2, qkv_ptr)
+        base = kvh * T * D
+        if h % (H // HKV) == 0:
+            tl.store(kc_ptr + base + pos * D + d, k1.to(kc_ptr.dtype.element_ty), mask=dm)
+            tl.store(kc_ptr + base + pos * D + HALF + d, k2.to(kc_ptr.dtype.element_ty), mask=dm)
+            tl.store(vc_ptr + base + pos * D + d, v1.to(vc_ptr.dtype.element_ty), mask=dm)
+            tl.store(vc_ptr + base + pos * D + HALF + d, v2.to(vc_ptr.dtype.element_ty), mask=dm)
+        m = (tl.sum(q1 * k1, 0) + tl.sum(q2 * k2, 0)) * sm_scale           # the new token's score
+        l = m * 0.0 + 1.0
+        a1 = v1
+        a2 = v2
+        rt = tl.arange(0, BT)
+        for t0 in range(0, pos, BT):
+            t = t0 + rt
+            tm = t < pos
+            off = base + t[:, None] * D + d[None, :]
+            msk = tm[:, None] & dm[None, :]
+            s = (tl.sum(tl.load(kc_ptr + off, mask=msk, other=0.0).to(tl.float32) * q1[None, :], 1)
+                 + tl.sum(tl.load(kc_ptr + off + HALF, mask=msk, other=0.0).to(tl.float32) * q2[None, :], 1))
+            s = tl.where(tm, s * sm_scale, float("-inf"))
+            m_new = tl.maximum(m, tl.max(s, 0))
+            alpha = tl.exp(m - m_new)
+            p = tl.exp(s - m_new)
+            l = l * alpha + tl.sum(p, 0)
+            a1 = a1 * alpha + tl.sum(p[:, None] * tl.load(vc_ptr + off, mask=msk, other=0.0).to(tl.float32), 0)
+            a2 = a2 * alpha + tl.sum(p[:, None] * tl.load(vc_ptr + off + HALF, mask=msk, other=0.0).to(tl.float32), 0)
+            m = m_new
+        tl.store(out_ptr + h * D + d, (a1 / l).to(out_ptr.dtype.element_ty), mask=dm)
+        tl.store(out_ptr + h * D + HALF + d, (a2 / l).to(out_ptr.dtype.element_ty), mask=dm)
 
 
 
@@ -297,7 +557,12 @@ def _make_launchers() -> dict:
         tuned = triton.autotune(configs=configs, key=key)(kernel)
         return lambda M, N, *args, **kw: tuned[lambda meta: grid(meta, M, N)](*args, **kw)
 
+    fused_configs = [triton.Config({"BN": bn, "BK": bk}, num_warps=w)     # BK >= 128: whole 4-bit blocks
+                     for bn, bk, w in ((1, 1024, 4), (2, 512, 4), (4, 256, 4), (4, 512, 4), (8, 128, 4),
+                                       (8, 256, 4), (16, 128, 4), (32, 128, 8))]
     return {
+        "fused_gemv": launcher(_fused_gemv, fused_configs, ["N", "K"],
+                               lambda c, M, N: (triton.cdiv(N, c["BN"]),), {"BN": 8, "BK": 128}),
         "int8_mm": launcher(_int8_mm, mm_configs, ["M", "N", "K"],
                             lambda c, M, N: (triton.cdiv(M, c["BM"]), triton.cdiv(N, c["BN"])),
                             {"BM": 16, "BN": 32, "BK": 64}),
@@ -337,3 +602,80 @@ def triton_4bit_linear(x2: torch.Tensor, module) -> torch.Tensor:
                                 bias if bias is not None else x2, y, N, K, BLOCK=module.block,
                                 LINEAR=module.kind == "int4", HAS_BIAS=bias is not None)
     return y
+
+
+# -----------------------------------------------------------------------------
+# The fused decode step's operations (fast_decode.FusedStep calls these; one token, batch 1)
+
+NORM_LAYER, NORM_RMS = 1, 2                              # _fused_gemv's NORM
+ACT_GELU_NEW, ACT_GELU_TANH, ACT_SILU_GATE = 1, 2, 3     # _fused_gemv's ACT
+W_DENSE, W_INT8, W_4BIT = 0, 1, 2                        # _fused_gemv's WFMT
+ARGMAX_BN = 8                                            # output rows per program of the argmax head
+FUSED_BLOCKS = (32, 64, 128)                             # 4-bit block sizes the fused GEMV takes
+
+
+@dataclass
+class FusedWeights:
+    """One linear layer, or the stacked rows of several (Llama's q, k, v; gate then up), as
+    the fused GEMV reads it. fmt W_DENSE: w (rows, K) in any float dtype; W_INT8: w (rows, K)
+    int8 and scale (rows,); W_4BIT: w the packed codes (rows*K/2,) uint8, scale the absmax
+    per block of `block` along K, lut the 16 code values. n: output features (of each
+    half, for gate/up)."""
+    fmt: int
+    w: torch.Tensor
+    n: int
+    k: int
+    scale: torch.Tensor | None = None
+    lut: torch.Tensor | None = None
+    block: int = 64
+    linear4: bool = False
+    bias: torch.Tensor | None = None
+
+
+def fused_linear(x: torch.Tensor, fw: FusedWeights, y: torch.Tensor, norm: tuple | None = None, act: int = 0,
+                 res: torch.Tensor | None = None) -> None:
+    """y (N,) = act(norm(x) W^T + bias) [+ res], x (K,), in one kernel; norm = (NORM_LAYER or
+    NORM_RMS, weight, bias or None, eps). y may be res (the residual stream, in place)."""
+    kind, nw, nb, eps = norm or (0, x, None, 0.0)
+    triton_kernels()["fused_gemv"](
+        1, fw.n, x, nw, x if nb is None else nb, fw.w, x if fw.scale is None else fw.scale,
+        x if fw.lut is None else fw.lut, x if fw.bias is None else fw.bias, x if res is None else res, y,
+        y, y, fw.n, fw.k, eps, NORM=kind, WFMT=fw.fmt, LINEAR4=fw.linear4, QB=fw.block,
+        HAS_BIAS=fw.bias is not None, ACT=act, HAS_RES=res is not None, ARGMAX=False)
+
+
+def fused_argmax_head(x: torch.Tensor, fw: FusedWeights, norm: tuple, pv: torch.Tensor, pi: torch.Tensor,
+                      tokens: torch.Tensor, step: torch.Tensor, nxt: torch.Tensor, pos: torch.Tensor) -> None:
+    """The greedy token from the final norm and the output layer, in two kernels: each block
+    of ARGMAX_BN logits leaves its largest in pv, pi (fp32, int32: cdiv(V, ARGMAX_BN) each);
+    the second picks the token and does the step's bookkeeping (tokens[step], next, step, pos)."""
+    kind, nw, nb, eps = norm
+    parts = triton.cdiv(fw.n, ARGMAX_BN)
+    _fused_gemv[(parts,)](x, nw, x if nb is None else nb, fw.w, x if fw.scale is None else fw.scale,
+                          x if fw.lut is None else fw.lut, x if fw.bias is None else fw.bias, x, x, pv, pi,
+                          fw.n, fw.k, eps, NORM=kind, WFMT=fw.fmt, LINEAR4=fw.linear4, QB=fw.block,
+                          HAS_BIAS=fw.bias is not None, ACT=0, HAS_RES=False, ARGMAX=True, BN=ARGMAX_BN, BK=256,
+                          num_warps=4)
+    _argmax_emit[(1,)](pv, pi, parts, tokens, step, nxt, pos, BP=1024, num_warps=4)
+
+
+def fused_embed(ids: torch.Tensor, pos: torch.Tensor, te, pe, x: torch.Tensor) -> None:
+    """x (C,) = te[ids[0]] (+ pe[pos[0]]); te, pe: (table, scale or None), a scale meaning an
+    int8 table with one scale per row (Part 1's Int8Embedding)."""
+    (tw, tsc), (pw, psc) = te, pe if pe is not None else (x, None)
+    C = x.numel()
+    _embed[(1,)](ids, pos, tw, x if tsc is None else tsc, pw, x if psc is None else psc, x, C,
+                 TE_INT8=tsc is not None, HAS_PE=pe is not None, PE_INT8=psc is not None,
+                 BC=min(triton.next_power_of_2(C), 1024), num_warps=4)
+
+
+def decode_attention(qkv: torch.Tensor, kc: torch.Tensor, vc: torch.Tensor, pos: torch.Tensor, out: torch.Tensor,
+                     heads: int, kv_heads: int, head_dim: int, sm_scale: float, rotary: tuple | None = None) -> None:
+    """One token's attention over a static cache: qkv (heads*D + 2*kv_heads*D,), kc, vc
+    (kv_heads, T, D) holding positions < pos, written at pos here; rotary = (cos, sin), each
+    (T, D), for Llama. -> out (heads*D,)."""
+    half = head_dim // 2
+    cos, sin = rotary or (qkv, qkv)
+    _decode_attention[(heads,)](qkv, kc, vc, cos, sin, pos, out, sm_scale, heads, kv_heads, kc.shape[-2],
+                                HALF=half, HP=triton.next_power_of_2(half), ROTARY=rotary is not None, BT=64,
+                                num_warps=4)

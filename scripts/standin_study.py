@@ -39,6 +39,8 @@ SMOL_NOTE = "smollm2-135m (SmolLM2-135M-Instruct, dequantized from Q4_1) stands 
 G2R_NOTE = ("gpt2-random (GPT-2 small shapes, random weights) stands in for gpt2 for memory and latency; "
             "its perplexity means nothing")
 CPU_PREFIX = 16384          # tokens scored on the CPU: 32 windows of 1024 at stride 512
+FUSED_BENCH = {"methods": "fp16,scratch-int8-fast,scratch-int4-fast,scratch-nf4-fast,bnb-nf4,torchao-int8wo,"
+                          "hf-static-compile"}   # LLM.int8() has no graph: its generate() alone takes minutes
 CPU_TIMING = {"repeats": 5, "new_tokens": 64}     # fewer on 2 cores: bitsandbytes INT8 decodes slowly there
 GGUF_TYPES = ",".join(run_study.GGUF_TYPES)
 FOLDERS = {"smol": "smollm2-135m", "g2r": "gpt2-random"}      # a plan's model -> its folder under --models
@@ -94,6 +96,8 @@ def steps_for(machine: str) -> dict[str, list[tuple[str, str, str, dict]]]:
                           {"max_tokens": 8192, "per_line": 0, "mode": "all"}),
                          ("bitsandbytes bench (GPT-2 shapes)", "g2r", "part2", {"bench": True}),
                          ("fast decode bench (GPT-2 shapes)", "g2r", "fast_decode", {})],
+            "cuda-fused": [("fused decode bench with peers (GPT-2 shapes)", "g2r", "fast_decode", FUSED_BENCH),
+                           ("fused decode bench with peers", "smol", "fast_decode", FUSED_BENCH)],
         }
     raise ev.UserError(f"unknown --machine '{machine}' (choose cpu or cuda)")
 
@@ -141,7 +145,7 @@ def keywords(script: str, model: str, extra: dict, machine: str, models: str, te
         return {"inspect": str(Path(gguf_dir) / name), "stand_in": note,
                 "out": str(Path(results_dir) / f"gguf-inspect__{Path(folder).name}-{extra['type']}.json")}
     kw = {"model": folder, "text_file": text, "stand_in": note, "quiet": True, "results_dir": results_dir}
-    if script != "fast_decode":
+    if script != "fast_decode" or machine == "cpu":
         kw["device"] = machine
     if model == "g2r":
         kw["random_weights"] = True

@@ -392,9 +392,10 @@ class FusedStep:
             self.pos.add_(1)
         self.ops.append(run)
 
-    def kernels_per_step(self) -> int:
-        """Kernel launches of a step whose layers are all fused (module layers launch more)."""
-        return len(self.ops) + (1 if "lm_head" in self.fused_layers else 0)
+    def kernels_per_step(self) -> int | None:
+        """Kernel launches of a step whose layers are all fused; None where modules run (they
+        launch what they launch)."""
+        return None if self.module_layers else len(self.ops) + 1         # the head is two kernels
 
 
 # -----------------------------------------------------------------------------
@@ -641,6 +642,19 @@ def conv1d_to_linear(model) -> None:
             setattr(model.get_submodule(parent), child, lin)
 
 
+def subclass_bytes(model) -> int:
+    """Bytes of a model's parameters and buffers (each object once) where some are tensor
+    subclasses (torchao's quantized weights): a subclass counts the tensors it holds."""
+    def size(t) -> int:
+        if hasattr(type(t), "__tensor_flatten__"):
+            return sum(size(getattr(t, n)) for n in type(t).__tensor_flatten__(t)[0])
+        return t.numel() * t.element_size()
+    seen = {}
+    for t in [*model.parameters(), *model.buffers()]:
+        seen[id(t)] = t
+    return sum(size(t) for t in seen.values())
+
+
 def first_line(e: Exception) -> str:
     return f"{type(e).__name__}: {(str(e).strip().splitlines() or [''])[0][:200]}"
 
@@ -672,11 +686,13 @@ def peer(name: str, model_id: str, tokenizer, prompt: torch.Tensor, prefill_ids:
             calls = {"prefill": lambda: m(prefill_ids, use_cache=False),
                      "decode": lambda: m.generate(prompt, attention_mask=mask, generation_config=gen)}
         torch.cuda.synchronize()
-        row["weights_bytes"] = ev.tensor_bytes(m)["bytes"]
+        row["weights_bytes"] = subclass_bytes(m)
         row["leading_tokens_equal"] = int((got == ref).long().cumprod(0).sum())
         return calls, row
     except Exception as e:  # a peer that cannot run here is a row that says why, not a crash
         row["why_not"] = first_line(e)
+        import traceback
+        traceback.print_exc(limit=-6)
         print(f"  {name}: cannot run ({row['why_not']})", file=sys.stderr, flush=True)
         return None, row
 

@@ -345,8 +345,9 @@ if triton is not None:
     def _fused_gemv(x_ptr, nw_ptr, nb_ptr, w_ptr, s_ptr, lut_ptr, b_ptr, r_ptr, y_ptr, pv_ptr, pi_ptr,
                     N, K, eps, NORM: tl.constexpr, WFMT: tl.constexpr, LINEAR4: tl.constexpr, QB: tl.constexpr,
                     HAS_BIAS: tl.constexpr, ACT: tl.constexpr, HAS_RES: tl.constexpr, ARGMAX: tl.constexpr,
-                    BN: tl.constexpr, BK: tl.constexpr):
+                    KP: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr):
         # y (N,) = act(norm(x) W^T * scale + bias) [+ r], x (K,): this program's BN outputs.
+        # KP: a power of two >= K (the norm's statistics read x in one load).
         # NORM 0 none, 1 LayerNorm (nw, nb), 2 RMSNorm (nw); WFMT 0 dense, 1 int8, 2 4-bit;
         # ACT 0 none, 1 GPT-2's gelu_new, 2 gelu tanh (one rounding), 3 silu(gate) * up, the
         # weight holding gate's N rows then up's N rows. ARGMAX: no y; this block's largest
@@ -357,18 +358,13 @@ if triton is not None:
         rk = tl.arange(0, BK)
         mean = 0.0
         rstd = 1.0
-        if NORM == 1:                                   # statistics in fp32, two passes, as torch
-            s1 = tl.zeros((BK,), tl.float32)
-            for k0 in range(0, K, BK):
-                s1 += tl.load(x_ptr + k0 + rk, mask=k0 + rk < K, other=0.0).to(tl.float32)
-            mean = tl.sum(s1, 0) / K
-        if NORM != 0:
-            s2 = tl.zeros((BK,), tl.float32)
-            for k0 in range(0, K, BK):
-                kk = k0 + rk
-                d = tl.where(kk < K, tl.load(x_ptr + kk, mask=kk < K, other=0.0).to(tl.float32) - mean, 0.0)
-                s2 += d * d
-            rstd = 1.0 / tl.sqrt(tl.sum(s2, 0) / K + eps)
+        if NORM != 0:                                   # statistics in fp32, from one load of x
+            rr = tl.arange(0, KP)
+            xs = tl.load(x_ptr + rr, mask=rr < K, other=0.0).to(tl.float32)
+            if NORM == 1:
+                mean = tl.sum(xs, 0) / K
+            dx = tl.where(rr < K, xs - mean, 0.0)
+            rstd = 1.0 / tl.sqrt(tl.sum(dx * dx, 0) / K + eps)
         acc = tl.zeros((BN, BK), tl.float32)
         acc2 = tl.zeros((BN, BK), tl.float32)
         for k0 in range(0, K, BK):
@@ -558,8 +554,9 @@ def _make_launchers() -> dict:
         return lambda M, N, *args, **kw: tuned[lambda meta: grid(meta, M, N)](*args, **kw)
 
     fused_configs = [triton.Config({"BN": bn, "BK": bk}, num_warps=w)     # BK >= 128: whole 4-bit blocks
-                     for bn, bk, w in ((1, 1024, 4), (2, 512, 4), (4, 256, 4), (4, 512, 4), (8, 128, 4),
-                                       (8, 256, 4), (16, 128, 4), (32, 128, 8))]
+                     for bn, bk, w in ((1, 1024, 4), (2, 1024, 4), (4, 1024, 8), (1, 2048, 4), (2, 2048, 8),
+                                       (1, 4096, 8), (2, 512, 4), (4, 256, 4), (4, 512, 4), (8, 128, 4),
+                                       (8, 256, 4), (8, 512, 8), (16, 128, 4), (32, 128, 8))]
     return {
         "fused_gemv": launcher(_fused_gemv, fused_configs, ["N", "K"],
                                lambda c, M, N: (triton.cdiv(N, c["BN"]),), {"BN": 8, "BK": 128}),
@@ -641,7 +638,8 @@ def fused_linear(x: torch.Tensor, fw: FusedWeights, y: torch.Tensor, norm: tuple
         1, fw.n, x, nw, x if nb is None else nb, fw.w, x if fw.scale is None else fw.scale,
         x if fw.lut is None else fw.lut, x if fw.bias is None else fw.bias, x if res is None else res, y,
         y, y, fw.n, fw.k, eps, NORM=kind, WFMT=fw.fmt, LINEAR4=fw.linear4, QB=fw.block,
-        HAS_BIAS=fw.bias is not None, ACT=act, HAS_RES=res is not None, ARGMAX=False)
+        HAS_BIAS=fw.bias is not None, ACT=act, HAS_RES=res is not None, ARGMAX=False,
+        KP=triton.next_power_of_2(fw.k))
 
 
 def fused_argmax_head(x: torch.Tensor, fw: FusedWeights, norm: tuple, pv: torch.Tensor, pi: torch.Tensor,
@@ -654,9 +652,11 @@ def fused_argmax_head(x: torch.Tensor, fw: FusedWeights, norm: tuple, pv: torch.
     _fused_gemv[(parts,)](x, nw, x if nb is None else nb, fw.w, x if fw.scale is None else fw.scale,
                           x if fw.lut is None else fw.lut, x if fw.bias is None else fw.bias, x, x, pv, pi,
                           fw.n, fw.k, eps, NORM=kind, WFMT=fw.fmt, LINEAR4=fw.linear4, QB=fw.block,
-                          HAS_BIAS=fw.bias is not None, ACT=0, HAS_RES=False, ARGMAX=True, BN=ARGMAX_BN, BK=256,
-                          num_warps=4)
-    _argmax_emit[(1,)](pv, pi, parts, tokens, step, nxt, pos, BP=1024, num_warps=4)
+                          HAS_BIAS=fw.bias is not None, ACT=0, HAS_RES=False, ARGMAX=True,
+                          KP=triton.next_power_of_2(fw.k), BN=ARGMAX_BN, BK=min(triton.next_power_of_2(fw.k), 1024),
+                          num_warps=8)
+    _argmax_emit[(1,)](pv, pi, parts, tokens, step, nxt, pos, BP=min(triton.next_power_of_2(parts), 8192),
+                       num_warps=8)
 
 
 def fused_embed(ids: torch.Tensor, pos: torch.Tensor, te, pe, x: torch.Tensor) -> None:
@@ -677,5 +677,5 @@ def decode_attention(qkv: torch.Tensor, kc: torch.Tensor, vc: torch.Tensor, pos:
     half = head_dim // 2
     cos, sin = rotary or (qkv, qkv)
     _decode_attention[(heads,)](qkv, kc, vc, cos, sin, pos, out, sm_scale, heads, kv_heads, kc.shape[-2],
-                                HALF=half, HP=triton.next_power_of_2(half), ROTARY=rotary is not None, BT=64,
+                                HALF=half, HP=triton.next_power_of_2(half), ROTARY=rotary is not None, BT=128,
                                 num_warps=4)

@@ -40,7 +40,7 @@ G2R_NOTE = ("gpt2-random (GPT-2 small shapes, random weights) stands in for gpt2
             "its perplexity means nothing")
 CPU_PREFIX = 16384          # tokens scored on the CPU: 32 windows of 1024 at stride 512
 FUSED_BENCH = {"methods": "fp16,scratch-int8-fast,scratch-int4-fast,scratch-nf4-fast,bnb-nf4,torchao-int8wo,"
-                          "hf-static-compile"}   # LLM.int8() has no graph: its generate() alone takes minutes
+                          "hf-static-compile", "repeats": 6}   # LLM.int8() has no graph: its generate() alone takes minutes
 CPU_TIMING = {"repeats": 5, "new_tokens": 64}     # fewer on 2 cores: bitsandbytes INT8 decodes slowly there
 GGUF_TYPES = ",".join(run_study.GGUF_TYPES)
 FOLDERS = {"smol": "smollm2-135m", "g2r": "gpt2-random"}      # a plan's model -> its folder under --models

@@ -4,6 +4,7 @@ Llama, and the side-by-side benchmark that measures every method both ways on on
 
     python fast_decode.py --model DIR --text-file FILE            # the bench (CUDA needed)
     python fast_decode.py --methods fp16,scratch-int8-fast        # a subset
+    python fast_decode.py --device cpu --model DIR --text-file FILE   # the CPU bench, llama.cpp beside
     python fast_decode.py --help
 
 Why: at GPT-2's size, Hugging Face generate spends a decoded token on Python and kernel
@@ -619,13 +620,13 @@ def load_method(name: str, model_id: str, device: str):
     return m
 
 
-def parse_methods(spec: str) -> list[str]:
+def parse_methods(spec: str, choices: tuple = METHODS, baseline: str = "fp16") -> list[str]:
     names = [s.strip() for s in spec.split(",") if s.strip()]
     for n in names:
-        if n not in METHODS:
-            raise ev.UserError(f"unknown method '{n}' (choose from {', '.join(METHODS)})")
-    if "fp16" not in names:
-        raise ev.UserError("--methods must include fp16, the baseline of every ratio")
+        if n not in choices:
+            raise ev.UserError(f"unknown method '{n}' (choose from {', '.join(choices)})")
+    if baseline not in names:
+        raise ev.UserError(f"--methods must include {baseline}, the baseline of every ratio")
     return names
 
 
@@ -810,6 +811,99 @@ def bench(model_id: str, tokenizer, ids: torch.Tensor, methods: list[str], prefi
                     "(its weights, KV cache, graphs, activations)"}
 
 
+# -----------------------------------------------------------------------------
+# 4b. The CPU bench: Part 1 on its static-cache path beside llama.cpp, same model, same threads
+
+CPU_METHODS = ("fp32", "scratch-int8-fast", "bnb-int8", "bnb-nf4", "gguf-f32", "gguf-f16", "gguf-q8_0", "gguf-q4_0")
+CPU_PATH = ("static KV cache, eager (no CUDA graphs on a CPU), one forward per token, argmax in place: "
+            "generate()'s per-token work is gone; Part 1's int8 layers read int8 in a threaded C++ kernel")
+
+
+def cpu_method(name: str, model_id: str):
+    """A Hugging Face method on the CPU, fp32 activations."""
+    import part1_quantize_scratch as p1
+    if name.startswith("bnb-"):
+        import part2_bnb_nf4 as p2
+        return p2.load_bnb(model_id, name[4:], "cpu", "float32")[0]
+    m = ev.load_model(model_id, "float32", "cpu")[0]
+    if name == "scratch-int8-fast":
+        p1.quantize_model(m, "whole", 8, "per_channel")
+        p1.set_path(m, "fast")
+    return m
+
+
+@torch.no_grad()
+def cpu_bench(model_id: str, tokenizer, ids: torch.Tensor, methods: list[str], prefill_tokens: int,
+              prompt_tokens: int, new_tokens: int, repeats: int, warmup: int, gguf_dir: str,
+              progress: bool = True) -> dict:
+    """Every method round-robin on this CPU: Hugging Face methods on the static-cache path
+    (fp32 also through generate(), for scale), llama.cpp's GGUF files of the same model
+    (made here by bonus_gguf.py's converter and quantizer), the same prompt, new tokens and
+    threads. Decode ratios against fp32 on the static path."""
+    from pathlib import Path
+
+    import bonus_gguf as bg
+    import results
+    cpu = torch.device("cpu")
+    threads = torch.get_num_threads()
+    prefill_ids, prompt = ev.timing_inputs(ids, prefill_tokens, prompt_tokens, cpu)
+    timed, rows = {}, {}
+    for name in methods:
+        if name.startswith("gguf-"):
+            t = name[5:].upper()
+            folder = bg.local_model_dir(model_id)
+            path = bg.make_gguf_files(folder, Path(gguf_dir), [t], bg.gguf_stem(model_id, folder), True)[t]
+            with bg.native_output_hidden(not progress):
+                lm = bg.LlamaCppLM(path, max(prefill_tokens, prompt_tokens + new_tokens), threads)
+            p = prompt[0].tolist()
+            timed[name] = {"prefill": lambda lm=lm: lm(prefill_ids),
+                           "decode": lambda lm=lm, p=p: lm.decode_timing(p, new_tokens)}
+            info = bg.inspect_gguf(path)
+            rows[name] = {"path": f"llama.cpp (llama-cpp-python {results.package_version('llama-cpp-python')}), "
+                                  "greedy: the prompt in one eval, then one token per eval",
+                          "weights_bytes": info["tensor_bytes"], "weights_mib": info["tensor_bytes"] / ev.MiB,
+                          "file": path.name, "bytes_by_ggml_type": info["bytes_by_type"]}
+            print(f"  {name}: {info['tensor_bytes'] / ev.MiB:.1f} MiB ({path.name})", file=sys.stderr, flush=True)
+            continue
+        m = cpu_method(name, model_id)
+        ev.check_timing_lengths(m, prefill_tokens, prompt_tokens, new_tokens, repeats)
+        weights = ev.tensor_bytes(m)
+        ref = generate_tokens(m, tokenizer, prompt, new_tokens)
+        fast = FastDecoder(m, prompt_tokens, new_tokens, prefill_tokens, graphs=False)
+        same = int((fast.generate(prompt) == ref).long().cumprod(0).sum())
+        timed[name] = {"prefill": lambda f=fast: f.prefill(prefill_ids), "decode": lambda f=fast: f.generate(prompt)}
+        rows[name] = {"path": CPU_PATH, "weights_bytes": weights["bytes"], "weights_mib": weights["mib"],
+                      "leading_tokens_equal": same}
+        if name == "fp32":
+            timed["fp32·generate"] = ev.hf_calls(m, tokenizer, prefill_ids, prompt, new_tokens)
+            rows["fp32·generate"] = {"path": ev.DECODE_DEFINITION, "weights_bytes": weights["bytes"],
+                                     "weights_mib": weights["mib"]}
+        print(f"  {name}: {weights['mib']:.1f} MiB, static path tokens = generate tokens: {same}/{new_tokens}",
+              file=sys.stderr, flush=True)
+    result = ev.side_by_side(timed, cpu, new_tokens, repeats, warmup, "fp32", progress)
+    for name, row in rows.items():
+        result["table"][name].update(row)
+    dec = {k: v["decode_ms_per_token"]["median"] for k, v in result["table"].items()}
+    if "scratch-int8-fast" in dec:
+        result["int8_targets"] = {k: dec["scratch-int8-fast"] / dec[ref_] for k, ref_ in
+                                  (("vs_llama_cpp_q8_0", "gguf-q8_0"), ("vs_fp32", "fp32")) if ref_ in dec}
+    return {**result, "threads": threads, "prefill_tokens": prefill_tokens, "prompt_tokens": prompt_tokens,
+            "new_tokens": new_tokens, "static_path": CPU_PATH,
+            "decode_definition": "wall time of the prompt pass + new_tokens-1 decode steps / new tokens, every row",
+            "note": "ratios against fp32 on the static path; llama.cpp's files converted and quantized from the "
+                    "same model folder; leading_tokens_equal: the static path's greedy tokens against the same "
+                    "model's generate()"}
+
+
+def cpu_table_text(result: dict) -> str:
+    lines = [ev.side_by_side_text(result, result["prefill_tokens"])]
+    t = result.get("int8_targets") or {}
+    if t:
+        lines.append("Part 1 INT8 decode: " + ", ".join(f"{v:.2f}x {k.removeprefix('vs_').replace('_', ' ')}"
+                                                        for k, v in t.items()) + f" ({result['threads']} threads)")
+    return "\n".join(lines)
+
+
 def table_text(result: dict) -> str:
     lines = [f"{'method':<20} {'MiB':>7} {'graph':>5} | {'generate: prefill':>17} {'decode':>9} {'ratio':>6} |"
              f" {'fast: prefill':>13} {'ratio':>6} {'decode':>8} {'ratio':>6} {'floor':>7} {'x floor':>8}"
@@ -883,7 +977,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dataset", default="wikitext2", choices=list(ev.DATASETS),
                    help="text whose first tokens are the prompts (default: wikitext2)")
     p.add_argument("--text-file", default=None, help="local UTF-8 text instead of a Hub dataset")
-    p.add_argument("--methods", default=",".join(METHODS), help=f"comma list of {', '.join(METHODS)} (default: all)")
+    p.add_argument("--device", default="cuda", choices=["cuda", "cpu"],
+                   help="cuda: the GPU bench (generate(), the fast path, the fused step, the peers); cpu: the CPU "
+                        "bench (the static-cache path beside llama.cpp's GGUF files of the same model)")
+    p.add_argument("--methods", default=None,
+                   help=f"comma list; on cuda of {', '.join(METHODS)}; on cpu of {', '.join(CPU_METHODS)} "
+                        "(default: all of the device's)")
+    p.add_argument("--gguf-dir", default="gguf", help="CPU bench: folder for the GGUF files it makes (default: gguf)")
     ev.add_latency_args(p)
     p.add_argument("--stand-in", default=None, help="which model this one stands in for, stored with the results")
     p.add_argument("--random-weights", action="store_true",
@@ -897,9 +997,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(**kwargs) -> dict:
     args = ev.with_defaults(build_parser(), kwargs)
-    if not torch.cuda.is_available():
-        raise ev.UserError("the GPU decode benchmark needs CUDA, and no GPU was found (use a CUDA machine)")
-    methods = parse_methods(args.methods)
+    cpu = args.device == "cpu"
+    if not cpu and not torch.cuda.is_available():
+        raise ev.UserError("the GPU decode benchmark needs CUDA, and no GPU was found (use a CUDA machine, "
+                           "or --device cpu for the CPU bench)")
+    methods = parse_methods(args.methods or ",".join(CPU_METHODS if cpu else METHODS),
+                            CPU_METHODS if cpu else METHODS, "fp32" if cpu else "fp16")
     ev.check_at_least(*ev.latency_minimums(args))
     ev.check_output_dir(args.results_dir, "--results-dir")
     if args.out:
@@ -916,6 +1019,13 @@ def main(**kwargs) -> dict:
     source = ev.load_text(args.dataset, args.text_file)
     tokenizer = ev.load_tokenizer(args.model)
     ids = ev.tokenize(tokenizer, source.text, 4096)
+    if cpu:
+        result = cpu_bench(args.model, tokenizer, ids, methods, args.prefill_tokens, args.prompt_tokens,
+                           args.new_tokens, args.repeats, args.warmup, args.gguf_dir, progress=not args.quiet)
+        record = ev.save_side_by_side("cpu-decode-bench", {"methods": methods, "static_path": CPU_PATH},
+                                      {"id": args.model}, source, result, args, torch.device("cpu"))
+        print(cpu_table_text(result))
+        return record
     result = bench(args.model, tokenizer, ids, methods, args.prefill_tokens, args.prompt_tokens, args.new_tokens,
                    args.repeats, args.warmup, progress=not args.quiet)
     record = ev.save_side_by_side("gpu-decode-bench", {"methods": methods, "fast_path": FAST_PATH},

@@ -104,11 +104,18 @@ def group_figures(key: tuple) -> dict[str, str]:
 
 
 def bench_figure(rec: dict) -> str:
-    return f"latency_{results.slug(rec['method']['name'])}_{results.slug(short_model(rec))}_{device_kind(rec)}.png"
+    fused = "_fused" if "fused_path" in rec["bench"] else ""         # two GPU benches of one model
+    return (f"latency_{results.slug(rec['method']['name'])}{fused}_{results.slug(short_model(rec))}_"
+            f"{device_kind(rec)}.png")
 
 
 def fast_figure(rec: dict) -> str:
-    return f"fast_path_{results.slug(short_model(rec))}_{device_kind(rec)}.png"
+    fused = "_fused" if "fused_path" in rec["bench"] else ""
+    return f"fast_path{fused}_{results.slug(short_model(rec))}_{device_kind(rec)}.png"
+
+
+def fused_figure(rec: dict) -> str:
+    return f"fused_step_{results.slug(short_model(rec))}_{device_kind(rec)}.png"
 
 
 def sensitivity_figure(rec: dict) -> str:
@@ -355,6 +362,52 @@ def plot_fast(rec: dict, out: Path, made: list[Path]) -> None:
     _save(fig, out, fast_figure(rec), made)
 
 
+def plot_fused(rec: dict, out: Path, made: list[Path]) -> None:
+    """The fused decode step: each method's ms per token on the fast path and on the fused
+    step, the peers beside them, and each one's floor as a tick."""
+    import fast_decode
+    plt = _plt()
+    b = rec["bench"]
+    bw = fast_decode.bench_bandwidth(rec)
+    rows = []                                   # (label, fast ms, fused or peer ms, floor ms)
+    for n, v in b["table"].items():
+        fused = (v.get("fused_path") or {}).get("decode_ms_per_token", {}).get("median")
+        rows.append((n, v["fast_path"]["decode_ms_per_token"]["median"], fused,
+                     fast_decode.decode_floor_ms(v["weights_bytes"], bw)))
+    for n, p in b.get("peers", {}).items():
+        if not p.get("why_not"):
+            rows.append((f"{n} (peer)", None, p["decode_ms_per_token"]["median"],
+                         fast_decode.decode_floor_ms(p["weights_bytes"], bw)))
+    fig, ax = plt.subplots(figsize=(6.2, 0.42 * len(rows) + 1.9))
+    ax.set_xscale("log")
+    vals = []
+    for i, (n, fast, fused, floor) in enumerate(rows):
+        if fast is not None:
+            ax.barh(i + 0.2, fast, height=0.4, color="#a0a0a0", label="fast path (static cache, graph)" if i == 0
+                    else None)
+            ax.text(fast, i + 0.2, f" {fast:.3f}", va="center", fontsize=8)
+            vals.append(fast)
+        if fused is not None:
+            peer = fast is None
+            ax.barh(i - 0.2 if not peer else i, fused, height=0.4, color="#dd8452" if peer else "#4c72b0",
+                    label=None if peer else ("fused step" if i == 0 else None))
+            ax.text(fused, i - 0.2 if not peer else i, f" {fused:.3f}", va="center", fontsize=8)
+            vals.append(fused)
+        if floor is not None:
+            ax.scatter([floor], [i], marker="|", s=90, color="k", zorder=3,
+                       label=f"floor: weight bytes / {bw / 1e12:.1f} TB/s" if i == 0 else None)
+            vals.append(floor)
+    ax.set_xlim(min(vals) / 2, max(vals) * 4)
+    ax.set_yticks(range(len(rows)), [r[0] for r in rows], fontsize=8)
+    ax.invert_yaxis()
+    ax.tick_params(labelsize=8)
+    ax.set_xlabel("ms per decoded token (log scale); orange: a peer's own recipe", fontsize=9)
+    ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.4, -0.16), ncol=3, frameon=False)
+    fig.suptitle(f"Decode, {b['new_tokens']} tokens after {b['prompt_tokens']}: median of {b['repeats']} "
+                 f"round-robin repeats\n{caption(rec)}", fontsize=9)
+    _save(fig, out, fused_figure(rec), made)
+
+
 def plot_sensitivity(rec: dict, out: Path, made: list[Path]) -> None:
     plt = _plt()
     s = rec["sensitivity"]
@@ -436,6 +489,8 @@ def plot_all(records: list[dict], out: str | Path) -> list[Path]:
             {"bench": plot_bench, "sensitivity": plot_sensitivity, "compare": plot_compare}[kind](r, out, made)
             if kind == "bench" and "fast_path" in r["bench"]:
                 plot_fast(r, out, made)
+            if kind == "bench" and "fused_path" in r["bench"]:
+                plot_fused(r, out, made)
         except (KeyError, TypeError, ValueError, ZeroDivisionError) as e:
             warnings.warn(f"skipping {r['_file']} ({kind}): {type(e).__name__} {e}", stacklevel=2)
     return made

@@ -41,7 +41,7 @@ G2R_NOTE = ("gpt2-random (GPT-2 small shapes, random weights) stands in for gpt2
 CPU_PREFIX = 16384          # tokens scored on the CPU: 32 windows of 1024 at stride 512
 FUSED_BENCH = {"methods": "fp16,scratch-int8-fast,scratch-int4-fast,scratch-nf4-fast,bnb-nf4,torchao-int8wo,"
                           "hf-static-compile", "repeats": 6}   # LLM.int8() has no graph: its generate() alone takes minutes
-CPU_TIMING = {"repeats": 5, "new_tokens": 64}     # fewer on 2 cores: bitsandbytes INT8 decodes slowly there
+CPU_TIMING = {"repeats": 5, "new_tokens": 64}
 GGUF_TYPES = ",".join(run_study.GGUF_TYPES)
 FOLDERS = {"smol": "smollm2-135m", "g2r": "gpt2-random"}      # a plan's model -> its folder under --models
 
@@ -72,6 +72,8 @@ def steps_for(machine: str) -> dict[str, list[tuple[str, str, str, dict]]]:
                           {"sensitivity": True, "stride": 1024, "max_tokens": CPU_PREFIX, "per_line": 0,
                            "skip_latency": True})],
             "cpu-speed": [("bitsandbytes bench", "smol", "part2", {"bench": True, **CPU_TIMING})],
+            "cpu-llamacpp": [("CPU decode beside llama.cpp (GPT-2 shapes)", "g2r", "fast_decode", CPU_TIMING),
+                             ("CPU decode beside llama.cpp", "smol", "fast_decode", CPU_TIMING)],
             "cpu-g2r": [("fp32 (GPT-2 shapes)", "g2r", "evaluate", {"max_tokens": 8192, "per_line": 0}),
                         ("INT8 per-channel (GPT-2 shapes)", "g2r", "part1",
                          {"max_tokens": 8192, "per_line": 0, "mode": "whole"}),
@@ -149,7 +151,7 @@ def keywords(script: str, model: str, extra: dict, machine: str, models: str, te
         kw["device"] = machine
     if model == "g2r":
         kw["random_weights"] = True
-    if script == "gguf":
+    if script == "gguf" or script == "fast_decode" and machine == "cpu":
         kw["gguf_dir"] = gguf_dir
     return {**kw, **extra}
 

@@ -132,3 +132,101 @@ def test_the_decode_floor_uses_the_gpus_own_bandwidth():
     assert fast_decode.decode_floor_ms(1, None) is None
     old = {"environment": {"device_name": "NVIDIA H200"}, "bench": {"hbm_bytes_per_s": 3.35e12}}
     assert fast_decode.bench_bandwidth(old) == 4.8e12             # a bench made before the table assumed an H100
+
+
+FUSED_CHECK = r"""
+import sys, tempfile, torch
+import evaluate as ev, fast_decode as fd, part1_quantize_scratch as p1, tiny_models as tm
+arch, quant, dtype, width = sys.argv[1], sys.argv[2], getattr(torch, sys.argv[3]), int(sys.argv[4])
+size = {"n_embd": width} if arch == "gpt2" else {"hidden_size": width, "intermediate_size": 2 * width}
+d = tm.make_tiny_model(tempfile.mkdtemp(), arch, **size)
+model, tok = ev.load_model(str(d), device="cpu")
+model = model.to(dtype)
+if quant == "int8":
+    p1.quantize_model(model, "whole", 8, "per_channel")
+elif quant == "asym":                       # a kind the fused GEMV does not read: the model's modules run
+    p1.quantize_model(model, "whole", 8, "asymmetric")
+elif quant in ("nf4", "int4"):
+    p1.quantize_model(model, "whole", 4, quant)
+p1.set_path(model, "fast")
+prompt = ev.tokenize(tok, "the quick brown fox jumps over the lazy dog " * 4).reshape(-1)[:12][None]
+fused = fd.FastDecoder(model, 12, 16, fused=True)       # first: it re-lays out weights in place
+ref = fd.generate_tokens(model, tok, prompt, 16)
+got = fused.generate(prompt).clone()
+again = fused.generate(prompt).clone()                  # a second run starts clean
+step = fused.fused
+print("RESULT", torch.equal(got, ref), torch.equal(again, ref), len(step.fused_layers), len(step.module_layers),
+      step.kernels_per_step(), model.config.num_hidden_layers)
+"""
+
+
+def fused_run(arch, quant, dtype, width=32):
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": str(root)}
+    out = subprocess.run([sys.executable, "-c", FUSED_CHECK, arch, quant, dtype, str(width)], env=env,
+                         capture_output=True, text=True, timeout=900)
+    assert out.returncode == 0, out.stderr[-3000:]
+    line = next(x for x in out.stdout.splitlines() if x.startswith("RESULT"))
+    same, again, fused, modules, kernels_, blocks = line.split()[1:]
+    return same == "True", again == "True", int(fused), int(modules), kernels_, int(blocks)
+
+
+@pytest.mark.parametrize("arch,quant,dtype,width", [
+    ("gpt2", "none", "float16", 32), ("gpt2", "int8", "float16", 32), ("gpt2", "nf4", "float16", 128),
+    ("llama", "none", "float16", 32), ("llama", "int8", "float32", 32), ("llama", "int4", "float16", 128)])
+def test_fused_step_makes_generates_tokens_with_every_layer_fused(arch, quant, dtype, width):
+    """The fused decode step (Triton, under the interpreter) computes what the model computes:
+    the same greedy tokens as generate(), every layer in a fused kernel, five kernels a block
+    plus the embedding and the two of the head."""
+    pytest.importorskip("triton")
+    same, again, fused, modules, kernels_, blocks = fused_run(arch, quant, dtype, width)
+    assert same and again
+    assert modules == 0 and fused == 4 * blocks + 1                      # four GEMVs a block, and the head
+    assert int(kernels_) == 5 * blocks + 3
+
+
+def test_fused_step_runs_the_models_own_modules_where_it_cannot_read_a_layer():
+    """An asymmetric int8 layer is no kind the fused GEMV reads: those layers run as modules,
+    around the fused attention and embedding; the tokens are still generate()'s."""
+    pytest.importorskip("triton")
+    same, again, fused, modules, kernels_, blocks = fused_run("gpt2", "asym", "float32")
+    assert same and again
+    # the tied output layer reads the int8 embedding table, one scale a row: that one is fused
+    assert modules == 4 * blocks and fused == 1 and kernels_ == "None"
+
+
+def test_a_peer_that_cannot_run_is_a_row_that_says_why(gpt2_dir):
+    """No GPU here: torchao's peer cannot load its model on CUDA; the bench gets a row with the
+    reason, not a crash."""
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    model, tok = ev.load_model(str(gpt2_dir), device="cpu")
+    prompt = prompt_of(tok)
+    calls, row = fd.peer("torchao-int8wo", str(gpt2_dir), tok, prompt, prompt, 12, 4, 12, prompt[0, :4])
+    assert calls is None and row["why_not"] and row["recipe"] == fd.PEERS["torchao-int8wo"]
+
+
+def test_conv1d_to_linear_keeps_the_models_logits(gpt2_dir):
+    """What torchao's peer quantizes: GPT-2's Conv1D layers as nn.Linear compute the same logits."""
+    model, tok = ev.load_model(str(gpt2_dir), device="cpu")
+    ids = prompt_of(tok, 20)
+    with torch.no_grad():
+        before = model(ids).logits
+        fd.conv1d_to_linear(model)
+        after = model(ids).logits
+    assert not any(type(m).__name__ == "Conv1D" for m in model.modules())
+    assert torch.allclose(before, after, atol=1e-5, rtol=1e-5)
+
+
+def test_subclass_bytes_counts_what_a_tensor_subclass_holds(gpt2_dir):
+    torchao = pytest.importorskip("torchao.quantization")
+    model, _ = ev.load_model(str(gpt2_dir), device="cpu")
+    assert fd.subclass_bytes(model) == ev.tensor_bytes(model)["bytes"]    # plain tensors: the same count
+    fd.conv1d_to_linear(model)
+    torchao.quantize_(model, torchao.Int8WeightOnlyConfig())
+    lin = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
+    # each quantized weight: its int8 values, fp32 row scales and int8 zero points, not a float matrix
+    expect = sum(p.numel() * p.element_size() for n, p in model.named_parameters() if not n.endswith(".weight")
+                 or "wte" in n or "wpe" in n or "ln" in n)
+    expect += sum(m.weight.qdata.numel() + 4 * m.weight.scale.numel() + m.weight.zero_point.numel() for m in lin)
+    assert fd.subclass_bytes(model) == expect

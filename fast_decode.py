@@ -895,13 +895,13 @@ def cpu_bench(model_id: str, tokenizer, ids: torch.Tensor, methods: list[str], p
                     "model's generate()"}
 
 
-def cpu_table_text(result: dict) -> str:
-    lines = [ev.side_by_side_text(result, result["prefill_tokens"])]
+def cpu_targets_text(result: dict) -> str:
+    """Part 1 INT8's decode time against llama.cpp Q8_0's and fp32's, same run (the table is
+    printed by evaluate.save_side_by_side)."""
     t = result.get("int8_targets") or {}
-    if t:
-        lines.append("Part 1 INT8 decode: " + ", ".join(f"{v:.2f}x {k.removeprefix('vs_').replace('_', ' ')}"
-                                                        for k, v in t.items()) + f" ({result['threads']} threads)")
-    return "\n".join(lines)
+    names = {"vs_llama_cpp_q8_0": "llama.cpp Q8_0's", "vs_fp32": "fp32's (static path)"}
+    return ("Part 1 INT8 decodes a token in " + ", ".join(f"{v:.2f}x {names[k]}" for k, v in t.items())
+            + f" time, {result['threads']} threads") if t else ""
 
 
 def table_text(result: dict) -> str:
@@ -1024,7 +1024,7 @@ def main(**kwargs) -> dict:
                            args.new_tokens, args.repeats, args.warmup, args.gguf_dir, progress=not args.quiet)
         record = ev.save_side_by_side("cpu-decode-bench", {"methods": methods, "static_path": CPU_PATH},
                                       {"id": args.model}, source, result, args, torch.device("cpu"))
-        print(cpu_table_text(result))
+        print(cpu_targets_text(result))
         return record
     result = bench(args.model, tokenizer, ids, methods, args.prefill_tokens, args.prompt_tokens, args.new_tokens,
                    args.repeats, args.warmup, progress=not args.quiet)

@@ -1132,6 +1132,7 @@ def fast_summary_text(x: dict) -> str:
 
 BENCH_TITLES = {"bnb-bench": "Every method through generate()",
                 "gpu-decode-bench": "generate() against the fast decode path",
+                "cpu-decode-bench": "The CPU's static-cache path beside llama.cpp",
                 "scratch-int8-bench": "Part 1's INT8, naive and fast"}
 
 
@@ -1191,6 +1192,14 @@ def latency_section(doc: Doc, s: Study) -> None:
             doc.figure(pr.fast_figure(b), "Decode time per token on the fast path and with Hugging Face "
                        "generate(), same run, log scale; the tick on each fast-path bar is the time to read "
                        "that method's weights once at the GPU's peak bandwidth.", max_height_cm=12)
+        if "fused_path" in bb:
+            fused_table(doc, b)
+            doc.figure(pr.fused_figure(b), "Decode time per token on the fast path (grey), on the fused step "
+                       "(blue) and by the peers' own recipes (orange), same run, log scale; the tick on each "
+                       "row is the time to read that method's weights once at the GPU's peak bandwidth.",
+                       max_height_cm=12)
+        if method(b) == "cpu-decode-bench":
+            cpu_bench_paragraph(doc, b)
     why = []
     if x["gpu"]:
         g = x["gpu"]
@@ -1324,6 +1333,53 @@ def fast_table(doc: Doc, b: dict) -> None:
         )
     if all("layers_us" in v for v in t.values()):
         layer_table(doc, b)
+
+
+def fused_table(doc: Doc, b: dict) -> None:
+    """The fused decode step beside the fast path and the peers: ms per token, against fp16
+    on the fused step, against the floor, and the tokens that agree with generate()."""
+    bb = b["bench"]
+    n = bb["new_tokens"]
+    rows = []
+    for name, v in bb["table"].items():
+        for path, p, tokens in (("fast path", v["fast_path"], v.get("leading_tokens_equal")),
+                                ("fused step", v.get("fused_path"), v.get("fused_leading_tokens_equal"))):
+            if not p:
+                continue
+            rows.append([name, path, f"{p['decode_ms_per_token']['median']:.3f}",
+                         "–" if p.get("vs_fp16_fused") is None else f_ratio(p["vs_fp16_fused"]),
+                         "–" if p.get("x_floor") is None else f"{p['x_floor']:.1f}×",
+                         f"{tokens}/{n}" if tokens is not None else "–",
+                         str(v.get("fused_kernels_per_step") or "–") if path == "fused step" else ""])
+    for name, p in bb.get("peers", {}).items():
+        if p.get("why_not"):
+            rows.append([name, "peer", "cannot run", escape(p["why_not"]), "", "", ""])
+        else:
+            rows.append([name, "peer", f"{p['decode_ms_per_token']['median']:.3f}", f_ratio(p["vs_fp16_fused"]),
+                         f"{p['x_floor']:.1f}×", f"{p['leading_tokens_equal']}/{n}", ""])
+    doc.table(["method", "path", "ms/token", "vs fp16 fused", "× floor", "tokens", "kernels/step"], rows,
+              f"The fused decode step ({escape(bb['fused_path'])}) beside the fast path and the peers, same "
+              f"round-robin run, {bb['repeats']} repeats, {n} tokens after {bb['prompt_tokens']}. Tokens: "
+              "leading greedy tokens equal to the same model's generate() (a peer: torchao to its own eager "
+              "generate(), transformers' static cache to fp16's). Kernels/step only where every layer is fused; "
+              "bitsandbytes' layers run as its modules around the fused attention, embedding and head. Peers: "
+              + "; ".join(f"{escape(k)}: {escape(p['recipe'])}" for k, p in bb.get("peers", {}).items()) + ".",
+              widths=[3.0, 1.8, None, None, None, None, None])
+
+
+def cpu_bench_paragraph(doc: Doc, b: dict) -> None:
+    bb = b["bench"]
+    t = bb.get("int8_targets") or {}
+    if not t:
+        return
+    doc.p("Part 1's INT8 on the static-cache path decodes a token in "
+          + " and ".join(f"{f_ratio(v)} {w}" for k, v, w in (
+              ("q8", t.get("vs_llama_cpp_q8_0"), "llama.cpp Q8_0's time"), ("fp32", t.get("vs_fp32"),
+                                                                          "fp32's on the same path"))
+              if v is not None)
+          + f", {bb['threads']} threads each. llama.cpp's Q8_0 also rounds each activation block to 8 bits "
+          "and multiplies integers; Part 1 keeps activations in fp32 (the assignment's rule), so it reads int8 "
+          "weights but multiplies in floating point.")
 
 
 def layer_table(doc: Doc, b: dict) -> None:

@@ -172,8 +172,8 @@ def fused_run(arch, quant, dtype, width=32):
 
 
 @pytest.mark.parametrize("arch,quant,dtype,width", [
-    ("gpt2", "none", "float16", 32), ("gpt2", "int8", "float16", 32), ("gpt2", "nf4", "float16", 128),
-    ("llama", "none", "float16", 32), ("llama", "int8", "float32", 32), ("llama", "int4", "float16", 128)])
+    ("gpt2", "none", "float16", 32), ("gpt2", "int8", "float16", 32), ("gpt2", "nf4", "float16", 64),
+    ("llama", "none", "float16", 32), ("llama", "int8", "float32", 32), ("llama", "int4", "float16", 64)])
 def test_fused_step_makes_generates_tokens_with_every_layer_fused(arch, quant, dtype, width):
     """The fused decode step (Triton, under the interpreter) computes what the model computes:
     the same greedy tokens as generate(), every layer in a fused kernel, five kernels a block

@@ -1162,7 +1162,9 @@ def latency_section(doc: Doc, s: Study) -> None:
     first = s.headline[0] if s.headline else None
     for b in sorted(s.benches, key=lambda b: (pr.short_model(b) != first, pr.device_kind(b) == "cpu")):
         bb = b["bench"]
-        doc.h2(f"{BENCH_TITLES.get(method(b), method(b))} · {model_label(b)} · {pr.device_of(b)}")
+        title = "The fused decode step, the fast path and the peers" if "fused_path" in bb else \
+            BENCH_TITLES.get(method(b), method(b))
+        doc.h2(f"{title} · {model_label(b)} · {pr.device_of(b)}")
         doc.table(
             [
                 "method",
@@ -1365,6 +1367,26 @@ def fused_table(doc: Doc, b: dict) -> None:
               "bitsandbytes' layers run as its modules around the fused attention, embedding and head. Peers: "
               + "; ".join(f"{escape(k)}: {escape(p['recipe'])}" for k, p in bb.get("peers", {}).items()) + ".",
               widths=[3.0, 1.8, None, None, None, None, None])
+    t, peers = bb["table"], bb.get("peers", {})
+    if "fp16" not in t or not t["fp16"].get("fused_path"):
+        return
+    f16, fast16 = t["fp16"]["fused_path"], t["fp16"]["fast_path"]
+    text = [f"The fused step decodes an fp16 token in {f16['decode_ms_per_token']['median']:.3f} ms against "
+            f"{fast16['decode_ms_per_token']['median']:.3f} ms on the fast path "
+            f"({fast16['decode_ms_per_token']['median'] / f16['decode_ms_per_token']['median']:.1f}× faster), "
+            f"still {f16['x_floor']:.1f}× the time to read its weights once: with "
+            f"{t['fp16'].get('fused_kernels_per_step')} kernels a token, launches and dependent loads, not bytes, "
+            "are most of the step."]
+    i8 = (t.get("scratch-int8-fast") or {}).get("fused_path")
+    if i8:
+        text.append(f"Part 1's INT8 on it takes {f_ratio(i8['vs_fp16_fused'])} fp16's time")
+        ao = peers.get("torchao-int8wo") or {}
+        if not ao.get("why_not") and ao.get("decode_ms_per_token"):
+            text[-1] += (f"; torchao's int8 under torch.compile takes {f_ratio(ao['vs_fp16_fused'])}, so Part 1's "
+                         f"is {ao['decode_ms_per_token']['median'] / i8['decode_ms_per_token']['median']:.1f}× "
+                         "faster in the same run")
+        text[-1] += "."
+    doc.p(" ".join(text))
 
 
 def cpu_bench_paragraph(doc: Doc, b: dict) -> None:

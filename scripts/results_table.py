@@ -81,6 +81,25 @@ def bench_tables(records: list[dict]) -> str:
                              f"| {x_floor} | {'' if lin is None else f'{lin:.0f}'} "
                              f"| {row['leading_tokens_equal']}/{b['new_tokens']} |")
             lines.append("")
+        if "fused_path" in b:
+            lines += [f"Fused decode step ({b['fused_path']}) and the peers, same run", "",
+                      "| method | path | decode ms/token | vs fp16 fused | x floor | tokens |", "|---|---|---|---|---|---|"]
+            n = b["new_tokens"]
+            for name, row in b["table"].items():
+                for path, f, tok in (("fast", row["fast_path"], row["leading_tokens_equal"]),
+                                     ("fused", row.get("fused_path"), row.get("fused_leading_tokens_equal"))):
+                    if f:
+                        lines.append(f"| {name} | {path} | {f['decode_ms_per_token']['median']:.4f} "
+                                     f"| {f['vs_fp16_fused']:.2f} | {f['x_floor']:.1f} | {tok}/{n} |")
+            for name, p in b.get("peers", {}).items():
+                lines.append(f"| {name} | peer | cannot run: {p['why_not']} | | | |" if p.get("why_not") else
+                             f"| {name} | peer | {p['decode_ms_per_token']['median']:.4f} | {p['vs_fp16_fused']:.2f} "
+                             f"| {p['x_floor']:.1f} | {p['leading_tokens_equal']}/{n} |")
+            lines.append("")
+        if b.get("int8_targets"):
+            lines += ["Part 1 INT8's decode time: " + ", ".join(
+                f"{v:.2f}x {k.removeprefix('vs_').replace('llama_cpp_q8_0', 'llama.cpp Q8_0')}'s"
+                for k, v in b["int8_targets"].items()) + f", {b['threads']} threads", ""]
     return "\n".join(lines)
 
 

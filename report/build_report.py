@@ -1375,8 +1375,8 @@ def fused_table(doc: Doc, b: dict) -> None:
             f"{fast16['decode_ms_per_token']['median']:.3f} ms on the fast path "
             f"({fast16['decode_ms_per_token']['median'] / f16['decode_ms_per_token']['median']:.1f}× faster), "
             f"still {f16['x_floor']:.1f}× the time to read its weights once: with "
-            f"{t['fp16'].get('fused_kernels_per_step')} kernels a token, launches and dependent loads, not bytes, "
-            "are most of the step."]
+            f"{t['fp16'].get('fused_kernels_per_step')} dependent kernels a token, launches and dependent loads, "
+            "not bytes, are most likely most of the step (no profile was taken)."]
     i8 = (t.get("scratch-int8-fast") or {}).get("fused_path")
     if i8:
         text.append(f"Part 1's INT8 on it takes {f_ratio(i8['vs_fp16_fused'])} fp16's time")

@@ -262,7 +262,7 @@ def fused_weights(modules: list, dtype: torch.dtype, gated: bool = False) -> ker
     if isinstance(first, p1.Linear4bit):
         k = first.shape[1]
         if (any((m.kind, m.block, m.shape[1]) != (first.kind, first.block, k) for m in modules)
-                or first.block not in kernels.FUSED_BLOCKS or k % first.block):
+                or first.block not in kernels.GEMV_BLOCKS or k % first.block):
             return None
         packed, absmax = stack_rows(modules, "packed"), stack_rows(modules, "absmax")
         return kernels.FusedWeights(kernels.W_4BIT, packed, n, k, scale=absmax, lut=first.lut(),

@@ -37,7 +37,7 @@ import torch
 KERNEL_ROWS = 4          # CPU: the C++ kernel for at most this many activation rows
 CHUNK_ROWS = 256         # CPU: output rows dequantized at a time above KERNEL_ROWS
 GEMV_ROWS = 4            # CUDA: the GEMV kernels for at most this many activation rows
-GEMV_BLOCKS = (32, 64, 128)   # 4-bit block sizes the GEMV takes (each divides every BK below)
+GEMV_BLOCKS = (32, 64, 128)   # 4-bit block sizes the GEMVs take (each divides every BK below, fused too)
 
 try:                                                                   # the one guarded import
     import triton
@@ -608,7 +608,6 @@ NORM_LAYER, NORM_RMS = 1, 2                              # _fused_gemv's NORM
 ACT_GELU_NEW, ACT_GELU_TANH, ACT_SILU_GATE = 1, 2, 3     # _fused_gemv's ACT
 W_DENSE, W_INT8, W_4BIT = 0, 1, 2                        # _fused_gemv's WFMT
 ARGMAX_BN = 8                                            # output rows per program of the argmax head
-FUSED_BLOCKS = (32, 64, 128)                             # 4-bit block sizes the fused GEMV takes
 
 
 @dataclass

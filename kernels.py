@@ -66,7 +66,7 @@ def int8_linear(x2: torch.Tensor, q: torch.Tensor, scale: torch.Tensor, zero: to
     if kernel is None:
         return None
     if zero is not None:                                  # (x q^T - sum(x) zero) * scale + bias
-        y = kernel.int8_matmul(x2.contiguous(), q, torch.ones(1), _EMPTY)
+        y = kernel.int8_matmul(x2.contiguous(), q, _ONE, _EMPTY)
         y = y - x2.sum(-1, keepdim=True) * zero.to(x2.dtype)
         y = y * scale.to(x2.dtype)
         return y if bias is None else y + bias
@@ -93,16 +93,14 @@ _KERNEL_SRC = r"""
 #endif
 // One row of q (K int8) against x (K float32): int8 -> float in registers, K/16 (AVX-512)
 // or K/8 (AVX2) fused multiply-adds into four accumulators, one sum at the end.
-#ifndef QSTUDY_PF
-#define QSTUDY_PF 4096
-#endif
+static constexpr int64_t PREFETCH = 4096;   // bytes ahead in the row stream
 static inline float dot_row(const float* x, const int8_t* q, int64_t K) {
   int64_t i = 0;
   float s = 0.f;
 #if defined(__AVX512F__)
   __m512 a0 = _mm512_setzero_ps(), a1 = _mm512_setzero_ps(), a2 = _mm512_setzero_ps(), a3 = _mm512_setzero_ps();
   for (; i + 64 <= K; i += 64) {
-    _mm_prefetch((const char*)(q + i + QSTUDY_PF), _MM_HINT_T0);
+    _mm_prefetch((const char*)(q + i + PREFETCH), _MM_HINT_T0);
     a0 = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i*)(q + i)))),
                          _mm512_loadu_ps(x + i), a0);
     a1 = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i*)(q + i + 16)))),
@@ -151,7 +149,7 @@ torch::Tensor int8_matmul(torch::Tensor x, torch::Tensor q, torch::Tensor scale,
   return y;
 }
 """
-_EMPTY = torch.empty(0)
+_EMPTY, _ONE = torch.empty(0), torch.ones(1)          # no bias; a scale of one
 _kernel = None
 _kernel_error: str | None = None
 

@@ -88,6 +88,18 @@ def require(module: str, pip_name: str):
         raise ev.UserError(f"the '{pip_name}' package is needed (pip install -r requirements.txt)") from None
 
 
+def check_gguf_dir(gguf_dir: str, model: str) -> Path:
+    """Before any long work: llama.cpp is installed, and --gguf-dir is a folder the GGUF files
+    can go to that is not inside the model's own folder."""
+    require("llama_cpp", "llama-cpp-python")
+    folder = Path(gguf_dir).expanduser()
+    ev.check_output_dir(folder, "--gguf-dir")
+    if Path(model).expanduser().is_dir() and ev.within(folder, model):
+        raise ev.UserError(f"--gguf-dir '{folder}' is inside the model's folder: the GGUF files would change "
+                           f"the model it is made from; give another folder")
+    return folder
+
+
 def parse_types(spec: str) -> list[str]:
     types = [t.strip().upper() for t in spec.split(",") if t.strip()]
     for t in types:
@@ -473,12 +485,7 @@ def main(**kwargs) -> list[dict] | dict:
     with tempfile.TemporaryDirectory(prefix="qstudy-smoke-") as workdir:
         if args.smoke:
             ev.smoke_setup(args, workdir)
-        require("llama_cpp", "llama-cpp-python")
-        folder = Path(workdir if args.smoke else args.gguf_dir).expanduser()
-        ev.check_output_dir(folder, "--gguf-dir")
-        if Path(args.model).expanduser().is_dir() and ev.within(folder, args.model):
-            raise ev.UserError(f"--gguf-dir '{folder}' is inside the model's folder: the GGUF files would change "
-                               f"the model it is made from; give another folder")
+        folder = check_gguf_dir(workdir if args.smoke else args.gguf_dir, args.model)
         cfg, source = ev.prepare(args)
         model_dir = local_model_dir(args.model)
         tokenizer = ev.load_tokenizer(args.model)

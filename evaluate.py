@@ -731,7 +731,7 @@ def _unique_tensors(model: torch.nn.Module):
         own += [(f"state.{k}", v) for k in ("CB", "SCB") if isinstance(v := getattr(state, k, None), torch.Tensor)]
         for tname, t in own:
             role0 = "quant_state" if tname.startswith("state.") else "tensor"
-            for x, role in [(t, role0)] + [(q, "quant_state") for q in quant_state_tensors(t)]:
+            for x, role in [(x, role0) for x in flat_tensors(t)] + [(q, "quant_state") for q in quant_state_tensors(t)]:
                 if x is None or x.device.type == "meta":
                     continue
                 key = storage_key(x)
@@ -739,6 +739,14 @@ def _unique_tensors(model: torch.nn.Module):
                     continue
                 seen.add(key)
                 yield mname, module, tname, x, role
+
+
+def flat_tensors(t: torch.Tensor) -> list[torch.Tensor]:
+    """A traceable tensor subclass (torchao's quantized weights) as the plain tensors it holds
+    (its int8 values, scales, zero points), whose storage can be read; a plain tensor as itself."""
+    if hasattr(type(t), "__tensor_flatten__"):
+        return [x for n in type(t).__tensor_flatten__(t)[0] for x in flat_tensors(getattr(t, n))]
+    return [t]
 
 
 def nbytes(t: torch.Tensor) -> int:

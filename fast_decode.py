@@ -468,7 +468,7 @@ class FastDecoder:
         except Exception as e:  # a layer that syncs or changes shape: no graph for this method
             torch.cuda.synchronize()
             self.graphs = False
-            self.why_no_graph = f"capture failed: {type(e).__name__}: {str(e).splitlines()[0][:160]}"
+            self.why_no_graph = f"capture failed: {first_line(e)}"
             return
         for name, g in graphs.items():
             self.programs[name] = g.replay
@@ -494,6 +494,11 @@ class FastDecoder:
         self.prefill_ids.copy_(ids.reshape(1, -1))
         self.programs["prefill"]()
         return self.logits
+
+
+def leading_equal(got: torch.Tensor, ref: torch.Tensor) -> int:
+    """How many leading greedy tokens of got equal ref's."""
+    return int((got == ref).long().cumprod(0).sum())
 
 
 def generate_tokens(model, tokenizer, prompt: torch.Tensor, new_tokens: int) -> torch.Tensor:
@@ -643,19 +648,6 @@ def conv1d_to_linear(model) -> None:
             setattr(model.get_submodule(parent), child, lin)
 
 
-def subclass_bytes(model) -> int:
-    """Bytes of a model's parameters and buffers (each object once) where some are tensor
-    subclasses (torchao's quantized weights): a subclass counts the tensors it holds."""
-    def size(t) -> int:
-        if hasattr(type(t), "__tensor_flatten__"):
-            return sum(size(getattr(t, n)) for n in type(t).__tensor_flatten__(t)[0])
-        return t.numel() * t.element_size()
-    seen = {}
-    for t in [*model.parameters(), *model.buffers()]:
-        seen[id(t)] = t
-    return sum(size(t) for t in seen.values())
-
-
 def first_line(e: Exception) -> str:
     return f"{type(e).__name__}: {(str(e).strip().splitlines() or [''])[0][:200]}"
 
@@ -687,8 +679,8 @@ def peer(name: str, model_id: str, tokenizer, prompt: torch.Tensor, prefill_ids:
             calls = {"prefill": lambda: m(prefill_ids, use_cache=False),
                      "decode": lambda: m.generate(prompt, attention_mask=mask, generation_config=gen)}
         torch.cuda.synchronize()
-        row["weights_bytes"] = subclass_bytes(m)
-        row["leading_tokens_equal"] = int((got == ref).long().cumprod(0).sum())
+        row["weights_bytes"] = ev.tensor_bytes(m)["bytes"]
+        row["leading_tokens_equal"] = leading_equal(got, ref)
         return calls, row
     except Exception as e:  # a peer that cannot run here is a row that says why, not a crash
         row["why_not"] = first_line(e)
@@ -728,9 +720,9 @@ def bench(model_id: str, tokenizer, ids: torch.Tensor, methods: list[str], prefi
             if not fused.graphs:
                 why_not_fused, fused = fused.why_no_graph, None
             else:
-                same_fused = int((fused.generate(prompt) == ref).long().cumprod(0).sum())
+                same_fused = leading_equal(fused.generate(prompt), ref)
         torch.cuda.synchronize()
-        same = int((got == ref).long().cumprod(0).sum())    # leading tokens that agree
+        same = leading_equal(got, ref)
         rows[name] = {"weights_mib": weights["mib"], "weights_bytes": weights["bytes"],
                       "weight_dtype_bytes": weights["by_dtype_bytes"],
                       "floor_ms": decode_floor_ms(weights["bytes"], bandwidth),
@@ -870,7 +862,7 @@ def cpu_bench(model_id: str, tokenizer, ids: torch.Tensor, methods: list[str], p
         weights = ev.tensor_bytes(m)
         ref = generate_tokens(m, tokenizer, prompt, new_tokens)
         fast = FastDecoder(m, prompt_tokens, new_tokens, prefill_tokens, graphs=False)
-        same = int((fast.generate(prompt) == ref).long().cumprod(0).sum())
+        same = leading_equal(fast.generate(prompt), ref)
         timed[name] = {"prefill": lambda f=fast: f.prefill(prefill_ids), "decode": lambda f=fast: f.generate(prompt)}
         rows[name] = {"path": CPU_PATH, "weights_bytes": weights["bytes"], "weights_mib": weights["mib"],
                       "leading_tokens_equal": same}
@@ -1012,6 +1004,9 @@ def main(**kwargs) -> dict:
         args.model, args.text_file = ev.make_smoke_inputs(tempfile.mkdtemp(prefix="qstudy-smoke-"))
         vars(args).update({k: v for k, v in ev.SMOKE_SETTINGS.items() if k in vars(args)})
     ev.check_model_source(args.model)
+    if cpu and any(m.startswith("gguf-") for m in methods):
+        import bonus_gguf
+        bonus_gguf.check_gguf_dir(args.gguf_dir, args.model)
     config = ev.load_config(args.model)
     check_architecture(config.model_type, f"'{args.model}'")
     ev.check_latency_fits(ev.EvalConfig(prefill_tokens=args.prefill_tokens, prompt_tokens=args.prompt_tokens,

@@ -233,3 +233,19 @@ def test_tensor_bytes_counts_what_a_tensor_subclass_holds(gpt2_dir):
                  or "wte" in n or "wpe" in n or "ln" in n)
     expect += sum(m.weight.qdata.numel() + 4 * m.weight.scale.numel() + m.weight.zero_point.numel() for m in lin)
     assert ev.tensor_bytes(model)["bytes"] == expect
+
+
+def test_cpu_bench_refuses_a_gguf_dir_it_cannot_use_before_any_work(cli_error, gpt2_dir, tmp_path):
+    """--gguf-dir that is a file, or inside the model's own folder: one line, and the model's
+    folder is left as it was."""
+    pytest.importorskip("llama_cpp")
+    a_file = tmp_path / "f"
+    a_file.write_text("x")
+    text = tmp_path / "t.txt"
+    text.write_text("the quick brown fox jumps over the lazy dog\n" * 50)
+    base = ["--device", "cpu", "--model", str(gpt2_dir), "--text-file", str(text), "--results-dir", str(tmp_path)]
+    assert "is a file, not a folder" in cli_error(fd, base + ["--gguf-dir", str(a_file)])
+    before = sorted(p.name for p in gpt2_dir.iterdir())
+    assert "inside the model's folder" in cli_error(fd, base + ["--gguf-dir", str(gpt2_dir / "gguf")])
+    assert sorted(p.name for p in gpt2_dir.iterdir()) == before
+    assert not list(tmp_path.glob("*.json"))

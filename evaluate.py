@@ -1002,13 +1002,17 @@ def side_by_side(methods: dict[str, dict], device: torch.device, new_tokens: int
 
 def side_by_side_text(result: dict, prefill_tokens: int) -> str:
     """The side-by-side table for the terminal: median [p10-p90] and ratio to the baseline."""
-    lines = [f"{'method':<16} {'prefill 1x' + str(prefill_tokens) + ' ms':>26} {'ratio':>6} "
-             f"{'decode ms/token':>24} {'ratio':>6} {'weights MiB':>12}"]
-    for name, row in result["table"].items():
-        p, d = row["prefill_ms"], row["decode_ms_per_token"]
+    w = max(16, *map(len, result["table"]))
+    spread = lambda s, f: f"{s['median']:{f}} [{s['p10']:{f}}-{s['p90']:{f}}]"     # noqa: E731
+    rows = [(name, spread(r["prefill_ms"], ".2f"), spread(r["decode_ms_per_token"], ".3f"), r)
+            for name, r in result["table"].items()]
+    wp = max(len(f"prefill 1x{prefill_tokens} ms"), *(len(p) for _, p, _, _ in rows))
+    wd = max(len("decode ms/token"), *(len(d) for _, _, d, _ in rows))
+    lines = [f"{'method':<{w}} {'prefill 1x' + str(prefill_tokens) + ' ms':>{wp}} {'ratio':>6} "
+             f"{'decode ms/token':>{wd}} {'ratio':>6} {'weights MiB':>12}"]
+    for name, p, d, row in rows:
         mib = row.get("weights_mib")
-        lines.append(f"{name:<16} {p['median']:>11.2f} [{p['p10']:.2f}-{p['p90']:.2f}] {row['prefill_ratio']:>6.2f} "
-                     f"{d['median']:>9.3f} [{d['p10']:.3f}-{d['p90']:.3f}] {row['decode_ratio']:>6.2f} "
+        lines.append(f"{name:<{w}} {p:>{wp}} {row['prefill_ratio']:>6.2f} {d:>{wd}} {row['decode_ratio']:>6.2f} "
                      f"{'' if mib is None else format(mib, '.1f'):>12}")
     lines.append(f"ratios: median over {result['baseline']}'s median; {result['order']}")
     return "\n".join(lines)

@@ -17,6 +17,9 @@ weight bytes cannot show. The fast path removes the overhead:
     replays and one copy back;
   - Part 1's int8 and 4-bit layers run fused Triton kernels (a GEMV at decode that
     dequantizes in registers), set with part1.set_path(model, "fast").
+The fused step goes further: one decode step as five kernels a block (FusedStep, section 2),
+Triton on CUDA and C++ on a CPU, where the per-token Python of the static path is most of
+a step (on 2 cores: about 45 small ops a block; the fused step makes five calls).
 It computes what the model computes, in the same order per token: each block's modules are
 called as they are (quantized or not), only attention reads the static cache. Greedy
 tokens are checked against the same model's generate() in every run, each Part 1 layer
@@ -171,13 +174,18 @@ def static_model(model, max_len: int) -> StaticCache:
 
 
 # -----------------------------------------------------------------------------
-# 2. The fused decode step: one token in five kernels a block (CUDA; the tests run it under
-#    Triton's interpreter). The model's norms, residual adds and activation go into the GEMV
-#    beside them and attention reads only the filled part of the cache; layers the fused GEMV
-#    cannot read (bitsandbytes, group-wise or asymmetric int8) run as the model's modules.
+# 2. The fused decode step: one token in five kernels a block (Triton on CUDA, which the tests
+#    also run under Triton's interpreter; C++ on a CPU). The model's norms, residual adds and
+#    activation go into the GEMV beside them and attention reads only the filled part of the
+#    cache; layers the fused GEMV cannot read (bitsandbytes, group-wise or asymmetric int8,
+#    and on a CPU Part 1's 4-bit) run as the model's modules.
 
-def fused_available(device: torch.device) -> str | None:
-    """None if the fused step can run on device, else why not."""
+def fused_available(device: torch.device, dtype: torch.dtype) -> str | None:
+    """None if the fused step can run on device in dtype, else why not."""
+    if kernels.fused_on_cpu(device):
+        if dtype != torch.float32:
+            return "the fused step on a CPU computes in float32"
+        return None if kernels.cpu_kernel() else f"its C++ kernels cannot be built ({kernels.cpu_kernel_status()})"
     if kernels.triton_kernels() is None:
         return "Triton is not installed"
     if device.type != "cuda" and not kernels._interpreting():
@@ -233,6 +241,8 @@ def fused_weights(modules: list, dtype: torch.dtype, gated: bool = False) -> ker
     if len({type(m) for m in modules}) != 1 or gated and len(modules) != 2:
         return None
     first = modules[0]
+    if isinstance(first, p1.Linear4bit) and kernels.fused_on_cpu(first.packed.device):
+        return None                                   # the C++ kernels read float32 and int8 rows only
     n = rows_of(first) if gated else sum(map(rows_of, modules))
     bias = None
     if any(getattr(m, "bias", None) is not None for m in modules):
@@ -288,7 +298,7 @@ class FusedStep:
 
     def __init__(self, net: StaticCache, nxt: torch.Tensor, pos: torch.Tensor, step: torch.Tensor,
                  tokens: torch.Tensor):
-        why = fused_available(net.device)
+        why = fused_available(net.device, net.dtype)
         if why:
             raise ev.UserError(f"the fused decode step cannot run here: {why}")
         self.net, self.nxt, self.pos, self.step, self.tokens = net, nxt, pos, step, tokens
@@ -809,6 +819,11 @@ def bench(model_id: str, tokenizer, ids: torch.Tensor, methods: list[str], prefi
 CPU_METHODS = ("fp32", "scratch-int8-fast", "bnb-int8", "bnb-nf4", "gguf-f32", "gguf-f16", "gguf-q8_0", "gguf-q4_0")
 CPU_PATH = ("static KV cache, eager (no CUDA graphs on a CPU), one forward per token, argmax in place: "
             "generate()'s per-token work is gone; Part 1's int8 layers read int8 in a threaded C++ kernel")
+CPU_FUSED_PATH = ("the static path with the decode step as FusedStep's C++ kernels, the same five calls a block "
+                  "as on CUDA (norm+QKV GEMV, attention over the filled cache, out-projection GEMV+residual, "
+                  "norm+up GEMV+activation, down GEMV+residual; final norm+output layer+argmax), float32 and "
+                  "Part 1's int8 rows read in place, other layers as the model's modules; the prompt pass "
+                  "stays on the static path")
 
 
 def cpu_method(name: str, model_id: str):
@@ -866,19 +881,30 @@ def cpu_bench(model_id: str, tokenizer, ids: torch.Tensor, methods: list[str], p
         timed[name] = {"prefill": lambda f=fast: f.prefill(prefill_ids), "decode": lambda f=fast: f.generate(prompt)}
         rows[name] = {"path": CPU_PATH, "weights_bytes": weights["bytes"], "weights_mib": weights["mib"],
                       "leading_tokens_equal": same}
+        # the fused step on its own copy of the model: it re-lays out GPT-2's Conv1D weights in place
+        fused = FastDecoder(cpu_method(name, model_id), prompt_tokens, new_tokens, prefill_tokens, graphs=False,
+                            fused=True)
+        same_fused = leading_equal(fused.generate(prompt), ref)
+        timed[f"{name}·fused"] = {"prefill": lambda f=fused: f.prefill(prefill_ids),
+                                  "decode": lambda f=fused: f.generate(prompt)}
+        rows[f"{name}·fused"] = {"path": CPU_FUSED_PATH, "weights_bytes": weights["bytes"],
+                                 "weights_mib": weights["mib"], "leading_tokens_equal": same_fused,
+                                 "fused_layers": len(fused.fused.fused_layers),
+                                 "module_layers": fused.fused.module_layers}
         if name == "fp32":
             timed["fp32·generate"] = ev.hf_calls(m, tokenizer, prefill_ids, prompt, new_tokens)
             rows["fp32·generate"] = {"path": ev.DECODE_DEFINITION, "weights_bytes": weights["bytes"],
                                      "weights_mib": weights["mib"]}
-        print(f"  {name}: {weights['mib']:.1f} MiB, static path tokens = generate tokens: {same}/{new_tokens}",
-              file=sys.stderr, flush=True)
+        print(f"  {name}: {weights['mib']:.1f} MiB, tokens = generate tokens: static path {same}/{new_tokens}, "
+              f"fused step {same_fused}/{new_tokens}", file=sys.stderr, flush=True)
     result = ev.side_by_side(timed, cpu, new_tokens, repeats, warmup, "fp32", progress)
     for name, row in rows.items():
         result["table"][name].update(row)
     dec = {k: v["decode_ms_per_token"]["median"] for k, v in result["table"].items()}
-    if "scratch-int8-fast" in dec:
-        result["int8_targets"] = {k: dec["scratch-int8-fast"] / dec[ref_] for k, ref_ in
-                                  (("vs_llama_cpp_q8_0", "gguf-q8_0"), ("vs_fp32", "fp32")) if ref_ in dec}
+    if "scratch-int8-fast·fused" in dec:            # Part 1 INT8 on its fastest path, the fused step
+        result["int8_targets"] = {k: dec["scratch-int8-fast·fused"] / dec[ref_] for k, ref_ in
+                                  (("vs_llama_cpp_q8_0", "gguf-q8_0"), ("vs_fp32", "fp32·fused"),
+                                   ("vs_fp32_static", "fp32")) if ref_ in dec}
     return {**result, "threads": threads, "prefill_tokens": prefill_tokens, "prompt_tokens": prompt_tokens,
             "new_tokens": new_tokens, "static_path": CPU_PATH,
             "decode_definition": "wall time of the prompt pass + new_tokens-1 decode steps / new tokens, every row",
@@ -891,8 +917,9 @@ def cpu_targets_text(result: dict) -> str:
     """Part 1 INT8's decode time against llama.cpp Q8_0's and fp32's, same run (the table is
     printed by evaluate.save_side_by_side)."""
     t = result.get("int8_targets") or {}
-    names = {"vs_llama_cpp_q8_0": "llama.cpp Q8_0's", "vs_fp32": "fp32's (static path)"}
-    return ("Part 1 INT8 decodes a token in " + ", ".join(f"{v:.2f}x {names[k]}" for k, v in t.items())
+    names = {"vs_llama_cpp_q8_0": "llama.cpp Q8_0's", "vs_fp32": "fp32's (fused step)",
+             "vs_fp32_static": "fp32's (static path)"}
+    return ("Part 1 INT8 on the fused step decodes a token in " + ", ".join(f"{v:.2f}x {names[k]}" for k, v in t.items())
             + f" time, {result['threads']} threads") if t else ""
 
 

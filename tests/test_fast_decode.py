@@ -195,6 +195,80 @@ def test_fused_step_runs_the_models_own_modules_where_it_cannot_read_a_layer():
     assert modules == 4 * blocks and fused == 1 and kernels_ == "None"
 
 
+@pytest.mark.parametrize("arch,quant", [("gpt2", None), ("gpt2", "int8"), ("llama", None), ("llama", "int8"),
+                                        ("gpt2", "nf4")])
+def test_cpu_fused_step_makes_generates_tokens(gpt2_dir, llama_dir, arch, quant):
+    """On a CPU the fused step's operations are the C++ kernels: the same greedy tokens as
+    generate(); float32 and int8 layers all fused (five calls a block, three more), 4-bit
+    layers as the model's modules around the fused attention, embedding and head."""
+    model, tok = ev.load_model(str(gpt2_dir if arch == "gpt2" else llama_dir), device="cpu")
+    if quant:
+        p1.quantize_model(model, "whole", 8 if quant == "int8" else 4, "per_channel" if quant == "int8" else quant)
+        p1.set_path(model, "fast")
+    prompt = prompt_of(tok)
+    fused = fd.FastDecoder(model, prompt.shape[1], 20, fused=True)      # first: it re-lays out weights
+    ref = fd.generate_tokens(model, tok, prompt, 20)
+    assert torch.equal(fused.generate(prompt), ref)
+    assert torch.equal(fused.generate(prompt), ref)                     # a second run starts clean
+    step, blocks = fused.fused, model.config.num_hidden_layers
+    if quant == "nf4":
+        assert len(step.module_layers) == 4 * blocks and step.kernels_per_step() is None
+    else:
+        assert not step.module_layers and len(step.fused_layers) == 4 * blocks + 1
+        assert step.kernels_per_step() == 5 * blocks + 3
+
+
+def test_cpu_fused_kernels_equal_the_models_ops():
+    """Each C++ operation of the fused step against the same computation in torch ops: LayerNorm
+    + int8 GEMV + bias + gelu_new + residual; RMSNorm + a float gate/up GEMV + silu(g) * u;
+    attention over a cache with rotary and grouped-query heads, k and v written at pos; the
+    argmax head and its bookkeeping."""
+    import kernels as k
+    from transformers.activations import NewGELUActivation
+    torch.manual_seed(0)
+    K, N = 96, 40
+    x, res = torch.randn(K), torch.randn(N)
+    nw, nb, b = torch.rand(K) + 0.5, torch.randn(K), torch.randn(N)
+    q = torch.randint(-127, 128, (N, K), dtype=torch.int8)
+    s = torch.rand(N) / 100
+    y = res.clone()
+    k.fused_linear(x, k.FusedWeights(k.W_INT8, q, N, K, scale=s, bias=b), y, (k.NORM_LAYER, nw, nb, 1e-5),
+                   k.ACT_GELU_NEW, y)
+    h = torch.nn.functional.layer_norm(x, (K,), nw, nb, 1e-5)
+    want = res + NewGELUActivation()((h @ q.float().t()) * s + b)
+    assert (y - want).abs().max() < 1e-5 * want.abs().max()
+
+    w = torch.randn(2 * N, K)
+    y = torch.empty(N)
+    k.fused_linear(x, k.FusedWeights(k.W_DENSE, w, N, K), y, (k.NORM_RMS, nw, None, 1e-6), k.ACT_SILU_GATE)
+    h = nw * (x * torch.rsqrt(x.pow(2).mean() + 1e-6))
+    g, u = (h @ w.t()).split(N)
+    want = torch.nn.functional.silu(g) * u
+    assert (y - want).abs().max() < 1e-5 * want.abs().max()
+
+    H, HKV, D, T, pos = 4, 2, 8, 10, 6
+    kc, vc = torch.randn(HKV, T, D), torch.randn(HKV, T, D)
+    qkv, cos, sin = torch.randn((H + 2 * HKV) * D), torch.randn(T, D), torch.randn(T, D)
+    kc0, out = kc.clone(), torch.empty(H * D)
+    k.decode_attention(qkv, kc, vc, torch.tensor([pos]), out, H, HKV, D, D ** -0.5, (cos, sin))
+    half = lambda t: torch.cat([-t[..., D // 2:], t[..., :D // 2]], -1)          # noqa: E731
+    rot = lambda t: t * cos[pos] + half(t) * sin[pos]                             # noqa: E731
+    qh, kh, vh = qkv.split([H * D, HKV * D, HKV * D])
+    assert torch.allclose(kc[:, pos], rot(kh.view(HKV, D)), atol=1e-6)
+    assert torch.equal(vc[:, pos], vh.view(HKV, D)) and torch.equal(kc[:, :pos], kc0[:, :pos])
+    keys, values = kc[:, :pos + 1].repeat_interleave(H // HKV, 0), vc[:, :pos + 1].repeat_interleave(H // HKV, 0)
+    want = torch.nn.functional.scaled_dot_product_attention(rot(qh.view(H, 1, D)), keys, values)
+    assert torch.allclose(out, want.reshape(-1), atol=1e-5)
+
+    wv = torch.randn(50, K)
+    wv[37] = 4 * wv[37].abs() * torch.sign(torch.nn.functional.layer_norm(x, (K,), nw, nb, 1e-5))  # the winner
+    tokens, step, nxt, p = torch.zeros(3, dtype=torch.long), torch.tensor([1]), torch.zeros(1, 1, dtype=torch.long), \
+        torch.tensor([5])
+    k.fused_argmax_head(x, k.FusedWeights(k.W_DENSE, wv, 50, K), (k.NORM_LAYER, nw, nb, 1e-5), None, None,
+                        tokens, step, nxt, p)
+    assert tokens.tolist() == [0, 37, 0] and step.item() == 2 and nxt.item() == 37 and p.item() == 6
+
+
 def test_a_peer_that_cannot_run_is_a_row_that_says_why(gpt2_dir):
     """No GPU here: torchao's peer cannot load its model on CUDA; the bench gets a row with the
     reason, not a crash."""

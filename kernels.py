@@ -493,6 +493,16 @@ if triton is not None:
     # these kernels round too, so they compute what the model's modules compute.
 
     @triton.jit
+    def _pdl_start(PDL: tl.constexpr):
+        # launched with programmatic dependent launch (PDL): wait until the kernel before has
+        # finished and its writes are visible, then let the next kernel launch (it prefetches
+        # what it can, then waits here too). Every fused-step kernel does this before it reads
+        # or writes activations, so the step keeps stream order.
+        if PDL:
+            tl.extra.cuda.gdc_wait()
+            tl.extra.cuda.gdc_launch_dependents()
+
+    @triton.jit
     def _rnd(v, like_ptr):
         # round fp32 to the activations' dtype and back: where the model's op would round
         return v.to(like_ptr.dtype.element_ty).to(tl.float32)
@@ -527,10 +537,26 @@ if triton is not None:
         return w
 
     @triton.jit
+    def _x_tile(x_ptr, nw_ptr, nb_ptr, k0, K, mean, rstd, NORM: tl.constexpr, BK: tl.constexpr):
+        # columns k0..k0+BK of the GEMV's input: x, or x through the model's norm, rounded as
+        # the model rounds (LayerNorm: (x - mean) * rstd * g + b; RMSNorm: g * (x * rstd))
+        kk = k0 + tl.arange(0, BK)
+        km = kk < K
+        x = tl.load(x_ptr + kk, mask=km, other=0.0).to(tl.float32)
+        if NORM == 1:
+            g = tl.load(nw_ptr + kk, mask=km, other=0.0).to(tl.float32)
+            b = tl.load(nb_ptr + kk, mask=km, other=0.0).to(tl.float32)
+            x = _rnd((x - mean) * rstd * g + b, x_ptr)
+        if NORM == 2:
+            g = tl.load(nw_ptr + kk, mask=km, other=0.0).to(tl.float32)
+            x = _rnd(g * _rnd(x * rstd, x_ptr), x_ptr)
+        return x
+
+    @triton.jit
     def _fused_gemv(x_ptr, nw_ptr, nb_ptr, w_ptr, s_ptr, lut_ptr, b_ptr, r_ptr, y_ptr, pv_ptr, pi_ptr,
                     N, K, eps, NORM: tl.constexpr, WFMT: tl.constexpr, LINEAR4: tl.constexpr, QB: tl.constexpr,
                     HAS_BIAS: tl.constexpr, ACT: tl.constexpr, HAS_RES: tl.constexpr, ARGMAX: tl.constexpr,
-                    KP: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr):
+                    PDL: tl.constexpr, KP: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr):
         # y (N,) = act(norm(x) W^T * scale + bias) [+ r], x (K,): this program's BN outputs.
         # KP: a power of two >= K (the norm's statistics read x in one load).
         # NORM 0 none, 1 LayerNorm (nw, nb), 2 RMSNorm (nw); WFMT 0 dense, 1 int8, 2 4-bit;
@@ -540,7 +566,12 @@ if triton is not None:
         pid = tl.program_id(0)
         rn = pid * BN + tl.arange(0, BN)
         nm = rn < N
-        rk = tl.arange(0, BK)
+        # the first tile of weights reads nothing an earlier kernel writes: with PDL it loads
+        # while the kernel before is still finishing; then wait for it, and let the next launch
+        w = _w_tile(w_ptr, s_ptr, lut_ptr, rn, nm, 0, K, WFMT, LINEAR4, QB, BN, BK)
+        if ACT == 3:
+            w2 = _w_tile(w_ptr, s_ptr, lut_ptr, rn + N, nm, 0, K, WFMT, LINEAR4, QB, BN, BK)
+        _pdl_start(PDL)
         mean = 0.0
         rstd = 1.0
         if NORM != 0:                                   # statistics in fp32, from one load of x
@@ -550,19 +581,12 @@ if triton is not None:
                 mean = tl.sum(xs, 0) / K
             dx = tl.where(rr < K, xs - mean, 0.0)
             rstd = 1.0 / tl.sqrt(tl.sum(dx * dx, 0) / K + eps)
-        acc = tl.zeros((BN, BK), tl.float32)
-        acc2 = tl.zeros((BN, BK), tl.float32)
-        for k0 in range(0, K, BK):
-            kk = k0 + rk
-            km = kk < K
-            x = tl.load(x_ptr + kk, mask=km, other=0.0).to(tl.float32)
-            if NORM == 1:
-                g = tl.load(nw_ptr + kk, mask=km, other=0.0).to(tl.float32)
-                b = tl.load(nb_ptr + kk, mask=km, other=0.0).to(tl.float32)
-                x = _rnd((x - mean) * rstd * g + b, x_ptr)
-            if NORM == 2:                               # Llama: weight * (x * rstd) in 16-bit
-                g = tl.load(nw_ptr + kk, mask=km, other=0.0).to(tl.float32)
-                x = _rnd(g * _rnd(x * rstd, x_ptr), x_ptr)
+        x = _x_tile(x_ptr, nw_ptr, nb_ptr, 0, K, mean, rstd, NORM, BK)
+        acc = w * x[None, :]                                                        # (BN, BK)
+        if ACT == 3:
+            acc2 = w2 * x[None, :]
+        for k0 in range(BK, K, BK):
+            x = _x_tile(x_ptr, nw_ptr, nb_ptr, k0, K, mean, rstd, NORM, BK)
             acc += _w_tile(w_ptr, s_ptr, lut_ptr, rn, nm, k0, K, WFMT, LINEAR4, QB, BN, BK) * x[None, :]
             if ACT == 3:
                 acc2 += _w_tile(w_ptr, s_ptr, lut_ptr, rn + N, nm, k0, K, WFMT, LINEAR4, QB, BN, BK) * x[None, :]
@@ -601,9 +625,11 @@ if triton is not None:
             tl.store(y_ptr + rn, y.to(y_ptr.dtype.element_ty), mask=nm)
 
     @triton.jit
-    def _argmax_emit(pv_ptr, pi_ptr, P, tokens_ptr, step_ptr, next_ptr, pos_ptr, BP: tl.constexpr):
+    def _argmax_emit(pv_ptr, pi_ptr, P, tokens_ptr, step_ptr, next_ptr, pos_ptr, PDL: tl.constexpr,
+                     BP: tl.constexpr):
         # The token: the largest of P block maxima (first index on ties), then the step's
         # bookkeeping on the device: tokens[step] = it, next = it, step += 1, pos += 1.
+        _pdl_start(PDL)
         rp = tl.arange(0, BP)
         v = tl.load(pv_ptr + rp, mask=rp < P, other=float("-inf"))
         best_v = tl.max(v, 0)
@@ -623,8 +649,9 @@ if triton is not None:
 
     @triton.jit
     def _embed(ids_ptr, pos_ptr, te_ptr, ts_ptr, pe_ptr, ps_ptr, x_ptr, C, TE_INT8: tl.constexpr,
-               HAS_PE: tl.constexpr, PE_INT8: tl.constexpr, BC: tl.constexpr):
+               HAS_PE: tl.constexpr, PE_INT8: tl.constexpr, PDL: tl.constexpr, BC: tl.constexpr):
         # x (C,) = te[id] (+ pe[pos]); an int8 table's row times its scale, rounded as the model does
+        _pdl_start(PDL)
         tok = tl.load(ids_ptr)
         pos = tl.load(pos_ptr)
         for c0 in range(0, C, BC):
@@ -649,11 +676,13 @@ if triton is not None:
 
     @triton.jit
     def _decode_attention(qkv_ptr, kc_ptr, vc_ptr, cos_ptr, sin_ptr, pos_ptr, out_ptr, sm_scale, H, HKV, T,
-                          HALF: tl.constexpr, HP: tl.constexpr, ROTARY: tl.constexpr, BT: tl.constexpr):
+                          HALF: tl.constexpr, HP: tl.constexpr, ROTARY: tl.constexpr, PDL: tl.constexpr,
+                          BT: tl.constexpr):
         # One query head per program. qkv (H*D + 2*HKV*D,) holds q, k, v of the new token at
         # position pos; the cache (HKV, T, D) holds positions 0..pos-1. Rotary (Llama) on q and
         # k from the model's cos/sin table (T, D); k, v written to the cache at pos (by the
         # group's first head); softmax over positions 0..pos only, online, in fp32.
+        _pdl_start(PDL)
         h = tl.program_id(0)
         D = 2 * HALF
         kvh = h // (H // HKV)
@@ -743,7 +772,7 @@ def _make_launchers() -> dict:
                                        (1, 4096, 8), (2, 512, 4), (4, 256, 4), (4, 512, 4), (8, 128, 4),
                                        (8, 256, 4), (8, 512, 8), (16, 128, 4), (32, 128, 8))]
     return {
-        "fused_gemv": launcher(_fused_gemv, fused_configs, ["N", "K"],
+        "fused_gemv": launcher(_fused_gemv, fused_configs, ["N", "K", "PDL"],
                                lambda c, M, N: (triton.cdiv(N, c["BN"]),), {"BN": 8, "BK": 128}),
         "int8_mm": launcher(_int8_mm, mm_configs, ["M", "N", "K"],
                             lambda c, M, N: (triton.cdiv(M, c["BM"]), triton.cdiv(N, c["BN"])),
@@ -827,6 +856,17 @@ def _or_empty(t: torch.Tensor | None) -> torch.Tensor:
     return _EMPTY if t is None else t
 
 
+PDL = True        # the fused step's kernels with programmatic dependent launch where the GPU has it
+
+
+def _pdl(x: torch.Tensor) -> dict:
+    """The launch's PDL arguments: on (the constexpr and the launch option) on a CUDA GPU of
+    compute capability 9.0 or more (Hopper: each kernel prefetches its first weight tile
+    while the one before finishes), off elsewhere and under the interpreter."""
+    on = PDL and x.is_cuda and not _interpreting() and torch.cuda.get_device_capability(x.device)[0] >= 9
+    return {"PDL": True, "launch_pdl": True} if on else {"PDL": False}
+
+
 def fused_linear(x: torch.Tensor, fw: FusedWeights, y: torch.Tensor, norm: tuple | None = None, act: int = 0,
                  res: torch.Tensor | None = None) -> None:
     """y (N,) = act(norm(x) W^T + bias) [+ res], x (K,), in one kernel; norm = (NORM_LAYER or
@@ -841,7 +881,7 @@ def fused_linear(x: torch.Tensor, fw: FusedWeights, y: torch.Tensor, norm: tuple
         x if fw.lut is None else fw.lut, x if fw.bias is None else fw.bias, x if res is None else res, y,
         y, y, fw.n, fw.k, eps, NORM=kind, WFMT=fw.fmt, LINEAR4=fw.linear4, QB=fw.block,
         HAS_BIAS=fw.bias is not None, ACT=act, HAS_RES=res is not None, ARGMAX=False,
-        KP=triton.next_power_of_2(fw.k))
+        KP=triton.next_power_of_2(fw.k), **_pdl(x))
 
 
 def fused_argmax_head(x: torch.Tensor, fw: FusedWeights, norm: tuple, pv: torch.Tensor, pi: torch.Tensor,
@@ -860,9 +900,9 @@ def fused_argmax_head(x: torch.Tensor, fw: FusedWeights, norm: tuple, pv: torch.
                           fw.n, fw.k, eps, NORM=kind, WFMT=fw.fmt, LINEAR4=fw.linear4, QB=fw.block,
                           HAS_BIAS=fw.bias is not None, ACT=0, HAS_RES=False, ARGMAX=True,
                           KP=triton.next_power_of_2(fw.k), BN=ARGMAX_BN, BK=min(triton.next_power_of_2(fw.k), 1024),
-                          num_warps=8)
+                          num_warps=8, **_pdl(x))
     _argmax_emit[(1,)](pv, pi, parts, tokens, step, nxt, pos, BP=min(triton.next_power_of_2(parts), 8192),
-                       num_warps=8)
+                       num_warps=8, **_pdl(x))
 
 
 def fused_embed(ids: torch.Tensor, pos: torch.Tensor, te, pe, x: torch.Tensor) -> None:
@@ -875,7 +915,7 @@ def fused_embed(ids: torch.Tensor, pos: torch.Tensor, te, pe, x: torch.Tensor) -
     C = x.numel()
     _embed[(1,)](ids, pos, tw, x if tsc is None else tsc, pw, x if psc is None else psc, x, C,
                  TE_INT8=tsc is not None, HAS_PE=pe is not None, PE_INT8=psc is not None,
-                 BC=min(triton.next_power_of_2(C), 1024), num_warps=4)
+                 BC=min(triton.next_power_of_2(C), 1024), num_warps=4, **_pdl(x))
 
 
 def decode_attention(qkv: torch.Tensor, kc: torch.Tensor, vc: torch.Tensor, pos: torch.Tensor, out: torch.Tensor,
@@ -891,4 +931,4 @@ def decode_attention(qkv: torch.Tensor, kc: torch.Tensor, vc: torch.Tensor, pos:
     cos, sin = rotary or (qkv, qkv)
     _decode_attention[(heads,)](qkv, kc, vc, cos, sin, pos, out, sm_scale, heads, kv_heads, kc.shape[-2],
                                 HALF=half, HP=triton.next_power_of_2(half), ROTARY=rotary is not None, BT=128,
-                                num_warps=4)
+                                num_warps=4, **_pdl(qkv))

@@ -682,13 +682,29 @@ if triton is not None:
         # position pos; the cache (HKV, T, D) holds positions 0..pos-1. Rotary (Llama) on q and
         # k from the model's cos/sin table (T, D); k, v written to the cache at pos (by the
         # group's first head); softmax over positions 0..pos only, online, in fp32.
-        _pdl_start(PDL)
+        # pos, the cache's first BT positions and cos/sin were written by earlier steps: they
+        # load before the PDL wait, while the QKV GEMV before this kernel is still running.
         h = tl.program_id(0)
         D = 2 * HALF
         kvh = h // (H // HKV)
         pos = tl.load(pos_ptr)
         d = tl.arange(0, HP)
         dm = d < HALF
+        base = kvh * T * D
+        rt = tl.arange(0, BT)
+        tm0 = rt < pos
+        off0 = base + rt[:, None] * D + d[None, :]
+        msk0 = tm0[:, None] & dm[None, :]
+        kt1 = tl.load(kc_ptr + off0, mask=msk0, other=0.0)
+        kt2 = tl.load(kc_ptr + off0 + HALF, mask=msk0, other=0.0)
+        vt1 = tl.load(vc_ptr + off0, mask=msk0, other=0.0)
+        vt2 = tl.load(vc_ptr + off0 + HALF, mask=msk0, other=0.0)
+        if ROTARY:
+            c1 = tl.load(cos_ptr + pos * D + d, mask=dm, other=0.0).to(tl.float32)
+            c2 = tl.load(cos_ptr + pos * D + HALF + d, mask=dm, other=0.0).to(tl.float32)
+            s1 = tl.load(sin_ptr + pos * D + d, mask=dm, other=0.0).to(tl.float32)
+            s2 = tl.load(sin_ptr + pos * D + HALF + d, mask=dm, other=0.0).to(tl.float32)
+        _pdl_start(PDL)
         q1 = tl.load(qkv_ptr + h * D + d, mask=dm, other=0.0).to(tl.float32)
         q2 = tl.load(qkv_ptr + h * D + HALF + d, mask=dm, other=0.0).to(tl.float32)
         kb = H * D + kvh * D
@@ -698,13 +714,8 @@ if triton is not None:
         v1 = tl.load(qkv_ptr + vb + d, mask=dm, other=0.0).to(tl.float32)
         v2 = tl.load(qkv_ptr + vb + HALF + d, mask=dm, other=0.0).to(tl.float32)
         if ROTARY:
-            c1 = tl.load(cos_ptr + pos * D + d, mask=dm, other=0.0).to(tl.float32)
-            c2 = tl.load(cos_ptr + pos * D + HALF + d, mask=dm, other=0.0).to(tl.float32)
-            s1 = tl.load(sin_ptr + pos * D + d, mask=dm, other=0.0).to(tl.float32)
-            s2 = tl.load(sin_ptr + pos * D + HALF + d, mask=dm, other=0.0).to(tl.float32)
             q1, q2 = _rotate(q1, q2, c1, c2, s1, s2, qkv_ptr)
             k1, k2 = _rotate(k1, k2, c1, c2, s1, s2, qkv_ptr)
-        base = kvh * T * D
         if h % (H // HKV) == 0:
             tl.store(kc_ptr + base + pos * D + d, k1.to(kc_ptr.dtype.element_ty), mask=dm)
             tl.store(kc_ptr + base + pos * D + HALF + d, k2.to(kc_ptr.dtype.element_ty), mask=dm)
@@ -714,25 +725,28 @@ if triton is not None:
         l = m * 0.0 + 1.0
         a1 = v1
         a2 = v2
-        rt = tl.arange(0, BT)
-        for t0 in range(0, pos, BT):
-            t = t0 + rt
-            tm = t < pos
-            off = base + t[:, None] * D + d[None, :]
-            msk = tm[:, None] & dm[None, :]
-            s = (tl.sum(tl.load(kc_ptr + off, mask=msk, other=0.0).to(tl.float32) * q1[None, :], 1)
-                 + tl.sum(tl.load(kc_ptr + off + HALF, mask=msk, other=0.0).to(tl.float32) * q2[None, :], 1))
+        for t0 in range(0, pos, BT):                    # the first tile is in registers already
+            if t0 > 0:
+                t = t0 + rt
+                tm = t < pos
+                off = base + t[:, None] * D + d[None, :]
+                msk = tm[:, None] & dm[None, :]
+                kt1 = tl.load(kc_ptr + off, mask=msk, other=0.0)
+                kt2 = tl.load(kc_ptr + off + HALF, mask=msk, other=0.0)
+                vt1 = tl.load(vc_ptr + off, mask=msk, other=0.0)
+                vt2 = tl.load(vc_ptr + off + HALF, mask=msk, other=0.0)
+            tm = t0 + rt < pos
+            s = (tl.sum(kt1.to(tl.float32) * q1[None, :], 1) + tl.sum(kt2.to(tl.float32) * q2[None, :], 1))
             s = tl.where(tm, s * sm_scale, float("-inf"))
             m_new = tl.maximum(m, tl.max(s, 0))
             alpha = tl.exp(m - m_new)
             p = tl.exp(s - m_new)
             l = l * alpha + tl.sum(p, 0)
-            a1 = a1 * alpha + tl.sum(p[:, None] * tl.load(vc_ptr + off, mask=msk, other=0.0).to(tl.float32), 0)
-            a2 = a2 * alpha + tl.sum(p[:, None] * tl.load(vc_ptr + off + HALF, mask=msk, other=0.0).to(tl.float32), 0)
+            a1 = a1 * alpha + tl.sum(p[:, None] * vt1.to(tl.float32), 0)
+            a2 = a2 * alpha + tl.sum(p[:, None] * vt2.to(tl.float32), 0)
             m = m_new
         tl.store(out_ptr + h * D + d, (a1 / l).to(out_ptr.dtype.element_ty), mask=dm)
         tl.store(out_ptr + h * D + HALF + d, (a2 / l).to(out_ptr.dtype.element_ty), mask=dm)
-
 
 
 def _interpreting() -> bool:
@@ -930,5 +944,6 @@ def decode_attention(qkv: torch.Tensor, kc: torch.Tensor, vc: torch.Tensor, pos:
     half = head_dim // 2
     cos, sin = rotary or (qkv, qkv)
     _decode_attention[(heads,)](qkv, kc, vc, cos, sin, pos, out, sm_scale, heads, kv_heads, kc.shape[-2],
-                                HALF=half, HP=triton.next_power_of_2(half), ROTARY=rotary is not None, BT=128,
-                                num_warps=4, **_pdl(qkv))
+                                HALF=half, HP=triton.next_power_of_2(half), ROTARY=rotary is not None,
+                                BT=128 if kc.shape[-2] <= 128 else 256, num_warps=4 if kc.shape[-2] <= 128 else 8,
+                                **_pdl(qkv))

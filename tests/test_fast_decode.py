@@ -218,55 +218,78 @@ def test_cpu_fused_step_makes_generates_tokens(gpt2_dir, llama_dir, arch, quant)
         assert step.kernels_per_step() == 5 * blocks + 3
 
 
-def test_cpu_fused_kernels_equal_the_models_ops():
-    """Each C++ operation of the fused step against the same computation in torch ops: LayerNorm
-    + int8 GEMV + bias + gelu_new + residual; RMSNorm + a float gate/up GEMV + silu(g) * u;
-    attention over a cache with rotary and grouped-query heads, k and v written at pos; the
-    argmax head and its bookkeeping."""
-    import kernels as k
-    from transformers.activations import NewGELUActivation
-    torch.manual_seed(0)
-    K, N = 96, 40
-    x, res = torch.randn(K), torch.randn(N)
-    nw, nb, b = torch.rand(K) + 0.5, torch.randn(K), torch.randn(N)
-    q = torch.randint(-127, 128, (N, K), dtype=torch.int8)
-    s = torch.rand(N) / 100
-    y = res.clone()
-    k.fused_linear(x, k.FusedWeights(k.W_INT8, q, N, K, scale=s, bias=b), y, (k.NORM_LAYER, nw, nb, 1e-5),
-                   k.ACT_GELU_NEW, y)
-    h = torch.nn.functional.layer_norm(x, (K,), nw, nb, 1e-5)
-    want = res + NewGELUActivation()((h @ q.float().t()) * s + b)
-    assert (y - want).abs().max() < 1e-5 * want.abs().max()
+FUSED_OPS_CHECK = r"""
+import torch
+import kernels as k
+from transformers.activations import NewGELUActivation
+F = torch.nn.functional
+torch.manual_seed(0)
+K, N = 96, 40
+x, res = torch.randn(K), torch.randn(N)
+nw, nb, b = torch.rand(K) + 0.5, torch.randn(K), torch.randn(N)
+q = torch.randint(-127, 128, (N, K), dtype=torch.int8)
+s = torch.rand(N) / 100
+y = res.clone()
+k.fused_linear(x, k.FusedWeights(k.W_INT8, q, N, K, scale=s, bias=b), y, (k.NORM_LAYER, nw, nb, 1e-5),
+               k.ACT_GELU_NEW, y)
+h = F.layer_norm(x, (K,), nw, nb, 1e-5)
+want = res + NewGELUActivation()((h @ q.float().t()) * s + b)
+assert (y - want).abs().max() < 1e-5 * want.abs().max(), "LayerNorm + int8 + gelu_new + residual"
 
-    w = torch.randn(2 * N, K)
-    y = torch.empty(N)
-    k.fused_linear(x, k.FusedWeights(k.W_DENSE, w, N, K), y, (k.NORM_RMS, nw, None, 1e-6), k.ACT_SILU_GATE)
-    h = nw * (x * torch.rsqrt(x.pow(2).mean() + 1e-6))
-    g, u = (h @ w.t()).split(N)
-    want = torch.nn.functional.silu(g) * u
-    assert (y - want).abs().max() < 1e-5 * want.abs().max()
+w = torch.randn(2 * N, K)
+y = torch.empty(N)
+k.fused_linear(x, k.FusedWeights(k.W_DENSE, w, N, K), y, (k.NORM_RMS, nw, None, 1e-6), k.ACT_SILU_GATE)
+h = nw * (x * torch.rsqrt(x.pow(2).mean() + 1e-6))
+g, u = (h @ w.t()).split(N)
+want = F.silu(g) * u
+assert (y - want).abs().max() < 1e-5 * want.abs().max(), "RMSNorm + gate/up + silu"
 
-    H, HKV, D, T, pos = 4, 2, 8, 10, 6
+H, HKV, D = 4, 2, 8
+for T, pos in ((10, 6), (300, 290)):             # one tile of the cache, and two (positions past 256)
     kc, vc = torch.randn(HKV, T, D), torch.randn(HKV, T, D)
     qkv, cos, sin = torch.randn((H + 2 * HKV) * D), torch.randn(T, D), torch.randn(T, D)
     kc0, out = kc.clone(), torch.empty(H * D)
     k.decode_attention(qkv, kc, vc, torch.tensor([pos]), out, H, HKV, D, D ** -0.5, (cos, sin))
-    half = lambda t: torch.cat([-t[..., D // 2:], t[..., :D // 2]], -1)          # noqa: E731
-    rot = lambda t: t * cos[pos] + half(t) * sin[pos]                             # noqa: E731
+    half = lambda t: torch.cat([-t[..., D // 2:], t[..., :D // 2]], -1)
+    rot = lambda t: t * cos[pos] + half(t) * sin[pos]
     qh, kh, vh = qkv.split([H * D, HKV * D, HKV * D])
-    assert torch.allclose(kc[:, pos], rot(kh.view(HKV, D)), atol=1e-6)
-    assert torch.equal(vc[:, pos], vh.view(HKV, D)) and torch.equal(kc[:, :pos], kc0[:, :pos])
-    keys, values = kc[:, :pos + 1].repeat_interleave(H // HKV, 0), vc[:, :pos + 1].repeat_interleave(H // HKV, 0)
-    want = torch.nn.functional.scaled_dot_product_attention(rot(qh.view(H, 1, D)), keys, values)
-    assert torch.allclose(out, want.reshape(-1), atol=1e-5)
+    assert torch.allclose(kc[:, pos], rot(kh.view(HKV, D)), atol=1e-6), "k written at pos, rotated"
+    assert torch.equal(vc[:, pos], vh.view(HKV, D)) and torch.equal(kc[:, :pos], kc0[:, :pos]), "v at pos"
+    keys = kc[:, :pos + 1].repeat_interleave(H // HKV, 0)
+    values = vc[:, :pos + 1].repeat_interleave(H // HKV, 0)
+    want = F.scaled_dot_product_attention(rot(qh.view(H, 1, D)), keys, values)
+    assert torch.allclose(out, want.reshape(-1), atol=1e-5), f"attention, {T} positions"
 
-    wv = torch.randn(50, K)
-    wv[37] = 4 * wv[37].abs() * torch.sign(torch.nn.functional.layer_norm(x, (K,), nw, nb, 1e-5))  # the winner
-    tokens, step, nxt, p = torch.zeros(3, dtype=torch.long), torch.tensor([1]), torch.zeros(1, 1, dtype=torch.long), \
-        torch.tensor([5])
-    k.fused_argmax_head(x, k.FusedWeights(k.W_DENSE, wv, 50, K), (k.NORM_LAYER, nw, nb, 1e-5), None, None,
-                        tokens, step, nxt, p)
-    assert tokens.tolist() == [0, 37, 0] and step.item() == 2 and nxt.item() == 37 and p.item() == 6
+V = 50
+wv = torch.randn(V, K)
+wv[37] = 4 * wv[37].abs() * torch.sign(F.layer_norm(x, (K,), nw, nb, 1e-5))      # the winner
+tokens, step, nxt, p = torch.zeros(3, dtype=torch.long), torch.tensor([1]), torch.zeros(1, 1, dtype=torch.long), \
+    torch.tensor([5])
+parts = -(-V // k.ARGMAX_BN)
+k.fused_argmax_head(x, k.FusedWeights(k.W_DENSE, wv, V, K), (k.NORM_LAYER, nw, nb, 1e-5),
+                    torch.empty(parts), torch.empty(parts, dtype=torch.int32), tokens, step, nxt, p)
+assert tokens.tolist() == [0, 37, 0] and step.item() == 2 and nxt.item() == 37 and p.item() == 6, "head"
+print("OK")
+"""
+
+
+@pytest.mark.parametrize("backend", ["cpu", "triton"])
+def test_fused_step_operations_equal_the_models_ops(backend):
+    """Each operation of the fused step (C++ on a CPU; Triton, under its interpreter) against
+    the same computation in torch ops: LayerNorm + int8 GEMV + bias + gelu_new + residual;
+    RMSNorm + a float gate/up GEMV + silu(g) * u; attention over a cache of one tile and of
+    two, with rotary and grouped-query heads, k and v written at pos; the argmax head and its
+    bookkeeping."""
+    if backend == "triton":
+        pytest.importorskip("triton")
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": str(root)}
+    env.pop("TRITON_INTERPRET", None)
+    if backend == "triton":
+        env["TRITON_INTERPRET"] = "1"
+    out = subprocess.run([sys.executable, "-c", FUSED_OPS_CHECK], env=env, capture_output=True, text=True,
+                         timeout=600)
+    assert out.returncode == 0 and out.stdout.strip().endswith("OK"), out.stderr[-2000:]
 
 
 def test_a_peer_that_cannot_run_is_a_row_that_says_why(gpt2_dir):

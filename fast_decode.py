@@ -65,7 +65,9 @@ NOT_CAPTURABLE = {"bnb-int8": "LLM.int8() splits outlier columns by value (data-
 FAST_PATH = "static KV cache, one CUDA graph per step (prompt pass, decode step, prefill), argmax on the device"
 FUSED_PATH = ("the fast path with the decode step as FusedStep's Triton kernels: per block norm+QKV GEMV, "
               "attention over the filled cache, out-projection GEMV+residual, norm+up GEMV+activation, "
-              "down GEMV+residual; final norm+output layer+argmax; one CUDA graph")
+              "down GEMV+residual; final norm+output layer+argmax; one CUDA graph; on Hopper with programmatic "
+              "dependent launch (each kernel loads what earlier kernels cannot change, its first weight tile or "
+              "the filled cache, while the kernel before finishes)")
 # The peers: the same job done by others' recipes, in the same round-robin run.
 COMPILE_MODE = "max-autotune-no-cudagraphs"       # the mode of gpt-fast's decode step; the graph is ours
 PEERS = {"torchao-int8wo": "torchao int8 weight-only (Int8WeightOnlyConfig) on every linear layer (GPT-2's Conv1D "
@@ -799,7 +801,8 @@ def bench(model_id: str, tokenizer, ids: torch.Tensor, methods: list[str], prefi
     return {"table": table, "peers": peers, "baseline": "fp16", "repeats": repeats, "warmup": warmup,
             "order": result["order"], "prefill_tokens": prefill_tokens, "prompt_tokens": prompt_tokens,
             "new_tokens": new_tokens, "decode_definition": ev.DECODE_DEFINITION,
-            "fast_path": FAST_PATH, "fused_path": FUSED_PATH, "fast_decode_definition":
+            "fast_path": FAST_PATH, "fused_path": FUSED_PATH, "fused_pdl": kernels.pdl_on(dev),
+            "fast_decode_definition":
                 "fast path wall time for the prompt pass + new_tokens-1 decode steps / new tokens",
             "hbm_bytes_per_s": bandwidth, "layer_calls_per_replay": LAYER_CALLS,
             "layers_definition": "us per call of block 0's linear layers and lm_head at one token, "

@@ -873,12 +873,16 @@ def _or_empty(t: torch.Tensor | None) -> torch.Tensor:
 PDL = True        # the fused step's kernels with programmatic dependent launch where the GPU has it
 
 
+def pdl_on(device: torch.device) -> bool:
+    """Whether the fused step's kernels launch with PDL on this device: a CUDA GPU of compute
+    capability 9.0 or more (Hopper), not under the interpreter, and PDL not switched off."""
+    return (PDL and device.type == "cuda" and not _interpreting()
+            and torch.cuda.get_device_capability(device)[0] >= 9)
+
+
 def _pdl(x: torch.Tensor) -> dict:
-    """The launch's PDL arguments: on (the constexpr and the launch option) on a CUDA GPU of
-    compute capability 9.0 or more (Hopper: each kernel prefetches its first weight tile
-    while the one before finishes), off elsewhere and under the interpreter."""
-    on = PDL and x.is_cuda and not _interpreting() and torch.cuda.get_device_capability(x.device)[0] >= 9
-    return {"PDL": True, "launch_pdl": True} if on else {"PDL": False}
+    """The launch's PDL arguments: the constexpr and the launch option, or off."""
+    return {"PDL": True, "launch_pdl": True} if pdl_on(x.device) else {"PDL": False}
 
 
 def fused_linear(x: torch.Tensor, fw: FusedWeights, y: torch.Tensor, norm: tuple | None = None, act: int = 0,

@@ -1132,7 +1132,7 @@ def fast_summary_text(x: dict) -> str:
 
 BENCH_TITLES = {"bnb-bench": "Every method through generate()",
                 "gpu-decode-bench": "generate() against the fast decode path",
-                "cpu-decode-bench": "The CPU's static-cache path beside llama.cpp",
+                "cpu-decode-bench": "The CPU: static path and fused step beside llama.cpp",
                 "scratch-int8-bench": "Part 1's INT8, naive and fast"}
 
 
@@ -1375,8 +1375,12 @@ def fused_table(doc: Doc, b: dict) -> None:
             f"{fast16['decode_ms_per_token']['median']:.3f} ms on the fast path "
             f"({fast16['decode_ms_per_token']['median'] / f16['decode_ms_per_token']['median']:.1f}× faster), "
             f"still {f16['x_floor']:.1f}× the time to read its weights once: with "
-            f"{t['fp16'].get('fused_kernels_per_step')} dependent kernels a token, launches and dependent loads, "
-            "not bytes, are most likely most of the step (no profile was taken)."]
+            f"{t['fp16'].get('fused_kernels_per_step')} dependent kernels a token, each waiting for the one "
+            "before, launches and dependent loads, not bytes, are most likely most of the step (inferred: the "
+            "bench takes no profile)."
+            + (" Each kernel was launched with programmatic dependent launch: it loads what no earlier kernel of "
+               "the step can change (its first weight tile, the filled part of the cache) while the kernel before "
+               "finishes." if bb.get("fused_pdl") else "")]
     i8 = (t.get("scratch-int8-fast") or {}).get("fused_path")
     if i8:
         text.append(f"Part 1's INT8 on it takes {f_ratio(i8['vs_fp16_fused'])} fp16's time")
@@ -1394,14 +1398,24 @@ def cpu_bench_paragraph(doc: Doc, b: dict) -> None:
     t = bb.get("int8_targets") or {}
     if not t:
         return
-    doc.p("Part 1's INT8 on the static-cache path decodes a token in "
-          + " and ".join(f"{f_ratio(v)} {w}" for k, v, w in (
-              ("q8", t.get("vs_llama_cpp_q8_0"), "llama.cpp Q8_0's time"), ("fp32", t.get("vs_fp32"),
-                                                                          "fp32's on the same path"))
-              if v is not None)
-          + f", {bb['threads']} threads each. llama.cpp's Q8_0 also rounds each activation block to 8 bits "
-          "and multiplies integers; Part 1 keeps activations in fp32 (the assignment's rule), so it reads int8 "
-          "weights but multiplies in floating point.")
+    fused = "vs_fp32_static" in t                   # records since the CPU's fused step
+    said = [(t.get("vs_llama_cpp_q8_0"), "llama.cpp Q8_0's time"),
+            (t.get("vs_fp32"), "fp32's on the same step" if fused else "fp32's on the same path"),
+            (t.get("vs_fp32_static"), "fp32's on the static path")]
+    text = ("On the CPU the fused step is the GPU's five calls a block, made by C++ kernels (float32 and Part 1's "
+            "int8 rows read in place, on torch's threads) instead of the static path's small ops from Python. "
+            if fused else "")
+    text += (f"Part 1's INT8 {'on the fused step' if fused else 'on the static-cache path'} decodes a token in "
+             + ", ".join(f"{f_ratio(v)} {w}" for v, w in said if v is not None)
+             + f", {bb['threads']} threads each. llama.cpp's Q8_0 also rounds each activation block to 8 bits "
+             "and multiplies integers; Part 1 keeps activations in fp32 (the assignment's rule), so it reads int8 "
+             "weights but multiplies in floating point.")
+    n = bb["new_tokens"]
+    short = [f"{escape(k)} ({v['leading_tokens_equal']}/{n})" for k, v in bb["table"].items()
+             if v.get("leading_tokens_equal") is not None and v["leading_tokens_equal"] < n]
+    text += (" Every static-path and fused row makes the same greedy tokens as its model's generate()." if not short
+             else " Greedy tokens equal to generate()'s, where not all: " + ", ".join(short) + ".")
+    doc.p(text)
 
 
 def layer_table(doc: Doc, b: dict) -> None:

@@ -97,10 +97,16 @@ def bench_tables(records: list[dict]) -> str:
                              f"| {p['x_floor']:.1f} | {p['leading_tokens_equal']}/{n} |")
             lines.append("")
         if b.get("int8_targets"):
-            lines += ["Part 1 INT8's decode time: " + ", ".join(
-                f"{v:.2f}x {k.removeprefix('vs_').replace('llama_cpp_q8_0', 'llama.cpp Q8_0')}'s"
-                for k, v in b["int8_targets"].items()) + f", {b['threads']} threads", ""]
+            lines += ["Part 1 INT8's decode time" + (" on the fused step" if "vs_fp32_static" in b["int8_targets"]
+                                                    else "") + ": " + ", ".join(
+                f"{v:.2f}x {INT8_TARGETS.get(k, k)}" + (" on the fused step" if k == "vs_fp32" and
+                                                        "vs_fp32_static" in b["int8_targets"] else "")
+                for k, v in b["int8_targets"].items())
+                + f", {b['threads']} threads", ""]
     return "\n".join(lines)
+
+
+INT8_TARGETS = {"vs_llama_cpp_q8_0": "llama.cpp Q8_0's", "vs_fp32": "fp32's", "vs_fp32_static": "fp32's on the static path"}
 
 
 def compare_tables(records: list[dict]) -> str:

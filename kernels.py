@@ -675,6 +675,15 @@ if triton is not None:
         return r1, r2
 
     @triton.jit
+    def _kv_tile(kc_ptr, vc_ptr, base, t0, pos, rt, d, dm, D, HALF: tl.constexpr):
+        # positions t0..t0+BT (those below pos) of one kv head's cache, each half of D, as stored
+        t = t0 + rt
+        off = base + t[:, None] * D + d[None, :]
+        msk = (t < pos)[:, None] & dm[None, :]
+        return (tl.load(kc_ptr + off, mask=msk, other=0.0), tl.load(kc_ptr + off + HALF, mask=msk, other=0.0),
+                tl.load(vc_ptr + off, mask=msk, other=0.0), tl.load(vc_ptr + off + HALF, mask=msk, other=0.0))
+
+    @triton.jit
     def _decode_attention(qkv_ptr, kc_ptr, vc_ptr, cos_ptr, sin_ptr, pos_ptr, out_ptr, sm_scale, H, HKV, T,
                           HALF: tl.constexpr, HP: tl.constexpr, ROTARY: tl.constexpr, PDL: tl.constexpr,
                           BT: tl.constexpr):
@@ -692,13 +701,7 @@ if triton is not None:
         dm = d < HALF
         base = kvh * T * D
         rt = tl.arange(0, BT)
-        tm0 = rt < pos
-        off0 = base + rt[:, None] * D + d[None, :]
-        msk0 = tm0[:, None] & dm[None, :]
-        kt1 = tl.load(kc_ptr + off0, mask=msk0, other=0.0)
-        kt2 = tl.load(kc_ptr + off0 + HALF, mask=msk0, other=0.0)
-        vt1 = tl.load(vc_ptr + off0, mask=msk0, other=0.0)
-        vt2 = tl.load(vc_ptr + off0 + HALF, mask=msk0, other=0.0)
+        kt1, kt2, vt1, vt2 = _kv_tile(kc_ptr, vc_ptr, base, 0, pos, rt, d, dm, D, HALF)
         if ROTARY:
             c1 = tl.load(cos_ptr + pos * D + d, mask=dm, other=0.0).to(tl.float32)
             c2 = tl.load(cos_ptr + pos * D + HALF + d, mask=dm, other=0.0).to(tl.float32)
@@ -727,14 +730,7 @@ if triton is not None:
         a2 = v2
         for t0 in range(0, pos, BT):                    # the first tile is in registers already
             if t0 > 0:
-                t = t0 + rt
-                tm = t < pos
-                off = base + t[:, None] * D + d[None, :]
-                msk = tm[:, None] & dm[None, :]
-                kt1 = tl.load(kc_ptr + off, mask=msk, other=0.0)
-                kt2 = tl.load(kc_ptr + off + HALF, mask=msk, other=0.0)
-                vt1 = tl.load(vc_ptr + off, mask=msk, other=0.0)
-                vt2 = tl.load(vc_ptr + off + HALF, mask=msk, other=0.0)
+                kt1, kt2, vt1, vt2 = _kv_tile(kc_ptr, vc_ptr, base, t0, pos, rt, d, dm, D, HALF)
             tm = t0 + rt < pos
             s = (tl.sum(kt1.to(tl.float32) * q1[None, :], 1) + tl.sum(kt2.to(tl.float32) * q2[None, :], 1))
             s = tl.where(tm, s * sm_scale, float("-inf"))

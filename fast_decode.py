@@ -912,8 +912,8 @@ def cpu_bench(model_id: str, tokenizer, ids: torch.Tensor, methods: list[str], p
             "new_tokens": new_tokens, "static_path": CPU_PATH,
             "decode_definition": "wall time of the prompt pass + new_tokens-1 decode steps / new tokens, every row",
             "note": "ratios against fp32 on the static path; llama.cpp's files converted and quantized from the "
-                    "same model folder; leading_tokens_equal: the static path's greedy tokens against the same "
-                    "model's generate()"}
+                    "same model folder; leading_tokens_equal: the static path's or the fused step's greedy tokens "
+                    "against the same model's generate()", "cpu_fused_path": CPU_FUSED_PATH}
 
 
 def cpu_targets_text(result: dict) -> str:

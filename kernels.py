@@ -858,10 +858,6 @@ def fused_on_cpu(device: torch.device) -> bool:
     return device.type == "cpu" and not _interpreting()
 
 
-def _on_cpu(x: torch.Tensor) -> bool:
-    return fused_on_cpu(x.device)
-
-
 def _or_empty(t: torch.Tensor | None) -> torch.Tensor:
     return _EMPTY if t is None else t
 
@@ -886,7 +882,7 @@ def fused_linear(x: torch.Tensor, fw: FusedWeights, y: torch.Tensor, norm: tuple
     """y (N,) = act(norm(x) W^T + bias) [+ res], x (K,), in one kernel; norm = (NORM_LAYER or
     NORM_RMS, weight, bias or None, eps). y may be res (the residual stream, in place)."""
     kind, nw, nb, eps = norm or (0, x, None, 0.0)
-    if _on_cpu(x):
+    if fused_on_cpu(x.device):
         cpu_kernel().fused_gemv(x, kind, nw, _or_empty(nb), eps, fw.w, fw.fmt, _or_empty(fw.scale),
                                 _or_empty(fw.bias), act, _or_empty(res), y, fw.n)
         return
@@ -904,7 +900,7 @@ def fused_argmax_head(x: torch.Tensor, fw: FusedWeights, norm: tuple, pv: torch.
     of ARGMAX_BN logits leaves its largest in pv, pi (fp32, int32: cdiv(V, ARGMAX_BN) each);
     the second picks the token and does the step's bookkeeping (tokens[step], next, step, pos)."""
     kind, nw, nb, eps = norm
-    if _on_cpu(x):
+    if fused_on_cpu(x.device):
         cpu_kernel().argmax_head(x, kind, nw, _or_empty(nb), eps, fw.w, fw.fmt, _or_empty(fw.scale),
                                  _or_empty(fw.bias), tokens, step, nxt, pos, fw.n)
         return
@@ -923,7 +919,7 @@ def fused_embed(ids: torch.Tensor, pos: torch.Tensor, te, pe, x: torch.Tensor) -
     """x (C,) = te[ids[0]] (+ pe[pos[0]]); te, pe: (table, scale or None), a scale meaning an
     int8 table with one scale per row (Part 1's Int8Embedding)."""
     (tw, tsc), (pw, psc) = te, pe if pe is not None else (x, None)
-    if _on_cpu(x):
+    if fused_on_cpu(x.device):
         cpu_kernel().embed(ids, pos, tw, _or_empty(tsc), _EMPTY if pe is None else pw, _or_empty(psc), x)
         return
     C = x.numel()
@@ -937,7 +933,7 @@ def decode_attention(qkv: torch.Tensor, kc: torch.Tensor, vc: torch.Tensor, pos:
     """One token's attention over a static cache: qkv (heads*D + 2*kv_heads*D,), kc, vc
     (kv_heads, T, D) holding positions < pos, written at pos here; rotary = (cos, sin), each
     (T, D), for Llama. -> out (heads*D,)."""
-    if _on_cpu(qkv):
+    if fused_on_cpu(qkv.device):
         cos, sin = rotary or (_EMPTY, _EMPTY)
         cpu_kernel().attention(qkv, kc, vc, cos, sin, pos, out, heads, kv_heads, head_dim, sm_scale)
         return

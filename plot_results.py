@@ -103,15 +103,18 @@ def group_figures(key: tuple) -> dict[str, str]:
     return {k: f"{k}_{group_slug(key)}.png" for k in ("memory", "perplexity", "pareto")}
 
 
+def _fused(rec: dict) -> str:
+    """'_fused' in the figure names of a fused-step bench (one model has two GPU benches)."""
+    return "_fused" if "fused_path" in rec["bench"] else ""
+
+
 def bench_figure(rec: dict) -> str:
-    fused = "_fused" if "fused_path" in rec["bench"] else ""         # two GPU benches of one model
-    return (f"latency_{results.slug(rec['method']['name'])}{fused}_{results.slug(short_model(rec))}_"
+    return (f"latency_{results.slug(rec['method']['name'])}{_fused(rec)}_{results.slug(short_model(rec))}_"
             f"{device_kind(rec)}.png")
 
 
 def fast_figure(rec: dict) -> str:
-    fused = "_fused" if "fused_path" in rec["bench"] else ""
-    return f"fast_path{fused}_{results.slug(short_model(rec))}_{device_kind(rec)}.png"
+    return f"fast_path{_fused(rec)}_{results.slug(short_model(rec))}_{device_kind(rec)}.png"
 
 
 def fused_figure(rec: dict) -> str:

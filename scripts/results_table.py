@@ -14,7 +14,7 @@ import warnings
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-import fast_decode  # noqa: E402  (the GPU's peak bandwidth, for the decode floor)
+import fast_decode  # noqa: E402  (the GPU's peak bandwidth, for the decode floor; the CPU targets' line)
 import results  # noqa: E402
 from evaluate import run_cli  # noqa: E402
 import plot_results as pr  # noqa: E402  (the same grouping and text names as the figures)
@@ -97,16 +97,8 @@ def bench_tables(records: list[dict]) -> str:
                              f"| {p['x_floor']:.1f} | {p['leading_tokens_equal']}/{n} |")
             lines.append("")
         if b.get("int8_targets"):
-            lines += ["Part 1 INT8's decode time" + (" on the fused step" if "vs_fp32_static" in b["int8_targets"]
-                                                    else "") + ": " + ", ".join(
-                f"{v:.2f}x {INT8_TARGETS.get(k, k)}" + (" on the fused step" if k == "vs_fp32" and
-                                                        "vs_fp32_static" in b["int8_targets"] else "")
-                for k, v in b["int8_targets"].items())
-                + f", {b['threads']} threads", ""]
+            lines += [fast_decode.cpu_targets_text(b), ""]
     return "\n".join(lines)
-
-
-INT8_TARGETS = {"vs_llama_cpp_q8_0": "llama.cpp Q8_0's", "vs_fp32": "fp32's", "vs_fp32_static": "fp32's on the static path"}
 
 
 def compare_tables(records: list[dict]) -> str:

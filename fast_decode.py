@@ -65,9 +65,10 @@ NOT_CAPTURABLE = {"bnb-int8": "LLM.int8() splits outlier columns by value (data-
 FAST_PATH = "static KV cache, one CUDA graph per step (prompt pass, decode step, prefill), argmax on the device"
 FUSED_PATH = ("the fast path with the decode step as FusedStep's Triton kernels: per block norm+QKV GEMV, "
               "attention over the filled cache, out-projection GEMV+residual, norm+up GEMV+activation, "
-              "down GEMV+residual; final norm+output layer+argmax; one CUDA graph; on Hopper with programmatic "
-              "dependent launch (each kernel loads what earlier kernels cannot change, its first weight tile or "
-              "the filled cache, while the kernel before finishes)")
+              "down GEMV+residual; final norm+output layer+argmax (a few programs per SM, each looping over its "
+              "rows), then one kernel picks the token; one CUDA graph; on Hopper with programmatic dependent "
+              "launch (each kernel loads what earlier kernels cannot change, its first weight tile with the "
+              "norm's weights, the int8 scales and the bias, or the filled cache, while the kernel before finishes)")
 # The peers: the same job done by others' recipes, in the same round-robin run.
 COMPILE_MODE = "max-autotune-no-cudagraphs"       # the mode of gpt-fast's decode step; the graph is ours
 PEERS = {"torchao-int8wo": "torchao int8 weight-only (Int8WeightOnlyConfig) on every linear layer (GPT-2's Conv1D "
@@ -389,7 +390,7 @@ class FusedStep:
         fw, nargs = fused_weights([lm_head], self.dtype), norm_args(norm)
         if fw is not None and nargs is not None:
             self.fused_layers.append("lm_head")
-            parts = -(-fw.n // kernels.ARGMAX_BN)
+            parts = kernels.head_programs(self.x.device, fw.n)
             pv = torch.full((parts,), float("-inf"), dtype=torch.float32, device=self.x.device)
             pi = torch.zeros(parts, dtype=torch.int32, device=self.x.device)
             self.ops.append(lambda: kernels.fused_argmax_head(self.x, fw, nargs, pv, pi, self.tokens, self.step,
@@ -802,6 +803,7 @@ def bench(model_id: str, tokenizer, ids: torch.Tensor, methods: list[str], prefi
             "order": result["order"], "prefill_tokens": prefill_tokens, "prompt_tokens": prompt_tokens,
             "new_tokens": new_tokens, "decode_definition": ev.DECODE_DEFINITION,
             "fast_path": FAST_PATH, "fused_path": FUSED_PATH, "fused_pdl": kernels.pdl_on(dev),
+            "fused_head_programs_per_sm": kernels.HEAD_PROGRAMS_PER_SM,
             "fast_decode_definition":
                 "fast path wall time for the prompt pass + new_tokens-1 decode steps / new tokens",
             "hbm_bytes_per_s": bandwidth, "layer_calls_per_replay": LAYER_CALLS,

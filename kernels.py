@@ -537,65 +537,91 @@ if triton is not None:
         return w
 
     @triton.jit
-    def _x_tile(x_ptr, nw_ptr, nb_ptr, k0, K, mean, rstd, NORM: tl.constexpr, BK: tl.constexpr):
-        # columns k0..k0+BK of the GEMV's input: x, or x through the model's norm, rounded as
-        # the model rounds (LayerNorm: (x - mean) * rstd * g + b; RMSNorm: g * (x * rstd))
+    def _norm_tile(nw_ptr, nb_ptr, k0, K, NORM: tl.constexpr, BK: tl.constexpr):
+        # columns k0..k0+BK of the norm's weight and bias (LayerNorm; RMSNorm has no bias), fp32
         kk = k0 + tl.arange(0, BK)
-        km = kk < K
-        x = tl.load(x_ptr + kk, mask=km, other=0.0).to(tl.float32)
+        g = kk * 0.0
+        b = g
+        if NORM != 0:
+            g = tl.load(nw_ptr + kk, mask=kk < K, other=0.0).to(tl.float32)
         if NORM == 1:
-            g = tl.load(nw_ptr + kk, mask=km, other=0.0).to(tl.float32)
-            b = tl.load(nb_ptr + kk, mask=km, other=0.0).to(tl.float32)
+            b = tl.load(nb_ptr + kk, mask=kk < K, other=0.0).to(tl.float32)
+        return g, b
+
+    @triton.jit
+    def _x_tile(x_ptr, g, b, k0, K, mean, rstd, NORM: tl.constexpr, BK: tl.constexpr):
+        # columns k0..k0+BK of the GEMV's input: x, or x through the model's norm (g, b from
+        # _norm_tile), rounded as the model rounds (LayerNorm: (x - mean) * rstd * g + b;
+        # RMSNorm: g * (x * rstd))
+        kk = k0 + tl.arange(0, BK)
+        x = tl.load(x_ptr + kk, mask=kk < K, other=0.0).to(tl.float32)
+        if NORM == 1:
             x = _rnd((x - mean) * rstd * g + b, x_ptr)
         if NORM == 2:
-            g = tl.load(nw_ptr + kk, mask=km, other=0.0).to(tl.float32)
             x = _rnd(g * _rnd(x * rstd, x_ptr), x_ptr)
         return x
 
     @triton.jit
-    def _fused_gemv(x_ptr, nw_ptr, nb_ptr, w_ptr, s_ptr, lut_ptr, b_ptr, r_ptr, y_ptr, pv_ptr, pi_ptr,
-                    N, K, eps, NORM: tl.constexpr, WFMT: tl.constexpr, LINEAR4: tl.constexpr, QB: tl.constexpr,
-                    HAS_BIAS: tl.constexpr, ACT: tl.constexpr, HAS_RES: tl.constexpr, ARGMAX: tl.constexpr,
-                    PDL: tl.constexpr, KP: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr):
-        # y (N,) = act(norm(x) W^T * scale + bias) [+ r], x (K,): this program's BN outputs.
-        # KP: a power of two >= K (the norm's statistics read x in one load).
-        # NORM 0 none, 1 LayerNorm (nw, nb), 2 RMSNorm (nw); WFMT 0 dense, 1 int8, 2 4-bit;
-        # ACT 0 none, 1 GPT-2's gelu_new, 2 gelu tanh (one rounding), 3 silu(gate) * up, the
-        # weight holding gate's N rows then up's N rows. ARGMAX: no y; this block's largest
-        # output and its index go to pv[pid], pi[pid] (first index on ties), for _argmax_emit.
-        pid = tl.program_id(0)
-        rn = pid * BN + tl.arange(0, BN)
-        nm = rn < N
-        # the first tile of weights reads nothing an earlier kernel writes: with PDL it loads
-        # while the kernel before is still finishing; then wait for it, and let the next launch
-        w = _w_tile(w_ptr, s_ptr, lut_ptr, rn, nm, 0, K, WFMT, LINEAR4, QB, BN, BK)
-        if ACT == 3:
-            w2 = _w_tile(w_ptr, s_ptr, lut_ptr, rn + N, nm, 0, K, WFMT, LINEAR4, QB, BN, BK)
-        _pdl_start(PDL)
+    def _norm_stats(x_ptr, K, eps, NORM: tl.constexpr, KP: tl.constexpr):
+        # the norm's statistics of x (K,), in fp32 from one load: LayerNorm's mean and 1/std,
+        # RMSNorm's 1/rms (mean 0); (0, 1) without a norm. KP: a power of two >= K.
         mean = 0.0
         rstd = 1.0
-        if NORM != 0:                                   # statistics in fp32, from one load of x
+        if NORM != 0:
             rr = tl.arange(0, KP)
             xs = tl.load(x_ptr + rr, mask=rr < K, other=0.0).to(tl.float32)
             if NORM == 1:
                 mean = tl.sum(xs, 0) / K
             dx = tl.where(rr < K, xs - mean, 0.0)
             rstd = 1.0 / tl.sqrt(tl.sum(dx * dx, 0) / K + eps)
-        x = _x_tile(x_ptr, nw_ptr, nb_ptr, 0, K, mean, rstd, NORM, BK)
+        return mean, rstd
+
+    @triton.jit
+    def _row_terms(s_ptr, b_ptr, rows, rmask, WFMT: tl.constexpr, HAS_BIAS: tl.constexpr):
+        # the per-row scale (int8; 1 otherwise) and the bias (0 without) of rows (BN,), fp32
+        sc = rows * 0.0 + 1.0
+        bi = rows * 0.0
+        if WFMT == 1:
+            sc = tl.load(s_ptr + rows, mask=rmask, other=0.0).to(tl.float32)
+        if HAS_BIAS:
+            bi = tl.load(b_ptr + rows, mask=rmask, other=0.0).to(tl.float32)
+        return sc, bi
+
+    @triton.jit
+    def _fused_gemv(x_ptr, nw_ptr, nb_ptr, w_ptr, s_ptr, lut_ptr, b_ptr, r_ptr, y_ptr,
+                    N, K, eps, NORM: tl.constexpr, WFMT: tl.constexpr, LINEAR4: tl.constexpr, QB: tl.constexpr,
+                    HAS_BIAS: tl.constexpr, ACT: tl.constexpr, HAS_RES: tl.constexpr,
+                    PDL: tl.constexpr, KP: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr):
+        # y (N,) = act(norm(x) W^T * scale + bias) [+ r], x (K,): this program's BN outputs.
+        # KP: a power of two >= K (the norm's statistics read x in one load).
+        # NORM 0 none, 1 LayerNorm (nw, nb), 2 RMSNorm (nw); WFMT 0 dense, 1 int8, 2 4-bit;
+        # ACT 0 none, 1 GPT-2's gelu_new, 2 gelu tanh (one rounding), 3 silu(gate) * up, the
+        # weight holding gate's N rows then up's N rows.
+        pid = tl.program_id(0)
+        rn = pid * BN + tl.arange(0, BN)
+        nm = rn < N
+        # the first tile of weights reads nothing an earlier kernel writes: with PDL it loads
+        # while the kernel before is still finishing; then wait for it, and let the next launch
+        # (so do the norm's weights for that tile, the per-row scale and the bias: parameters too)
+        w = _w_tile(w_ptr, s_ptr, lut_ptr, rn, nm, 0, K, WFMT, LINEAR4, QB, BN, BK)
+        g, b = _norm_tile(nw_ptr, nb_ptr, 0, K, NORM, BK)
+        sc, bi = _row_terms(s_ptr, b_ptr, rn, nm, WFMT, HAS_BIAS)
+        if ACT == 3:
+            w2 = _w_tile(w_ptr, s_ptr, lut_ptr, rn + N, nm, 0, K, WFMT, LINEAR4, QB, BN, BK)
+            sc2, bi2 = _row_terms(s_ptr, b_ptr, rn + N, nm, WFMT, HAS_BIAS)
+        _pdl_start(PDL)
+        mean, rstd = _norm_stats(x_ptr, K, eps, NORM, KP)
+        x = _x_tile(x_ptr, g, b, 0, K, mean, rstd, NORM, BK)
         acc = w * x[None, :]                                                        # (BN, BK)
         if ACT == 3:
             acc2 = w2 * x[None, :]
         for k0 in range(BK, K, BK):
-            x = _x_tile(x_ptr, nw_ptr, nb_ptr, k0, K, mean, rstd, NORM, BK)
+            g, b = _norm_tile(nw_ptr, nb_ptr, k0, K, NORM, BK)
+            x = _x_tile(x_ptr, g, b, k0, K, mean, rstd, NORM, BK)
             acc += _w_tile(w_ptr, s_ptr, lut_ptr, rn, nm, k0, K, WFMT, LINEAR4, QB, BN, BK) * x[None, :]
             if ACT == 3:
                 acc2 += _w_tile(w_ptr, s_ptr, lut_ptr, rn + N, nm, k0, K, WFMT, LINEAR4, QB, BN, BK) * x[None, :]
-        y = tl.sum(acc, 1)                                                          # (BN,)
-        if WFMT == 1:
-            y = y * tl.load(s_ptr + rn, mask=nm, other=0.0).to(tl.float32)
-        if HAS_BIAS:
-            y += tl.load(b_ptr + rn, mask=nm, other=0.0).to(tl.float32)
-        y = _rnd(y, x_ptr)
+        y = _rnd(tl.sum(acc, 1) * sc + bi, x_ptr)                                  # (BN,)
         if ACT == 1:                                    # 0.5 x (1 + tanh(c (x + 0.044715 x^3))), op by op
             t = _rnd(y * y * y, x_ptr)
             t = _rnd(0.044715 * t, x_ptr)
@@ -607,22 +633,64 @@ if triton is not None:
         if ACT == 2:
             y = _rnd(0.5 * y * (1.0 + _tanh(0.7978845608028654 * (y + 0.044715 * y * y * y))), x_ptr)
         if ACT == 3:
-            u = tl.sum(acc2, 1)
-            if WFMT == 1:
-                u = u * tl.load(s_ptr + N + rn, mask=nm, other=0.0).to(tl.float32)
-            if HAS_BIAS:
-                u += tl.load(b_ptr + N + rn, mask=nm, other=0.0).to(tl.float32)
-            u = _rnd(u, x_ptr)
+            u = _rnd(tl.sum(acc2, 1) * sc2 + bi2, x_ptr)
             y = _rnd(_rnd(y / (1.0 + tl.exp(-y)), x_ptr) * u, x_ptr)
         if HAS_RES:
             y = _rnd(tl.load(r_ptr + rn, mask=nm, other=0.0).to(tl.float32) + y, x_ptr)
-        if ARGMAX:
-            v = tl.where(nm, y, float("-inf"))
-            i = tl.argmax(v, 0, tie_break_left=True)
-            tl.store(pv_ptr + pid, tl.max(v, 0))
-            tl.store(pi_ptr + pid, pid * BN + i)
-        else:
-            tl.store(y_ptr + rn, y.to(y_ptr.dtype.element_ty), mask=nm)
+        tl.store(y_ptr + rn, y.to(y_ptr.dtype.element_ty), mask=nm)
+
+    @triton.jit
+    def _head_rows(w, sc, bi, x0, x_ptr, nw_ptr, nb_ptr, w_ptr, s_ptr, lut_ptr, rn, nm, K, mean, rstd,
+                   NORM: tl.constexpr, WFMT: tl.constexpr, LINEAR4: tl.constexpr, QB: tl.constexpr,
+                   BN: tl.constexpr, BK: tl.constexpr):
+        # the logits of rows rn (BN,), -inf where masked: w, sc, bi their first weight tile,
+        # scale and bias, x0 the first tile of the normed input; the other tiles load here
+        acc = w * x0[None, :]                                                       # (BN, BK)
+        for k0 in range(BK, K, BK):
+            g, b = _norm_tile(nw_ptr, nb_ptr, k0, K, NORM, BK)
+            x = _x_tile(x_ptr, g, b, k0, K, mean, rstd, NORM, BK)
+            acc += _w_tile(w_ptr, s_ptr, lut_ptr, rn, nm, k0, K, WFMT, LINEAR4, QB, BN, BK) * x[None, :]
+        return tl.where(nm, _rnd(tl.sum(acc, 1) * sc + bi, x_ptr), float("-inf"))
+
+    @triton.jit
+    def _argmax_head(x_ptr, nw_ptr, nb_ptr, w_ptr, s_ptr, lut_ptr, b_ptr, pv_ptr, pi_ptr, N, K, P, eps,
+                     NORM: tl.constexpr, WFMT: tl.constexpr, LINEAR4: tl.constexpr, QB: tl.constexpr,
+                     HAS_BIAS: tl.constexpr, PDL: tl.constexpr, KP: tl.constexpr, BN: tl.constexpr,
+                     BK: tl.constexpr):
+        # The output layer's logits (N of them, x (K,) through the final norm) in P programs:
+        # each takes a contiguous run of rows, BN at a time, and leaves the largest logit of
+        # its run and its index (the first on ties) in pv[pid], pi[pid], for _argmax_emit. A
+        # program computes the norm's statistics once for all its rows (one program per BN
+        # rows would compute them 50,000 / BN times a step) and, with PDL, loads its first
+        # tile of weights before the wait, as _fused_gemv does.
+        pid = tl.program_id(0)
+        per = tl.cdiv(tl.cdiv(N, BN), P) * BN                               # rows a program takes
+        r_lo = pid * per
+        r_hi = tl.minimum(r_lo + per, N)
+        rn = r_lo + tl.arange(0, BN)
+        nm = rn < r_hi
+        w = _w_tile(w_ptr, s_ptr, lut_ptr, rn, nm, 0, K, WFMT, LINEAR4, QB, BN, BK)
+        g, b = _norm_tile(nw_ptr, nb_ptr, 0, K, NORM, BK)
+        sc, bi = _row_terms(s_ptr, b_ptr, rn, nm, WFMT, HAS_BIAS)
+        _pdl_start(PDL)
+        mean, rstd = _norm_stats(x_ptr, K, eps, NORM, KP)
+        x0 = _x_tile(x_ptr, g, b, 0, K, mean, rstd, NORM, BK)
+        v = _head_rows(w, sc, bi, x0, x_ptr, nw_ptr, nb_ptr, w_ptr, s_ptr, lut_ptr, rn, nm, K, mean, rstd,
+                       NORM, WFMT, LINEAR4, QB, BN, BK)
+        best_v = tl.max(v, 0)
+        best_i = r_lo + tl.argmax(v, 0, tie_break_left=True)
+        for r0 in range(r_lo + BN, r_hi, BN):
+            rn = r0 + tl.arange(0, BN)
+            nm = rn < r_hi
+            w = _w_tile(w_ptr, s_ptr, lut_ptr, rn, nm, 0, K, WFMT, LINEAR4, QB, BN, BK)
+            sc, bi = _row_terms(s_ptr, b_ptr, rn, nm, WFMT, HAS_BIAS)
+            v = _head_rows(w, sc, bi, x0, x_ptr, nw_ptr, nb_ptr, w_ptr, s_ptr, lut_ptr, rn, nm, K, mean, rstd,
+                           NORM, WFMT, LINEAR4, QB, BN, BK)
+            m = tl.max(v, 0)
+            best_i = tl.where(m > best_v, r0 + tl.argmax(v, 0, tie_break_left=True), best_i)
+            best_v = tl.maximum(m, best_v)
+        tl.store(pv_ptr + pid, best_v)
+        tl.store(pi_ptr + pid, best_i)
 
     @triton.jit
     def _argmax_emit(pv_ptr, pi_ptr, P, tokens_ptr, step_ptr, next_ptr, pos_ptr, PDL: tl.constexpr,
@@ -781,9 +849,14 @@ def _make_launchers() -> dict:
                      for bn, bk, w in ((1, 1024, 4), (2, 1024, 4), (4, 1024, 8), (1, 2048, 4), (2, 2048, 8),
                                        (1, 4096, 8), (2, 512, 4), (4, 256, 4), (4, 512, 4), (8, 128, 4),
                                        (8, 256, 4), (8, 512, 8), (16, 128, 4), (32, 128, 8))]
+    head_configs = [triton.Config({"BN": bn, "BK": bk}, num_warps=w)
+                    for bn, bk, w in ((4, 256, 2), (8, 256, 4), (16, 256, 4), (32, 256, 8), (8, 512, 4),
+                                      (16, 512, 8), (4, 1024, 4), (8, 1024, 8), (16, 128, 4), (32, 128, 4))]
     return {
         "fused_gemv": launcher(_fused_gemv, fused_configs, ["N", "K", "PDL"],
                                lambda c, M, N: (triton.cdiv(N, c["BN"]),), {"BN": 8, "BK": 128}),
+        "argmax_head": launcher(_argmax_head, head_configs, ["N", "K", "P", "PDL"],     # M: the programs
+                                lambda c, M, N: (M,), {"BN": 8, "BK": 128}),
         "int8_mm": launcher(_int8_mm, mm_configs, ["M", "N", "K"],
                             lambda c, M, N: (triton.cdiv(M, c["BM"]), triton.cdiv(N, c["BN"])),
                             {"BM": 16, "BN": 32, "BK": 64}),
@@ -831,7 +904,7 @@ def triton_4bit_linear(x2: torch.Tensor, module) -> torch.Tensor:
 NORM_LAYER, NORM_RMS = 1, 2                              # _fused_gemv's NORM
 ACT_GELU_NEW, ACT_GELU_TANH, ACT_SILU_GATE = 1, 2, 3     # _fused_gemv's ACT
 W_DENSE, W_INT8, W_4BIT = 0, 1, 2                        # _fused_gemv's WFMT
-ARGMAX_BN = 8                                            # output rows per program of the argmax head
+HEAD_PROGRAMS_PER_SM = 8                                 # the argmax head's programs on a GPU, per SM
 
 
 @dataclass
@@ -889,28 +962,38 @@ def fused_linear(x: torch.Tensor, fw: FusedWeights, y: torch.Tensor, norm: tuple
     triton_kernels()["fused_gemv"](
         1, fw.n, x, nw, x if nb is None else nb, fw.w, x if fw.scale is None else fw.scale,
         x if fw.lut is None else fw.lut, x if fw.bias is None else fw.bias, x if res is None else res, y,
-        y, y, fw.n, fw.k, eps, NORM=kind, WFMT=fw.fmt, LINEAR4=fw.linear4, QB=fw.block,
-        HAS_BIAS=fw.bias is not None, ACT=act, HAS_RES=res is not None, ARGMAX=False,
+        fw.n, fw.k, eps, NORM=kind, WFMT=fw.fmt, LINEAR4=fw.linear4, QB=fw.block,
+        HAS_BIAS=fw.bias is not None, ACT=act, HAS_RES=res is not None,
         KP=triton.next_power_of_2(fw.k), **_pdl(x))
+
+
+def head_programs(device: torch.device, n: int) -> int:
+    """How many programs the argmax head runs, so how many partial maxima (pv, pi) it leaves,
+    for an output layer of n rows: HEAD_PROGRAMS_PER_SM per SM on a GPU, each looping over
+    its rows; 4 under the interpreter (so a test sees programs of several blocks); 1 on a CPU
+    (its C++ kernel needs none)."""
+    if device.type == "cuda":
+        return min(n, HEAD_PROGRAMS_PER_SM * torch.cuda.get_device_properties(device).multi_processor_count)
+    return 1 if fused_on_cpu(device) else min(n, 4)
 
 
 def fused_argmax_head(x: torch.Tensor, fw: FusedWeights, norm: tuple, pv: torch.Tensor, pi: torch.Tensor,
                       tokens: torch.Tensor, step: torch.Tensor, nxt: torch.Tensor, pos: torch.Tensor) -> None:
-    """The greedy token from the final norm and the output layer, in two kernels: each block
-    of ARGMAX_BN logits leaves its largest in pv, pi (fp32, int32: cdiv(V, ARGMAX_BN) each);
-    the second picks the token and does the step's bookkeeping (tokens[step], next, step, pos)."""
+    """The greedy token from the final norm and the output layer, in two kernels: the first's
+    programs (head_programs of them) leave the largest logit of their rows in pv, pi (fp32,
+    int32); the second picks the token and does the step's bookkeeping (tokens[step], next,
+    step, pos)."""
     kind, nw, nb, eps = norm
     if fused_on_cpu(x.device):
         cpu_kernel().argmax_head(x, kind, nw, _or_empty(nb), eps, fw.w, fw.fmt, _or_empty(fw.scale),
                                  _or_empty(fw.bias), tokens, step, nxt, pos, fw.n)
         return
-    parts = triton.cdiv(fw.n, ARGMAX_BN)
-    _fused_gemv[(parts,)](x, nw, x if nb is None else nb, fw.w, x if fw.scale is None else fw.scale,
-                          x if fw.lut is None else fw.lut, x if fw.bias is None else fw.bias, x, x, pv, pi,
-                          fw.n, fw.k, eps, NORM=kind, WFMT=fw.fmt, LINEAR4=fw.linear4, QB=fw.block,
-                          HAS_BIAS=fw.bias is not None, ACT=0, HAS_RES=False, ARGMAX=True,
-                          KP=triton.next_power_of_2(fw.k), BN=ARGMAX_BN, BK=min(triton.next_power_of_2(fw.k), 1024),
-                          num_warps=8, **_pdl(x))
+    parts = pv.numel()
+    triton_kernels()["argmax_head"](
+        parts, fw.n, x, nw, x if nb is None else nb, fw.w, x if fw.scale is None else fw.scale,
+        x if fw.lut is None else fw.lut, x if fw.bias is None else fw.bias, pv, pi, fw.n, fw.k, parts, eps,
+        NORM=kind, WFMT=fw.fmt, LINEAR4=fw.linear4, QB=fw.block, HAS_BIAS=fw.bias is not None,
+        KP=triton.next_power_of_2(fw.k), **_pdl(x))
     _argmax_emit[(1,)](pv, pi, parts, tokens, step, nxt, pos, BP=min(triton.next_power_of_2(parts), 8192),
                        num_warps=8, **_pdl(x))
 

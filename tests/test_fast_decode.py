@@ -261,14 +261,18 @@ for T, pos in ((10, 6), (300, 290)):             # one tile of the cache, and tw
     assert torch.allclose(out, want.reshape(-1), atol=1e-5), f"attention, {T} positions"
 
 V = 50
-wv = torch.randn(V, K)
-wv[37] = 4 * wv[37].abs() * torch.sign(F.layer_norm(x, (K,), nw, nb, 1e-5))      # the winner
-tokens, step, nxt, p = torch.zeros(3, dtype=torch.long), torch.tensor([1]), torch.zeros(1, 1, dtype=torch.long), \
-    torch.tensor([5])
-parts = -(-V // k.ARGMAX_BN)
-k.fused_argmax_head(x, k.FusedWeights(k.W_DENSE, wv, V, K), (k.NORM_LAYER, nw, nb, 1e-5),
-                    torch.empty(parts), torch.empty(parts, dtype=torch.int32), tokens, step, nxt, p)
-assert tokens.tolist() == [0, 37, 0] and step.item() == 2 and nxt.item() == 37 and p.item() == 6, "head"
+parts = k.head_programs(x.device, V)       # under the interpreter 4 programs of 2 blocks (BN 8) each
+for win, twin in ((37, 45), (37, 12)):     # the largest logit twice, in one program's run and in two
+    wv = torch.randn(V, K)
+    wv[win] = 4 * wv[win].abs() * torch.sign(F.layer_norm(x, (K,), nw, nb, 1e-5))
+    wv[twin] = wv[win]
+    tokens, step, nxt, p = torch.zeros(3, dtype=torch.long), torch.tensor([1]), \
+        torch.zeros(1, 1, dtype=torch.long), torch.tensor([5])
+    k.fused_argmax_head(x, k.FusedWeights(k.W_DENSE, wv, V, K), (k.NORM_LAYER, nw, nb, 1e-5),
+                        torch.empty(parts), torch.empty(parts, dtype=torch.int32), tokens, step, nxt, p)
+    first = min(win, twin)
+    assert tokens.tolist() == [0, first, 0] and step.item() == 2 and nxt.item() == first and p.item() == 6, \
+        f"head: {tokens.tolist()}, want {first} (the first of two equal logits)"
 print("OK")
 """
 

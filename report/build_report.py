@@ -1379,8 +1379,10 @@ def fused_table(doc: Doc, b: dict) -> None:
             "before, launches and dependent loads, not bytes, are most likely most of the step (inferred: the "
             "bench takes no profile)."
             + (" Each kernel was launched with programmatic dependent launch: it loads what no earlier kernel of "
-               "the step can change (its first weight tile, the filled part of the cache) while the kernel before "
-               "finishes." if bb.get("fused_pdl") else "")]
+               "the step can change (its first weight tile"
+               + (" with the norm's weights, the int8 scales and the bias" if "fused_head_programs_per_sm" in bb
+                  else "") + "; the filled part of the cache) while the kernel before finishes."
+               if bb.get("fused_pdl") else "")]
     i8 = (t.get("scratch-int8-fast") or {}).get("fused_path")
     if i8:
         text.append(f"Part 1's INT8 on it takes {f_ratio(i8['vs_fp16_fused'])} fp16's time")

@@ -97,40 +97,47 @@ _KERNEL_SRC = r"""
 #if defined(__AVX512F__) || defined(__AVX2__)
 #include <immintrin.h>
 #endif
-// One row of q (K int8) against x (K float32): int8 -> float in registers, K/16 (AVX-512)
-// or K/8 (AVX2) fused multiply-adds into four accumulators, one sum at the end.
-static constexpr int64_t PREFETCH = 4096;   // bytes ahead in the row stream
-static inline float dot_row(const float* x, const int8_t* q, int64_t K) {
+// One row of weights w (K int8 or float32) against x (K float32): int8 -> float in registers,
+// K/16 (AVX-512) or K/8 (AVX2) fused multiply-adds into four (two) accumulators, one sum at the
+// end; the row stream prefetched PREFETCH bytes ahead.
+static constexpr int64_t PREFETCH = 4096;
+#if defined(__AVX512F__)
+static inline __m512 load16(const float* w) { return _mm512_loadu_ps(w); }
+static inline __m512 load16(const int8_t* q) {
+  return _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i*)q)));
+}
+#elif defined(__AVX2__)
+static inline __m256 load8(const float* w) { return _mm256_loadu_ps(w); }
+static inline __m256 load8(const int8_t* q) {
+  return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i*)q)));
+}
+#endif
+template <typename W>
+static inline float dot(const float* x, const W* w, int64_t K) {
   int64_t i = 0;
   float s = 0.f;
 #if defined(__AVX512F__)
   __m512 a0 = _mm512_setzero_ps(), a1 = _mm512_setzero_ps(), a2 = _mm512_setzero_ps(), a3 = _mm512_setzero_ps();
   for (; i + 64 <= K; i += 64) {
-    _mm_prefetch((const char*)(q + i + PREFETCH), _MM_HINT_T0);
-    a0 = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i*)(q + i)))),
-                         _mm512_loadu_ps(x + i), a0);
-    a1 = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i*)(q + i + 16)))),
-                         _mm512_loadu_ps(x + i + 16), a1);
-    a2 = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i*)(q + i + 32)))),
-                         _mm512_loadu_ps(x + i + 32), a2);
-    a3 = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i*)(q + i + 48)))),
-                         _mm512_loadu_ps(x + i + 48), a3);
+    _mm_prefetch((const char*)(w + i) + PREFETCH, _MM_HINT_T0);
+    a0 = _mm512_fmadd_ps(load16(w + i), _mm512_loadu_ps(x + i), a0);
+    a1 = _mm512_fmadd_ps(load16(w + i + 16), _mm512_loadu_ps(x + i + 16), a1);
+    a2 = _mm512_fmadd_ps(load16(w + i + 32), _mm512_loadu_ps(x + i + 32), a2);
+    a3 = _mm512_fmadd_ps(load16(w + i + 48), _mm512_loadu_ps(x + i + 48), a3);
   }
   s = _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(a0, a1), _mm512_add_ps(a2, a3)));
 #elif defined(__AVX2__)
   __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps();
   for (; i + 16 <= K; i += 16) {
-    a0 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i*)(q + i)))),
-                         _mm256_loadu_ps(x + i), a0);
-    a1 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i*)(q + i + 8)))),
-                         _mm256_loadu_ps(x + i + 8), a1);
+    a0 = _mm256_fmadd_ps(load8(w + i), _mm256_loadu_ps(x + i), a0);
+    a1 = _mm256_fmadd_ps(load8(w + i + 8), _mm256_loadu_ps(x + i + 8), a1);
   }
   __m256 a = _mm256_add_ps(a0, a1);
   __m128 h = _mm_add_ps(_mm256_castps256_ps128(a), _mm256_extractf128_ps(a, 1));
   h = _mm_add_ps(h, _mm_movehl_ps(h, h));
   s = _mm_cvtss_f32(_mm_add_ss(h, _mm_movehdup_ps(h)));
 #endif
-  for (; i < K; ++i) s += x[i] * (float)q[i];
+  for (; i < K; ++i) s += x[i] * (float)w[i];
   return s;
 }
 // y (M, N) = (x (M, K) @ q^T) * scale + bias: q (N, K) int8; x, scale (N or 1), bias (N or
@@ -150,39 +157,13 @@ torch::Tensor int8_matmul(torch::Tensor x, torch::Tensor q, torch::Tensor scale,
   at::parallel_for(0, N, 64, [&](int64_t n0, int64_t n1) {
     for (int64_t n = n0; n < n1; ++n)
       for (int64_t m = 0; m < M; ++m)
-        yp[m * N + n] = dot_row(xp + m * K, qp + n * K, K) * sp[n * ds] + (bp ? bp[n] : 0.f);
+        yp[m * N + n] = dot(xp + m * K, qp + n * K, K) * sp[n * ds] + (bp ? bp[n] : 0.f);
   });
   return y;
 }
 
 // ---- The fused decode step on the CPU (fast_decode.FusedStep; one token, batch 1, float32):
 // the same five calls a block as the Triton kernels, each a parallel loop over output rows.
-static inline float dot_f32(const float* x, const float* w, int64_t K) {
-  int64_t i = 0;
-  float s = 0.f;
-#if defined(__AVX512F__)
-  __m512 a0 = _mm512_setzero_ps(), a1 = _mm512_setzero_ps(), a2 = _mm512_setzero_ps(), a3 = _mm512_setzero_ps();
-  for (; i + 64 <= K; i += 64) {
-    a0 = _mm512_fmadd_ps(_mm512_loadu_ps(w + i), _mm512_loadu_ps(x + i), a0);
-    a1 = _mm512_fmadd_ps(_mm512_loadu_ps(w + i + 16), _mm512_loadu_ps(x + i + 16), a1);
-    a2 = _mm512_fmadd_ps(_mm512_loadu_ps(w + i + 32), _mm512_loadu_ps(x + i + 32), a2);
-    a3 = _mm512_fmadd_ps(_mm512_loadu_ps(w + i + 48), _mm512_loadu_ps(x + i + 48), a3);
-  }
-  s = _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(a0, a1), _mm512_add_ps(a2, a3)));
-#elif defined(__AVX2__)
-  __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps();
-  for (; i + 16 <= K; i += 16) {
-    a0 = _mm256_fmadd_ps(_mm256_loadu_ps(w + i), _mm256_loadu_ps(x + i), a0);
-    a1 = _mm256_fmadd_ps(_mm256_loadu_ps(w + i + 8), _mm256_loadu_ps(x + i + 8), a1);
-  }
-  __m256 a = _mm256_add_ps(a0, a1);
-  __m128 h = _mm_add_ps(_mm256_castps256_ps128(a), _mm256_extractf128_ps(a, 1));
-  h = _mm_add_ps(h, _mm_movehl_ps(h, h));
-  s = _mm_cvtss_f32(_mm_add_ss(h, _mm_movehdup_ps(h)));
-#endif
-  for (; i < K; ++i) s += x[i] * w[i];
-  return s;
-}
 static const float* fptr(const torch::Tensor& t) { return t.numel() ? t.data_ptr<float>() : nullptr; }
 // A weight as the fused GEMV reads it: fmt 0 float32 (rows, K), fmt 1 int8 (rows, K) with a
 // scale per row applied after the sum.
@@ -198,7 +179,7 @@ struct Rows {
     if (fmt == 1) wq = w.data_ptr<int8_t>(); else wf = w.data_ptr<float>();
   }
   inline float operator()(const float* x, int64_t n) const {
-    float v = fmt == 1 ? dot_row(x, wq + n * K, K) * scale[n] : dot_f32(x, wf + n * K, K);
+    float v = fmt == 1 ? dot(x, wq + n * K, K) * scale[n] : dot(x, wf + n * K, K);
     return bias ? v + bias[n] : v;
   }
 };
@@ -312,13 +293,16 @@ void attention(torch::Tensor qkv, torch::Tensor kc, torch::Tensor vc, torch::Ten
     std::copy(v, v + D, vp + (g * T + p) * D);
   }
   at::parallel_for(0, H, 1, [&](int64_t h0, int64_t h1) {
-    std::vector<float> q(D), sc(p + 1), acc(D);
+    thread_local std::vector<float> q, sc, acc;      // each thread's, kept from call to call
+    q.resize(D);
+    sc.resize(p + 1);
+    acc.resize(D);
     for (int64_t h = h0; h < h1; ++h) {
       const int64_t g = h / G;
       if (cp) rotate(qp + h * D, cp, sp, D, q.data()); else std::copy(qp + h * D, qp + (h + 1) * D, q.begin());
       float m = -INFINITY;
       for (int64_t t = 0; t <= p; ++t) {
-        sc[t] = dot_f32(q.data(), kp + (g * T + t) * D, D) * (float)sm_scale;
+        sc[t] = dot(q.data(), kp + (g * T + t) * D, D) * (float)sm_scale;
         m = std::max(m, sc[t]);
       }
       float sum = 0.f;

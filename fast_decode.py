@@ -965,30 +965,55 @@ def table_text(result: dict) -> str:
     return "\n".join(lines)
 
 
+def fused_rows(result: dict) -> list[dict]:
+    """The fused-step table's rows, for every renderer (terminal, RESULTS.md, the report): per
+    method its fast path and its fused step, then the peers. Each row: method, path ('fast',
+    'fused' or 'peer'), ms (median ms/token, or None with why_not), vs_fp16_fused, x_floor,
+    tokens (leading greedy tokens equal to the reference), kernels (a fused row's kernels a
+    step, or None). [] for a bench made before the fused step."""
+    if "fused_path" not in result:
+        return []
+
+    def row(name, path, p, tokens, kernels_=None, why_not=None):
+        p = p or {}
+        return {"method": name, "path": path, "why_not": why_not,
+                "ms": p["decode_ms_per_token"]["median"] if p.get("decode_ms_per_token") else None,
+                "vs_fp16_fused": p.get("vs_fp16_fused"), "x_floor": p.get("x_floor"), "tokens": tokens,
+                "kernels": kernels_}
+    rows = []
+    for name, r in result["table"].items():
+        rows.append(row(name, "fast", r["fast_path"], r.get("leading_tokens_equal")))
+        if r.get("fused_path"):
+            rows.append(row(name, "fused", r["fused_path"], r.get("fused_leading_tokens_equal"),
+                            r.get("fused_kernels_per_step")))
+        else:
+            rows.append(row(name, "fused", None, None, why_not=f"not run: {r.get('why_not_fused')}"))
+    for name, p in result.get("peers", {}).items():
+        rows.append(row(name, "peer", p, p.get("leading_tokens_equal"),
+                        why_not=f"cannot run: {p['why_not']}" if p.get("why_not") else None))
+    return rows
+
+
+def _or_dash(v, fmt: str) -> str:
+    return "–" if v is None else format(v, fmt)
+
+
 def fused_table_text(result: dict) -> str:
     """Decode on each path against fp16 on the fused path, the floor, and the peers beside them."""
-    if "fused_path" not in result:                       # a bench made before the fused step
+    rows = fused_rows(result)
+    if not rows:
         return ""
     n = result["new_tokens"]
     lines = [f"{'method':<20} {'path':<8} {'ms/token':>9} {'vs fp16 fused':>14} {'x floor':>8} {'tokens':>8}"
              f" {'kernels/step':>13}"]
-
-    def line(name, path, p, tokens, kernels_=None):
-        lines.append(f"{name:<20} {path:<8} {p['decode_ms_per_token']['median']:>9.4f} "
-                     f"{'–' if p['vs_fp16_fused'] is None else format(p['vs_fp16_fused'], '.2f'):>14} "
-                     f"{'–' if p['x_floor'] is None else format(p['x_floor'], '.1f'):>8} "
-                     f"{'–' if tokens is None else f'{tokens}/{n}':>8} {kernels_ or '':>13}")
-    for name, r in result["table"].items():
-        line(name, "fast", r["fast_path"], r["leading_tokens_equal"])
-        if r.get("fused_path"):
-            line(name, "fused", r["fused_path"], r["fused_leading_tokens_equal"], r["fused_kernels_per_step"])
-        else:
-            lines.append(f"{name:<20} {'fused':<8} not run: {r.get('why_not_fused')}")
-    for name, p in result.get("peers", {}).items():
-        if p["why_not"]:
-            lines.append(f"{name:<20} {'peer':<8} cannot run: {p['why_not']}")
-        else:
-            line(name, "peer", p, p["leading_tokens_equal"])
+    for r in rows:
+        if r["why_not"]:
+            lines.append(f"{r['method']:<20} {r['path']:<8} {r['why_not']}")
+            continue
+        ratio, floor = _or_dash(r["vs_fp16_fused"], ".2f"), _or_dash(r["x_floor"], ".1f")
+        tokens = "–" if r["tokens"] is None else f"{r['tokens']}/{n}"
+        lines.append(f"{r['method']:<20} {r['path']:<8} {r['ms']:>9.4f} {ratio:>14} {floor:>8} {tokens:>8} "
+                     f"{r['kernels'] or '':>13}")
     lines.append("ms/token: median decode, round-robin; vs fp16 fused: against fp16 on the fused path in the same "
                  "run; x floor: against weight bytes / peak bandwidth; tokens: leading greedy tokens equal to "
                  "generate()'s (a peer: to its reference)")

@@ -31,7 +31,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # run as a script from anywhere
     sys.path.insert(0, str(ROOT))
 
-import fast_decode  # noqa: E402  (the GPU peak-bandwidth table, for the decode floor)
+import fast_decode  # noqa: E402  (the GPU peak-bandwidth table, for the decode floor; the fused table's rows)
 import evaluate as ev  # noqa: E402
 import results  # noqa: E402
 import plot_results as pr  # noqa: E402
@@ -1343,22 +1343,16 @@ def fused_table(doc: Doc, b: dict) -> None:
     bb = b["bench"]
     n = bb["new_tokens"]
     rows = []
-    for name, v in bb["table"].items():
-        for path, p, tokens in (("fast path", v["fast_path"], v.get("leading_tokens_equal")),
-                                ("fused step", v.get("fused_path"), v.get("fused_leading_tokens_equal"))):
-            if not p:
-                continue
-            rows.append([name, path, f"{p['decode_ms_per_token']['median']:.3f}",
-                         "–" if p.get("vs_fp16_fused") is None else f_ratio(p["vs_fp16_fused"]),
-                         "–" if p.get("x_floor") is None else f"{p['x_floor']:.1f}×",
-                         f"{tokens}/{n}" if tokens is not None else "–",
-                         str(v.get("fused_kernels_per_step") or "–") if path == "fused step" else ""])
-    for name, p in bb.get("peers", {}).items():
-        if p.get("why_not"):
-            rows.append([name, "peer", "cannot run", escape(p["why_not"]), "", "", ""])
-        else:
-            rows.append([name, "peer", f"{p['decode_ms_per_token']['median']:.3f}", f_ratio(p["vs_fp16_fused"]),
-                         f"{p['x_floor']:.1f}×", f"{p['leading_tokens_equal']}/{n}", ""])
+    paths = {"fast": "fast path", "fused": "fused step", "peer": "peer"}
+    for r in fast_decode.fused_rows(bb):
+        if r["why_not"]:
+            rows.append([r["method"], paths[r["path"]], escape(r["why_not"]), "", "", "", ""])
+            continue
+        rows.append([r["method"], paths[r["path"]], f"{r['ms']:.3f}",
+                     "–" if r["vs_fp16_fused"] is None else f_ratio(r["vs_fp16_fused"]),
+                     "–" if r["x_floor"] is None else f"{r['x_floor']:.1f}×",
+                     "–" if r["tokens"] is None else f"{r['tokens']}/{n}",
+                     str(r["kernels"] or "–") if r["path"] == "fused" else ""])
     doc.table(["method", "path", "ms/token", "vs fp16 fused", "× floor", "tokens", "kernels/step"], rows,
               f"The fused decode step ({escape(bb['fused_path'])}) beside the fast path and the peers, same "
               f"round-robin run, {bb['repeats']} repeats, {n} tokens after {bb['prompt_tokens']}. Tokens: "

@@ -14,7 +14,7 @@ import warnings
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-import fast_decode  # noqa: E402  (the GPU's peak bandwidth, for the decode floor; the CPU targets' line)
+import fast_decode  # noqa: E402  (the GPU's peak bandwidth, for the decode floor; the CPU targets' line; the fused rows)
 import results  # noqa: E402
 from evaluate import run_cli  # noqa: E402
 import plot_results as pr  # noqa: E402  (the same grouping and text names as the figures)
@@ -85,16 +85,14 @@ def bench_tables(records: list[dict]) -> str:
             lines += [f"Fused decode step ({b['fused_path']}) and the peers, same run", "",
                       "| method | path | decode ms/token | vs fp16 fused | x floor | tokens |", "|---|---|---|---|---|---|"]
             n = b["new_tokens"]
-            for name, row in b["table"].items():
-                for path, f, tok in (("fast", row["fast_path"], row["leading_tokens_equal"]),
-                                     ("fused", row.get("fused_path"), row.get("fused_leading_tokens_equal"))):
-                    if f:
-                        lines.append(f"| {name} | {path} | {f['decode_ms_per_token']['median']:.4f} "
-                                     f"| {f['vs_fp16_fused']:.2f} | {f['x_floor']:.1f} | {tok}/{n} |")
-            for name, p in b.get("peers", {}).items():
-                lines.append(f"| {name} | peer | cannot run: {p['why_not']} | | | |" if p.get("why_not") else
-                             f"| {name} | peer | {p['decode_ms_per_token']['median']:.4f} | {p['vs_fp16_fused']:.2f} "
-                             f"| {p['x_floor']:.1f} | {p['leading_tokens_equal']}/{n} |")
+            for r in fast_decode.fused_rows(b):
+                if r["why_not"]:
+                    lines.append(f"| {r['method']} | {r['path']} | {r['why_not']} | | | |")
+                    continue
+                ratio = "–" if r["vs_fp16_fused"] is None else f"{r['vs_fp16_fused']:.2f}"
+                floor = "–" if r["x_floor"] is None else f"{r['x_floor']:.1f}"
+                tokens = "–" if r["tokens"] is None else f"{r['tokens']}/{n}"
+                lines.append(f"| {r['method']} | {r['path']} | {r['ms']:.4f} | {ratio} | {floor} | {tokens} |")
             lines.append("")
         if b.get("int8_targets"):
             lines += [fast_decode.cpu_targets_text(b), ""]

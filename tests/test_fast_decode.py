@@ -296,6 +296,29 @@ def test_fused_step_operations_equal_the_models_ops(backend):
     assert out.returncode == 0 and out.stdout.strip().endswith("OK"), out.stderr[-2000:]
 
 
+def test_the_fused_table_keeps_every_method_and_peer_and_says_why_one_did_not_run():
+    """fused_rows, which the terminal, RESULTS.md and the report all format: a method's fast
+    path and fused step, the peers after them, and a reason where one did not run."""
+    path = lambda ms, ratio: {"decode_ms_per_token": {"median": ms}, "vs_fp16_fused": ratio, "x_floor": 4.0}  # noqa: E731
+    record = {"fused_path": "five kernels a block", "new_tokens": 4, "table": {
+        "fp16": {"fast_path": path(0.8, 4.0), "leading_tokens_equal": 4, "fused_path": path(0.2, 1.0),
+                 "fused_leading_tokens_equal": 3, "fused_kernels_per_step": 63},
+        "bnb-int8": {"fast_path": path(0.9, 4.5), "leading_tokens_equal": 4, "fused_path": None,
+                     "why_not_fused": "LLM.int8() is not capturable"}},
+        "peers": {"torchao-int8wo": {"why_not": "no GPU"},
+                  "hf-static-compile": {**path(2.0, 10.0), "leading_tokens_equal": 2, "why_not": None}}}
+    rows = fd.fused_rows(record)
+    assert [(r["method"], r["path"]) for r in rows] == [
+        ("fp16", "fast"), ("fp16", "fused"), ("bnb-int8", "fast"), ("bnb-int8", "fused"),
+        ("torchao-int8wo", "peer"), ("hf-static-compile", "peer")]
+    assert (rows[1]["ms"], rows[1]["tokens"], rows[1]["kernels"], rows[1]["vs_fp16_fused"]) == (0.2, 3, 63, 1.0)
+    assert rows[3]["why_not"] == "not run: LLM.int8() is not capturable" and rows[3]["ms"] is None
+    assert rows[4]["why_not"] == "cannot run: no GPU" and rows[5]["why_not"] is None and rows[5]["tokens"] == 2
+    text = fd.fused_table_text(record)
+    assert "not run: LLM.int8() is not capturable" in text and "cannot run: no GPU" in text and "3/4" in text
+    assert fd.fused_rows({"table": {}}) == [] and fd.fused_table_text({"table": {}}) == ""
+
+
 def test_a_peer_that_cannot_run_is_a_row_that_says_why(gpt2_dir):
     """No GPU here: torchao's peer cannot load its model on CUDA; the bench gets a row with the
     reason, not a crash."""

@@ -294,8 +294,8 @@ class FusedStep:
       3. out-projection GEMV (+ bias) + residual, in place on the residual stream
       4. norm + up GEMV (+ bias) + activation (Llama: gate and up in one GEMV, silu(g) * u)
       5. down GEMV (+ bias) + residual
-    then the final norm + output layer + argmax per block of logits, and one kernel that
-    picks the token and advances step and pos; the embedding is one kernel too. A layer the
+    then the final norm + output layer + argmax over each program's run of logits, and one
+    kernel that picks the token and advances step and pos; the embedding is one kernel too. A layer the
     fused GEMV cannot read runs as the model's own module (with the model's norm before it
     and its activation and residual add after). Reads next and pos; writes tokens[step]."""
 

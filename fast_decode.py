@@ -942,8 +942,8 @@ def table_text(result: dict) -> str:
                      f"{r['prefill_ms']['median']:>14.2f} ms {r['decode_ms_per_token']['median']:>9.3f} "
                      f"{r['decode_ratio']:>6.2f} | {f['prefill_ms']['median']:>10.3f} ms {f['prefill_ratio']:>6.2f} "
                      f"{f['decode_ms_per_token']['median']:>8.3f} {f['decode_ratio']:>6.2f} "
-                     f"{'–' if r['floor_ms'] is None else format(r['floor_ms'], '.4f'):>7} "
-                     f"{'–' if f['x_floor'] is None else format(f['x_floor'], '.1f'):>8} {r['peak_bytes'] / 2**20:>9.1f} "
+                     f"{or_dash(r['floor_ms'], '.4f'):>7} "
+                     f"{or_dash(f['x_floor'], '.1f'):>8} {r['peak_bytes'] / 2**20:>9.1f} "
                      f"{r['leading_tokens_equal']:>3}/{result['new_tokens']}")
     lines.append(f"decode in ms per token (median of {result['repeats']} round-robin repeats); ratios against fp16 "
                  "on the same path; floor = weight bytes / "
@@ -994,7 +994,8 @@ def fused_rows(result: dict) -> list[dict]:
     return rows
 
 
-def _or_dash(v, fmt: str) -> str:
+def or_dash(v, fmt: str) -> str:
+    """v formatted, or a dash where there is none."""
     return "–" if v is None else format(v, fmt)
 
 
@@ -1010,7 +1011,7 @@ def fused_table_text(result: dict) -> str:
         if r["why_not"]:
             lines.append(f"{r['method']:<20} {r['path']:<8} {r['why_not']}")
             continue
-        ratio, floor = _or_dash(r["vs_fp16_fused"], ".2f"), _or_dash(r["x_floor"], ".1f")
+        ratio, floor = or_dash(r["vs_fp16_fused"], ".2f"), or_dash(r["x_floor"], ".1f")
         tokens = "–" if r["tokens"] is None else f"{r['tokens']}/{n}"
         lines.append(f"{r['method']:<20} {r['path']:<8} {r['ms']:>9.4f} {ratio:>14} {floor:>8} {tokens:>8} "
                      f"{r['kernels'] or '':>13}")

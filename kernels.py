@@ -679,8 +679,9 @@ if triton is not None:
     @triton.jit
     def _argmax_emit(pv_ptr, pi_ptr, P, tokens_ptr, step_ptr, next_ptr, pos_ptr, PDL: tl.constexpr,
                      BP: tl.constexpr):
-        # The token: the largest of P block maxima (first index on ties), then the step's
-        # bookkeeping on the device: tokens[step] = it, next = it, step += 1, pos += 1.
+        # The token: the largest of the P programs' maxima (first index on ties: program p's
+        # rows all come before program p+1's), then the step's bookkeeping on the device:
+        # tokens[step] = it, next = it, step += 1, pos += 1.
         _pdl_start(PDL)
         rp = tl.arange(0, BP)
         v = tl.load(pv_ptr + rp, mask=rp < P, other=float("-inf"))

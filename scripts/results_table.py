@@ -89,8 +89,7 @@ def bench_tables(records: list[dict]) -> str:
                 if r["why_not"]:
                     lines.append(f"| {r['method']} | {r['path']} | {r['why_not']} | | | |")
                     continue
-                ratio = "–" if r["vs_fp16_fused"] is None else f"{r['vs_fp16_fused']:.2f}"
-                floor = "–" if r["x_floor"] is None else f"{r['x_floor']:.1f}"
+                ratio, floor = fast_decode.or_dash(r["vs_fp16_fused"], ".2f"), fast_decode.or_dash(r["x_floor"], ".1f")
                 tokens = "–" if r["tokens"] is None else f"{r['tokens']}/{n}"
                 lines.append(f"| {r['method']} | {r['path']} | {r['ms']:.4f} | {ratio} | {floor} | {tokens} |")
             lines.append("")

@@ -307,6 +307,7 @@ class FusedStep:
         self.net, self.nxt, self.pos, self.step, self.tokens = net, nxt, pos, step, tokens
         self.dtype, dev = net.dtype, net.device
         self.ops, self.fused_layers, self.module_layers = [], [], []
+        self.tile_keys = {}                   # kernels.tile_key -> the layers launched with it (tune_tiles)
         model, c = net.model, net.model.config
         gpt2 = c.model_type == "gpt2"
         d = c.hidden_size
@@ -366,6 +367,7 @@ class FusedStep:
         nargs = None if norm is None else norm_args(norm)
         if fw is not None and (norm is None or nargs is not None) and (act is not None or not gated):
             self.fused_layers.append(name)
+            self.tile_keys.setdefault(kernels.gemv_key(fw, (nargs or (0,))[0], act or 0, res), []).append(name)
             self.ops.append(lambda: kernels.fused_linear(inp, fw, out, nargs, act or 0, res))
             if act is None and act_mod is not None:                          # an activation it lacks
                 self.ops.append(lambda: out.copy_(act_mod(out)))
@@ -393,6 +395,7 @@ class FusedStep:
             parts = kernels.head_programs(self.x.device, fw.n)
             pv = torch.full((parts,), float("-inf"), dtype=torch.float32, device=self.x.device)
             pi = torch.zeros(parts, dtype=torch.int32, device=self.x.device)
+            self.tile_keys.setdefault(kernels.tile_key("argmax_head", fw, parts), []).append("lm_head")
             self.ops.append(lambda: kernels.fused_argmax_head(self.x, fw, nargs, pv, pi, self.tokens, self.step,
                                                               self.nxt, self.pos))
             return
@@ -507,6 +510,58 @@ class FastDecoder:
         self.prefill_ids.copy_(ids.reshape(1, -1))
         self.programs["prefill"]()
         return self.logits
+
+
+TUNE_ROUNDS = 5      # round-robin timings of each candidate tile's decode step (tune_tiles)
+
+
+@torch.no_grad()
+def tune_tiles(dec: FastDecoder, prompt: torch.Tensor, rounds: int = TUNE_ROUNDS) -> dict:
+    """Pin a tile (kernels.PINNED) for each weight-reading kernel of dec's fused step, chosen
+    by timing the whole decode step as the bench runs it (one CUDA graph, PDL between the
+    kernels), not the kernel alone as Triton's autotuner does. One tile key at a time, in the
+    step's order, the others at their current tile: the step is captured once per candidate
+    tile (kernels.TILE_CHOICES), then the candidates run round-robin `rounds` times (the prompt
+    pass, then new_tokens - 1 decode steps, timed with CUDA events); the lowest median wins.
+    Call before dec.capture(). -> {layer (block 0's, or lm_head): {"layers", "tile" [BN, BK,
+    warps], "step_ms": {"BNxBK/warps": median ms per decode step}}}"""
+    step, n = dec.fused, dec.n - 1
+    dec.prompt.copy_(prompt.reshape(1, -1))
+    chosen = {}
+    for key, layers in step.tile_keys.items():
+        graphs = {}
+        for tile in kernels.TILE_CHOICES[key[0]]:
+            kernels.PINNED[key] = tile
+            try:
+                on_side_stream([dec.reset, step])                  # compiles the tile (before capture)
+            except Exception:                                     # a tile this GPU cannot run (resources)
+                torch.cuda.synchronize()
+                continue
+            g = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(g):
+                step()
+            graphs[tile] = g
+        times = {tile: [] for tile in graphs}
+        for _ in range(rounds):
+            for tile, g in graphs.items():
+                dec.reset()
+                dec._prompt_step()
+                a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+                a.record()
+                for _ in range(n):
+                    g.replay()
+                b.record()
+                b.synchronize()
+                times[tile].append(a.elapsed_time(b) / n)
+        median = {tile: sorted(v)[len(v) // 2] for tile, v in times.items()}
+        best = min(median, key=median.get)
+        kernels.PINNED[key] = best
+        chosen[layers[0].split(".", 1)[-1]] = {
+            "layers": len(layers), "tile": list(best),
+            "step_ms": {f"{bn}x{bk}/{w}": round(ms, 5) for (bn, bk, w), ms in median.items()}}
+        del graphs
+    dec.reset()
+    return chosen
 
 
 def leading_equal(got: torch.Tensor, ref: torch.Tensor) -> int:
@@ -705,7 +760,8 @@ def peer(name: str, model_id: str, tokenizer, prompt: torch.Tensor, prefill_ids:
 
 @torch.no_grad()
 def bench(model_id: str, tokenizer, ids: torch.Tensor, methods: list[str], prefill_tokens: int,
-          prompt_tokens: int, new_tokens: int, repeats: int, warmup: int, progress: bool = True) -> dict:
+          prompt_tokens: int, new_tokens: int, repeats: int, warmup: int, progress: bool = True,
+          tune: bool = True) -> dict:
     dev = torch.device("cuda")
     prefill_ids, prompt = ev.timing_inputs(ids, prefill_tokens, prompt_tokens, dev)
     bandwidth = hbm_bytes_per_s(torch.cuda.get_device_name())
@@ -727,8 +783,10 @@ def bench(model_id: str, tokenizer, ids: torch.Tensor, methods: list[str], prefi
                            no_graph_reason=uncapturable)
         fast.capture()
         got = fast.generate(prompt).clone()
-        same_fused = None
+        same_fused, tiles = None, None
         if fused is not None:
+            if tune and fused.graphs:
+                tiles = tune_tiles(fused, prompt)
             fused.capture()
             if not fused.graphs:
                 why_not_fused, fused = fused.why_no_graph, None
@@ -745,6 +803,7 @@ def bench(model_id: str, tokenizer, ids: torch.Tensor, methods: list[str], prefi
                       "fused_layers": None if fused is None else len(fused.fused.fused_layers),
                       "module_layers": None if fused is None else fused.fused.module_layers,
                       "fused_kernels_per_step": None if fused is None else fused.fused.kernels_per_step(),
+                      "fused_tiles": tiles,
                       "peak_bytes": torch.cuda.max_memory_allocated() - before}
         layers = layer_times(m, graphs=uncapturable is None, repeats=repeats * 2)
         rows[name]["kernel_max_rel_err"] = kernel_error(m)
@@ -804,6 +863,10 @@ def bench(model_id: str, tokenizer, ids: torch.Tensor, methods: list[str], prefi
             "new_tokens": new_tokens, "decode_definition": ev.DECODE_DEFINITION,
             "fast_path": FAST_PATH, "fused_path": FUSED_PATH, "fused_pdl": kernels.pdl_on(dev),
             "fused_head_programs_per_sm": kernels.HEAD_PROGRAMS_PER_SM,
+            "fused_tiles_definition": (
+                "each weight-reading kernel's tile (BN rows x BK columns / warps), chosen by tune_tiles: the whole "
+                f"decode step timed per candidate tile, {TUNE_ROUNDS} round-robin rounds, median ms per step"
+                if tune else "Triton's autotuner: each kernel timed alone (--no-tune-tiles)"),
             "fast_decode_definition":
                 "fast path wall time for the prompt pass + new_tokens-1 decode steps / new tokens",
             "hbm_bytes_per_s": bandwidth, "layer_calls_per_replay": LAYER_CALLS,
@@ -1039,6 +1102,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "(default: all of the device's)")
     p.add_argument("--gguf-dir", default="gguf", help="CPU bench: folder for the GGUF files it makes (default: gguf)")
     ev.add_latency_args(p)
+    p.add_argument("--no-tune-tiles", action="store_true",
+                   help="cuda: keep the tiles Triton's autotuner picks for the fused step's GEMVs and head (each "
+                        "kernel timed alone) instead of timing the whole decode step per candidate tile")
     p.add_argument("--stand-in", default=None, help="which model this one stands in for, stored with the results")
     p.add_argument("--random-weights", action="store_true",
                    help="the weights are random (a stand-in for shapes and speed); stored as model.random_weights")
@@ -1084,7 +1150,7 @@ def main(**kwargs) -> dict:
         print(cpu_targets_text(result))
         return record
     result = bench(args.model, tokenizer, ids, methods, args.prefill_tokens, args.prompt_tokens, args.new_tokens,
-                   args.repeats, args.warmup, progress=not args.quiet)
+                   args.repeats, args.warmup, progress=not args.quiet, tune=not args.no_tune_tiles)
     record = ev.save_side_by_side("gpu-decode-bench", {"methods": methods, "fast_path": FAST_PATH},
                                   {"id": args.model}, source, result, args, torch.device("cuda"))
     print(table_text(result))

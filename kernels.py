@@ -824,24 +824,28 @@ def _make_launchers() -> dict:
 
     def launcher(kernel, configs, key, grid, fixed):
         """Autotuned on a GPU (first call per shape, before any CUDA graph capture);
-        one fixed tile under the interpreter, which cannot time anything."""
+        one fixed tile under the interpreter, which cannot time anything. tile=(BN, BK,
+        num_warps) skips both: that tile (the fused step's, where the step tuner pinned one)."""
         if _interpreting():
-            return lambda M, N, *args, **kw: kernel[grid(fixed, M, N)](*args, **kw, **fixed)
-        tuned = triton.autotune(configs=configs, key=key)(kernel)
-        return lambda M, N, *args, **kw: tuned[lambda meta: grid(meta, M, N)](*args, **kw)
+            tuned = None
+        else:
+            tuned = triton.autotune(configs=configs, key=key)(kernel)
 
-    fused_configs = [triton.Config({"BN": bn, "BK": bk}, num_warps=w)     # BK >= 128: whole 4-bit blocks
-                     for bn, bk, w in ((1, 1024, 4), (2, 1024, 4), (4, 1024, 8), (1, 2048, 4), (2, 2048, 8),
-                                       (1, 4096, 8), (2, 512, 4), (4, 256, 4), (4, 512, 4), (8, 128, 4),
-                                       (8, 256, 4), (8, 512, 8), (16, 128, 4), (32, 128, 8))]
-    head_configs = [triton.Config({"BN": bn, "BK": bk}, num_warps=w)
-                    for bn, bk, w in ((4, 256, 2), (8, 256, 4), (16, 256, 4), (32, 256, 8), (8, 512, 4),
-                                      (16, 512, 8), (4, 1024, 4), (8, 1024, 8), (16, 128, 4), (32, 128, 4))]
+        def launch(M, N, *args, tile=None, **kw):
+            if tile is not None:
+                bn, bk, warps = tile
+                return kernel[grid({"BN": bn, "BK": bk}, M, N)](*args, **kw, BN=bn, BK=bk, num_warps=warps)
+            if tuned is None:
+                return kernel[grid(fixed, M, N)](*args, **kw, **fixed)
+            return tuned[lambda meta: grid(meta, M, N)](*args, **kw)
+        return launch
+
+    tiles = lambda choices: [triton.Config({"BN": bn, "BK": bk}, num_warps=w) for bn, bk, w in choices]  # noqa: E731
     return {
-        "fused_gemv": launcher(_fused_gemv, fused_configs, ["N", "K", "PDL"],
+        "fused_gemv": launcher(_fused_gemv, tiles(TILE_CHOICES["fused_gemv"]), ["N", "K", "LINEAR4", "PDL"],
                                lambda c, M, N: (triton.cdiv(N, c["BN"]),), {"BN": 8, "BK": 128}),
-        "argmax_head": launcher(_argmax_head, head_configs, ["N", "K", "P", "PDL"],     # M: the programs
-                                lambda c, M, N: (M,), {"BN": 8, "BK": 128}),
+        "argmax_head": launcher(_argmax_head, tiles(TILE_CHOICES["argmax_head"]),     # M: the programs
+                                ["N", "K", "P", "LINEAR4", "PDL"], lambda c, M, N: (M,), {"BN": 8, "BK": 128}),
         "int8_mm": launcher(_int8_mm, mm_configs, ["M", "N", "K"],
                             lambda c, M, N: (triton.cdiv(M, c["BM"]), triton.cdiv(N, c["BN"])),
                             {"BM": 16, "BN": 32, "BK": 64}),
@@ -890,6 +894,26 @@ NORM_LAYER, NORM_RMS = 1, 2                              # _fused_gemv's NORM
 ACT_GELU_NEW, ACT_GELU_TANH, ACT_SILU_GATE = 1, 2, 3     # _fused_gemv's ACT
 W_DENSE, W_INT8, W_4BIT = 0, 1, 2                        # _fused_gemv's WFMT
 HEAD_PROGRAMS_PER_SM = 8                                 # the argmax head's programs on a GPU, per SM
+
+# The tiles (BN rows, BK columns, warps) the fused step's two weight-reading kernels may use:
+# Triton's autotuner picks one per shape by timing the kernel alone; fast_decode.tune_tiles
+# picks one per tile key (tile_key) by timing the whole decode step, and pins it in PINNED.
+# BK >= 128 keeps whole 4-bit blocks; the larger head tiles keep as many bytes in flight for
+# one-byte weights as the smaller ones do for two-byte weights.
+TILE_CHOICES = {
+    "fused_gemv": ((1, 1024, 4), (2, 1024, 4), (4, 1024, 8), (1, 2048, 4), (2, 2048, 8), (1, 4096, 8), (2, 512, 4),
+                   (4, 256, 4), (4, 512, 4), (8, 128, 4), (8, 256, 4), (8, 512, 8), (16, 128, 4), (32, 128, 8)),
+    "argmax_head": ((4, 256, 2), (8, 256, 4), (16, 256, 4), (32, 256, 8), (8, 512, 4), (16, 512, 8), (4, 1024, 4),
+                    (8, 1024, 8), (16, 128, 4), (32, 128, 4), (32, 512, 8), (64, 256, 8), (64, 128, 4)),
+}
+PINNED: dict = {}                                        # tile_key -> (BN, BK, num_warps)
+
+
+def tile_key(kernel: str, fw: "FusedWeights", *variant) -> tuple:
+    """What a pinned tile is for: the kernel, the weight's shape and format, and the rest of
+    the launch that changes the compiled kernel (norm, activation, residual; the head's
+    programs)."""
+    return (kernel, fw.n, fw.k, fw.fmt, fw.linear4, *variant)
 
 
 @dataclass
@@ -949,7 +973,12 @@ def fused_linear(x: torch.Tensor, fw: FusedWeights, y: torch.Tensor, norm: tuple
         x if fw.lut is None else fw.lut, x if fw.bias is None else fw.bias, x if res is None else res, y,
         fw.n, fw.k, eps, NORM=kind, WFMT=fw.fmt, LINEAR4=fw.linear4, QB=fw.block,
         HAS_BIAS=fw.bias is not None, ACT=act, HAS_RES=res is not None,
-        KP=triton.next_power_of_2(fw.k), **_pdl(x))
+        KP=triton.next_power_of_2(fw.k), tile=PINNED.get(gemv_key(fw, kind, act, res)), **_pdl(x))
+
+
+def gemv_key(fw: FusedWeights, norm_kind: int, act: int, res: torch.Tensor | None) -> tuple:
+    """fused_linear's tile key (PINNED)."""
+    return tile_key("fused_gemv", fw, norm_kind, act, res is not None)
 
 
 def head_programs(device: torch.device, n: int) -> int:
@@ -978,7 +1007,7 @@ def fused_argmax_head(x: torch.Tensor, fw: FusedWeights, norm: tuple, pv: torch.
         parts, fw.n, x, nw, x if nb is None else nb, fw.w, x if fw.scale is None else fw.scale,
         x if fw.lut is None else fw.lut, x if fw.bias is None else fw.bias, pv, pi, fw.n, fw.k, parts, eps,
         NORM=kind, WFMT=fw.fmt, LINEAR4=fw.linear4, QB=fw.block, HAS_BIAS=fw.bias is not None,
-        KP=triton.next_power_of_2(fw.k), **_pdl(x))
+        KP=triton.next_power_of_2(fw.k), tile=PINNED.get(tile_key("argmax_head", fw, parts)), **_pdl(x))
     _argmax_emit[(1,)](pv, pi, parts, tokens, step, nxt, pos, BP=min(triton.next_power_of_2(parts), 8192),
                        num_warps=8, **_pdl(x))
 

@@ -156,7 +156,8 @@ got = fused.generate(prompt).clone()
 again = fused.generate(prompt).clone()                  # a second run starts clean
 step = fused.fused
 print("RESULT", torch.equal(got, ref), torch.equal(again, ref), len(step.fused_layers), len(step.module_layers),
-      step.kernels_per_step(), model.config.num_hidden_layers)
+      step.kernels_per_step(), model.config.num_hidden_layers,
+      ",".join(str(len(v)) for v in step.tile_keys.values()))
 """
 
 
@@ -167,8 +168,9 @@ def fused_run(arch, quant, dtype, width=32):
                          capture_output=True, text=True, timeout=900)
     assert out.returncode == 0, out.stderr[-3000:]
     line = next(x for x in out.stdout.splitlines() if x.startswith("RESULT"))
-    same, again, fused, modules, kernels_, blocks = line.split()[1:]
-    return same == "True", again == "True", int(fused), int(modules), kernels_, int(blocks)
+    same, again, fused, modules, kernels_, blocks, tiles = line.split()[1:]
+    return (same == "True", again == "True", int(fused), int(modules), kernels_, int(blocks),
+            [int(t) for t in tiles.split(",")])
 
 
 @pytest.mark.parametrize("arch,quant,dtype,width", [
@@ -179,20 +181,21 @@ def test_fused_step_makes_generates_tokens_with_every_layer_fused(arch, quant, d
     the same greedy tokens as generate(), every layer in a fused kernel, five kernels a block
     plus the embedding and the two of the head."""
     pytest.importorskip("triton")
-    same, again, fused, modules, kernels_, blocks = fused_run(arch, quant, dtype, width)
+    same, again, fused, modules, kernels_, blocks, tiles = fused_run(arch, quant, dtype, width)
     assert same and again
     assert modules == 0 and fused == 4 * blocks + 1                      # four GEMVs a block, and the head
     assert int(kernels_) == 5 * blocks + 3
+    assert tiles == [blocks] * 4 + [1]            # tune_tiles' keys: each block's GEMV shape once, then the head
 
 
 def test_fused_step_runs_the_models_own_modules_where_it_cannot_read_a_layer():
     """An asymmetric int8 layer is no kind the fused GEMV reads: those layers run as modules,
     around the fused attention and embedding; the tokens are still generate()'s."""
     pytest.importorskip("triton")
-    same, again, fused, modules, kernels_, blocks = fused_run("gpt2", "asym", "float32")
+    same, again, fused, modules, kernels_, blocks, tiles = fused_run("gpt2", "asym", "float32")
     assert same and again
     # the tied output layer reads the int8 embedding table, one scale a row: that one is fused
-    assert modules == 4 * blocks and fused == 1 and kernels_ == "None"
+    assert modules == 4 * blocks and fused == 1 and kernels_ == "None" and tiles == [1]
 
 
 @pytest.mark.parametrize("arch,quant", [("gpt2", None), ("gpt2", "int8"), ("llama", None), ("llama", "int8"),
@@ -220,8 +223,10 @@ def test_cpu_fused_step_makes_generates_tokens(gpt2_dir, llama_dir, arch, quant)
 
 FUSED_OPS_CHECK = r"""
 import torch
+import os
 import kernels as k
 from transformers.activations import NewGELUActivation
+TRITON = os.environ.get("TRITON_INTERPRET") == "1"
 F = torch.nn.functional
 torch.manual_seed(0)
 K, N = 96, 40
@@ -229,12 +234,24 @@ x, res = torch.randn(K), torch.randn(N)
 nw, nb, b = torch.rand(K) + 0.5, torch.randn(K), torch.randn(N)
 q = torch.randint(-127, 128, (N, K), dtype=torch.int8)
 s = torch.rand(N) / 100
-y = res.clone()
-k.fused_linear(x, k.FusedWeights(k.W_INT8, q, N, K, scale=s, bias=b), y, (k.NORM_LAYER, nw, nb, 1e-5),
-               k.ACT_GELU_NEW, y)
+fw = k.FusedWeights(k.W_INT8, q, N, K, scale=s, bias=b)
 h = F.layer_norm(x, (K,), nw, nb, 1e-5)
 want = res + NewGELUActivation()((h @ q.float().t()) * s + b)
-assert (y - want).abs().max() < 1e-5 * want.abs().max(), "LayerNorm + int8 + gelu_new + residual"
+# the default tile, then tiles pinned as fast_decode.tune_tiles pins them: three tiles along K
+# and a last block of rows half full; two tiles along K, the second half masked
+for tile in (None, (16, 32, 4), (16, 64, 2)):
+    if tile:
+        k.PINNED[k.gemv_key(fw, k.NORM_LAYER, k.ACT_GELU_NEW, res)] = tile
+    y = res.clone()
+    k.fused_linear(x, fw, y, (k.NORM_LAYER, nw, nb, 1e-5), k.ACT_GELU_NEW, y)
+    assert (y - want).abs().max() < 1e-5 * want.abs().max(), f"LayerNorm + int8 + gelu_new + residual, {tile}"
+if TRITON:                                       # the pinned tile is the one launched: one Triton cannot make
+    k.PINNED[k.gemv_key(fw, k.NORM_LAYER, k.ACT_GELU_NEW, res)] = (16, 48, 4)
+    try:
+        k.fused_linear(x, fw, res.clone(), (k.NORM_LAYER, nw, nb, 1e-5), k.ACT_GELU_NEW, res)
+        raise SystemExit("a pinned tile of 48 columns ran: the pin was not used")
+    except Exception as e:
+        assert "power of 2" in str(e) or "arange" in str(e), e
 
 w = torch.randn(2 * N, K)
 y = torch.empty(N)
@@ -262,8 +279,14 @@ for T, pos in ((10, 6), (300, 290)):             # one tile of the cache, and tw
 
 V = 50
 parts = k.head_programs(x.device, V)       # under the interpreter 4 programs of 2 blocks (BN 8) each
-for win, twin in ((37, 45), (37, 12)):     # the largest logit twice, in one program's run and in two
+for win, twin, tile in ((37, 45, None), (37, 12, None), (37, 38, (4, 32, 2)), (37, 45, (4, 32, 2)),
+                        (37, 12, (4, 32, 2))):
+    # the largest logit twice, in one program's run and in two; then with a pinned tile of 4
+    # rows x 32 columns (4 programs of 4 blocks each): in one block, two blocks, two programs
     wv = torch.randn(V, K)
+    k.PINNED.clear()
+    if tile:
+        k.PINNED[k.tile_key("argmax_head", k.FusedWeights(k.W_DENSE, wv, V, K), parts)] = tile
     wv[win] = 4 * wv[win].abs() * torch.sign(F.layer_norm(x, (K,), nw, nb, 1e-5))
     wv[twin] = wv[win]
     tokens, step, nxt, p = torch.zeros(3, dtype=torch.long), torch.tensor([1]), \
@@ -272,7 +295,7 @@ for win, twin in ((37, 45), (37, 12)):     # the largest logit twice, in one pro
                         torch.empty(parts), torch.empty(parts, dtype=torch.int32), tokens, step, nxt, p)
     first = min(win, twin)
     assert tokens.tolist() == [0, first, 0] and step.item() == 2 and nxt.item() == first and p.item() == 6, \
-        f"head: {tokens.tolist()}, want {first} (the first of two equal logits)"
+        f"head: {tokens.tolist()}, want {first} (the first of two equal logits), tile {tile}"
 print("OK")
 """
 

@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -308,6 +309,7 @@ class FusedStep:
         self.dtype, dev = net.dtype, net.device
         self.ops, self.fused_layers, self.module_layers = [], [], []
         self.tile_keys = {}                   # kernels.tile_key -> the layers launched with it (tune_tiles)
+        self.l2_rows = 0                      # > 0: the weights-from-L2 diagnostic (kernels.L2_ROWS), read per call
         model, c = net.model, net.model.config
         gpt2 = c.model_type == "gpt2"
         d = c.hidden_size
@@ -368,7 +370,7 @@ class FusedStep:
         if fw is not None and (norm is None or nargs is not None) and (act is not None or not gated):
             self.fused_layers.append(name)
             self.tile_keys.setdefault(kernels.gemv_key(fw, (nargs or (0,))[0], act or 0, res), []).append(name)
-            self.ops.append(lambda: kernels.fused_linear(inp, fw, out, nargs, act or 0, res))
+            self.ops.append(lambda: kernels.fused_linear(inp, fw, out, nargs, act or 0, res, self.l2_rows))
             if act is None and act_mod is not None:                          # an activation it lacks
                 self.ops.append(lambda: out.copy_(act_mod(out)))
             return
@@ -397,7 +399,7 @@ class FusedStep:
             pi = torch.zeros(parts, dtype=torch.int32, device=self.x.device)
             self.tile_keys.setdefault(kernels.tile_key("argmax_head", fw, parts), []).append("lm_head")
             self.ops.append(lambda: kernels.fused_argmax_head(self.x, fw, nargs, pv, pi, self.tokens, self.step,
-                                                              self.nxt, self.pos))
+                                                              self.nxt, self.pos, self.l2_rows))
             return
         self.module_layers.append("lm_head")
 
@@ -445,6 +447,7 @@ class FastDecoder:
         elif compiled:                     # a peer's recipe: the decode step under torch.compile (this mode)
             self.programs["decode"] = torch.compile(self._decode_step, mode=compiled)
         self.why_no_graph = None if self.graphs else (no_graph_reason or "graphs off (CPU or asked)")
+        self._pool = None                  # the memory pool its graphs share
 
     # the three steps; only tensor ops on static buffers, nothing read back to the host
     def _emit(self, logits: torch.Tensor) -> None:
@@ -473,14 +476,8 @@ class FastDecoder:
         on_side_stream([call for name in names for call in (self.reset, self.programs[name]) * 2])
         graphs = {}
         try:
-            pool = None
             for name in names:
-                self.reset()
-                g = torch.cuda.CUDAGraph()
-                with torch.cuda.graph(g, pool=pool):
-                    self.programs[name]()
-                pool = g.pool()
-                graphs[name] = g
+                graphs[name] = self._graph(self.programs[name])
         except Exception as e:  # a layer that syncs or changes shape: no graph for this method
             torch.cuda.synchronize()
             self.graphs = False
@@ -490,19 +487,46 @@ class FastDecoder:
             self.programs[name] = g.replay
         self.reset()
 
+    def _graph(self, step) -> torch.cuda.CUDAGraph:
+        """step captured as a CUDA graph, from a reset state, in this decoder's memory pool."""
+        self.reset()
+        g = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(g, pool=self._pool):
+            step()
+        self._pool = g.pool()
+        return g
+
+    def weights_from_l2(self) -> Callable[[], None]:
+        """The fused decode step as a diagnostic: every weight read from its first
+        kernels.L2_ROWS rows, so it stays in L2; captured (graphs) or eager. Its time is the
+        step's time without its HBM weight bytes; its tokens mean nothing. Pass it to
+        generate(decode=)."""
+        def l2_step():
+            self.fused.l2_rows = kernels.L2_ROWS
+            try:
+                self.fused()
+            finally:
+                self.fused.l2_rows = 0
+        if not self.graphs:
+            return l2_step
+        on_side_stream([self.reset, l2_step] * 2)
+        return self._graph(l2_step).replay
+
     def reset(self) -> None:
         self.step.zero_()
         self.pos.zero_()
         self.next.zero_()
 
     @torch.no_grad()
-    def generate(self, prompt: torch.Tensor) -> torch.Tensor:
-        """Greedy: the prompt pass makes token 1, each decode step one more. -> (new_tokens,)"""
+    def generate(self, prompt: torch.Tensor, decode: Callable[[], None] | None = None) -> torch.Tensor:
+        """Greedy: the prompt pass makes token 1, each decode step one more (decode: another
+        step than this decoder's, e.g. weights_from_l2's). -> (new_tokens,)"""
+        decode = decode or self.programs["decode"]
         self.prompt.copy_(prompt.reshape(1, -1))
         self.step.zero_()
         self.programs["prompt"]()
         for _ in range(self.n - 1):
-            self.programs["decode"]()
+            decode()
         return self.tokens
 
     @torch.no_grad()
@@ -783,7 +807,7 @@ def bench(model_id: str, tokenizer, ids: torch.Tensor, methods: list[str], prefi
                            no_graph_reason=uncapturable)
         fast.capture()
         got = fast.generate(prompt).clone()
-        same_fused, tiles = None, None
+        same_fused, tiles, l2_step = None, None, None
         if fused is not None:
             if tune and fused.graphs:
                 tiles = tune_tiles(fused, prompt)
@@ -792,6 +816,8 @@ def bench(model_id: str, tokenizer, ids: torch.Tensor, methods: list[str], prefi
                 why_not_fused, fused = fused.why_no_graph, None
             else:
                 same_fused = leading_equal(fused.generate(prompt), ref)
+                if fused.fused.kernels_per_step() is not None:          # every layer fused: the diagnostic too
+                    l2_step = fused.weights_from_l2()
         torch.cuda.synchronize()
         same = leading_equal(got, ref)
         rows[name] = {"weights_mib": weights["mib"], "weights_bytes": weights["bytes"],
@@ -817,6 +843,9 @@ def bench(model_id: str, tokenizer, ids: torch.Tensor, methods: list[str], prefi
         if fused is not None:
             timed[f"{name}·fused"] = {"prefill": lambda f=fused: f.prefill(prefill_ids),
                                       "decode": lambda f=fused: f.generate(prompt)}
+        if l2_step is not None:
+            timed[f"{name}·fused-l2"] = {"prefill": lambda f=fused: f.prefill(prefill_ids),
+                                         "decode": lambda f=fused, s=l2_step: f.generate(prompt, decode=s)}
         print(f"  {name}: {weights['mib']:.1f} MiB, graph {'yes' if fast.graphs else 'no'}, "
               f"fast tokens = generate tokens: {same}/{new_tokens}, fused: "
               + (f"{same_fused}/{new_tokens}" if fused is not None else f"no ({why_not_fused})"),
@@ -853,6 +882,10 @@ def bench(model_id: str, tokenizer, ids: torch.Tensor, methods: list[str], prefi
                                      "speedup_over_generate": hf["decode_ms_per_token"]["median"] /
                                      fa["decode_ms_per_token"]["median"]},
                        "fused_path": path_row(rt[f"{name}·fused"], floor) if f"{name}·fused" in rt else None,
+                       **({"fused_l2_path": {**path_row(rt[f"{name}·fused-l2"], None), "weight_bytes_share":
+                                             1 - rt[f"{name}·fused-l2"]["decode_ms_per_token"]["median"] /
+                                             rt[f"{name}·fused"]["decode_ms_per_token"]["median"]}}
+                          if f"{name}·fused-l2" in rt else {}),
                        "layer_ratio": {k: rows[name]["layers_us"][k]["median"] / rows["fp16"]["layers_us"][k]["median"]
                                        for k in rows[name]["layers_us"] if k != "graph"}}
     for name, row in peers.items():
@@ -863,6 +896,11 @@ def bench(model_id: str, tokenizer, ids: torch.Tensor, methods: list[str], prefi
             "new_tokens": new_tokens, "decode_definition": ev.DECODE_DEFINITION,
             "fast_path": FAST_PATH, "fused_path": FUSED_PATH, "fused_pdl": kernels.pdl_on(dev),
             "fused_head_programs_per_sm": kernels.HEAD_PROGRAMS_PER_SM,
+            "fused_l2_definition": (
+                f"fused_l2_path: the fused step with every weight read from its first {kernels.L2_ROWS} rows, which "
+                "stay in L2 (a diagnostic: its tokens mean nothing): the step's time without its HBM weight bytes; "
+                "weight_bytes_share = 1 - its decode time / the fused step's, the part of the step the weights' "
+                "bytes take, so the most a smaller weight format could save"),
             "fused_tiles_definition": (
                 "each weight-reading kernel's tile (BN rows x BK columns / warps), chosen by tune_tiles: the whole "
                 f"decode step timed per candidate tile, {TUNE_ROUNDS} round-robin rounds, median ms per step"
@@ -1030,10 +1068,11 @@ def table_text(result: dict) -> str:
 
 def fused_rows(result: dict) -> list[dict]:
     """The fused-step table's rows, for every renderer (terminal, RESULTS.md, the report): per
-    method its fast path and its fused step, then the peers. Each row: method, path ('fast',
-    'fused' or 'peer'), ms (median ms/token, or None with why_not), vs_fp16_fused, x_floor,
-    tokens (leading greedy tokens equal to the reference), kernels (a fused row's kernels a
-    step, or None). [] for a bench made before the fused step."""
+    method its fast path, its fused step and, where measured, the fused step with its weights
+    in L2 (path 'l2', with weight_bytes_share), then the peers. Each row: method, path ('fast',
+    'fused', 'l2' or 'peer'), ms (median ms/token, or None with why_not), vs_fp16_fused,
+    x_floor, tokens (leading greedy tokens equal to the reference), kernels (a fused row's
+    kernels a step, or None). [] for a bench made before the fused step."""
     if "fused_path" not in result:
         return []
 
@@ -1049,6 +1088,9 @@ def fused_rows(result: dict) -> list[dict]:
         if r.get("fused_path"):
             rows.append(row(name, "fused", r["fused_path"], r.get("fused_leading_tokens_equal"),
                             r.get("fused_kernels_per_step")))
+            if r.get("fused_l2_path"):
+                rows.append({**row(name, "l2", r["fused_l2_path"], None, r.get("fused_kernels_per_step")),
+                             "weight_bytes_share": r["fused_l2_path"]["weight_bytes_share"]})
         else:
             rows.append(row(name, "fused", None, None, why_not=f"not run: {r.get('why_not_fused')}"))
     for name, p in result.get("peers", {}).items():
@@ -1077,10 +1119,13 @@ def fused_table_text(result: dict) -> str:
         ratio, floor = or_dash(r["vs_fp16_fused"], ".2f"), or_dash(r["x_floor"], ".1f")
         tokens = "–" if r["tokens"] is None else f"{r['tokens']}/{n}"
         lines.append(f"{r['method']:<20} {r['path']:<8} {r['ms']:>9.4f} {ratio:>14} {floor:>8} {tokens:>8} "
-                     f"{r['kernels'] or '':>13}")
+                     f"{r['kernels'] or '':>13}"
+                     + (f"  weights' bytes: {r['weight_bytes_share']:.0%} of the fused step" if r["path"] == "l2"
+                        else ""))
     lines.append("ms/token: median decode, round-robin; vs fp16 fused: against fp16 on the fused path in the same "
                  "run; x floor: against weight bytes / peak bandwidth; tokens: leading greedy tokens equal to "
-                 "generate()'s (a peer: to its reference)")
+                 "generate()'s (a peer: to its reference); l2: the fused step with every weight read from rows "
+                 "that stay in L2 (a diagnostic, no tokens): the step without its weights' HBM bytes")
     return "\n".join(lines)
 
 

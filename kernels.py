@@ -497,10 +497,14 @@ if triton is not None:
 
     @triton.jit
     def _w_tile(w_ptr, s_ptr, lut_ptr, rows, rmask, k0, K, WFMT: tl.constexpr, LINEAR4: tl.constexpr,
-                QB: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr):
+                QB: tl.constexpr, L2ROWS: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr):
         # rows (BN,) x columns k0..k0+BK of a weight, as fp32: dense (N, K) in any float dtype;
         # int8 (N, K) (its per-row scale comes after the sum); packed 4-bit (N*K/2 bytes, as
         # part1.pack_4bit writes them) times its absmax per block of QB along K.
+        # L2ROWS > 0, a diagnostic (fast_decode's weights-from-L2 step): row r reads row
+        # r % L2ROWS, so the weights stay in L2 and the step's time is all but its HBM bytes
+        if L2ROWS != 0:
+            rows = rows % L2ROWS
         rk = k0 + tl.arange(0, BK)
         if WFMT == 2:
             kh = k0 // 2 + tl.arange(0, BK // 2)
@@ -575,7 +579,7 @@ if triton is not None:
     def _fused_gemv(x_ptr, nw_ptr, nb_ptr, w_ptr, s_ptr, lut_ptr, b_ptr, r_ptr, y_ptr,
                     N, K, eps, NORM: tl.constexpr, WFMT: tl.constexpr, LINEAR4: tl.constexpr, QB: tl.constexpr,
                     HAS_BIAS: tl.constexpr, ACT: tl.constexpr, HAS_RES: tl.constexpr,
-                    PDL: tl.constexpr, KP: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr):
+                    PDL: tl.constexpr, L2ROWS: tl.constexpr, KP: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr):
         # y (N,) = act(norm(x) W^T * scale + bias) [+ r], x (K,): this program's BN outputs.
         # KP: a power of two >= K (the norm's statistics read x in one load).
         # NORM 0 none, 1 LayerNorm (nw, nb), 2 RMSNorm (nw); WFMT 0 dense, 1 int8, 2 4-bit;
@@ -587,11 +591,11 @@ if triton is not None:
         # the first tile of weights reads nothing an earlier kernel writes: with PDL it loads
         # while the kernel before is still finishing; then wait for it, and let the next launch
         # (so do the norm's weights for that tile, the per-row scale and the bias: parameters too)
-        w = _w_tile(w_ptr, s_ptr, lut_ptr, rn, nm, 0, K, WFMT, LINEAR4, QB, BN, BK)
+        w = _w_tile(w_ptr, s_ptr, lut_ptr, rn, nm, 0, K, WFMT, LINEAR4, QB, L2ROWS, BN, BK)
         g, b = _norm_tile(nw_ptr, nb_ptr, 0, K, NORM, BK)
         sc, bi = _row_terms(s_ptr, b_ptr, rn, nm, WFMT, HAS_BIAS)
         if ACT == 3:
-            w2 = _w_tile(w_ptr, s_ptr, lut_ptr, rn + N, nm, 0, K, WFMT, LINEAR4, QB, BN, BK)
+            w2 = _w_tile(w_ptr, s_ptr, lut_ptr, rn + N, nm, 0, K, WFMT, LINEAR4, QB, L2ROWS, BN, BK)
             sc2, bi2 = _row_terms(s_ptr, b_ptr, rn + N, nm, WFMT, HAS_BIAS)
         _pdl_start(PDL)
         mean, rstd = _norm_stats(x_ptr, K, eps, NORM, KP)
@@ -602,9 +606,9 @@ if triton is not None:
         for k0 in range(BK, K, BK):
             g, b = _norm_tile(nw_ptr, nb_ptr, k0, K, NORM, BK)
             x = _x_tile(x_ptr, g, b, k0, K, mean, rstd, NORM, BK)
-            acc += _w_tile(w_ptr, s_ptr, lut_ptr, rn, nm, k0, K, WFMT, LINEAR4, QB, BN, BK) * x[None, :]
+            acc += _w_tile(w_ptr, s_ptr, lut_ptr, rn, nm, k0, K, WFMT, LINEAR4, QB, L2ROWS, BN, BK) * x[None, :]
             if ACT == 3:
-                acc2 += _w_tile(w_ptr, s_ptr, lut_ptr, rn + N, nm, k0, K, WFMT, LINEAR4, QB, BN, BK) * x[None, :]
+                acc2 += _w_tile(w_ptr, s_ptr, lut_ptr, rn + N, nm, k0, K, WFMT, LINEAR4, QB, L2ROWS, BN, BK) * x[None, :]
         y = _rnd(tl.sum(acc, 1) * sc + bi, x_ptr)                                  # (BN,)
         if ACT == 1:                                    # 0.5 x (1 + tanh(c (x + 0.044715 x^3))), op by op
             t = _rnd(y * y * y, x_ptr)
@@ -626,21 +630,21 @@ if triton is not None:
     @triton.jit
     def _head_rows(w, sc, bi, x0, x_ptr, nw_ptr, nb_ptr, w_ptr, s_ptr, lut_ptr, rn, nm, K, mean, rstd,
                    NORM: tl.constexpr, WFMT: tl.constexpr, LINEAR4: tl.constexpr, QB: tl.constexpr,
-                   BN: tl.constexpr, BK: tl.constexpr):
+                   L2ROWS: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr):
         # the logits of rows rn (BN,), -inf where masked: w, sc, bi their first weight tile,
         # scale and bias, x0 the first tile of the normed input; the other tiles load here
         acc = w * x0[None, :]                                                       # (BN, BK)
         for k0 in range(BK, K, BK):
             g, b = _norm_tile(nw_ptr, nb_ptr, k0, K, NORM, BK)
             x = _x_tile(x_ptr, g, b, k0, K, mean, rstd, NORM, BK)
-            acc += _w_tile(w_ptr, s_ptr, lut_ptr, rn, nm, k0, K, WFMT, LINEAR4, QB, BN, BK) * x[None, :]
+            acc += _w_tile(w_ptr, s_ptr, lut_ptr, rn, nm, k0, K, WFMT, LINEAR4, QB, L2ROWS, BN, BK) * x[None, :]
         return tl.where(nm, _rnd(tl.sum(acc, 1) * sc + bi, x_ptr), float("-inf"))
 
     @triton.jit
     def _argmax_head(x_ptr, nw_ptr, nb_ptr, w_ptr, s_ptr, lut_ptr, b_ptr, pv_ptr, pi_ptr, N, K, P, eps,
                      NORM: tl.constexpr, WFMT: tl.constexpr, LINEAR4: tl.constexpr, QB: tl.constexpr,
-                     HAS_BIAS: tl.constexpr, PDL: tl.constexpr, KP: tl.constexpr, BN: tl.constexpr,
-                     BK: tl.constexpr):
+                     HAS_BIAS: tl.constexpr, PDL: tl.constexpr, L2ROWS: tl.constexpr, KP: tl.constexpr,
+                     BN: tl.constexpr, BK: tl.constexpr):
         # The output layer's logits (N of them, x (K,) through the final norm) in P programs:
         # each takes a contiguous run of rows, BN at a time, and leaves the largest logit of
         # its run and its index (the first on ties) in pv[pid], pi[pid], for _argmax_emit. A
@@ -653,23 +657,23 @@ if triton is not None:
         r_hi = tl.minimum(r_lo + per, N)
         rn = r_lo + tl.arange(0, BN)
         nm = rn < r_hi
-        w = _w_tile(w_ptr, s_ptr, lut_ptr, rn, nm, 0, K, WFMT, LINEAR4, QB, BN, BK)
+        w = _w_tile(w_ptr, s_ptr, lut_ptr, rn, nm, 0, K, WFMT, LINEAR4, QB, L2ROWS, BN, BK)
         g, b = _norm_tile(nw_ptr, nb_ptr, 0, K, NORM, BK)
         sc, bi = _row_terms(s_ptr, b_ptr, rn, nm, WFMT, HAS_BIAS)
         _pdl_start(PDL)
         mean, rstd = _norm_stats(x_ptr, K, eps, NORM, KP)
         x0 = _x_tile(x_ptr, g, b, 0, K, mean, rstd, NORM, BK)
         v = _head_rows(w, sc, bi, x0, x_ptr, nw_ptr, nb_ptr, w_ptr, s_ptr, lut_ptr, rn, nm, K, mean, rstd,
-                       NORM, WFMT, LINEAR4, QB, BN, BK)
+                       NORM, WFMT, LINEAR4, QB, L2ROWS, BN, BK)
         best_v = tl.max(v, 0)
         best_i = r_lo + tl.argmax(v, 0, tie_break_left=True)
         for r0 in range(r_lo + BN, r_hi, BN):
             rn = r0 + tl.arange(0, BN)
             nm = rn < r_hi
-            w = _w_tile(w_ptr, s_ptr, lut_ptr, rn, nm, 0, K, WFMT, LINEAR4, QB, BN, BK)
+            w = _w_tile(w_ptr, s_ptr, lut_ptr, rn, nm, 0, K, WFMT, LINEAR4, QB, L2ROWS, BN, BK)
             sc, bi = _row_terms(s_ptr, b_ptr, rn, nm, WFMT, HAS_BIAS)
             v = _head_rows(w, sc, bi, x0, x_ptr, nw_ptr, nb_ptr, w_ptr, s_ptr, lut_ptr, rn, nm, K, mean, rstd,
-                           NORM, WFMT, LINEAR4, QB, BN, BK)
+                           NORM, WFMT, LINEAR4, QB, L2ROWS, BN, BK)
             m = tl.max(v, 0)
             best_i = tl.where(m > best_v, r0 + tl.argmax(v, 0, tie_break_left=True), best_i)
             best_v = tl.maximum(m, best_v)
@@ -907,6 +911,7 @@ TILE_CHOICES = {
                     (8, 1024, 8), (16, 128, 4), (32, 128, 4), (32, 512, 8), (64, 256, 8), (64, 128, 4)),
 }
 PINNED: dict = {}                                        # tile_key -> (BN, BK, num_warps)
+L2_ROWS = 4          # the weights-from-L2 diagnostic: each weight read from its first L2_ROWS rows
 
 
 def tile_key(kernel: str, fw: "FusedWeights", *variant) -> tuple:
@@ -960,11 +965,13 @@ def _pdl(x: torch.Tensor) -> dict:
 
 
 def fused_linear(x: torch.Tensor, fw: FusedWeights, y: torch.Tensor, norm: tuple | None = None, act: int = 0,
-                 res: torch.Tensor | None = None) -> None:
+                 res: torch.Tensor | None = None, l2_rows: int = 0) -> None:
     """y (N,) = act(norm(x) W^T + bias) [+ res], x (K,), in one kernel; norm = (NORM_LAYER or
-    NORM_RMS, weight, bias or None, eps). y may be res (the residual stream, in place)."""
+    NORM_RMS, weight, bias or None, eps). y may be res (the residual stream, in place).
+    l2_rows > 0: the weights-from-L2 diagnostic (row r reads row r % l2_rows; not W's result)."""
     kind, nw, nb, eps = norm or (0, x, None, 0.0)
     if fused_on_cpu(x.device):
+        _no_l2_rows_on_cpu(l2_rows)
         cpu_kernel().fused_gemv(x, kind, nw, _or_empty(nb), eps, fw.w, fw.fmt, _or_empty(fw.scale),
                                 _or_empty(fw.bias), act, _or_empty(res), y, fw.n)
         return
@@ -973,7 +980,13 @@ def fused_linear(x: torch.Tensor, fw: FusedWeights, y: torch.Tensor, norm: tuple
         x if fw.lut is None else fw.lut, x if fw.bias is None else fw.bias, x if res is None else res, y,
         fw.n, fw.k, eps, NORM=kind, WFMT=fw.fmt, LINEAR4=fw.linear4, QB=fw.block,
         HAS_BIAS=fw.bias is not None, ACT=act, HAS_RES=res is not None,
-        KP=triton.next_power_of_2(fw.k), tile=PINNED.get(gemv_key(fw, kind, act, res)), **_pdl(x))
+        L2ROWS=l2_rows, KP=triton.next_power_of_2(fw.k), tile=PINNED.get(gemv_key(fw, kind, act, res)),
+        **_pdl(x))
+
+
+def _no_l2_rows_on_cpu(l2_rows: int) -> None:
+    if l2_rows:
+        raise ValueError("the weights-from-L2 diagnostic is for the Triton kernels on a GPU, not the C++ ones")
 
 
 def gemv_key(fw: FusedWeights, norm_kind: int, act: int, res: torch.Tensor | None) -> tuple:
@@ -992,13 +1005,15 @@ def head_programs(device: torch.device, n: int) -> int:
 
 
 def fused_argmax_head(x: torch.Tensor, fw: FusedWeights, norm: tuple, pv: torch.Tensor, pi: torch.Tensor,
-                      tokens: torch.Tensor, step: torch.Tensor, nxt: torch.Tensor, pos: torch.Tensor) -> None:
+                      tokens: torch.Tensor, step: torch.Tensor, nxt: torch.Tensor, pos: torch.Tensor,
+                      l2_rows: int = 0) -> None:
     """The greedy token from the final norm and the output layer, in two kernels: the first's
     programs (head_programs of them) leave the largest logit of their rows in pv, pi (fp32,
     int32); the second picks the token and does the step's bookkeeping (tokens[step], next,
-    step, pos)."""
+    step, pos). l2_rows: as fused_linear's."""
     kind, nw, nb, eps = norm
     if fused_on_cpu(x.device):
+        _no_l2_rows_on_cpu(l2_rows)
         cpu_kernel().argmax_head(x, kind, nw, _or_empty(nb), eps, fw.w, fw.fmt, _or_empty(fw.scale),
                                  _or_empty(fw.bias), tokens, step, nxt, pos, fw.n)
         return
@@ -1007,7 +1022,8 @@ def fused_argmax_head(x: torch.Tensor, fw: FusedWeights, norm: tuple, pv: torch.
         parts, fw.n, x, nw, x if nb is None else nb, fw.w, x if fw.scale is None else fw.scale,
         x if fw.lut is None else fw.lut, x if fw.bias is None else fw.bias, pv, pi, fw.n, fw.k, parts, eps,
         NORM=kind, WFMT=fw.fmt, LINEAR4=fw.linear4, QB=fw.block, HAS_BIAS=fw.bias is not None,
-        KP=triton.next_power_of_2(fw.k), tile=PINNED.get(tile_key("argmax_head", fw, parts)), **_pdl(x))
+        L2ROWS=l2_rows, KP=triton.next_power_of_2(fw.k), tile=PINNED.get(tile_key("argmax_head", fw, parts)),
+        **_pdl(x))
     _argmax_emit[(1,)](pv, pi, parts, tokens, step, nxt, pos, BP=min(triton.next_power_of_2(parts), 8192),
                        num_warps=8, **_pdl(x))
 

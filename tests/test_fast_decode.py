@@ -153,6 +153,7 @@ prompt = ev.tokenize(tok, "the quick brown fox jumps over the lazy dog " * 4).re
 fused = fd.FastDecoder(model, 12, 16, fused=True)       # first: it re-lays out weights in place
 ref = fd.generate_tokens(model, tok, prompt, 16)
 got = fused.generate(prompt).clone()
+fused.generate(prompt, decode=fused.weights_from_l2())  # the diagnostic step, then the real one again
 again = fused.generate(prompt).clone()                  # a second run starts clean
 step = fused.fused
 print("RESULT", torch.equal(got, ref), torch.equal(again, ref), len(step.fused_layers), len(step.module_layers),
@@ -245,6 +246,18 @@ for tile in (None, (16, 32, 4), (16, 64, 2)):
     y = res.clone()
     k.fused_linear(x, fw, y, (k.NORM_LAYER, nw, nb, 1e-5), k.ACT_GELU_NEW, y)
     assert (y - want).abs().max() < 1e-5 * want.abs().max(), f"LayerNorm + int8 + gelu_new + residual, {tile}"
+k.PINNED.clear()
+if TRITON:                                       # the weights-from-L2 diagnostic: row r reads row r % 4
+    y = res.clone()
+    k.fused_linear(x, fw, y, (k.NORM_LAYER, nw, nb, 1e-5), k.ACT_GELU_NEW, y, l2_rows=4)
+    want4 = res + NewGELUActivation()((h @ q[torch.arange(N) % 4].float().t()) * s + b)
+    assert (y - want4).abs().max() < 1e-5 * want4.abs().max(), "weights from L2"
+else:
+    try:
+        k.fused_linear(x, fw, res.clone(), (k.NORM_LAYER, nw, nb, 1e-5), k.ACT_GELU_NEW, res, l2_rows=4)
+        raise SystemExit("the C++ kernels ran the weights-from-L2 diagnostic")
+    except ValueError:
+        pass
 if TRITON:                                       # the pinned tile is the one launched: one Triton cannot make
     k.PINNED[k.gemv_key(fw, k.NORM_LAYER, k.ACT_GELU_NEW, res)] = (16, 48, 4)
     try:
@@ -321,24 +334,29 @@ def test_fused_step_operations_equal_the_models_ops(backend):
 
 def test_the_fused_table_keeps_every_method_and_peer_and_says_why_one_did_not_run():
     """fused_rows, which the terminal, RESULTS.md and the report all format: a method's fast
-    path and fused step, the peers after them, and a reason where one did not run."""
+    path, fused step and weights-from-L2 step, the peers after them, and a reason where one
+    did not run."""
     path = lambda ms, ratio: {"decode_ms_per_token": {"median": ms}, "vs_fp16_fused": ratio, "x_floor": 4.0}  # noqa: E731
     record = {"fused_path": "five kernels a block", "new_tokens": 4, "table": {
         "fp16": {"fast_path": path(0.8, 4.0), "leading_tokens_equal": 4, "fused_path": path(0.2, 1.0),
-                 "fused_leading_tokens_equal": 3, "fused_kernels_per_step": 63},
+                 "fused_leading_tokens_equal": 3, "fused_kernels_per_step": 63,
+                 "fused_l2_path": {**path(0.17, 0.85), "x_floor": None, "weight_bytes_share": 0.15}},
         "bnb-int8": {"fast_path": path(0.9, 4.5), "leading_tokens_equal": 4, "fused_path": None,
                      "why_not_fused": "LLM.int8() is not capturable"}},
         "peers": {"torchao-int8wo": {"why_not": "no GPU"},
                   "hf-static-compile": {**path(2.0, 10.0), "leading_tokens_equal": 2, "why_not": None}}}
     rows = fd.fused_rows(record)
     assert [(r["method"], r["path"]) for r in rows] == [
-        ("fp16", "fast"), ("fp16", "fused"), ("bnb-int8", "fast"), ("bnb-int8", "fused"),
+        ("fp16", "fast"), ("fp16", "fused"), ("fp16", "l2"), ("bnb-int8", "fast"), ("bnb-int8", "fused"),
         ("torchao-int8wo", "peer"), ("hf-static-compile", "peer")]
     assert (rows[1]["ms"], rows[1]["tokens"], rows[1]["kernels"], rows[1]["vs_fp16_fused"]) == (0.2, 3, 63, 1.0)
-    assert rows[3]["why_not"] == "not run: LLM.int8() is not capturable" and rows[3]["ms"] is None
-    assert rows[4]["why_not"] == "cannot run: no GPU" and rows[5]["why_not"] is None and rows[5]["tokens"] == 2
+    assert (rows[2]["ms"], rows[2]["tokens"], rows[2]["x_floor"], rows[2]["weight_bytes_share"]) == (0.17, None, None,
+                                                                                                   0.15)
+    assert rows[4]["why_not"] == "not run: LLM.int8() is not capturable" and rows[4]["ms"] is None
+    assert rows[5]["why_not"] == "cannot run: no GPU" and rows[6]["why_not"] is None and rows[6]["tokens"] == 2
     text = fd.fused_table_text(record)
     assert "not run: LLM.int8() is not capturable" in text and "cannot run: no GPU" in text and "3/4" in text
+    assert "weights' bytes: 15% of the fused step" in text
     assert fd.fused_rows({"table": {}}) == [] and fd.fused_table_text({"table": {}}) == ""
 
 

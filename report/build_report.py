@@ -1343,7 +1343,7 @@ def fused_table(doc: Doc, b: dict) -> None:
     bb = b["bench"]
     n = bb["new_tokens"]
     rows = []
-    paths = {"fast": "fast path", "fused": "fused step", "peer": "peer"}
+    paths = {"fast": "fast path", "fused": "fused step", "l2": "weights in L2", "peer": "peer"}
     for r in fast_decode.fused_rows(bb):
         if r["why_not"]:
             rows.append([r["method"], paths[r["path"]], escape(r["why_not"]), "", "", "", ""])
@@ -1351,27 +1351,36 @@ def fused_table(doc: Doc, b: dict) -> None:
         rows.append([r["method"], paths[r["path"]], f"{r['ms']:.3f}",
                      "–" if r["vs_fp16_fused"] is None else f_ratio(r["vs_fp16_fused"]),
                      "–" if r["x_floor"] is None else f"{r['x_floor']:.1f}×",
+                     f"bytes {r['weight_bytes_share']:.0%}" if r["path"] == "l2" else
                      "–" if r["tokens"] is None else f"{r['tokens']}/{n}",
                      str(r["kernels"] or "–") if r["path"] == "fused" else ""])
+    l2_note = (" Weights in L2: a diagnostic, the fused step with every weight read from its first rows, which "
+               "stay in L2, so it runs without its weights' HBM bytes (its tokens mean nothing); bytes: the share "
+               "of the fused step that this removes, the most a smaller weight format could save."
+               if "fused_l2_definition" in bb else "")
     doc.table(["method", "path", "ms/token", "vs fp16 fused", "× floor", "tokens", "kernels/step"], rows,
               f"The fused decode step ({escape(bb['fused_path'])}) beside the fast path and the peers, same "
               f"round-robin run, {bb['repeats']} repeats, {n} tokens after {bb['prompt_tokens']}. Tokens: "
               "leading greedy tokens equal to the same model's generate() (a peer: torchao to its own eager "
               "generate(), transformers' static cache to fp16's). Kernels/step only where every layer is fused; "
-              "bitsandbytes' layers run as its modules around the fused attention, embedding and head. Peers: "
+              "bitsandbytes' layers run as its modules around the fused attention, embedding and head." + l2_note
+              + " Peers: "
               + "; ".join(f"{escape(k)}: {escape(p['recipe'])}" for k, p in bb.get("peers", {}).items()) + ".",
               widths=[3.0, 1.8, None, None, None, None, None])
     t, peers = bb["table"], bb.get("peers", {})
     if "fp16" not in t or not t["fp16"].get("fused_path"):
         return
     f16, fast16 = t["fp16"]["fused_path"], t["fp16"]["fast_path"]
+    l2 = t["fp16"].get("fused_l2_path")
     text = [f"The fused step decodes an fp16 token in {f16['decode_ms_per_token']['median']:.3f} ms against "
             f"{fast16['decode_ms_per_token']['median']:.3f} ms on the fast path "
             f"({fast16['decode_ms_per_token']['median'] / f16['decode_ms_per_token']['median']:.1f}× faster), "
             f"still {f16['x_floor']:.1f}× the time to read its weights once: with "
             f"{t['fp16'].get('fused_kernels_per_step')} dependent kernels a token, each waiting for the one "
-            "before, launches and dependent loads, not bytes, are most likely most of the step (inferred: the "
-            "bench takes no profile)."
+            "before, launches and dependent loads, not bytes, take most of the step"
+            + (f". With its weights in L2 the same step takes {l2['decode_ms_per_token']['median']:.3f} ms: the "
+               f"weights' bytes are {l2['weight_bytes_share']:.0%} of it, the most any weight format could save on this step"
+               if l2 else " (inferred: the bench takes no profile)") + "."
             + (" Each kernel was launched with programmatic dependent launch: it loads what no earlier kernel of "
                "the step can change (its first weight tile"
                + (" with the norm's weights, the int8 scales and the bias" if "fused_head_programs_per_sm" in bb
@@ -1380,6 +1389,10 @@ def fused_table(doc: Doc, b: dict) -> None:
     i8 = (t.get("scratch-int8-fast") or {}).get("fused_path")
     if i8:
         text.append(f"Part 1's INT8 on it takes {f_ratio(i8['vs_fp16_fused'])} fp16's time")
+        i8l2 = t["scratch-int8-fast"].get("fused_l2_path")
+        if i8l2:
+            text[-1] += (f", and {f_ratio(i8l2['vs_fp16_fused'])} with its weights in L2: even with no weight "
+                         f"bytes to read, its step would be only {1 - i8l2['vs_fp16_fused']:.0%} faster than fp16's")
         ao = peers.get("torchao-int8wo") or {}
         if not ao.get("why_not") and ao.get("decode_ms_per_token"):
             text[-1] += (f"; torchao's int8 under torch.compile takes {f_ratio(ao['vs_fp16_fused'])}, so Part 1's "

@@ -561,10 +561,7 @@ def tune_tiles(dec: FastDecoder, prompt: torch.Tensor, rounds: int = TUNE_ROUNDS
             except Exception:                                     # a tile this GPU cannot run (resources)
                 torch.cuda.synchronize()
                 continue
-            g = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(g):
-                step()
-            graphs[tile] = g
+            graphs[tile] = dec._graph(step)
         times = {tile: [] for tile in graphs}
         for _ in range(rounds):
             for tile, g in graphs.items():
@@ -577,7 +574,7 @@ def tune_tiles(dec: FastDecoder, prompt: torch.Tensor, rounds: int = TUNE_ROUNDS
                 b.record()
                 b.synchronize()
                 times[tile].append(a.elapsed_time(b) / n)
-        median = {tile: sorted(v)[len(v) // 2] for tile, v in times.items()}
+        median = {tile: ev.summarize(v)["median"] for tile, v in times.items()}
         best = min(median, key=median.get)
         kernels.PINNED[key] = best
         chosen[layers[0].split(".", 1)[-1]] = {

@@ -90,10 +90,10 @@ def bench_tables(records: list[dict]) -> str:
                     lines.append(f"| {r['method']} | {r['path']} | {r['why_not']} | | | |")
                     continue
                 ratio, floor = fast_decode.or_dash(r["vs_fp16_fused"], ".2f"), fast_decode.or_dash(r["x_floor"], ".1f")
-                tokens = "–" if r["tokens"] is None else f"{r['tokens']}/{n}"
-                if r["path"] == "l2":
-                    r["path"], tokens = "fused, weights in L2", f"– (weights' bytes: {r['weight_bytes_share']:.0%})"
-                lines.append(f"| {r['method']} | {r['path']} | {r['ms']:.4f} | {ratio} | {floor} | {tokens} |")
+                path, tokens = r["path"], "–" if r["tokens"] is None else f"{r['tokens']}/{n}"
+                if path == "l2":
+                    path, tokens = "fused, weights in L2", f"– (weights' bytes: {r['weight_bytes_share']:.0%})"
+                lines.append(f"| {r['method']} | {path} | {r['ms']:.4f} | {ratio} | {floor} | {tokens} |")
             if "fused_l2_definition" in b:
                 lines += ["", f"Fused, weights in L2: a diagnostic. {b['fused_l2_definition']}."]
             lines.append("")

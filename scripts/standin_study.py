@@ -43,7 +43,12 @@ FUSED_BENCH = {"methods": "fp16,scratch-int8-fast,scratch-int4-fast,scratch-nf4-
                           "hf-static-compile", "repeats": 6}   # LLM.int8() has no graph: its generate() alone takes minutes
 CPU_TIMING = {"repeats": 5, "new_tokens": 64}
 GGUF_TYPES = ",".join(run_study.GGUF_TYPES)
-FOLDERS = {"smol": "smollm2-135m", "g2r": "gpt2-random"}      # a plan's model -> its folder under --models
+SIZE_BENCH = {"methods": "fp16,scratch-int8-fast,scratch-int4-fast", "repeats": 6}
+# a plan's model -> its folder under --models (make_standins builds each)
+FOLDERS = {"smol": "smollm2-135m", "g2r": "gpt2-random", "g2m": "gpt2-medium-random",
+           "g2l": "gpt2-large-random", "g2x": "gpt2-xl-random"}
+SIZE_NOTE = ("{folder} (GPT-2 {size} shapes, random weights) stands in for gpt2-{size} for memory and latency; "
+             "its perplexity means nothing")
 
 # (step, label, script, keywords): the keywords are the script's main() arguments beyond
 # the model's own (model, text_file, device, stand_in, quiet, results_dir).
@@ -57,7 +62,7 @@ PART1 = [("INT8 whole, per-channel", {"mode": "whole", "scheme": "per_channel"})
 
 
 def steps_for(machine: str) -> dict[str, list[tuple[str, str, str, dict]]]:
-    """Each step's runs as (label, model, script, keywords); model is 'smol' or 'g2r'."""
+    """Each step's runs as (label, model, script, keywords); model is a key of FOLDERS."""
     if machine == "cpu":
         ppl = {"stride": 512, "max_tokens": CPU_PREFIX, "per_line": 0, **CPU_TIMING}
         return {
@@ -100,6 +105,8 @@ def steps_for(machine: str) -> dict[str, list[tuple[str, str, str, dict]]]:
                          ("fast decode bench (GPT-2 shapes)", "g2r", "fast_decode", {})],
             "cuda-fused": [("fused decode bench with peers (GPT-2 shapes)", "g2r", "fast_decode", FUSED_BENCH),
                            ("fused decode bench with peers", "smol", "fast_decode", FUSED_BENCH)],
+            "cuda-sizes": [(f"fused decode bench (GPT-2 {size} shapes)", key, "fast_decode", SIZE_BENCH)
+                           for key, size in (("g2m", "medium"), ("g2l", "large"), ("g2x", "xl"))],
         }
     raise ev.UserError(f"unknown --machine '{machine}' (choose cpu or cuda)")
 
@@ -140,7 +147,8 @@ def keywords(script: str, model: str, extra: dict, machine: str, models: str, te
              gguf_dir: str) -> dict:
     """The full keywords of one run's main()."""
     folder = str(Path(models) / FOLDERS[model])
-    note = SMOL_NOTE if model == "smol" else G2R_NOTE
+    note = {"smol": SMOL_NOTE, "g2r": G2R_NOTE}.get(model) or SIZE_NOTE.format(
+        folder=FOLDERS[model], size=FOLDERS[model].split("-")[1])
     if script == "gguf-inspect":          # the Q4_K_M file that the cpu-gguf step wrote
         ident = results.model_identity(folder)
         name = f"{Path(folder).name}-{ident['key'][:8]}-{extra['type']}.gguf"
@@ -149,7 +157,7 @@ def keywords(script: str, model: str, extra: dict, machine: str, models: str, te
     kw = {"model": folder, "text_file": text, "stand_in": note, "quiet": True, "results_dir": results_dir}
     if script != "fast_decode" or machine == "cpu":
         kw["device"] = machine
-    if model == "g2r":
+    if model != "smol":
         kw["random_weights"] = True
     if script == "gguf" or script == "fast_decode" and machine == "cpu":
         kw["gguf_dir"] = gguf_dir

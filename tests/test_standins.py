@@ -63,6 +63,19 @@ def test_weights_sha256_changes_with_one_weight(tmp_path):
     assert make_standins.weights_sha256(folder) != before
 
 
+@pytest.mark.parametrize("name, params", [("gpt2-medium-random", 354_823_168),
+                                          ("gpt2-large-random", 774_030_080),
+                                          ("gpt2-xl-random", 1_557_611_200)])
+def test_the_larger_gpt2_stand_ins_have_the_released_models_sizes(name, params):
+    """Each larger stand-in's config makes exactly as many parameters as the released model
+    of that name (the tied output layer counted once), counted without allocating them."""
+    from transformers import AutoModelForCausalLM
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(make_standins.gpt2_config(make_standins.GPT2_SIZES[name]))
+    assert sum(p.numel() for p in model.parameters()) == params
+    assert model.config.vocab_size == 50257 and model.config.n_positions == 1024
+
+
 @pytest.mark.parametrize("argv, needle", [
     (["--gguf", "/nonexistent/x.gguf"], "--gguf /nonexistent/x.gguf: no such file"),
     (["smollm3"], "unknown stand-in 'smollm3'"),

@@ -233,7 +233,7 @@ torch.manual_seed(0)
 K, N = 96, 40
 x, res = torch.randn(K), torch.randn(N)
 nw, nb, b = torch.rand(K) + 0.5, torch.randn(K), torch.randn(N)
-q = torch.randint(-127, 128, (N, K), dtype=torch.int8)
+q = torch.randint(-128, 128, (N, K), dtype=torch.int8)      # the whole int8 range, -128 too
 s = torch.rand(N) / 100
 fw = k.FusedWeights(k.W_INT8, q, N, K, scale=s, bias=b)
 h = F.layer_norm(x, (K,), nw, nb, 1e-5)
@@ -247,6 +247,12 @@ for tile in (None, (16, 32, 4), (16, 64, 2)):
     k.fused_linear(x, fw, y, (k.NORM_LAYER, nw, nb, 1e-5), k.ACT_GELU_NEW, y)
     assert (y - want).abs().max() < 1e-5 * want.abs().max(), f"LayerNorm + int8 + gelu_new + residual, {tile}"
 k.PINNED.clear()
+K2 = 90                                          # rows of int8 not a whole number of 4-byte words
+q2, nw2 = torch.randint(-128, 128, (N, K2), dtype=torch.int8), torch.rand(K2) + 0.5
+y = torch.empty(N)
+k.fused_linear(x[:K2], k.FusedWeights(k.W_INT8, q2, N, K2, scale=s), y, (k.NORM_RMS, nw2, None, 1e-6))
+want2 = (nw2 * (x[:K2] * torch.rsqrt(x[:K2].pow(2).mean() + 1e-6))) @ q2.float().t() * s
+assert (y - want2).abs().max() < 1e-5 * want2.abs().max(), "RMSNorm + int8, K not a multiple of 4"
 if TRITON:                                       # the weights-from-L2 diagnostic: row r reads row r % 4
     y = res.clone()
     k.fused_linear(x, fw, y, (k.NORM_LAYER, nw, nb, 1e-5), k.ACT_GELU_NEW, y, l2_rows=4)

@@ -519,29 +519,9 @@ if triton is not None:
             am = tl.load(s_ptr + rows[:, None] * (K // QB) + kb[None, :],
                          mask=rmask[:, None] & (kb[None, :] < K // QB), other=0.0).to(tl.float32)
             w = tl.reshape(tl.reshape(v, (BN, BK // QB, QB)) * am[:, :, None], (BN, BK))
-        elif WFMT == 1 and K % 4 == 0:
-            w = _int8_words(w_ptr, rows, rmask, k0, K, BN, BK)
         else:
             w = tl.load(w_ptr + rows[:, None] * K + rk[None, :], mask=rmask[:, None] & (rk[None, :] < K),
                         other=0).to(tl.float32)
-        return w
-
-    @triton.jit
-    def _int8_words(w_ptr, rows, rmask, k0, K, BN: tl.constexpr, BK: tl.constexpr):
-        # rows (BN,) x columns k0..k0+BK of an int8 (N, K) weight, K a multiple of 4, as fp32,
-        # read as 32-bit words of four bytes and converted with integer ops and one subtraction
-        # instead of one int-to-float conversion per byte (a quarter-rate instruction on
-        # Hopper). Byte b, biased to u = b + 128 in 0..255, goes into the low mantissa bits of
-        # 2^23: the float 2^23 + u, exactly; minus 2^23 + 128 it is b, exactly, so the tile
-        # equals b.to(fp32). Little-endian: byte j of a word is column 4i + j.
-        kw = k0 // 4 + tl.arange(0, BK // 4)
-        word = tl.load(w_ptr.to(tl.pointer_type(tl.int32)) + rows[:, None] * (K // 4) + kw[None, :],
-                       mask=rmask[:, None] & (kw[None, :] < K // 4), other=0) ^ -2139062144   # 0x80808080
-        f0 = ((word & 0xFF) | 0x4B000000).to(tl.float32, bitcast=True)
-        f1 = (((word >> 8) & 0xFF) | 0x4B000000).to(tl.float32, bitcast=True)
-        f2 = (((word >> 16) & 0xFF) | 0x4B000000).to(tl.float32, bitcast=True)
-        f3 = (((word >> 24) & 0xFF) | 0x4B000000).to(tl.float32, bitcast=True)
-        w = tl.reshape(tl.join(tl.join(f0, f2), tl.join(f1, f3)), (BN, BK)) - 8388736.0    # 2^23 + 128
         return w
 
     @triton.jit

@@ -247,7 +247,7 @@ for tile in (None, (16, 32, 4), (16, 64, 2)):
     k.fused_linear(x, fw, y, (k.NORM_LAYER, nw, nb, 1e-5), k.ACT_GELU_NEW, y)
     assert (y - want).abs().max() < 1e-5 * want.abs().max(), f"LayerNorm + int8 + gelu_new + residual, {tile}"
 k.PINNED.clear()
-K2 = 90                                          # rows of int8 not a whole number of 4-byte words
+K2 = 90                                          # a row length that no power-of-2 tile divides
 q2, nw2 = torch.randint(-128, 128, (N, K2), dtype=torch.int8), torch.rand(K2) + 0.5
 y = torch.empty(N)
 k.fused_linear(x[:K2], k.FusedWeights(k.W_INT8, q2, N, K2, scale=s), y, (k.NORM_RMS, nw2, None, 1e-6))

@@ -1096,6 +1096,36 @@ def fused_rows(result: dict) -> list[dict]:
     return rows
 
 
+def size_rows(records: list[dict]) -> list[dict]:
+    """The fused step against model size, one row per CUDA bench with fp16 on the fused path,
+    smallest model first: its fp16 fused ms/token, x floor and weights' bytes share (the L2
+    diagnostic), and per Part 1 method (INT8, int4) its fused time against fp16's and its
+    step without weight bytes against fp16's (l2_vs_fp16_l2: what unpacking the format costs
+    the chain). params: fp16's weight bytes / 2, every tensor counted once (GPT-2 ties its
+    output layer to the embedding)."""
+    rows = []
+    for rec in records:
+        b = rec.get("bench") or {}
+        fp = (b.get("table") or {}).get("fp16") or {}
+        if not str(rec.get("environment", {}).get("device", "")).startswith("cuda") or not fp.get("fused_path"):
+            continue
+        l2 = fp.get("fused_l2_path")
+        row = {"model": rec["model"]["id"], "stand_in": bool(rec["model"].get("stand_in")),
+               "file": rec.get("_file"), "params": fp["weights_bytes"] / 2,
+               "kernels": fp.get("fused_kernels_per_step"), "fp16_ms": fp["fused_path"]["decode_ms_per_token"]["median"],
+               "fp16_x_floor": fp["fused_path"]["x_floor"],
+               "fp16_bytes_share": l2["weight_bytes_share"] if l2 else None}
+        for name in ("scratch-int8-fast", "scratch-int4-fast"):
+            r = b["table"].get(name) or {}
+            f, q2 = r.get("fused_path"), r.get("fused_l2_path")
+            row[name] = None if not f else {
+                "vs_fp16_fused": f["vs_fp16_fused"], "x_floor": f["x_floor"],
+                "l2_vs_fp16_l2": (q2["decode_ms_per_token"]["median"] / l2["decode_ms_per_token"]["median"]
+                                  if q2 and l2 else None)}
+        rows.append(row)
+    return sorted(rows, key=lambda r: r["params"])
+
+
 def or_dash(v, fmt: str) -> str:
     """v formatted, or a dash where there is none."""
     return "–" if v is None else format(v, fmt)

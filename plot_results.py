@@ -411,6 +411,53 @@ def plot_fused(rec: dict, out: Path, made: list[Path]) -> None:
     _save(fig, out, fused_figure(rec), made)
 
 
+SIZES_FIGURE = "fused_step_against_model_size_cuda.png"
+
+
+def plot_sizes(records: list[dict], out: Path, made: list[Path]) -> None:
+    """The fused step against model size (fast_decode.size_rows, the runs with the weights-in-L2
+    diagnostic): left, Part 1 INT8's and
+    int4's fused time against fp16's (filled) and their step without weight bytes against
+    fp16's (hollow); right, the share of fp16's step that its weights' bytes take."""
+    import fast_decode
+    rows = [r for r in fast_decode.size_rows(records) if r["fp16_bytes_share"] is not None]
+    if len(rows) < 2:                                  # the runs with the weights-in-L2 diagnostic
+        return
+    plt = _plt()
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(7.4, 3.4), gridspec_kw={"width_ratios": [3, 2]})
+    x = [r["params"] / 1e6 for r in rows]
+    for name, label, color in (("scratch-int8-fast", "Part 1 INT8", "#4c72b0"),
+                               ("scratch-int4-fast", "Part 1 int4", "#55a868")):
+        pts = [(xi, r[name]) for xi, r in zip(x, rows) if r[name]]
+        a1.plot([p[0] for p in pts], [p[1]["vs_fp16_fused"] for p in pts], "o-", color=color, lw=1,
+                label=f"{label}: fused step")
+        l2 = [(p[0], p[1]["l2_vs_fp16_l2"]) for p in pts if p[1]["l2_vs_fp16_l2"] is not None]
+        a1.plot([p[0] for p in l2], [p[1] for p in l2], "o--", color=color, mfc="white", lw=1,
+                label=f"{label}: weights in L2")
+    a1.axhline(1.0, color="k", lw=0.6)
+    a1.axhline(0.9, color="#c44e52", lw=0.8, ls=":", label="issue 18's target, 0.90")
+    a1.set_ylabel("time / fp16's on the same path", fontsize=9)
+    shares = [(xi, r["fp16_bytes_share"]) for xi, r in zip(x, rows)]
+    a2.plot([p[0] for p in shares], [100 * p[1] for p in shares], "s-", color="#8172b3", lw=1)
+    a2.set_ylabel("fp16 step: weights' bytes (%)", fontsize=9)
+    a2.set_ylim(0, max(100 * p[1] for p in shares) * 1.25)
+    for a in (a1, a2):
+        a.set_xscale("log")
+        a.set_xticks(x, [f"{v:.0f}" for v in x])
+        a.minorticks_off()
+        a.set_xlim(x[0] / 1.3, x[-1] * 1.3)
+        a.set_xlabel("parameters (millions, log scale)", fontsize=9)
+        a.tick_params(labelsize=8)
+    label_points(a2, [(p[0], 100 * p[1], r["model"].replace("-random", "")) for p, r in zip(shares, rows)], size=7)
+    a1.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.75, -0.2), ncol=3, frameon=False)
+    names = ", ".join(r["model"] + (" (stand-in)" if r["stand_in"] else "") for r in rows)
+    dev = next(device_of(r) for r in records if r.get("_file") == rows[0]["file"])
+    fig.suptitle(f"The fused decode step against model size, each model its own round-robin run, all with "
+                 f"the weights-in-L2 diagnostic\n{names}\n{dev}",
+                 fontsize=8)
+    _save(fig, out, SIZES_FIGURE, made)
+
+
 def plot_sensitivity(rec: dict, out: Path, made: list[Path]) -> None:
     plt = _plt()
     s = rec["sensitivity"]
@@ -496,6 +543,10 @@ def plot_all(records: list[dict], out: str | Path) -> list[Path]:
                 plot_fused(r, out, made)
         except (KeyError, TypeError, ValueError, ZeroDivisionError) as e:
             warnings.warn(f"skipping {r['_file']} ({kind}): {type(e).__name__} {e}", stacklevel=2)
+    try:
+        plot_sizes(records, out, made)
+    except (KeyError, TypeError, ValueError, ZeroDivisionError) as e:
+        warnings.warn(f"skipping the model-size figure: {type(e).__name__} {e}", stacklevel=2)
     return made
 
 

@@ -93,7 +93,12 @@ class Study:
         self.records = records
         self.groups = {k: pr.ordered(v) for k, v in sorted(pr.eval_groups(records).items())}
         by_kind = {k: [r for r in records if results.kind_of(r) == k] for k in results.KINDS}
-        self.benches = by_kind["bench"]
+        self.size_rows = fast_decode.size_rows(by_kind["bench"])
+        # a bench in the comparison across model sizes whose model nothing else measures (GPT-2's
+        # larger sizes, cuda-sizes) is shown there only, not in a section of its own
+        studied = {pr.short_model(r) for r in records if results.kind_of(r) != "bench" and r.get("model")}
+        sized = {r["file"] for r in self.size_rows} if len(self.size_rows) >= 2 else set()
+        self.benches = [r for r in by_kind["bench"] if r.get("_file") not in sized or pr.short_model(r) in studied]
         self.sensitivity = next(iter(by_kind["sensitivity"]), None)
         self.compare = next(iter(by_kind["compare"]), None)
         self.inspection = next(iter(by_kind["gguf-inspect"]), None)
@@ -1233,6 +1238,54 @@ def latency_section(doc: Doc, s: Study) -> None:
         )
     if why:
         doc.p("<b>Why.</b> " + " ".join(why))
+    size_section(doc, s)
+
+
+def size_section(doc: Doc, s: Study) -> None:
+    """The fused step against model size: fast_decode.size_rows as a table, the figure, and
+    what the rows with the weights-in-L2 diagnostic say."""
+    rows = s.size_rows
+    if len(rows) < 2:
+        return
+    doc.h2("The fused step against model size")
+    dash = lambda v: "–" if v is None else f_ratio(v)                      # noqa: E731
+    table = []
+    for r in rows:
+        q8, q4 = r["scratch-int8-fast"] or {}, r["scratch-int4-fast"] or {}
+        table.append([escape(r["model"]) + (" (stand-in)" if r["stand_in"] else ""), f"{r['params'] / 1e6:.0f}M",
+                      str(r["kernels"]), f"{r['fp16_ms']:.3f}", f"{r['fp16_x_floor']:.1f}×",
+                      "–" if r["fp16_bytes_share"] is None else f"{r['fp16_bytes_share']:.0%}",
+                      dash(q8.get("vs_fp16_fused")), dash(q8.get("l2_vs_fp16_l2")),
+                      dash(q4.get("vs_fp16_fused")), dash(q4.get("l2_vs_fp16_l2"))])
+    doc.table(["model", "params", "kernels", "fp16 ms", "× floor", "fp16 bytes", "INT8", "INT8 l2",
+               "int4", "int4 l2"], table,
+              "The fused decode step on each CUDA bench, smallest model first; each row is its own round-robin "
+              "run, and its ratios are side by side within it. fp16 ms: fp16's fused ms per token; fp16 bytes: "
+              "the share of that step its weights' bytes take (the weights-in-L2 diagnostic); INT8, int4: Part "
+              "1's fused step against fp16's; l2: the same with every method's weights in L2, against fp16's, "
+              "what unpacking the format costs the chain. The larger GPT-2 stand-ins carry GPT-2 medium's, "
+              "large's and xl's released widths, layers and heads, with random weights.",
+              widths=[3.6, None, None, None, None, None, None, None, None, None])
+    doc.figure(pr.SIZES_FIGURE, "Left: Part 1's INT8 and int4 on the fused step against fp16's (filled) and with "
+               "every weight in L2 against fp16's (hollow), by model size. Right: the share of fp16's step that "
+               "its weights' bytes take.", max_height_cm=8)
+    d = [r for r in rows if r["fp16_bytes_share"] is not None and r["scratch-int8-fast"]]
+    if len(d) < 2:
+        return
+    lo, hi = d[0], d[-1]
+    i8 = [r["scratch-int8-fast"]["vs_fp16_fused"] for r in d]
+    i8l2 = [r["scratch-int8-fast"]["l2_vs_fp16_l2"] for r in d]
+    q4 = [r["scratch-int4-fast"]["l2_vs_fp16_l2"] for r in d
+          if r["scratch-int4-fast"] and r["scratch-int4-fast"]["l2_vs_fp16_l2"] is not None]
+    doc.p(f"From {escape(lo['model'])} ({lo['params'] / 1e6:.0f}M parameters) to {escape(hi['model'])} "
+          f"({hi['params'] / 1e6:.0f}M), the weights' bytes grow from {lo['fp16_bytes_share']:.0%} to "
+          f"{hi['fp16_bytes_share']:.0%} of fp16's fused step, so a smaller format has more to save. Part 1's INT8 "
+          f"does not collect it: it takes {min(i8):.2f}× to {max(i8):.2f}× fp16's time at these sizes, because "
+          f"its step without weight bytes is {min(i8l2):.2f}× to {max(i8l2):.2f}× fp16's. Both run the same "
+          "kernels except for the weight's load and conversion and the tiles each method's tuning picked; "
+          "the bench does not separate the two."
+          + (f" Part 1's int4 pays more for its unpacking still: without weight bytes its step is "
+             f"{min(q4):.2f}× to {max(q4):.2f}× fp16's." if len(q4) == len(d) else ""))
 
 
 def latency_facts(s: Study) -> dict:
@@ -1740,7 +1793,19 @@ def open_questions(doc: Doc, s: Study) -> None:
             "re-quantization errors are correlated and luck weighs more; the real gpt2 weights "
             "would tell."
         )
-    if s.benches:
+    big = [r for r in s.size_rows if r["fp16_bytes_share"] is not None and r["scratch-int8-fast"]
+           and r["scratch-int8-fast"]["l2_vs_fp16_l2"] is not None]
+    if len(big) >= 2:
+        top = big[-1]
+        items.append(
+            f"<b>Speed at scale.</b> At {escape(top['model'])}'s size the weights' bytes are "
+            f"{top['fp16_bytes_share']:.0%} of fp16's fused step, yet Part 1's INT8 takes "
+            f"{f_ratio(top['scratch-int8-fast']['vs_fp16_fused'])} fp16's time: its step without weight bytes is "
+            f"{f_ratio(top['scratch-int8-fast']['l2_vs_fp16_l2'])} fp16's. Is that the int8 conversion or the "
+            "tiles? A profile per kernel would tell; reading int8 as 32-bit words with integer conversion was "
+            "slower (the README). --device-map auto lets the same scripts run larger models over several GPUs."
+        )
+    elif s.benches:
         items.append(
             "<b>Speed at scale.</b> A model this small is bound by per-token overhead; "
             "the byte savings should turn into speed for models whose weights take "

@@ -102,6 +102,29 @@ def bench_tables(records: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def size_table(records: list[dict]) -> str:
+    """The fused step against model size: one row per CUDA bench with fp16 fused (each row
+    from its own run; ratios within that run)."""
+    rows = fast_decode.size_rows(records)
+    if not rows:
+        return ""
+    pct = lambda v: "–" if v is None else f"{v:.0%}"                      # noqa: E731
+    lines = ["**The fused step against model size** (GPU; each row one run, its ratios side by side within it; "
+             "l2: the step with its weights in L2, against fp16's)", "",
+             "| model | params (M) | kernels/step | fp16 fused ms | fp16 x floor | fp16 weights' bytes "
+             "| INT8 vs fp16 fused | INT8 l2 vs fp16 l2 | int4 vs fp16 fused | int4 l2 vs fp16 l2 | file |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        q8, q4 = r["scratch-int8-fast"] or {}, r["scratch-int4-fast"] or {}
+        lines.append(f"| {r['model']}{' (stand-in)' if r['stand_in'] else ''} | {r['params'] / 1e6:.0f} | {r['kernels']} | {r['fp16_ms']:.3f} "
+                     f"| {r['fp16_x_floor']:.1f} | {pct(r['fp16_bytes_share'])} "
+                     f"| {fast_decode.or_dash(q8.get('vs_fp16_fused'), '.2f')} "
+                     f"| {fast_decode.or_dash(q8.get('l2_vs_fp16_l2'), '.2f')} "
+                     f"| {fast_decode.or_dash(q4.get('vs_fp16_fused'), '.2f')} "
+                     f"| {fast_decode.or_dash(q4.get('l2_vs_fp16_l2'), '.2f')} | {r['file']} |")
+    return "\n".join(lines + [""])
+
+
 def compare_tables(records: list[dict]) -> str:
     lines = []
     for r in records:
@@ -151,10 +174,15 @@ def main(folder: str = "results") -> str:
             print(f"warning: the evaluation tables were skipped: {type(e).__name__} {e}", file=sys.stderr)
             evals = ""
         benches, compares = guarded(bench_tables, records), guarded(compare_tables, records)
+        try:
+            sizes = size_table(records)
+        except (KeyError, TypeError, ValueError, ZeroDivisionError) as e:
+            print(f"warning: the model-size table was skipped: {type(e).__name__} {e}", file=sys.stderr)
+            sizes = ""
     head = (f"# Results\n\nPrinted by `python scripts/results_table.py > RESULTS.md` from {folder}/*.json "
             "(do not edit by hand). Perplexity changes are against the fp32 baseline of the same model, text, "
             "windows and token count; speed ratios come from side-by-side runs only.\n")
-    text = "\n".join(t for t in (head, evals, benches, compares) if t)
+    text = "\n".join(t for t in (head, evals, benches, sizes, compares) if t)
     print(text)
     return text
 

@@ -366,6 +366,31 @@ def test_the_fused_table_keeps_every_method_and_peer_and_says_why_one_did_not_ru
     assert fd.fused_rows({"table": {}}) == [] and fd.fused_table_text({"table": {}}) == ""
 
 
+def test_the_size_rows_compare_each_run_within_itself_smallest_model_first():
+    """size_rows, which RESULTS.md, the figure and the report read: one row per CUDA bench with
+    fp16 fused, sorted by parameters (fp16's bytes / 2); each method's l2 ratio is its own
+    weights-in-L2 step over fp16's in the same run; a run without the diagnostic, a CPU bench
+    and a bench without a fused step give no ratio they cannot back."""
+    def path(ms, ratio=None):
+        return {"decode_ms_per_token": {"median": ms}, "vs_fp16_fused": ratio, "x_floor": 2.0}
+
+    def bench(model, n_bytes, fp16_l2, int8_l2, device="cuda:0"):
+        table = {"fp16": {"weights_bytes": n_bytes, "fused_kernels_per_step": 63, "fused_path": path(1.0, 1.0),
+                          "fused_l2_path": fp16_l2 and {**path(fp16_l2), "weight_bytes_share": 1 - fp16_l2}},
+                 "scratch-int8-fast": {"fused_path": path(0.9, 0.9),
+                                       "fused_l2_path": int8_l2 and {**path(int8_l2), "weight_bytes_share": 0.1}},
+                 "scratch-int4-fast": {"fused_path": None}}
+        return {"model": {"id": model, "stand_in": "x"}, "environment": {"device": device}, "bench": {"table": table}}
+    rows = fd.size_rows([bench("big", 3_000, 0.6, 0.72), bench("small", 1_000, 0.8, None),
+                         bench("cpu", 10, 0.5, 0.5, device="cpu"),
+                         {"model": {"id": "old"}, "environment": {"device": "cuda"},
+                          "bench": {"table": {"fp16": {"fused_path": None}}}}])
+    assert [(r["model"], r["params"]) for r in rows] == [("small", 500), ("big", 1_500)]
+    assert rows[1]["scratch-int8-fast"]["l2_vs_fp16_l2"] == pytest.approx(1.2)     # 0.72 / 0.6
+    assert rows[1]["fp16_bytes_share"] == pytest.approx(0.4) and rows[1]["scratch-int4-fast"] is None
+    assert rows[0]["scratch-int8-fast"]["l2_vs_fp16_l2"] is None and rows[0]["stand_in"]
+
+
 def test_a_peer_that_cannot_run_is_a_row_that_says_why(gpt2_dir):
     """No GPU here: torchao's peer cannot load its model on CUDA; the bench gets a row with the
     reason, not a crash."""

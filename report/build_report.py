@@ -1269,22 +1269,28 @@ def size_section(doc: Doc, s: Study) -> None:
     doc.figure(pr.SIZES_FIGURE, "Left: Part 1's INT8 and int4 on the fused step against fp16's (filled) and with "
                "every weight in L2 against fp16's (hollow), by model size. Right: the share of fp16's step that "
                "its weights' bytes take.", max_height_cm=8)
-    d = [r for r in rows if r["fp16_bytes_share"] is not None and r["scratch-int8-fast"]]
+    d = [r for r in rows if r["fp16_bytes_share"] is not None and r["scratch-int8-fast"]
+         and r["scratch-int8-fast"]["l2_vs_fp16_l2"] is not None]
     if len(d) < 2:
         return
     lo, hi = d[0], d[-1]
     i8 = [r["scratch-int8-fast"]["vs_fp16_fused"] for r in d]
     i8l2 = [r["scratch-int8-fast"]["l2_vs_fp16_l2"] for r in d]
+    free = [r["scratch-int8-fast"]["free_unpack_vs_fp16_fused"] for r in d]
     q4 = [r["scratch-int4-fast"]["l2_vs_fp16_l2"] for r in d
           if r["scratch-int4-fast"] and r["scratch-int4-fast"]["l2_vs_fp16_l2"] is not None]
     doc.p(f"From {escape(lo['model'])} ({lo['params'] / 1e6:.0f}M parameters) to {escape(hi['model'])} "
           f"({hi['params'] / 1e6:.0f}M), the weights' bytes grow from {lo['fp16_bytes_share']:.0%} to "
           f"{hi['fp16_bytes_share']:.0%} of fp16's fused step, so a smaller format has more to save. Part 1's INT8 "
-          f"does not collect it: it takes {min(i8):.2f}× to {max(i8):.2f}× fp16's time at these sizes, because "
-          f"its step without weight bytes is {min(i8l2):.2f}× to {max(i8l2):.2f}× fp16's. Both run the same "
-          "kernels except for the weight's load and conversion and the tiles each method's tuning picked; "
-          "the bench does not separate the two."
-          + (f" Part 1's int4 pays more for its unpacking still: without weight bytes its step is "
+          f"collects little of it: it takes {min(i8):.2f}× to {max(i8):.2f}× fp16's time at these sizes, because "
+          f"its step with the weights in L2 is {min(i8l2):.2f}× to {max(i8l2):.2f}× fp16's step with the weights "
+          "in L2. Both run the same kernels except for the weight's load and conversion and the tiles each "
+          "method's tuning picked; the bench does not separate the two. Had INT8's step in L2 cost what fp16's "
+          f"does, INT8 would take {free[0]:.2f}× fp16's fused time at {escape(lo['model'])} and {free[-1]:.2f}× "
+          f"at {escape(hi['model'])} (inferred: fp16's step in L2 plus INT8's own reads)"
+          + (": at the smallest size the chain of kernels keeps INT8 above 0.90× whatever its format, at the "
+             "largest its unpacking does." if free[0] > 0.9 >= free[-1] else ".")
+          + (f" Part 1's int4 pays more for its unpacking still: with the weights in L2 its step is "
              f"{min(q4):.2f}× to {max(q4):.2f}× fp16's." if len(q4) == len(d) else ""))
 
 

@@ -387,6 +387,7 @@ def test_the_size_rows_compare_each_run_within_itself_smallest_model_first():
                           "bench": {"table": {"fp16": {"fused_path": None}}}}])
     assert [(r["model"], r["params"]) for r in rows] == [("small", 500), ("big", 1_500)]
     assert rows[1]["scratch-int8-fast"]["l2_vs_fp16_l2"] == pytest.approx(1.2)     # 0.72 / 0.6
+    assert rows[1]["scratch-int8-fast"]["free_unpack_vs_fp16_fused"] == pytest.approx(0.78)   # 0.6 + 0.9 - 0.72
     assert rows[1]["fp16_bytes_share"] == pytest.approx(0.4) and rows[1]["scratch-int4-fast"] is None
     assert rows[0]["scratch-int8-fast"]["l2_vs_fp16_l2"] is None and rows[0]["stand_in"]
 

@@ -1105,6 +1105,9 @@ def size_rows(records: list[dict]) -> list[dict]:
     if its step without weight bytes cost what fp16's does (inferred: fp16's step in L2 plus
     the method's own reads). params: fp16's weight bytes / 2, every tensor counted once (GPT-2
     ties its output layer to the embedding)."""
+    def ms(p):
+        return p["decode_ms_per_token"]["median"]
+
     rows = []
     for rec in records:
         b = rec.get("bench") or {}
@@ -1114,13 +1117,12 @@ def size_rows(records: list[dict]) -> list[dict]:
         l2 = fp.get("fused_l2_path")
         row = {"model": rec["model"]["id"], "stand_in": bool(rec["model"].get("stand_in")),
                "file": rec.get("_file"), "params": fp["weights_bytes"] / 2,
-               "kernels": fp.get("fused_kernels_per_step"), "fp16_ms": fp["fused_path"]["decode_ms_per_token"]["median"],
+               "kernels": fp.get("fused_kernels_per_step"), "fp16_ms": ms(fp["fused_path"]),
                "fp16_x_floor": fp["fused_path"]["x_floor"],
                "fp16_bytes_share": l2["weight_bytes_share"] if l2 else None}
         for name in ("scratch-int8-fast", "scratch-int4-fast"):
             r = b["table"].get(name) or {}
             f, q2 = r.get("fused_path"), r.get("fused_l2_path")
-            ms = lambda p: p["decode_ms_per_token"]["median"]                   # noqa: E731
             row[name] = None if not f else {
                 "vs_fp16_fused": f["vs_fp16_fused"], "x_floor": f["x_floor"],
                 "l2_vs_fp16_l2": ms(q2) / ms(l2) if q2 and l2 else None,

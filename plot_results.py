@@ -416,9 +416,9 @@ SIZES_FIGURE = "fused_step_against_model_size_cuda.png"
 
 def plot_sizes(records: list[dict], out: Path, made: list[Path]) -> None:
     """The fused step against model size (fast_decode.size_rows, the runs with the weights-in-L2
-    diagnostic): left, Part 1 INT8's and
-    int4's fused time against fp16's (filled) and their step without weight bytes against
-    fp16's (hollow); right, the share of fp16's step that its weights' bytes take."""
+    diagnostic): left, Part 1 INT8's and int4's fused time against fp16's (filled) and their
+    step with the weights in L2 against fp16's (hollow); right, the share of fp16's step that
+    its weights' bytes take."""
     import fast_decode
     rows = [r for r in fast_decode.size_rows(records) if r["fp16_bytes_share"] is not None]
     if len(rows) < 2:                                  # the runs with the weights-in-L2 diagnostic

@@ -118,8 +118,8 @@ def size_table(records: list[dict]) -> str:
              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         q8, q4 = r["scratch-int8-fast"] or {}, r["scratch-int4-fast"] or {}
-        lines.append(f"| {r['model']}{' (stand-in)' if r['stand_in'] else ''} | {r['params'] / 1e6:.0f} | {r['kernels']} | {r['fp16_ms']:.3f} "
-                     f"| {r['fp16_x_floor']:.1f} | {pct(r['fp16_bytes_share'])} "
+        lines.append(f"| {r['model']}{' (stand-in)' if r['stand_in'] else ''} | {r['params'] / 1e6:.0f} "
+                     f"| {r['kernels']} | {r['fp16_ms']:.3f} | {r['fp16_x_floor']:.1f} | {pct(r['fp16_bytes_share'])} "
                      f"| {fast_decode.or_dash(q8.get('vs_fp16_fused'), '.2f')} "
                      f"| {fast_decode.or_dash(q8.get('l2_vs_fp16_l2'), '.2f')} "
                      f"| {fast_decode.or_dash(q8.get('free_unpack_vs_fp16_fused'), '.2f')} "

@@ -397,7 +397,7 @@ class FusedStep:
             parts = kernels.head_programs(self.x.device, fw.n)
             pv = torch.full((parts,), float("-inf"), dtype=torch.float32, device=self.x.device)
             pi = torch.zeros(parts, dtype=torch.int32, device=self.x.device)
-            self.tile_keys.setdefault(kernels.tile_key("argmax_head", fw, parts), []).append("lm_head")
+            self.tile_keys.setdefault(kernels.head_key(fw, parts), []).append("lm_head")
             self.ops.append(lambda: kernels.fused_argmax_head(self.x, fw, nargs, pv, pi, self.tokens, self.step,
                                                               self.nxt, self.pos, self.l2_rows))
             return

@@ -994,6 +994,11 @@ def gemv_key(fw: FusedWeights, norm_kind: int, act: int, res: torch.Tensor | Non
     return tile_key("fused_gemv", fw, norm_kind, act, res is not None)
 
 
+def head_key(fw: FusedWeights, parts: int) -> tuple:
+    """fused_argmax_head's tile key (PINNED), for a head of `parts` programs."""
+    return tile_key("argmax_head", fw, parts)
+
+
 def head_programs(device: torch.device, n: int) -> int:
     """How many programs the argmax head runs, so how many partial maxima (pv, pi) it leaves,
     for an output layer of n rows: HEAD_PROGRAMS_PER_SM per SM on a GPU, each looping over
@@ -1022,7 +1027,7 @@ def fused_argmax_head(x: torch.Tensor, fw: FusedWeights, norm: tuple, pv: torch.
         parts, fw.n, x, nw, x if nb is None else nb, fw.w, x if fw.scale is None else fw.scale,
         x if fw.lut is None else fw.lut, x if fw.bias is None else fw.bias, pv, pi, fw.n, fw.k, parts, eps,
         NORM=kind, WFMT=fw.fmt, LINEAR4=fw.linear4, QB=fw.block, HAS_BIAS=fw.bias is not None,
-        L2ROWS=l2_rows, KP=triton.next_power_of_2(fw.k), tile=PINNED.get(tile_key("argmax_head", fw, parts)),
+        L2ROWS=l2_rows, KP=triton.next_power_of_2(fw.k), tile=PINNED.get(head_key(fw, parts)),
         **_pdl(x))
     _argmax_emit[(1,)](pv, pi, parts, tokens, step, nxt, pos, BP=min(triton.next_power_of_2(parts), 8192),
                        num_warps=8, **_pdl(x))

@@ -305,7 +305,7 @@ for win, twin, tile in ((37, 45, None), (37, 12, None), (37, 38, (4, 32, 2)), (3
     wv = torch.randn(V, K)
     k.PINNED.clear()
     if tile:
-        k.PINNED[k.tile_key("argmax_head", k.FusedWeights(k.W_DENSE, wv, V, K), parts)] = tile
+        k.PINNED[k.head_key(k.FusedWeights(k.W_DENSE, wv, V, K), parts)] = tile
     wv[win] = 4 * wv[win].abs() * torch.sign(F.layer_norm(x, (K,), nw, nb, 1e-5))
     wv[twin] = wv[win]
     tokens, step, nxt, p = torch.zeros(3, dtype=torch.long), torch.tensor([1]), \

@@ -37,12 +37,14 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
 import evaluate as ev
 import kernels
+import results
 
 # Peak memory bandwidth from NVIDIA's spec sheets, matched against the device name (first
 # match wins): the floor of a decode step is weight bytes / this. Unknown GPUs get no floor.
@@ -308,6 +310,7 @@ class FusedStep:
         self.net, self.nxt, self.pos, self.step, self.tokens = net, nxt, pos, step, tokens
         self.dtype, dev = net.dtype, net.device
         self.ops, self.fused_layers, self.module_layers = [], [], []
+        self.roles = []                       # what each kernel of a step does, in launch order (step_anatomy)
         self.tile_keys = {}                   # kernels.tile_key -> the layers launched with it (tune_tiles)
         self.l2_rows = 0                      # > 0: the weights-from-L2 diagnostic (kernels.L2_ROWS), read per call
         model, c = net.model, net.model.config
@@ -355,11 +358,13 @@ class FusedStep:
                 return None
             return (e.qweight, e.scale) if isinstance(e, p1.Int8Embedding) else (e.weight, None)
         self.ops.append(lambda: kernels.fused_embed(self.nxt, self.pos, table(te), table(pe), self.x))
+        self.roles.append("embed")
 
     def _attend(self, i: int, heads: int, kv_heads: int, head_dim: int, scale: float, rotary) -> None:
         k, v = self.net.k[i][0], self.net.v[i][0]                             # (Hkv, T, D) each
         self.ops.append(lambda: kernels.decode_attention(self.qkv, k, v, self.pos, self.a, heads, kv_heads,
                                                          head_dim, float(scale), rotary))
+        self.roles.append(f"{i}.attention")
 
     def _linear(self, name: str, mods: list, inp: torch.Tensor, out: torch.Tensor, norm=None, act: int | None = 0,
                 act_mod=None, res: torch.Tensor | None = None) -> None:
@@ -371,6 +376,7 @@ class FusedStep:
             self.fused_layers.append(name)
             self.tile_keys.setdefault(kernels.gemv_key(fw, (nargs or (0,))[0], act or 0, res), []).append(name)
             self.ops.append(lambda: kernels.fused_linear(inp, fw, out, nargs, act or 0, res, self.l2_rows))
+            self.roles.append(name)
             if act is None and act_mod is not None:                          # an activation it lacks
                 self.ops.append(lambda: out.copy_(act_mod(out)))
             return
@@ -400,6 +406,7 @@ class FusedStep:
             self.tile_keys.setdefault(kernels.head_key(fw, parts), []).append("lm_head")
             self.ops.append(lambda: kernels.fused_argmax_head(self.x, fw, nargs, pv, pi, self.tokens, self.step,
                                                               self.nxt, self.pos, self.l2_rows))
+            self.roles += ["lm_head", "pick token"]
             return
         self.module_layers.append("lm_head")
 
@@ -517,6 +524,11 @@ class FastDecoder:
         self.pos.zero_()
         self.next.zero_()
 
+    def start(self) -> None:
+        """Reset, then the prompt pass (eager): the state a timed run of decode steps starts from."""
+        self.reset()
+        self._prompt_step()
+
     @torch.no_grad()
     def generate(self, prompt: torch.Tensor, decode: Callable[[], None] | None = None) -> torch.Tensor:
         """Greedy: the prompt pass makes token 1, each decode step one more (decode: another
@@ -537,6 +549,26 @@ class FastDecoder:
 
 
 TUNE_ROUNDS = 5      # round-robin timings of each candidate tile's decode step (tune_tiles)
+
+
+def time_steps(entries: dict, steps: int, repeats: int, warmup: int = 0) -> dict:
+    """Round-robin on a GPU: each repeat runs every entry's start() (untimed; None: nothing),
+    then times `steps` calls of its step() with CUDA events. entries: {name: (start, step)}
+    -> {name: summary of ms per step}; the first `warmup` repeats are not kept."""
+    samples = {name: [] for name in entries}
+    for r in range(warmup + repeats):
+        for name, (start, step) in entries.items():
+            if start is not None:
+                start()
+            a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            a.record()
+            for _ in range(steps):
+                step()
+            b.record()
+            b.synchronize()
+            if r >= warmup:
+                samples[name].append(a.elapsed_time(b) / steps)
+    return {name: ev.summarize(v) for name, v in samples.items()}
 
 
 @torch.no_grad()
@@ -562,19 +594,8 @@ def tune_tiles(dec: FastDecoder, prompt: torch.Tensor, rounds: int = TUNE_ROUNDS
                 torch.cuda.synchronize()
                 continue
             graphs[tile] = dec._graph(step)
-        times = {tile: [] for tile in graphs}
-        for _ in range(rounds):
-            for tile, g in graphs.items():
-                dec.reset()
-                dec._prompt_step()
-                a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-                a.record()
-                for _ in range(n):
-                    g.replay()
-                b.record()
-                b.synchronize()
-                times[tile].append(a.elapsed_time(b) / n)
-        median = {tile: ev.summarize(v)["median"] for tile, v in times.items()}
+        times = time_steps({tile: (dec.start, g.replay) for tile, g in graphs.items()}, n, rounds)
+        median = {tile: t["median"] for tile, t in times.items()}
         best = min(median, key=median.get)
         kernels.PINNED[key] = best
         chosen[layers[0].split(".", 1)[-1]] = {
@@ -950,8 +971,6 @@ def cpu_bench(model_id: str, tokenizer, ids: torch.Tensor, methods: list[str], p
     (fp32 also through generate(), for scale), llama.cpp's GGUF files of the same model
     (made here by bonus_gguf.py's converter and quantizer), the same prompt, new tokens and
     threads. Decode ratios against fp32 on the static path."""
-    from pathlib import Path
-
     import bonus_gguf as bg
     import results
     cpu = torch.device("cpu")
@@ -1028,6 +1047,256 @@ def cpu_targets_text(bench: dict) -> str:
     return (f"Part 1 INT8 on the {'fused step' if fused else 'static path'} decodes a token in "
             + ", ".join(f"{v:.2f}x {names[k]}" for k, v in t.items())
             + f" time, {bench['threads']} threads") if t else ""
+
+
+# -----------------------------------------------------------------------------
+# 4c. The fused step's anatomy (--anatomy): where a step's time goes, and the least that a
+#     step of as many links can take on this GPU, whatever its weights
+
+ANATOMY_METHODS = ("fp16", "scratch-int8-fast", "scratch-int4-fast", "scratch-nf4-fast")   # served whole
+PROFILE_REPLAYS = 50         # decode steps seen by the profiler, per method
+CHAINS = {  # name: (each program reads the vector the link before wrote, with PDL where the step has it)
+    "empty": (False, True),
+    "vector": (True, True),
+    "vector-no-pdl": (True, False),
+}
+CHAIN_DEFINITIONS = {
+    "empty": "links that only wait for the link before (PDL as in the fused step): the launch chain alone",
+    "vector": "links that wait, then each program reads the whole vector (the hidden size) that the link before "
+              "wrote and writes its share of the next, as a GEMV's programs read their input: the least a step "
+              "of this many links can take on this GPU, whatever its weights",
+    "vector-no-pdl": "the vector links launched without PDL: what PDL saves the chain",
+}
+
+
+def profile_kernels(run: Callable[[], None]) -> list[tuple[str, float, float]]:
+    """The GPU kernels that run() launches (CUDA graph replays included), as torch.profiler
+    (CUPTI) sees them, in start order: (name, start us, duration us)."""
+    import json
+    import tempfile
+    from torch.profiler import ProfilerActivity, profile
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        run()
+        torch.cuda.synchronize()
+    with tempfile.TemporaryDirectory() as d:
+        prof.export_chrome_trace(str(Path(d) / "trace.json"))
+        events = json.loads((Path(d) / "trace.json").read_text())["traceEvents"]
+    seen = [(e["name"], float(e["ts"]), float(e["dur"])) for e in events if e.get("cat") == "kernel"]
+    return sorted(seen, key=lambda k: k[1])
+
+
+def link_times(seen: list[tuple[str, float, float]], roles: list[str]) -> dict:
+    """Per link of a step, from the kernels that a profiler saw over several steps (profile_kernels):
+    the kernel, its median duration, and the median time it adds to the step: its end minus
+    the end of the link before (the first link: its duration). With PDL a kernel starts
+    before the one before ends, so durations overlap; the added times sum to the step's span.
+    -> {"steps_profiled", "links": [{"role", "kernel", "us", "adds_us"}]}, or {"why_not"}
+    where the kernels do not split into whole steps of len(roles), named alike."""
+    n = len(roles)
+    if not seen or len(seen) % n:
+        return {"why_not": f"the profiler saw {len(seen)} kernels, not a multiple of the step's {n}"}
+    steps = [seen[i:i + n] for i in range(0, len(seen), n)]
+    names = [k[0] for k in steps[0]]
+    if any([k[0] for k in s] != names for s in steps):
+        return {"why_not": "the profiled steps launch different kernels"}
+    end = lambda k: k[1] + k[2]                                                        # noqa: E731
+    links = [{"role": role, "kernel": names[j],
+              "us": ev.summarize([s[j][2] for s in steps])["median"],
+              "adds_us": ev.summarize([end(s[j]) - (end(s[j - 1]) if j else s[j][1]) for s in steps])["median"]}
+             for j, role in enumerate(roles)]
+    return {"steps_profiled": len(steps), "links": links}
+
+
+def link_groups(links: list[dict]) -> dict:
+    """The links by what they do, every block's alike ('3.attn.c_attn' is 'attn.c_attn'):
+    {what: {"links": how many, "adds_us": the us they add to a step, together}}, in step order."""
+    import re
+    out = {}
+    for link in links:
+        g = out.setdefault(re.sub(r"^\d+\.", "", link["role"]), {"links": 0, "adds_us": 0.0})
+        g["links"] += 1
+        g["adds_us"] += link["adds_us"]
+    return out
+
+
+def lowest_ratio(chain_ms: float, floor_ms: float, fp16_floor_ms: float) -> float:
+    """The lowest decode-time ratio to fp16 that any step of a chain taking chain_ms could
+    reach, for weights whose bytes take floor_ms at peak bandwidth (fp16's: fp16_floor_ms), if
+    each hid its weight bytes behind the chain as well as the other: a step takes at least
+    the longer of the two, and fp16 need take no more. Never below floor / fp16 floor; 1 once
+    the chain outlasts fp16's bytes."""
+    return max(chain_ms, floor_ms) / max(chain_ms, fp16_floor_ms)
+
+
+def most_links(target: float, chain_us_per_link: float, floor_ms: float, fp16_floor_ms: float) -> int | None:
+    """The most links a step could have for lowest_ratio to reach target, each link taking
+    chain_us_per_link; None where the weights' bytes alone keep the ratio above target."""
+    if floor_ms > target * fp16_floor_ms:
+        return None
+    return int(target * fp16_floor_ms * 1000 / chain_us_per_link)
+
+
+def chain_graph(links: int, width: int, read: bool, pdl: bool, programs: int) -> Callable[[], None]:
+    """A CUDA graph of `links` chain links (kernels.chain_link) over a vector of `width`, each
+    link with `programs` programs; -> its replay."""
+    x = torch.zeros(2, width + 1, device="cuda")
+    saved, kernels.PDL = kernels.PDL, pdl and kernels.PDL
+
+    def run():
+        for i in range(links):
+            kernels.chain_link(x[i % 2], x[(i + 1) % 2], programs, read)
+    try:
+        on_side_stream([run])                                         # compiles (before capture)
+        g = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(g):
+            run()
+    finally:
+        kernels.PDL = saved
+    return lambda g=g, x=x: g.replay()                                # x lives as long as the graph
+
+
+@torch.no_grad()
+def anatomy(model_id: str, tokenizer, ids: torch.Tensor, methods: list[str], prompt_tokens: int, new_tokens: int,
+            repeats: int, warmup: int, tune: bool = True, replays: int = PROFILE_REPLAYS) -> dict:
+    """Each method's fused decode step, and the same step with its weights in L2, timed
+    round-robin beside three chains of as many links (CHAINS), each link of the step
+    profiled, and the lowest ratio to fp16 that a step of that many links could reach."""
+    dev = torch.device("cuda")
+    prompt = ev.timing_inputs(ids, 1, prompt_tokens, dev)[1]
+    bandwidth = hbm_bytes_per_s(torch.cuda.get_device_name())
+    entries, rows, keep, roles = {}, {}, [], None
+    methods = ["fp16"] + [m for m in methods if m != "fp16"]                # the baseline first
+    for name in methods:
+        m = load_method(name, model_id, "cuda")
+        dec = FastDecoder(m, prompt_tokens, new_tokens, fused=True)
+        if dec.fused.kernels_per_step() is None:
+            raise ev.UserError(f"{name}: the fused step runs {', '.join(dec.fused.module_layers)} as the model's "
+                               "modules, so its links are not one kernel each (choose methods the fused step "
+                               "serves whole)")
+        ref = generate_tokens(m, tokenizer, prompt, new_tokens)
+        tiles = tune_tiles(dec, prompt) if tune else None
+        dec.capture()
+        same = leading_equal(dec.generate(prompt), ref)
+        entries[name] = (dec.start, dec.programs["decode"])
+        entries[f"{name}·l2"] = (dec.start, dec.weights_from_l2())
+
+        def profiled(d=dec):
+            for _ in range(min(replays, new_tokens - 1)):
+                d.programs["decode"]()
+        dec.start()                                           # the prompt pass, outside the profile
+        seen = profile_kernels(profiled)
+        roles = dec.fused.roles
+        weights = ev.tensor_bytes(m)
+        rows[name] = {"weights_bytes": weights["bytes"], "weights_mib": weights["mib"],
+                      "floor_ms": decode_floor_ms(weights["bytes"], bandwidth),
+                      "fused_leading_tokens_equal": same, "fused_tiles": tiles, **link_times(seen, roles)}
+        keep.append((m, dec))                                     # loaded until the round-robin is done
+        print(f"  {name}: {weights['mib']:.1f} MiB, {len(roles)} links, fused tokens = generate tokens: "
+              f"{same}/{new_tokens}, profiler: {len(seen)} kernels", file=sys.stderr, flush=True)
+    width = keep[0][1].fused.x.numel()
+    sms = torch.cuda.get_device_properties(dev).multi_processor_count
+    for chain, (read, pdl) in CHAINS.items():
+        entries[f"chain·{chain}"] = (None, chain_graph(len(roles), width, read, pdl, sms))
+    times = time_steps(entries, new_tokens - 1, repeats, warmup)
+    chains = {c: {"step_ms": times[f"chain·{c}"], "definition": CHAIN_DEFINITIONS[c]} for c in CHAINS}
+    base, fp16_floor = times["fp16"]["median"], rows["fp16"]["floor_ms"]
+    chain_ms = chains["vector"]["step_ms"]["median"]
+    for name, row in rows.items():
+        row.update({"step_ms": times[name], "l2_step_ms": times[f"{name}·l2"],
+                    "vs_baseline": times[name]["median"] / base,
+                    "l2_vs_baseline": times[f"{name}·l2"]["median"] / base,
+                    "lowest_ratio": None if fp16_floor is None else lowest_ratio(chain_ms, row["floor_ms"],
+                                                                                   fp16_floor)})
+    return {"steps": rows, "chains": chains, "baseline": "fp16", "links": len(roles), "width": width,
+            "chain_programs": sms, "pdl": kernels.pdl_on(dev), "prompt_tokens": prompt_tokens,
+            "new_tokens": new_tokens, "repeats": repeats, "warmup": warmup, "hbm_bytes_per_s": bandwidth,
+            "order": f"round-robin: each repeat times {', '.join(entries)} in turn",
+            "step_definition": f"ms per decode step: after the prompt pass (untimed), {new_tokens - 1} replays of "
+                               "the step's CUDA graph timed with CUDA events; median of the repeats",
+            "l2_definition": f"the fused step with every weight read from its first {kernels.L2_ROWS} rows, which "
+                             "stay in L2 (fast_decode's diagnostic): the step without its HBM weight bytes",
+            "profile_definition": f"torch.profiler (CUPTI) over {min(replays, new_tokens - 1)} graph replays of the "
+                                  "decode step: per link, the median of its kernel's duration (us) and of the time it "
+                                  "adds to the step (adds_us: its end minus the end of the link before)",
+            "lowest_ratio_definition": "the lowest decode-time ratio to the baseline that any step of this many "
+                                       "links could reach if both hid their weight bytes behind the chain equally: "
+                                       "max(chain, floor) / max(chain, baseline floor), chain = the vector chain's "
+                                       "ms per step, floor = weight bytes / peak bandwidth",
+            "tiles_definition": ("each weight-reading kernel's tile chosen by tune_tiles (the whole decode step timed "
+                                 "per candidate tile)" if tune else "Triton's autotuner (--no-tune-tiles)")}
+
+
+def save_anatomy(result: dict, methods: list[str], source, args) -> results.Record:
+    """Write the anatomy as a results record of kind 'anatomy' (step-anatomy__<model>__cuda__<hash>.json),
+    print it, return the record."""
+    dev = torch.device("cuda")
+    settings = {"methods": methods, "fused_path": FUSED_PATH}
+    record = results.new_record(
+        "anatomy", "step-anatomy", settings, {"id": args.model, "stand_in": args.stand_in,
+                                               "random_weights": bool(args.random_weights)},
+        dev, dataset={"id": source.id, "sha256": source.sha256}, smoke=args.smoke, anatomy=result)
+    out = Path(args.out) if args.out else results.result_path(
+        args.results_dir, "step-anatomy", args.model, ["cuda"],
+        {"text": source.sha256, "settings": settings,
+         "anatomy": {k: result[k] for k in ("prompt_tokens", "new_tokens", "repeats", "warmup")}}, args.smoke)
+    record = results.write(record, out)
+    print(f"fused step anatomy on {record['environment']['device_name']}:")
+    print(anatomy_text(result))
+    print(f"wrote {out}")
+    return record
+
+
+TARGET_RATIO = 0.9           # issue 18's target for INT8 and 4-bit against fp16 on the fused step
+
+
+def anatomy_rows(result: dict) -> list[dict]:
+    """The anatomy's rows, for every renderer (terminal, RESULTS.md, the report): each method's
+    step, then each chain. A row: name, ms, vs_fp16, and for a method l2_ms, floor_ms,
+    lowest_ratio, most_links (for TARGET_RATIO, fast_decode.most_links), tokens."""
+    steps, chains, n = result["steps"], result["chains"], result["links"]
+    base = steps[result["baseline"]]
+    per_link = chains["vector"]["step_ms"]["median"] * 1000 / n
+    rows = []
+    for name, r in steps.items():
+        floors = (r["floor_ms"], base["floor_ms"])
+        rows.append({"name": name, "ms": r["step_ms"]["median"], "vs_fp16": r["vs_baseline"],
+                     "l2_ms": r["l2_step_ms"]["median"], "floor_ms": r["floor_ms"], "lowest_ratio": r["lowest_ratio"],
+                     "most_links": None if None in floors else most_links(TARGET_RATIO, per_link, *floors),
+                     "tokens": r["fused_leading_tokens_equal"]})
+    for c, r in chains.items():
+        rows.append({"name": f"chain: {c}", "ms": r["step_ms"]["median"],
+                     "vs_fp16": r["step_ms"]["median"] / base["step_ms"]["median"]})
+    return rows
+
+
+def anatomy_text(result: dict) -> str:
+    """The anatomy for the terminal: the steps and chains, then the time each kind of link adds."""
+    n = result["links"]
+    lines = [f"{'step of ' + str(n) + ' links':<24} {'ms/step':>8} {'vs fp16':>7} {'weights in L2':>13} "
+             f"{'bytes at peak':>13} {'lowest ratio':>12} {'links for ' + str(TARGET_RATIO):>13} {'tokens':>7}"]
+    for r in anatomy_rows(result):
+        line = f"{r['name']:<24} {r['ms']:>8.4f} {r['vs_fp16']:>7.2f}"
+        if "l2_ms" in r:
+            line += (f" {r['l2_ms']:>13.4f} {or_dash(r['floor_ms'], '.4f'):>13} {or_dash(r['lowest_ratio'], '.2f'):>12}"
+                     f" {or_dash(r['most_links'], 'd'):>13} {r['tokens']:>3}/{result['new_tokens']}")
+        lines.append(line)
+    lines.append(f"ms per decode step, median of {result['repeats']} round-robin repeats; bytes at peak = weight bytes "
+                 "/ spec peak bandwidth; lowest ratio = max(vector chain, bytes) / max(vector chain, fp16's bytes); "
+                 f"links for {TARGET_RATIO} = the most links a step could have for that ratio (vector chain's "
+                 "time per link)")
+    profiled = {name: link_groups(r["links"]) for name, r in result["steps"].items() if "links" in r}
+    if profiled:
+        kinds = next(iter(profiled.values()))
+        lines += ["", f"{'us a step, by link':<24} {'links':>5} " + " ".join(f"{name[:18]:>18}" for name in profiled)]
+        for kind, g in kinds.items():
+            lines.append(f"{kind:<24} {g['links']:>5} " + " ".join(
+                f"{p[kind]['adds_us'] if kind in p else float('nan'):>18.1f}" for p in profiled.values()))
+        lines.append(f"{'all links':<24} {n:>5} " + " ".join(
+            f"{sum(g['adds_us'] for g in p.values()):>18.1f}" for p in profiled.values()))
+    for name, r in result["steps"].items():
+        if "why_not" in r:
+            lines.append(f"{name}: no profile ({r['why_not']})")
+    return "\n".join(lines)
 
 
 def table_text(result: dict) -> str:
@@ -1182,6 +1451,11 @@ def build_parser() -> argparse.ArgumentParser:
                         "(default: all of the device's)")
     p.add_argument("--gguf-dir", default="gguf", help="CPU bench: folder for the GGUF files it makes (default: gguf)")
     ev.add_latency_args(p)
+    p.add_argument("--anatomy", action="store_true",
+                   help="cuda: instead of the bench, the fused step's anatomy: each method's step and the same step "
+                        "with its weights in L2, beside chains of as many links doing none of the work (the least "
+                        "such a step can take), each link profiled; methods of "
+                        f"{', '.join(ANATOMY_METHODS)} (default: the first three)")
     p.add_argument("--no-tune-tiles", action="store_true",
                    help="cuda: keep the tiles Triton's autotuner picks for the fused step's GEMVs and head (each "
                         "kernel timed alone) instead of timing the whole decode step per candidate tile")
@@ -1201,8 +1475,11 @@ def main(**kwargs) -> dict:
     if not cpu and not torch.cuda.is_available():
         raise ev.UserError("the GPU decode benchmark needs CUDA, and no GPU was found (use a CUDA machine, "
                            "or --device cpu for the CPU bench)")
-    methods = parse_methods(args.methods or ",".join(CPU_METHODS if cpu else METHODS),
-                            CPU_METHODS if cpu else METHODS, "fp32" if cpu else "fp16")
+    if args.anatomy and cpu:
+        raise ev.UserError("--anatomy is the GPU's fused step: it runs with --device cuda")
+    choices = CPU_METHODS if cpu else ANATOMY_METHODS if args.anatomy else METHODS
+    default = ANATOMY_METHODS[:3] if args.anatomy else choices
+    methods = parse_methods(args.methods or ",".join(default), choices, "fp32" if cpu else "fp16")
     ev.check_at_least(*ev.latency_minimums(args))
     ev.check_output_dir(args.results_dir, "--results-dir")
     if args.out:
@@ -1229,6 +1506,9 @@ def main(**kwargs) -> dict:
                                       {"id": args.model}, source, result, args, torch.device("cpu"))
         print(cpu_targets_text(result))
         return record
+    if args.anatomy:
+        return save_anatomy(anatomy(args.model, tokenizer, ids, methods, args.prompt_tokens, args.new_tokens,
+                                    args.repeats, args.warmup, tune=not args.no_tune_tiles), methods, source, args)
     result = bench(args.model, tokenizer, ids, methods, args.prefill_tokens, args.prompt_tokens, args.new_tokens,
                    args.repeats, args.warmup, progress=not args.quiet, tune=not args.no_tune_tiles)
     record = ev.save_side_by_side("gpu-decode-bench", {"methods": methods, "fast_path": FAST_PATH},

@@ -801,6 +801,21 @@ if triton is not None:
         tl.store(out_ptr + h * D + d, (a1 / l).to(out_ptr.dtype.element_ty), mask=dm)
         tl.store(out_ptr + h * D + HALF + d, (a2 / l).to(out_ptr.dtype.element_ty), mask=dm)
 
+    @triton.jit
+    def _chain_link(x_ptr, y_ptr, K, READ: tl.constexpr, PDL: tl.constexpr, KP: tl.constexpr, BS: tl.constexpr):
+        # One link of a chain that does none of a step's work (step_anatomy's floor): wait for
+        # the link before, as every fused-step kernel does; READ: then every program reads the
+        # whole vector x (K,) that the link before wrote, as a GEMV's programs read their input,
+        # and writes its BS elements of y = x + 1, program 0 also y[K] = sum(x) (so the read
+        # is used, and a test can check it). x and y hold K + 1 elements.
+        _pdl_start(PDL)
+        if READ:
+            rr = tl.arange(0, KP)
+            s = tl.sum(tl.load(x_ptr + rr, mask=rr < K, other=0.0), 0)
+            o = tl.program_id(0) * BS + tl.arange(0, BS)
+            tl.store(y_ptr + o, tl.load(x_ptr + o, mask=o < K, other=0.0) + 1.0, mask=o < K)
+            tl.store(y_ptr + K, s, mask=tl.program_id(0) == 0)
+
 
 def _interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET") == "1"
@@ -1061,3 +1076,12 @@ def decode_attention(qkv: torch.Tensor, kc: torch.Tensor, vc: torch.Tensor, pos:
                                 HALF=half, HP=triton.next_power_of_2(half), ROTARY=rotary is not None,
                                 BT=128 if kc.shape[-2] <= 128 else 256, num_warps=4 if kc.shape[-2] <= 128 else 8,
                                 **_pdl(qkv))
+
+
+def chain_link(x: torch.Tensor, y: torch.Tensor, programs: int, read: bool = True) -> None:
+    """One link of step_anatomy's chain on x, y (K + 1,) float32: `programs` programs wait for
+    the link before (with PDL where the fused step has it); read=True: each reads all of x
+    and y = x + 1, y[K] = sum(x[:K]); read=False: nothing else (an empty link)."""
+    K = x.numel() - 1
+    bs = triton.next_power_of_2(triton.cdiv(K, programs))
+    _chain_link[(programs,)](x, y, K, READ=read, KP=triton.next_power_of_2(K), BS=bs, num_warps=4, **_pdl(x))

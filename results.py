@@ -10,6 +10,8 @@ says what it is, so readers never guess from which keys are present:
     compare       NF4 against linear 4-bit on the same weights (Part 2's --compare)
     gguf-inspect  a GGUF file's header, metadata and tensor table
     gguf-push     what bonus_gguf.py pushed to the Hub, and where
+    anatomy       the fused decode step's links, beside chains that do none of its work
+                  (fast_decode.py --anatomy)
 
 Every record holds the model (`model.id`, and `model.random_weights` for a stand-in whose
 weights are random, so that its perplexity means nothing), the dataset and its sha256 where
@@ -39,7 +41,7 @@ from pathlib import Path
 import torch
 
 SCHEMA_VERSION = 2          # 2: 'kind' and model.random_weights; 1 is still read
-KINDS = ("eval", "sensitivity", "bench", "compare", "gguf-inspect", "gguf-push")
+KINDS = ("eval", "sensitivity", "bench", "compare", "gguf-inspect", "gguf-push", "anatomy")
 
 
 class UserError(Exception):
@@ -264,6 +266,11 @@ RECORD_FIELDS = {
                 ("histogram.counts.*", "size"), ("histogram.range.*", "number"), ("histogram.block_size", "count"),
                 ("histogram.levels.nf4.*", "number"), ("histogram.levels.uniform16.*", "number"),
                 ("histogram.code_entropy_bits.*", "size"), ("cross_check.max_rel_diff", "size")],
+    "anatomy": [("links", "count"), ("repeats", "count"), ("baseline", "text"), ("steps", "table"),
+                ("chains", "table"), ("steps.*.step_ms.median", "positive"),
+                ("steps.*.l2_step_ms.median", "positive"), ("steps.*.vs_baseline", "positive"),
+                ("steps.*.floor_ms", "positive?"), ("steps.*.lowest_ratio", "positive?"),
+                ("steps.*.links.*.adds_us", "number?"), ("chains.*.step_ms.median", "positive")],
     "gguf_inspection": [("file", "text"), ("file_bytes", "size"), ("tensor_bytes", "size"),
                         ("tensors.*.name", "text"), ("tensors.*.type", "text"), ("tensors.*.bytes", "size"),
                         ("bytes_by_type.*", "size"), ("header.version", "size")],

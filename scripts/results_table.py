@@ -128,6 +128,39 @@ def size_table(records: list[dict]) -> str:
     return "\n".join(lines + [""])
 
 
+def anatomy_tables(records: list[dict]) -> str:
+    """Each fused-step anatomy (fast_decode.py --anatomy): the steps beside the chains of as many
+    links, then the time each kind of link adds to a step."""
+    lines = []
+    for r in records:
+        if results.kind_of(r) != "anatomy":
+            continue
+        a = r["anatomy"]
+        dash = fast_decode.or_dash
+        lines += [f"**The fused step's anatomy** ({r['_file']}), {r['environment']['device_name']}, {a['links']} links "
+                  f"(kernels) a step, {a['repeats']} round-robin repeats"
+                  + (f" — stand-in: {r['model']['stand_in']}" if r["model"].get("stand_in") else ""), "",
+                  f"| step | ms/step | vs fp16 | weights in L2 ms | bytes at peak ms | lowest ratio "
+                  f"| most links for {fast_decode.TARGET_RATIO} | tokens |", "|---|---|---|---|---|---|---|---|"]
+        for row in fast_decode.anatomy_rows(a):
+            lines.append(f"| {row['name']} | {row['ms']:.4f} | {row['vs_fp16']:.2f} | "
+                         + (f"{row['l2_ms']:.4f} | {dash(row['floor_ms'], '.4f')} | {dash(row['lowest_ratio'], '.2f')} "
+                            f"| {dash(row['most_links'], 'd')} | {row['tokens']}/{a['new_tokens']} |"
+                            if "l2_ms" in row else "| | | | |"))
+        lines += ["", "Chains: " + "; ".join(f"{c}: {v['definition']}" for c, v in a["chains"].items())
+                  + f". Lowest ratio: {a['lowest_ratio_definition']}. Most links: the longest chain of such links "
+                  f"whose lowest ratio still reaches {fast_decode.TARGET_RATIO}.", ""]
+        groups = {n: fast_decode.link_groups(s["links"]) for n, s in a["steps"].items() if "links" in s}
+        if groups:
+            lines += ["| us a step, by link | links | " + " | ".join(groups) + " |",
+                      "|---|---|" + "---|" * len(groups)]
+            for kind, g in next(iter(groups.values())).items():
+                lines.append(f"| {kind} | {g['links']} | "
+                             + " | ".join(dash(p.get(kind, {}).get("adds_us"), '.1f') for p in groups.values()) + " |")
+            lines += ["", a["profile_definition"] + ".", ""]
+    return "\n".join(lines)
+
+
 def compare_tables(records: list[dict]) -> str:
     lines = []
     for r in records:
@@ -177,6 +210,7 @@ def main(folder: str = "results") -> str:
             print(f"warning: the evaluation tables were skipped: {type(e).__name__} {e}", file=sys.stderr)
             evals = ""
         benches, compares = guarded(bench_tables, records), guarded(compare_tables, records)
+        anatomies = guarded(anatomy_tables, records)
         try:
             sizes = size_table(records)
         except (KeyError, TypeError, ValueError, ZeroDivisionError) as e:
@@ -185,7 +219,7 @@ def main(folder: str = "results") -> str:
     head = (f"# Results\n\nPrinted by `python scripts/results_table.py > RESULTS.md` from {folder}/*.json "
             "(do not edit by hand). Perplexity changes are against the fp32 baseline of the same model, text, "
             "windows and token count; speed ratios come from side-by-side runs only.\n")
-    text = "\n".join(t for t in (head, evals, benches, sizes, compares) if t)
+    text = "\n".join(t for t in (head, evals, benches, sizes, anatomies, compares) if t)
     print(text)
     return text
 

@@ -44,6 +44,7 @@ FUSED_BENCH = {"methods": "fp16,scratch-int8-fast,scratch-int4-fast,scratch-nf4-
 CPU_TIMING = {"repeats": 5, "new_tokens": 64}
 GGUF_TYPES = ",".join(run_study.GGUF_TYPES)
 SIZE_BENCH = {"methods": "fp16,scratch-int8-fast,scratch-int4-fast", "repeats": 6}
+ANATOMY = {"anatomy": True, "repeats": 20}     # fast_decode's default methods for it: fp16, INT8, int4
 # a plan's model -> its folder under --models (make_standins builds each)
 FOLDERS = {"smol": "smollm2-135m", "g2r": "gpt2-random", "g2m": "gpt2-medium-random",
            "g2l": "gpt2-large-random", "g2x": "gpt2-xl-random"}
@@ -107,6 +108,9 @@ def steps_for(machine: str) -> dict[str, list[tuple[str, str, str, dict]]]:
                            ("fused decode bench with peers", "smol", "fast_decode", FUSED_BENCH)],
             "cuda-sizes": [(f"fused decode bench (GPT-2 {size} shapes)", key, "fast_decode", SIZE_BENCH)
                            for key, size in (("g2m", "medium"), ("g2l", "large"), ("g2x", "xl"))],
+            "cuda-anatomy": [("fused step anatomy (GPT-2 shapes)", "g2r", "fast_decode", ANATOMY),
+                             ("fused step anatomy", "smol", "fast_decode", ANATOMY),
+                             ("fused step anatomy (GPT-2 xl shapes)", "g2x", "fast_decode", ANATOMY)],
         }
     raise ev.UserError(f"unknown --machine '{machine}' (choose cpu or cuda)")
 

@@ -1,6 +1,7 @@
 """fast_decode.py on the CPU: the static-cache path makes the same greedy tokens as
 generate(), its prefill the same logits; the fused Triton kernels (under Triton's
 interpreter) equal dequantize-then-matmul; bad input is one line."""
+import json
 import os
 import subprocess
 import sys
@@ -90,6 +91,10 @@ def test_unknown_method_is_rejected():
         fd.parse_methods("fp16,int3")
 
 
+def test_the_anatomy_is_a_gpu_run(cli_error):
+    assert "--anatomy is the GPU's fused step" in cli_error(fd, ["--anatomy", "--device", "cpu"])
+
+
 KERNEL_CHECK = r"""
 import torch, torch.nn as nn, torch.nn.functional as F
 import part1_quantize_scratch as p1
@@ -158,7 +163,7 @@ again = fused.generate(prompt).clone()                  # a second run starts cl
 step = fused.fused
 print("RESULT", torch.equal(got, ref), torch.equal(again, ref), len(step.fused_layers), len(step.module_layers),
       step.kernels_per_step(), model.config.num_hidden_layers,
-      ",".join(str(len(v)) for v in step.tile_keys.values()))
+      ",".join(str(len(v)) for v in step.tile_keys.values()), ",".join(step.roles))
 """
 
 
@@ -169,9 +174,9 @@ def fused_run(arch, quant, dtype, width=32):
                          capture_output=True, text=True, timeout=900)
     assert out.returncode == 0, out.stderr[-3000:]
     line = next(x for x in out.stdout.splitlines() if x.startswith("RESULT"))
-    same, again, fused, modules, kernels_, blocks, tiles = line.split()[1:]
+    same, again, fused, modules, kernels_, blocks, tiles, roles = line.split(maxsplit=8)[1:]
     return (same == "True", again == "True", int(fused), int(modules), kernels_, int(blocks),
-            [int(t) for t in tiles.split(",")])
+            [int(t) for t in tiles.split(",")], roles.split(","))
 
 
 @pytest.mark.parametrize("arch,quant,dtype,width", [
@@ -182,18 +187,22 @@ def test_fused_step_makes_generates_tokens_with_every_layer_fused(arch, quant, d
     the same greedy tokens as generate(), every layer in a fused kernel, five kernels a block
     plus the embedding and the two of the head."""
     pytest.importorskip("triton")
-    same, again, fused, modules, kernels_, blocks, tiles = fused_run(arch, quant, dtype, width)
+    same, again, fused, modules, kernels_, blocks, tiles, roles = fused_run(arch, quant, dtype, width)
     assert same and again
     assert modules == 0 and fused == 4 * blocks + 1                      # four GEMVs a block, and the head
     assert int(kernels_) == 5 * blocks + 3
     assert tiles == [blocks] * 4 + [1]            # tune_tiles' keys: each block's GEMV shape once, then the head
+    # one role per kernel, in launch order (the anatomy's profile is read by position)
+    block = (["attn.c_attn", "attention", "attn.c_proj", "mlp.c_fc", "mlp.c_proj"] if arch == "gpt2" else
+             ["self_attn.qkv", "attention", "self_attn.o_proj", "mlp.gate_up", "mlp.down_proj"])
+    assert roles == ["embed", *[f"{i}.{r}" for i in range(blocks) for r in block], "lm_head", "pick token"]
 
 
 def test_fused_step_runs_the_models_own_modules_where_it_cannot_read_a_layer():
     """An asymmetric int8 layer is no kind the fused GEMV reads: those layers run as modules,
     around the fused attention and embedding; the tokens are still generate()'s."""
     pytest.importorskip("triton")
-    same, again, fused, modules, kernels_, blocks, tiles = fused_run("gpt2", "asym", "float32")
+    same, again, fused, modules, kernels_, blocks, tiles, _ = fused_run("gpt2", "asym", "float32")
     assert same and again
     # the tied output layer reads the int8 embedding table, one scale a row: that one is fused
     assert modules == 4 * blocks and fused == 1 and kernels_ == "None" and tiles == [1]
@@ -224,6 +233,7 @@ def test_cpu_fused_step_makes_generates_tokens(gpt2_dir, llama_dir, arch, quant)
 
 FUSED_OPS_CHECK = r"""
 import torch
+import json
 import os
 import kernels as k
 from transformers.activations import NewGELUActivation
@@ -336,6 +346,97 @@ def test_fused_step_operations_equal_the_models_ops(backend):
     out = subprocess.run([sys.executable, "-c", FUSED_OPS_CHECK], env=env, capture_output=True, text=True,
                          timeout=600)
     assert out.returncode == 0 and out.stdout.strip().endswith("OK"), out.stderr[-2000:]
+
+
+CHAIN_CHECK = r"""
+import torch
+import kernels as k
+K = 50
+x = torch.zeros(2, K + 1)
+for i in range(5):                       # link i reads x[i % 2], writes x[(i + 1) % 2]
+    k.chain_link(x[i % 2], x[(i + 1) % 2], programs=7)
+print("RESULT", x[1, :K].unique().tolist(), x[1, K].item())
+k.chain_link(x[1], x[0], programs=7, read=False)
+print("RESULT", x[0, :K].unique().tolist(), x[0, K].item())
+"""
+
+
+def test_a_chain_link_reads_what_the_link_before_wrote():
+    """The anatomy's vector chain is a floor only if each link really reads the whole vector the
+    link before wrote: after five links from zeros every element is 5, and the sum slot holds
+    the sum of the fourth link's output (4 x 50); an empty link writes nothing."""
+    pytest.importorskip("triton")
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": str(root)}
+    out = subprocess.run([sys.executable, "-c", CHAIN_CHECK], env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    got = [x for x in out.stdout.splitlines() if x.startswith("RESULT")]
+    assert got == ["RESULT [5.0] 200.0", "RESULT [4.0] 150.0"]
+
+
+def test_link_times_split_the_profile_into_steps_and_what_each_link_adds():
+    """Three steps of three kernels, each starting 0.5 us before the one before ends (PDL): a
+    link adds its end minus the end of the link before, and the added times sum to the span."""
+    seen, t = [], 100.0
+    for _ in range(3):
+        for name, dur in (("_embed", 2.0), ("_fused_gemv", 3.0), ("_argmax_emit", 1.0)):
+            seen.append((name, t, dur))
+            t += dur - 0.5
+        t += 20.0
+    roles = ["embed", "0.attn.c_attn", "1.attn.c_attn"]
+    got = fd.link_times(seen, roles)
+    assert got["steps_profiled"] == 3
+    assert [(x["kernel"], x["us"], x["adds_us"]) for x in got["links"]] == [
+        ("_embed", 2.0, 2.0), ("_fused_gemv", 3.0, 2.5), ("_argmax_emit", 1.0, 0.5)]
+    assert fd.link_groups(got["links"]) == {"embed": {"links": 1, "adds_us": 2.0},
+                                            "attn.c_attn": {"links": 2, "adds_us": 3.0}}
+    assert "not a multiple" in fd.link_times(seen[:-1], roles)["why_not"]
+    swapped = seen[:3] + [seen[4], seen[3], seen[5]] + seen[6:]
+    assert "different kernels" in fd.link_times(swapped, roles)["why_not"]
+    assert "saw 0 kernels" in fd.link_times([], roles)["why_not"]
+
+
+def test_the_lowest_ratio_and_the_links_it_allows():
+    """A step takes at least the longer of its chain and its weight bytes: with fp16's bytes
+    52 us and INT8's 26 us, a 40 us chain allows 40/52, an 80 us chain 1.0, a 10 us chain
+    26/52; most_links is the largest chain (in links of 1.3 us) whose ratio reaches 0.9."""
+    assert fd.lowest_ratio(0.080, 0.026, 0.052) == 1.0
+    assert fd.lowest_ratio(0.040, 0.026, 0.052) == pytest.approx(40 / 52)
+    assert fd.lowest_ratio(0.010, 0.026, 0.052) == pytest.approx(0.5)
+    n = fd.most_links(0.9, 1.3, 0.026, 0.052)
+    assert n == 36
+    assert fd.lowest_ratio(n * 1.3e-3, 0.026, 0.052) <= 0.9 < fd.lowest_ratio((n + 1) * 1.3e-3, 0.026, 0.052)
+    assert fd.most_links(0.9, 1.3, 0.050, 0.052) is None       # bytes alone keep the ratio above 0.9
+
+
+def anatomy_result(step_ms=0.2):
+    link = lambda role, adds: {"role": role, "kernel": "_k", "us": adds, "adds_us": adds}     # noqa: E731
+    summ = lambda ms: {"median": ms, "p10": ms, "p90": ms, "min": ms, "max": ms, "n": 3}     # noqa: E731
+    steps = {name: {"weights_bytes": b, "weights_mib": b / 2**20, "floor_ms": b / 4.8e9, "fused_leading_tokens_equal": 8,
+                    "fused_tiles": None, "steps_profiled": 2, "links": [link("embed", 1.0), link("0.attention", ms * 1e3 - 1)],
+                    "step_ms": summ(ms), "l2_step_ms": summ(ms * 0.9), "vs_baseline": ms / step_ms,
+                    "l2_vs_baseline": ms * 0.9 / step_ms, "lowest_ratio": 1.0}
+             for name, b, ms in (("fp16", 2.4e8, step_ms), ("scratch-int8-fast", 1.2e8, step_ms * 0.99))}
+    chains = {c: {"step_ms": summ(ms), "definition": c} for c, ms in (("empty", 0.04), ("vector", 0.08),
+                                                                     ("vector-no-pdl", 0.1))}
+    return {"steps": steps, "chains": chains, "baseline": "fp16", "links": 63, "width": 768, "repeats": 3,
+            "new_tokens": 8, "hbm_bytes_per_s": 4.8e12}
+
+
+def test_an_anatomy_record_is_read_and_a_broken_one_is_refused():
+    import results
+    rec = results.new_record("anatomy", "step-anatomy", {"methods": ["fp16"]}, {"id": "m"}, torch.device("cpu"),
+                             anatomy=anatomy_result())
+    assert results.record_problem(json.loads(json.dumps(rec))) is None
+    rows = fd.anatomy_rows(rec["anatomy"])
+    assert [r["name"] for r in rows] == ["fp16", "scratch-int8-fast", "chain: empty", "chain: vector",
+                                         "chain: vector-no-pdl"]
+    assert rows[1]["most_links"] == int(0.9 * 0.05 * 1000 / (0.08 * 1000 / 63))
+    assert rows[3]["vs_fp16"] == pytest.approx(0.4)
+    assert "all links" in fd.anatomy_text(rec["anatomy"])
+    broken = json.loads(json.dumps(rec))
+    broken["anatomy"]["chains"]["vector"]["step_ms"]["median"] = 0
+    assert "chains.vector.step_ms.median" in results.record_problem(broken)
 
 
 def test_the_fused_table_keeps_every_method_and_peer_and_says_why_one_did_not_run():

@@ -1136,6 +1136,21 @@ def most_links(target: float, chain_us_per_link: float, floor_ms: float, fp16_fl
     return int(target * fp16_floor_ms * 1000 / chain_us_per_link)
 
 
+WHOLE_VECTOR_KERNELS = ("_fused_gemv", "_argmax_head")   # links whose every program reads the whole vector
+
+
+def mixed_chain_ms(result: dict, name: str = "fp16") -> float | None:
+    """A tighter floor than the vector chain for name's step: its links whose programs read the
+    whole vector (the GEMVs, the head) at the vector chain's time per link, the others
+    (attention, the embedding, the token pick) at the empty chain's. None without a profile."""
+    links = result["steps"][name].get("links")
+    if not links:
+        return None
+    per = {c: result["chains"][c]["step_ms"]["median"] / result["links"] for c in ("vector", "empty")}
+    whole = sum(link["kernel"] in WHOLE_VECTOR_KERNELS for link in links)
+    return whole * per["vector"] + (len(links) - whole) * per["empty"]
+
+
 def chain_graph(links: int, width: int, read: bool, pdl: bool, programs: int) -> Callable[[], None]:
     """A CUDA graph of `links` chain links (kernels.chain_link) over a vector of `width`, each
     link with `programs` programs; -> its replay."""

@@ -458,6 +458,60 @@ def plot_sizes(records: list[dict], out: Path, made: list[Path]) -> None:
     _save(fig, out, SIZES_FIGURE, made)
 
 
+ANATOMY_FIGURE = "fused_step_anatomy_cuda.png"
+# a block's five links by position (GPT-2's and Llama's names differ), then the rest of a step
+LINK_LABELS = ("QKV GEMV", "attention", "out-projection GEMV", "up GEMV", "down GEMV")
+LINK_COLORS = ("#4c72b0", "#dd8452", "#55a868", "#c44e52", "#8172b3", "#937860")
+
+
+def anatomy_records(records: list[dict]) -> list[dict]:
+    """The anatomy records whose every method was profiled, fewest links first."""
+    rs = [r for r in records if results.kind_of(r) == "anatomy"
+          and all("links" in s for s in r["anatomy"]["steps"].values())]
+    return sorted(rs, key=lambda r: r["anatomy"]["links"])
+
+
+def plot_anatomy(records: list[dict], out: Path, made: list[Path]) -> None:
+    """The fused step's anatomy (fast_decode.py --anatomy), one panel per model: each method's
+    step as the time its links add, by what they do, beside the chain of as many links that
+    does none of the work and the time the weights' bytes take at peak bandwidth."""
+    import fast_decode
+    rs = anatomy_records(records)
+    if not rs:
+        return
+    plt = _plt()
+    fig, axes = plt.subplots(len(rs), 1, figsize=(7.4, 1.2 + 1.55 * len(rs)), squeeze=False)
+    for ax, r in zip(axes[:, 0], rs):
+        a = r["anatomy"]
+        names = list(a["steps"])
+        for y, name in enumerate(names):
+            groups = list(fast_decode.link_groups(a["steps"][name]["links"]).values())
+            block, rest = groups[1:6], groups[:1] + groups[6:]          # embed | five a block | head, pick
+            left = 0.0
+            for i, g in enumerate(block + [{"adds_us": sum(g["adds_us"] for g in rest)}]):
+                ax.barh(y, g["adds_us"], left=left, color=LINK_COLORS[i], height=0.62,
+                        label=(LINK_LABELS + ("embedding, head, token pick",))[i] if y == 0 else None)
+                left += g["adds_us"]
+        chain = a["chains"]["vector"]["step_ms"]["median"] * 1000
+        ax.axvline(chain, color="k", ls="--", lw=1.4, zorder=4, label="chain of the step's links, no work")
+        for name, color in (("fp16", "#ff2d2d"), ("scratch-int8-fast", "#00e5ff")):
+            floor = a["steps"].get(name, {}).get("floor_ms")
+            if floor:
+                ax.axvline(floor * 1000, color=color, ls="-", lw=1.8, zorder=4,
+                           label=f"{'fp16' if name == 'fp16' else 'INT8'} weights' bytes at peak bandwidth")
+        ax.set_yticks(range(len(names)), [n.replace("scratch-", "Part 1 ").replace("-fast", "") for n in names],
+                      fontsize=8)
+        ax.invert_yaxis()
+        ax.tick_params(labelsize=8)
+        ax.set_title(f"{short_model(r)}{' (stand-in)' if r['model'].get('stand_in') else ''}: {a['links']} links a "
+                     f"step", fontsize=8.5, loc="left")
+    axes[-1, 0].set_xlabel("microseconds per decode step (the time each kind of link adds)", fontsize=9)
+    axes[-1, 0].legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.45), ncol=3, frameon=False)
+    fig.suptitle(f"The fused decode step, link by link (torch.profiler over CUDA graph replays), each model its own "
+                 f"round-robin run\n{device_of(rs[0])}", fontsize=8)
+    _save(fig, out, ANATOMY_FIGURE, made)
+
+
 def plot_sensitivity(rec: dict, out: Path, made: list[Path]) -> None:
     plt = _plt()
     s = rec["sensitivity"]
@@ -543,10 +597,11 @@ def plot_all(records: list[dict], out: str | Path) -> list[Path]:
                 plot_fused(r, out, made)
         except (KeyError, TypeError, ValueError, ZeroDivisionError) as e:
             warnings.warn(f"skipping {r['_file']} ({kind}): {type(e).__name__} {e}", stacklevel=2)
-    try:
-        plot_sizes(records, out, made)
-    except (KeyError, TypeError, ValueError, ZeroDivisionError) as e:
-        warnings.warn(f"skipping the model-size figure: {type(e).__name__} {e}", stacklevel=2)
+    for plot, what in ((plot_sizes, "the model-size figure"), (plot_anatomy, "the anatomy figure")):
+        try:
+            plot(records, out, made)
+        except (KeyError, TypeError, ValueError, ZeroDivisionError) as e:
+            warnings.warn(f"skipping {what}: {type(e).__name__} {e}", stacklevel=2)
     return made
 
 

@@ -99,9 +99,11 @@ class Study:
                              and r["scratch-int8-fast"] and r["scratch-int8-fast"]["l2_vs_fp16_l2"] is not None]
         # a bench in the comparison across model sizes whose model nothing else measures (GPT-2's
         # larger sizes, cuda-sizes) is shown there only, not in a section of its own
-        studied = {pr.short_model(r) for r in records if results.kind_of(r) != "bench" and r.get("model")}
+        studied = {pr.short_model(r) for r in records if results.kind_of(r) not in ("bench", "anatomy")
+                   and r.get("model")}
         sized = {r["file"] for r in self.size_rows} if len(self.size_rows) >= 2 else set()
         self.benches = [r for r in by_kind["bench"] if r.get("_file") not in sized or pr.short_model(r) in studied]
+        self.anatomies = pr.anatomy_records(by_kind["anatomy"])         # fewest links first
         self.sensitivity = next(iter(by_kind["sensitivity"]), None)
         self.compare = next(iter(by_kind["compare"]), None)
         self.inspection = next(iter(by_kind["gguf-inspect"]), None)
@@ -1242,6 +1244,7 @@ def latency_section(doc: Doc, s: Study) -> None:
     if why:
         doc.p("<b>Why.</b> " + " ".join(why))
     size_section(doc, s)
+    anatomy_section(doc, s)
 
 
 def size_section(doc: Doc, s: Study) -> None:
@@ -1294,6 +1297,96 @@ def size_section(doc: Doc, s: Study) -> None:
              "largest its unpacking does." if free[0] > 0.9 >= free[-1] else ".")
           + (f" Part 1's int4 pays more for its unpacking still: with the weights in L2 its step is "
              f"{min(q4):.2f}× to {max(q4):.2f}× fp16's." if len(q4) == len(d) else ""))
+
+
+def link_ratios(a: dict, name: str) -> list[tuple[str, float]]:
+    """Each kind of a block's links (the five, by position), with the time it adds to name's step
+    against fp16's: [(label, ratio)]."""
+    mine, base = (list(fast_decode.link_groups(a["steps"][n]["links"]).values())[1:6] for n in (name, "fp16"))
+    return [(label, m["adds_us"] / b["adds_us"]) for label, m, b in zip(pr.LINK_LABELS, mine, base)]
+
+
+def mixed_chain_clause(a: dict) -> str:
+    """The bound again with a tighter chain (fast_decode.mixed_chain_ms): the links that read
+    less than the whole vector counted as empty links."""
+    mixed = fast_decode.mixed_chain_ms(a)
+    q8, base = a["steps"]["scratch-int8-fast"], a["steps"]["fp16"]
+    if mixed is None or base["floor_ms"] is None:
+        return ""
+    bound = fast_decode.lowest_ratio(mixed, q8["floor_ms"], base["floor_ms"])
+    return (f" (attention, the embedding and the token pick read less than the whole vector: counted as empty "
+            f"links, the chain still takes {mixed:.3f} ms and the bound is {f_ratio(bound)})")
+
+
+def anatomy_section(doc: Doc, s: Study) -> None:
+    """What bounds the fused step: each anatomy (fast_decode.py --anatomy) as a table row, the
+    figure, and what the smallest and the largest model say."""
+    rs = [r for r in s.anatomies if "scratch-int8-fast" in r["anatomy"]["steps"]]
+    if not rs:
+        return
+    doc.h2("What bounds the fused step: its chain of kernels")
+    rows = []
+    for r in rs:
+        a = r["anatomy"]
+        got = {row["name"]: row for row in fast_decode.anatomy_rows(a)}
+        q8, q4 = got["scratch-int8-fast"], got.get("scratch-int4-fast")
+        rows.append([escape(pr.short_model(r)) + (" (stand-in)" if r["model"].get("stand_in") else ""),
+                     str(a["links"]), f"{got['fp16']['ms']:.3f}", f_ratio(q8["vs_fp16"]),
+                     "–" if q4 is None else f_ratio(q4["vs_fp16"]), f"{got['chain: vector']['ms']:.3f}",
+                     "–" if got["fp16"]["floor_ms"] is None else f"{got['fp16']['floor_ms']:.3f}",
+                     "–" if q8["lowest_ratio"] is None else f_ratio(q8["lowest_ratio"]),
+                     "–" if q8["most_links"] is None else str(q8["most_links"])])
+    doc.table(["model", "links", "fp16 ms", "INT8", "int4", "chain ms", "fp16 bytes ms", "INT8 bound",
+               f"links for {fast_decode.TARGET_RATIO:.2f}×"], rows,
+              "fast_decode.py --anatomy, one round-robin run per model, ms per decode step. links: the step's "
+              "kernels, each waiting for the one before; INT8, int4: Part 1's fused step against fp16's; chain: "
+              "as many links doing none of the work but reading the vector the link before wrote; fp16 bytes: "
+              "fp16's weight bytes at the GPU's peak bandwidth; INT8 bound: the lowest INT8 time against fp16's "
+              "that a step of this chain could reach, if both hid their weight reads behind the chain alike, "
+              "max(chain, INT8 bytes) / max(chain, fp16 bytes); links for 0.90×: the most links a step could "
+              f"have for that bound to reach {fast_decode.TARGET_RATIO:.2f}×.",
+              widths=[3.6, None, None, None, None, None, None, None, None])
+    doc.figure(pr.ANATOMY_FIGURE, "Each method's fused step, as the time each kind of link adds to it (torch.profiler "
+               "over CUDA graph replays), beside the chain of as many links doing no work (dashed) and the time "
+               "the fp16 and INT8 weights' bytes take at peak bandwidth.", max_height_cm=10)
+    lo, hi = rs[0], rs[-1]
+    la, ha = lo["anatomy"], hi["anatomy"]
+    low = {row["name"]: row for row in fast_decode.anatomy_rows(la)}
+    text = (f"A fused decode step is a chain of kernels, each waiting for the one before. On "
+            f"{escape(pr.short_model(lo))}'s shapes the step is {la['links']} links, and a chain of {la['links']} "
+            "links that only waits and reads the vector the link before wrote, as each GEMV's programs must, "
+            f"takes {low['chain: vector']['ms']:.3f} ms on the {escape(pr.device_of(lo))}")
+    if low["fp16"]["floor_ms"] is not None:
+        q8 = low["scratch-int8-fast"]
+        outlasts = low["chain: vector"]["ms"] >= low["fp16"]["floor_ms"]
+        text += (f", against {low['fp16']['floor_ms']:.3f} ms to read every fp16 weight at peak bandwidth. "
+                 + ("The chain outlasts the bytes: a step that hid its weight reads behind its chain would be bound "
+                    "by the chain for fp16 as for INT8, and " if outlasts else "")
+                 + f"the lowest INT8 time such a step could reach is {f_ratio(q8['lowest_ratio'])} fp16's, whatever "
+                 "its kernels" + mixed_chain_clause(la)
+                 + (f"; {fast_decode.TARGET_RATIO:.2f}× needs a step of at most {q8['most_links']} links, "
+                    f"{(q8['most_links'] - 3) / ((la['links'] - 3) / 5):.2f} a block where the fused step has 5"
+                    if q8["most_links"] is not None and q8["most_links"] < la["links"] else "")
+                 + f". Measured, INT8 takes {f_ratio(q8['vs_fp16'])} fp16's time"
+                 + (f" and int4 {f_ratio(low['scratch-int4-fast']['vs_fp16'])}" if "scratch-int4-fast" in low else "")
+                 + ".")
+    else:
+        text += "."
+    if hi is not lo:
+        high = {row["name"]: row for row in fast_decode.anatomy_rows(ha)}
+        q8 = high["scratch-int8-fast"]
+        text += (f" On {escape(pr.short_model(hi))}'s shapes ({ha['links']} links) the chain takes "
+                 f"{high['chain: vector']['ms']:.3f} ms")
+        if q8["lowest_ratio"] is not None:
+            text += (f" against {high['fp16']['floor_ms']:.3f} ms of fp16 bytes; the bound is "
+                     f"{f_ratio(q8['lowest_ratio'])} and INT8 measures {f_ratio(q8['vs_fp16'])}")
+        ratios = [(lbl, x) for lbl, x in link_ratios(ha, "scratch-int8-fast") if lbl.endswith("GEMV")]
+        gain = [f"{lbl} {f_ratio(x)}" for lbl, x in ratios if x < 1]
+        lose = [f"{lbl} {f_ratio(x)}" for lbl, x in ratios if x > 1]
+        text += (": there the kernels, not the chain, keep INT8 from its bytes. Per GEMV link, INT8's time against "
+                 "fp16's: " + ", ".join(gain + lose)
+                 + (" (the losses are the links INT8 must mend first)." if lose else "."))
+    doc.p(text)
 
 
 def latency_facts(s: Study) -> dict:
@@ -1807,10 +1900,10 @@ def open_questions(doc: Doc, s: Study) -> None:
             f"<b>Speed at scale.</b> At {escape(top['model'])}'s size the weights' bytes are "
             f"{top['fp16_bytes_share']:.0%} of fp16's fused step, yet Part 1's INT8 takes "
             f"{f_ratio(top['scratch-int8-fast']['vs_fp16_fused'])} fp16's time: with the weights in L2 its step "
-            f"takes {f_ratio(top['scratch-int8-fast']['l2_vs_fp16_l2'])} fp16's step with the weights in L2. Is "
-            "that the int8 conversion or the "
-            "tiles? A profile per kernel would tell; reading int8 as 32-bit words with integer conversion was "
-            "slower (the README). --device-map auto lets the same scripts run larger models over several GPUs."
+            f"takes {f_ratio(top['scratch-int8-fast']['l2_vs_fp16_l2'])} fp16's step with the weights in L2. "
+            + speed_at_scale_profile(s, top["model"])
+            + "Reading int8 as 32-bit words with integer conversion was slower (the README). --device-map auto "
+            "lets the same scripts run larger models over several GPUs."
         )
     elif s.benches:
         items.append(
@@ -1820,6 +1913,22 @@ def open_questions(doc: Doc, s: Study) -> None:
             "scripts run such models over several GPUs."
         )
     doc.bullets(items or ["None recorded."])
+
+
+def speed_at_scale_profile(s: Study, model: str) -> str:
+    """What the anatomy of that model says of INT8's GEMV links against fp16's (a sentence and a
+    question), or the question the profile would answer where it has not run."""
+    r = next((r for r in s.anatomies if pr.short_model(r) == model and "scratch-int8-fast" in r["anatomy"]["steps"]),
+             None)
+    if r is None:
+        return "Is that the int8 conversion or the tiles? A profile per kernel would tell. "
+    ratios = [(lbl, x) for lbl, x in link_ratios(r["anatomy"], "scratch-int8-fast") if lbl.endswith("GEMV")]
+    lose = [f"{lbl} ({f_ratio(x)})" for lbl, x in ratios if x > 1]
+    gain = [f"{lbl} ({f_ratio(x)})" for lbl, x in ratios if x <= 1]
+    said = [f"INT8's {' and '.join(gain)} beat fp16's"] if gain else []
+    said += [f"its {' and '.join(lose)} lose"] if lose else []
+    return ("The per-link profile (the anatomy) says where: " + ", ".join(said) + ". "
+            + ("What do the losing GEMVs need: more programs (split-K), or other tiles? " if lose else ""))
 
 
 def open_facts(s: Study) -> dict:

@@ -79,6 +79,38 @@ def timing(prefill_ms, decode_ms):
                        "ms_per_token": stat(decode_ms)}, "repeats": 3, "warmup": 1}
 
 
+KERNEL_OF = {"embed": "_embed", "attention": "_decode_attention", "lm_head": "_argmax_head",
+             "pick token": "_argmax_emit"}                    # a link's kernel, by role (the rest: GEMVs)
+BLOCK_US = {"fp16": (2.5, 2.7, 1.5, 4.2, 3.0), "scratch-int8-fast": (2.3, 2.7, 1.6, 3.9, 3.1)}   # a block's links
+
+
+def anatomy_result():
+    """A fused-step anatomy (fast_decode.anatomy's result) of GPT-2 small's shape, fp16 and INT8:
+    63 links (12 blocks of BLOCK_US), each step the sum of its links; the vector chain 0.08
+    ms, fp16's bytes 0.05 ms at peak, INT8's 0.025."""
+    summ = lambda ms: {"median": ms, "p10": ms, "p90": ms, "min": ms, "max": ms, "n": 3}     # noqa: E731
+    roles = ("attn.c_attn", "attention", "attn.c_proj", "mlp.c_fc", "mlp.c_proj")
+    steps = {}
+    for name, b, head in (("fp16", 2.4e8, 22.0), ("scratch-int8-fast", 1.2e8, 19.0)):
+        links = ([("embed", 1.5)] + [(f"{i}.{r}", us) for i in range(12) for r, us in zip(roles, BLOCK_US[name])]
+                 + [("lm_head", head), ("pick token", 2.0)])
+        ms = sum(us for _, us in links) / 1000
+        steps[name] = {"weights_bytes": b, "weights_mib": b / 2**20, "floor_ms": b / 4.8e9,
+                       "fused_leading_tokens_equal": 8, "fused_tiles": None, "steps_profiled": 2,
+                       "links": [{"role": r, "kernel": KERNEL_OF.get(r.split(".")[-1], "_fused_gemv"), "us": us,
+                                  "adds_us": us} for r, us in links],
+                       "step_ms": summ(ms), "l2_step_ms": summ(ms * 0.9)}
+    base = steps["fp16"]["step_ms"]["median"]
+    for s in steps.values():
+        s.update(vs_baseline=s["step_ms"]["median"] / base, l2_vs_baseline=s["l2_step_ms"]["median"] / base,
+                 lowest_ratio=1.0)
+    chains = {c: {"step_ms": summ(ms), "definition": c} for c, ms in (("empty", 0.04), ("vector", 0.08),
+                                                                     ("vector-no-pdl", 0.1))}
+    return {"steps": steps, "chains": chains, "baseline": "fp16", "links": 63, "width": 768, "repeats": 3,
+            "new_tokens": 8, "hbm_bytes_per_s": 4.8e12, "profile_definition": "profiled",
+            "lowest_ratio_definition": "max(chain, floor) / max(chain, fp16 floor)"}
+
+
 def bench_table(names):
     stat = {"median": 2.0, "p10": 1.9, "p90": 2.1}
     return {n: {"prefill_ms": stat, "decode_ms_per_token": stat, "prefill_ratio": 1.0 + i / 10,

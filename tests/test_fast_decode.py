@@ -409,22 +409,9 @@ def test_the_lowest_ratio_and_the_links_it_allows():
     assert fd.most_links(0.9, 1.3, 0.050, 0.052) is None       # bytes alone keep the ratio above 0.9
 
 
-def anatomy_result(step_ms=0.2):
-    link = lambda role, adds: {"role": role, "kernel": "_k", "us": adds, "adds_us": adds}     # noqa: E731
-    summ = lambda ms: {"median": ms, "p10": ms, "p90": ms, "min": ms, "max": ms, "n": 3}     # noqa: E731
-    steps = {name: {"weights_bytes": b, "weights_mib": b / 2**20, "floor_ms": b / 4.8e9, "fused_leading_tokens_equal": 8,
-                    "fused_tiles": None, "steps_profiled": 2, "links": [link("embed", 1.0), link("0.attention", ms * 1e3 - 1)],
-                    "step_ms": summ(ms), "l2_step_ms": summ(ms * 0.9), "vs_baseline": ms / step_ms,
-                    "l2_vs_baseline": ms * 0.9 / step_ms, "lowest_ratio": 1.0}
-             for name, b, ms in (("fp16", 2.4e8, step_ms), ("scratch-int8-fast", 1.2e8, step_ms * 0.99))}
-    chains = {c: {"step_ms": summ(ms), "definition": c} for c, ms in (("empty", 0.04), ("vector", 0.08),
-                                                                     ("vector-no-pdl", 0.1))}
-    return {"steps": steps, "chains": chains, "baseline": "fp16", "links": 63, "width": 768, "repeats": 3,
-            "new_tokens": 8, "hbm_bytes_per_s": 4.8e12}
-
-
 def test_an_anatomy_record_is_read_and_a_broken_one_is_refused():
     import results
+    from conftest import anatomy_result
     rec = results.new_record("anatomy", "step-anatomy", {"methods": ["fp16"]}, {"id": "m"}, torch.device("cpu"),
                              anatomy=anatomy_result())
     assert results.record_problem(json.loads(json.dumps(rec))) is None
@@ -432,8 +419,10 @@ def test_an_anatomy_record_is_read_and_a_broken_one_is_refused():
     assert [r["name"] for r in rows] == ["fp16", "scratch-int8-fast", "chain: empty", "chain: vector",
                                          "chain: vector-no-pdl"]
     assert rows[1]["most_links"] == int(0.9 * 0.05 * 1000 / (0.08 * 1000 / 63))
-    assert rows[3]["vs_fp16"] == pytest.approx(0.4)
+    assert rows[3]["vs_fp16"] == pytest.approx(0.08 / rec["anatomy"]["steps"]["fp16"]["step_ms"]["median"])
     assert "all links" in fd.anatomy_text(rec["anatomy"])
+    # 48 GEMVs and the head read the whole vector; 12 attentions, the embedding and the pick do not
+    assert fd.mixed_chain_ms(rec["anatomy"]) == pytest.approx((49 * 0.08 + 14 * 0.04) / 63)
     broken = json.loads(json.dumps(rec))
     broken["anatomy"]["chains"]["vector"]["step_ms"]["median"] = 0
     assert "chains.vector.step_ms.median" in results.record_problem(broken)

@@ -120,3 +120,36 @@ def test_sections_follow_the_assignment(built):
              "Appendix A", "Appendix B"]
     at = [text.find(h) for h in heads]
     assert -1 not in at and at == sorted(at), dict(zip(heads, at))
+
+
+def test_the_anatomy_section_is_the_records_numbers(results_dir, tmp_path):
+    """Anatomy records (fast_decode.py --anatomy) make the section on what bounds the fused step:
+    its prose carries the records' chain, bytes, bound, the most links for 0.90x and the
+    per-GEMV ratios of the largest model, each computed here independently; its figure is made."""
+    import torch
+
+    import results
+    from conftest import BLOCK_US, anatomy_result
+    small, large = anatomy_result(), anatomy_result()
+    large["links"] = 243
+    for name, floor in (("fp16", 0.65), ("scratch-int8-fast", 0.325)):
+        large["steps"][name]["floor_ms"] = floor
+    for model, a in (("g2", small), ("g2xl", large)):
+        rec = results.new_record("anatomy", "step-anatomy", {}, {"id": f"/x/{model}", "stand_in": f"{model} (stand-in)"},
+                                 torch.device("cpu"), anatomy=a)
+        rec["environment"]["device_name"] = "NVIDIA Test GPU"
+        (results_dir / f"anatomy-{model}.json").write_text(json.dumps(rec))
+    out = tmp_path / "r" / "report.pdf"
+    br.main(results=str(results_dir), out=str(out), figures=str(tmp_path / "r" / "figures"))
+    text = pdf_text(out).replace("\n", " ")
+    assert "What bounds the fused step: its chain of kernels" in text
+    assert "takes 0.080 ms on the NVIDIA Test GPU, against 0.050 ms to read every fp16 weight" in text
+    assert "The chain outlasts the bytes" in text and "could reach is 1.00× fp16's" in text
+    n = int(0.9 * 0.05 * 1000 / (0.08 * 1000 / 63))                     # the longest chain whose bound is 0.9
+    assert f"at most {n} links, {(n - 3) / 12:.2f} a block" in text
+    assert f"Measured, INT8 takes {small['steps']['scratch-int8-fast']['vs_baseline']:.2f}× fp16's time." in text
+    assert "(243 links) the chain takes 0.080 ms against 0.650 ms of fp16 bytes" in text
+    (q, _, o, u, d), (q8, _, o8, u8, d8) = BLOCK_US["fp16"], BLOCK_US["scratch-int8-fast"]
+    assert (f"INT8's time against fp16's: QKV GEMV {q8 / q:.2f}×, up GEMV {u8 / u:.2f}×, "
+            f"out-projection GEMV {o8 / o:.2f}×, down GEMV {d8 / d:.2f}×") in text
+    assert (tmp_path / "r" / "figures" / "fused_step_anatomy_cuda.png").exists()

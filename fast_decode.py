@@ -1063,8 +1063,8 @@ CHAINS = {  # name: (each program reads the vector the link before wrote, with P
 CHAIN_DEFINITIONS = {
     "empty": "links that only wait for the link before (PDL as in the fused step): the launch chain alone",
     "vector": "links that wait, then each program reads the whole vector (the hidden size) that the link before "
-              "wrote and writes its share of the next, as a GEMV's programs read their input: the least a step "
-              "of this many links can take on this GPU, whatever its weights",
+              "wrote and writes its share of the next, as a GEMV's programs read their input: the least measured "
+              "for this many separate kernels that each read the whole vector, whatever their weights",
     "vector-no-pdl": "the vector links launched without PDL: what PDL saves the chain",
 }
 

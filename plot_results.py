@@ -493,11 +493,12 @@ def plot_anatomy(records: list[dict], out: Path, made: list[Path]) -> None:
                         label=(LINK_LABELS + ("embedding, head, token pick",))[i] if y == 0 else None)
                 left += g["adds_us"]
         chain = a["chains"]["vector"]["step_ms"]["median"] * 1000
-        ax.axvline(chain, color="k", ls="--", lw=1.4, zorder=4, label="chain of the step's links, no work")
-        for name, color in (("fp16", "#ff2d2d"), ("scratch-int8-fast", "#00e5ff")):
+        ax.axvline(chain, color="k", ls="--", lw=1.4, zorder=4,
+                   label="as many links, each reading the vector (no weights)")
+        for name, color, ls in (("fp16", "#111111", ":"), ("scratch-int8-fast", "#00e5ff", "-")):
             floor = a["steps"].get(name, {}).get("floor_ms")
             if floor:
-                ax.axvline(floor * 1000, color=color, ls="-", lw=1.8, zorder=4,
+                ax.axvline(floor * 1000, color=color, ls=ls, lw=2.2, zorder=4,
                            label=f"{'fp16' if name == 'fp16' else 'INT8'} weights' bytes at peak bandwidth")
         ax.set_yticks(range(len(names)), [n.replace("scratch-", "Part 1 ").replace("-fast", "") for n in names],
                       fontsize=8)
@@ -508,7 +509,8 @@ def plot_anatomy(records: list[dict], out: Path, made: list[Path]) -> None:
     axes[-1, 0].set_xlabel("microseconds per decode step (the time each kind of link adds)", fontsize=9)
     axes[-1, 0].legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.45), ncol=3, frameon=False)
     fig.suptitle(f"The fused decode step, link by link (torch.profiler over CUDA graph replays), each model its own "
-                 f"round-robin run\n{device_of(rs[0])}", fontsize=8)
+                 f"round-robin run; the lines are totals to compare with a bar's length\n{device_of(rs[0])}",
+                 fontsize=8)
     _save(fig, out, ANATOMY_FIGURE, made)
 
 

@@ -1338,17 +1338,20 @@ def anatomy_section(doc: Doc, s: Study) -> None:
                      "–" if q8["most_links"] is None else str(q8["most_links"])])
     doc.table(["model", "links", "fp16 ms", "INT8", "int4", "chain ms", "fp16 bytes ms", "INT8 bound",
                f"links for {fast_decode.TARGET_RATIO:.2f}×"], rows,
-              "fast_decode.py --anatomy, one round-robin run per model, ms per decode step. links: the step's "
+              "fast_decode.py --anatomy (python scripts/standin_study.py --machine cuda --steps cuda-anatomy), one "
+              "round-robin run per model, ms per decode step. links: the step's "
               "kernels, each waiting for the one before; INT8, int4: Part 1's fused step against fp16's; chain: "
-              "as many links doing none of the work but reading the vector the link before wrote; fp16 bytes: "
+              "as many links doing none of the work but reading the vector the link before wrote (one program "
+              "per SM), the least measured for that many separate kernels; fp16 bytes: "
               "fp16's weight bytes at the GPU's peak bandwidth; INT8 bound: the lowest INT8 time against fp16's "
               "that a step of this chain could reach, if both hid their weight reads behind the chain alike, "
               "max(chain, INT8 bytes) / max(chain, fp16 bytes); links for 0.90×: the most links a step could "
               f"have for that bound to reach {fast_decode.TARGET_RATIO:.2f}×.",
               widths=[3.6, None, None, None, None, None, None, None, None])
     doc.figure(pr.ANATOMY_FIGURE, "Each method's fused step, as the time each kind of link adds to it (torch.profiler "
-               "over CUDA graph replays), beside the chain of as many links doing no work (dashed) and the time "
-               "the fp16 and INT8 weights' bytes take at peak bandwidth.", max_height_cm=10)
+               "over CUDA graph replays), beside the chain of as many links that only read the vector (dashed) "
+               "and the time the fp16 and INT8 weights' bytes take at peak bandwidth. The lines are totals, to "
+               "compare with a bar's length, not moments within the step.", max_height_cm=10)
     lo, hi = rs[0], rs[-1]
     la, ha = lo["anatomy"], hi["anatomy"]
     low = {row["name"]: row for row in fast_decode.anatomy_rows(la)}
@@ -1362,10 +1365,11 @@ def anatomy_section(doc: Doc, s: Study) -> None:
         text += (f", against {low['fp16']['floor_ms']:.3f} ms to read every fp16 weight at peak bandwidth. "
                  + ("The chain outlasts the bytes: a step that hid its weight reads behind its chain would be bound "
                     "by the chain for fp16 as for INT8, and " if outlasts else "")
-                 + f"the lowest INT8 time such a step could reach is {f_ratio(q8['lowest_ratio'])} fp16's, whatever "
-                 "its kernels" + mixed_chain_clause(la)
+                 + f"the lowest INT8 time such a step could reach is {f_ratio(q8['lowest_ratio'])} that of an fp16 "
+                 "step built as well, whatever its kernels" + mixed_chain_clause(la)
                  + (f"; {fast_decode.TARGET_RATIO:.2f}× needs a step of at most {q8['most_links']} links, "
-                    f"{(q8['most_links'] - 3) / ((la['links'] - 3) / 5):.2f} a block where the fused step has 5"
+                    f"{(q8['most_links'] - 3) / ((la['links'] - 3) / 5):.2f} a block once the embedding, the head "
+                    "and the token pick take their 3, where the fused step has 5"
                     if q8["most_links"] is not None and q8["most_links"] < la["links"] else "")
                  + f". Measured, INT8 takes {f_ratio(q8['vs_fp16'])} fp16's time"
                  + (f" and int4 {f_ratio(low['scratch-int4-fast']['vs_fp16'])}" if "scratch-int4-fast" in low else "")
@@ -1385,7 +1389,8 @@ def anatomy_section(doc: Doc, s: Study) -> None:
         lose = [f"{lbl} {f_ratio(x)}" for lbl, x in ratios if x > 1]
         text += (": there the kernels, not the chain, keep INT8 from its bytes. Per GEMV link, INT8's time against "
                  "fp16's: " + ", ".join(gain + lose)
-                 + (" (the losses are the links INT8 must mend first)." if lose else "."))
+                 + (f"; every one is far from the {f_ratio(q8['floor_ms'] / high['fp16']['floor_ms'])} its bytes "
+                    "would allow." if q8["floor_ms"] and high["fp16"]["floor_ms"] else "."))
     doc.p(text)
 
 
@@ -1900,7 +1905,8 @@ def open_questions(doc: Doc, s: Study) -> None:
             f"<b>Speed at scale.</b> At {escape(top['model'])}'s size the weights' bytes are "
             f"{top['fp16_bytes_share']:.0%} of fp16's fused step, yet Part 1's INT8 takes "
             f"{f_ratio(top['scratch-int8-fast']['vs_fp16_fused'])} fp16's time: with the weights in L2 its step "
-            f"takes {f_ratio(top['scratch-int8-fast']['l2_vs_fp16_l2'])} fp16's step with the weights in L2. "
+            f"takes {f_ratio(top['scratch-int8-fast']['l2_vs_fp16_l2'])} fp16's step with the weights in L2 "
+            "(the model-size bench). "
             + speed_at_scale_profile(s, top["model"])
             + "Reading int8 as 32-bit words with integer conversion was slower (the README). --device-map auto "
             "lets the same scripts run larger models over several GPUs."
@@ -1927,7 +1933,7 @@ def speed_at_scale_profile(s: Study, model: str) -> str:
     gain = [f"{lbl} ({f_ratio(x)})" for lbl, x in ratios if x <= 1]
     said = [f"INT8's {' and '.join(gain)} beat fp16's"] if gain else []
     said += [f"its {' and '.join(lose)} lose"] if lose else []
-    return ("The per-link profile (the anatomy) says where: " + ", ".join(said) + ". "
+    return ("The per-link profile (the anatomy, a separate run) says where: " + ", ".join(said) + ". "
             + ("What do the losing GEMVs need: more programs (split-K), or other tiles? " if lose else ""))
 
 

@@ -147,9 +147,13 @@ def anatomy_tables(records: list[dict]) -> str:
                          + (f"{row['l2_ms']:.4f} | {dash(row['floor_ms'], '.4f')} | {dash(row['lowest_ratio'], '.2f')} "
                             f"| {dash(row['most_links'], 'd')} | {row['tokens']}/{a['new_tokens']} |"
                             if "l2_ms" in row else "| | | | |"))
-        lines += ["", "Chains: " + "; ".join(f"{c}: {v['definition']}" for c, v in a["chains"].items())
+        lines += ["", "Chains (one program per SM, a float32 vector of the model's width): "
+                  + "; ".join(f"{c}: {fast_decode.CHAIN_DEFINITIONS.get(c, v['definition'])}"
+                              for c, v in a["chains"].items())
                   + f". Lowest ratio: {a['lowest_ratio_definition']}. Most links: the longest chain of such links "
-                  f"whose lowest ratio still reaches {fast_decode.TARGET_RATIO}.", ""]
+                  f"whose lowest ratio still reaches {fast_decode.TARGET_RATIO}. Tokens: leading greedy tokens of "
+                  "the fused step equal to the same method's generate() (on random weights near-tied logits flip "
+                  "tokens; the README says where).", ""]
         groups = {n: fast_decode.link_groups(s["links"]) for n, s in a["steps"].items() if "links" in s}
         if groups:
             lines += ["| us a step, by link | links | " + " | ".join(groups) + " |",
@@ -157,7 +161,7 @@ def anatomy_tables(records: list[dict]) -> str:
             for kind, g in next(iter(groups.values())).items():
                 lines.append(f"| {kind} | {g['links']} | "
                              + " | ".join(dash(p.get(kind, {}).get("adds_us"), '.1f') for p in groups.values()) + " |")
-            lines += ["", a["profile_definition"] + ".", ""]
+            lines += ["", a["profile_definition"] + "; the table shows adds_us, summed over a kind's links.", ""]
     return "\n".join(lines)
 
 

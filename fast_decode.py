@@ -5,6 +5,7 @@ Llama, and the side-by-side benchmark that measures every method both ways on on
     python fast_decode.py --model DIR --text-file FILE            # the bench (CUDA needed)
     python fast_decode.py --methods fp16,scratch-int8-fast        # a subset
     python fast_decode.py --device cpu --model DIR --text-file FILE   # the CPU bench, llama.cpp beside
+    python fast_decode.py --anatomy --model DIR --text-file FILE      # what bounds the fused step (CUDA)
     python fast_decode.py --help
 
 Why: at GPT-2's size, Hugging Face generate spends a decoded token on Python and kernel
@@ -20,6 +21,8 @@ weight bytes cannot show. The fast path removes the overhead:
 The fused step goes further: one decode step as five kernels a block (FusedStep, section 2),
 Triton on CUDA and C++ on a CPU, where the per-token Python of the static path is most of
 a step (on 2 cores: about 45 small ops a block; the fused step makes five calls).
+--anatomy times that step beside chains of as many kernels doing none of its work, and
+profiles each kernel (section 4c): what a step of that many dependent kernels can take.
 It computes what the model computes, in the same order per token: each block's modules are
 called as they are (quantized or not), only attention reads the static cache. Greedy
 tokens are checked against the same model's generate() in every run, each Part 1 layer

@@ -313,7 +313,7 @@ class FusedStep:
         self.net, self.nxt, self.pos, self.step, self.tokens = net, nxt, pos, step, tokens
         self.dtype, dev = net.dtype, net.device
         self.ops, self.fused_layers, self.module_layers = [], [], []
-        self.roles = []                       # what each kernel of a step does, in launch order (step_anatomy)
+        self.roles = []                       # what each kernel of a step does, in launch order (--anatomy)
         self.tile_keys = {}                   # kernels.tile_key -> the layers launched with it (tune_tiles)
         self.l2_rows = 0                      # > 0: the weights-from-L2 diagnostic (kernels.L2_ROWS), read per call
         model, c = net.model, net.model.config

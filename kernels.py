@@ -25,7 +25,8 @@ the float weight itself. So:
     then multiply: a fused 4-bit tile was slower there).
 The fused decode step (fast_decode.FusedStep) calls fused_linear, decode_attention,
 fused_embed and fused_argmax_head below: Triton kernels on CUDA (and under the
-interpreter), the same operations in the C++ extension on a CPU, float32 and int8 rows.
+interpreter), the same operations in the C++ extension on a CPU, float32 and int8 rows;
+chain_link is a kernel doing none of that work, for fast_decode --anatomy's chains.
 Triton is imported once, here; without it every Triton path returns None.
 """
 from __future__ import annotations
@@ -803,11 +804,11 @@ if triton is not None:
 
     @triton.jit
     def _chain_link(x_ptr, y_ptr, K, READ: tl.constexpr, PDL: tl.constexpr, KP: tl.constexpr, BS: tl.constexpr):
-        # One link of a chain that does none of a step's work (step_anatomy's floor): wait for
-        # the link before, as every fused-step kernel does; READ: then every program reads the
-        # whole vector x (K,) that the link before wrote, as a GEMV's programs read their input,
-        # and writes its BS elements of y = x + 1, program 0 also y[K] = sum(x) (so the read
-        # is used, and a test can check it). x and y hold K + 1 elements.
+        # One link of a chain that does none of a step's work (fast_decode --anatomy's floor):
+        # wait for the link before, as every fused-step kernel does; READ: then every program
+        # reads the whole vector x (K,) that the link before wrote, as a GEMV's programs read
+        # their input, and writes its BS elements of y = x + 1, program 0 also y[K] = sum(x)
+        # (so the read is used, and a test can check it). x and y hold K + 1 elements.
         _pdl_start(PDL)
         if READ:
             rr = tl.arange(0, KP)
@@ -1079,9 +1080,9 @@ def decode_attention(qkv: torch.Tensor, kc: torch.Tensor, vc: torch.Tensor, pos:
 
 
 def chain_link(x: torch.Tensor, y: torch.Tensor, programs: int, read: bool = True) -> None:
-    """One link of step_anatomy's chain on x, y (K + 1,) float32: `programs` programs wait for
-    the link before (with PDL where the fused step has it); read=True: each reads all of x
-    and y = x + 1, y[K] = sum(x[:K]); read=False: nothing else (an empty link)."""
+    """One link of fast_decode.chain_graph's chain on x, y (K + 1,) float32: `programs`
+    programs wait for the link before (with PDL where the fused step has it); read=True: each
+    reads all of x and y = x + 1, y[K] = sum(x[:K]); read=False: nothing else (an empty link)."""
     K = x.numel() - 1
     bs = triton.next_power_of_2(triton.cdiv(K, programs))
     _chain_link[(programs,)](x, y, K, READ=read, KP=triton.next_power_of_2(K), BS=bs, num_warps=4, **_pdl(x))

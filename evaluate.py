@@ -1018,19 +1018,30 @@ def side_by_side_text(result: dict, prefill_tokens: int) -> str:
     return "\n".join(lines)
 
 
+def save_timing_record(kind: str, name: str, settings: dict, model_info: dict, source: "TextSource",
+                       result: dict, args: argparse.Namespace, device: torch.device,
+                       key_fields: tuple[str, ...]) -> "results.Record":
+    """Write a timing run's result as a record of `kind`, the result in the block of that name
+    (bench, anatomy): args.out, or <name>__<model>__<device>__<hash>.json under
+    args.results_dir, the hash over the text, the settings and the result's key_fields.
+    Returns the record (its .path set)."""
+    record = results.new_record(
+        kind, name, settings, {**model_info, "stand_in": args.stand_in,
+                               "random_weights": bool(getattr(args, "random_weights", False))},
+        device, dataset={"id": source.id, "sha256": source.sha256}, smoke=args.smoke, **{kind: result})
+    out = Path(args.out) if args.out else results.result_path(
+        args.results_dir, name, args.model, [device.type],
+        {"text": source.sha256, "settings": settings, kind: {k: result.get(k) for k in key_fields}}, args.smoke)
+    return results.write(record, out)
+
+
 def save_side_by_side(name: str, settings: dict, model_info: dict, source: "TextSource", result: dict,
                       args: argparse.Namespace, device: torch.device) -> "results.Record":
     """Write a side-by-side bench (Part 1's and Part 2's --bench, fast_decode) as a results
     record of kind 'bench', print its table, return the record (its .path set)."""
-    record = results.new_record(
-        "bench", name, settings, {**model_info, "stand_in": args.stand_in,
-                                  "random_weights": bool(getattr(args, "random_weights", False))},
-        device, dataset={"id": source.id, "sha256": source.sha256}, smoke=args.smoke, bench=result)
-    out = Path(args.out) if args.out else results.result_path(
-        args.results_dir, name, args.model, [device.type],
-        {"text": source.sha256, "settings": settings, "bench": {k: result.get(k) for k in (
-            "prefill_tokens", "prompt_tokens", "new_tokens", "repeats", "warmup")}}, args.smoke)
-    record = results.write(record, out)
+    record = save_timing_record("bench", name, settings, model_info, source, result, args, device,
+                                ("prefill_tokens", "prompt_tokens", "new_tokens", "repeats", "warmup"))
+    out = record.path
     threads = f", {result['threads']} threads" if result.get("threads") and device.type == "cpu" else ""
     print(f"side by side on {record['environment']['device_name']}{threads}, {result['repeats']} round-robin "
           f"repeats (median [p10-p90]):")

@@ -1122,6 +1122,14 @@ def link_groups(links: list[dict]) -> dict:
     return out
 
 
+def block_links(links: list[dict]) -> tuple[list[dict], list[dict]]:
+    """link_groups split by position: a block's five kinds in launch order (GPT-2's and Llama's
+    names differ), and the rest of a step (the embedding before them, the head and the token
+    pick after)."""
+    groups = list(link_groups(links).values())
+    return groups[1:6], groups[:1] + groups[6:]
+
+
 def lowest_ratio(chain_ms: float, floor_ms: float, fp16_floor_ms: float) -> float:
     """The lowest decode-time ratio to fp16 that any step of a chain taking chain_ms could
     reach, for weights whose bytes take floor_ms at peak bandwidth (fp16's: fp16_floor_ms), if
@@ -1247,20 +1255,12 @@ def anatomy(model_id: str, tokenizer, ids: torch.Tensor, methods: list[str], pro
 def save_anatomy(result: dict, methods: list[str], source, args) -> results.Record:
     """Write the anatomy as a results record of kind 'anatomy' (step-anatomy__<model>__cuda__<hash>.json),
     print it, return the record."""
-    dev = torch.device("cuda")
-    settings = {"methods": methods, "fused_path": FUSED_PATH}
-    record = results.new_record(
-        "anatomy", "step-anatomy", settings, {"id": args.model, "stand_in": args.stand_in,
-                                               "random_weights": bool(args.random_weights)},
-        dev, dataset={"id": source.id, "sha256": source.sha256}, smoke=args.smoke, anatomy=result)
-    out = Path(args.out) if args.out else results.result_path(
-        args.results_dir, "step-anatomy", args.model, ["cuda"],
-        {"text": source.sha256, "settings": settings,
-         "anatomy": {k: result[k] for k in ("prompt_tokens", "new_tokens", "repeats", "warmup")}}, args.smoke)
-    record = results.write(record, out)
+    record = ev.save_timing_record("anatomy", "step-anatomy", {"methods": methods, "fused_path": FUSED_PATH},
+                                   {"id": args.model}, source, result, args, torch.device("cuda"),
+                                   ("prompt_tokens", "new_tokens", "repeats", "warmup"))
     print(f"fused step anatomy on {record['environment']['device_name']}:")
     print(anatomy_text(result))
-    print(f"wrote {out}")
+    print(f"wrote {record.path}")
     return record
 
 

@@ -485,8 +485,7 @@ def plot_anatomy(records: list[dict], out: Path, made: list[Path]) -> None:
         a = r["anatomy"]
         names = list(a["steps"])
         for y, name in enumerate(names):
-            groups = list(fast_decode.link_groups(a["steps"][name]["links"]).values())
-            block, rest = groups[1:6], groups[:1] + groups[6:]          # embed | five a block | head, pick
+            block, rest = fast_decode.block_links(a["steps"][name]["links"])
             left = 0.0
             for i, g in enumerate(block + [{"adds_us": sum(g["adds_us"] for g in rest)}]):
                 ax.barh(y, g["adds_us"], left=left, color=LINK_COLORS[i], height=0.62,

@@ -1299,11 +1299,18 @@ def size_section(doc: Doc, s: Study) -> None:
              f"{min(q4):.2f}× to {max(q4):.2f}× fp16's." if len(q4) == len(d) else ""))
 
 
-def link_ratios(a: dict, name: str) -> list[tuple[str, float]]:
-    """Each kind of a block's links (the five, by position), with the time it adds to name's step
-    against fp16's: [(label, ratio)]."""
-    mine, base = (list(fast_decode.link_groups(a["steps"][n]["links"]).values())[1:6] for n in (name, "fp16"))
-    return [(label, m["adds_us"] / b["adds_us"]) for label, m, b in zip(pr.LINK_LABELS, mine, base)]
+def gemv_ratios(a: dict, name: str) -> tuple[list, list]:
+    """A block's GEMV links (by position), each with the time it adds to name's step against
+    fp16's: ([(label, ratio)] at most 1, [(label, ratio)] above 1)."""
+    mine, base = (fast_decode.block_links(a["steps"][n]["links"])[0] for n in (name, "fp16"))
+    ratios = [(label, m["adds_us"] / b["adds_us"]) for label, m, b in zip(pr.LINK_LABELS, mine, base)
+              if label.endswith("GEMV")]
+    return [r for r in ratios if r[1] <= 1], [r for r in ratios if r[1] > 1]
+
+
+def anatomy_by_name(a: dict) -> dict:
+    """fast_decode.anatomy_rows by row name ('fp16', 'chain: vector', ...)."""
+    return {row["name"]: row for row in fast_decode.anatomy_rows(a)}
 
 
 def mixed_chain_clause(a: dict) -> str:
@@ -1328,7 +1335,7 @@ def anatomy_section(doc: Doc, s: Study) -> None:
     rows = []
     for r in rs:
         a = r["anatomy"]
-        got = {row["name"]: row for row in fast_decode.anatomy_rows(a)}
+        got = anatomy_by_name(a)
         q8, q4 = got["scratch-int8-fast"], got.get("scratch-int4-fast")
         rows.append([escape(pr.short_model(r)) + (" (stand-in)" if r["model"].get("stand_in") else ""),
                      str(a["links"]), f"{got['fp16']['ms']:.3f}", f_ratio(q8["vs_fp16"]),
@@ -1354,7 +1361,7 @@ def anatomy_section(doc: Doc, s: Study) -> None:
                "compare with a bar's length, not moments within the step.", max_height_cm=10)
     lo, hi = rs[0], rs[-1]
     la, ha = lo["anatomy"], hi["anatomy"]
-    low = {row["name"]: row for row in fast_decode.anatomy_rows(la)}
+    low = anatomy_by_name(la)
     text = (f"A fused decode step is a chain of kernels, each waiting for the one before. On "
             f"{escape(pr.short_model(lo))}'s shapes the step is {la['links']} links, and a chain of {la['links']} "
             "links that only waits and reads the vector the link before wrote, as each GEMV's programs must, "
@@ -1377,16 +1384,14 @@ def anatomy_section(doc: Doc, s: Study) -> None:
     else:
         text += "."
     if hi is not lo:
-        high = {row["name"]: row for row in fast_decode.anatomy_rows(ha)}
+        high = anatomy_by_name(ha)
         q8 = high["scratch-int8-fast"]
         text += (f" On {escape(pr.short_model(hi))}'s shapes ({ha['links']} links) the chain takes "
                  f"{high['chain: vector']['ms']:.3f} ms")
         if q8["lowest_ratio"] is not None:
             text += (f" against {high['fp16']['floor_ms']:.3f} ms of fp16 bytes; the bound is "
                      f"{f_ratio(q8['lowest_ratio'])} and INT8 measures {f_ratio(q8['vs_fp16'])}")
-        ratios = [(lbl, x) for lbl, x in link_ratios(ha, "scratch-int8-fast") if lbl.endswith("GEMV")]
-        gain = [f"{lbl} {f_ratio(x)}" for lbl, x in ratios if x < 1]
-        lose = [f"{lbl} {f_ratio(x)}" for lbl, x in ratios if x > 1]
+        gain, lose = ([f"{lbl} {f_ratio(x)}" for lbl, x in part] for part in gemv_ratios(ha, "scratch-int8-fast"))
         text += (": there the kernels, not the chain, keep INT8 from its bytes. Per GEMV link, INT8's time against "
                  "fp16's: " + ", ".join(gain + lose)
                  + (f"; every one is far from the {f_ratio(q8['floor_ms'] / high['fp16']['floor_ms'])} its bytes "
@@ -1928,9 +1933,8 @@ def speed_at_scale_profile(s: Study, model: str) -> str:
              None)
     if r is None:
         return "Is that the int8 conversion or the tiles? A profile per kernel would tell. "
-    ratios = [(lbl, x) for lbl, x in link_ratios(r["anatomy"], "scratch-int8-fast") if lbl.endswith("GEMV")]
-    lose = [f"{lbl} ({f_ratio(x)})" for lbl, x in ratios if x > 1]
-    gain = [f"{lbl} ({f_ratio(x)})" for lbl, x in ratios if x <= 1]
+    gain, lose = ([f"{lbl} ({f_ratio(x)})" for lbl, x in part]
+                  for part in gemv_ratios(r["anatomy"], "scratch-int8-fast"))
     said = [f"INT8's {' and '.join(gain)} beat fp16's"] if gain else []
     said += [f"its {' and '.join(lose)} lose"] if lose else []
     return ("The per-link profile (the anatomy, a separate run) says where: " + ", ".join(said) + ". "

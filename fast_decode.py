@@ -1058,10 +1058,11 @@ def cpu_targets_text(bench: dict) -> str:
 
 ANATOMY_METHODS = ("fp16", "scratch-int8-fast", "scratch-int4-fast", "scratch-nf4-fast")   # served whole
 PROFILE_REPLAYS = 50         # decode steps seen by the profiler, per method
-CHAINS = {  # name: (each program reads the vector the link before wrote, with PDL where the step has it)
-    "empty": (False, True),
-    "vector": (True, True),
-    "vector-no-pdl": (True, False),
+CHAINS = {  # name: (each program reads the vector the link before wrote, with PDL, as one persistent kernel)
+    "empty": (False, True, False),
+    "vector": (True, True, False),
+    "vector-no-pdl": (True, False, False),
+    "grid-barrier": (True, False, True),
 }
 CHAIN_DEFINITIONS = {
     "empty": "links that only wait for the link before (PDL as in the fused step): the launch chain alone",
@@ -1069,7 +1070,18 @@ CHAIN_DEFINITIONS = {
               "wrote and writes its share of the next, as a GEMV's programs read their input: the least measured "
               "for this many separate kernels that each read the whole vector, whatever their weights",
     "vector-no-pdl": "the vector links launched without PDL: what PDL saves the chain",
+    "grid-barrier": "the vector links as one persistent kernel, one program per SM, a software grid barrier "
+                    "between links in place of a kernel boundary: what a decode step written as one kernel would "
+                    "pay for as many dependencies",
 }
+BOUND_CHAINS = ("vector", "grid-barrier")    # chains that do a link's least work: the faster bounds a step
+
+
+def bound_chain(chains: dict) -> str:
+    """Of the chains that do each link's least work (BOUND_CHAINS: separate kernels, or one
+    persistent kernel with grid barriers), the one measured fastest: what bounds any step of
+    that many links. Records from before the grid-barrier chain have only 'vector'."""
+    return min((c for c in BOUND_CHAINS if c in chains), key=lambda c: chains[c]["step_ms"]["median"])
 
 
 def profile_kernels(run: Callable[[], None]) -> list[tuple[str, float, float]]:
@@ -1162,30 +1174,40 @@ def mixed_chain_ms(result: dict, name: str = "fp16") -> float | None:
     return whole * per["vector"] + (len(links) - whole) * per["empty"]
 
 
-def chain_graph(links: int, width: int, read: bool, pdl: bool, programs: int) -> Callable[[], None]:
-    """A CUDA graph of `links` chain links (kernels.chain_link) over a vector of `width`, each
-    link with `programs` programs; -> its replay."""
+def chain_graph(links: int, width: int, read: bool, pdl: bool, programs: int,
+                persistent: bool = False) -> Callable[[], None]:
+    """A CUDA graph of `links` chain links over a vector of `width`, each link with `programs`
+    programs: separate kernels (kernels.chain_link), or one persistent kernel with a grid
+    barrier between links (kernels.barrier_chain); -> its replay. A chain that reads is
+    checked once, uncaptured, from zeros: every element of the last vector is `links`."""
     x = torch.zeros(2, width + 1, device="cuda")
+    cnt = torch.zeros(3, dtype=torch.int32, device="cuda")
     saved, kernels.PDL = kernels.PDL, pdl and kernels.PDL
 
     def run():
+        if persistent:
+            kernels.barrier_chain(x, cnt, links, programs)
+            return
         for i in range(links):
             kernels.chain_link(x[i % 2], x[(i + 1) % 2], programs, read)
     try:
         on_side_stream([run])                                         # compiles (before capture)
+        if read and (bool(cnt[2]) or not bool((x[links % 2, :width] == links).all())):
+            raise RuntimeError(f"the chain of {links} links did not compute what it should "
+                               f"({'a grid barrier timed out' if cnt[2] else 'wrong values'})")
         g = torch.cuda.CUDAGraph()
         with torch.cuda.graph(g):
             run()
     finally:
         kernels.PDL = saved
-    return lambda g=g, x=x: g.replay()                                # x lives as long as the graph
+    return lambda g=g, x=x, cnt=cnt: g.replay()                       # x, cnt live as long as the graph
 
 
 @torch.no_grad()
 def anatomy(model_id: str, tokenizer, ids: torch.Tensor, methods: list[str], prompt_tokens: int, new_tokens: int,
             repeats: int, warmup: int, tune: bool = True, replays: int = PROFILE_REPLAYS) -> dict:
     """Each method's fused decode step, and the same step with its weights in L2, timed
-    round-robin beside three chains of as many links (CHAINS), each link of the step
+    round-robin beside chains of as many links (CHAINS), each link of the step
     profiled, and the lowest ratio to fp16 that a step of that many links could reach."""
     dev = torch.device("cuda")
     prompt = ev.timing_inputs(ids, 1, prompt_tokens, dev)[1]
@@ -1221,12 +1243,12 @@ def anatomy(model_id: str, tokenizer, ids: torch.Tensor, methods: list[str], pro
               f"{same}/{new_tokens}, profiler: {len(seen)} kernels", file=sys.stderr, flush=True)
     width = keep[0][1].fused.x.numel()
     sms = torch.cuda.get_device_properties(dev).multi_processor_count
-    for chain, (read, pdl) in CHAINS.items():
-        entries[f"chain·{chain}"] = (None, chain_graph(len(roles), width, read, pdl, sms))
+    for chain, (read, pdl, persistent) in CHAINS.items():
+        entries[f"chain·{chain}"] = (None, chain_graph(len(roles), width, read, pdl, sms, persistent))
     times = time_steps(entries, new_tokens - 1, repeats, warmup)
     chains = {c: {"step_ms": times[f"chain·{c}"], "definition": CHAIN_DEFINITIONS[c]} for c in CHAINS}
     base, fp16_floor = times["fp16"]["median"], rows["fp16"]["floor_ms"]
-    chain_ms = chains["vector"]["step_ms"]["median"]
+    chain_ms = chains[bound_chain(chains)]["step_ms"]["median"]
     for name, row in rows.items():
         row.update({"step_ms": times[name], "l2_step_ms": times[f"{name}·l2"],
                     "vs_baseline": times[name]["median"] / base,
@@ -1246,8 +1268,9 @@ def anatomy(model_id: str, tokenizer, ids: torch.Tensor, methods: list[str], pro
                                   "adds to the step (adds_us: its end minus the end of the link before)",
             "lowest_ratio_definition": "the lowest decode-time ratio to the baseline that any step of this many "
                                        "links could reach if both hid their weight bytes behind the chain equally: "
-                                       "max(chain, floor) / max(chain, baseline floor), chain = the vector chain's "
-                                       "ms per step, floor = weight bytes / peak bandwidth",
+                                       "max(chain, floor) / max(chain, baseline floor), chain = the faster of the "
+                                       "vector and grid-barrier chains' ms per step, floor = weight bytes / peak "
+                                       "bandwidth",
             "tiles_definition": ("each weight-reading kernel's tile chosen by tune_tiles (the whole decode step timed "
                                  "per candidate tile)" if tune else "Triton's autotuner (--no-tune-tiles)")}
 
@@ -1273,7 +1296,7 @@ def anatomy_rows(result: dict) -> list[dict]:
     lowest_ratio, most_links (for TARGET_RATIO, fast_decode.most_links), tokens."""
     steps, chains, n = result["steps"], result["chains"], result["links"]
     base = steps[result["baseline"]]
-    per_link = chains["vector"]["step_ms"]["median"] * 1000 / n
+    per_link = chains[bound_chain(chains)]["step_ms"]["median"] * 1000 / n
     rows = []
     for name, r in steps.items():
         floors = (r["floor_ms"], base["floor_ms"])
@@ -1298,10 +1321,11 @@ def anatomy_text(result: dict) -> str:
             line += (f" {r['l2_ms']:>13.4f} {or_dash(r['floor_ms'], '.4f'):>13} {or_dash(r['lowest_ratio'], '.2f'):>12}"
                      f" {or_dash(r['most_links'], 'd'):>13} {r['tokens']:>3}/{result['new_tokens']}")
         lines.append(line)
+    measured = " and ".join(c for c in BOUND_CHAINS if c in result["chains"])
     lines.append(f"ms per decode step, median of {result['repeats']} round-robin repeats; bytes at peak = weight bytes "
-                 "/ spec peak bandwidth; lowest ratio = max(vector chain, bytes) / max(vector chain, fp16's bytes); "
-                 f"links for {TARGET_RATIO} = the most links a step could have for that ratio (vector chain's "
-                 "time per link)")
+                 f"/ spec peak bandwidth; lowest ratio = max(chain, bytes) / max(chain, fp16's bytes), chain = the "
+                 f"{bound_chain(result['chains'])} chain (the faster of {measured}); links for "
+                 f"{TARGET_RATIO} = the most links a step could have for that ratio (that chain's time per link)")
     profiled = {name: link_groups(r["links"]) for name, r in result["steps"].items() if "links" in r}
     if profiled:
         kinds = next(iter(profiled.values()))

@@ -817,6 +817,48 @@ if triton is not None:
             tl.store(y_ptr + o, tl.load(x_ptr + o, mask=o < K, other=0.0) + 1.0, mask=o < K)
             tl.store(y_ptr + K, s, mask=tl.program_id(0) == 0)
 
+    @triton.jit
+    def _grid_sync(cnt_ptr, target, SPINS: tl.constexpr):
+        # A software grid barrier: this program arrives (release: its threads' writes before the
+        # arrival are seen by a program that sees it), then waits (acquire) until the counter
+        # holds `target` arrivals. Every program of the grid must be resident at once (a
+        # persistent kernel: one program per SM). A wait longer than SPINS polls gives up and
+        # sets cnt[2], so a grid that was not all resident shows as an error, not a hang.
+        tl.debug_barrier()
+        tl.atomic_add(cnt_ptr, 1, sem="release", scope="gpu")
+        seen = tl.atomic_add(cnt_ptr, 0, sem="acquire", scope="gpu")
+        polls = 0
+        while (seen < target) & (polls < SPINS):
+            seen = tl.atomic_add(cnt_ptr, 0, sem="acquire", scope="gpu")
+            polls += 1
+        if seen < target:
+            tl.atomic_xchg(cnt_ptr + 2, 1)
+        tl.debug_barrier()
+
+    @triton.jit
+    def _barrier_chain(x_ptr, cnt_ptr, K, LINKS, SPINS: tl.constexpr, KP: tl.constexpr, BS: tl.constexpr):
+        # LINKS links of the vector chain (_chain_link's READ work) in one persistent kernel, a
+        # grid barrier between links in place of a kernel boundary (fast_decode --anatomy's
+        # 'grid-barrier' chain: what a step as one kernel would pay per dependency). x holds two
+        # vectors of K + 1: link i reads x[i % 2] and writes x[(i + 1) % 2]. cnt (3,) int32:
+        # arrivals, departures, the timed-out flag; zero before the first launch, and left zero
+        # (but the flag) by the last program out.
+        P = tl.num_programs(0)
+        pid = tl.program_id(0)
+        rr = tl.arange(0, KP)
+        o = pid * BS + tl.arange(0, BS)
+        for i in range(LINKS):
+            src = x_ptr + (i % 2) * (K + 1)
+            dst = x_ptr + ((i + 1) % 2) * (K + 1)
+            s = tl.sum(tl.load(src + rr, mask=rr < K, other=0.0, cache_modifier=".cg"), 0)
+            tl.store(dst + o, tl.load(src + o, mask=o < K, other=0.0, cache_modifier=".cg") + 1.0, mask=o < K)
+            tl.store(dst + K, s, mask=pid == 0)
+            _grid_sync(cnt_ptr, (i + 1) * P, SPINS)
+        # every program that counts itself out here has left its last wait: the last resets
+        if tl.atomic_add(cnt_ptr + 1, 1, sem="acq_rel", scope="gpu") == P - 1:
+            tl.atomic_xchg(cnt_ptr, 0)
+            tl.atomic_xchg(cnt_ptr + 1, 0)
+
 
 def _interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET") == "1"
@@ -1086,3 +1128,17 @@ def chain_link(x: torch.Tensor, y: torch.Tensor, programs: int, read: bool = Tru
     K = x.numel() - 1
     bs = triton.next_power_of_2(triton.cdiv(K, programs))
     _chain_link[(programs,)](x, y, K, READ=read, KP=triton.next_power_of_2(K), BS=bs, num_warps=4, **_pdl(x))
+
+
+BARRIER_SPINS = 1 << 22          # a grid barrier's polls before it gives up (about a second; never, when all fit)
+
+
+def barrier_chain(x: torch.Tensor, cnt: torch.Tensor, links: int, programs: int) -> None:
+    """`links` links of chain_link's read work in ONE kernel of `programs` programs, a grid
+    barrier between links: x (2, K + 1) float32, link i reads x[i % 2] and writes x[(i + 1) % 2];
+    cnt (3,) int32 zeros, left zero unless a barrier timed out (cnt[2] = 1). `programs` must all
+    be resident at once: at most one per SM on a GPU; 1 under the interpreter, which runs
+    programs one after another."""
+    K = x.shape[1] - 1
+    _barrier_chain[(programs,)](x, cnt, K, links, SPINS=BARRIER_SPINS, KP=triton.next_power_of_2(K),
+                                BS=triton.next_power_of_2(triton.cdiv(K, programs)), num_warps=4)

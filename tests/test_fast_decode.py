@@ -374,6 +374,46 @@ def test_a_chain_link_reads_what_the_link_before_wrote():
     assert got == ["RESULT [5.0] 200.0", "RESULT [4.0] 150.0"]
 
 
+BARRIER_CHECK = r"""
+import torch
+import kernels as k
+K = 50
+x = torch.zeros(2, K + 1)
+cnt = torch.zeros(3, dtype=torch.int32)
+k.barrier_chain(x, cnt, 5, programs=1)   # link i reads x[i % 2], writes x[(i + 1) % 2]
+print("RESULT", x[1, :K].unique().tolist(), x[1, K].item(), cnt.tolist())
+k.barrier_chain(x, cnt, 4, programs=1)   # again, from where the first launch left x
+print("RESULT", x[1, :K].unique().tolist(), x[0, :K].unique().tolist(), x[0, K].item(), cnt.tolist())
+"""
+
+
+def test_the_grid_barrier_chain_does_the_vector_chains_work_in_one_kernel_and_resets_its_counter():
+    """The grid-barrier chain bounds a step written as one persistent kernel only if each of its
+    links does a vector link's work: from zeros, five links leave every element 5 and the sum
+    slot 4 x 50, as five chain_link calls do; the arrival and departure counters are zero again
+    after each launch (a second launch would otherwise pass its barriers at once), and no
+    barrier timed out. Under the interpreter programs run one after another, so one program:
+    the barriers' waits are exercised on the GPU, where anatomy checks the chain's values."""
+    pytest.importorskip("triton")
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": str(root)}
+    out = subprocess.run([sys.executable, "-c", BARRIER_CHECK], env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    got = [x for x in out.stdout.splitlines() if x.startswith("RESULT")]
+    assert got == ["RESULT [5.0] 200.0 [0, 0, 0]", "RESULT [7.0] [8.0] 350.0 [0, 0, 0]"]
+
+
+def test_the_bound_is_the_faster_of_the_chains_that_do_a_links_least_work():
+    """bound_chain: separate kernels (vector) or one persistent kernel (grid-barrier), whichever
+    measured faster; the empty and no-PDL chains never bound (the one does less than a link
+    must, the other is a slower way to the same); a record from before the grid-barrier chain
+    has the vector chain alone."""
+    ch = lambda **ms: {c.replace("_", "-"): {"step_ms": {"median": v}} for c, v in ms.items()}   # noqa: E731
+    assert fd.bound_chain(ch(empty=0.04, vector=0.08, vector_no_pdl=0.1, grid_barrier=0.1)) == "vector"
+    assert fd.bound_chain(ch(empty=0.04, vector=0.08, grid_barrier=0.06)) == "grid-barrier"
+    assert fd.bound_chain(ch(empty=0.04, vector=0.08, vector_no_pdl=0.07)) == "vector"
+
+
 def test_link_times_split_the_profile_into_steps_and_what_each_link_adds():
     """Three steps of three kernels, each starting 0.5 us before the one before ends (PDL): a
     link adds its end minus the end of the link before, and the added times sum to the span."""
@@ -417,8 +457,9 @@ def test_an_anatomy_record_is_read_and_a_broken_one_is_refused():
     assert results.record_problem(json.loads(json.dumps(rec))) is None
     rows = fd.anatomy_rows(rec["anatomy"])
     assert [r["name"] for r in rows] == ["fp16", "scratch-int8-fast", "chain: empty", "chain: vector",
-                                         "chain: vector-no-pdl"]
+                                         "chain: vector-no-pdl", "chain: grid-barrier"]
     assert rows[1]["most_links"] == int(0.9 * 0.05 * 1000 / (0.08 * 1000 / 63))
+    assert "chain = the vector chain (the faster of vector and grid-barrier)" in fd.anatomy_text(rec["anatomy"])
     assert rows[3]["vs_fp16"] == pytest.approx(0.08 / rec["anatomy"]["steps"]["fp16"]["step_ms"]["median"])
     assert "all links" in fd.anatomy_text(rec["anatomy"])
     # 48 GEMVs and the head read the whole vector; 12 attentions, the embedding and the pick do not

@@ -474,7 +474,8 @@ def anatomy_records(records: list[dict]) -> list[dict]:
 def plot_anatomy(records: list[dict], out: Path, made: list[Path]) -> None:
     """The fused step's anatomy (fast_decode.py --anatomy), one panel per model: each method's
     step as the time its links add, by what they do, beside the chain of as many links that
-    does none of the work and the time the weights' bytes take at peak bandwidth."""
+    does none of the work (separate kernels, and one persistent kernel where measured) and the
+    time the weights' bytes take at peak bandwidth."""
     import fast_decode
     rs = anatomy_records(records)
     if not rs:
@@ -494,6 +495,9 @@ def plot_anatomy(records: list[dict], out: Path, made: list[Path]) -> None:
         chain = a["chains"]["vector"]["step_ms"]["median"] * 1000
         ax.axvline(chain, color="k", ls="--", lw=1.4, zorder=4,
                    label="as many links, each reading the vector (no weights)")
+        if "grid-barrier" in a["chains"]:
+            ax.axvline(a["chains"]["grid-barrier"]["step_ms"]["median"] * 1000, color="k", ls="-.", lw=1.6,
+                       zorder=4, label="the same links as one kernel, grid barriers between")
         for name, color, ls in (("fp16", "#111111", ":"), ("scratch-int8-fast", "#00e5ff", "-")):
             floor = a["steps"].get(name, {}).get("floor_ms")
             if floor:

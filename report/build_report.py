@@ -1325,6 +1325,33 @@ def mixed_chain_clause(a: dict) -> str:
             f"links, the chain still takes {mixed:.3f} ms and the bound is {f_ratio(bound)})")
 
 
+def bound_ms(a: dict) -> float:
+    """The ms per step of the chain that bounds a's step (fast_decode.bound_chain), as lowest_ratio counts it."""
+    return a["chains"][fast_decode.bound_chain(a["chains"])]["step_ms"]["median"]
+
+
+def one_kernel_clause(a: dict, rs: list[dict]) -> str:
+    """The step as one persistent kernel (the grid-barrier chain), for a's model and the range
+    over every anatomy that measured it: does a grid barrier cost less than a launch?"""
+    got = anatomy_by_name(a)
+    if "chain: grid-barrier" not in got:
+        return ""
+    one, sep = got["chain: grid-barrier"]["ms"], got["chain: vector"]["ms"]
+    ratios = [r["anatomy"]["chains"]["grid-barrier"]["step_ms"]["median"]
+              / r["anatomy"]["chains"]["vector"]["step_ms"]["median"]
+              for r in rs if "grid-barrier" in r["anatomy"]["chains"]]
+    lo, hi = f_ratio(min(ratios)), f_ratio(max(ratios))
+    spread = lo if lo == hi else f"{lo} to {hi}"
+    cheaper = one < sep
+    return (f" Written instead as one persistent kernel (one program per SM, a software grid barrier in place of "
+            f"each launch), the same {a['links']} links take {one:.3f} ms, {f_ratio(one / sep)} the separate "
+            f"kernels' ({spread} over the {len(ratios)} model{'s' if len(ratios) > 1 else ''} measured): "
+            + ("a grid barrier costs less than a launch with PDL here, so the bound above counts the chain at the "
+               "one kernel's time." if cheaper else
+               "a grid barrier costs more than a launch with PDL, so a step written as one kernel would be bound "
+               "no lower."))
+
+
 def anatomy_section(doc: Doc, s: Study) -> None:
     """What bounds the fused step: each anatomy (fast_decode.py --anatomy) as a table row, the
     figure, and what the smallest and the largest model say."""
@@ -1337,38 +1364,42 @@ def anatomy_section(doc: Doc, s: Study) -> None:
         a = r["anatomy"]
         got = anatomy_by_name(a)
         q8, q4 = got["scratch-int8-fast"], got.get("scratch-int4-fast")
+        one = got.get("chain: grid-barrier")
         rows.append([escape(pr.short_model(r)) + (" (stand-in)" if r["model"].get("stand_in") else ""),
                      str(a["links"]), f"{got['fp16']['ms']:.3f}", f_ratio(q8["vs_fp16"]),
                      "–" if q4 is None else f_ratio(q4["vs_fp16"]), f"{got['chain: vector']['ms']:.3f}",
+                     "–" if one is None else f"{one['ms']:.3f}",
                      "–" if got["fp16"]["floor_ms"] is None else f"{got['fp16']['floor_ms']:.3f}",
                      "–" if q8["lowest_ratio"] is None else f_ratio(q8["lowest_ratio"]),
                      "–" if q8["most_links"] is None else str(q8["most_links"])])
-    doc.table(["model", "links", "fp16 ms", "INT8", "int4", "chain ms", "fp16 bytes ms", "INT8 bound",
-               f"links for {fast_decode.TARGET_RATIO:.2f}×"], rows,
+    doc.table(["model", "links", "fp16 ms", "INT8", "int4", "chain ms", "one kernel ms", "fp16 bytes ms",
+               "INT8 bound", f"links for {fast_decode.TARGET_RATIO:.2f}×"], rows,
               "fast_decode.py --anatomy (python scripts/standin_study.py --machine cuda --steps cuda-anatomy), one "
               "round-robin run per model, ms per decode step. links: the step's "
               "kernels, each waiting for the one before; INT8, int4: Part 1's fused step against fp16's; chain: "
               "as many links doing none of the work but reading the vector the link before wrote (one program "
-              "per SM), the least measured for that many separate kernels; fp16 bytes: "
+              "per SM), as separate kernels with PDL; one kernel: the same links as one persistent kernel, a "
+              "software grid barrier between links; the faster of the two bounds the step; fp16 bytes: "
               "fp16's weight bytes at the GPU's peak bandwidth; INT8 bound: the lowest INT8 time against fp16's "
               "that a step of this chain could reach, if both hid their weight reads behind the chain alike, "
               "max(chain, INT8 bytes) / max(chain, fp16 bytes); links for 0.90×: the most links a step could "
               f"have for that bound to reach {fast_decode.TARGET_RATIO:.2f}×.",
-              widths=[3.6, None, None, None, None, None, None, None, None])
+              widths=[3.2, None, 1.3, None, None, 1.3, 1.5, 1.5, 1.3, 1.5])
     doc.figure(pr.ANATOMY_FIGURE, "Each method's fused step, as the time each kind of link adds to it (torch.profiler "
-               "over CUDA graph replays), beside the chain of as many links that only read the vector (dashed) "
-               "and the time the fp16 and INT8 weights' bytes take at peak bandwidth. The lines are totals, to "
-               "compare with a bar's length, not moments within the step.", max_height_cm=10)
+               "over CUDA graph replays), beside the chain of as many links that only read the vector, as separate "
+               "kernels (dashed) and as one kernel with grid barriers between them (dash-dot), and the time the "
+               "fp16 and INT8 weights' bytes take at peak bandwidth. The lines are totals, to compare with a bar's "
+               "length, not moments within the step.", max_height_cm=10)
     lo, hi = rs[0], rs[-1]
     la, ha = lo["anatomy"], hi["anatomy"]
     low = anatomy_by_name(la)
     text = (f"A fused decode step is a chain of kernels, each waiting for the one before. On "
             f"{escape(pr.short_model(lo))}'s shapes the step is {la['links']} links, and a chain of {la['links']} "
             "links that only waits and reads the vector the link before wrote, as each GEMV's programs must, "
-            f"takes {low['chain: vector']['ms']:.3f} ms on the {escape(pr.device_of(lo))}")
+            f"takes {bound_ms(la):.3f} ms on the {escape(pr.device_of(lo))}")
     if low["fp16"]["floor_ms"] is not None:
         q8 = low["scratch-int8-fast"]
-        outlasts = low["chain: vector"]["ms"] >= low["fp16"]["floor_ms"]
+        outlasts = bound_ms(la) >= low["fp16"]["floor_ms"]
         text += (f", against {low['fp16']['floor_ms']:.3f} ms to read every fp16 weight at peak bandwidth. "
                  + ("The chain outlasts the bytes: a step that hid its weight reads behind its chain would be bound "
                     "by the chain for fp16 as for INT8, and " if outlasts else "")
@@ -1383,11 +1414,12 @@ def anatomy_section(doc: Doc, s: Study) -> None:
                  + ".")
     else:
         text += "."
+    text += one_kernel_clause(la, rs)
     if hi is not lo:
         high = anatomy_by_name(ha)
         q8 = high["scratch-int8-fast"]
         text += (f" On {escape(pr.short_model(hi))}'s shapes ({ha['links']} links) the chain takes "
-                 f"{high['chain: vector']['ms']:.3f} ms")
+                 f"{bound_ms(ha):.3f} ms")
         if q8["lowest_ratio"] is not None:
             text += (f" against {high['fp16']['floor_ms']:.3f} ms of fp16 bytes; the bound is "
                      f"{f_ratio(q8['lowest_ratio'])} and INT8 measures {f_ratio(q8['vs_fp16'])}")

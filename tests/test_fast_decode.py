@@ -365,13 +365,17 @@ def test_a_chain_link_reads_what_the_link_before_wrote():
     """The anatomy's vector chain is a floor only if each link really reads the whole vector the
     link before wrote: after five links from zeros every element is 5, and the sum slot holds
     the sum of the fourth link's output (4 x 50); an empty link writes nothing."""
+    assert interpreted(CHAIN_CHECK) == ["RESULT [5.0] 200.0", "RESULT [4.0] 150.0"]
+
+
+def interpreted(check: str) -> list[str]:
+    """The RESULT lines that a check script prints, run with Triton's interpreter on the CPU."""
     pytest.importorskip("triton")
     root = Path(__file__).resolve().parents[1]
     env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": str(root)}
-    out = subprocess.run([sys.executable, "-c", CHAIN_CHECK], env=env, capture_output=True, text=True, timeout=300)
+    out = subprocess.run([sys.executable, "-c", check], env=env, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
-    got = [x for x in out.stdout.splitlines() if x.startswith("RESULT")]
-    assert got == ["RESULT [5.0] 200.0", "RESULT [4.0] 150.0"]
+    return [x for x in out.stdout.splitlines() if x.startswith("RESULT")]
 
 
 BARRIER_CHECK = r"""
@@ -394,13 +398,7 @@ def test_the_grid_barrier_chain_does_the_vector_chains_work_in_one_kernel_and_re
     after each launch (a second launch would otherwise pass its barriers at once), and no
     barrier timed out. Under the interpreter programs run one after another, so one program:
     the barriers' waits are exercised on the GPU, where anatomy checks the chain's values."""
-    pytest.importorskip("triton")
-    root = Path(__file__).resolve().parents[1]
-    env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": str(root)}
-    out = subprocess.run([sys.executable, "-c", BARRIER_CHECK], env=env, capture_output=True, text=True, timeout=300)
-    assert out.returncode == 0, out.stderr[-2000:]
-    got = [x for x in out.stdout.splitlines() if x.startswith("RESULT")]
-    assert got == ["RESULT [5.0] 200.0 [0, 0, 0]", "RESULT [7.0] [8.0] 350.0 [0, 0, 0]"]
+    assert interpreted(BARRIER_CHECK) == ["RESULT [5.0] 200.0 [0, 0, 0]", "RESULT [7.0] [8.0] 350.0 [0, 0, 0]"]
 
 
 def test_the_bound_is_the_faster_of_the_chains_that_do_a_links_least_work():

@@ -1070,9 +1070,10 @@ CHAIN_DEFINITIONS = {
               "wrote and writes its share of the next, as a GEMV's programs read their input: the least measured "
               "for this many separate kernels that each read the whole vector, whatever their weights",
     "vector-no-pdl": "the vector links launched without PDL: what PDL saves the chain",
-    "grid-barrier": "the vector links as one persistent kernel, one program per SM, a software grid barrier "
-                    "between links in place of a kernel boundary: what a decode step written as one kernel would "
-                    "pay for as many dependencies",
+    "grid-barrier": "the vector links as one persistent kernel, one program per SM, a simple software grid "
+                    "barrier between links in place of a kernel boundary (one counter: each program adds on "
+                    "arrival, then polls with acquire loads): what a decode step written as one kernel with this "
+                    "barrier would pay for as many dependencies",
 }
 BOUND_CHAINS = ("vector", "grid-barrier")    # chains that do a link's least work: the faster bounds a step
 

@@ -839,7 +839,7 @@ if triton is not None:
     def _barrier_chain(x_ptr, cnt_ptr, K, LINKS, SPINS: tl.constexpr, KP: tl.constexpr, BS: tl.constexpr):
         # LINKS links of the vector chain (_chain_link's READ work) in one persistent kernel, a
         # grid barrier between links in place of a kernel boundary (fast_decode --anatomy's
-        # 'grid-barrier' chain: what a step as one kernel would pay per dependency). x holds two
+        # 'grid-barrier' chain: what a step as one kernel with this barrier would pay per dependency). x holds two
         # vectors of K + 1: link i reads x[i % 2] and writes x[(i + 1) % 2]. cnt (3,) int32:
         # arrivals, departures, the timed-out flag; zero before the first launch, and left zero
         # (but the flag) by the last program out.

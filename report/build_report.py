@@ -1321,8 +1321,9 @@ def mixed_chain_clause(a: dict) -> str:
     if mixed is None or base["floor_ms"] is None:
         return ""
     bound = fast_decode.lowest_ratio(mixed, q8["floor_ms"], base["floor_ms"])
+    empty_us = a["chains"]["empty"]["step_ms"]["median"] * 1000 / a["links"]
     return (f" (attention, the embedding and the token pick read less than the whole vector: counted as empty "
-            f"links, the chain still takes {mixed:.3f} ms and the bound is {f_ratio(bound)})")
+            f"links, {empty_us:.2f} µs each, the chain still takes {mixed:.3f} ms and the bound is {f_ratio(bound)})")
 
 
 def bound_ms(a: dict) -> float:
@@ -1331,8 +1332,9 @@ def bound_ms(a: dict) -> float:
 
 
 def one_kernel_clause(a: dict, rs: list[dict]) -> str:
-    """The step as one persistent kernel (the grid-barrier chain), for a's model and the range
-    over every anatomy that measured it: does a grid barrier cost less than a launch?"""
+    """A paragraph on the step as one persistent kernel (the grid-barrier chain), for a's model
+    and the range over every anatomy that measured it: does a grid barrier cost less than a
+    launch, and how much room would 0.90x leave one? '' where a's record has no such chain."""
     got = anatomy_by_name(a)
     if "chain: grid-barrier" not in got:
         return ""
@@ -1343,13 +1345,23 @@ def one_kernel_clause(a: dict, rs: list[dict]) -> str:
     lo, hi = f_ratio(min(ratios)), f_ratio(max(ratios))
     spread = lo if lo == hi else f"{lo} to {hi}"
     cheaper = one < sep
-    return (f" Written instead as one persistent kernel (one program per SM, a software grid barrier in place of "
-            f"each launch), the same {a['links']} links take {one:.3f} ms, {f_ratio(one / sep)} the separate "
-            f"kernels' ({spread} over the {len(ratios)} model{'s' if len(ratios) > 1 else ''} measured): "
-            + ("a grid barrier costs less than a launch with PDL here, so the bound above counts the chain at the "
-               "one kernel's time." if cheaper else
-               "a grid barrier costs more than a launch with PDL, so a step written as one kernel would be bound "
-               "no lower."))
+    text = (f"Written instead as one persistent kernel with a simple software grid barrier in place of each launch "
+            "(one program per SM; each adds to one counter on arrival, then polls it with acquire loads), the same "
+            f"{a['links']} links take {one:.3f} ms, {f_ratio(one / sep)} the separate kernels' ({spread} over the "
+            f"{len(ratios)} model{'s' if len(ratios) > 1 else ''} measured): "
+            + ("a link joined by this barrier costs less than one joined by a launch with PDL, so the bound above "
+               "counts the chain at the one kernel's time." if cheaper else
+               "a link joined by this barrier costs more than one joined by a launch with PDL, so this one-kernel "
+               "version lowers the bound nowhere."))
+    q8, base = a["steps"]["scratch-int8-fast"], a["steps"]["fp16"]
+    if base["floor_ms"] and q8["floor_ms"] <= fast_decode.TARGET_RATIO * base["floor_ms"] < bound_ms(a):
+        allowed = fast_decode.TARGET_RATIO * base["floor_ms"] * 1000 / a["links"]
+        read = (a["chains"]["vector"]["step_ms"]["median"] - a["chains"]["empty"]["step_ms"]["median"]) * 1000 / a["links"]
+        text += (f" For {fast_decode.TARGET_RATIO:.2f}× at {a['links']} links a link may take {allowed:.2f} µs in "
+                 f"all; reading the vector that other programs wrote adds {read:.2f} µs to a link (the vector chain "
+                 f"against the empty one), which would leave {max(allowed - read, 0):.2f} µs for any barrier "
+                 "(inferred from the measured chains).")
+    return text
 
 
 def anatomy_section(doc: Doc, s: Study) -> None:
@@ -1359,11 +1371,13 @@ def anatomy_section(doc: Doc, s: Study) -> None:
     if not rs:
         return
     doc.h2("What bounds the fused step: its chain of kernels")
-    rows = []
+    rows, int4_same = [], True
     for r in rs:
         a = r["anatomy"]
         got = anatomy_by_name(a)
         q8, q4 = got["scratch-int8-fast"], got.get("scratch-int4-fast")
+        int4_same = (int4_same and q4 is not None and None not in (q4["lowest_ratio"], q8["lowest_ratio"])
+                     and round(q4["lowest_ratio"], 2) == round(q8["lowest_ratio"], 2))
         one = got.get("chain: grid-barrier")
         rows.append([escape(pr.short_model(r)) + (" (stand-in)" if r["model"].get("stand_in") else ""),
                      str(a["links"]), f"{got['fp16']['ms']:.3f}", f_ratio(q8["vs_fp16"]),
@@ -1377,13 +1391,16 @@ def anatomy_section(doc: Doc, s: Study) -> None:
               "fast_decode.py --anatomy (python scripts/standin_study.py --machine cuda --steps cuda-anatomy), one "
               "round-robin run per model, ms per decode step. links: the step's "
               "kernels, each waiting for the one before; INT8, int4: Part 1's fused step against fp16's; chain: "
-              "as many links doing none of the work but reading the vector the link before wrote (one program "
-              "per SM), as separate kernels with PDL; one kernel: the same links as one persistent kernel, a "
-              "software grid barrier between links; the faster of the two bounds the step; fp16 bytes: "
+              "as many links that do no model work, each only reading the vector the link before wrote and "
+              "writing its share of the next (one program per SM), as separate kernels with PDL; one kernel: the "
+              "same links as one persistent kernel, a simple software grid barrier between links; the faster of "
+              "the two is the least measured for that many links, taken as the bound; fp16 bytes: "
               "fp16's weight bytes at the GPU's peak bandwidth; INT8 bound: the lowest INT8 time against fp16's "
               "that a step of this chain could reach, if both hid their weight reads behind the chain alike, "
-              "max(chain, INT8 bytes) / max(chain, fp16 bytes); links for 0.90×: the most links a step could "
-              f"have for that bound to reach {fast_decode.TARGET_RATIO:.2f}×.",
+              "max(chain, INT8 bytes) / max(chain, fp16 bytes)"
+              + (" (int4's is the same in every row)" if int4_same else "") + "; links for "
+              "0.90×: the most links a step could have for that bound to reach "
+              f"{fast_decode.TARGET_RATIO:.2f}×, at the chain's measured time per link.",
               widths=[3.2, None, 1.3, None, None, 1.3, 1.5, 1.5, 1.3, 1.5])
     doc.figure(pr.ANATOMY_FIGURE, "Each method's fused step, as the time each kind of link adds to it (torch.profiler "
                "over CUDA graph replays), beside the chain of as many links that only read the vector, as separate "
@@ -1404,31 +1421,39 @@ def anatomy_section(doc: Doc, s: Study) -> None:
                  + ("The chain outlasts the bytes: a step that hid its weight reads behind its chain would be bound "
                     "by the chain for fp16 as for INT8, and " if outlasts else "")
                  + f"the lowest INT8 time such a step could reach is {f_ratio(q8['lowest_ratio'])} that of an fp16 "
-                 "step built as well, whatever its kernels" + mixed_chain_clause(la)
-                 + (f"; {fast_decode.TARGET_RATIO:.2f}× needs a step of at most {q8['most_links']} links, "
+                 f"step built as well, whatever its GEMV kernels, as long as it keeps {la['links']} such links"
+                 + mixed_chain_clause(la)
+                 + (f"; {fast_decode.TARGET_RATIO:.2f}× needs a step of at most {q8['most_links']} links (at the "
+                    f"chain's {bound_ms(la) * 1000 / la['links']:.2f} µs a link), "
                     f"{(q8['most_links'] - 3) / ((la['links'] - 3) / 5):.2f} a block once the embedding, the head "
                     "and the token pick take their 3, where the fused step has 5"
                     if q8["most_links"] is not None and q8["most_links"] < la["links"] else "")
                  + f". Measured, INT8 takes {f_ratio(q8['vs_fp16'])} fp16's time"
+                 + (" (below the bound because the measured fp16 step does not hide its weight reads, and the bound "
+                    "compares with an fp16 step that does)" if q8["lowest_ratio"] is not None
+                    and q8["vs_fp16"] < q8["lowest_ratio"] else "")
                  + (f" and int4 {f_ratio(low['scratch-int4-fast']['vs_fp16'])}" if "scratch-int4-fast" in low else "")
                  + ".")
     else:
         text += "."
-    text += one_kernel_clause(la, rs)
+    doc.p(text)
+    one = one_kernel_clause(la, rs)
+    if one:
+        doc.p(one)
     if hi is not lo:
         high = anatomy_by_name(ha)
         q8 = high["scratch-int8-fast"]
-        text += (f" On {escape(pr.short_model(hi))}'s shapes ({ha['links']} links) the chain takes "
-                 f"{bound_ms(ha):.3f} ms")
+        text = (f"On {escape(pr.short_model(hi))}'s shapes ({ha['links']} links) the chain takes "
+                f"{bound_ms(ha):.3f} ms")
         if q8["lowest_ratio"] is not None:
             text += (f" against {high['fp16']['floor_ms']:.3f} ms of fp16 bytes; the bound is "
                      f"{f_ratio(q8['lowest_ratio'])} and INT8 measures {f_ratio(q8['vs_fp16'])}")
         gain, lose = ([f"{lbl} {f_ratio(x)}" for lbl, x in part] for part in gemv_ratios(ha, "scratch-int8-fast"))
-        text += (": there the kernels, not the chain, keep INT8 from its bytes. Per GEMV link, INT8's time against "
-                 "fp16's: " + ", ".join(gain + lose)
+        text += (f": there the kernels, not the chain, keep INT8 from its bytes. Each kind of GEMV's profiled time "
+                 f"a step ({(ha['links'] - 3) // 5} layers), INT8's against fp16's: " + ", ".join(gain + lose)
                  + (f"; every one is far from the {f_ratio(q8['floor_ms'] / high['fp16']['floor_ms'])} its bytes "
                     "would allow." if q8["floor_ms"] and high["fp16"]["floor_ms"] else "."))
-    doc.p(text)
+        doc.p(text)
 
 
 def latency_facts(s: Study) -> dict:

@@ -21,8 +21,9 @@ weight bytes cannot show. The fast path removes the overhead:
 The fused step goes further: one decode step as five kernels a block (FusedStep, section 2),
 Triton on CUDA and C++ on a CPU, where the per-token Python of the static path is most of
 a step (on 2 cores: about 45 small ops a block; the fused step makes five calls).
---anatomy times that step beside chains of as many kernels doing none of its work, and
-profiles each kernel (section 4c): what a step of that many dependent kernels can take.
+--anatomy times that step beside chains of as many links doing none of its work (separate
+kernels, and one persistent kernel with grid barriers), and profiles each kernel (section
+4c): what a step of that many dependent links can take.
 It computes what the model computes, in the same order per token: each block's modules are
 called as they are (quantized or not), only attention reads the static cache. Greedy
 tokens are checked against the same model's generate() in every run, each Part 1 layer
@@ -1075,13 +1076,14 @@ CHAIN_DEFINITIONS = {
                     "arrival, then polls with acquire loads): what a decode step written as one kernel with this "
                     "barrier would pay for as many dependencies",
 }
-BOUND_CHAINS = ("vector", "grid-barrier")    # chains that do a link's least work: the faster bounds a step
+BOUND_CHAINS = ("vector", "grid-barrier")    # chains that do a link's least work: the faster is taken as the bound
 
 
 def bound_chain(chains: dict) -> str:
     """Of the chains that do each link's least work (BOUND_CHAINS: separate kernels, or one
-    persistent kernel with grid barriers), the one measured fastest: what bounds any step of
-    that many links. Records from before the grid-barrier chain have only 'vector'."""
+    persistent kernel with grid barriers), the one measured fastest: the least measured for
+    that many links, taken as the bound of any step of as many. Records from before the
+    grid-barrier chain have only 'vector'."""
     return min((c for c in BOUND_CHAINS if c in chains), key=lambda c: chains[c]["step_ms"]["median"])
 
 

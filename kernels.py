@@ -839,8 +839,9 @@ if triton is not None:
     def _barrier_chain(x_ptr, cnt_ptr, K, LINKS, SPINS: tl.constexpr, KP: tl.constexpr, BS: tl.constexpr):
         # LINKS links of the vector chain (_chain_link's READ work) in one persistent kernel, a
         # grid barrier between links in place of a kernel boundary (fast_decode --anatomy's
-        # 'grid-barrier' chain: what a step as one kernel with this barrier would pay per dependency). x holds two
-        # vectors of K + 1: link i reads x[i % 2] and writes x[(i + 1) % 2]. cnt (3,) int32:
+        # 'grid-barrier' chain: what a step as one kernel with this barrier would pay per
+        # dependency). x holds two vectors of K + 1: link i reads x[i % 2] and writes
+        # x[(i + 1) % 2]. cnt (3,) int32:
         # arrivals, departures, the timed-out flag; zero before the first launch, and left zero
         # (but the flag) by the last program out.
         P = tl.num_programs(0)
@@ -1130,7 +1131,7 @@ def chain_link(x: torch.Tensor, y: torch.Tensor, programs: int, read: bool = Tru
     _chain_link[(programs,)](x, y, K, READ=read, KP=triton.next_power_of_2(K), BS=bs, num_warps=4, **_pdl(x))
 
 
-BARRIER_SPINS = 1 << 22          # a grid barrier's polls before it gives up (about a second; never, when all fit)
+BARRIER_SPINS = 1 << 22          # a grid barrier's polls before it gives up (seconds; never, when all fit)
 
 
 def barrier_chain(x: torch.Tensor, cnt: torch.Tensor, links: int, programs: int) -> None:

@@ -1356,7 +1356,8 @@ def one_kernel_clause(a: dict, rs: list[dict]) -> str:
     q8, base = a["steps"]["scratch-int8-fast"], a["steps"]["fp16"]
     if base["floor_ms"] and q8["floor_ms"] <= fast_decode.TARGET_RATIO * base["floor_ms"] < bound_ms(a):
         allowed = fast_decode.TARGET_RATIO * base["floor_ms"] * 1000 / a["links"]
-        read = (a["chains"]["vector"]["step_ms"]["median"] - a["chains"]["empty"]["step_ms"]["median"]) * 1000 / a["links"]
+        chain_us = {c: a["chains"][c]["step_ms"]["median"] * 1000 / a["links"] for c in ("vector", "empty")}
+        read = chain_us["vector"] - chain_us["empty"]
         text += (f" For {fast_decode.TARGET_RATIO:.2f}× at {a['links']} links a link may take {allowed:.2f} µs in "
                  f"all; reading the vector that other programs wrote adds {read:.2f} µs to a link (the vector chain "
                  f"against the empty one), which would leave {max(allowed - read, 0):.2f} µs for any barrier "

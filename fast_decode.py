@@ -1498,8 +1498,9 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_latency_args(p)
     p.add_argument("--anatomy", action="store_true",
                    help="cuda: instead of the bench, the fused step's anatomy: each method's step and the same step "
-                        "with its weights in L2, beside chains of as many links doing none of the work (the least "
-                        "such a step can take), each link profiled; methods of "
+                        "with its weights in L2, beside chains of as many links doing none of the work (as "
+                        "separate kernels and as one persistent kernel with grid barriers: the least measured for "
+                        "that many links), each link profiled; methods of "
                         f"{', '.join(ANATOMY_METHODS)} (default: the first three)")
     p.add_argument("--no-tune-tiles", action="store_true",
                    help="cuda: keep the tiles Triton's autotuner picks for the fused step's GEMVs and head (each "

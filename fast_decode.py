@@ -976,7 +976,6 @@ def cpu_bench(model_id: str, tokenizer, ids: torch.Tensor, methods: list[str], p
     (made here by bonus_gguf.py's converter and quantizer), the same prompt, new tokens and
     threads. Decode ratios against fp32 on the static path."""
     import bonus_gguf as bg
-    import results
     cpu = torch.device("cpu")
     threads = torch.get_num_threads()
     prefill_ids, prompt = ev.timing_inputs(ids, prefill_tokens, prompt_tokens, cpu)
@@ -1084,7 +1083,17 @@ def bound_chain(chains: dict) -> str:
     persistent kernel with grid barriers), the one measured fastest: the least measured for
     that many links, taken as the bound of any step of as many. Records from before the
     grid-barrier chain have only 'vector'."""
-    return min((c for c in BOUND_CHAINS if c in chains), key=lambda c: chains[c]["step_ms"]["median"])
+    return min((c for c in BOUND_CHAINS if c in chains), key=lambda c: chain_ms(chains, c))
+
+
+def chain_ms(chains: dict, chain: str | None = None) -> float:
+    """A chain's ms per step (median), from an anatomy's chains; None: the bound chain (bound_chain)."""
+    return chains[chain or bound_chain(chains)]["step_ms"]["median"]
+
+
+def link_us(result: dict, chain: str | None = None) -> float:
+    """A chain's µs per link in an anatomy result (its ms per step over the step's links); None: the bound chain."""
+    return chain_ms(result["chains"], chain) * 1000 / result["links"]
 
 
 def profile_kernels(run: Callable[[], None]) -> list[tuple[str, float, float]]:
@@ -1172,9 +1181,8 @@ def mixed_chain_ms(result: dict, name: str = "fp16") -> float | None:
     links = result["steps"][name].get("links")
     if not links:
         return None
-    per = {c: result["chains"][c]["step_ms"]["median"] / result["links"] for c in ("vector", "empty")}
     whole = sum(link["kernel"] in WHOLE_VECTOR_KERNELS for link in links)
-    return whole * per["vector"] + (len(links) - whole) * per["empty"]
+    return (whole * link_us(result, "vector") + (len(links) - whole) * link_us(result, "empty")) / 1000
 
 
 def chain_graph(links: int, width: int, read: bool, pdl: bool, programs: int,
@@ -1251,13 +1259,12 @@ def anatomy(model_id: str, tokenizer, ids: torch.Tensor, methods: list[str], pro
     times = time_steps(entries, new_tokens - 1, repeats, warmup)
     chains = {c: {"step_ms": times[f"chain·{c}"], "definition": CHAIN_DEFINITIONS[c]} for c in CHAINS}
     base, fp16_floor = times["fp16"]["median"], rows["fp16"]["floor_ms"]
-    chain_ms = chains[bound_chain(chains)]["step_ms"]["median"]
+    bound = chain_ms(chains)
     for name, row in rows.items():
         row.update({"step_ms": times[name], "l2_step_ms": times[f"{name}·l2"],
                     "vs_baseline": times[name]["median"] / base,
                     "l2_vs_baseline": times[f"{name}·l2"]["median"] / base,
-                    "lowest_ratio": None if fp16_floor is None else lowest_ratio(chain_ms, row["floor_ms"],
-                                                                                   fp16_floor)})
+                    "lowest_ratio": None if fp16_floor is None else lowest_ratio(bound, row["floor_ms"], fp16_floor)})
     return {"steps": rows, "chains": chains, "baseline": "fp16", "links": len(roles), "width": width,
             "chain_programs": sms, "pdl": kernels.pdl_on(dev), "prompt_tokens": prompt_tokens,
             "new_tokens": new_tokens, "repeats": repeats, "warmup": warmup, "hbm_bytes_per_s": bandwidth,
@@ -1297,9 +1304,9 @@ def anatomy_rows(result: dict) -> list[dict]:
     """The anatomy's rows, for every renderer (terminal, RESULTS.md, the report): each method's
     step, then each chain. A row: name, ms, vs_fp16, and for a method l2_ms, floor_ms,
     lowest_ratio, most_links (for TARGET_RATIO, fast_decode.most_links), tokens."""
-    steps, chains, n = result["steps"], result["chains"], result["links"]
+    steps, chains = result["steps"], result["chains"]
     base = steps[result["baseline"]]
-    per_link = chains[bound_chain(chains)]["step_ms"]["median"] * 1000 / n
+    per_link = link_us(result)
     rows = []
     for name, r in steps.items():
         floors = (r["floor_ms"], base["floor_ms"])

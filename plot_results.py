@@ -492,11 +492,11 @@ def plot_anatomy(records: list[dict], out: Path, made: list[Path]) -> None:
                 ax.barh(y, g["adds_us"], left=left, color=LINK_COLORS[i], height=0.62,
                         label=(LINK_LABELS + ("embedding, head, token pick",))[i] if y == 0 else None)
                 left += g["adds_us"]
-        chain = a["chains"]["vector"]["step_ms"]["median"] * 1000
+        chain = fast_decode.chain_ms(a["chains"], "vector") * 1000
         ax.axvline(chain, color="k", ls="--", lw=1.4, zorder=4,
                    label="as many links, each reading the vector (no weights)")
         if "grid-barrier" in a["chains"]:
-            ax.axvline(a["chains"]["grid-barrier"]["step_ms"]["median"] * 1000, color="k", ls="-.", lw=1.6,
+            ax.axvline(fast_decode.chain_ms(a["chains"], "grid-barrier") * 1000, color="k", ls="-.", lw=1.6,
                        zorder=4, label="the same links as one kernel, grid barriers between")
         for name, color, ls in (("fp16", "#111111", ":"), ("scratch-int8-fast", "#00e5ff", "-")):
             floor = a["steps"].get(name, {}).get("floor_ms")

@@ -1321,14 +1321,9 @@ def mixed_chain_clause(a: dict) -> str:
     if mixed is None or base["floor_ms"] is None:
         return ""
     bound = fast_decode.lowest_ratio(mixed, q8["floor_ms"], base["floor_ms"])
-    empty_us = a["chains"]["empty"]["step_ms"]["median"] * 1000 / a["links"]
+    empty_us = fast_decode.link_us(a, "empty")
     return (f" (attention, the embedding and the token pick read less than the whole vector: counted as empty "
             f"links, {empty_us:.2f} µs each, the chain still takes {mixed:.3f} ms and the bound is {f_ratio(bound)})")
-
-
-def bound_ms(a: dict) -> float:
-    """The ms per step of the chain that bounds a's step (fast_decode.bound_chain), as lowest_ratio counts it."""
-    return a["chains"][fast_decode.bound_chain(a["chains"])]["step_ms"]["median"]
 
 
 def one_kernel_clause(a: dict, rs: list[dict]) -> str:
@@ -1339,8 +1334,8 @@ def one_kernel_clause(a: dict, rs: list[dict]) -> str:
     if "chain: grid-barrier" not in got:
         return ""
     one, sep = got["chain: grid-barrier"]["ms"], got["chain: vector"]["ms"]
-    ratios = [r["anatomy"]["chains"]["grid-barrier"]["step_ms"]["median"]
-              / r["anatomy"]["chains"]["vector"]["step_ms"]["median"]
+    ratios = [fast_decode.chain_ms(r["anatomy"]["chains"], "grid-barrier")
+              / fast_decode.chain_ms(r["anatomy"]["chains"], "vector")
               for r in rs if "grid-barrier" in r["anatomy"]["chains"]]
     lo, hi = f_ratio(min(ratios)), f_ratio(max(ratios))
     spread = lo if lo == hi else f"{lo} to {hi}"
@@ -1354,10 +1349,10 @@ def one_kernel_clause(a: dict, rs: list[dict]) -> str:
                "a link joined by this barrier costs more than one joined by a launch with PDL, so this one-kernel "
                "version lowers the bound nowhere."))
     q8, base = a["steps"]["scratch-int8-fast"], a["steps"]["fp16"]
-    if base["floor_ms"] and q8["floor_ms"] <= fast_decode.TARGET_RATIO * base["floor_ms"] < bound_ms(a):
-        allowed = fast_decode.TARGET_RATIO * base["floor_ms"] * 1000 / a["links"]
-        chain_us = {c: a["chains"][c]["step_ms"]["median"] * 1000 / a["links"] for c in ("vector", "empty")}
-        read = chain_us["vector"] - chain_us["empty"]
+    floor = base["floor_ms"]
+    if floor and q8["floor_ms"] <= fast_decode.TARGET_RATIO * floor < fast_decode.chain_ms(a["chains"]):
+        allowed = fast_decode.TARGET_RATIO * floor * 1000 / a["links"]
+        read = fast_decode.link_us(a, "vector") - fast_decode.link_us(a, "empty")
         text += (f" For {fast_decode.TARGET_RATIO:.2f}× at {a['links']} links a link may take {allowed:.2f} µs in "
                  f"all; reading the vector that other programs wrote adds {read:.2f} µs to a link (the vector chain "
                  f"against the empty one), which would leave {max(allowed - read, 0):.2f} µs for any barrier "
@@ -1414,10 +1409,10 @@ def anatomy_section(doc: Doc, s: Study) -> None:
     text = (f"A fused decode step is a chain of kernels, each waiting for the one before. On "
             f"{escape(pr.short_model(lo))}'s shapes the step is {la['links']} links, and a chain of {la['links']} "
             "links that only waits and reads the vector the link before wrote, as each GEMV's programs must, "
-            f"takes {bound_ms(la):.3f} ms on the {escape(pr.device_of(lo))}")
+            f"takes {fast_decode.chain_ms(la['chains']):.3f} ms on the {escape(pr.device_of(lo))}")
     if low["fp16"]["floor_ms"] is not None:
         q8 = low["scratch-int8-fast"]
-        outlasts = bound_ms(la) >= low["fp16"]["floor_ms"]
+        outlasts = fast_decode.chain_ms(la["chains"]) >= low["fp16"]["floor_ms"]
         text += (f", against {low['fp16']['floor_ms']:.3f} ms to read every fp16 weight at peak bandwidth. "
                  + ("The chain outlasts the bytes: a step that hid its weight reads behind its chain would be bound "
                     "by the chain for fp16 as for INT8, and " if outlasts else "")
@@ -1425,7 +1420,7 @@ def anatomy_section(doc: Doc, s: Study) -> None:
                  f"step built as well, whatever its GEMV kernels, as long as it keeps {la['links']} such links"
                  + mixed_chain_clause(la)
                  + (f"; {fast_decode.TARGET_RATIO:.2f}× needs a step of at most {q8['most_links']} links (at the "
-                    f"chain's {bound_ms(la) * 1000 / la['links']:.2f} µs a link), "
+                    f"chain's {fast_decode.link_us(la):.2f} µs a link), "
                     f"{(q8['most_links'] - 3) / ((la['links'] - 3) / 5):.2f} a block once the embedding, the head "
                     "and the token pick take their 3, where the fused step has 5"
                     if q8["most_links"] is not None and q8["most_links"] < la["links"] else "")
@@ -1445,7 +1440,7 @@ def anatomy_section(doc: Doc, s: Study) -> None:
         high = anatomy_by_name(ha)
         q8 = high["scratch-int8-fast"]
         text = (f"On {escape(pr.short_model(hi))}'s shapes ({ha['links']} links) the chain takes "
-                f"{bound_ms(ha):.3f} ms")
+                f"{fast_decode.chain_ms(ha['chains']):.3f} ms")
         if q8["lowest_ratio"] is not None:
             text += (f" against {high['fp16']['floor_ms']:.3f} ms of fp16 bytes; the bound is "
                      f"{f_ratio(q8['lowest_ratio'])} and INT8 measures {f_ratio(q8['vs_fp16'])}")

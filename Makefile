@@ -6,7 +6,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 ARGS   ?=
 
-.PHONY: setup study smoke report test clean standins standin-study standin-study-gpu
+.PHONY: setup study smoke report test lint clean standins standin-study standin-study-gpu
 setup: $(VENV)/.installed
 
 $(VENV)/.installed: requirements.txt
@@ -36,6 +36,10 @@ report: setup
 
 test: setup
 	$(PY) -m pytest -q $(ARGS)
+
+# The linter, configured in pyproject.toml; CI runs it and it must report nothing.
+lint: setup
+	$(PY) -m ruff check .
 
 clean:
 	rm -rf $(VENV) .pytest_cache results/smoke report/figures/smoke report/smoke-report.pdf

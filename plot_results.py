@@ -20,16 +20,14 @@ needs, is skipped with a warning.
 from __future__ import annotations
 
 import argparse
-import re
 import sys
 import warnings
 from collections import defaultdict
 from pathlib import Path
 
-import evaluate as ev
 import results
 from results import load_results  # noqa: F401  (the one reader, used by the report and the tables too)
-
+from study import cli, registry
 
 # -----------------------------------------------------------------------------
 # Reading
@@ -77,6 +75,7 @@ def eval_groups(records: list[dict]) -> dict[tuple, list[dict]]:
             key = (short_model(r), r["dataset"]["id"].split("/")[-1], p["max_length"], p["stride"],
                    p["n_tokens_scored"], device_of(r))
             r["memory"]["weights_mib"]                                      # must exist
+            registry.of(r)                                                  # and say what it is
             groups[key].append(r)
         except (KeyError, TypeError) as e:
             warnings.warn(f"skipping {r.get('_file')}: missing {e}", stacklevel=2)
@@ -149,16 +148,13 @@ def _save(fig, out: Path, name: str, made: list[Path]) -> None:
 
 
 def by_family(rs: list[dict]) -> list[dict]:
-    """Baselines, Part 1 INT8, Part 1 4-bit, bitsandbytes, GGUF (FAMILIES' order); within each, larger first."""
-    def key(r):
-        n = r["method"]["name"]
-        fam = next((i for i, (prefix, _) in enumerate(FAMILIES) if n.startswith(prefix)), len(FAMILIES))
-        return fam, -r["memory"]["weights_mib"], n
-    return sorted(rs, key=key)
+    """Baselines, Part 1 INT8, Part 1 4-bit, bitsandbytes, GGUF (registry.FAMILIES' order, from
+    each record's method.identity); within each, larger first."""
+    return sorted(rs, key=lambda r: (registry.family_rank(r), -r["memory"]["weights_mib"], r["method"]["name"]))
 
 
 def ordered(rs: list[dict]) -> list[dict]:
-    return sorted(rs, key=lambda r: (not r["method"]["name"].startswith("baseline"), r["memory"]["weights_mib"] * -1,
+    return sorted(rs, key=lambda r: (not registry.is_baseline(r), r["memory"]["weights_mib"] * -1,
                                      r["method"]["name"]))
 
 
@@ -172,7 +168,8 @@ def plot_group(key: tuple, rs: list[dict], out: Path, made: list[Path]) -> None:
     names_of = group_figures(key)
     base = next((r["perplexity"]["ppl"] for r in rs if r["method"]["name"] == "baseline-fp32"), None)
 
-    labels = [short_label(n) for n in names]
+    idents = {r["method"]["name"]: registry.of(r) for r in rs}
+    labels = [idents[n]["label"] for n in names]
     mib = [r["memory"]["weights_mib"] for r in rs]
     fig, ax = plt.subplots(figsize=(5.4, 0.3 * len(rs) + 1.6))
     ax.barh(labels, mib, color="#4c72b0")
@@ -216,7 +213,7 @@ def plot_group(key: tuple, rs: list[dict], out: Path, made: list[Path]) -> None:
     for a in (ax, zoom):
         seen = {}
         for x, y, name in zip(mib, ppl, names):
-            color, fam = family_style(name)
+            color, fam = idents[name]["color"], idents[name]["family"]
             k = seen[fam] = seen.get(fam, -1) + 1
             a.scatter([x], [y], marker="osD^v<>pPX*h"[k % 11], s=36, color=color, zorder=3)
         a.plot(*zip(*front), color="grey", lw=0.8, ls="--", zorder=2)
@@ -227,34 +224,30 @@ def plot_group(key: tuple, rs: list[dict], out: Path, made: list[Path]) -> None:
     pad_y = 0.3 * (max(y for _, y, _ in near) - min(y for _, y, _ in near) or 0.05)
     zoom.set_xlim(min(x for x, _, _ in near) - 2 * pad_x, max(x for x, _, _ in near) + 2 * pad_x)
     zoom.set_ylim(min(y for _, y, _ in near) - pad_y, max(y for _, y, _ in near) + pad_y)
-    label_points(ax, [(x, y, n) for x, y, n in zip(mib, ppl, names) if (x, y, n) not in near], spill="none")
-    label_points(zoom, near, spill="right")
+    label_points(ax, [(x, y, n) for x, y, n in zip(mib, ppl, names) if (x, y, n) not in near], idents, spill="none")
+    label_points(zoom, near, idents, spill="right")
     ax.set_title("every method (dashed: Pareto front)", fontsize=9)
     zoom.set_title(f"zoom: within 3% of the best ({len(near)})", fontsize=9)
     fig.suptitle(f"Memory against perplexity\n{cap}", fontsize=9)
     _save(fig, out, names_of["pareto"], made)
 
 
-FAMILIES = (("baseline", "#222222"), ("scratch-int8", "#1f77b4"), ("scratch-int4", "#2ca02c"),
-            ("bnb", "#d62728"), ("gguf", "#9467bd"))
-
-
-def family_style(name: str) -> tuple[str, str]:
-    """(colour, family) of a method name: one colour per family of methods."""
-    for prefix, color in FAMILIES:
-        if name.startswith(prefix):
-            return color, prefix
-    return "#7f7f7f", "other"
-
-
-def label_points(ax, points: list[tuple[float, float, str]], size: float = 8, spill: str = "right") -> None:
+def label_points(ax, points: list[tuple[float, float, str]], idents: dict[str, dict] | None = None,
+                 size: float = 8, spill: str = "right") -> None:
     """Write each point's name beside it, at the first of a list of nearby places where it
     overlaps no name already written, no marker and nothing outside the axes; a name moved up
     or down is joined to its point by a thin line. Names may run past the axes on the `spill`
-    side only (where no other panel is)."""
+    side only (where no other panel is). idents: each method's identity, for its label and
+    colour; without it a name is its own label, in grey."""
     if not points:
         return
     from matplotlib.text import Text
+
+    def label(name):
+        return idents[name]["label"] if idents else name
+
+    def color(name):
+        return idents[name]["color"] if idents else registry.OTHER_COLOR
     fig = ax.figure
     fig.canvas.draw()                                # limits settled, so data -> pixels is final
     renderer = fig.canvas.get_renderer()
@@ -268,9 +261,9 @@ def label_points(ax, points: list[tuple[float, float, str]], size: float = 8, sp
              for side in (1, -1)]
     for x, y, name in sorted(points, key=lambda p: -to_px((p[0], p[1]))[1]):
         for dx, dy in tries:
-            t = ax.annotate(short_label(name), (x, y), xytext=(dx, dy), textcoords="offset points",
+            t = ax.annotate(label(name), (x, y), xytext=(dx, dy), textcoords="offset points",
                             fontsize=size, va="center", ha="left" if dx > 0 else "right",
-                            color=family_style(name)[0],
+                            color=color(name),
                             arrowprops=dict(arrowstyle="-", lw=0.4, color="#999999") if dy else None)
             t.update_positions(renderer)
             bb = Text.get_window_extent(t, renderer).expanded(1.02, 1.1)      # the text, not its leader line
@@ -282,21 +275,15 @@ def label_points(ax, points: list[tuple[float, float, str]], size: float = 8, sp
                 break
             t.remove()
         else:                                        # nowhere free: the plain place, overlap and all
-            ax.annotate(short_label(name), (x, y), xytext=(7, 0), textcoords="offset points", fontsize=size,
-                        va="center", color=family_style(name)[0])
+            ax.annotate(label(name), (x, y), xytext=(7, 0), textcoords="offset points", fontsize=size,
+                        va="center", color=color(name))
 
 
-def selective_parts(name: str) -> tuple[str, str] | None:
-    """(blocks, components) of a selective Part 1 run's method name, as the name writes them
-    ('0-1', 'qkv+attn_out'), or None for any other method."""
-    m = re.fullmatch(r"scratch-int8-per_channel-b([0-9.-]+)-(.+)", name)
-    return (m.group(1), m.group(2)) if m else None
-
-
-def short_label(name: str) -> str:
-    """A method's name for a label on a plot: a selective run by its blocks, not its components."""
-    parts = selective_parts(name)
-    return f"scratch-int8 (blocks {parts[0]})" if parts else name
+def selective_parts(rec: dict) -> tuple[str, str] | None:
+    """(blocks, components) of a selective Part 1 run, as its identity writes them ('0-1',
+    'qkv+attn_out'), or None for any other method."""
+    sel = registry.of(rec)["selective"]
+    return (sel["blocks"], sel["components"]) if sel else None
 
 
 def plot_bench(rec: dict, out: Path, made: list[Path]) -> None:
@@ -333,13 +320,13 @@ def plot_bench(rec: dict, out: Path, made: list[Path]) -> None:
 def plot_fast(rec: dict, out: Path, made: list[Path]) -> None:
     """The fast decode path: ms per token of every method, generate() beside it, and the
     floor (weight bytes / the GPU's peak bandwidth) as a tick on each bar."""
-    import fast_decode
+    from speed import readings
     plt = _plt()
     b = rec["bench"]
     names = [n for n, v in b["table"].items() if v.get("fast_path")]
     fast = [b["table"][n]["fast_path"]["decode_ms_per_token"]["median"] for n in names]
     hf = [b["table"][n]["decode_ms_per_token"]["median"] for n in names]
-    bw = fast_decode.bench_bandwidth(rec)
+    bw = readings.bench_bandwidth(rec)
     fig, ax = plt.subplots(figsize=(6.2, 0.36 * len(names) + 1.9))
     y = list(range(len(names)))
     ax.set_xscale("log")                      # 0.03 ms floors, 3 ms fast steps, 100 ms LLM.int8()
@@ -347,7 +334,7 @@ def plot_fast(rec: dict, out: Path, made: list[Path]) -> None:
     ax.barh([i + 0.2 for i in y], hf, height=0.4, color="#a0a0a0", label="Hugging Face generate()")
     lo = min(fast)
     if bw:
-        floors = [fast_decode.decode_floor_ms(b["table"][n]["weights_mib"] * 2**20, bw) for n in names]
+        floors = [readings.decode_floor_ms(b["table"][n]["weights_mib"] * 2**20, bw) for n in names]
         ax.scatter(floors, [i - 0.2 for i in y], marker="|", s=90, color="k", zorder=3,
                    label=f"floor: weight bytes / {bw / 1e12:.1f} TB/s")
         lo = min(lo, *floors)
@@ -368,23 +355,23 @@ def plot_fast(rec: dict, out: Path, made: list[Path]) -> None:
 def plot_fused(rec: dict, out: Path, made: list[Path]) -> None:
     """The fused decode step: each method's ms per token on the fast path and on the fused
     step, the peers beside them, and each one's floor as a tick."""
-    import fast_decode
+    from speed import readings
     plt = _plt()
     b = rec["bench"]
-    bw = fast_decode.bench_bandwidth(rec)
+    bw = readings.bench_bandwidth(rec)
     rows = []                                   # (label, fast ms, fused or peer ms, floor ms)
     for n, v in b["table"].items():
         fused = (v.get("fused_path") or {}).get("decode_ms_per_token", {}).get("median")
         rows.append((n, v["fast_path"]["decode_ms_per_token"]["median"], fused,
-                     fast_decode.decode_floor_ms(v["weights_bytes"], bw)))
+                     readings.decode_floor_ms(v["weights_bytes"], bw)))
     for n, p in b.get("peers", {}).items():
         if not p.get("why_not"):
             rows.append((f"{n} (peer)", None, p["decode_ms_per_token"]["median"],
-                         fast_decode.decode_floor_ms(p["weights_bytes"], bw)))
+                         readings.decode_floor_ms(p["weights_bytes"], bw)))
     fig, ax = plt.subplots(figsize=(6.2, 0.42 * len(rows) + 1.9))
     ax.set_xscale("log")
     vals = []
-    for i, (n, fast, fused, floor) in enumerate(rows):
+    for i, (_, fast, fused, floor) in enumerate(rows):
         if fast is not None:
             ax.barh(i + 0.2, fast, height=0.4, color="#a0a0a0", label="fast path (static cache, graph)" if i == 0
                     else None)
@@ -415,12 +402,12 @@ SIZES_FIGURE = "fused_step_against_model_size_cuda.png"
 
 
 def plot_sizes(records: list[dict], out: Path, made: list[Path]) -> None:
-    """The fused step against model size (fast_decode.size_rows, the runs with the weights-in-L2
+    """The fused step against model size (readings.size_rows, the runs with the weights-in-L2
     diagnostic): left, Part 1 INT8's and int4's fused time against fp16's (filled) and their
     step with the weights in L2 against fp16's (hollow); right, the share of fp16's step that
     its weights' bytes take."""
-    import fast_decode
-    rows = [r for r in fast_decode.size_rows(records) if r["fp16_bytes_share"] is not None]
+    from speed import readings
+    rows = [r for r in readings.size_rows(records) if r["fp16_bytes_share"] is not None]
     if len(rows) < 2:                                  # the runs with the weights-in-L2 diagnostic
         return
     plt = _plt()
@@ -476,7 +463,7 @@ def plot_anatomy(records: list[dict], out: Path, made: list[Path]) -> None:
     step as the time its links add, by what they do, beside the chain of as many links that
     does none of the work (separate kernels, and one persistent kernel where measured) and the
     time the weights' bytes take at peak bandwidth."""
-    import fast_decode
+    from speed import readings
     rs = anatomy_records(records)
     if not rs:
         return
@@ -486,17 +473,17 @@ def plot_anatomy(records: list[dict], out: Path, made: list[Path]) -> None:
         a = r["anatomy"]
         names = list(a["steps"])
         for y, name in enumerate(names):
-            block, rest = fast_decode.block_links(a["steps"][name]["links"])
+            block, rest = readings.block_links(a["steps"][name]["links"])
             left = 0.0
             for i, g in enumerate(block + [{"adds_us": sum(g["adds_us"] for g in rest)}]):
                 ax.barh(y, g["adds_us"], left=left, color=LINK_COLORS[i], height=0.62,
                         label=(LINK_LABELS + ("embedding, head, token pick",))[i] if y == 0 else None)
                 left += g["adds_us"]
-        chain = fast_decode.chain_ms(a["chains"], "vector") * 1000
+        chain = readings.chain_ms(a["chains"], "vector") * 1000
         ax.axvline(chain, color="k", ls="--", lw=1.4, zorder=4,
                    label="as many links, each reading the vector (no weights)")
         if "grid-barrier" in a["chains"]:
-            ax.axvline(fast_decode.chain_ms(a["chains"], "grid-barrier") * 1000, color="k", ls="-.", lw=1.6,
+            ax.axvline(readings.chain_ms(a["chains"], "grid-barrier") * 1000, color="k", ls="-.", lw=1.6,
                        zorder=4, label="the same links as one kernel, grid barriers between")
         for name, color, ls in (("fp16", "#111111", ":"), ("scratch-int8-fast", "#00e5ff", "-")):
             floor = a["steps"].get(name, {}).get("floor_ms")
@@ -613,26 +600,30 @@ def plot_all(records: list[dict], out: str | Path) -> list[Path]:
 # -----------------------------------------------------------------------------
 # CLI
 
+RESULTS_DIR, FIGURES_DIR = "results", "report/figures"      # the defaults of main() and of the CLI
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="plot_results.py", description=__doc__.split("\n\n")[0])
-    p.add_argument("--results", default="results", help="folder of results JSON (default: results)")
-    p.add_argument("--out", default="report/figures", help="where the PNG figures go (default: report/figures)")
+    p.add_argument("--results", default=RESULTS_DIR, help=f"folder of results JSON (default: {RESULTS_DIR})")
+    p.add_argument("--out", default=FIGURES_DIR, help=f"where the PNG figures go (default: {FIGURES_DIR})")
     return p
 
 
-def main(**kwargs) -> list[Path]:
-    args = ev.with_defaults(build_parser(), kwargs)
-    ev.check_output_dir(args.out, "--out")
+def main(results: str = RESULTS_DIR, out: str = FIGURES_DIR) -> list[Path]:
+    """Draw every figure that the records in `results` make into `out`; -> the PNG files."""
+    results_dir, out = cli.expand_path(results), cli.expand_path(out)
+    cli.check_output_dir(out, "--out")
     with warnings.catch_warnings():
         warnings.simplefilter("always")
         warnings.showwarning = lambda msg, *a, **k: print(f"warning: {msg}", file=sys.stderr)
-        records = load_results(args.results)
-        made = plot_all(records, args.out)
+        records = load_results(results_dir)
+        made = plot_all(records, out)
     for path in made:
         print(path)
-    print(f"{len(made)} figures from {len(records)} results files in {args.out}")
+    print(f"{len(made)} figures from {len(records)} results files in {out}")
     return made
 
 
 if __name__ == "__main__":
-    ev.run_cli(main, build_parser())
+    cli.run_cli(main, build_parser())

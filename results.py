@@ -20,7 +20,8 @@ there is a text, every setting, the device, library versions and the time. Files
 both from them. `load_results()` reads a folder and skips, with a warning that names the
 field, any file whose fields are not what the readers take (RECORD_FIELDS).
 
-This module imports nothing from the project: every script and reader imports it.
+This module imports nothing from the project, and no torch (only the writers' functions that
+read the device import it when called): every script and reader imports it.
 """
 from __future__ import annotations
 
@@ -34,14 +35,19 @@ import shlex
 import sys
 import tempfile
 import warnings
+from contextlib import contextmanager
+from contextvars import ContextVar
 from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
+if TYPE_CHECKING:                     # annotations only: the record's readers never import torch
+    import torch
 
-SCHEMA_VERSION = 2          # 2: 'kind' and model.random_weights; 1 is still read
+SCHEMA_VERSION = 3          # 3: method.identity (study/registry.py); 2: 'kind' and model.random_weights
 KINDS = ("eval", "sensitivity", "bench", "compare", "gguf-inspect", "gguf-push", "anatomy")
+IDENTIFIED_KINDS = ("eval", "sensitivity")     # records of one method: method.identity says what it is
 
 
 class UserError(Exception):
@@ -58,12 +64,18 @@ class Record(dict):
 
 
 def new_record(kind: str, method: str, settings: dict, model: dict, device: torch.device, *,
-               dataset: dict | None = None, smoke: bool = False, **blocks) -> Record:
+               dataset: dict | None = None, smoke: bool = False, identity: dict | None = None,
+               **blocks) -> Record:
     """The common head of every record (schema, kind, method, model, dataset), then the
-    kind's own blocks, then where, when and by which command it was made."""
+    kind's own blocks, then where, when and by which command it was made. identity: the
+    method's entry in study/registry.py (registry.identity()), which every record of a
+    measured method (eval, sensitivity) carries as method.identity."""
     if kind not in KINDS:
         raise ValueError(f"unknown record kind '{kind}' (one of {', '.join(KINDS)})")
-    rec = Record(schema_version=SCHEMA_VERSION, kind=kind, method={"name": method, "settings": settings},
+    if kind in IDENTIFIED_KINDS and identity is None:
+        raise ValueError(f"a record of kind '{kind}' carries its method's registry identity")
+    head = {"name": method, "settings": settings, **({"identity": identity} if identity else {})}
+    rec = Record(schema_version=SCHEMA_VERSION, kind=kind, method=head,
                  model={"random_weights": False, **portable_model(model)})
     if dataset is not None:
         rec["dataset"] = dataset
@@ -111,6 +123,7 @@ def package_version(name: str) -> str | None:
 
 
 def device_name(device: torch.device) -> str:
+    import torch  # the writers' side only: readers of records never need torch
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
     try:
@@ -123,6 +136,7 @@ def device_name(device: torch.device) -> str:
 
 
 def environment(device: torch.device) -> dict:
+    import torch
     return {"device": str(device), "device_name": device_name(device),
             "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
             "cuda": torch.version.cuda if device.type == "cuda" else None,
@@ -132,11 +146,28 @@ def environment(device: torch.device) -> dict:
                           "huggingface_hub", "safetensors", "llama_cpp_python", "gguf")}}
 
 
+# The command line a record names: this process's own (sys.argv), or, inside
+# recorded_command(argv), the command that a caller runs in-process (scripts/standin_study.py
+# calls each script's main() with the keywords of one command line).
+_COMMAND: ContextVar[list[str] | None] = ContextVar("recorded_command", default=None)
+
+
+@contextmanager
+def recorded_command(argv: list[str]):
+    """Within this block, records name argv (script first) as the command that made them."""
+    token = _COMMAND.set(list(argv))
+    try:
+        yield
+    finally:
+        _COMMAND.reset(token)
+
+
 def provenance(device: torch.device) -> dict:
     """Where, when and by which command a result was made."""
+    argv = _COMMAND.get() or sys.argv
     return {"environment": environment(device),
             "timestamp": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "command": portable_command([Path(sys.argv[0]).name, *sys.argv[1:]])}
+            "command": portable_command([Path(argv[0]).name, *argv[1:]])}
 
 
 def write_json_atomic(path: str | os.PathLike, obj) -> Path:
@@ -338,7 +369,8 @@ def record_problem(rec) -> str | None:
                     elif check(value):
                         continue
                     shown = "missing" if value is _Missing else json.dumps(value)[:40]
-                    return f"{path} should be {FIELD_WORDS[kind.rstrip('?')]}{' or null' if optional else ''}, not {shown}"
+                    words = FIELD_WORDS[kind.rstrip("?")] + (" or null" if optional else "")
+                    return f"{path} should be {words}, not {shown}"
             except ValueError as e:
                 return str(e)
     return None

@@ -31,6 +31,9 @@ import results
 
 STEPS = ("baseline", "part1", "sensitivity", "part2", "gguf", "plots", "report")
 CPU_TOKEN_BUDGET = 16384
+# The sensitivity scan scores 34 perplexities (the float model, each block, each component):
+# on a GPU it scores this prefix of the text (recorded as max_tokens), not the whole text.
+SENSITIVITY_GPU_TOKENS = 65536
 GGUF_TYPES = ("F32", "F16", "Q8_0", "Q5_K_M", "Q4_K_M", "Q4_0")
 
 
@@ -172,7 +175,7 @@ def main(**kwargs) -> list[dict]:
     for step, label, extra in plan(steps, args.gguf_dir):
         kw = {**common, **extra}
         if step == "sensitivity" and max_tokens is None:
-            kw["max_tokens"] = 65536                       # 34 perplexities: a prefix, recorded
+            kw["max_tokens"] = SENSITIVITY_GPU_TOKENS        # 34 perplexities: a prefix, recorded
         runs.append((f"{step}:{label}", label, script_main(step), kw))
     rows, records, failures = execute(runs, ledger_path, force=args.force)
     folder = Path(args.results_dir) / ("smoke" if args.smoke else "")

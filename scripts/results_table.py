@@ -14,11 +14,11 @@ import warnings
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-import fast_decode  # noqa: E402  (the GPU's peak bandwidth, for the decode floor; the CPU targets' line; the fused rows)
-import results  # noqa: E402
-from evaluate import run_cli  # noqa: E402
 import plot_results as pr  # noqa: E402  (the same grouping and text names as the figures)
+import results  # noqa: E402
 from results import load_results  # noqa: E402
+from speed import readings  # noqa: E402  (what the speed records say: bandwidth, floors, rows)
+from study.cli import run_cli  # noqa: E402
 
 
 def eval_tables(records: list[dict]) -> str:
@@ -27,7 +27,8 @@ def eval_tables(records: list[dict]) -> str:
     for (model, text, L, S, n, dev), rs in sorted(groups.items()):
         base = next((r for r in rs if r["method"]["name"] == "baseline-fp32"), None)
         stand_in = rs[0]["model"].get("stand_in")
-        lines += [f"**{model}** on {pr.text_name(rs[0])} ({text.removeprefix('file:')}), L={L} S={S}, {n:,} tokens scored, {dev}"
+        lines += [f"**{model}** on {pr.text_name(rs[0])} ({text.removeprefix('file:')}), L={L} S={S}, "
+                  f"{n:,} tokens scored, {dev}"
                   + (f" — stand-in: {stand_in}" if stand_in else ""), "",
                   "| method | ppl | vs fp32 | weights MiB | disk MiB | prefill ms | decode ms/token |",
                   "|---|---|---|---|---|---|---|"]
@@ -66,14 +67,15 @@ def bench_tables(records: list[dict]) -> str:
                       "| method | prefill ms | ratio | decode ms/token | ratio | x floor (weights / peak bandwidth) "
                       "| linear µs/token | tokens |",
                       "|---|---|---|---|---|---|---|---|"]
-            bw = fast_decode.bench_bandwidth(r)
+            bw = readings.bench_bandwidth(r)
             for name, row in b["table"].items():
                 f = row["fast_path"]
                 lin = row.get("linear_us_per_token")
                 if bw is not None and bw == b.get("hbm_bytes_per_s") and f.get("x_floor") is not None:
                     x_floor = f"{f['x_floor']:.1f}"                    # as the bench computed it
                 elif bw is not None:                                   # a bench that assumed another GPU's
-                    x_floor = f"{f['decode_ms_per_token']['median'] / fast_decode.decode_floor_ms(row['weights_mib'] * 2**20, bw):.1f}"
+                    floor = readings.decode_floor_ms(row["weights_mib"] * 2**20, bw)
+                    x_floor = f"{f['decode_ms_per_token']['median'] / floor:.1f}"
                 else:
                     x_floor = "–"
                 lines.append(f"| {name} | {f['prefill_ms']['median']:.2f} | {f['prefill_ratio']:.2f} "
@@ -83,13 +85,14 @@ def bench_tables(records: list[dict]) -> str:
             lines.append("")
         if "fused_path" in b:
             lines += [f"Fused decode step ({b['fused_path']}) and the peers, same run", "",
-                      "| method | path | decode ms/token | vs fp16 fused | x floor | tokens |", "|---|---|---|---|---|---|"]
+                      "| method | path | decode ms/token | vs fp16 fused | x floor | tokens |",
+                      "|---|---|---|---|---|---|"]
             n = b["new_tokens"]
-            for r in fast_decode.fused_rows(b):
+            for r in readings.fused_rows(b):
                 if r["why_not"]:
                     lines.append(f"| {r['method']} | {r['path']} | {r['why_not']} | | | |")
                     continue
-                ratio, floor = fast_decode.or_dash(r["vs_fp16_fused"], ".2f"), fast_decode.or_dash(r["x_floor"], ".1f")
+                ratio, floor = readings.or_dash(r["vs_fp16_fused"], ".2f"), readings.or_dash(r["x_floor"], ".1f")
                 path, tokens = r["path"], "–" if r["tokens"] is None else f"{r['tokens']}/{n}"
                 if path == "l2":
                     path, tokens = "fused, weights in L2", f"– (weights' bytes: {r['weight_bytes_share']:.0%})"
@@ -98,14 +101,14 @@ def bench_tables(records: list[dict]) -> str:
                 lines += ["", f"Fused, weights in L2: a diagnostic. {b['fused_l2_definition']}."]
             lines.append("")
         if b.get("int8_targets"):
-            lines += [fast_decode.cpu_targets_text(b), ""]
+            lines += [readings.cpu_targets_text(b), ""]
     return "\n".join(lines)
 
 
 def size_table(records: list[dict]) -> str:
     """The fused step against model size: one row per CUDA bench with fp16 fused (each row
     from its own run; ratios within that run)."""
-    rows = fast_decode.size_rows(records)
+    rows = readings.size_rows(records)
     if not rows:
         return ""
     pct = lambda v: "–" if v is None else f"{v:.0%}"                      # noqa: E731
@@ -120,11 +123,11 @@ def size_table(records: list[dict]) -> str:
         q8, q4 = r["scratch-int8-fast"] or {}, r["scratch-int4-fast"] or {}
         lines.append(f"| {r['model']}{' (stand-in)' if r['stand_in'] else ''} | {r['params'] / 1e6:.0f} "
                      f"| {r['kernels']} | {r['fp16_ms']:.3f} | {r['fp16_x_floor']:.1f} | {pct(r['fp16_bytes_share'])} "
-                     f"| {fast_decode.or_dash(q8.get('vs_fp16_fused'), '.2f')} "
-                     f"| {fast_decode.or_dash(q8.get('l2_vs_fp16_l2'), '.2f')} "
-                     f"| {fast_decode.or_dash(q8.get('free_unpack_vs_fp16_fused'), '.2f')} "
-                     f"| {fast_decode.or_dash(q4.get('vs_fp16_fused'), '.2f')} "
-                     f"| {fast_decode.or_dash(q4.get('l2_vs_fp16_l2'), '.2f')} | {r['file']} |")
+                     f"| {readings.or_dash(q8.get('vs_fp16_fused'), '.2f')} "
+                     f"| {readings.or_dash(q8.get('l2_vs_fp16_l2'), '.2f')} "
+                     f"| {readings.or_dash(q8.get('free_unpack_vs_fp16_fused'), '.2f')} "
+                     f"| {readings.or_dash(q4.get('vs_fp16_fused'), '.2f')} "
+                     f"| {readings.or_dash(q4.get('l2_vs_fp16_l2'), '.2f')} | {r['file']} |")
     return "\n".join(lines + [""])
 
 
@@ -136,25 +139,25 @@ def anatomy_tables(records: list[dict]) -> str:
         if results.kind_of(r) != "anatomy":
             continue
         a = r["anatomy"]
-        dash = fast_decode.or_dash
+        dash = readings.or_dash
         lines += [f"**The fused step's anatomy** ({r['_file']}), {r['environment']['device_name']}, {a['links']} links "
                   f"(kernels) a step, {a['repeats']} round-robin repeats"
                   + (f" — stand-in: {r['model']['stand_in']}" if r["model"].get("stand_in") else ""), "",
                   f"| step | ms/step | vs fp16 | weights in L2 ms | bytes at peak ms | lowest ratio "
-                  f"| most links for {fast_decode.TARGET_RATIO} | tokens |", "|---|---|---|---|---|---|---|---|"]
-        for row in fast_decode.anatomy_rows(a):
+                  f"| most links for {readings.TARGET_RATIO} | tokens |", "|---|---|---|---|---|---|---|---|"]
+        for row in readings.anatomy_rows(a):
             lines.append(f"| {row['name']} | {row['ms']:.4f} | {row['vs_fp16']:.2f} | "
                          + (f"{row['l2_ms']:.4f} | {dash(row['floor_ms'], '.4f')} | {dash(row['lowest_ratio'], '.2f')} "
                             f"| {dash(row['most_links'], 'd')} | {row['tokens']}/{a['new_tokens']} |"
                             if "l2_ms" in row else "| | | | |"))
         lines += ["", "Chains (one program per SM, a float32 vector of the model's width): "
-                  + "; ".join(f"{c}: {fast_decode.CHAIN_DEFINITIONS.get(c, v['definition'])}"
+                  + "; ".join(f"{c}: {readings.CHAIN_DEFINITIONS.get(c, v['definition'])}"
                               for c, v in a["chains"].items())
                   + f". Lowest ratio: {a['lowest_ratio_definition']}. Most links: the longest chain of such links "
-                  f"whose lowest ratio still reaches {fast_decode.TARGET_RATIO}. Tokens: leading greedy tokens of "
+                  f"whose lowest ratio still reaches {readings.TARGET_RATIO}. Tokens: leading greedy tokens of "
                   "the fused step equal to the same method's generate() (on random weights near-tied logits flip "
                   "tokens; the README says where).", ""]
-        groups = {n: fast_decode.link_groups(s["links"]) for n, s in a["steps"].items() if "links" in s}
+        groups = {n: readings.link_groups(s["links"]) for n, s in a["steps"].items() if "links" in s}
         if groups:
             lines += ["| us a step, by link | links | " + " | ".join(groups) + " |",
                       "|---|---|" + "---|" * len(groups)]

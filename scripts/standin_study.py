@@ -39,8 +39,9 @@ SMOL_NOTE = "smollm2-135m (SmolLM2-135M-Instruct, dequantized from Q4_1) stands 
 G2R_NOTE = ("gpt2-random (GPT-2 small shapes, random weights) stands in for gpt2 for memory and latency; "
             "its perplexity means nothing")
 CPU_PREFIX = 16384          # tokens scored on the CPU: 32 windows of 1024 at stride 512
+# LLM.int8() has no graph: its generate() alone takes minutes, so it is left out of the fused bench
 FUSED_BENCH = {"methods": "fp16,scratch-int8-fast,scratch-int4-fast,scratch-nf4-fast,bnb-nf4,torchao-int8wo,"
-                          "hf-static-compile", "repeats": 6}   # LLM.int8() has no graph: its generate() alone takes minutes
+                          "hf-static-compile", "repeats": 6}
 CPU_TIMING = {"repeats": 5, "new_tokens": 64}
 GGUF_TYPES = ",".join(run_study.GGUF_TYPES)
 SIZE_BENCH = {"methods": "fp16,scratch-int8-fast,scratch-int4-fast", "repeats": 6}
@@ -95,8 +96,8 @@ def steps_for(machine: str) -> dict[str, list[tuple[str, str, str, dict]]]:
                           ("fp16", "smol", "evaluate", {"stride": 512, "dtype": "float16"}),
                           *[(label, "smol", "part1", {**ppl, **kw}) for label, kw in PART1],
                           ("INT8 sensitivity", "smol", "part1",
-                           {"sensitivity": True, "stride": 1024, "max_tokens": 65536, "per_line": 0,
-                            "skip_latency": True}),
+                           {"sensitivity": True, "stride": 1024, "max_tokens": run_study.SENSITIVITY_GPU_TOKENS,
+                            "per_line": 0, "skip_latency": True}),
                           ("bitsandbytes, every mode", "smol", "part2", {**ppl, "mode": "all"})],
             "cuda-speed": [("bitsandbytes bench", "smol", "part2", {"bench": True}),
                            ("fast decode bench", "smol", "fast_decode", {})],
@@ -116,21 +117,18 @@ def steps_for(machine: str) -> dict[str, list[tuple[str, str, str, dict]]]:
 
 
 SCRIPTS = {"evaluate": "evaluate.py", "part1": "part1_quantize_scratch.py", "part2": "part2_bnb_nf4.py",
-           "gguf": "bonus_gguf.py", "gguf-inspect": "bonus_gguf.py", "fast_decode": "fast_decode.py"}
+           "gguf": "bonus_gguf.py", "gguf-inspect": "bonus_gguf.py", "fast_decode": "speed/fast_decode.py"}
 
 
 def script_main(script: str):
-    """That script's main(), called with sys.argv set to the command line it stands for, so
-    that the results JSON records the one run's command (not this script's)."""
+    """That script's main(), called in this process with the keywords of one command line; the
+    results JSON records that command (results.recorded_command), not this script's."""
     import importlib
-    main = importlib.import_module(SCRIPTS[script].removesuffix(".py")).main
+    main = importlib.import_module(SCRIPTS[script].removesuffix(".py").replace("/", ".")).main
 
     def call(**kw):
-        saved, sys.argv = sys.argv, shlex.split(command_line(script, kw))[1:]
-        try:
+        with results.recorded_command(shlex.split(command_line(script, kw))[1:]):
             return main(**kw)
-        finally:
-            sys.argv = saved
     return call
 
 

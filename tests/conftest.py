@@ -62,7 +62,10 @@ def cli_error(capsys):
 # A fixture set of results files, as the scripts write them (only the fields read), one malformed.
 
 def record(method, ppl, mib, model="m-small", device="cpu: test", stand_in=None, memory_disk=None, **extra):
-    return {"schema_version": 1, "method": {"name": method, "settings": {"scheme": "per_channel"}},
+    from study import registry
+    identity = registry.identity(method.removesuffix("-sensitivity"))      # as the writer stamps it
+    return {"schema_version": 3, "method": {"name": method, "settings": {"scheme": "per_channel"},
+                                            "identity": identity},
             "model": {"id": f"/x/{model}", "stand_in": stand_in},
             "dataset": {"id": "file:/t/wiki.test.raw", "sha256": "0" * 64},
             "perplexity": {"ppl": ppl, "max_length": 64, "stride": 32, "n_tokens_scored": 999},
@@ -85,7 +88,7 @@ BLOCK_US = {"fp16": (2.5, 2.7, 1.5, 4.2, 3.0), "scratch-int8-fast": (2.3, 2.7, 1
 
 
 def anatomy_result():
-    """A fused-step anatomy (fast_decode.anatomy's result) of GPT-2 small's shape, fp16 and INT8:
+    """A fused-step anatomy (anatomy.anatomy's result) of GPT-2 small's shape, fp16 and INT8:
     63 links (12 blocks of BLOCK_US), each step the sum of its links; the vector chain 0.08
     ms (the grid-barrier chain 0.1), fp16's bytes 0.05 ms at peak, INT8's 0.025."""
     summ = lambda ms: {"median": ms, "p10": ms, "p90": ms, "min": ms, "max": ms, "n": 3}     # noqa: E731
@@ -120,7 +123,7 @@ def bench_table(names):
 def fast_bench_table():
     """fast_decode.py's table for three methods: the fast path, per-layer times, the kernel check."""
     table = bench_table(["fp16", "scratch-int4-fast", "scratch-nf4-fast"])
-    for (n, v), decode_ms, lin, err in zip(table.items(), (0.8, 0.6, 0.9), (240.0, 170.0, 260.0), (None, 4e-4, 5e-4)):
+    for (_, v), decode_ms, lin, err in zip(table.items(), (0.8, 0.6, 0.9), (240.0, 170.0, 260.0), (None, 4e-4, 5e-4)):
         layer = {"median": lin / 10}
         v.update({"floor_ms": 0.05, "cuda_graph": True, "why_no_graph": None, "tokens_equal_generate": True,
                   "leading_tokens_equal": 77, "peak_bytes": 2**20, "kernel_max_rel_err": err,
@@ -177,3 +180,10 @@ def results_dir(tmp_path, gpt2_dir):
     return d
 
 
+
+
+def prompt_of(tokenizer, n=12):
+    """The first n tokens of a fixed sentence, (1, n): the speed tests' prompt."""
+    import evaluate as ev
+    ids = ev.tokenize(tokenizer, "the quick brown fox jumps over the lazy dog " * 4)
+    return ids.reshape(-1)[:n][None]

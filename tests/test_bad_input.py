@@ -15,10 +15,10 @@ import torch
 
 import bonus_gguf as bg
 import evaluate as ev
-import results
 import part1_quantize_scratch as p1
 import part2_bnb_nf4 as p2
 import plot_results as pr
+import results
 import run_study
 import tiny_models
 from report import build_report as br
@@ -455,7 +455,7 @@ def test_no_gpu_where_one_is_needed(gpt2_dir, text_file, cli_error):
     assert "no CUDA" in cli_error(ev, base + ["--device-map", "cuda"])
     assert "--device-map cuda:0 asked for" in cli_error(ev, base + ["--device-map", "cuda:0"])
     assert "no CUDA" in cli_error(ev, base + ["--device", "cuda:0"])
-    import fast_decode
+    from speed import fast_decode
     assert "needs CUDA" in cli_error(fast_decode, base)
 
 
@@ -484,3 +484,23 @@ def test_plots_and_report_alone_need_no_model_check(world, tmp_path, results_dir
                           results_dir=str(results_dir), figures_dir=str(tmp_path / "f"), quiet=True) == []
     assert list((tmp_path / "f").glob("*.png"))
 
+
+
+class NotATensor:
+    """An object that a plain state dict never holds: torch.load(weights_only=True) refuses it."""
+
+
+def test_a_bin_that_is_not_a_plain_state_dict_is_one_line(gpt2_dir, text_file, tmp_path, cli_error):
+    from safetensors.torch import load_file
+    folder = tmp_path / "pickled"
+    shutil.copytree(gpt2_dir, folder)
+    state = {}
+    for f in folder.glob("*.safetensors"):
+        state.update(load_file(f))
+        f.unlink()
+    state["extra"] = NotATensor()
+    torch.save(state, folder / "pytorch_model.bin")
+    err = cli_error(ev, ["--model", str(folder), "--text-file", str(text_file), "--device", "cpu",
+                         "--skip-latency", "--per-line", "0", "--results-dir", str(tmp_path / "r")])
+    assert "pytorch_model.bin is not a plain state dict" in err and "was not loaded" in err
+    assert not (tmp_path / "r").exists() or not list((tmp_path / "r").glob("*.json"))

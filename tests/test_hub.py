@@ -13,9 +13,9 @@ import sys
 from pathlib import Path
 
 import pytest
+from hub_imitation import HubImitation, default_repos
 
 import tiny_models
-from hub_imitation import HubImitation, default_repos
 
 ROOT = Path(__file__).resolve().parents[1]
 SMALL = ["--device", "cpu", "--quiet", "--max-tokens", "1500", "--per-line", "20", "--repeats", "2",

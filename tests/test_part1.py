@@ -224,7 +224,8 @@ def test_parse_blocks_and_components():
 # ---------------------------------------------------------------- save and load
 
 @pytest.mark.parametrize("kwargs", [dict(), dict(scheme="asymmetric"), dict(scheme="group", group_size=16),
-                                    dict(bits=4, scheme="nf4"), dict(mode="selective", blocks=[1], components=["ffn_up", "ffn_down"])])
+                                    dict(bits=4, scheme="nf4"),
+                                    dict(mode="selective", blocks=[1], components=["ffn_up", "ffn_down"])])
 def test_save_load_gives_identical_logits(gpt2_dir, tmp_path, tiny_text, kwargs):
     model, tok = ev.load_model(str(gpt2_dir), device="cpu")
     spec = p1.quantize_model(model, **kwargs)

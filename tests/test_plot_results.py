@@ -1,8 +1,9 @@
 """plot_results.py on a fixture set of results files (conftest.results_dir), one of them malformed."""
 import json
 
-import plot_results as pr
 from conftest import record
+
+import plot_results as pr
 
 
 def test_fixture_results_make_the_expected_figures(results_dir, tmp_path, capsys):

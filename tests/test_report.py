@@ -66,7 +66,8 @@ def test_the_fast_path_findings_are_the_benchs_numbers(built, results_dir):
     assert "Every fast path makes the same greedy tokens as its model's generate()." in text
     assert "g2 (stand-in)" in text
     lin, step = t["fp16"]["linear_us_per_token"], 1e3 * f["fp16"]
-    assert f"the linear layers take about {lin:.0f} µs of a {step:.0f} µs decode step; the other ~{step - lin:.0f} µs" in text
+    assert (f"the linear layers take about {lin:.0f} µs of a {step:.0f} µs decode step; "
+            f"the other ~{step - lin:.0f} µs") in text
     assert f"could not decode faster than {(step - lin) / step:.2f}× fp16's time" in text
     assert "4.0e-04" in text and "5.0e-04" in text                           # the kernel check, per method
 
@@ -110,7 +111,8 @@ def test_the_headline_table_and_its_settings_are_the_fixtures(built, results_dir
     assert ("m-small on WikiText-2 (raw), test split: all 999 scored tokens of the text, windows "
             "of 64 tokens at stride 32") in summary
     assert "on cpu: test." in summary
-    assert "Prefill is one forward pass over 1×333 tokens" in summary and "77 new tokens after a 11-token prompt" in summary
+    assert "Prefill is one forward pass over 1×333 tokens" in summary
+    assert "77 new tokens after a 11-token prompt" in summary
 
 
 def test_sections_follow_the_assignment(built):
@@ -129,16 +131,17 @@ def test_the_anatomy_section_is_the_records_numbers(results_dir, tmp_path):
     ones and the per-GEMV ratios of the largest model, each computed here independently; its
     figure is made."""
     import torch
+    from conftest import BLOCK_US, anatomy_result
 
     import results
-    from conftest import BLOCK_US, anatomy_result
     small, large = anatomy_result(), anatomy_result()
     large["links"] = 243
     for name, floor in (("fp16", 0.65), ("scratch-int8-fast", 0.325)):
         large["steps"][name]["floor_ms"] = floor
     large["chains"]["grid-barrier"]["step_ms"]["median"] = 0.06        # here one kernel beats separate ones
     for model, a in (("g2", small), ("g2xl", large)):
-        rec = results.new_record("anatomy", "step-anatomy", {}, {"id": f"/x/{model}", "stand_in": f"{model} (stand-in)"},
+        rec = results.new_record("anatomy", "step-anatomy", {},
+                                 {"id": f"/x/{model}", "stand_in": f"{model} (stand-in)"},
                                  torch.device("cpu"), anatomy=a)
         rec["environment"]["device_name"] = "NVIDIA Test GPU"
         (results_dir / f"anatomy-{model}.json").write_text(json.dumps(rec))

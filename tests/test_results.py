@@ -22,7 +22,8 @@ def test_every_main_returns_records_that_know_their_file(gpt2_dir, text_file, tm
     for rec, kind in ((base, "eval"), (sens, "sensitivity")):
         assert isinstance(rec, results.Record) and rec["kind"] == kind
         assert rec.path.parent == tmp_path and json.loads(rec.path.read_text()) == dict(rec)
-        assert rec["schema_version"] == results.SCHEMA_VERSION == 2
+        assert rec["schema_version"] == results.SCHEMA_VERSION == 3
+        assert rec["method"]["identity"]["name"] == rec["method"]["name"].removesuffix("-sensitivity")
     loaded = {r["_file"]: r for r in results.load_results(tmp_path)}
     assert {results.kind_of(r) for r in loaded.values()} == {"eval", "sensitivity"}
     assert all(r.path == tmp_path / name for name, r in loaded.items())
@@ -60,14 +61,14 @@ def test_new_record_refuses_an_unknown_kind_and_config_is_never_mutated():
     cfg = ev.EvalConfig()
     resolved = cfg.resolve(128)
     assert (cfg.max_length, cfg.stride) == (None, None) and (resolved.max_length, resolved.stride) == (128, 128)
-    with pytest.raises(Exception):                       # frozen: a caller's config cannot be changed
+    with pytest.raises(AttributeError):                  # frozen: a caller's config cannot be changed
         cfg.max_length = 5
 
 
 def test_defaults_are_declared_once():
     """Every parser that takes an evaluation flag reads its default from ev.DEFAULTS."""
-    import fast_decode
     import part2_bnb_nf4 as p2
+    from speed import fast_decode
     for module in (ev, p1, p2, fast_decode):
         args = module.build_parser().parse_args([])
         for field in ("prefill_tokens", "prompt_tokens", "new_tokens", "repeats", "warmup"):

@@ -97,7 +97,7 @@ def test_a_gguf_that_is_not_the_pinned_one_is_refused(tmp_path):
 
 def script_parser(script: str):
     import importlib
-    return importlib.import_module(standin_study.SCRIPTS[script].removesuffix(".py")).build_parser()
+    return importlib.import_module(standin_study.SCRIPTS[script].removesuffix(".py").replace("/", ".")).build_parser()
 
 
 @pytest.mark.parametrize("machine", ["cpu", "cuda"])
@@ -172,6 +172,7 @@ def test_every_committed_result_was_written_by_a_planned_run():
 
 def test_committed_results_carry_no_machine_paths():
     import json
+
     import results
     for f in sorted((ROOT / "results").glob("*.json")):
         text = f.read_text(encoding="utf-8")

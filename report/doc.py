@@ -1,0 +1,216 @@
+"""Typesetting: a thin layer over reportlab so that the sections read as text.
+
+The text is set in DejaVu Sans, which matplotlib ships, so no system font is needed.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from xml.sax.saxutils import escape
+
+# -----------------------------------------------------------------------------
+# Typesetting (reportlab): a thin layer so that sections read as text
+
+
+class Doc:
+    def __init__(self, figures: Path):
+        import matplotlib
+        from reportlab.lib import colors
+        from reportlab.lib.styles import ParagraphStyle, getSampleStyleSheet
+        from reportlab.pdfbase import pdfmetrics
+        from reportlab.pdfbase.ttfonts import TTFont
+
+        ttf = Path(matplotlib.get_data_path()) / "fonts" / "ttf"
+        for name, file in [
+            ("DejaVu", "DejaVuSans.ttf"),
+            ("DejaVu-Bold", "DejaVuSans-Bold.ttf"),
+            ("DejaVu-Oblique", "DejaVuSans-Oblique.ttf"),
+            ("DejaVuMono", "DejaVuSansMono.ttf"),
+        ]:
+            pdfmetrics.registerFont(TTFont(name, str(ttf / file)))
+        pdfmetrics.registerFontFamily(
+            "DejaVu",
+            normal="DejaVu",
+            bold="DejaVu-Bold",
+            italic="DejaVu-Oblique",
+            boldItalic="DejaVu-Bold",
+        )
+        base = getSampleStyleSheet()
+        self.colors = colors
+
+        def style(name: str, parent: str, font: str = "DejaVu", **kw) -> ParagraphStyle:
+            return ParagraphStyle(name, parent=base[parent], fontName=font, **kw)
+
+        heading = dict(keepWithNext=1)
+        self.style = {
+            "title": style("t", "Title", "DejaVu-Bold", fontSize=17, leading=21),
+            "h1": style(
+                "h1",
+                "Heading1",
+                "DejaVu-Bold",
+                fontSize=13.5,
+                leading=17,
+                spaceBefore=10,
+                spaceAfter=5,
+                **heading,
+            ),
+            "h2": style(
+                "h2",
+                "Heading2",
+                "DejaVu-Bold",
+                fontSize=11,
+                leading=14,
+                spaceBefore=7,
+                spaceAfter=3,
+                **heading,
+            ),
+            "p": style("p", "BodyText", fontSize=9, leading=12.2, spaceAfter=4),
+            "small": style(
+                "s", "BodyText", fontSize=7.5, leading=9.5, textColor=colors.HexColor("#444444")
+            ),
+            "cell": style("c", "BodyText", fontSize=7.3, leading=8.8),
+            "mono": style("m", "Code", "DejaVuMono", fontSize=7, leading=8.6),
+        }
+        self.figures = figures
+        self.story: list = []
+        self.n_fig = 0
+        self.n_tab = 0
+        self.refs: dict[str, int] = {}     # table numbers that the text cites, set as they are made
+
+    def h1(self, text: str) -> None:
+        self._heading(text, "h1")
+
+    def h2(self, text: str) -> None:
+        self._heading(text, "h2")
+
+    def _heading(self, text: str, style: str) -> None:
+        from reportlab.lib.units import cm
+        from reportlab.platypus import CondPageBreak, Paragraph
+
+        self.story += [
+            CondPageBreak(6 * cm),
+            Paragraph(escape(text), self.style[style]),
+        ]  # no orphan heading
+
+    def p(self, markup: str, style: str = "p") -> None:
+        """A paragraph; markup may use <b>, <i>; plain text from files must go through escape()."""
+        from reportlab.platypus import Paragraph
+
+        self.story.append(Paragraph(markup, self.style[style]))
+
+    def bullets(self, items: list[str]) -> None:
+        from reportlab.platypus import ListFlowable, ListItem, Paragraph
+
+        self.story.append(
+            ListFlowable(
+                [ListItem(Paragraph(t, self.style["p"]), leftIndent=10) for t in items],
+                bulletType="bullet",
+                start="•",
+                leftIndent=10,
+                bulletFontName="DejaVu",
+            )
+        )
+
+    def table(
+        self,
+        header: list[str],
+        rows: list[list[str]],
+        caption: str,
+        widths: list[float | None] | None = None,
+    ) -> None:
+        """A table; a column with a width in cm wraps its text, one of None fits its content."""
+        from reportlab.lib.units import cm
+        from reportlab.platypus import KeepTogether, Paragraph, Spacer, Table, TableStyle
+
+        c = self.colors
+        cell = self.style["cell"]
+        widths = widths or [None] * len(header)
+        wrap = [w is not None for w in widths]
+        data = [
+            [
+                Paragraph(f"<b>{escape(h)}</b>", cell) if wrap[i] else h
+                for i, h in enumerate(header)
+            ]
+        ]
+        data += [
+            [Paragraph(escape(str(v)), cell) if wrap[i] else str(v) for i, v in enumerate(row)]
+            for row in rows
+        ]
+        t = Table(
+            data, colWidths=[w * cm if w else None for w in widths], repeatRows=1, hAlign="LEFT"
+        )
+        t.setStyle(
+            TableStyle(
+                [
+                    ("FONTNAME", (0, 0), (-1, -1), "DejaVu"),
+                    ("FONTSIZE", (0, 0), (-1, -1), 7.3),
+                    ("FONTNAME", (0, 0), (-1, 0), "DejaVu-Bold"),
+                    ("LINEABOVE", (0, 0), (-1, 0), 0.8, c.black),
+                    ("LINEBELOW", (0, 0), (-1, 0), 0.5, c.black),
+                    ("LINEBELOW", (0, -1), (-1, -1), 0.8, c.black),
+                    ("ROWBACKGROUNDS", (0, 1), (-1, -1), [c.white, c.HexColor("#f2f2f2")]),
+                    ("VALIGN", (0, 0), (-1, -1), "TOP"),
+                    ("TOPPADDING", (0, 0), (-1, -1), 1.5),
+                    ("BOTTOMPADDING", (0, 0), (-1, -1), 1.5),
+                    ("LEFTPADDING", (0, 0), (-1, -1), 4),
+                    ("RIGHTPADDING", (0, 0), (-1, -1), 4),
+                ]
+            )
+        )
+        self.n_tab += 1
+        cap = Paragraph(f"<b>Table {self.n_tab}.</b> {caption}", self.style["small"])
+        self.story.append(
+            KeepTogether([cap, Spacer(1, 2), t, Spacer(1, 6)]) if len(rows) < 25 else t
+        )
+
+    def figure(self, name: str, caption: str, max_height_cm: float = 12) -> bool:
+        from reportlab.lib.units import cm
+        from reportlab.platypus import Image, KeepTogether, Paragraph, Spacer
+
+        path = self.figures / name
+        if not path.exists():
+            return False
+        img = Image(str(path))
+        scale = min(16.5 * cm / img.imageWidth, max_height_cm * cm / img.imageHeight)
+        img.drawWidth, img.drawHeight = img.imageWidth * scale, img.imageHeight * scale
+        self.n_fig += 1
+        self.story.append(
+            KeepTogether(
+                [
+                    img,
+                    Paragraph(
+                        f"<b>Figure {self.n_fig}.</b> {caption}",
+                        self.style["small"],
+                    ),
+                    Spacer(1, 8),
+                ]
+            )
+        )
+        return True
+
+    def build(self, out: Path, title: str) -> None:
+        from reportlab.lib.pagesizes import A4
+        from reportlab.lib.units import cm
+        from reportlab.platypus import SimpleDocTemplate
+
+        def footer(canvas, doc):
+            canvas.saveState()
+            canvas.setFont("DejaVu", 7)
+            canvas.drawString(2 * cm, 1.2 * cm, title)
+            canvas.drawRightString(A4[0] - 2 * cm, 1.2 * cm, f"page {doc.page}")
+            canvas.restoreState()
+
+        tmp = out.with_name(out.name + ".tmp")
+        try:
+            SimpleDocTemplate(
+                str(tmp),
+                pagesize=A4,
+                leftMargin=2 * cm,
+                rightMargin=2 * cm,
+                topMargin=1.8 * cm,
+                bottomMargin=1.8 * cm,
+                title=title,
+                author="report/build_report.py",
+            ).build(self.story, onFirstPage=footer, onLaterPages=footer)
+            tmp.replace(out)  # a half-written PDF never replaces a good one
+        finally:
+            tmp.unlink(missing_ok=True)

@@ -1,0 +1,97 @@
+"""The appendix: every memory and perplexity table, and the list of results files.
+"""
+from __future__ import annotations
+
+from xml.sax.saxutils import escape
+
+import plot_results as pr
+from report.common import Study, group_label, method, model_label
+from report.doc import Doc
+from report.formats import f_mib, f_pct, f_ppl, mib, pct_change
+
+
+def memory_ppl_tables(doc: Doc, s: Study) -> None:
+    doc.h1("Appendix A: every group of comparable runs")
+    doc.p(
+        "Why the sizes change: an INT8 weight takes 1 byte instead of 4 (fp32) or 2 (fp16), a "
+        "4-bit weight half a byte; each scheme adds its scales (one float per output channel, "
+        "or per block of 64) and keeps some tensors in full precision: norms and biases "
+        "everywhere, and in bitsandbytes the embeddings and the output layer too. The columns "
+        "below split every model's bytes that way. Why perplexity changes: rounding every "
+        "weight to one of 256 (8-bit) or 16 (4-bit) levels adds an error proportional to the "
+        "step between levels; a scale per small group keeps the step small, one scale for a "
+        "whole matrix lets a single large weight stretch it."
+    )
+    for k in s.memory_groups():
+        rs = s.groups[k]
+        meaningful = pr.perplexity_means_something(rs[0])
+        base = next((r["perplexity"]["ppl"] for r in rs if method(r) == "baseline-fp32"), None)
+        rows = []
+        for r in rs:
+            m, q = r["memory"], r.get("quantization") or {}
+            row = [
+                method(r),
+                f_mib(m["weights_mib"]),
+                f_mib(mib(q.get("quantized_weights"))),
+                f_mib(mib(q.get("scales_and_zero_points"))),
+                f_mib(mib(q.get("full_precision"))),
+                f_mib(m.get("disk_mib")),
+                f_mib(m.get("peak_mib")),
+            ]
+            if meaningful:
+                ppl = r["perplexity"]["ppl"]
+                row += [f_ppl(ppl), f_pct(pct_change(ppl, base)) if base else "–"]
+            rows.append(row)
+        head = ["method", "weights", "codes", "scales", "full prec.", "disk", "peak"]
+        widths = [5.0] + [None] * 6
+        if meaningful:
+            head += ["perplexity", "vs fp32"]
+            widths += [None, None]
+        doc.h2(group_label(k))
+        doc.table(
+            head,
+            rows,
+            f"{escape(model_label(rs[0]))}, all sizes in MiB: the weights in "
+            "memory, split into quantized codes, scales/zero points and "
+            "full-precision tensors; the size on disk; the peak memory of the run's perplexity pass "
+            + ("(CUDA max allocated, weights included)." if pr.device_kind(rs[0]) == "cuda" else
+               "(the rise of the process's peak RSS during the pass: it leaves out weights loaded "
+               "before it and counts the backend's own buffers, such as llama.cpp's, so compare it "
+               "only between runs of one backend)."),
+            widths,
+        )
+        names = pr.group_figures(k)
+        if meaningful and k == s.headline:
+            doc.p(f"Its memory against perplexity: Figure {doc.refs.get('pareto', '?')}.")
+        elif meaningful:
+            doc.figure(
+                names["pareto"],
+                "Memory against perplexity; the dashed line joins the runs no other run beats on "
+                "both. Right: the methods within 3% of the best perplexity, where the 8-bit "
+                "schemes sit close together, each labelled.",
+                max_height_cm=12,
+            )
+        else:
+            doc.figure(names["memory"], "Weight memory by method.", max_height_cm=12)
+
+
+def appendix(doc: Doc, s: Study) -> None:
+    doc.h1("Appendix B: the results files")
+    rows = [
+        [
+            r["_file"],
+            model_label(r)
+            if isinstance(r.get("model"), dict)
+            else str(r.get("stand_in") or "").split(" ")[0] + " (stand-in)",
+            pr.device_of(r),
+            str(r.get("timestamp", ""))[:16].replace("T", " "),
+        ]
+        for r in s.records
+    ]
+    doc.table(
+        ["file", "model", "device", "measured (UTC)"],
+        rows,
+        "Every file this report read. Each records its command, settings, text sha256, "
+        "device and library versions.",
+        widths=[7.6, 3.3, 3.4, 2.2],
+    )

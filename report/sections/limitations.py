@@ -1,0 +1,145 @@
+"""Limitations and open questions, each stated from the records that raise it.
+"""
+from __future__ import annotations
+
+from xml.sax.saxutils import escape
+
+import plot_results as pr
+import results
+from report.common import Study, delta, gemv_ratios
+from report.doc import Doc
+from report.formats import f_pct, f_ratio
+
+
+def open_questions(doc: Doc, s: Study) -> None:
+    doc.h2("Open questions")
+    x = open_facts(s)
+    items = []
+    if x["scan"]:
+        y = x["scan"]
+        if y["stands_out"]:
+            verdict = (
+                f"block {y['top_block']} stands out ({f_pct(y['top_delta'])}, against a median "
+                f"|change| of {y['median_abs']:.3f}%): it is the first to keep in full precision."
+            )
+        else:
+            verdict = (
+                "at this precision no block stands out: the largest single-block change "
+                f"is {f_pct(y['top_delta'])} (block {y['top_block']}), the "
+                f"median |change| {y['median_abs']:.3f}%."
+            )
+        items.append(
+            f"<b>Which blocks to keep in full precision?</b> In the scan, {verdict} By "
+            "component, the most sensitive types are "
+            + " and ".join(f"{escape(c)} ({f_pct(d)})" for c, d in y["top_components"])
+            + f" (all types together: {f_pct(y['components_sum'])}); at lower precision those are "
+            "the first candidates to keep at more bits. A 4-bit sensitivity scan would answer the "
+            "question where it matters most."
+        )
+    if x["asymmetric"]:
+        asym, sym = x["asymmetric"]
+        items.append(
+            f"<b>Does the gap between asymmetric ({f_pct(asym)}) and symmetric per-channel INT8 "
+            f"({f_pct(sym)}) hold on real weights?</b> Both give each output channel 256 levels. "
+            "The stand-in's weights were themselves dequantized from 4-bit blocks, so its "
+            "re-quantization errors are correlated and luck weighs more; the real gpt2 weights "
+            "would tell."
+        )
+    if len(s.size_l2_rows) >= 2:
+        top = s.size_l2_rows[-1]
+        items.append(
+            f"<b>Speed at scale.</b> At {escape(top['model'])}'s size the weights' bytes are "
+            f"{top['fp16_bytes_share']:.0%} of fp16's fused step, yet Part 1's INT8 takes "
+            f"{f_ratio(top['scratch-int8-fast']['vs_fp16_fused'])} fp16's time: with the weights in L2 its step "
+            f"takes {f_ratio(top['scratch-int8-fast']['l2_vs_fp16_l2'])} fp16's step with the weights in L2 "
+            "(the model-size bench). "
+            + speed_at_scale_profile(s, top["model"])
+            + "Reading int8 as 32-bit words with integer conversion was slower (the README). --device-map auto "
+            "lets the same scripts run larger models over several GPUs."
+        )
+    elif s.benches:
+        items.append(
+            "<b>Speed at scale.</b> A model this small is bound by per-token overhead; "
+            "the byte savings should turn into speed for models whose weights take "
+            "longer to read than a step's overhead. --device-map auto lets the same "
+            "scripts run such models over several GPUs."
+        )
+    doc.bullets(items or ["None recorded."])
+
+
+def speed_at_scale_profile(s: Study, model: str) -> str:
+    """What the anatomy of that model says of INT8's GEMV links against fp16's (a sentence and a
+    question), or the question the profile would answer where it has not run."""
+    r = next((r for r in s.anatomies if pr.short_model(r) == model and "scratch-int8-fast" in r["anatomy"]["steps"]),
+             None)
+    if r is None:
+        return "Is that the int8 conversion or the tiles? A profile per kernel would tell. "
+    gain, lose = ([f"{lbl} ({f_ratio(x)})" for lbl, x in part]
+                  for part in gemv_ratios(r["anatomy"], "scratch-int8-fast"))
+    said = [f"INT8's {' and '.join(gain)} beat fp16's"] if gain else []
+    said += [f"its {' and '.join(lose)} lose"] if lose else []
+    return ("The per-link profile (the anatomy, a separate run) says where: " + ", ".join(said) + ". "
+            + ("What do the losing GEMVs need: more programs (split-K), or other tiles? " if lose else ""))
+
+
+def open_facts(s: Study) -> dict:
+    """The sensitivity scan's verdict and the asymmetric-vs-symmetric gap, in numbers."""
+    facts = {"scan": None, "asymmetric": None}
+    if s.sensitivity:
+        sv = s.sensitivity["sensitivity"]
+        blocks = sorted(sv["block"], key=lambda b: -b["delta_pct"])
+        comps = sorted(sv["component"], key=lambda c: -c["delta_pct"])
+        median_abs = sorted(abs(b["delta_pct"]) for b in blocks)[len(blocks) // 2]
+        facts["scan"] = {
+            "top_block": blocks[0]["block"],
+            "top_delta": blocks[0]["delta_pct"],
+            "median_abs": median_abs,
+            "stands_out": len(blocks) > 1
+            and blocks[0]["delta_pct"] > 3 * max(median_abs, blocks[1]["delta_pct"]),
+            "top_components": [(c["component"], c["delta_pct"]) for c in comps[:2]],
+            "top_components_sum": sum(c["delta_pct"] for c in comps[:2]),
+            "components_sum": sum(c["delta_pct"] for c in comps),
+        }
+    g = s.find_group("scratch-int8-per_channel")
+    if g and "scratch-int8-asymmetric" in s.runs(g):
+        r = s.runs(g)
+        facts["asymmetric"] = (
+            delta(r, "scratch-int8-asymmetric"),
+            delta(r, "scratch-int8-per_channel"),
+        )
+    return facts
+
+
+def limitations(doc: Doc, s: Study) -> None:
+    doc.h1("7. Limitations and open questions")
+    x = limitation_facts(s)
+    items = []
+    if x["stand_ins"]:
+        items.append("<b>No real gpt2 numbers.</b> Every number here comes from stand-ins ("
+                     + ", ".join(f"<i>{escape(m)}</i>" for m in x["stand_ins"]) + "), because the machines "
+                     "that ran the study could not reach the Hub. The scripts load gpt2 from the Hub by "
+                     "default; the README gives the commands.")
+    if x["prefixes"]:
+        items.append("<b>Prefixes.</b> Some runs score only the start of the text: "
+                     + "; ".join(f"{escape(m)} on {escape(d)}, the first {n:,} tokens" for m, d, n in x["prefixes"])
+                     + ". Their perplexities are compared only within their own tables.")
+    if x["sens_devices"]:
+        items.append("<b>One sensitivity scan.</b> The scan ran on " + ", ".join(escape(d) for d in x["sens_devices"])
+                     + f", at INT8, over {x['sens_tokens']:,} tokens; at INT8 most single-block changes "
+                     "are within rounding noise, and a 4-bit scan has not been run.")
+    items.append("<b>Latency in the tables of single runs</b> is each run's own timing, taken one run after "
+                 "another; only the side-by-side benches of section 6 compare speeds as ratios.")
+    doc.bullets(items)
+    open_questions(doc, s)
+
+
+def limitation_facts(s: Study) -> dict:
+    stand = sorted({pr.short_model(r) for r in s.records
+                    if isinstance(r.get("model"), dict) and r["model"].get("stand_in")
+                    and results.kind_of(r) in ("eval", "bench", "sensitivity")})
+    prefix = sorted({(pr.short_model(r), pr.device_of(r), r["dataset"]["max_tokens"]) for r in s.records
+                     if isinstance(r.get("dataset"), dict) and r["dataset"].get("truncated")})
+    sens = [s.sensitivity] if s.sensitivity else []
+    return {"stand_ins": stand, "prefixes": prefix,
+            "sens_devices": sorted({pr.device_of(r) for r in sens}),
+            "sens_tokens": sens[0]["perplexity"]["n_tokens_scored"] if sens else 0}

@@ -1,0 +1,160 @@
+"""How we measure: models and stand-ins, the text, the windows, memory, latency and the devices.
+"""
+from __future__ import annotations
+
+from xml.sax.saxutils import escape
+
+import plot_results as pr
+import results
+from report.common import Study, describe, method, model_label
+from report.doc import Doc
+from report.formats import f_ppl
+from report.settings import short_name
+from study import registry
+
+
+def methodology(doc: Doc, s: Study) -> None:
+    doc.p(
+        "<b>Perplexity</b> is corpus-level and token-weighted: the test text is joined and "
+        "tokenized once, scored in windows of L tokens that advance by a stride S, each window "
+        "scoring only the tokens the previous one did not, and perplexity = exp(sum of token "
+        "NLL / tokens scored). Every method, the baseline and llama.cpp included, goes through "
+        "the same <i>evaluate.perplexity()</i> with the same tokens and windows. <b>Memory</b> "
+        "is the bytes the weights really occupy in memory (int8 and packed 4-bit codes, their "
+        "scales and zero points, and what stays in full precision), plus the peak device memory "
+        "of the run (CUDA max allocated, or the rise in peak RSS on a CPU) and the size on disk "
+        "(save_pretrained, or the GGUF file). <b>Latency</b> is synchronized, warmed up and "
+        "repeated; a table gives medians with p10–p90. Speed is compared only as ratios taken "
+        "side by side in one run, with the methods timed in turn (round robin)."
+    )
+    rows = []
+    for k in s.memory_groups():
+        rs = s.groups[k]
+        d = rs[0]["dataset"]
+        trunc = "yes: first " + f"{d['max_tokens']:,}" if d.get("truncated") else "no (whole text)"
+        rows.append(
+            [
+                model_label(rs[0]),
+                pr.text_name(rs[0], short=True),
+                d.get("sha256", "?")[:8],
+                f"{k[2]} / {k[3]}",
+                f"{k[4]:,}",
+                str(rs[0]["perplexity"].get("n_windows", "?")),
+                trunc,
+                k[5],
+                str(len(rs)),
+            ]
+        )
+    if rows:
+        doc.table(
+            [
+                "model",
+                "text",
+                "sha256",
+                "L / S",
+                "tokens scored",
+                "windows",
+                "token budget",
+                "device",
+                "runs",
+            ],
+            rows,
+            "Every group of comparable runs: same model, text, windows, tokens and device.",
+            widths=[2.4, 2.0, 1.6, 1.3, 1.5, 1.6, 2.0, 3.1, 1.0],
+        )
+    one_each = {method(r): r for rs in s.groups.values() for r in rs}
+    names = sorted(one_each, key=lambda n: (not registry.is_baseline(one_each[n]), n))
+    doc.table(
+        ["method", "what it is"],
+        [[short_name(one_each[n]), describe(one_each[n])] for n in names],
+        "The methods, as named in every table and figure.",
+        widths=[6.5, None],
+    )
+    for k in s.memory_groups():
+        r0 = s.groups[k][0]
+        if not pr.perplexity_means_something(r0):
+            doc.p(
+                f"<i>{escape(model_label(r0))}</i> has random weights: its runs give memory "
+                "(and, in benches, latency) with GPT-2's exact shapes; its perplexity means "
+                "nothing and is not shown."
+            )
+            break
+    envs = {}
+    for r in s.records:
+        e = r.get("environment", {})
+        if e:
+            v = e.get("versions", {})
+            envs.setdefault(
+                e.get("device_name", "?"),
+                (
+                    e.get("cpu_count"),
+                    v.get("torch"),
+                    v.get("transformers"),
+                    v.get("bitsandbytes"),
+                    v.get("llama_cpp_python"),
+                ),
+            )
+    if envs:
+        doc.table(
+            ["device", "CPU cores", "torch", "transformers", "bitsandbytes", "llama-cpp-python"],
+            [
+                [d, *(str(x) if x is not None else "–" for x in vals)]
+                for d, vals in sorted(envs.items())
+            ],
+            "Devices and library versions, as recorded in the results files.",
+            widths=[4.8, None, None, None, None, None],
+        )
+    budgets = sorted({(pr.short_model(r), pr.device_of(r), r["dataset"]["max_tokens"]) for r in s.records
+                      if isinstance(r.get("dataset"), dict) and r["dataset"].get("truncated")})
+    if budgets:
+        doc.p(
+            "<b>Reductions.</b> Some runs score only the start of the test text, as each file "
+            "records: "
+            + "; ".join(f"{escape(m)} on {escape(d)}, the first {n:,} tokens" for m, d, n in budgets)
+            + ". Their perplexities are compared only with runs on the same tokens, never with "
+            "whole-text runs."
+        )
+
+
+def how_we_measure(doc: Doc, s: Study) -> None:
+    doc.h1("2. How we measure")
+    methodology(doc, s)
+    g = s.headline
+    rec = next((r for r in s.groups[g] if r.get("per_line_perplexity")), None) if g else None
+    if rec:
+        pl, p = rec["per_line_perplexity"], rec["perplexity"]
+        doc.p(
+            f"<b>Corpus perplexity, not a mean over samples.</b> The assignment asks for at least "
+            f"3000 evaluation points; the corpus figure scores {p['n_tokens_scored']:,} tokens, each "
+            f"one a point. For comparison, the same run ({escape(method(rec))}) also scored each of "
+            f"the first {pl['n_lines_asked']:,} non-empty lines alone ({pl['n_lines']:,} of them have "
+            f"two tokens or more to score): the plain mean of those per-line perplexities is "
+            f"{pl['mean_of_line_ppl']:,.2f}, their median {pl['median_of_line_ppl']:.2f}, against a "
+            f"corpus perplexity of {f_ppl(p['ppl'])}. A line of a few tokens, scored without "
+            "context, can have a perplexity in the thousands, and a plain mean gives it the weight "
+            "of a paragraph; the corpus figure weighs every token once and gives each its "
+            f"preceding context (up to {p['max_length']} tokens). That is why every table uses the "
+            "corpus figure; the per-line numbers are kept in the results only to show the gap."
+        )
+    notes = stand_in_facts(s)
+    if notes:
+        doc.p(
+            "<b>What the stand-ins do to each number.</b> "
+            + ("<i>smollm2-135m</i> is a real language model, but its weights were dequantized from "
+               "a 4-bit file (Q4_1: a scale and a minimum per 32 weights): every 4-bit method here rounds "
+               "them a second time, onto another grid (one absmax per 64 weights, other levels), so the "
+               "4-bit perplexity penalties are those of re-quantization and likely larger than on the "
+               "original weights; the 8-bit "
+               "penalties are small either way. " if notes["smol"] else "")
+            + ("<i>gpt2-random</i> has GPT-2 small's exact shapes and random weights: its memory "
+               "and speed are GPT-2's, its perplexity means nothing, and its activations have none "
+               "of the outliers that LLM.int8() separates, so LLM.int8()'s accuracy and its speed on "
+               "real models are not what it shows here." if notes["random"] else "")
+        )
+
+
+def stand_in_facts(s: Study) -> dict:
+    labels = {pr.short_model(r) for r in s.records if isinstance(r.get("model"), dict) and r["model"].get("stand_in")}
+    return {} if not labels else {"smol": any("smollm2" in m for m in labels),
+                                  "random": any(results.random_weights(r) for r in s.records
+                                                if isinstance(r.get("model"), dict))}

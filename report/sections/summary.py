@@ -1,0 +1,318 @@
+"""The report's opening: the title block, the key findings and the summary of every part.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import subprocess
+from pathlib import Path
+from xml.sax.saxutils import escape
+
+import plot_results as pr
+from report.common import ROOT, Study, bandwidth, delta, full_precision_mib, group_label, method, model_label
+from report.doc import Doc
+from report.formats import f_mib, f_ms, f_pct, f_ppl, f_ratio, pct_change
+from report.settings import latency_of, setting_facts, settings_sentence, short_name
+from speed import readings
+from study import registry
+
+
+def title_block(doc: Doc, s: Study, results: Path) -> None:
+    stamps = sorted(r["timestamp"] for r in s.records if r.get("timestamp"))
+    doc.p(
+        "What weight quantization does to a small language model: memory, speed and perplexity",
+        "title",
+    )
+    commit = git_commit()
+    doc.p(
+        f"Built {dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC by "
+        f"<i>report/build_report.py</i> from {len(s.records)} results files in "
+        f"<i>{escape(str(results))}</i>"
+        + (
+            ""
+            if not stamps
+            else f" (measured on {stamps[0][:10]})"
+            if stamps[0][:10] == stamps[-1][:10]
+            else f" (measured {stamps[0][:10]} to {stamps[-1][:10]})"
+        )
+        + (f", code at commit {commit}" if commit else "")
+        + ". Every number below is read or "
+        "computed from those files.",
+        "small",
+    )
+    notes = sorted(
+        {r["model"]["stand_in"] for r in s.records if r.get("model", {}).get("stand_in")}
+        | {r["stand_in"] for r in s.records if r.get("stand_in")}
+    )
+    if notes:
+        doc.p(
+            "<b>Stand-in models.</b> This machine could not reach the Hugging Face Hub, so the "
+            "numbers below come from stand-ins, named wherever their numbers appear: "
+            + "; ".join(f"<i>{escape(n)}</i>" for n in notes)
+            + ". The README says how to rerun everything with <i>gpt2</i> where the Hub is "
+            "reachable."
+        )
+
+
+def git_commit() -> str | None:
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=10,
+        )
+        return out.stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def findings_facts(s: Study) -> dict:
+    """The numbers of the findings, read and computed from the records; nothing is rendered."""
+    facts = {}
+    g = s.find_group("scratch-int8-per_channel")
+    if g:
+        r = s.runs(g)
+        base, q = r["baseline-fp32"], r["scratch-int8-per_channel"]
+        int8 = [
+            n
+            for n in r
+            if registry.of(r[n])["family"] == "scratch-int8" and not registry.of(r[n])["selective"]
+        ]
+        best = min(int8, key=lambda n: r[n]["perplexity"]["ppl"])
+        facts["int8"] = {
+            "group": group_label(g),
+            "base_mib": base["memory"]["weights_mib"],
+            "int8_mib": q["memory"]["weights_mib"],
+            "shrink": base["memory"]["weights_mib"] / q["memory"]["weights_mib"],
+            "delta": delta(r, "scratch-int8-per_channel"),
+            "base_ppl": base["perplexity"]["ppl"],
+            "int8_ppl": q["perplexity"]["ppl"],
+            "best": best,
+            "best_delta": delta(r, best),
+            "per_tensor_delta": delta(r, "scratch-int8-per_tensor")
+            if "scratch-int8-per_tensor" in r
+            else None,
+        }
+    g = s.find_group("bnb-nf4", "bnb-fp4")
+    if g:
+        r = s.runs(g)
+        ppl = {
+            n: r[n]["perplexity"]["ppl"]
+            for n in ("bnb-nf4", "bnb-fp4", "scratch-int4-int4", "baseline-fp32")
+            if n in r
+        }
+        int4 = "scratch-int4-int4" in r
+        facts["nf4"] = {
+            "group": group_label(g),
+            "nf4_mib": r["bnb-nf4"]["memory"]["weights_mib"],
+            "nf4_full_mib": full_precision_mib(r["bnb-nf4"]),
+            "int4_mib": r["scratch-int4-int4"]["memory"]["weights_mib"] if int4 else None,
+            "int4_full_mib": full_precision_mib(r["scratch-int4-int4"]) if int4 else None,
+            "nf4": ppl["bnb-nf4"],
+            "fp4": ppl["bnb-fp4"],
+            "fp32": ppl["baseline-fp32"],
+            "int4": ppl.get("scratch-int4-int4"),
+            "lower_than_fp4": -pct_change(ppl["bnb-nf4"], ppl["bnb-fp4"]),
+            "lower_than_int4": -pct_change(ppl["bnb-nf4"], ppl["scratch-int4-int4"])
+            if "scratch-int4-int4" in ppl
+            else None,
+        }
+    m = s.compare["compare"]["mean_rel_mse"] if s.compare else {}
+    if "bnb-nf4" in m and "bnb-fp4" in m:
+        facts["error"] = {
+            "nf4": m["bnb-nf4"],
+            "fp4": m["bnb-fp4"],
+            "fp4_over_nf4": m["bnb-fp4"] / m["bnb-nf4"],
+            "int4_over_nf4": m["scratch-int4"] / m["bnb-nf4"] if "scratch-int4" in m else None,
+        }
+    b = s.headline_bench("bnb-bench") or s.bench("bnb-bench", "cuda")
+    if b:
+        t, base = b["bench"]["table"], b["bench"].get("baseline", "fp16")
+        ratios = [v["decode_ratio"] for n, v in t.items() if n not in ("fp32", "fp16")]
+        if ratios and base in t:
+            bw = bandwidth(s)
+            base_ms = t[base]["decode_ms_per_token"]["median"]
+            floor = readings.decode_floor_ms(t[base]["weights_mib"] * 2**20, bw)
+            facts["speed"] = {
+                "device": pr.device_of(b),
+                "model": model_label(b),
+                "base": base,
+                "n": len(ratios),
+                "slower": sum(x > 1 for x in ratios),
+                "lo": min(ratios),
+                "hi": max(ratios),
+                "base_ms": base_ms,
+                "x_floor": None if floor is None else base_ms / floor,
+            }
+    fast = s.headline_bench("gpu-decode-bench") or next((r for r in s.benches if "fast_path" in r["bench"]), None)
+    if fast:
+        facts["fast"] = fast_facts(fast)
+    g = s.find_group("gguf-q8_0")
+    if g:
+        r = s.runs(g)
+        ggufs = [n for n in r if registry.of(r[n])["family"] == "gguf"]
+        smallest = min(ggufs, key=lambda n: r[n]["memory"]["disk_mib"] or float("inf"))
+        facts["gguf"] = {
+            "group": group_label(g),
+            "q8_mib": r["gguf-q8_0"]["memory"]["disk_mib"],
+            "q8_delta": delta(r, "gguf-q8_0"),
+            "smallest": smallest[5:].upper(),
+            "smallest_mib": r[smallest]["memory"]["disk_mib"],
+            "smallest_delta": delta(r, smallest),
+        }
+    return facts
+
+
+def key_findings(doc: Doc, s: Study) -> None:
+    f = findings_facts(s)
+    doc.h2("Findings")
+    items = []
+    if "int8" in f:
+        x = f["int8"]
+        items.append(
+            "<b>8-bit from scratch.</b> Whole-model INT8 with one scale per output channel "
+            f"shrinks the weights from {f_mib(x['base_mib'])} to {f_mib(x['int8_mib'])} MiB "
+            f"({f_ratio(x['shrink'])} smaller) and moves perplexity by {f_pct(x['delta'])} "
+            f"({f_ppl(x['base_ppl'])} → {f_ppl(x['int8_ppl'])}; {escape(x['group'])})."
+        )
+        if x["best"] != "scratch-int8-per_channel":
+            items.append(
+                f"The best whole-model Part 1 INT8 scheme is <i>{escape(x['best'])}</i> at "
+                f"{f_pct(x['best_delta'])}"
+                + (
+                    "."
+                    if x["per_tensor_delta"] is None
+                    else f"; per-tensor scaling costs {f_pct(x['per_tensor_delta'])}."
+                )
+            )
+    if "nf4" in f:
+        x = f["nf4"]
+        items.append(
+            "<b>4-bit: NF4 against linear.</b> At the same size as FP4 "
+            f"({f_mib(x['nf4_mib'])} MiB), NF4's perplexity is {x['lower_than_fp4']:.1f}% lower "
+            f"than FP4's ({f_ppl(x['nf4'])} against {f_ppl(x['fp4'])})"
+            + (
+                ""
+                if x["int4"] is None
+                else f" and {x['lower_than_int4']:.1f}% lower than Part 1's linear int4's "
+                f"({f_ppl(x['int4'])}, at {f_mib(x['int4_mib'])} MiB, of which "
+                f"{f_mib(x['int4_full_mib'])} in full precision"
+                + (
+                    ", as in bitsandbytes)"
+                    if f_mib(x["int4_full_mib"]) == f_mib(x["nf4_full_mib"])
+                    else f" against bitsandbytes' {f_mib(x['nf4_full_mib'])})"
+                )
+            )
+            + f"; fp32 is {f_ppl(x['fp32'])} ({escape(x['group'])})."
+        )
+    if "error" in f:
+        x = f["error"]
+        items.append(
+            f"Per weight, NF4's mean relative reconstruction error ({x['nf4']:.2e}) is "
+            f"{f_ratio(x['fp4_over_nf4'])} smaller than FP4's ({x['fp4']:.2e})"
+            + (
+                ""
+                if x["int4_over_nf4"] is None
+                else f" and {f_ratio(x['int4_over_nf4'])} smaller than linear int4's"
+                if x["int4_over_nf4"] >= 1
+                else f" and {f_ratio(1 / x['int4_over_nf4'])} larger than linear int4's"
+            )
+            + "."
+        )
+    if "speed" in f:
+        x = f["speed"]
+        items.append(
+            f"<b>Speed.</b> On the {escape(x['device'])}, with Hugging Face generate, "
+            f"{x['slower']} of {x['n']} quantized models decode slower than {x['base']}: "
+            f"{f_ratio(x['lo'])} to {f_ratio(x['hi'])} its time per token ({x['model']}). "
+            f"In that side-by-side run {x['base']} takes {f_ms(x['base_ms'])} ms per token"
+            + (
+                "."
+                if x["x_floor"] is None
+                else f", {x['x_floor']:.0f}× the time needed to read its weights once from memory: "
+                "at this size decoding is overhead, not bytes."
+            )
+        )
+    if f.get("fast"):
+        items.append(fast_summary_text(f["fast"]))
+    if "gguf" in f:
+        x = f["gguf"]
+        items.append(
+            f"<b>GGUF.</b> llama.cpp's Q8_0 file is {f_mib(x['q8_mib'])} MiB at "
+            f"{f_pct(x['q8_delta'])} perplexity; the smallest file, {escape(x['smallest'])}, is "
+            f"{f_mib(x['smallest_mib'])} MiB at {f_pct(x['smallest_delta'])} "
+            f"({escape(x['group'])})."
+        )
+    if not items:
+        items.append("No comparable perplexity runs in these results.")
+    doc.bullets(items)
+
+
+def fast_facts(b: dict) -> dict | None:
+    """The fast decode path's finding: each method's time against the baseline's, split at
+    +-3% (closer is within the run's noise), with how many greedy tokens equal generate()'s."""
+    t = b["bench"]["table"]
+    base = b["bench"].get("baseline", "fp16")
+    ms = {
+        n: v["fast_path"]["decode_ms_per_token"]["median"]
+        for n, v in t.items()
+        if v.get("fast_path")
+    }
+    if base not in ms:
+        return None
+    others = [n for n in ms if n not in (base, "fp32")]
+    row = {n: (n, ms[n], ms[n] / ms[base], t[n].get("leading_tokens_equal"), b["bench"]["new_tokens"]) for n in others}
+    return {
+        "model": model_label(b),
+        "device": pr.device_of(b),
+        "base": base,
+        "base_ms": ms[base],
+        "faster": [row[n] for n in others if ms[n] / ms[base] < 0.97],
+        "same": [row[n] for n in others if 0.97 <= ms[n] / ms[base] <= 1.03],
+        "slower": [row[n] for n in others if ms[n] / ms[base] > 1.03],
+        "diverging": [row[n] for n in others if not t[n].get("tokens_equal_generate")],
+    }
+
+
+def fast_summary_text(x: dict) -> str:
+    def listed(rows):
+        return ", ".join(f"{escape(n)} {f_ms(v)} ms ({f_ratio(ratio)})" for n, v, ratio, _, _ in rows)
+
+    return (
+        f"<b>With the overhead gone</b> (static KV cache and CUDA graphs; {x['model']}, "
+        f"{escape(x['device'])}), {x['base']} decodes in {f_ms(x['base_ms'])} ms per token. "
+        + (f"Faster than it by more than 3%: {listed(x['faster'])}. " if x["faster"]
+           else "No quantized model beats it by more than 3%. ")
+        + (f"Within 3%: {listed(x['same'])}. " if x["same"] else "")
+        + (f"Slower: {listed(x['slower'])}. " if x["slower"] else "")
+        + ("Every fast path makes the same greedy tokens as its model's generate()."
+           if not x["diverging"] else
+           "Greedy tokens equal to generate()'s, where not all: "
+           + ", ".join(f"{escape(n)} {k}/{m}" for n, _, _, k, m in x["diverging"])
+           + " (section 6 says why).")
+    )
+
+
+def summary(doc: Doc, s: Study) -> None:
+    doc.h1("1. Summary")
+    g = s.headline
+    if g is None:
+        doc.p("No comparable perplexity runs in these results.")
+        return
+    r = s.runs(g)
+    x = setting_facts(r["baseline-fp32"])
+    rows = []
+    for rec in pr.by_family(s.groups[g]):
+        n = method(rec)
+        pre, dec = latency_of(rec)
+        rows.append([short_name(rec), f_mib(rec["memory"]["weights_mib"]), f_mib(rec["memory"].get("disk_mib")),
+                     "–" if pre is None else f_ms(pre), "–" if dec is None else f_ms(dec),
+                     f_ppl(rec["perplexity"]["ppl"]), f_pct(delta(r, n))])
+    doc.table(["method", "weights MiB", "disk MiB", "prefill ms", "decode ms/token", "perplexity", "vs fp32"],
+              rows, "Every method on one model, one text and one device. " + settings_sentence(x)
+              + " Each run timed itself with Hugging Face generate(), one run after another: compare "
+              "latencies across rows only roughly; the side-by-side ratios are in section 6.",
+              widths=[5.6, None, None, None, None, None, None])
+    doc.refs["headline"] = doc.n_tab
+    key_findings(doc, s)

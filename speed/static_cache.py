@@ -1,0 +1,107 @@
+"""The static-cache models: a model's own modules, attention over a preallocated KV cache.
+
+StaticGPT2 and StaticLlama call each block's modules as they are (quantized or not); only
+attention reads and writes a cache allocated once for prompt + new tokens, so that a decode
+step has fixed shapes and can be captured as a CUDA graph (speed/decoder.py).
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+import evaluate as ev
+
+# -----------------------------------------------------------------------------
+# 1. The static-cache models: the model's own modules, attention over a preallocated cache
+
+class StaticCache:
+    """K and V for max_len positions of every block, batch 1, written in place."""
+
+    def __init__(self, model, blocks, kv_heads: int, head_dim: int, norm: torch.nn.Module, max_len: int):
+        self.model, self.blocks, self.max_len = model, list(blocks), max_len
+        self.dtype = norm.weight.dtype                          # norms keep the compute dtype everywhere
+        self.device = norm.weight.device
+        shape = (len(self.blocks), 1, kv_heads, max_len, head_dim)
+        self.k = torch.zeros(shape, dtype=self.dtype, device=self.device)     # (L, 1, Hkv, T, D)
+        self.v = torch.zeros_like(self.k)
+        self.t = torch.arange(max_len, device=self.device)
+
+    def attend(self, i: int, q, k, v, pos, mask, groups: int = 1) -> torch.Tensor:
+        """Write block i's k, v (1, Hkv, S, D) at pos; q (1, H, S, D) -> (1, S, H*D)."""
+        self.k[i].index_copy_(2, pos, k)
+        self.v[i].index_copy_(2, pos, v)
+        keys, values = self.k[i], self.v[i]                                   # (1, Hkv, T, D)
+        if groups > 1:                                   # grouped-query attention: as the model's repeat_kv
+            keys, values = keys.repeat_interleave(groups, dim=1), values.repeat_interleave(groups, dim=1)
+        a = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask)   # (1, H, S, D)
+        return a.transpose(1, 2).reshape(1, q.shape[2], -1)
+
+
+class StaticGPT2(StaticCache):
+    """A GPT2LMHeadModel: wte + wpe, blocks of ln_1, attn.c_attn, attn.c_proj, ln_2, mlp; ln_f, lm_head."""
+
+    def __init__(self, model, max_len: int):
+        tr, c = model.transformer, model.config
+        self.n_head, self.d = c.n_head, c.n_embd
+        super().__init__(model, tr.h, c.n_head, c.n_embd // c.n_head, tr.ln_f, max_len)
+
+    @torch.no_grad()
+    def forward(self, ids: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
+        """ids (1, S) at positions pos (S,) -> logits (1, S, V); writes K, V at pos."""
+        tr, H = self.model.transformer, self.n_head
+        x = (tr.wte(ids) + tr.wpe(pos)[None]).to(self.dtype)                 # (1, S, C)
+        mask = self.t[None, :] <= pos[:, None]                               # (S, T): causal, cache-wide
+        for i, blk in enumerate(self.blocks):
+            qkv = blk.attn.c_attn(blk.ln_1(x))                               # (1, S, 3C)
+            q, k, v = (t.view(1, -1, H, self.d // H).transpose(1, 2) for t in qkv.split(self.d, dim=-1))
+            x = x + blk.attn.c_proj(self.attend(i, q, k, v, pos, mask))
+            x = x + blk.mlp(blk.ln_2(x))
+        return self.model.lm_head(tr.ln_f(x))
+
+
+class StaticLlama(StaticCache):
+    """A LlamaForCausalLM: embed_tokens, blocks of input_layernorm, self_attn (q/k/v/o_proj,
+    rotary on q and k, grouped-query), post_attention_layernorm, mlp; norm, lm_head. The
+    rotary cos/sin come from the model's own rotary_emb, once for every cache position."""
+
+    def __init__(self, model, max_len: int):
+        from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
+        m, c = model.model, model.config
+        self.n_head, self.kv_heads = c.num_attention_heads, c.num_key_value_heads
+        self.head_dim = getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads
+        super().__init__(model, m.layers, self.kv_heads, self.head_dim, m.norm, max_len)
+        self.rotate = apply_rotary_pos_emb
+        probe = torch.zeros(1, dtype=self.dtype, device=self.device)        # rotary_emb reads dtype, device
+        self.cos, self.sin = m.rotary_emb(probe, self.t[None])               # (1, T, D) each
+
+    @torch.no_grad()
+    def forward(self, ids: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
+        """ids (1, S) at positions pos (S,) -> logits (1, S, V); writes K, V at pos."""
+        m, D = self.model.model, self.head_dim
+        x = m.embed_tokens(ids).to(self.dtype)                               # (1, S, C)
+        cos, sin = self.cos[:, pos], self.sin[:, pos]                        # (1, S, D)
+        mask = self.t[None, :] <= pos[:, None]                               # (S, T)
+        for i, blk in enumerate(self.blocks):
+            att, h = blk.self_attn, blk.input_layernorm(x)
+            q = att.q_proj(h).view(1, -1, self.n_head, D).transpose(1, 2)     # (1, H, S, D)
+            k = att.k_proj(h).view(1, -1, self.kv_heads, D).transpose(1, 2)   # (1, Hkv, S, D)
+            v = att.v_proj(h).view(1, -1, self.kv_heads, D).transpose(1, 2)
+            q, k = self.rotate(q, k, cos, sin)
+            x = x + att.o_proj(self.attend(i, q, k, v, pos, mask, self.n_head // self.kv_heads))
+            x = x + blk.mlp(blk.post_attention_layernorm(x))
+        return self.model.lm_head(m.norm(x))
+
+
+STATIC = {"gpt2": StaticGPT2, "llama": StaticLlama}
+
+
+def check_architecture(model_type: str | None, what: str = "this model") -> None:
+    if model_type not in STATIC:
+        raise ev.UserError(f"the fast decode path supports GPT-2 and Llama models only ({what} is "
+                           f"'{model_type or '?'}')")
+
+
+def static_model(model, max_len: int) -> StaticCache:
+    kind = getattr(model.config, "model_type", None)
+    check_architecture(kind)
+    return STATIC[kind](model, max_len)

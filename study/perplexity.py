@@ -1,0 +1,128 @@
+"""Perplexity, corpus-level and token-weighted: sliding windows over one tokenized text.
+
+The text is tokenized once and scored with windows of max_length tokens moved by stride;
+every token after the first is scored exactly once, with all the context its window allows:
+ppl = exp(sum of NLL / number of scored tokens). per_line_perplexity is the per-sample mean.
+"""
+from __future__ import annotations
+
+import math
+import statistics
+import sys
+
+import torch
+import torch.nn.functional as F
+
+from results import UserError
+from study.loading import input_device, model_context
+
+# -----------------------------------------------------------------------------
+# Perplexity
+
+def window_plan(n_tokens: int, max_length: int, stride: int) -> list[tuple[int, int, int]]:
+    """Sliding windows as (begin, end, score_from). Window inputs are ids[begin:end]
+    (at most max_length tokens) and predict the targets ids[begin+1:end+1]; the
+    window scores the targets at positions score_from..end. Windows start every
+    `stride` tokens; each scores only targets no earlier window scored, so every
+    position 1..n_tokens-1 is scored exactly once (position 0 has no context), with
+    the most context any window gives it. stride == max_length is the usual
+    non-overlapping evaluation, and then no token is lost at window edges."""
+    plan, last = [], 0                       # last: the last target position scored so far
+    for begin in range(0, n_tokens - 1, stride):
+        end = min(begin + max_length, n_tokens - 1)
+        plan.append((begin, end, last + 1))
+        last = end
+        if end == n_tokens - 1:
+            break
+    return plan
+
+
+def check_windows(max_length: int, stride: int, context: int | None) -> None:
+    if max_length < 2:
+        raise UserError(f"--max-length must be at least 2 (got {max_length})")
+    if context is not None and max_length > context:
+        raise UserError(f"--max-length {max_length} is longer than the model's context of {context} tokens")
+    if stride <= 0 or stride > max_length:
+        raise UserError(f"--stride must be in 1..max-length ({max_length}); got {stride}")
+
+
+def token_nll(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Per-token negative log-likelihood in float32. logits (..., V), targets (...)."""
+    return F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), targets.reshape(-1),
+                           reduction="none").view(targets.shape)
+
+
+@torch.no_grad()
+def perplexity(model, input_ids: torch.Tensor, max_length: int, stride: int,
+               progress: bool = True) -> dict:
+    """Corpus-level, token-weighted sliding-window perplexity of input_ids (1, N)."""
+    check_windows(max_length, stride, model_context(model.config))
+    dev = input_device(model)  # under a device_map, the embedding's device
+    ids = input_ids[0]
+    plan = window_plan(ids.numel(), max_length, stride)
+    nll_sum, n_scored = 0.0, 0
+    from tqdm.auto import tqdm
+    for begin, end, score_from in tqdm(plan, desc="perplexity", unit="win", disable=not progress,
+                                       file=sys.stderr):
+        window = ids[begin:end + 1].to(dev)                         # (T+1,) inputs and targets
+        logits = model(window[None, :-1], use_cache=False).logits[0]  # (T, V): row j predicts window[j+1]
+        first = score_from - begin - 1                             # row that predicts score_from
+        nll = token_nll(logits[first:], window[first + 1:])
+        nll_sum += nll.double().sum().item()
+        n_scored += nll.numel()
+    mean_nll = nll_sum / n_scored
+    if not math.isfinite(mean_nll) or mean_nll > 700:      # exp() would overflow: no number to report
+        half = next(model.parameters()).dtype in (torch.float16, torch.bfloat16) if hasattr(model, "parameters") \
+            else False
+        raise UserError(f"the model's loss is not finite ({mean_nll:.4g}): its weights or activations hold NaN "
+                        f"or infinity" + (" (in half precision, try --dtype float32)" if half else ""))
+    return {"ppl": math.exp(mean_nll), "mean_nll": mean_nll, "n_tokens_scored": n_scored,
+            "n_tokens_total": ids.numel(), "n_windows": len(plan), "max_length": max_length,
+            "stride": stride, "aggregation": "corpus-level, token-weighted: exp(sum NLL / tokens)"}
+
+
+@torch.no_grad()
+def per_line_perplexity(model, tokenizer, text: str, n_lines: int = 3000, max_length: int = 1024,
+                        max_tokens: int | None = None, batch_size: int = 16,
+                        progress: bool = True) -> dict:
+    """The sample report's aggregation, kept for comparison only: the plain mean of
+    per-line perplexities over the first n_lines non-empty lines (each line scored
+    alone, cut to max_length tokens). Short lines weigh as much as long ones, so it
+    is not a corpus perplexity. Lines of one token have nothing to score and are
+    skipped; with max_tokens, lines stop once that many tokens were used."""
+    lines = [ln for ln in text.splitlines() if ln.strip()][:n_lines]
+    encoded, used = [], 0
+    for line in lines:
+        ids = tokenizer(line).input_ids[:max_length]
+        if max_tokens is not None and used + len(ids) > max_tokens:
+            break
+        used += len(ids)
+        if len(ids) >= 2:
+            encoded.append(ids)
+    dev = input_device(model)
+    order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))  # similar lengths batch well
+    ppls = [0.0] * len(encoded)
+    from tqdm.auto import tqdm
+    for start in tqdm(range(0, len(order), batch_size), desc="per-line", unit="batch",
+                      disable=not progress, file=sys.stderr):
+        idx = order[start:start + batch_size]
+        width = max(len(encoded[i]) for i in idx)
+        ids = torch.zeros(len(idx), width, dtype=torch.long)
+        mask = torch.zeros(len(idx), width, dtype=torch.long)
+        for row, i in enumerate(idx):                              # right padding
+            ids[row, :len(encoded[i])] = torch.tensor(encoded[i])
+            mask[row, :len(encoded[i])] = 1
+        ids, mask = ids.to(dev), mask.to(dev)
+        logits = model(ids, attention_mask=mask, use_cache=False).logits[:, :-1]  # (B, W-1, V)
+        nll = token_nll(logits, ids[:, 1:]) * mask[:, 1:]
+        per_line = nll.double().sum(1) / mask[:, 1:].sum(1)
+        for row, i in enumerate(idx):
+            x = per_line[row].item()
+            ppls[i] = math.exp(x) if x < 700 else math.inf     # exp() overflows a float past ~709
+    finite = bool(ppls) and all(math.isfinite(p) for p in ppls)
+    return {"mean_of_line_ppl": statistics.fmean(ppls) if finite else None,   # None: no line, or one overflows
+            "median_of_line_ppl": statistics.median(ppls) if ppls and finite else None,
+            "n_lines_overflowing": sum(not math.isfinite(p) for p in ppls),
+            "n_lines": len(ppls), "n_lines_asked": n_lines, "max_length": max_length,
+            "label": "per-sample aggregation of the sample report (mean of per-line perplexities); "
+                     "not comparable with the corpus perplexity"}

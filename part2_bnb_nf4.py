@@ -35,9 +35,9 @@ import torch
 import evaluate as ev
 import part1_quantize_scratch as p1
 import results
-from study import registry
+from study import plan, registry
 
-MODES = ("int8", "fp4", "nf4", "nf4-dq")
+MODES = plan.BNB_MODES                            # study/plan.py says which modes the study runs
 # LLM.int8() warns at every matmul that it casts float32 inputs to float16; said once, in the docstring.
 logging.getLogger("bitsandbytes.autograd._functions").setLevel(logging.ERROR)
 # On a CPU with AVX512-BF16, bitsandbytes looks for an optional faster 4-bit kernel (the

@@ -28,13 +28,12 @@ from pathlib import Path
 
 import evaluate
 import results
+from study import plan
 
-STEPS = ("baseline", "part1", "sensitivity", "part2", "gguf", "plots", "report")
-CPU_TOKEN_BUDGET = 16384
-# The sensitivity scan scores 34 perplexities (the float model, each block, each component):
-# on a GPU it scores this prefix of the text (recorded as max_tokens), not the whole text.
-SENSITIVITY_GPU_TOKENS = 65536
-GGUF_TYPES = ("F32", "F16", "Q8_0", "Q5_K_M", "Q4_K_M", "Q4_0")
+# The plan (which runs, which keywords, the token budgets) is study/plan.py's, shared with
+# scripts/standin_study.py.
+STEPS, CPU_TOKEN_BUDGET, SENSITIVITY_GPU_TOKENS, GGUF_TYPES = (plan.STEPS, plan.CPU_TOKEN_BUDGET,
+                                                               plan.SENSITIVITY_GPU_TOKENS, plan.GGUF_TYPES)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -63,31 +62,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--smoke", action="store_true",
                    help="tiny random model made on the spot, offline; numbers mean nothing")
     return p
-
-
-def plan(steps: list[str], gguf_dir: str = "gguf") -> list[tuple[str, str, dict]]:
-    """(step, label, keywords of that script's main) for every run, in order."""
-    runs = []
-    if "baseline" in steps:
-        runs.append(("baseline", "baseline fp32", {}))
-    if "part1" in steps:
-        runs += [("part1", "INT8 whole, per-channel", {"mode": "whole"}),
-                 ("part1", "INT8 whole, per-tensor", {"mode": "whole", "scheme": "per_tensor"}),
-                 ("part1", "INT8 whole, asymmetric", {"mode": "whole", "scheme": "asymmetric"}),
-                 ("part1", "INT8 whole, group-64", {"mode": "whole", "scheme": "group", "group_size": 64}),
-                 ("part1", "INT8 blocks 0,1 attn+ffn",
-                  {"mode": "selective", "blocks": "0,1", "components": "attn,ffn"}),
-                 ("part1", "4-bit NF4 (scratch)", {"bits": 4, "scheme": "nf4"}),
-                 ("part1", "4-bit int4 (scratch)", {"bits": 4, "scheme": "int4"})]
-    if "sensitivity" in steps:
-        runs.append(("sensitivity", "INT8 sensitivity", {"sensitivity": True}))
-    if "part2" in steps:
-        import part2_bnb_nf4 as p2
-        runs += [("part2", f"bitsandbytes {m}", {"mode": m}) for m in p2.MODES]
-        runs.append(("part2", "NF4 vs linear 4-bit", {"compare": True}))
-    if "gguf" in steps:
-        runs += [("gguf", f"GGUF {t}", {"types": t, "gguf_dir": gguf_dir}) for t in GGUF_TYPES]
-    return runs
 
 
 def script_main(step: str):
@@ -172,7 +146,7 @@ def main(**kwargs) -> list[dict]:
         evaluate.prepare(evaluate.with_defaults(evaluate.build_parser(), common))
     ledger_path = Path(args.results_dir) / ("smoke" if args.smoke else "") / ".study-ledger"
     runs = []
-    for step, label, extra in plan(steps, args.gguf_dir):
+    for step, label, extra in plan.study_runs(steps, args.gguf_dir):
         kw = {**common, **extra}
         if step == "sensitivity" and max_tokens is None:
             kw["max_tokens"] = SENSITIVITY_GPU_TOKENS        # 34 perplexities: a prefix, recorded

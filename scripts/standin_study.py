@@ -33,17 +33,18 @@ sys.path[:0] = [str(ROOT), str(ROOT / "scripts")]
 import evaluate as ev  # noqa: E402  (the repository's root, above)
 import results  # noqa: E402
 import run_study  # noqa: E402
+from study import plan  # noqa: E402
 
 TEXT = "data/wikitext-2-raw/wiki.test.raw"
 SMOL_NOTE = "smollm2-135m (SmolLM2-135M-Instruct, dequantized from Q4_1) stands in for gpt2 for perplexity"
 G2R_NOTE = ("gpt2-random (GPT-2 small shapes, random weights) stands in for gpt2 for memory and latency; "
             "its perplexity means nothing")
-CPU_PREFIX = 16384          # tokens scored on the CPU: 32 windows of 1024 at stride 512
+CPU_PREFIX = plan.CPU_TOKEN_BUDGET      # tokens scored on the CPU: 32 windows of 1024 at stride 512
 # LLM.int8() has no graph: its generate() alone takes minutes, so it is left out of the fused bench
 FUSED_BENCH = {"methods": "fp16,scratch-int8-fast,scratch-int4-fast,scratch-nf4-fast,bnb-nf4,torchao-int8wo,"
                           "hf-static-compile", "repeats": 6}
 CPU_TIMING = {"repeats": 5, "new_tokens": 64}
-GGUF_TYPES = ",".join(run_study.GGUF_TYPES)
+GGUF_TYPES = ",".join(plan.GGUF_TYPES)
 SIZE_BENCH = {"methods": "fp16,scratch-int8-fast,scratch-int4-fast", "repeats": 6}
 ANATOMY = {"anatomy": True, "repeats": 20}     # fast_decode's default methods for it: fp16, INT8, int4
 # a plan's model -> its folder under --models (make_standins builds each)
@@ -54,15 +55,6 @@ SIZE_NOTE = ("{folder} (GPT-2 {size} shapes, random weights) stands in for gpt2-
 
 # (step, label, script, keywords): the keywords are the script's main() arguments beyond
 # the model's own (model, text_file, device, stand_in, quiet, results_dir).
-PART1 = [("INT8 whole, per-channel", {"mode": "whole", "scheme": "per_channel"}),
-         ("INT8 whole, per-tensor", {"mode": "whole", "scheme": "per_tensor"}),
-         ("INT8 whole, asymmetric", {"mode": "whole", "scheme": "asymmetric"}),
-         ("INT8 whole, group-64", {"mode": "whole", "scheme": "group", "group_size": 64}),
-         ("INT8 blocks 0,1 attn+ffn", {"mode": "selective", "blocks": "0,1", "components": "attn,ffn"}),
-         ("4-bit NF4 (scratch)", {"bits": 4, "scheme": "nf4"}),
-         ("4-bit int4 (scratch)", {"bits": 4, "scheme": "int4"})]
-
-
 def steps_for(machine: str) -> dict[str, list[tuple[str, str, str, dict]]]:
     """Each step's runs as (label, model, script, keywords); model is a key of FOLDERS."""
     if machine == "cpu":
@@ -70,9 +62,9 @@ def steps_for(machine: str) -> dict[str, list[tuple[str, str, str, dict]]]:
         return {
             "cpu-smol": [("fp32", "smol", "evaluate", ppl),
                          ("fp16", "smol", "evaluate", {**ppl, "dtype": "float16"}),
-                         *[(label, "smol", "part1", {**ppl, **kw}) for label, kw in PART1],
+                         *[(label, "smol", "part1", {**ppl, **kw}) for label, kw in plan.PART1],
                          ("bitsandbytes, every mode", "smol", "part2", {**ppl, "mode": "all"}),
-                         ("NF4 vs linear 4-bit", "smol", "part2", {"compare": True})],
+                         (plan.COMPARE[0], "smol", "part2", plan.COMPARE[1])],
             "cpu-gguf": [("GGUF, every type", "smol", "gguf", {**ppl, "types": GGUF_TYPES}),
                          ("GGUF Q4_K_M inspected", "smol", "gguf-inspect", {"type": "Q4_K_M"})],
             "cpu-sens": [("INT8 sensitivity", "smol", "part1",
@@ -94,9 +86,9 @@ def steps_for(machine: str) -> dict[str, list[tuple[str, str, str, dict]]]:
                            {"stride": 1024, "max_length": 1024, "skip_latency": True}),
                           ("fp32", "smol", "evaluate", {"stride": 512}),          # with the 3000-line mean
                           ("fp16", "smol", "evaluate", {"stride": 512, "dtype": "float16"}),
-                          *[(label, "smol", "part1", {**ppl, **kw}) for label, kw in PART1],
+                          *[(label, "smol", "part1", {**ppl, **kw}) for label, kw in plan.PART1],
                           ("INT8 sensitivity", "smol", "part1",
-                           {"sensitivity": True, "stride": 1024, "max_tokens": run_study.SENSITIVITY_GPU_TOKENS,
+                           {"sensitivity": True, "stride": 1024, "max_tokens": plan.SENSITIVITY_GPU_TOKENS,
                             "per_line": 0, "skip_latency": True}),
                           ("bitsandbytes, every mode", "smol", "part2", {**ppl, "mode": "all"})],
             "cuda-speed": [("bitsandbytes bench", "smol", "part2", {"bench": True}),

@@ -1,0 +1,46 @@
+"""The study's run plan, said once: which runs make each part, with which keywords.
+
+run_study.py runs this plan on one model (`study_runs`); scripts/standin_study.py runs the
+same runs on the stand-ins, each machine's steps built from the same lists (PART1, BNB_MODES,
+GGUF_TYPES) and budgets. A run is (label, keywords of its script's main()). Adding a run to a
+part is one line here, and both studies take it. No torch: it imports nothing of the project.
+"""
+from __future__ import annotations
+
+# Part 1: the INT8 schemes on the whole model, two blocks alone, and scratch 4-bit.
+PART1 = (("INT8 whole, per-channel", {"mode": "whole", "scheme": "per_channel"}),
+         ("INT8 whole, per-tensor", {"mode": "whole", "scheme": "per_tensor"}),
+         ("INT8 whole, asymmetric", {"mode": "whole", "scheme": "asymmetric"}),
+         ("INT8 whole, group-64", {"mode": "whole", "scheme": "group", "group_size": 64}),
+         ("INT8 blocks 0,1 attn+ffn", {"mode": "selective", "blocks": "0,1", "components": "attn,ffn"}),
+         ("4-bit NF4 (scratch)", {"bits": 4, "scheme": "nf4"}),
+         ("4-bit int4 (scratch)", {"bits": 4, "scheme": "int4"}))
+SENSITIVITY = ("INT8 sensitivity", {"sensitivity": True})
+BNB_MODES = ("int8", "fp4", "nf4", "nf4-dq")          # part2_bnb_nf4.MODES: every bitsandbytes mode
+COMPARE = ("NF4 vs linear 4-bit", {"compare": True})
+GGUF_TYPES = ("F32", "F16", "Q8_0", "Q5_K_M", "Q4_K_M", "Q4_0")
+
+# Budgets: a CPU scores this prefix of the text (32 windows of 1024 at stride 512), so that the
+# study finishes in about an hour on 2 cores; on a GPU the sensitivity scan (34 perplexities: the
+# float model, each block, each component) scores this prefix, the other runs the whole text.
+CPU_TOKEN_BUDGET = 16384
+SENSITIVITY_GPU_TOKENS = 65536
+
+STEPS = ("baseline", "part1", "sensitivity", "part2", "gguf", "plots", "report")
+
+
+def study_runs(steps: list[str], gguf_dir: str = "gguf") -> list[tuple[str, str, dict]]:
+    """run_study.py's runs: (step, label, keywords of that step's script's main()), in order."""
+    runs = []
+    if "baseline" in steps:
+        runs.append(("baseline", "baseline fp32", {}))
+    if "part1" in steps:
+        runs += [("part1", label, kw) for label, kw in PART1]
+    if "sensitivity" in steps:
+        runs.append(("sensitivity", *SENSITIVITY))
+    if "part2" in steps:
+        runs += [("part2", f"bitsandbytes {m}", {"mode": m}) for m in BNB_MODES]
+        runs.append(("part2", *COMPARE))
+    if "gguf" in steps:
+        runs += [("gguf", f"GGUF {t}", {"types": t, "gguf_dir": gguf_dir}) for t in GGUF_TYPES]
+    return runs

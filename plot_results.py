@@ -73,7 +73,7 @@ def eval_groups(records: list[dict]) -> dict[tuple, list[dict]]:
                 continue
             p = r["perplexity"]
             key = (short_model(r), r["dataset"]["id"].split("/")[-1], p["max_length"], p["stride"],
-                   p["n_tokens_scored"], device_of(r))
+                   p["n_tokens_scored"], device_of(r), device_kind(r))
             r["memory"]["weights_mib"]                                      # must exist
             registry.of(r)                                                  # and say what it is
             groups[key].append(r)
@@ -87,14 +87,14 @@ def perplexity_means_something(rec: dict) -> bool:
     return not results.random_weights(rec)
 
 
-def device_kind(rec_or_name) -> str:
-    name = rec_or_name if isinstance(rec_or_name, str) else device_of(rec_or_name)
-    return "cpu" if "cpu" in name.lower() else "cuda"
+def device_kind(rec: dict) -> str:
+    """'cpu' or 'cuda': the kind of device a record ran on (environment.device, as torch names it)."""
+    return "cpu" if str((rec.get("environment") or {}).get("device", "")).startswith("cpu") else "cuda"
 
 
 def group_slug(key: tuple) -> str:
-    model, text, L, S, n, dev = key
-    return results.slug(f"{model}_{text}_L{L}-S{S}-N{n}_{device_kind(dev)}")
+    model, text, L, S, n, dev, kind = key
+    return results.slug(f"{model}_{text}_L{L}-S{S}-N{n}_{kind}")
 
 
 # File names of the figures, one place, so that the report can find them.

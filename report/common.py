@@ -31,7 +31,7 @@ def model_label(rec: dict) -> str:
 
 
 def group_label(key: tuple) -> str:
-    model, text, L, S, n, dev = key
+    model, text, L, S, n, dev, _ = key
     return f"{model} · {pr.text_words(text, short=True)} · L={L} S={S} · {n:,} tokens · {dev}"
 
 

@@ -24,7 +24,7 @@ from study.cli import run_cli  # noqa: E402
 def eval_tables(records: list[dict]) -> str:
     groups = pr.eval_groups(records)
     lines = []
-    for (model, text, L, S, n, dev), rs in sorted(groups.items()):
+    for (model, text, L, S, n, dev, _), rs in sorted(groups.items()):
         base = next((r for r in rs if r["method"]["name"] == "baseline-fp32"), None)
         stand_in = rs[0]["model"].get("stand_in")
         lines += [f"**{model}** on {pr.text_name(rs[0])} ({text.removeprefix('file:')}), L={L} S={S}, "
@@ -211,18 +211,10 @@ def main(folder: str = "results") -> str:
         warnings.simplefilter("always")
         warnings.showwarning = lambda msg, *a, **k: print(f"warning: {msg}", file=sys.stderr)
         records = load_results(folder)
-        try:
-            evals = eval_tables(records)
-        except (KeyError, TypeError, ValueError, ZeroDivisionError) as e:
-            print(f"warning: the evaluation tables were skipped: {type(e).__name__} {e}", file=sys.stderr)
-            evals = ""
+        evals = eval_tables(records)              # a failure here is a bug: it ends the run, never a gap
         benches, compares = guarded(bench_tables, records), guarded(compare_tables, records)
         anatomies = guarded(anatomy_tables, records)
-        try:
-            sizes = size_table(records)
-        except (KeyError, TypeError, ValueError, ZeroDivisionError) as e:
-            print(f"warning: the model-size table was skipped: {type(e).__name__} {e}", file=sys.stderr)
-            sizes = ""
+        sizes = size_table(records)
     head = (f"# Results\n\nPrinted by `python scripts/results_table.py > RESULTS.md` from {folder}/*.json "
             "(do not edit by hand). Perplexity changes are against the fp32 baseline of the same model, text, "
             "windows and token count; speed ratios come from side-by-side runs only.\n")

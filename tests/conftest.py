@@ -69,7 +69,8 @@ def record(method, ppl, mib, model="m-small", device="cpu: test", stand_in=None,
             "model": {"id": f"/x/{model}", "stand_in": stand_in},
             "dataset": {"id": "file:/t/wiki.test.raw", "sha256": "0" * 64},
             "perplexity": {"ppl": ppl, "max_length": 64, "stride": 32, "n_tokens_scored": 999},
-            "memory": {"weights_mib": mib, "disk_mib": memory_disk}, "environment": {"device_name": device},
+            "memory": {"weights_mib": mib, "disk_mib": memory_disk},
+            "environment": {"device": "cpu" if device.startswith("cpu") else "cuda:0", "device_name": device},
             "timestamp": "2026-11-23T10:00:00+00:00", **extra}
 
 
@@ -157,12 +158,12 @@ def results_dir(tmp_path, gpt2_dir):
             "bytes_by_type": {"Q8_0": 28311552}}},
         "other.json": record("baseline-fp32", 9.0, 5.0, model="lonely"),          # a group of one: no figure
         "bench.json": {"schema_version": 1, "method": {"name": "bnb-bench"}, "model": {"id": "g", "stand_in": "x"},
-                       "dataset": {"id": "t"}, "environment": {"device_name": "NVIDIA Test GPU"},
+                       "dataset": {"id": "t"}, "environment": {"device": "cuda:0", "device_name": "NVIDIA Test GPU"},
                        "bench": {"table": bench_table(["fp16", "bnb-nf4"]), "baseline": "fp16", "repeats": 3,
                                  "prefill_tokens": 333, "prompt_tokens": 11, "new_tokens": 77}},
         "fast.json": {"schema_version": 1, "method": {"name": "gpu-decode-bench"},
                       "model": {"id": "/x/g2", "stand_in": "g2 (stand-in)"}, "dataset": {"id": "t"},
-                      "environment": {"device_name": "NVIDIA Test GPU"},
+                      "environment": {"device": "cuda:0", "device_name": "NVIDIA Test GPU"},
                       "bench": {"table": fast_bench_table(), "baseline": "fp16", "repeats": 3, "prefill_tokens": 333,
                                 "prompt_tokens": 11, "new_tokens": 77, "fast_path": "static KV cache, CUDA graphs",
                                 "layers_definition": "50 calls per graph", "hbm_bytes_per_s": 1.23e12}},
@@ -170,7 +171,7 @@ def results_dir(tmp_path, gpt2_dir):
             "baseline_ppl": 20.0, "block": [{"block": "0", "delta_pct": 0.1}, {"block": "1", "delta_pct": -0.02}],
             "component": [{"component": "qkv", "delta_pct": 0.2}]}),
         "cmp.json": {"schema_version": 1, "method": {"name": "nf4-vs-linear-4bit"}, "model": {"id": "tiny"},
-                     "environment": {"device_name": "cpu"}},
+                     "environment": {"device": "cpu", "device_name": "cpu"}},
     }
     model, _ = ev.load_model(str(gpt2_dir), device="cpu")
     files["cmp.json"]["compare"] = p2.compare_4bit(model)

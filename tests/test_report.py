@@ -143,7 +143,7 @@ def test_the_anatomy_section_is_the_records_numbers(results_dir, tmp_path):
         rec = results.new_record("anatomy", "step-anatomy", {},
                                  {"id": f"/x/{model}", "stand_in": f"{model} (stand-in)"},
                                  torch.device("cpu"), anatomy=a)
-        rec["environment"]["device_name"] = "NVIDIA Test GPU"
+        rec["environment"].update(device="cuda:0", device_name="NVIDIA Test GPU")
         (results_dir / f"anatomy-{model}.json").write_text(json.dumps(rec))
     out = tmp_path / "r" / "report.pdf"
     br.main(results=str(results_dir), out=str(out), figures=str(tmp_path / "r" / "figures"))

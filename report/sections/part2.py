@@ -137,7 +137,7 @@ def nf4_section(doc: Doc, s: Study) -> None:
 def cpu_dq_facts(s: Study) -> dict | None:
     """Where a CPU run's NF4 and NF4-DQ hold the same scale bytes: the absmax's dtype, the version."""
     for k in s.ppl_groups():
-        if pr.device_kind(k[5]) != "cpu":
+        if k[6] != "cpu":                             # the group's device kind (pr.eval_groups' key)
             continue
         r = s.runs(k)
         if not {"bnb-nf4", "bnb-nf4-dq"} <= set(r):

@@ -430,8 +430,17 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def main(**kwargs) -> list[dict] | dict:
-    args = ev.with_defaults(build_parser(), kwargs)
+def main(*, types: str = "F32,F16,Q8_0,Q5_K_M,Q4_K_M,Q4_0", gguf_dir: str = "gguf", inspect: str | None = None,
+         push_to_hub: str | None = None, dry_run: bool = False, model: str = "gpt2", dtype: str = "float32",
+         device: str = "auto", device_map: str | None = None, stand_in: str | None = None,
+         random_weights: bool = False, threads: int | None = None, dataset: str = "wikitext2",
+         text_file: str | None = None, max_length: int | None = None, stride: int | None = None,
+         max_tokens: int | None = None, per_line: int = 3000, prefill_tokens: int = 512,
+         prompt_tokens: int = 32, new_tokens: int = 128, repeats: int = 10, warmup: int = 2,
+         skip_latency: bool = False, skip_disk: bool = False, results_dir: str = "results",
+         out: str | None = None, quiet: bool = False, smoke: bool = False) -> list[dict] | dict:
+    """The command line's flags as keywords (--help says what each does)."""
+    args = ev.with_defaults(build_parser(), dict(locals()))
     if args.inspect is not None:
         if args.push_to_hub is not None or args.dry_run or args.types != DEFAULT_TYPES:
             raise ev.UserError("--inspect only reads one file: it takes no --types, --push-to-hub or --dry-run")

@@ -631,7 +631,7 @@ def method_identity(spec: dict) -> dict:
                              components=spec["components"] if selective else None)
 
 
-def sensitivity(model, ids: torch.Tensor, cfg: ev.EvalConfig, base_ppl: float, spec_kwargs: dict,
+def sensitivity_scan(model, ids: torch.Tensor, cfg: ev.EvalConfig, base_ppl: float, spec_kwargs: dict,
                 progress: bool = True) -> dict:
     """Perplexity with one block quantized at a time, then one component type at a
     time (in every block), each against the unquantized base_ppl."""
@@ -650,10 +650,19 @@ def sensitivity(model, ids: torch.Tensor, cfg: ev.EvalConfig, base_ppl: float, s
     return out
 
 
-def main(**kwargs) -> results.Record:
+def main(*, mode: str = "whole", bits: int = 8, scheme: str | None = None, group_size: int = 128,
+         blocks: str | None = None, components: str | None = None, sensitivity: bool = False,
+         bench: bool = False, save: str | None = None, model: str = "gpt2", dtype: str = "float32",
+         device: str = "auto", device_map: str | None = None, stand_in: str | None = None,
+         random_weights: bool = False, threads: int | None = None, dataset: str = "wikitext2",
+         text_file: str | None = None, max_length: int | None = None, stride: int | None = None,
+         max_tokens: int | None = None, per_line: int = 3000, prefill_tokens: int = 512,
+         prompt_tokens: int = 32, new_tokens: int = 128, repeats: int = 10, warmup: int = 2,
+         skip_latency: bool = False, skip_disk: bool = False, results_dir: str = "results",
+         out: str | None = None, quiet: bool = False, smoke: bool = False) -> results.Record:
     """Quantize, evaluate through evaluate.py, write the results JSON; returns the record
     (its .path is the file written)."""
-    args = ev.with_defaults(build_parser(), kwargs)
+    args = ev.with_defaults(build_parser(), dict(locals()))
     import tempfile
     with tempfile.TemporaryDirectory(prefix="qstudy-smoke-") as workdir:
         if args.smoke:
@@ -707,7 +716,7 @@ def main(**kwargs) -> results.Record:
             record = ev.evaluate(model, tokenizer, source, cfg, method=name, kind="sensitivity", identity=identity,
                                  settings={**spec_kwargs, "mode": "sensitivity"}, **common)
             ids = ev.tokenize(tokenizer, source.text, cfg.max_tokens)
-            record["sensitivity"] = sens = sensitivity(model, ids, cfg, record["perplexity"]["ppl"],
+            record["sensitivity"] = sens = sensitivity_scan(model, ids, cfg, record["perplexity"]["ppl"],
                                                        spec_kwargs, progress)
             record = results.write(record, out)
             for kind in ("block", "component"):

@@ -329,10 +329,18 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def main(**kwargs) -> list[results.Record] | results.Record:
+def main(*, mode: str = "all", threshold: float = 6.0, compute_dtype: str = "auto", compare: bool = False,
+         layer: str | None = None, bench: bool = False, save: str | None = None, model: str = "gpt2",
+         dtype: str = "float32", device: str = "auto", device_map: str | None = None,
+         stand_in: str | None = None, random_weights: bool = False, threads: int | None = None,
+         dataset: str = "wikitext2", text_file: str | None = None, max_length: int | None = None,
+         stride: int | None = None, max_tokens: int | None = None, per_line: int = 3000,
+         prefill_tokens: int = 512, prompt_tokens: int = 32, new_tokens: int = 128, repeats: int = 10,
+         warmup: int = 2, skip_latency: bool = False, skip_disk: bool = False, results_dir: str = "results",
+         out: str | None = None, quiet: bool = False, smoke: bool = False) -> list[results.Record] | results.Record:
     """Quantize with bitsandbytes, evaluate through evaluate.py, write results JSON; returns
     the records (each with .path), or the one record of --compare or --bench."""
-    args = ev.with_defaults(build_parser(), kwargs)
+    args = ev.with_defaults(build_parser(), dict(locals()))
     modes = parse_modes(args.mode)                                       # fail before loading anything
     check_threshold(args.threshold)
     if args.compare and args.bench:

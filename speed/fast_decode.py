@@ -48,7 +48,8 @@ if __name__ == "__main__":                        # run as a script: the reposit
 import torch  # noqa: E402
 
 import evaluate as ev  # noqa: E402
-from speed.anatomy import ANATOMY_METHODS, anatomy, save_anatomy
+from speed.anatomy import ANATOMY_METHODS, save_anatomy
+from speed.anatomy import anatomy as step_anatomy
 from speed.cpu_bench import CPU_METHODS, CPU_PATH, cpu_bench
 from speed.gpu_bench import FAST_PATH, METHODS, bench, parse_methods
 from speed.readings import cpu_targets_text, table_text
@@ -90,8 +91,14 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def main(**kwargs) -> dict:
-    args = ev.with_defaults(build_parser(), kwargs)
+def main(*, model: str = "gpt2", dataset: str = "wikitext2", text_file: str | None = None,
+         device: str = "cuda", methods: str | None = None, gguf_dir: str = "gguf", prefill_tokens: int = 512,
+         prompt_tokens: int = 32, new_tokens: int = 128, repeats: int = 10, warmup: int = 2,
+         anatomy: bool = False, no_tune_tiles: bool = False, stand_in: str | None = None,
+         random_weights: bool = False, results_dir: str = "results", out: str | None = None,
+         quiet: bool = False, smoke: bool = False) -> dict:
+    """The command line's flags as keywords (--help says what each does)."""
+    args = ev.with_defaults(build_parser(), dict(locals()))
     cpu = args.device == "cpu"
     if not cpu and not torch.cuda.is_available():
         raise ev.UserError("the GPU decode benchmark needs CUDA, and no GPU was found (use a CUDA machine, "
@@ -128,7 +135,7 @@ def main(**kwargs) -> dict:
         print(cpu_targets_text(result))
         return record
     if args.anatomy:
-        return save_anatomy(anatomy(args.model, tokenizer, ids, methods, args.prompt_tokens, args.new_tokens,
+        return save_anatomy(step_anatomy(args.model, tokenizer, ids, methods, args.prompt_tokens, args.new_tokens,
                                     args.repeats, args.warmup, tune=not args.no_tune_tiles), methods, source, args)
     result = bench(args.model, tokenizer, ids, methods, args.prefill_tokens, args.prompt_tokens, args.new_tokens,
                    args.repeats, args.warmup, progress=not args.quiet, tune=not args.no_tune_tiles)

@@ -213,7 +213,7 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
 
 
 def add_latency_args(g) -> None:
-    """The timing flags, with EvalConfig's defaults (also fast_decode.py's)."""
+    """The timing flags, with EvalConfig's defaults (also speed/fast_decode.py's)."""
     g.add_argument("--prefill-tokens", type=int, default=DEFAULTS.prefill_tokens,
                    help=f"prefill length, batch 1 (default: {DEFAULTS.prefill_tokens})")
     g.add_argument("--prompt-tokens", type=int, default=DEFAULTS.prompt_tokens,

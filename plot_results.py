@@ -459,7 +459,7 @@ def anatomy_records(records: list[dict]) -> list[dict]:
 
 
 def plot_anatomy(records: list[dict], out: Path, made: list[Path]) -> None:
-    """The fused step's anatomy (fast_decode.py --anatomy), one panel per model: each method's
+    """The fused step's anatomy (speed/fast_decode.py --anatomy), one panel per model: each method's
     step as the time its links add, by what they do, beside the chain of as many links that
     does none of the work (separate kernels, and one persistent kernel where measured) and the
     time the weights' bytes take at peak bandwidth."""

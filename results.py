@@ -11,7 +11,7 @@ says what it is, so readers never guess from which keys are present:
     gguf-inspect  a GGUF file's header, metadata and tensor table
     gguf-push     what bonus_gguf.py pushed to the Hub, and where
     anatomy       the fused decode step's links, beside chains that do none of its work
-                  (fast_decode.py --anatomy)
+                  (speed/fast_decode.py --anatomy)
 
 Every record holds the model (`model.id`, and `model.random_weights` for a stand-in whose
 weights are random, so that its perplexity means nothing), the dataset and its sha256 where

@@ -132,7 +132,7 @@ def size_table(records: list[dict]) -> str:
 
 
 def anatomy_tables(records: list[dict]) -> str:
-    """Each fused-step anatomy (fast_decode.py --anatomy): the steps beside the chains of as many
+    """Each fused-step anatomy (speed/fast_decode.py --anatomy): the steps beside the chains of as many
     links, then the time each kind of link adds to a step."""
     lines = []
     for r in records:

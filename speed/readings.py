@@ -133,7 +133,7 @@ TARGET_RATIO = 0.9           # issue 18's target for INT8 and 4-bit against fp16
 def anatomy_rows(result: dict) -> list[dict]:
     """The anatomy's rows, for every renderer (terminal, RESULTS.md, the report): each method's
     step, then each chain. A row: name, ms, vs_fp16, and for a method l2_ms, floor_ms,
-    lowest_ratio, most_links (for TARGET_RATIO, fast_decode.most_links), tokens."""
+    lowest_ratio, most_links (for TARGET_RATIO, most_links), tokens."""
     steps, chains = result["steps"], result["chains"]
     base = steps[result["baseline"]]
     per_link = link_us(result)

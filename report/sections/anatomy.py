@@ -64,7 +64,7 @@ def one_kernel_clause(a: dict, rs: list[dict]) -> str:
 
 
 def anatomy_section(doc: Doc, s: Study) -> None:
-    """What bounds the fused step: each anatomy (fast_decode.py --anatomy) as a table row, the
+    """What bounds the fused step: each anatomy (speed/fast_decode.py --anatomy) as a table row, the
     figure, and what the smallest and the largest model say."""
     rs = [r for r in s.anatomies if "scratch-int8-fast" in r["anatomy"]["steps"]]
     if not rs:

@@ -253,7 +253,7 @@ def decode_attention(qkv: torch.Tensor, kc: torch.Tensor, vc: torch.Tensor, pos:
 
 
 def chain_link(x: torch.Tensor, y: torch.Tensor, programs: int, read: bool = True, pdl: bool = True) -> None:
-    """One link of fast_decode.chain_graph's chain on x, y (K + 1,) float32: `programs`
+    """One link of speed.anatomy.chain_graph's chain on x, y (K + 1,) float32: `programs`
     programs wait for the link before (with PDL where pdl and the fused step has it); read=True: each
     reads all of x and y = x + 1, y[K] = sum(x[:K]); read=False: nothing else (an empty link)."""
     K = x.numel() - 1

@@ -79,7 +79,7 @@ torch::Tensor int8_matmul(torch::Tensor x, torch::Tensor q, torch::Tensor scale,
   return y;
 }
 
-// ---- The fused decode step on the CPU (fast_decode.FusedStep; one token, batch 1, float32):
+// ---- The fused decode step on the CPU (speed.fused_step.FusedStep; one token, batch 1, float32):
 // the same five calls a block as the Triton kernels, each a parallel loop over output rows.
 static const float* fptr(const torch::Tensor& t) { return t.numel() ? t.data_ptr<float>() : nullptr; }
 // A weight as the fused GEMV reads it: fmt 0 float32 (rows, K), fmt 1 int8 (rows, K) with a

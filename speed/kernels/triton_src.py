@@ -109,7 +109,7 @@ def _q4_gemv(x_ptr, p_ptr, absmax_ptr, lut_ptr, bias_ptr, y_ptr, N, K, BLOCK: tl
     tl.store(y_ptr + m * N + rn, y.to(y_ptr.dtype.element_ty), mask=rn < N)
 
 # -------------------------------------------------------------------------
-# The fused decode step (fast_decode.FusedStep): one token, batch 1. A block is five
+# The fused decode step (speed.fused_step.FusedStep): one token, batch 1. A block is five
 # kernels: norm + QKV GEMV, attention over the static cache, out-projection GEMV + residual,
 # norm + up GEMV + activation, down GEMV + residual. Where the model rounds to its 16-bit
 # dtype (a norm's output, a layer's output, each op of GPT-2's gelu_new, a residual add),

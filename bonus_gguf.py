@@ -430,15 +430,17 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def main(*, types: str = "F32,F16,Q8_0,Q5_K_M,Q4_K_M,Q4_0", gguf_dir: str = "gguf", inspect: str | None = None,
+def main(*, types: str = DEFAULT_TYPES, gguf_dir: str = "gguf", inspect: str | None = None,
          push_to_hub: str | None = None, dry_run: bool = False, model: str = "gpt2", dtype: str = "float32",
          device: str = "auto", device_map: str | None = None, stand_in: str | None = None,
          random_weights: bool = False, threads: int | None = None, dataset: str = "wikitext2",
          text_file: str | None = None, max_length: int | None = None, stride: int | None = None,
-         max_tokens: int | None = None, per_line: int = 3000, prefill_tokens: int = 512,
-         prompt_tokens: int = 32, new_tokens: int = 128, repeats: int = 10, warmup: int = 2,
-         skip_latency: bool = False, skip_disk: bool = False, results_dir: str = "results",
-         out: str | None = None, quiet: bool = False, smoke: bool = False) -> list[dict] | dict:
+         max_tokens: int | None = None, per_line: int = ev.DEFAULTS.per_line,
+         prefill_tokens: int = ev.DEFAULTS.prefill_tokens, prompt_tokens: int = ev.DEFAULTS.prompt_tokens,
+         new_tokens: int = ev.DEFAULTS.new_tokens, repeats: int = ev.DEFAULTS.repeats,
+         warmup: int = ev.DEFAULTS.warmup, skip_latency: bool = False, skip_disk: bool = False,
+         results_dir: str = "results", out: str | None = None, quiet: bool = False,
+         smoke: bool = False) -> list[dict] | dict:
     """The command line's flags as keywords (--help says what each does)."""
     args = ev.with_defaults(build_parser(), dict(locals()))
     if args.inspect is not None:

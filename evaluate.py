@@ -344,10 +344,11 @@ def smoke_setup(args: argparse.Namespace, workdir: str) -> None:
 def main(*, model: str = "gpt2", dtype: str = "float32", device: str = "auto", device_map: str | None = None,
          stand_in: str | None = None, random_weights: bool = False, threads: int | None = None,
          dataset: str = "wikitext2", text_file: str | None = None, max_length: int | None = None,
-         stride: int | None = None, max_tokens: int | None = None, per_line: int = 3000,
-         prefill_tokens: int = 512, prompt_tokens: int = 32, new_tokens: int = 128, repeats: int = 10,
-         warmup: int = 2, skip_latency: bool = False, skip_disk: bool = False, results_dir: str = "results",
-         out: str | None = None, quiet: bool = False, smoke: bool = False) -> dict:
+         stride: int | None = None, max_tokens: int | None = None, per_line: int = DEFAULTS.per_line,
+         prefill_tokens: int = DEFAULTS.prefill_tokens, prompt_tokens: int = DEFAULTS.prompt_tokens,
+         new_tokens: int = DEFAULTS.new_tokens, repeats: int = DEFAULTS.repeats, warmup: int = DEFAULTS.warmup,
+         skip_latency: bool = False, skip_disk: bool = False, results_dir: str = "results", out: str | None = None,
+         quiet: bool = False, smoke: bool = False) -> dict:
     """Evaluate the unquantized baseline and write its results JSON; returns the record."""
     args = with_defaults(build_parser(), dict(locals()))
     with tempfile.TemporaryDirectory(prefix="qstudy-smoke-") as workdir:

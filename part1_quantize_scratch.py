@@ -651,15 +651,16 @@ def sensitivity_scan(model, ids: torch.Tensor, cfg: ev.EvalConfig, base_ppl: flo
 
 
 def main(*, mode: str = "whole", bits: int = 8, scheme: str | None = None, group_size: int = 128,
-         blocks: str | None = None, components: str | None = None, sensitivity: bool = False,
-         bench: bool = False, save: str | None = None, model: str = "gpt2", dtype: str = "float32",
-         device: str = "auto", device_map: str | None = None, stand_in: str | None = None,
-         random_weights: bool = False, threads: int | None = None, dataset: str = "wikitext2",
-         text_file: str | None = None, max_length: int | None = None, stride: int | None = None,
-         max_tokens: int | None = None, per_line: int = 3000, prefill_tokens: int = 512,
-         prompt_tokens: int = 32, new_tokens: int = 128, repeats: int = 10, warmup: int = 2,
-         skip_latency: bool = False, skip_disk: bool = False, results_dir: str = "results",
-         out: str | None = None, quiet: bool = False, smoke: bool = False) -> results.Record:
+         blocks: str | None = None, components: str | None = None, sensitivity: bool = False, bench: bool = False,
+         save: str | None = None, model: str = "gpt2", dtype: str = "float32", device: str = "auto",
+         device_map: str | None = None, stand_in: str | None = None, random_weights: bool = False,
+         threads: int | None = None, dataset: str = "wikitext2", text_file: str | None = None,
+         max_length: int | None = None, stride: int | None = None, max_tokens: int | None = None,
+         per_line: int = ev.DEFAULTS.per_line, prefill_tokens: int = ev.DEFAULTS.prefill_tokens,
+         prompt_tokens: int = ev.DEFAULTS.prompt_tokens, new_tokens: int = ev.DEFAULTS.new_tokens,
+         repeats: int = ev.DEFAULTS.repeats, warmup: int = ev.DEFAULTS.warmup, skip_latency: bool = False,
+         skip_disk: bool = False, results_dir: str = "results", out: str | None = None, quiet: bool = False,
+         smoke: bool = False) -> results.Record:
     """Quantize, evaluate through evaluate.py, write the results JSON; returns the record
     (its .path is the file written)."""
     args = ev.with_defaults(build_parser(), dict(locals()))

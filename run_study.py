@@ -117,12 +117,11 @@ def reads_back(out) -> bool:
         return False
 
 
-def main(*, model: str = "gpt2", dataset: str = "wikitext2", text_file: str | None = None,
-         device: str = "auto", max_tokens: int | None = None, stand_in: str | None = None,
-         random_weights: bool = False, results_dir: str = "results", figures_dir: str = "report/figures",
-         gguf_dir: str = "gguf", report: str = "report/report.pdf",
-         steps: str = "baseline,part1,sensitivity,part2,gguf,plots,report", skip_latency: bool = False,
-         force: bool = False, quiet: bool = False, smoke: bool = False) -> list[dict]:
+def main(*, model: str = "gpt2", dataset: str = "wikitext2", text_file: str | None = None, device: str = "auto",
+         max_tokens: int | None = None, stand_in: str | None = None, random_weights: bool = False,
+         results_dir: str = "results", figures_dir: str = "report/figures", gguf_dir: str = "gguf",
+         report: str = "report/report.pdf", steps: str = "baseline,part1,sensitivity,part2,gguf,plots,report",
+         skip_latency: bool = False, force: bool = False, quiet: bool = False, smoke: bool = False) -> list[dict]:
     """The command line's flags as keywords (--help says what each does)."""
     args = evaluate.with_defaults(build_parser(), dict(locals()))
     steps = [s.strip() for s in args.steps.split(",")]

@@ -91,12 +91,12 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def main(*, model: str = "gpt2", dataset: str = "wikitext2", text_file: str | None = None,
-         device: str = "cuda", methods: str | None = None, gguf_dir: str = "gguf", prefill_tokens: int = 512,
-         prompt_tokens: int = 32, new_tokens: int = 128, repeats: int = 10, warmup: int = 2,
-         anatomy: bool = False, no_tune_tiles: bool = False, stand_in: str | None = None,
-         random_weights: bool = False, results_dir: str = "results", out: str | None = None,
-         quiet: bool = False, smoke: bool = False) -> dict:
+def main(*, model: str = "gpt2", dataset: str = "wikitext2", text_file: str | None = None, device: str = "cuda",
+         methods: str | None = None, gguf_dir: str = "gguf", prefill_tokens: int = ev.DEFAULTS.prefill_tokens,
+         prompt_tokens: int = ev.DEFAULTS.prompt_tokens, new_tokens: int = ev.DEFAULTS.new_tokens,
+         repeats: int = ev.DEFAULTS.repeats, warmup: int = ev.DEFAULTS.warmup, anatomy: bool = False,
+         no_tune_tiles: bool = False, stand_in: str | None = None, random_weights: bool = False,
+         results_dir: str = "results", out: str | None = None, quiet: bool = False, smoke: bool = False) -> dict:
     """The command line's flags as keywords (--help says what each does)."""
     args = ev.with_defaults(build_parser(), dict(locals()))
     cpu = args.device == "cpu"

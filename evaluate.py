@@ -79,8 +79,8 @@ from study.loading import (
     skeleton,
     unreachable_message,
 )
-from study.memory import PeakMemory, disk_bytes, memory_breakdown, storage_key, tensor_bytes
-from study.perplexity import check_windows, per_line_perplexity, perplexity, window_plan
+from study.memory import PeakMemory, bits_per_weight, disk_bytes, memory_breakdown, storage_key, tensor_bytes
+from study.perplexity import check_windows, divergence, per_line_perplexity, perplexity, window_plan
 from study.text import DATASETS, TextSource, hub_commit, load_text, read_text_file, tokenize
 from study.timing import (
     DECODE_DEFINITION,
@@ -111,14 +111,17 @@ def evaluate(model, tokenizer, source: TextSource, cfg: EvalConfig, *, method: s
              settings: dict, model_id: str, out_path: str | os.PathLike | None = None,
              save: Callable[[str], None] | None = None, stand_in: str | None = None,
              random_weights: bool = False, smoke: bool = False, extra: dict | None = None,
-             kind: str = "eval", progress: bool = True, identity: dict | None = None) -> "results.Record":
+             kind: str = "eval", progress: bool = True, identity: dict | None = None,
+             reference=None, n_params: int | None = None) -> "results.Record":
     """Measure one model and (if out_path) write its results record. Every part calls this.
 
     method/settings name the scheme, identity is its registry entry (registry.identity(),
     stamped as method.identity); save(folder) writes the model for the size
     on disk (default: save_pretrained); stand_in says which model this one stands
     in for, so that its numbers are labelled wherever they appear, and random_weights
-    that its perplexity means nothing."""
+    that its perplexity means nothing. reference (the unquantized model) adds the KL
+    divergence and top-1 agreement on the same windows; n_params (the unquantized model's
+    own parameter count) adds bits per weight and is recorded as model.n_params."""
     context = model_context(model.config)
     cfg = cfg.resolve(context)
     check_windows(cfg.max_length, cfg.stride, context)
@@ -143,10 +146,17 @@ def evaluate(model, tokenizer, source: TextSource, cfg: EvalConfig, *, method: s
             measured["latency"] = latency(model, tokenizer, ids, cfg.prefill_tokens, cfg.prompt_tokens,
                                           cfg.new_tokens, cfg.repeats, cfg.warmup)
         measured["latency"]["peak_bytes"] = latency_peak.peak_bytes
+    if reference is not None:
+        measured["divergence"] = divergence(model, reference, ids, cfg.max_length, cfg.stride, progress)
+    if n_params is not None:
+        measured["bits_per_weight"] = bits_per_weight(model, n_params)
     weights = tensor_bytes(model)
+    described = describe_model(model_id, model)
+    if n_params is not None:
+        described.update(n_params=n_params, n_params_torch=described["n_params"])
     record = results.new_record(
         kind, method, settings,
-        {**describe_model(model_id, model), "stand_in": stand_in, "random_weights": random_weights}, dev,
+        {**described, "stand_in": stand_in, "random_weights": random_weights}, dev,
         dataset=dataset_record(source, ids, cfg.max_tokens), smoke=smoke, identity=identity, eval=asdict(cfg),
         **measured,
         memory=memory_record(weights["bytes"], weights["by_dtype_bytes"], disk, peak), **(extra or {}))

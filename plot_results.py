@@ -99,7 +99,15 @@ def group_slug(key: tuple) -> str:
 
 # File names of the figures, one place, so that the report can find them.
 def group_figures(key: tuple) -> dict[str, str]:
-    return {k: f"{k}_{group_slug(key)}.png" for k in ("memory", "perplexity", "pareto")}
+    return {k: f"{k}_{group_slug(key)}.png" for k in ("memory", "perplexity", "pareto", "bits")}
+
+
+def model_bits(rec: dict, n_params: int) -> float:
+    """Bits per weight of the whole model as stored: the record's own figure where it has one
+    (bits_per_weight.model), else every stored byte x 8 over n_params, the unquantized model's
+    parameter count (from the group's baseline record)."""
+    own = (rec.get("bits_per_weight") or {}).get("model")
+    return own["bits_per_weight"] if own else 8 * rec["memory"]["weights_bytes"] / n_params
 
 
 def _fused(rec: dict) -> str:
@@ -230,6 +238,36 @@ def plot_group(key: tuple, rs: list[dict], out: Path, made: list[Path]) -> None:
     zoom.set_title(f"zoom: within 3% of the best ({len(near)})", fontsize=9)
     fig.suptitle(f"Memory against perplexity\n{cap}", fontsize=9)
     _save(fig, out, names_of["pareto"], made)
+    plot_bits(rs, idents, cap, out, names_of["bits"], made)
+
+
+def plot_bits(rs: list[dict], idents: dict, cap: str, out: Path, name: str, made: list[Path]) -> None:
+    """The study's one picture: every scheme's perplexity change against its bits per weight,
+    and, for the records that measured it, the KL divergence from the unquantized model."""
+    base = next((r for r in rs if r["method"]["name"] == "baseline-fp32"), None)
+    if base is None or not base["model"].get("n_params"):
+        return
+    plt = _plt()
+    n_params, base_ppl = base["model"]["n_params"], base["perplexity"]["ppl"]
+    pts = [(model_bits(r, n_params), 100 * (r["perplexity"]["ppl"] / base_ppl - 1), r["method"]["name"])
+           for r in rs if r is not base]
+    kld = [(model_bits(r, n_params), r["divergence"]["kld_mean"], r["method"]["name"])
+           for r in rs if r.get("divergence")]
+    fig, axes = plt.subplots(1, 2 if kld else 1, figsize=(6.5, 4.6), squeeze=False)
+    panels = [(axes[0][0], pts, "perplexity change against fp32 (%)")]
+    if kld:
+        panels.append((axes[0][1], kld, "KL divergence from fp32 (nats/token)"))
+    for ax, points, ylabel in panels:
+        for x, y, n in points:
+            ax.scatter([x], [y], s=30, color=idents[n]["color"], zorder=3)
+        ax.axhline(0, color="k", lw=0.6)
+        ax.set_yscale("symlog", linthresh=1.0 if ax is axes[0][0] else 0.01)
+        ax.set_xlabel("bits per weight, whole model as stored", fontsize=9)
+        ax.set_ylabel(ylabel, fontsize=9)
+        ax.tick_params(labelsize=8)
+        label_points(ax, points, idents, size=7, spill="none")
+    fig.suptitle(f"What each bit buys: every scheme against its stored bits per weight\n{cap}", fontsize=9)
+    _save(fig, out, name, made)
 
 
 def label_points(ax, points: list[tuple[float, float, str]], idents: dict[str, dict] | None = None,

@@ -73,6 +73,9 @@ def script_main(step: str):
     if step == "part2":
         import part2_bnb_nf4 as p2
         return p2.main
+    if step == "explore":
+        import explore_calibrated as ec
+        return ec.main
     import bonus_gguf as bg
     return bg.main
 
@@ -120,7 +123,7 @@ def reads_back(out) -> bool:
 def main(*, model: str = "gpt2", dataset: str = "wikitext2", text_file: str | None = None, device: str = "auto",
          max_tokens: int | None = None, stand_in: str | None = None, random_weights: bool = False,
          results_dir: str = "results", figures_dir: str = "report/figures", gguf_dir: str = "gguf",
-         report: str = "report/report.pdf", steps: str = "baseline,part1,sensitivity,part2,gguf,plots,report",
+         report: str = "report/report.pdf", steps: str = ",".join(STEPS),
          skip_latency: bool = False, force: bool = False, quiet: bool = False, smoke: bool = False) -> list[dict]:
     """The command line's flags as keywords (--help says what each does)."""
     args = evaluate.with_defaults(build_parser(), dict(locals()))
@@ -151,7 +154,7 @@ def main(*, model: str = "gpt2", dataset: str = "wikitext2", text_file: str | No
         evaluate.prepare(evaluate.with_defaults(evaluate.build_parser(), common))
     ledger_path = Path(args.results_dir) / ("smoke" if args.smoke else "") / ".study-ledger"
     runs = []
-    for step, label, extra in plan.study_runs(steps, args.gguf_dir):
+    for step, label, extra in plan.study_runs(steps, args.gguf_dir, cpu=dev.type == "cpu"):
         kw = {**common, **extra}
         if step == "sensitivity" and max_tokens is None:
             kw["max_tokens"] = SENSITIVITY_GPU_TOKENS        # 34 perplexities: a prefix, recorded

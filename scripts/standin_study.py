@@ -67,6 +67,9 @@ def steps_for(machine: str) -> dict[str, list[tuple[str, str, str, dict]]]:
                          (plan.COMPARE[0], "smol", "part2", plan.COMPARE[1])],
             "cpu-gguf": [("GGUF, every type", "smol", "gguf", {**ppl, "types": GGUF_TYPES}),
                          ("GGUF Q4_K_M inspected", "smol", "gguf-inspect", {"type": "Q4_K_M"})],
+            "cpu-explore": [("BF16 cast", "smol", "evaluate", {**ppl, **plan.BF16[1]}),
+                            *[(label, "smol", "explore", {**ppl, **kw})
+                              for label, kw in (*plan.CPU_CALIBRATED, *plan.CALIBRATION_SOURCES)]],
             "cpu-sens": [("INT8 sensitivity", "smol", "part1",
                           {"sensitivity": True, "stride": 1024, "max_tokens": CPU_PREFIX, "per_line": 0,
                            "skip_latency": True})],
@@ -91,6 +94,9 @@ def steps_for(machine: str) -> dict[str, list[tuple[str, str, str, dict]]]:
                            {"sensitivity": True, "stride": 1024, "max_tokens": plan.SENSITIVITY_GPU_TOKENS,
                             "per_line": 0, "skip_latency": True}),
                           ("bitsandbytes, every mode", "smol", "part2", {**ppl, "mode": "all"})],
+            "cuda-explore": [("BF16 cast", "smol", "evaluate", {"stride": 512, **plan.BF16[1]}),
+                             *[(label, "smol", "explore", {**ppl, **kw})
+                               for label, kw in (*plan.CALIBRATED, plan.ACT_ORDER, plan.CALIBRATION_SOURCES[0])]],
             "cuda-speed": [("bitsandbytes bench", "smol", "part2", {"bench": True}),
                            ("fast decode bench", "smol", "fast_decode", {})],
             "cuda-g2r": [("bitsandbytes, every mode (GPT-2 shapes)", "g2r", "part2",
@@ -109,7 +115,8 @@ def steps_for(machine: str) -> dict[str, list[tuple[str, str, str, dict]]]:
 
 
 SCRIPTS = {"evaluate": "evaluate.py", "part1": "part1_quantize_scratch.py", "part2": "part2_bnb_nf4.py",
-           "gguf": "bonus_gguf.py", "gguf-inspect": "bonus_gguf.py", "fast_decode": "speed/fast_decode.py"}
+           "gguf": "bonus_gguf.py", "gguf-inspect": "bonus_gguf.py", "fast_decode": "speed/fast_decode.py",
+           "explore": "explore_calibrated.py"}
 
 
 def script_main(script: str):

@@ -84,7 +84,7 @@ def tensor_bytes(model: torch.nn.Module) -> dict:
 
 
 QUANT_WEIGHT_NAMES = ("weight", "qweight", "packed")
-QUANT_STAT_NAMES = ("scale", "zero_point", "absmax", "SCB")
+QUANT_STAT_NAMES = ("scale", "zero_point", "absmax", "SCB", "input_scale")   # input_scale: AWQ's, unfolded
 
 
 def memory_breakdown(model: torch.nn.Module) -> dict:
@@ -110,6 +110,44 @@ def memory_breakdown(model: torch.nn.Module) -> dict:
                    else "embeddings" if isinstance(module, torch.nn.Embedding) else "other")
             detail[sub] += nbytes(t)
     return {**out, "full_precision_detail": detail, "total": sum(out.values())}
+
+
+def logical_weights(module: torch.nn.Module) -> int:
+    """How many weights a quantized module stands for: out x in of a linear (whatever its
+    storage), vocabulary x width of an embedding."""
+    if hasattr(module, "in_features") and hasattr(module, "out_features"):
+        return int(module.in_features) * int(module.out_features)
+    if hasattr(module, "num_embeddings"):
+        return int(module.num_embeddings) * int(module.embedding_dim)
+    if hasattr(module, "shape"):                                    # Part 1's Linear4bit
+        return int(torch.Size(module.shape).numel())
+    raise TypeError(f"cannot tell how many weights a {type(module).__name__} holds")
+
+
+def bits_per_weight(model: torch.nn.Module, n_params: int) -> dict:
+    """Bits per weight, counted from the bytes really stored:
+    - quantized_layers: the codes, scales and zero points of every quantized layer x 8, over the
+      weights those layers stand for (biases not included: they are not quantized);
+    - model: every stored byte of the model x 8, over the model's own parameter count n_params
+      (the unquantized model's, tied weights once)."""
+    stored, weights = 0, 0
+    counted = set()
+    for mname, module, tname, t, role in _unique_tensors(model):
+        quantized = role == "quant_state" or (tname in QUANT_WEIGHT_NAMES and not t.is_floating_point()) or \
+            (tname in QUANT_STAT_NAMES and _holds_int_weight(module))
+        if not quantized:
+            continue
+        stored += nbytes(t)
+        if mname not in counted:
+            counted.add(mname)
+            weights += logical_weights(module)
+    total = tensor_bytes(model)["bytes"]
+    return {"quantized_layers": {"stored_bytes": stored, "weights": weights,
+                                 "bits_per_weight": 8 * stored / weights if weights else None},
+            "model": {"stored_bytes": total, "params": n_params, "bits_per_weight": 8 * total / n_params},
+            "quantized_share": weights / n_params,
+            "definition": "bytes really stored x 8 / weights: codes, scales and zero points of the quantized "
+                          "layers over their weights; every stored byte over the model's own parameter count"}
 
 
 def _holds_int_weight(module: torch.nn.Module) -> bool:

@@ -81,6 +81,38 @@ def perplexity(model, input_ids: torch.Tensor, max_length: int, stride: int,
             "stride": stride, "aggregation": "corpus-level, token-weighted: exp(sum NLL / tokens)"}
 
 
+KLD_DEFINITION = ("KL(P_reference || P_model) of the next-token distribution, in nats, per scored token of the "
+                  "perplexity windows (llama.cpp's KL-divergence statistics); top-1: the two argmax tokens agree")
+
+
+@torch.no_grad()
+def divergence(model, reference, input_ids: torch.Tensor, max_length: int, stride: int,
+               progress: bool = True) -> dict:
+    """How far model's next-token distributions are from reference's on the same windows as
+    perplexity(): per scored token, KL(P_ref || P_model); its mean, median and 99th percentile,
+    and how often the two top-1 tokens agree. reference is the unquantized model."""
+    dev, ref_dev = input_device(model), input_device(reference)
+    ids = input_ids[0]
+    plan = window_plan(ids.numel(), max_length, stride)
+    klds, agree = [], 0
+    from tqdm.auto import tqdm
+    for begin, end, score_from in tqdm(plan, desc="divergence", unit="win", disable=not progress,
+                                       file=sys.stderr):
+        window = ids[begin:end]
+        first = score_from - begin - 1
+        logp = F.log_softmax(model(window[None].to(dev), use_cache=False).logits[0, first:].float(), dim=-1)
+        logr = F.log_softmax(reference(window[None].to(ref_dev), use_cache=False).logits[0, first:].float(),
+                             dim=-1).to(logp.device)
+        klds.append((logr.exp() * (logr - logp)).sum(-1).clamp(min=0).double().cpu())
+        agree += int((logp.argmax(-1) == logr.argmax(-1)).sum())
+    kld = torch.cat(klds)
+    return {"kld_mean": float(kld.mean()), "kld_median": float(kld.median()),
+            "kld_p99": float(torch.quantile(kld, 0.99)) if kld.numel() <= 2**24 else
+            float(kld.sort().values[int(0.99 * (kld.numel() - 1))]),
+            "top1_agreement": agree / kld.numel(), "n_tokens_scored": int(kld.numel()),
+            "max_length": max_length, "stride": stride, "definition": KLD_DEFINITION}
+
+
 @torch.no_grad()
 def per_line_perplexity(model, tokenizer, text: str, n_lines: int = 3000, max_length: int = 1024,
                         max_tokens: int | None = None, batch_size: int = 16,

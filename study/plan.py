@@ -20,17 +20,38 @@ BNB_MODES = ("int8", "fp4", "nf4", "nf4-dq")          # part2_bnb_nf4.MODES: eve
 COMPARE = ("NF4 vs linear 4-bit", {"compare": True})
 GGUF_TYPES = ("F32", "F16", "Q8_0", "Q5_K_M", "Q4_K_M", "Q4_0")
 
+# The exploration directions: BF16 (evaluate.py's cast), and round-to-nearest, GPTQ and AWQ
+# (explore_calibrated.py) on three grids: 4-bit per output channel (group size 0), 4-bit in
+# groups of 128, 3-bit in groups of 128.
+BF16 = ("BF16 cast", {"dtype": "bfloat16"})
+CALIBRATED_GRIDS = ((4, 0), (4, 128), (3, 128))
+CALIBRATED = tuple((f"{m.upper()} {b}-bit {'per channel' if g == 0 else f'g{g}'}",
+                    {"method": m, "bits": b, "group_size": g})
+                   for m in ("rtn", "gptq", "awq") for b, g in CALIBRATED_GRIDS)
+ACT_ORDER = ("GPTQ 4-bit per channel, act-order", {"method": "gptq", "bits": 4, "group_size": 0, "act_order": True})
+# A CPU runs this subset (AWQ's search runs the block 80 times per layer group: hours on 2 cores).
+CPU_CALIBRATED = tuple(run for run in CALIBRATED if run[1]["group_size"] == 128 and run[1]["bits"] == 4
+                       and run[1]["method"] != "awq")
+# How much the calibration text moves the result: the same method calibrated on a novel (another
+# domain) and on the scored file's own tail (the same encyclopedia, disjoint tokens: only where the
+# scored text is a prefix of a local file, a CPU's budget), beside the default Wikipedia articles.
+CALIBRATION_SOURCES = tuple((f"GPTQ 4-bit g128, calibrated on {words}",
+                             {"method": "gptq", "bits": 4, "group_size": 128, "calib_source": source})
+                            for source, words in (("botchan", "a novel"),
+                                                  ("wikitext2-test-tail", "the test split's tail")))
+
 # Budgets: a CPU scores this prefix of the text (32 windows of 1024 at stride 512), so that the
 # study finishes in about an hour on 2 cores; on a GPU the sensitivity scan (34 perplexities: the
 # float model, each block, each component) scores this prefix, the other runs the whole text.
 CPU_TOKEN_BUDGET = 16384
 SENSITIVITY_GPU_TOKENS = 65536
 
-STEPS = ("baseline", "part1", "sensitivity", "part2", "gguf", "plots", "report")
+STEPS = ("baseline", "part1", "sensitivity", "part2", "gguf", "explore", "plots", "report")
 
 
-def study_runs(steps: list[str], gguf_dir: str = "gguf") -> list[tuple[str, str, dict]]:
-    """run_study.py's runs: (step, label, keywords of that step's script's main()), in order."""
+def study_runs(steps: list[str], gguf_dir: str = "gguf", cpu: bool = False) -> list[tuple[str, str, dict]]:
+    """run_study.py's runs: (step, label, keywords of that step's script's main()), in order.
+    cpu: the exploration step takes the CPU's subset."""
     runs = []
     if "baseline" in steps:
         runs.append(("baseline", "baseline fp32", {}))
@@ -43,4 +64,7 @@ def study_runs(steps: list[str], gguf_dir: str = "gguf") -> list[tuple[str, str,
         runs.append(("part2", *COMPARE))
     if "gguf" in steps:
         runs += [("gguf", f"GGUF {t}", {"types": t, "gguf_dir": gguf_dir}) for t in GGUF_TYPES]
+    if "explore" in steps:
+        runs.append(("baseline", *BF16))
+        runs += [("explore", label, kw) for label, kw in (CPU_CALIBRATED if cpu else (*CALIBRATED, ACT_ORDER))]
     return runs

@@ -18,7 +18,7 @@ from dataclasses import asdict, dataclass
 
 # The families in the order the figures and tables list them, each with its plot colour.
 FAMILIES = {"baseline": "#222222", "scratch-int8": "#1f77b4", "scratch-int4": "#2ca02c", "bnb": "#d62728",
-            "gguf": "#9467bd"}
+            "gguf": "#9467bd", "rtn": "#8c564b", "gptq": "#e377c2", "awq": "#17becf"}
 OTHER_COLOR = "#7f7f7f"            # a family not in FAMILIES (none today)
 
 
@@ -27,7 +27,7 @@ class Method:
     """One registry entry. bits: nominal bits of a quantized weight (None: a mix, see grouping);
     grouping: what one scale covers."""
     key: str
-    part: str                 # baseline, part1, part2, bonus
+    part: str                 # baseline, part1, part2, bonus, explore (the exploration directions)
     family: str               # a key of FAMILIES
     bits: float | None
     grouping: str | None
@@ -37,6 +37,17 @@ class Method:
 def _gguf(gtype: str, bits: float | None, grouping: str, description: str) -> Method:
     return Method(f"gguf-{gtype.lower()}", "bonus", "gguf", bits, grouping, description)
 
+
+def _calibrated(method: str, bits: int, description: str) -> Method:
+    """explore_calibrated.py's methods: one entry per method and code width; the group size is a
+    parameter (0: per output channel), and the name carries it."""
+    return Method(f"{method}-w{bits}", "explore", method, bits, "{grouping}",
+                  f"{description}, {bits}-bit, {{grouping}}")
+
+
+CALIBRATED_DESCRIPTIONS = {"rtn": "round-to-nearest, min/max with a zero point",
+                           "gptq": "GPTQ (Hessian-aware rounding, calibrated)",
+                           "awq": "AWQ (activation-aware scales, calibrated)"}
 
 METHODS = {m.key: m for m in (
     Method("baseline-fp32", "baseline", "baseline", 32, None, "float32, as loaded"),
@@ -69,6 +80,7 @@ METHODS = {m.key: m for m in (
     _gguf("Q4_K_M", None, "a mix of Q4_K and Q6_K, super-blocks of 256", "llama.cpp GGUF Q4_K_M"),
     _gguf("Q4_0", 4.5, "scale per 32", "llama.cpp GGUF Q4_0"),
     _gguf("Q3_K_M", None, "a mix of Q3_K, Q4_K and Q5_K, super-blocks of 256", "llama.cpp GGUF Q3_K_M"),
+    *(_calibrated(m, b, d) for m, d in CALIBRATED_DESCRIPTIONS.items() for b in (4, 3)),
 )}
 
 BNB_INT8_THRESHOLD = 6.0          # LLM.int8()'s default outlier threshold: its name carries no suffix
@@ -97,17 +109,30 @@ def compact(ix: list[int]) -> str:
 
 
 def identity(key: str, *, group_size: int | None = None, threshold: float | None = None,
-             blocks: list[int] | None = None, components: list[str] | None = None) -> dict:
+             blocks: list[int] | None = None, components: list[str] | None = None,
+             variant: str | None = None) -> dict:
     """The identity a writer stamps into its record (method.identity), with the results'
-    method name in it. group_size: scratch-int8-group's; threshold: bnb-int8's; blocks and
-    components: a selective Part 1 run (only those blocks' components quantized)."""
+    method name in it. group_size: scratch-int8-group's, and the calibrated methods' (0: per
+    output channel); threshold: bnb-int8's; blocks and components: a selective Part 1 run (only
+    those blocks' components quantized); variant: a calibrated run's option that is not the
+    default (act-order, another calibration source), appended to the name."""
     m = entry(key)
-    params = {"group_size": group_size, "threshold": BNB_INT8_THRESHOLD if threshold is None else threshold}
+    calibrated = m.part == "explore"
+    params = {"group_size": group_size, "threshold": BNB_INT8_THRESHOLD if threshold is None else threshold,
+              "grouping": None}
     if key == "scratch-int8-group" and not group_size:
         raise ValueError("scratch-int8-group takes a group_size")
+    if calibrated:
+        if group_size is None:
+            raise ValueError(f"{key} takes a group_size (0 for per output channel)")
+        params["grouping"] = "per output channel" if group_size == 0 else f"per {group_size} inputs of a row"
+    elif variant is not None:
+        raise ValueError(f"{key} takes no variant")
     name = {"scratch-int8-group": f"scratch-int8-group{group_size}",
             "bnb-int8": "bnb-int8" + ("" if params["threshold"] == BNB_INT8_THRESHOLD
                                       else f"-t{params['threshold']:g}")}.get(key, key)
+    if calibrated:
+        name += ("-pc" if group_size == 0 else f"-g{group_size}") + (f"-{variant}" if variant else "")
     selective = None
     if blocks is not None:
         selective = {"blocks": compact(blocks), "components": "+".join(components or [])}
@@ -155,6 +180,8 @@ def identity_from_settings(rec: dict) -> dict | None:
     if "dtype" in s and s.get("quantized") is False:                        # evaluate.py's baseline
         return identity({"float32": "baseline-fp32", "float16": "baseline-fp16",
                          "bfloat16": "baseline-bf16"}[s["dtype"]])
+    if s.get("method") in CALIBRATED_DESCRIPTIONS:                          # explore_calibrated.py
+        return identity(f"{s['method']}-w{s['bits']}", group_size=s["group_size"], variant=s.get("variant"))
     if s.get("library") == "llama.cpp":                                     # bonus_gguf.py
         return identity(f"gguf-{s['gguf_type'].lower()}")
     if s.get("library") == "bitsandbytes":                                  # part2_bnb_nf4.py

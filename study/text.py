@@ -62,8 +62,9 @@ def read_text_file(path: str | os.PathLike) -> str:
     return text
 
 
-def load_text(dataset: str = "wikitext2", text_file: str | None = None) -> TextSource:
-    """The evaluation text: a local file if given, else the named Hub test split (DATASETS).
+def load_text(dataset: str = "wikitext2", text_file: str | None = None, split: str | None = None) -> TextSource:
+    """The evaluation text: a local file if given, else the named Hub test split (DATASETS);
+    split names another split (calibrated/calibration.py reads the train split).
 
     wikitext2: Salesforce/wikitext, wikitext-2-raw-v1, test, rows joined by "\\n\\n".
     ptb: ptb-text-only/ptb_text_only, test, read from its parquet conversion (datasets>=4
@@ -83,15 +84,16 @@ def load_text(dataset: str = "wikitext2", text_file: str | None = None) -> TextS
         raise UserError("the 'datasets' package is needed for Hub datasets (pip install datasets), "
                         "or pass --text-file PATH") from None
     try:
-        rows = datasets.load_dataset(d["path"], d["name"], data_dir=d["data_dir"], split=d["split"],
-                                     revision=d["revision"])
+        rows = datasets.load_dataset(d["path"], d["name"], data_dir=d["data_dir"],
+                                     split=split or d["split"], revision=d["revision"])
     except Exception as e:  # datasets raises many types, for "offline" and for everything else
         offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
         why = "HF_HUB_OFFLINE is set" if offline else f"{type(e).__name__}: {one_line(e, 120)}"
         raise UserError(f"cannot load dataset '{d['path']}' from the Hub ({why}); "
                         f"pass a local copy with --text-file PATH") from None
-    described = " ".join(str(x) for x in (d["path"], d["name"] or d["data_dir"], d["split"]))
-    return TextSource(dataset, d["joiner"].join(rows[d["column"]]), described,
+    described = " ".join(str(x) for x in (d["path"], d["name"] or d["data_dir"], split or d["split"]))
+    name = dataset if split in (None, d["split"]) else f"{dataset}-{split}"
+    return TextSource(name, d["joiner"].join(rows[d["column"]]), described,
                       hub_commit("dataset", d["path"], d["revision"]))
 
 

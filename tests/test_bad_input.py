@@ -15,6 +15,7 @@ import torch
 
 import bonus_gguf as bg
 import evaluate as ev
+import explore_calibrated as ec
 import part1_quantize_scratch as p1
 import part2_bnb_nf4 as p2
 import plot_results as pr
@@ -126,6 +127,18 @@ def cases(w: Path) -> list[tuple[object, list[str], str]]:
         (ev, base + ["--results-dir", str(w / "a-file" / "sub")], "is a file"),
         (ev, base + ["--out", str(w / "results")], "is a folder"),
         (ev, base + ["--out", str(w / "a-file" / "r.json")], "is a file"),
+        # explore_calibrated.py: the grid and the calibration text
+        (ec, base + ["--bits", "5"], "--bits 5 is not supported"),
+        (ec, base + ["--method", "smoothquant"], "unknown --method 'smoothquant'"),
+        (ec, base + ["--group-size", "48"], "group size 48 does not divide"),
+        (ec, base + ["--group-size", "16", "--calib-file", str(w / "missing.txt")], "does not exist"),
+        (ec, base + ["--group-size", "16", "--calib-len", "16", "--calib-samples", "2"],
+         "too few calibration tokens"),
+        (ec, base + ["--group-size", "16", "--calib-len", "512"], "--calib-len 512 is longer than the windows"),
+        (ec, base + ["--group-size", "16", "--calib-len", "64", "--calib-file", t],
+         "shares 32 consecutive tokens with the scored text"),
+        (ec, base + ["--calib-source", "c4"], "unknown --calib-source 'c4'"),
+        (ec, base + ["--method", "awq", "--act-order"], "--act-order is GPTQ's option"),
         # part1: saving never overwrites
         (p1, base + ["--save", m], "the model's own folder"),
         (p1, base + ["--save", str(w / "a-file")], "is a file"),

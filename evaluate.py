@@ -236,6 +236,13 @@ def add_latency_args(g) -> None:
                    help=f"untimed warm-up runs (default: {DEFAULTS.warmup})")
 
 
+def add_kld_arg(g) -> None:
+    """--skip-kld, for every script that quantizes: the KL divergence needs an unquantized copy."""
+    g.add_argument("--skip-kld", action="store_true",
+                   help="do not keep an unquantized copy for the KL divergence and top-1 agreement against it "
+                        "(halves the memory needed)")
+
+
 def add_eval_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("text and perplexity")
     g.add_argument("--dataset", default="wikitext2", choices=list(DATASETS),

@@ -616,6 +616,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--bench", action="store_true",
                    help="time fp32, INT8 naive and INT8 fast side by side (prefill and decode) and print ratios")
     g.add_argument("--save", default=None, help="also save the quantized model (safetensors) to this folder")
+    ev.add_kld_arg(g)
     ev.add_model_args(p)
     ev.add_eval_args(p)
     return p
@@ -652,8 +653,8 @@ def sensitivity_scan(model, ids: torch.Tensor, cfg: ev.EvalConfig, base_ppl: flo
 
 def main(*, mode: str = "whole", bits: int = 8, scheme: str | None = None, group_size: int = 128,
          blocks: str | None = None, components: str | None = None, sensitivity: bool = False, bench: bool = False,
-         save: str | None = None, model: str = "gpt2", dtype: str = "float32", device: str = "auto",
-         device_map: str | None = None, stand_in: str | None = None, random_weights: bool = False,
+         save: str | None = None, skip_kld: bool = False, model: str = "gpt2", dtype: str = "float32",
+         device: str = "auto", device_map: str | None = None, stand_in: str | None = None, random_weights: bool = False,
          threads: int | None = None, dataset: str = "wikitext2", text_file: str | None = None,
          max_length: int | None = None, stride: int | None = None, max_tokens: int | None = None,
          per_line: int = ev.DEFAULTS.per_line, prefill_tokens: int = ev.DEFAULTS.prefill_tokens,
@@ -725,6 +726,7 @@ def main(*, mode: str = "whole", bits: int = 8, scheme: str | None = None, group
                     print(f"{kind} {row[kind]:>10}: ppl {row['ppl']:.4f} ({row['delta_pct']:+.3f}%)")
             print(f"wrote {out}")
             return record
+        reference = None if args.skip_kld else copy.deepcopy(model)      # for the KL divergence
         spec = quantize_model(model, **spec_kwargs)
         identity = method_identity(spec)
         name = identity["name"]
@@ -733,7 +735,8 @@ def main(*, mode: str = "whole", bits: int = 8, scheme: str | None = None, group
         record = ev.evaluate(model, tokenizer, source, cfg, method=name, identity=identity, settings=spec,
                              out_path=out,
                              save=lambda d: save_quantized(model, d, spec),
-                             extra={"quantization": ev.memory_breakdown(model)}, **common)
+                             extra={"quantization": ev.memory_breakdown(model)}, reference=reference,
+                             n_params=sum(p.numel() for p in skeleton.parameters()), **common)
         if args.save:
             save_quantized(model, args.save, spec, tokenizer)
     print(ev.summary_line(record))

@@ -324,13 +324,15 @@ def build_parser() -> argparse.ArgumentParser:
                         "side; print ratios")
     g.add_argument("--save", default=None,
                    help="also save_pretrained each quantized model into this folder (one subfolder per mode)")
+    ev.add_kld_arg(g)
     ev.add_model_args(p)
     ev.add_eval_args(p)
     return p
 
 
 def main(*, mode: str = "all", threshold: float = 6.0, compute_dtype: str = "auto", compare: bool = False,
-         layer: str | None = None, bench: bool = False, save: str | None = None, model: str = "gpt2",
+         layer: str | None = None, bench: bool = False, save: str | None = None, skip_kld: bool = False,
+         model: str = "gpt2",
          dtype: str = "float32", device: str = "auto", device_map: str | None = None, stand_in: str | None = None,
          random_weights: bool = False, threads: int | None = None, dataset: str = "wikitext2",
          text_file: str | None = None, max_length: int | None = None, stride: int | None = None,
@@ -393,6 +395,9 @@ def main(*, mode: str = "all", threshold: float = 6.0, compute_dtype: str = "aut
         if args.bench:
             return run_bench(args, cfg, source, modes, compute_dtype, progress)
         records = []
+        n_params = sum(p.numel() for p in skel.parameters())                # the model's own count
+        reference = None if args.skip_kld else ev.load_model(args.model, "float32", args.device,
+                                                              args.device_map)[0]
         for mode in modes:
             print(f"== bitsandbytes {mode} ({compute_dtype} compute) on {dev.type}", flush=True)
             model, tokenizer = load_bnb(args.model, mode, args.device, compute_dtype, args.threshold,
@@ -413,7 +418,8 @@ def main(*, mode: str = "all", threshold: float = 6.0, compute_dtype: str = "aut
             record = ev.evaluate(model, tokenizer, source, cfg, method=name, identity=identity,
                                  settings=settings,
                                  model_id=args.model, out_path=None, stand_in=args.stand_in,
-                                 random_weights=args.random_weights, smoke=args.smoke, progress=progress)
+                                 random_weights=args.random_weights, smoke=args.smoke, progress=progress,
+                                 reference=reference, n_params=n_params)
             record["quantization"] = ev.memory_breakdown(model)           # after a forward: int8 scales exist
             record["method"]["settings"]["cpu_repacked_4bit"] = cpu_repacked(model)
             if args.save:

@@ -102,12 +102,21 @@ def group_figures(key: tuple) -> dict[str, str]:
     return {k: f"{k}_{group_slug(key)}.png" for k in ("memory", "perplexity", "pareto", "bits")}
 
 
-def model_bits(rec: dict, n_params: int) -> float:
-    """Bits per weight of the whole model as stored: the record's own figure where it has one
-    (bits_per_weight.model), else every stored byte x 8 over n_params, the unquantized model's
-    parameter count (from the group's baseline record)."""
-    own = (rec.get("bits_per_weight") or {}).get("model")
-    return own["bits_per_weight"] if own else 8 * rec["memory"]["weights_bytes"] / n_params
+def layer_bits(rec: dict) -> float | None:
+    """Bits per weight of the quantized layers, from the bytes stored: the record's own figure
+    where it has one (bits_per_weight.quantized_layers); else, for a record with a byte breakdown
+    (quantization) and nominal bits, bits x (codes + scales and zero points) / codes; a float
+    baseline's own bits; None where the record cannot tell (llama.cpp's files)."""
+    own = (rec.get("bits_per_weight") or {}).get("quantized_layers")
+    if own:
+        return own["bits_per_weight"]
+    ident = registry.of(rec)
+    if ident["part"] == "baseline":
+        return float(ident["bits"])
+    q = rec.get("quantization")
+    if not q or not ident["bits"] or not q.get("quantized_weights"):
+        return None
+    return ident["bits"] * (q["quantized_weights"] + q["scales_and_zero_points"]) / q["quantized_weights"]
 
 
 def _fused(rec: dict) -> str:
@@ -242,31 +251,40 @@ def plot_group(key: tuple, rs: list[dict], out: Path, made: list[Path]) -> None:
 
 
 def plot_bits(rs: list[dict], idents: dict, cap: str, out: Path, name: str, made: list[Path]) -> None:
-    """The study's one picture: every scheme's perplexity change against its bits per weight,
-    and, for the records that measured it, the KL divergence from the unquantized model."""
+    """The study's one picture: each scheme's perplexity change against the bits per weight of its
+    quantized layers (every part on one axis) and, for the records that measured it, the KL
+    divergence from the unquantized model."""
     base = next((r for r in rs if r["method"]["name"] == "baseline-fp32"), None)
-    if base is None or not base["model"].get("n_params"):
+    if base is None:
         return
     plt = _plt()
-    n_params, base_ppl = base["model"]["n_params"], base["perplexity"]["ppl"]
-    pts = [(model_bits(r, n_params), 100 * (r["perplexity"]["ppl"] / base_ppl - 1), r["method"]["name"])
-           for r in rs if r is not base]
-    kld = [(model_bits(r, n_params), r["divergence"]["kld_mean"], r["method"]["name"])
-           for r in rs if r.get("divergence")]
-    fig, axes = plt.subplots(1, 2 if kld else 1, figsize=(6.5, 4.6), squeeze=False)
-    panels = [(axes[0][0], pts, "perplexity change against fp32 (%)")]
+    base_ppl = base["perplexity"]["ppl"]
+    pts, kld = [], []
+    for r in rs:
+        bits, n = layer_bits(r), r["method"]["name"]
+        if r is base or bits is None:
+            continue
+        pts.append((bits, max(100 * (r["perplexity"]["ppl"] / base_ppl - 1), 0.01), n))
+        if r.get("divergence"):
+            kld.append((bits, max(r["divergence"]["kld_mean"], 1e-4), n))
+    if len(pts) < 2:
+        return
+    fig, axes = plt.subplots(1, 2 if kld else 1, figsize=(6.5, 4.8), squeeze=False,
+                             gridspec_kw={"width_ratios": [1.6, 1]} if kld else None)
+    panels = [(axes[0][0], pts, "perplexity change against fp32 (%, log)")]
     if kld:
-        panels.append((axes[0][1], kld, "KL divergence from fp32 (nats/token)"))
+        panels.append((axes[0][1], kld, "KL divergence from fp32 (nats/token, log)"))
     for ax, points, ylabel in panels:
         for x, y, n in points:
-            ax.scatter([x], [y], s=30, color=idents[n]["color"], zorder=3)
-        ax.axhline(0, color="k", lw=0.6)
-        ax.set_yscale("symlog", linthresh=1.0 if ax is axes[0][0] else 0.01)
-        ax.set_xlabel("bits per weight, whole model as stored", fontsize=9)
+            ax.scatter([x], [y], s=28, color=idents[n]["color"], zorder=3)
+        ax.set_yscale("log")
+        ax.set_xlabel("bits per weight of the quantized layers", fontsize=9)
         ax.set_ylabel(ylabel, fontsize=9)
         ax.tick_params(labelsize=8)
-        label_points(ax, points, idents, size=7, spill="none")
-    fig.suptitle(f"What each bit buys: every scheme against its stored bits per weight\n{cap}", fontsize=9)
+        ax.grid(True, which="major", lw=0.3, color="#dddddd")
+        label_points(ax, points, idents, size=6.5, spill="right" if ax is panels[-1][0] else "none")
+    fig.suptitle(f"What each bit buys (every scheme; floored at 0.01%)\n{cap}", fontsize=9)
+    fig.tight_layout()
     _save(fig, out, name, made)
 
 

@@ -45,6 +45,39 @@ def eval_tables(records: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def bits_tables(records: list[dict]) -> str:
+    """Per evaluation group, the runs that measured bits per weight and the KL divergence
+    (explore_calibrated.py's, so far): the grid of the exploration directions."""
+    lines = []
+    for (model, text, L, S, n, dev, _), rs in sorted(pr.eval_groups(records).items()):
+        base = next((r for r in rs if r["method"]["name"] == "baseline-fp32"), None)
+        rows = [r for r in rs if r.get("bits_per_weight") and r.get("divergence")]
+        if not rows or base is None:
+            continue
+        lines += [f"**Bits per weight and divergence**: {model}, {text.removeprefix('file:')}, L={L} S={S}, "
+                  f"{n:,} tokens, {dev}. Bits per weight from the bytes stored (codes, scales, zero points) over the "
+                  "weights they stand for; KLD: KL(fp32 || method) per scored token, in nats; top-1: the two "
+                  "argmax tokens agree", "",
+                  "| method | bits | group | bits/weight (quantized layers) | bits/weight (model) | weights MiB "
+                  "| ppl | vs fp32 | KLD mean | KLD p99 | top-1 | calibration | quantize s |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+        for r in sorted(rows, key=lambda r: (-r["method"]["settings"]["bits"], r["method"]["settings"]["group_size"],
+                                             r["method"]["name"])):
+            st, b, d = r["method"]["settings"], r["bits_per_weight"], r["divergence"]
+            cal = st.get("calibration")
+            cal = f"{cal['source']} ({cal['n_samples']}x{cal['seq_len']})" if cal else "–"
+            ppl = r["perplexity"]["ppl"]
+            lines.append(f"| {r['method']['name']} | {st['bits']} | {st['group_size'] or 'per channel'} "
+                         f"| {b['quantized_layers']['bits_per_weight']:.3f} | {b['model']['bits_per_weight']:.3f} "
+                         f"| {r['memory']['weights_mib']:.1f} | {ppl:.4f} "
+                         f"| {100 * (ppl / base['perplexity']['ppl'] - 1):+.2f}% | {d['kld_mean']:.4f} "
+                         f"| {d['kld_p99']:.3f} | {100 * d['top1_agreement']:.1f}% "
+                         f"| {cal} "
+                         f"| {r['quantize']['seconds']:.1f} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
 def bench_tables(records: list[dict]) -> str:
     lines = []
     for r in records:
@@ -212,13 +245,14 @@ def main(folder: str = "results") -> str:
         warnings.showwarning = lambda msg, *a, **k: print(f"warning: {msg}", file=sys.stderr)
         records = load_results(folder)
         evals = eval_tables(records)              # a failure here is a bug: it ends the run, never a gap
+        bits = bits_tables(records)
         benches, compares = guarded(bench_tables, records), guarded(compare_tables, records)
         anatomies = guarded(anatomy_tables, records)
         sizes = size_table(records)
     head = (f"# Results\n\nPrinted by `python scripts/results_table.py > RESULTS.md` from {folder}/*.json "
             "(do not edit by hand). Perplexity changes are against the fp32 baseline of the same model, text, "
             "windows and token count; speed ratios come from side-by-side runs only.\n")
-    text = "\n".join(t for t in (head, evals, benches, sizes, anatomies, compares) if t)
+    text = "\n".join(t for t in (head, evals, bits, benches, sizes, anatomies, compares) if t)
     print(text)
     return text
 

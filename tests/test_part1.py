@@ -257,6 +257,16 @@ def test_cli_whole_model_run_writes_results(gpt2_dir, text_file, tmp_path):
     assert saved["method"]["name"] == "scratch-int8-per_channel" == rec["method"]["name"]
     assert saved["memory"]["by_dtype_bytes"]["int8"] > 0
     assert saved["memory"]["disk_bytes"] < 1.2 * saved["memory"]["weights_bytes"] + 4096
+    # the model's own parameter count, not what torch sees after the swap; bits per weight from bytes
+    from transformers import AutoModelForCausalLM
+    own = sum(q.numel() for q in AutoModelForCausalLM.from_pretrained(gpt2_dir).parameters())
+    assert saved["model"]["n_params"] == own > saved["model"]["n_params_torch"]
+    q = saved["quantization"]
+    layers = saved["bits_per_weight"]["quantized_layers"]
+    assert layers["stored_bytes"] == q["quantized_weights"] + q["scales_and_zero_points"]
+    assert layers["weights"] == q["quantized_weights"]                        # one int8 byte per weight
+    assert saved["bits_per_weight"]["model"]["bits_per_weight"] == 8 * saved["memory"]["weights_bytes"] / own
+    assert 0 < saved["divergence"]["kld_mean"] < 0.1 and saved["divergence"]["top1_agreement"] > 0.5
 
 
 def test_cli_sensitivity_records_each_block_and_component(gpt2_dir, text_file, tmp_path):

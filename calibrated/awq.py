@@ -115,21 +115,15 @@ def is_norm(m: nn.Module) -> bool:
 def layer_inputs(block: nn.Module, inputs: BlockInputs, names: list[str]) -> dict[str, tuple]:
     """Per linear of `names`, over the calibration batch: the mean |x| per input channel, and a
     sample of its inputs (at most CLIP_TOKENS rows) for the clipping search."""
-    total, count, sample, hooks = {}, dict.fromkeys(names, 0), {n: [] for n in names}, []
-    def hook(mod, a, name):
-        x = a[0].reshape(-1, a[0].shape[-1]).float()
+    total, count, sample = {}, dict.fromkeys(names, 0), {n: [] for n in names}
+
+    def seen(name, x):
+        x = x.reshape(-1, x.shape[-1]).float()
         total[name] = x.abs().sum(0) + total.get(name, 0)
         count[name] += x.shape[0]
         if sum(t.shape[0] for t in sample[name]) < CLIP_TOKENS:
             sample[name].append(x[:CLIP_TOKENS])
-    for n in names:
-        hooks.append(block.get_submodule(n).register_forward_pre_hook(lambda mod, a, n=n: hook(mod, a, n)))
-    try:
-        for h, args, kwargs in inputs:
-            run_block(block, h, args, kwargs)
-    finally:
-        for hk in hooks:
-            hk.remove()
+    inputs.watch(block, {n: (lambda x, n=n: seen(n, x)) for n in names})
     return {n: (total[n] / count[n], torch.cat(sample[n])[:CLIP_TOKENS]) for n in names}
 
 

@@ -55,6 +55,19 @@ class BlockInputs:
         return torch.cat([h for h, _, _ in self.batches])
 
     @torch.no_grad()
+    def watch(self, block: nn.Module, seen: dict) -> None:
+        """Run the block on every batch with seen[name](x) called on the input x of each
+        submodule named in seen (a linear's input, say); the outputs are dropped."""
+        hooks = [block.get_submodule(name).register_forward_pre_hook(lambda mod, a, f=f: f(a[0]))
+                 for name, f in seen.items()]
+        try:
+            for h, args, kwargs in self.batches:
+                run_block(block, h, args, kwargs)
+        finally:
+            for hk in hooks:
+                hk.remove()
+
+    @torch.no_grad()
     def run(self, block: nn.Module) -> "BlockInputs":
         """The block's outputs on these inputs, as the next block's inputs."""
         return BlockInputs([(run_block(block, h, args, kwargs), args, kwargs) for h, args, kwargs in self.batches])

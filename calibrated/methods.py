@@ -89,18 +89,8 @@ def gptq_block(block: nn.Module, inputs: BlockInputs, grid: Grid, options: Optio
     """Hessians of every linear of the block from one pass over its inputs, then GPTQ on each."""
     from part1_quantize_scratch import linear_weight, set_module
     linears = block_linears(block)
-    hessians, hooks = {}, []
-    for name, m in linears.items():
-        w = linear_weight(m)
-        hessians[name] = Hessian(w.shape[1], w.device)
-        hooks.append(m.register_forward_pre_hook(lambda mod, a, name=name: hessians[name].add(a[0])))
-    try:
-        for h, args, kwargs in inputs:
-            from calibrated.capture import run_block
-            run_block(block, h, args, kwargs)
-    finally:
-        for hk in hooks:
-            hk.remove()
+    hessians = {name: Hessian(linear_weight(m).shape[1], linear_weight(m).device) for name, m in linears.items()}
+    inputs.watch(block, {name: h.add for name, h in hessians.items()})
     rows = []
     for name, m in linears.items():
         w = linear_weight(m).float()

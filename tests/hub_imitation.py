@@ -424,28 +424,35 @@ dataset_info:
   - name: text
     dtype: string
   splits:
+  - name: train
+    num_examples: {n_train}
   - name: test
     num_examples: {n}
 configs:
 - config_name: wikitext-2-raw-v1
   data_files:
+  - split: train
+    path: wikitext-2-raw-v1/train-*
   - split: test
     path: wikitext-2-raw-v1/test-*
 ---
-# wikitext (hub imitation: a tiny synthetic test split)
+# wikitext (hub imitation: tiny synthetic train and test splits, of different seeds)
 """
 
 
 def default_repos(hub: HubImitation, text: str) -> dict:
     """gpt2 (renamed to openai-community/gpt2, as on the Hub), Salesforce/wikitext with its
-    wikitext-2-raw-v1 test split, and ptb-text-only/ptb_text_only whose main branch holds only
+    wikitext-2-raw-v1 train and test splits (the train split: calibration text), and ptb-text-only/ptb_text_only whose main branch holds only
     a loading script and whose refs/convert/parquet branch holds penn_treebank/{split}/0000.parquet.
     Returns the rows of each split, to compare with what the project scores."""
+    import tiny_models
     hub.add_repo("model", "openai-community/gpt2", {"main": gpt2_hub_files()}, aliases=("gpt2",))
     lines = text.splitlines()
     wiki_rows = [ln + "\n" if ln.strip() else "" for ln in lines]          # as the loading script made them
+    train_rows = [ln + "\n" if ln.strip() else "" for ln in tiny_models.synthetic_text(400, seed=1234).splitlines()]
     hub.add_repo("dataset", "Salesforce/wikitext", {"main": {
-        "README.md": WIKITEXT_README.format(n=len(wiki_rows)).encode(),
+        "README.md": WIKITEXT_README.format(n=len(wiki_rows), n_train=len(train_rows)).encode(),
+        "wikitext-2-raw-v1/train-00000-of-00001.parquet": parquet_bytes("text", train_rows),
         "wikitext-2-raw-v1/test-00000-of-00001.parquet": parquet_bytes("text", wiki_rows)}})
     ptb_rows = [ln.strip() for ln in lines if ln.strip()]
     hub.add_repo("dataset", "ptb-text-only/ptb_text_only", {

@@ -147,6 +147,10 @@ def test_the_whole_study_with_its_defaults_reaches_the_pdf(hub, tmp_path):
             "--gguf-dir", str(tmp_path / "gguf"))
     methods = sorted(x["method"]["name"] for x in only_json(r))
     assert "baseline-fp32" in methods and "bnb-nf4-dq" in methods and "gguf-q4_k_m" in methods
-    assert len(methods) == 20, methods
+    assert "gptq-w4-g64" in methods and "baseline-bf16" in methods
+    assert len(methods) == 23, methods
+    gptq = next(x for x in only_json(r) if x["method"]["name"] == "gptq-w4-g64")
+    cal = gptq["method"]["settings"]["calibration"]                  # the scored dataset's train split
+    assert cal["source"] == "wikitext2-train" and cal["overlap_check"]["shared_spans"] == 0
     assert (tmp_path / "report.pdf").read_bytes()[:5] == b"%PDF-"
     assert "FAILED" not in p.stdout + p.stderr

@@ -9,10 +9,12 @@ ARGS   ?=
 .PHONY: setup study smoke report test lint clean standins standin-study standin-study-gpu
 setup: $(VENV)/.installed
 
+# llama-cpp-python builds from source, portable (GGML_NATIVE=OFF): a native build crashed in
+# decode on an Intel Xeon with AVX512-BF16 (tests/test_gguf.py). A CMAKE_ARGS of your own wins.
 $(VENV)/.installed: requirements.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -r requirements.txt
+	CMAKE_ARGS="$${CMAKE_ARGS:--DGGML_NATIVE=OFF}" $(PY) -m pip install -q -r requirements.txt
 	touch $@
 
 study: setup

@@ -442,8 +442,9 @@ configs:
 
 def default_repos(hub: HubImitation, text: str) -> dict:
     """gpt2 (renamed to openai-community/gpt2, as on the Hub), Salesforce/wikitext with its
-    wikitext-2-raw-v1 train and test splits (the train split: calibration text), and ptb-text-only/ptb_text_only whose main branch holds only
-    a loading script and whose refs/convert/parquet branch holds penn_treebank/{split}/0000.parquet.
+    wikitext-2-raw-v1 train and test splits (the train split: calibration text), and
+    ptb-text-only/ptb_text_only whose main branch holds only a loading script and whose
+    refs/convert/parquet branch holds penn_treebank/{split}/0000.parquet.
     Returns the rows of each split, to compare with what the project scores."""
     import tiny_models
     hub.add_repo("model", "openai-community/gpt2", {"main": gpt2_hub_files()}, aliases=("gpt2",))

@@ -28,8 +28,10 @@ GGUF_TYPES = ("F32", "F16", "Q8_0", "Q5_K_M", "Q4_K_M", "Q4_0")
 BF16 = ("BF16 cast", {"dtype": "bfloat16"})
 CALIBRATED_GROUP = 64
 CALIBRATED_GRIDS = ((4, 0), (4, CALIBRATED_GROUP), (3, CALIBRATED_GROUP))
+# One of them is timed, to show what the reference path costs: round-to-nearest per channel.
 CALIBRATED = tuple((f"{m.upper()} {b}-bit {'per channel' if g == 0 else f'g{g}'}",
-                    {"method": m, "bits": b, "group_size": g, "skip_latency": True})
+                    {"method": m, "bits": b, "group_size": g,
+                     **({} if (m, b, g) == ("rtn", 4, 0) else {"skip_latency": True})})
                    for m in ("rtn", "gptq", "awq") for b, g in CALIBRATED_GRIDS)
 ACT_ORDER = ("GPTQ 4-bit per channel, act-order",
              {"method": "gptq", "bits": 4, "group_size": 0, "act_order": True, "skip_latency": True})

@@ -75,6 +75,7 @@ from study.loading import (
     load_model,
     load_tokenizer,
     model_context,
+    param_count,
     resolve_device,
     skeleton,
     unreachable_message,
@@ -148,11 +149,10 @@ def evaluate(model, tokenizer, source: TextSource, cfg: EvalConfig, *, method: s
         measured["latency"]["peak_bytes"] = latency_peak.peak_bytes
     if reference is not None:
         measured["divergence"] = divergence(model, reference, ids, cfg.max_length, cfg.stride, progress)
-    if n_params is not None:
-        measured["bits_per_weight"] = bits_per_weight(model, n_params)
     weights = tensor_bytes(model)
     described = describe_model(model_id, model)
     if n_params is not None:
+        measured["bits_per_weight"] = bits_per_weight(model, n_params)
         described.update(n_params=n_params, n_params_torch=described["n_params"])
     record = results.new_record(
         kind, method, settings,

@@ -35,7 +35,7 @@ import evaluate as ev
 import results
 from calibrated import calibration as cal
 from calibrated.methods import CALIBRATED, METHODS, Options, check_model, quantize
-from calibrated.quantizer import BITS, PER_CHANNEL, Grid
+from calibrated.quantizer import BITS, CONTAINER_BITS, PER_CHANNEL, Grid
 from study import registry
 
 
@@ -153,7 +153,7 @@ def main(*, method: str = "gptq", bits: int = 4, group_size: int = 128, act_orde
         grid = Grid(args.bits, args.group_size)
         skeleton = ev.skeleton(args.model)                                  # shapes only, no weights
         widest = check_model(skeleton, grid)
-        n_params = sum(p.numel() for p in skeleton.parameters())
+        n_params = ev.param_count(skeleton)
         calibration = None
         if args.method in CALIBRATED:
             if args.calib_len > cfg.max_length:
@@ -177,8 +177,8 @@ def main(*, method: str = "gptq", bits: int = 4, group_size: int = 128, act_orde
                           progress=not args.quiet)
         identity = method_identity(args)
         settings = {"method": args.method, "bits": args.bits, "group_size": args.group_size, "variant": variant(args),
-                    "container_bits": 4, "layers": "every linear inside the decoder blocks; embeddings, output "
-                    "layer and norms as loaded",
+                    "container_bits": CONTAINER_BITS,
+                    "layers": "every linear inside the decoder blocks; embeddings, output layer and norms as loaded",
                     "storage": "codes two per byte (3-bit codes in 4-bit containers), a scale in the model's "
                                "dtype and a uint8 zero point per group",
                     **({"damp": args.damp, "block_size": args.block_size, "act_order": args.act_order,

@@ -736,7 +736,7 @@ def main(*, mode: str = "whole", bits: int = 8, scheme: str | None = None, group
                              out_path=out,
                              save=lambda d: save_quantized(model, d, spec),
                              extra={"quantization": ev.memory_breakdown(model)}, reference=reference,
-                             n_params=sum(p.numel() for p in skeleton.parameters()), **common)
+                             n_params=ev.param_count(skeleton), **common)
         if args.save:
             save_quantized(model, args.save, spec, tokenizer)
     print(ev.summary_line(record))

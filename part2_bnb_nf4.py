@@ -395,7 +395,7 @@ def main(*, mode: str = "all", threshold: float = 6.0, compute_dtype: str = "aut
         if args.bench:
             return run_bench(args, cfg, source, modes, compute_dtype, progress)
         records = []
-        n_params = sum(p.numel() for p in skel.parameters())                # the model's own count
+        n_params = ev.param_count(skel)                                     # the model's own count
         reference = None if args.skip_kld else ev.load_model(args.model, "float32", args.device,
                                                               args.device_map)[0]
         for mode in modes:

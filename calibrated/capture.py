@@ -46,10 +46,6 @@ class BlockInputs:
     def __iter__(self):
         return iter(self.batches)
 
-    @property
-    def n_tokens(self) -> int:
-        return sum(h.shape[0] * h.shape[1] for h, _, _ in self.batches)
-
     def hidden(self) -> torch.Tensor:
         """Every batch's hidden states, concatenated: (n, L, d)."""
         return torch.cat([h for h, _, _ in self.batches])

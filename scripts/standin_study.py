@@ -95,6 +95,8 @@ def steps_for(machine: str) -> dict[str, list[tuple[str, str, str, dict]]]:
                             "per_line": 0, "skip_latency": True}),
                           ("bitsandbytes, every mode", "smol", "part2", {**ppl, "mode": "all"})],
             "cuda-explore": [("BF16 cast", "smol", "evaluate", {"stride": 512, **plan.BF16[1]}),
+                             # --skip-latency right after the windows, as these runs were made (the
+                             # CPU's runs have it last): every record's command is a planned one
                              *[(label, "smol", "explore", {**ppl, **({"skip_latency": True}
                                                                      if kw.get("skip_latency") else {}), **kw})
                                for label, kw in (*plan.CALIBRATED, plan.ACT_ORDER, plan.CALIBRATION_SOURCES[0])]],

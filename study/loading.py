@@ -56,6 +56,12 @@ def model_context(config) -> int | None:
     return None
 
 
+def param_count(model) -> int:
+    """The parameters torch sees, tied ones once. On ev.skeleton() (before quantization) it is
+    the model's own count; after a swap to quantized layers it is what the float layers keep."""
+    return sum(p.numel() for p in model.parameters())
+
+
 def describe_model(model_id: str, model) -> dict:
     """Where the weights came from: a local folder (with its content hash), or a Hub id at a revision."""
     path = Path(model_id).expanduser()
@@ -68,7 +74,7 @@ def describe_model(model_id: str, model) -> dict:
                                         or hub_commit("model", model_id)),
         "class": type(model).__name__,
         "model_type": getattr(model.config, "model_type", None),
-        "n_params": sum(p.numel() for p in model.parameters()),
+        "n_params": param_count(model),
         "context": model_context(model.config),
     }
 

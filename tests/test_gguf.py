@@ -93,3 +93,18 @@ def test_bad_input(cli_error, capsys, tmp_path, gpt2_64, text_file):
     assert "does not exist" in cli_error(bg, ["--model", str(tmp_path / "nope"), "--text-file", str(text_file)])
     assert "unknown GGUF type 'Q9'" in cli_error(bg, ["--model", str(gpt2_64), "--types", "Q9"])
     assert "does not exist" in cli_error(bg, ["--inspect", str(tmp_path / "x.gguf")])
+
+
+def test_gguf_divergence_and_bits_per_weight(gguf_run):
+    """KLD through llama.cpp's logits: ~0 for the F32 file against the Hugging Face model it was
+    converted from, and growing as the type shrinks. Bits per weight from the GGUF block layout:
+    F32 32, Q8_0 34 bytes and Q4_0 18 bytes per block of 32 (ggml's block_q8_0 / block_q4_0)."""
+    recs, _ = gguf_run
+    f32, q8, q4 = recs["F32"], recs["Q8_0"], recs["Q4_0"]
+    assert f32["divergence"]["kld_mean"] < 1e-5 and f32["divergence"]["top1_agreement"] > 0.99  # near-ties
+    assert f32["divergence"]["n_tokens_scored"] == f32["perplexity"]["n_tokens_scored"]
+    assert f32["divergence"]["kld_mean"] < q8["divergence"]["kld_mean"] < q4["divergence"]["kld_mean"]
+    for rec, bits in ((f32, 32.0), (q8, 34 * 8 / 32), (q4, 18 * 8 / 32)):
+        assert rec["bits_per_weight"]["quantized_layers"]["bits_per_weight"] == bits, rec["method"]["name"]
+    n = f32["bits_per_weight"]["model"]["params"]
+    assert f32["bits_per_weight"]["model"]["stored_bytes"] == 4 * n     # an all-F32 file, tied head once

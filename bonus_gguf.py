@@ -314,6 +314,7 @@ def evaluate_gguf(path: Path, gguf_type: str, tokenizer, source: ev.TextSource, 
             cfg.max_length, cfg.prefill_tokens, cfg.prompt_tokens + cfg.new_tokens), threads)
     with ev.PeakMemory(cpu) as peak:                      # the same pass as every method's peak
         ppl = ev.perplexity(lm, ids, cfg.max_length, cfg.stride, progress)
+    ppl.update(ev.tokenizer_free(ppl, tokenizer, ids))
     lat = None if cfg.skip_latency else gguf_latency(lm, ids, cfg)
     div = None if reference is None else ev.divergence(lm, reference, ids, cfg.max_length, cfg.stride, progress)
     settings = {"library": "llama.cpp", "gguf_type": gguf_type, "file": path.name,

@@ -81,7 +81,7 @@ from study.loading import (
     unreachable_message,
 )
 from study.memory import PeakMemory, bits_per_weight, disk_bytes, memory_breakdown, storage_key, tensor_bytes
-from study.perplexity import check_windows, divergence, per_line_perplexity, perplexity, window_plan
+from study.perplexity import check_windows, divergence, per_line_perplexity, perplexity, tokenizer_free, window_plan
 from study.text import DATASETS, TextSource, hub_commit, load_text, read_text_file, tokenize
 from study.timing import (
     DECODE_DEFINITION,
@@ -136,6 +136,7 @@ def evaluate(model, tokenizer, source: TextSource, cfg: EvalConfig, *, method: s
     # perplexity at batch 1. The per-line pass (batches of lines) and the timings have their own.
     with PeakMemory(dev) as peak:
         measured["perplexity"] = perplexity(model, ids, cfg.max_length, cfg.stride, progress)
+    measured["perplexity"].update(tokenizer_free(measured["perplexity"], tokenizer, ids))
     if cfg.per_line:
         with PeakMemory(dev) as line_peak:
             measured["per_line_perplexity"] = per_line_perplexity(

@@ -81,6 +81,25 @@ def perplexity(model, input_ids: torch.Tensor, max_length: int, stride: int,
             "stride": stride, "aggregation": "corpus-level, token-weighted: exp(sum NLL / tokens)"}
 
 
+TOKENIZER_FREE_DEFINITION = ("bits_per_byte: sum of NLL / ln 2 / UTF-8 bytes of the scored text; word_perplexity: "
+                             "exp(sum of NLL / whitespace-separated words of the scored text) (lm-eval's wikitext "
+                             "measures); the scored text is what the scored tokens add to the first one's decoding")
+
+
+def tokenizer_free(ppl: dict, tokenizer, input_ids: torch.Tensor) -> dict:
+    """Measures that compare models with different tokenizers, from perplexity()'s block: the
+    same total NLL over the bytes, and over the words, of the text the scored tokens spell.
+    The scored tokens are every one after the first (window_plan), so that text is the whole
+    decoding less the first token's: its bytes and words are counted as that difference."""
+    ids = input_ids[0].tolist()
+    whole, first = tokenizer.decode(ids), tokenizer.decode(ids[:1])
+    n_bytes = len(whole.encode("utf-8")) - len(first.encode("utf-8"))
+    n_words = len(whole.split()) - len(first.split())
+    nll_sum = ppl["mean_nll"] * ppl["n_tokens_scored"]
+    return {"bits_per_byte": nll_sum / math.log(2) / n_bytes, "word_perplexity": math.exp(nll_sum / n_words),
+            "n_bytes": n_bytes, "n_words": n_words, "tokenizer_free_definition": TOKENIZER_FREE_DEFINITION}
+
+
 KLD_DEFINITION = ("KL(P_reference || P_model) of the next-token distribution, in nats, per scored token of the "
                   "perplexity windows (llama.cpp's KL-divergence statistics); top-1: the two argmax tokens agree")
 

@@ -55,6 +55,28 @@ def test_text_shorter_than_one_window(gpt2_dir, tiny_text):
     assert got["mean_nll"] == pytest.approx(nll / n, rel=1e-5)
 
 
+def test_bits_per_byte_and_word_perplexity_equal_a_direct_count(gpt2_dir, text_file, tmp_path, tiny_text):
+    """Every perplexity record carries the tokenizer-free measures: the brute-force NLL of the
+    scored tokens over the UTF-8 bytes, and over the words, of the text they spell. GPT-2's
+    byte-level tokens decode back to the text itself, so that text is the text file's (LF
+    endings, as it is read) less the first token's piece."""
+    rec = ev.main(model=str(gpt2_dir), text_file=str(text_file), device="cpu", max_length=32, stride=16,
+                  max_tokens=120, skip_latency=True, skip_disk=True, per_line=0, quiet=True,
+                  out=str(tmp_path / "r.json"))
+    model, tok = load(gpt2_dir)
+    ids = ev.tokenize(tok, tiny_text, max_tokens=120)
+    nll, n = brute_force_nll(model, ids, 32, 16)
+    spelled = tok.decode(ids[0].tolist())
+    assert tiny_text.replace("\r\n", "\n").startswith(spelled)              # lossless: the text's own prefix
+    scored = spelled[len(tok.decode(ids[0, :1].tolist())):]
+    n_bytes, n_words = len(scored.encode("utf-8")), len(spelled.split()) - len(tok.decode(ids[0, :1]).split())
+    p = rec["perplexity"]
+    assert (p["n_bytes"], p["n_words"]) == (n_bytes, n_words)
+    assert p["bits_per_byte"] == pytest.approx(nll / math.log(2) / n_bytes, rel=1e-5)
+    assert p["word_perplexity"] == pytest.approx(math.exp(nll / n_words), rel=1e-5)
+    assert p["word_perplexity"] > p["ppl"]                   # a word is one token or more
+
+
 def test_window_plan_scores_each_position_once():
     for n, length, stride in [(100, 32, 32), (100, 32, 7), (10, 64, 32), (2, 4, 4), (33, 32, 32)]:
         scored = [p for begin, end, first in ev.window_plan(n, length, stride) for p in range(first, end + 1)]

@@ -250,42 +250,133 @@ def plot_group(key: tuple, rs: list[dict], out: Path, made: list[Path]) -> None:
     plot_bits(rs, idents, cap, out, names_of["bits"], made)
 
 
+# The bits figure splits its axis here: the 3- to 5-bit schemes apart from 8 bits and more, so that
+# the crowd near 4 bits is not squeezed into a tenth of the width.
+SPLIT_BITS = 7.0
+PART_MARKERS = {"baseline": ("*", "float cast"), "part1": ("o", "Part 1, from scratch"),
+                "part2": ("s", "bitsandbytes"), "bonus": ("D", "GGUF, llama.cpp"),
+                "explore": ("^", "RTN / GPTQ / AWQ")}
+LABEL_PT = 7                                   # label size; 7 pt stays 7 pt: the figure is drawn at print width
+
+
+def pct_label(v: float) -> str:
+    """A perplexity change beside its point: one decimal from 10% up, two below, the floor as such."""
+    return "≤0.01%" if v <= 0.01 else f"{v:+.1f}%" if v >= 10 else f"{v:+.2f}%"
+
+
 def plot_bits(rs: list[dict], idents: dict, cap: str, out: Path, name: str, made: list[Path]) -> None:
-    """The study's one picture: each scheme's perplexity change against the bits per weight of its
-    quantized layers (every part on one axis) and, for the records that measured it, the KL
-    divergence from the unquantized model."""
+    """The study's central picture: for every scheme of every part, the perplexity change against
+    the bits per weight of its quantized layers and, for the records that measured it, the KL
+    divergence from the unquantized model. Each point is named, with its value, in a column
+    beside its panel (no label can sit on another); markers say the part, colours the family."""
     base = next((r for r in rs if r["method"]["name"] == "baseline-fp32"), None)
     if base is None:
         return
     plt = _plt()
+    from matplotlib.ticker import FuncFormatter, NullFormatter, ScalarFormatter
     base_ppl = base["perplexity"]["ppl"]
-    pts, kld = [], []
+    rows = []                                   # (bits, Δppl %, KLD or None, name, part)
     for r in rs:
-        bits, n = layer_bits(r), r["method"]["name"]
+        bits = layer_bits(r)
         if r is base or bits is None:
             continue
-        pts.append((bits, max(100 * (r["perplexity"]["ppl"] / base_ppl - 1), 0.01), n))
-        if r.get("divergence"):
-            kld.append((bits, max(r["divergence"]["kld_mean"], 1e-4), n))
-    if len(pts) < 2:
+        kld = r["divergence"]["kld_mean"] if r.get("divergence") else None
+        rows.append((bits, max(100 * (r["perplexity"]["ppl"] / base_ppl - 1), 0.01),
+                     None if kld is None else max(kld, 1e-4), r["method"]["name"], idents[r["method"]["name"]]["part"]))
+    if len(rows) < 2:
         return
-    fig, axes = plt.subplots(1, 2 if kld else 1, figsize=(6.5, 4.8), squeeze=False,
-                             gridspec_kw={"width_ratios": [1.6, 1]} if kld else None)
-    panels = [(axes[0][0], pts, "perplexity change against fp32 (%, log)")]
-    if kld:
-        panels.append((axes[0][1], kld, "KL divergence from fp32 (nats/token, log)"))
-    for ax, points, ylabel in panels:
-        for x, y, n in points:
-            ax.scatter([x], [y], s=28, color=idents[n]["color"], zorder=3)
-        ax.set_yscale("log")
-        ax.set_xlabel("bits per weight of the quantized layers", fontsize=9)
-        ax.set_ylabel(ylabel, fontsize=9)
-        ax.tick_params(labelsize=8)
-        ax.grid(True, which="major", lw=0.3, color="#dddddd")
-        label_points(ax, points, idents, size=6.5, spill="right" if ax is panels[-1][0] else "none")
-    fig.suptitle(f"What each bit buys (every scheme; floored at 0.01%)\n{cap}", fontsize=9)
-    fig.tight_layout()
-    _save(fig, out, name, made)
+    measures = [(1, "perplexity change against fp32 (%, log)", pct_label)]
+    if any(row[2] is not None for row in rows):
+        measures.append((2, "KL divergence from fp32 (nats/token, log)", lambda v: f"{v:.3f}"))
+    line_in = LABEL_PT * 1.3 / 72                                   # one label's height, inches
+    counts = [max(sum(1 for row in rows if row[k] is not None and (row[0] < SPLIT_BITS) == low)
+                  for low in (True, False)) for k, _, _ in measures]
+    heights = [max(2.6, n * line_in + 0.9) for n in counts]
+    fig = plt.figure(figsize=(7.5, sum(heights) + 1.3))
+    total, top = sum(heights) + 1.3, 1.0 - 0.75 / (sum(heights) + 1.3)
+    # columns: [plot 3-5 bits][its labels][plot 8+ bits][its labels], in figure fractions
+    cols = ((0.08, 0.22), (0.655, 0.10))
+    for (k, ylabel, fmt), h in zip(measures, heights):
+        bottom = top - h / total
+        pts = [row for row in rows if row[k] is not None]
+        lo, hi = min(row[k] for row in pts), max(row[k] for row in pts)
+        axes = []
+        for (x0, w), low in zip(cols, (True, False)):
+            ax = fig.add_axes((x0, bottom + 0.55 / total, w, h / total - 0.8 / total))
+            mine = [row for row in pts if (row[0] < SPLIT_BITS) == low]
+            if not mine:
+                ax.remove()
+                continue
+            for row in mine:
+                ax.scatter([row[0]], [row[k]], marker=PART_MARKERS.get(row[4], ("o", ""))[0], s=30,
+                           color=idents[row[3]]["color"], zorder=3, edgecolors="white", linewidths=0.4)
+            ax.set_yscale("log")
+            ax.set_ylim(lo / 1.6, hi * 1.6)
+            ax.set_yticks(log_ticks(lo / 1.6, hi * 1.6))
+            ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+            ax.yaxis.set_minor_formatter(NullFormatter())
+            ax.tick_params(which="both", labelsize=8)
+            ax.grid(True, which="major", lw=0.3, color="#dddddd")
+            ax.set_xlabel(("bits per weight, below 8" if low else "8 bits and more")
+                          + " (quantized layers)", fontsize=8)
+            if low or not axes:
+                ax.set_ylabel(ylabel, fontsize=8)
+                xs = [row[0] for row in mine] or [4.0]
+                ax.set_xlim(min(xs) - 0.15, max(xs) + 0.15)
+            else:
+                ax.set_xscale("log", base=2)
+                xs = [row[0] for row in mine] or [8.0, 32.0]
+                ax.set_xlim(min(xs) / 1.15, max(xs) * 1.15)
+                ax.set_xticks([t for t in (8, 16, 32) if min(xs) / 1.2 <= t <= max(xs) * 1.2])
+                ax.get_xaxis().set_major_formatter(ScalarFormatter())
+                ax.tick_params(labelleft=not axes)
+            column_labels(ax, [(row[0], row[k], row[3], fmt(row[k])) for row in mine], idents)
+            axes.append(ax)
+        top = bottom
+    handles = [plt.Line2D([], [], marker=m, ls="", color="#555555", label=words)
+               for part, (m, words) in PART_MARKERS.items() if any(row[4] == part for row in rows)]
+    fig.legend(handles=handles, loc="lower center", ncol=len(handles), fontsize=8, frameon=False)
+    fig.suptitle(f"What each bit buys: every scheme, named with its value (floored at 0.01%)\n{cap}", fontsize=9)
+    path = out / name
+    fig.savefig(path, dpi=130)                   # the layout is set by hand: no tight_layout
+    plt.close(fig)
+    made.append(path)
+
+
+def log_ticks(lo: float, hi: float) -> list[float]:
+    """Ticks for a log axis from lo to hi: 1-2-5 in each decade where that gives a few, else
+    the powers of ten alone (so a range within one decade still has numbered ticks)."""
+    import math
+    decades = range(math.floor(math.log10(lo)), math.ceil(math.log10(hi)) + 1)
+    ticks = [m * 10.0 ** d for d in decades for m in (1, 2, 5) if lo <= m * 10.0 ** d <= hi]
+    return [t for t in ticks if math.log10(t).is_integer()] if len(ticks) > 7 else ticks
+
+
+def column_labels(ax, points: list[tuple[float, float, str, str]], idents: dict[str, dict],
+                  size: float = LABEL_PT) -> None:
+    """Name each point in a column right of the axes, in the order of the points' heights,
+    each label as near its point's height as the labels above it allow, joined to its point
+    by a thin line. points: (x, y, method name, value text)."""
+    if not points:
+        return
+    fig = ax.figure
+    fig.canvas.draw()                                # limits settled, so data -> pixels is final
+    box = ax.get_window_extent(fig.canvas.get_renderer())
+    step = size * 1.3 * fig.dpi / 72                 # one label's height in pixels
+    items = sorted(points, key=lambda p: -ax.transData.transform((p[0], p[1]))[1])
+    ys = []
+    for x, y, _, _ in items:
+        want = min(ax.transData.transform((x, y))[1], box.y1)
+        ys.append(min(want, ys[-1] - step) if ys else want)
+    if ys[-1] < box.y0:                              # ran off the bottom: push the column up
+        ys[-1] = box.y0
+        for i in range(len(ys) - 2, -1, -1):
+            ys[i] = max(ys[i], ys[i + 1] + step)
+    for (x, y, name, value), py in zip(items, ys):
+        fy = (py - box.y0) / box.height
+        ax.annotate(f"{idents[name]['label']}  {value}", (x, y), xytext=(1.04, fy), textcoords="axes fraction",
+                    fontsize=size, va="center", ha="left", color=idents[name]["color"], annotation_clip=False,
+                    arrowprops=dict(arrowstyle="-", lw=0.35, color="#bbbbbb", shrinkA=1, shrinkB=3))
 
 
 def label_points(ax, points: list[tuple[float, float, str]], idents: dict[str, dict] | None = None,

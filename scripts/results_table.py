@@ -18,6 +18,7 @@ import plot_results as pr  # noqa: E402  (the same grouping and text names as th
 import results  # noqa: E402
 from results import load_results  # noqa: E402
 from speed import readings  # noqa: E402  (what the speed records say: bandwidth, floors, rows)
+from study import registry  # noqa: E402
 from study.cli import run_cli  # noqa: E402
 
 
@@ -46,8 +47,8 @@ def eval_tables(records: list[dict]) -> str:
 
 
 def bits_tables(records: list[dict]) -> str:
-    """Per evaluation group, the runs that measured bits per weight and the KL divergence
-    (explore_calibrated.py's, so far): the grid of the exploration directions."""
+    """Per evaluation group, every run that measured bits per weight and the KL divergence (every
+    part's, since they record both), ordered by bits per weight: what each bit buys."""
     lines = []
     for (model, text, L, S, n, dev, _), rs in sorted(pr.eval_groups(records).items()):
         base = next((r for r in rs if r["method"]["name"] == "baseline-fp32"), None)
@@ -58,22 +59,22 @@ def bits_tables(records: list[dict]) -> str:
                   f"{n:,} tokens, {dev}. Bits per weight from the bytes stored (codes, scales, zero points) over the "
                   "weights they stand for; KLD: KL(fp32 || method) per scored token, in nats; top-1: the two "
                   "argmax tokens agree", "",
-                  "| method | bits | group | bits/weight (quantized layers) | bits/weight (model) | weights MiB "
-                  "| ppl | vs fp32 | KLD mean | KLD p99 | top-1 | calibration | quantize s |",
-                  "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
-        for r in sorted(rows, key=lambda r: (-r["method"]["settings"]["bits"], r["method"]["settings"]["group_size"],
-                                             r["method"]["name"])):
-            st, b, d = r["method"]["settings"], r["bits_per_weight"], r["divergence"]
-            cal = st.get("calibration")
+                  "| method | part | bits | grouping | bits/weight (quantized layers) | bits/weight (model) "
+                  "| weights MiB | ppl | vs fp32 | KLD mean | KLD p99 | top-1 | calibration | quantize s |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+        for r in sorted(rows, key=lambda r: (r["bits_per_weight"]["quantized_layers"]["bits_per_weight"],
+                                             r["perplexity"]["ppl"], r["method"]["name"])):
+            ident, b, d = registry.of(r), r["bits_per_weight"], r["divergence"]
+            cal = r["method"]["settings"].get("calibration")
             cal = f"{cal['source']} ({cal['n_samples']}x{cal['seq_len']})" if cal else "–"
+            secs = (r.get("quantize") or {}).get("seconds")
             ppl = r["perplexity"]["ppl"]
-            lines.append(f"| {r['method']['name']} | {st['bits']} | {st['group_size'] or 'per channel'} "
+            lines.append(f"| {r['method']['name']} | {ident['part']} | {ident['bits'] or '–'} | {ident['grouping']} "
                          f"| {b['quantized_layers']['bits_per_weight']:.3f} | {b['model']['bits_per_weight']:.3f} "
                          f"| {r['memory']['weights_mib']:.1f} | {ppl:.4f} "
                          f"| {100 * (ppl / base['perplexity']['ppl'] - 1):+.2f}% | {d['kld_mean']:.4f} "
                          f"| {d['kld_p99']:.3f} | {100 * d['top1_agreement']:.1f}% "
-                         f"| {cal} "
-                         f"| {r['quantize']['seconds']:.1f} |")
+                         f"| {cal} | {'–' if secs is None else f'{secs:.1f}'} |")
         lines.append("")
     return "\n".join(lines)
 

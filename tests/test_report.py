@@ -95,7 +95,7 @@ def test_settings_and_bandwidth_are_read_from_the_results_not_typed(built):
            "after a 11-token prompt" in text
     assert "Prefill 1×333 tokens; decode 77 new tokens after 11" in text
     assert "floor = weight bytes ÷ 1.23 TB/s" in text and "at 1.23 TB/s would take" in text
-    assert "512" not in text.split("6. Speed")[1].split("7. ")[0]             # no typed prefill length left
+    assert "512" not in text.split("7. Speed")[1].split("8. ")[0]             # no typed prefill length left
 
 
 def test_the_headline_table_and_its_settings_are_the_fixtures(built, results_dir):
@@ -118,7 +118,8 @@ def test_the_headline_table_and_its_settings_are_the_fixtures(built, results_dir
 def test_sections_follow_the_assignment(built):
     text = pdf_text(built[0]).replace("\n", " ")
     heads = ["1. Summary", "2. How we measure", "3. Part 1: INT8 from scratch", "4. Part 2: bitsandbytes",
-             "5. Bonus: GGUF and llama.cpp", "6. Speed", "7. Limitations and open questions",
+             "5. Exploration: GPTQ, AWQ and BF16", "6. Bonus: GGUF and llama.cpp", "7. Speed",
+             "8. Limitations and open questions",
              "Appendix A", "Appendix B"]
     at = [text.find(h) for h in heads]
     assert -1 not in at and at == sorted(at), dict(zip(heads, at))
@@ -170,3 +171,57 @@ def test_the_anatomy_section_is_the_records_numbers(results_dir, tmp_path):
     assert (f"(48 layers), INT8's against fp16's: QKV GEMV {q8 / q:.2f}×, up GEMV {u8 / u:.2f}×, "
             f"out-projection GEMV {o8 / o:.2f}×, down GEMV {d8 / d:.2f}×") in text
     assert (tmp_path / "r" / "figures" / "fused_step_anatomy_cuda.png").exists()
+
+
+def explore_record(key, group, ppl, bpw, kld, source=None, variant=None, proxy=None, seconds=2.5):
+    """An explore_calibrated.py record as it writes one (only the fields the report reads)."""
+    from conftest import record
+
+    from study import registry
+    rec = record("baseline-fp32", ppl, 14.5 if group else 13.5)
+    rec["method"]["identity"] = registry.identity(key, group_size=group, variant=variant)
+    rec["method"]["name"] = rec["method"]["identity"]["name"]
+    cal = None if source is None else {
+        "source": source, "description": f"the {source} text", "licence": "CC0", "n_samples": 7, "seq_len": 48,
+        "seed": 3, "overlap_check": {"span_tokens": 32, "shared_spans": 0}}
+    rec["method"]["settings"] = {"method": key.split("-")[0], "bits": int(key[-1]), "group_size": group,
+                                 "damp": 0.02, "block_size": 16, "calibration": cal}
+    rec["bits_per_weight"] = {"quantized_layers": {"bits_per_weight": bpw}, "model": {"bits_per_weight": bpw + 1}}
+    rec["divergence"] = {"kld_mean": kld, "kld_p99": 4 * kld, "top1_agreement": 0.75}
+    rec["quantize"] = {"seconds": seconds, "blocks": [{"layers": [
+        {"proxy_error": p, "proxy_error_rtn": 1.0} for p in (proxy or [])]}]}
+    return rec
+
+
+def test_the_exploration_section_is_the_records_numbers(results_dir, tmp_path):
+    """Round-to-nearest, GPTQ and AWQ records make section 5: the grid table, the targets (each
+    ratio of perplexity changes computed here), NF4's comparison at <= 4.6 bits, GPTQ's layer-wise
+    error against round-to-nearest's, the calibration sources, and the settings of the records."""
+    runs = {"rtn-pc.json": explore_record("rtn-w4", 0, 40.0, 4.059, 0.9),
+            "gptq-pc.json": explore_record("gptq-w4", 0, 30.0, 4.059, 0.5, "wiki", proxy=[0.2, 0.4, 0.6]),
+            "rtn-g.json": explore_record("rtn-w4", 64, 28.0, 4.625, 0.4),
+            "awq-g.json": explore_record("awq-w4", 64, 24.0, 4.630, 0.1, "wiki", seconds=9.25),
+            "gptq-g.json": explore_record("gptq-w4", 64, 27.0, 4.625, 0.3, "wiki", proxy=[0.5]),
+            "gptq-g-novel.json": explore_record("gptq-w4", 64, 26.0, 4.625, 0.3, "novel", variant="cal-novel",
+                                                proxy=[0.25])}
+    for name, rec in runs.items():
+        (results_dir / name).write_text(json.dumps(rec))
+    out = br.main(results=str(results_dir), out=str(tmp_path / "r.pdf"), figures=str(tmp_path / "f"))
+    text = pdf_text(out).replace("\n", " ")
+    section = text.split("5. Exploration: GPTQ, AWQ and BF16")[1].split("6. Bonus")[0]
+    assert "gptq-w4-pc 4 channel 4.059 13.5 30.0000 +50.00% 0.500 75.0% 2.5" in section
+    assert "awq-w4-g64 4 64 4.630 14.5 24.0000 +20.00% 0.100 75.0% 9.2" in section
+    base = 20.0
+    d = {n: 100 * (p / base - 1) for n, p in (("rtn-pc", 40), ("gptq-pc", 30), ("rtn-g", 28), ("awq-g", 24))}
+    assert f"gptq-w4-pc against rtn-w4-pc ≤ 0.5 {d['gptq-pc'] / d['rtn-pc']:.2f}× met" in section      # 0.50
+    assert f"awq-w4-g64 against rtn-w4-g64 ≤ 0.7 {d['awq-g'] / d['rtn-g']:.2f}× met" in section        # 0.50
+    # at <= 4.6 bits only the per-channel runs fit; gptq-w4-pc's +50% does not beat NF4's +25%
+    assert "beats NF4 < +25.00% gptq-w4-pc: +50.00% missed" in section
+    assert ("its median over the layers is 0.25 to 0.50 × round-to-nearest's (3 GPTQ runs, every block "
+            "linear)") in section
+    assert "novel +30.00%, wiki +35.00%. The source moves the perplexity change by 5.00 points; GPTQ (on the " \
+           "default source) against round-to-nearest: +5.00 points." in section
+    assert "Q4_1" not in section                                   # said of the Q4_1 stand-in only
+    assert "dampened by 0.02" in section and "blocks of 16 columns" in section
+    assert "7 windows of 48 tokens (seed 3) of the wiki text (CC0)" in section
+    assert "finds 0 spans of 32 tokens shared" in section

@@ -12,7 +12,7 @@ from study import registry
 
 
 def gguf_section(doc: Doc, s: Study) -> None:
-    doc.h1("5. Bonus: GGUF and llama.cpp")
+    doc.h1("6. Bonus: GGUF and llama.cpp")
     doc.p(
         "<b>The formats.</b> GGML is llama.cpp's tensor library; GGUF is its single-file model "
         "format: a header, typed key-value metadata (architecture, hyperparameters, the whole "

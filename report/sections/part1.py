@@ -189,7 +189,7 @@ def part1(doc: Doc, s: Study) -> None:
             f"and {f_ms(a['sel'][1])}. On this GPU a step of a model this small is bound by kernel "
             "launches and Python, not by reading weights, so fewer weight bytes do not make it faster, "
             "and one run's timing varies from the next by more than the differences between methods "
-            "(the selective model runs fp32 and int8 layers side by side). Section 6 compares speed "
+            "(the selective model runs fp32 and int8 layers side by side). Section 7 compares speed "
             "side by side, in one run."
         )
     if x["q4"]:

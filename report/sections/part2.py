@@ -214,7 +214,7 @@ def accuracy_efficiency(doc: Doc, s: Study) -> None:
                f"decode takes {f_ratio(x['lo'])} to {f_ratio(x['hi'])} {base}'s time. So at this size")
             + " quantization buys memory, paid for in "
             "perplexity (little at 8 bits, much at 4) and in speed (unless the decode path removes the "
-            "overhead: section 6). On a device where the weights barely fit, the memory is what counts."
+            "overhead: section 7). On a device where the weights barely fit, the memory is what counts."
         )
     if doc.figure(pr.group_figures(g)["pareto"],
                f"Weight memory against perplexity, every method of Table {doc.refs.get('headline', '1')}; the dashed "

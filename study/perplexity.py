@@ -91,8 +91,8 @@ def tokenizer_free(ppl: dict, tokenizer, input_ids: torch.Tensor) -> dict:
     same total NLL over the bytes, and over the words, of the text the scored tokens spell.
     The scored tokens are every one after the first (window_plan), so that text is the whole
     decoding less the first token's: its bytes and words are counted as that difference."""
-    ids = input_ids[0].tolist()
-    whole, first = tokenizer.decode(ids), tokenizer.decode(ids[:1])
+    ids = input_ids[0].tolist()                 # special tokens (a BOS) spell nothing
+    whole, first = (tokenizer.decode(t, skip_special_tokens=True) for t in (ids, ids[:1]))
     n_bytes = len(whole.encode("utf-8")) - len(first.encode("utf-8"))
     n_words = len(whole.split()) - len(first.split())
     nll_sum = ppl["mean_nll"] * ppl["n_tokens_scored"]

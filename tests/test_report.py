@@ -225,3 +225,8 @@ def test_the_exploration_section_is_the_records_numbers(results_dir, tmp_path):
     assert "dampened by 0.02" in section and "blocks of 16 columns" in section
     assert "7 windows of 48 tokens (seed 3) of the wiki text (CC0)" in section
     assert "finds 0 spans of 32 tokens shared" in section
+    summary = text.split("1. Summary")[1].split("2. How we measure")[0]
+    assert ("Calibrated 4-bit (section 5). awq-w4-g64 moves perplexity by +20.00% (KL divergence 0.100) at 4.630 "
+            "bits per weight, against round-to-nearest's +40.00% on the same grid and bitsandbytes NF4's +25.00%"
+            ) in summary
+    assert "2 of the 2 targets against round-to-nearest are met" in summary

@@ -45,7 +45,7 @@ def explore_facts(s: Study) -> dict | None:
     proxy = {}
     for n in grid:
         blocks = (r[n].get("quantize") or {}).get("blocks") or []
-        ratios = [ly["proxy_error"] / ly["proxy_error_rtn"] for b in blocks for ly in b["layers"]
+        ratios = [ly["proxy_error"] / ly["proxy_error_rtn"] for b in blocks for ly in b.get("layers", [])
                   if ly.get("proxy_error_rtn")]
         if ratios:
             proxy[n] = {"median": statistics.median(ratios), "max": max(ratios), "n": len(ratios)}
@@ -57,6 +57,32 @@ def explore_facts(s: Study) -> dict | None:
             cal[k] = {n: (v["method"]["settings"]["calibration"]["source"], delta(rk, n)) for n, v in runs.items()}
     return {"group": g, "runs": r, "grid": grid, "targets": targets, "nf4": nf4, "best": best,
             "best_within": best_within, "proxy": proxy, "calibration": cal}
+
+
+def rtn_twin(runs: dict[str, dict], name: str) -> str | None:
+    """The round-to-nearest run on the same bits and grouping as this calibrated one."""
+    st = runs[name]["method"]["settings"]
+    return next((n for n, v in runs.items() if registry.of(v)["family"] == "rtn"
+                 and v["method"]["settings"]["bits"] == st["bits"]
+                 and v["method"]["settings"]["group_size"] == st["group_size"]), None)
+
+
+def finding(s: Study) -> str | None:
+    """The summary's line on the exploration: the best calibrated 4-bit against its
+    round-to-nearest twin and NF4, and how many of the targets are met."""
+    x = explore_facts(s)
+    if x is None or x["best"] is None:
+        return None
+    r, best = x["runs"], x["best"]
+    twin = rtn_twin(r, best)
+    d = r[best].get("divergence")
+    return (f"<b>Calibrated 4-bit (section 5).</b> {escape(best)} moves perplexity by {f_pct(delta(r, best))}"
+            + (f" (KL divergence {d['kld_mean']:.3f})" if d else "")
+            + f" at {layer_bpw(r[best]):.3f} bits per weight"
+            + (f", against round-to-nearest's {f_pct(delta(r, twin))} on the same grid" if twin else "")
+            + (f" and bitsandbytes NF4's {f_pct(x['nf4'])}" if x["nf4"] is not None else "")
+            + f" ({escape(group_label(x['group']))}); {sum(t['met'] for t in x['targets'])} of the "
+            f"{len(x['targets'])} targets against round-to-nearest are met.")
 
 
 def explore(doc: Doc, s: Study) -> None:
@@ -121,7 +147,7 @@ def explore(doc: Doc, s: Study) -> None:
                       f"< {f_pct(x['nf4'])}",
                       f"{w}: {f_pct(delta(r, w))}" if w else "none at that size",
                       "met" if w and delta(r, w) < x["nf4"] else "missed"])
-    doc.table(["target (perplexity change, ratio to RTN's)", "needs", "measured", ""], trows,
+    doc.table(["target (perplexity change, ratio to RTN's)", "needs", "measured", "verdict"], trows,
               "The assignment's targets, read from the table above.", widths=[7.5, None, None, None])
     text = []
     gptq = [n for n in x["proxy"] if n.startswith("gptq")]

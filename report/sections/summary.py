@@ -11,6 +11,7 @@ import plot_results as pr
 from report.common import ROOT, Study, bandwidth, delta, full_precision_mib, group_label, method, model_label
 from report.doc import Doc
 from report.formats import f_mib, f_ms, f_pct, f_ppl, f_ratio, pct_change
+from report.sections.explore import finding as explore_finding
 from report.settings import latency_of, setting_facts, settings_sentence, short_name
 from speed import readings
 from study import registry
@@ -220,6 +221,9 @@ def key_findings(doc: Doc, s: Study) -> None:
             )
             + "."
         )
+    explored = explore_finding(s)
+    if explored:
+        items.append(explored)
     if "speed" in f:
         x = f["speed"]
         items.append(

@@ -281,15 +281,11 @@ def gguf_bits_per_weight(info: dict, n_params: int) -> dict:
     scheme's; their stored bytes (codes and block scales, as llama.cpp lays them out) x 8 over
     their elements. The model: every tensor's bytes x 8 over the model's own parameter count."""
     layers = [t for t in info["tensors"] if t["name"].startswith("blk.") and len(t["shape"]) == 2]
-    stored, weights = sum(t["bytes"] for t in layers), sum(t["n_elements"] for t in layers)
-    total = info["tensor_bytes"]
-    return {"quantized_layers": {"stored_bytes": stored, "weights": weights,
-                                 "bits_per_weight": 8 * stored / weights if weights else None},
-            "model": {"stored_bytes": total, "params": n_params, "bits_per_weight": 8 * total / n_params},
-            "quantized_share": weights / n_params,
-            "definition": "bytes really stored x 8 / weights: the 2-D block tensors of the GGUF file (llama.cpp's "
+    return ev.bits_record(sum(t["bytes"] for t in layers), sum(t["n_elements"] for t in layers),
+                          info["tensor_bytes"], n_params,
+                          "bytes really stored x 8 / weights: the 2-D block tensors of the GGUF file (llama.cpp's "
                           "codes and block scales) over their elements; every tensor's bytes over the model's own "
-                          "parameter count"}
+                          "parameter count")
 
 
 def evaluate_gguf(path: Path, gguf_type: str, tokenizer, source: ev.TextSource, cfg: ev.EvalConfig, *,

@@ -80,7 +80,15 @@ from study.loading import (
     skeleton,
     unreachable_message,
 )
-from study.memory import PeakMemory, bits_per_weight, disk_bytes, memory_breakdown, storage_key, tensor_bytes
+from study.memory import (
+    PeakMemory,
+    bits_per_weight,
+    bits_record,
+    disk_bytes,
+    memory_breakdown,
+    storage_key,
+    tensor_bytes,
+)
 from study.perplexity import check_windows, divergence, per_line_perplexity, perplexity, tokenizer_free, window_plan
 from study.text import DATASETS, TextSource, hub_commit, load_text, read_text_file, tokenize
 from study.timing import (

@@ -156,9 +156,11 @@ def _plt():
     return plt
 
 
-def _save(fig, out: Path, name: str, made: list[Path]) -> None:
+def _save(fig, out: Path, name: str, made: list[Path], layout: bool = True) -> None:
+    """Write the figure; layout=False for one whose axes are placed by hand (no tight_layout)."""
     path = out / name
-    fig.tight_layout()
+    if layout:
+        fig.tight_layout()
     fig.savefig(path, dpi=130, bbox_inches="tight")          # text set outside the axes stays in
     _plt().close(fig)
     made.append(path)
@@ -256,7 +258,7 @@ SPLIT_BITS = 7.0
 PART_MARKERS = {"baseline": ("*", "float cast"), "part1": ("o", "Part 1, from scratch"),
                 "part2": ("s", "bitsandbytes"), "bonus": ("D", "GGUF, llama.cpp"),
                 "explore": ("^", "RTN / GPTQ / AWQ")}
-LABEL_PT = 7                                   # label size; 7 pt stays 7 pt: the figure is drawn at print width
+LABEL_PT = 7               # label size at the figure's 7.5 in (the report's 16.5 cm column prints it at ~6 pt)
 
 
 def pct_label(v: float) -> str:
@@ -324,17 +326,18 @@ def plot_bits(rs: list[dict], idents: dict, cap: str, out: Path, name: str, made
             ax.grid(True, which="major", lw=0.3, color="#dddddd")
             ax.set_xlabel(("bits per weight, below 8" if low else "8 bits and more")
                           + " (quantized layers)", fontsize=8)
-            if low or not axes:
-                ax.set_ylabel(ylabel, fontsize=8)
-                xs = [row[0] for row in mine] or [4.0]
+            xs = [row[0] for row in mine]
+            if low:
                 ax.set_xlim(min(xs) - 0.15, max(xs) + 0.15)
             else:
                 ax.set_xscale("log", base=2)
-                xs = [row[0] for row in mine] or [8.0, 32.0]
                 ax.set_xlim(min(xs) / 1.15, max(xs) * 1.15)
                 ax.set_xticks([t for t in (8, 16, 32) if min(xs) / 1.2 <= t <= max(xs) * 1.2])
                 ax.get_xaxis().set_major_formatter(ScalarFormatter())
-                ax.tick_params(labelleft=not axes)
+            if axes:                                     # the second panel shares the first's y axis
+                ax.tick_params(labelleft=False)
+            else:
+                ax.set_ylabel(ylabel, fontsize=8)
             column_labels(ax, [(row[0], row[k], row[3], fmt(row[k])) for row in mine], idents)
             axes.append(ax)
         top = bottom
@@ -342,10 +345,7 @@ def plot_bits(rs: list[dict], idents: dict, cap: str, out: Path, name: str, made
                for part, (m, words) in PART_MARKERS.items() if any(row[4] == part for row in rows)]
     fig.legend(handles=handles, loc="lower center", ncol=len(handles), fontsize=8, frameon=False)
     fig.suptitle(f"What each bit buys: every scheme, named with its value (floored at 0.01%)\n{cap}", fontsize=9)
-    path = out / name
-    fig.savefig(path, dpi=130)                   # the layout is set by hand: no tight_layout
-    plt.close(fig)
-    made.append(path)
+    _save(fig, out, name, made, layout=False)
 
 
 def log_ticks(lo: float, hi: float) -> list[float]:

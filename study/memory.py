@@ -149,13 +149,18 @@ def bits_per_weight(model: torch.nn.Module, n_params: int) -> dict:
         if mname not in counted:
             counted.add(mname)
             weights += logical_weights(module)
-    total = tensor_bytes(model)["bytes"]
+    return bits_record(stored, weights, tensor_bytes(model)["bytes"], n_params,
+                       "bytes really stored x 8 / weights: codes, scales and zero points of the quantized "
+                       "layers over their weights; every stored byte over the model's own parameter count")
+
+
+def bits_record(stored: int, weights: int, total: int, n_params: int, definition: str) -> dict:
+    """The record's bits_per_weight block (every writer's, torch or GGUF): the quantized layers'
+    stored bytes over their weights, all stored bytes over the model's own parameter count."""
     return {"quantized_layers": {"stored_bytes": stored, "weights": weights,
                                  "bits_per_weight": 8 * stored / weights if weights else None},
             "model": {"stored_bytes": total, "params": n_params, "bits_per_weight": 8 * total / n_params},
-            "quantized_share": weights / n_params,
-            "definition": "bytes really stored x 8 / weights: codes, scales and zero points of the quantized "
-                          "layers over their weights; every stored byte over the model's own parameter count"}
+            "quantized_share": weights / n_params, "definition": definition}
 
 
 def _holds_int_weight(module: torch.nn.Module) -> bool:

@@ -20,10 +20,6 @@ TARGETS = (("gptq-w4-pc", "rtn-w4-pc", 0.5), ("gptq-w4-pc-ao", "rtn-w4-pc", 0.5)
 BPW_TARGET = 4.6          # at most this many bits per weight, the best calibrated 4-bit beats NF4
 
 
-def layer_bpw(rec: dict) -> float | None:
-    return (rec.get("bits_per_weight") or {}).get("quantized_layers", {}).get("bits_per_weight")
-
-
 def explore_facts(s: Study) -> dict | None:
     """The exploration grid's group (the most tokens with AWQ in it) and what the text says of
     it: plain numbers, nothing formatted."""
@@ -40,7 +36,7 @@ def explore_facts(s: Study) -> dict | None:
     nf4 = delta(r, "bnb-nf4") if "bnb-nf4" in r else None
     four = [n for n in grid if registry.of(r[n])["bits"] == 4 and registry.of(r[n])["family"] != "rtn"]
     best = min(four, key=lambda n: r[n]["perplexity"]["ppl"], default=None)
-    best_within = min((n for n in four if (layer_bpw(r[n]) or 99) <= BPW_TARGET),
+    best_within = min((n for n in four if (pr.layer_bits(r[n]) or 99) <= BPW_TARGET),
                       key=lambda n: r[n]["perplexity"]["ppl"], default=None)
     proxy = {}
     for n in grid:
@@ -48,12 +44,12 @@ def explore_facts(s: Study) -> dict | None:
         ratios = [ly["proxy_error"] / ly["proxy_error_rtn"] for b in blocks for ly in b.get("layers", [])
                   if ly.get("proxy_error_rtn")]
         if ratios:
-            proxy[n] = {"median": statistics.median(ratios), "max": max(ratios), "n": len(ratios)}
+            proxy[n] = statistics.median(ratios)
     cal = {}
     for k in s.ppl_groups():
         rk = s.runs(k)
-        runs = {n: v for n, v in rk.items() if n.startswith("gptq-w4-g64") and "baseline-fp32" in rk}
-        if len(runs) >= 2:
+        runs = {n: v for n, v in rk.items() if n.startswith("gptq-w4-g64")}
+        if len(runs) >= 2 and "baseline-fp32" in rk:
             cal[k] = {n: (v["method"]["settings"]["calibration"]["source"], delta(rk, n)) for n, v in runs.items()}
     return {"group": g, "runs": r, "grid": grid, "targets": targets, "nf4": nf4, "best": best,
             "best_within": best_within, "proxy": proxy, "calibration": cal}
@@ -78,7 +74,7 @@ def finding(s: Study) -> str | None:
     d = r[best].get("divergence")
     return (f"<b>Calibrated 4-bit (section 5).</b> {escape(best)} moves perplexity by {f_pct(delta(r, best))}"
             + (f" (KL divergence {d['kld_mean']:.3f})" if d else "")
-            + f" at {layer_bpw(r[best]):.3f} bits per weight"
+            + f" at {pr.layer_bits(r[best]):.3f} bits per weight"
             + (f", against round-to-nearest's {f_pct(delta(r, twin))} on the same grid" if twin else "")
             + (f" and bitsandbytes NF4's {f_pct(x['nf4'])}" if x["nf4"] is not None else "")
             + f" ({escape(group_label(x['group']))}); {sum(t['met'] for t in x['targets'])} of the "
@@ -118,18 +114,18 @@ def explore(doc: Doc, s: Study) -> None:
     figure = pr.group_figures(g)["bits"]
     best = x["best"]
     takeaway = (f"{best} is the best 4-bit scheme measured here ({f_pct(delta(r, best))} at "
-                f"{layer_bpw(r[best]):.3f} bits per weight)" if best else "")
+                f"{pr.layer_bits(r[best]):.3f} bits per weight)" if best else "")
     if best and x["nf4"] is not None:
         takeaway += f", against bitsandbytes NF4's {f_pct(x['nf4'])}"
     doc.figure(figure, f"What each bit buys, every scheme of every part on one axis ({escape(group_label(g))}). "
                f"{takeaway}. The KL divergence panel holds the runs that measured it.", max_height_cm=15)
     rows = []
-    for n in sorted(x["grid"], key=lambda n: (-registry.of(r[n])["bits"], layer_bpw(r[n]) or 0,
+    for n in sorted(x["grid"], key=lambda n: (-registry.of(r[n])["bits"], pr.layer_bits(r[n]) or 0,
                                               r[n]["perplexity"]["ppl"])):
         v, d = r[n], r[n].get("divergence") or {}
         secs = (v.get("quantize") or {}).get("seconds")
         rows.append([n, registry.of(v)["bits"], v["method"]["settings"]["group_size"] or "channel",
-                     f"{layer_bpw(v):.3f}" if layer_bpw(v) else "–", f_mib(v["memory"]["weights_mib"]),
+                     f"{pr.layer_bits(v):.3f}" if pr.layer_bits(v) else "–", f_mib(v["memory"]["weights_mib"]),
                      f_ppl(v["perplexity"]["ppl"]), f_pct(delta(r, n)),
                      f"{d['kld_mean']:.3f}" if d else "–", f"{100 * d['top1_agreement']:.1f}%" if d else "–",
                      "–" if secs is None else f"{secs:.1f}"])
@@ -152,8 +148,7 @@ def explore(doc: Doc, s: Study) -> None:
     text = []
     gptq = [n for n in x["proxy"] if n.startswith("gptq")]
     if gptq:
-        lo = min(x["proxy"][n]["median"] for n in gptq)
-        hi = max(x["proxy"][n]["median"] for n in gptq)
+        lo, hi = min(x["proxy"][n] for n in gptq), max(x["proxy"][n] for n in gptq)
         q41 = "Q4_1" in (r[gptq[0]]["model"].get("stand_in") or "")
         text.append(
             "<b>What GPTQ minimizes, and what it moves.</b> On every layer GPTQ lowers the error it "

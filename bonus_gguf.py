@@ -451,17 +451,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(*, types: str = DEFAULT_TYPES, gguf_dir: str = "gguf", inspect: str | None = None,
-         push_to_hub: str | None = None, dry_run: bool = False, model: str = "gpt2", dtype: str = "float32",
-         device: str = "auto", device_map: str | None = None, stand_in: str | None = None,
-         random_weights: bool = False, threads: int | None = None, dataset: str = "wikitext2",
-         text_file: str | None = None, max_length: int | None = None, stride: int | None = None,
-         max_tokens: int | None = None, per_line: int = ev.DEFAULTS.per_line,
-         prefill_tokens: int = ev.DEFAULTS.prefill_tokens, prompt_tokens: int = ev.DEFAULTS.prompt_tokens,
-         new_tokens: int = ev.DEFAULTS.new_tokens, repeats: int = ev.DEFAULTS.repeats,
-         warmup: int = ev.DEFAULTS.warmup, skip_latency: bool = False, skip_disk: bool = False,
-         results_dir: str = "results", out: str | None = None, quiet: bool = False,
-         smoke: bool = False, skip_kld: bool = False) -> list[dict] | dict:
-    """The command line's flags as keywords (--help says what each does)."""
+         push_to_hub: str | None = None, dry_run: bool = False, skip_kld: bool = False,
+         run: ev.RunOptions = ev.RUN) -> list[dict] | dict:
+    """Convert, quantize, evaluate and write the results JSON (or only --inspect a file, or push);
+    returns the records. The keywords are this script's own flags (--help says what each does),
+    run the shared ones (model, text, measuring, output: evaluate.RunOptions)."""
     args = ev.with_defaults(build_parser(), dict(locals()))
     if args.inspect is not None:
         if args.push_to_hub is not None or args.dry_run or args.types != DEFAULT_TYPES:

@@ -44,6 +44,7 @@ from study import registry
 # The measurements, each in its own module of study/; every script reaches them as ev.<name>.
 from study.cli import (
     MiB,
+    call,
     check_at_least,
     check_new_folder,
     check_out_outside_save,
@@ -62,8 +63,12 @@ from study.config import (
     STRIDE_CAP,
     TIMING_TEXT_TOKENS,
     EvalConfig,
+    RunOptions,
     check_latency_fits,
     default_stride,
+)
+from study.config import (
+    RUN_DEFAULTS as RUN,
 )
 from study.loading import (
     DTYPES,
@@ -215,34 +220,36 @@ def summary_line(record: dict) -> str:
 # CLI
 
 def add_model_args(p: argparse.ArgumentParser) -> None:
+    """The model flags of RunOptions, with its defaults."""
     g = p.add_argument_group("model")
-    g.add_argument("--model", default="gpt2", help="Hub id or local folder (default: gpt2)")
-    g.add_argument("--dtype", default="float32", choices=list(DTYPES),
-                   help="weights and activations dtype of the baseline (default: float32, GPT-2's own)")
-    g.add_argument("--device", default="auto", help="auto (cuda if present), cpu or cuda (default: auto)")
-    g.add_argument("--device-map", default=None,
+    g.add_argument("--model", default=RUN.model, help=f"Hub id or local folder (default: {RUN.model})")
+    g.add_argument("--dtype", default=RUN.dtype, choices=list(DTYPES),
+                   help=f"weights and activations dtype of the baseline (default: {RUN.dtype}, GPT-2's own)")
+    g.add_argument("--device", default=RUN.device, help=f"auto (cuda if present), cpu or cuda (default: {RUN.device})")
+    g.add_argument("--device-map", default=RUN.device_map,
                    help="'auto' shards a model too big for one GPU across devices (accelerate)")
-    g.add_argument("--stand-in", default=None,
+    g.add_argument("--stand-in", default=RUN.stand_in,
                    help="say which model this one stands in for, e.g. 'smollm2-135m stands in for gpt2'; "
                         "stored in the results and shown beside its numbers")
     g.add_argument("--random-weights", action="store_true",
                    help="the model's weights are random (a stand-in for shapes, memory and speed): its "
                         "perplexity means nothing; stored as model.random_weights, and readers say so")
-    g.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    g.add_argument("--threads", type=int, default=RUN.threads, help="torch CPU threads (default: torch's choice)")
+
+
+# The timing flags: each one's default is EvalConfig's field of its name (also speed/fast_decode.py's).
+LATENCY_FLAGS = {"--prefill-tokens": "prefill length, batch 1",
+                 "--prompt-tokens": "decode prompt length",
+                 "--new-tokens": "greedy tokens to decode",
+                 "--repeats": "timed repeats, round-robin where several methods are timed",
+                 "--warmup": "untimed warm-up runs"}
 
 
 def add_latency_args(g) -> None:
-    """The timing flags, with EvalConfig's defaults (also speed/fast_decode.py's)."""
-    g.add_argument("--prefill-tokens", type=int, default=DEFAULTS.prefill_tokens,
-                   help=f"prefill length, batch 1 (default: {DEFAULTS.prefill_tokens})")
-    g.add_argument("--prompt-tokens", type=int, default=DEFAULTS.prompt_tokens,
-                   help=f"decode prompt length (default: {DEFAULTS.prompt_tokens})")
-    g.add_argument("--new-tokens", type=int, default=DEFAULTS.new_tokens,
-                   help=f"greedy tokens to decode (default: {DEFAULTS.new_tokens})")
-    g.add_argument("--repeats", type=int, default=DEFAULTS.repeats,
-                   help=f"timed repeats, round-robin where several methods are timed (default: {DEFAULTS.repeats})")
-    g.add_argument("--warmup", type=int, default=DEFAULTS.warmup,
-                   help=f"untimed warm-up runs (default: {DEFAULTS.warmup})")
+    """The timing flags (LATENCY_FLAGS), with EvalConfig's defaults."""
+    for flag, words in LATENCY_FLAGS.items():
+        g.add_argument(flag, type=int, default=getattr(DEFAULTS, flag[2:].replace("-", "_")),
+                       help=f"{words} (default: %(default)s)")
 
 
 def add_kld_arg(g) -> None:
@@ -253,10 +260,11 @@ def add_kld_arg(g) -> None:
 
 
 def add_eval_args(p: argparse.ArgumentParser) -> None:
+    """The text, measuring and output flags of RunOptions, with its defaults."""
     g = p.add_argument_group("text and perplexity")
-    g.add_argument("--dataset", default="wikitext2", choices=list(DATASETS),
-                   help="Hub test split to score (default: wikitext2); ignored with --text-file")
-    g.add_argument("--text-file", default=None, help="score this local UTF-8 text instead (offline use)")
+    g.add_argument("--dataset", default=RUN.dataset, choices=list(DATASETS),
+                   help=f"Hub test split to score (default: {RUN.dataset}); ignored with --text-file")
+    g.add_argument("--text-file", default=RUN.text_file, help="score this local UTF-8 text instead (offline use)")
     g.add_argument("--max-length", type=int, default=DEFAULTS.max_length,
                    help=f"window length in tokens (default: min(model context, {MAX_LENGTH_CAP}))")
     g.add_argument("--stride", type=int, default=DEFAULTS.stride,
@@ -270,8 +278,9 @@ def add_eval_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--skip-latency", action="store_true", help="do not time prefill and decode")
     g.add_argument("--skip-disk", action="store_true", help="do not save the model to measure its size")
     g = p.add_argument_group("output")
-    g.add_argument("--results-dir", default="results", help="folder for the results JSON (default: results)")
-    g.add_argument("--out", default=None, help="exact results file (default: a name made from the settings)")
+    g.add_argument("--results-dir", default=RUN.results_dir,
+                   help=f"folder for the results JSON (default: {RUN.results_dir})")
+    g.add_argument("--out", default=RUN.out, help="exact results file (default: a name made from the settings)")
     g.add_argument("--quiet", action="store_true", help="no progress bars")
     g.add_argument("--smoke", action="store_true",
                    help="offline end-to-end run on a tiny random model made on the spot (~1 minute); "
@@ -367,15 +376,9 @@ def smoke_setup(args: argparse.Namespace, workdir: str) -> None:
     vars(args).update(SMOKE_SETTINGS)
 
 
-def main(*, model: str = "gpt2", dtype: str = "float32", device: str = "auto", device_map: str | None = None,
-         stand_in: str | None = None, random_weights: bool = False, threads: int | None = None,
-         dataset: str = "wikitext2", text_file: str | None = None, max_length: int | None = None,
-         stride: int | None = None, max_tokens: int | None = None, per_line: int = DEFAULTS.per_line,
-         prefill_tokens: int = DEFAULTS.prefill_tokens, prompt_tokens: int = DEFAULTS.prompt_tokens,
-         new_tokens: int = DEFAULTS.new_tokens, repeats: int = DEFAULTS.repeats, warmup: int = DEFAULTS.warmup,
-         skip_latency: bool = False, skip_disk: bool = False, results_dir: str = "results", out: str | None = None,
-         quiet: bool = False, smoke: bool = False) -> dict:
-    """Evaluate the unquantized baseline and write its results JSON; returns the record."""
+def main(*, run: RunOptions = RUN) -> dict:
+    """Evaluate the unquantized baseline and write its results JSON; returns the record. run: the
+    command line's flags (all of them shared with the parts: RunOptions)."""
     args = with_defaults(build_parser(), dict(locals()))
     with tempfile.TemporaryDirectory(prefix="qstudy-smoke-") as workdir:
         if args.smoke:

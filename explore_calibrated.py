@@ -129,17 +129,9 @@ def main(*, method: str = "gptq", bits: int = 4, group_size: int = 128, act_orde
          damp: float = Options.damp, block_size: int = Options.block_size, awq_grid: int = Options.awq_grid,
          no_awq_clip: bool = False, calib_source: str = "auto", calib_file: str | None = None,
          calib_samples: int = cal.N_SAMPLES, calib_len: int = cal.SEQ_LEN, seed: int = cal.SEED,
-         calib_batch: int = Options.batch_size, skip_kld: bool = False, model: str = "gpt2",
-         dtype: str = "float32", device: str = "auto", device_map: str | None = None, stand_in: str | None = None,
-         random_weights: bool = False, threads: int | None = None, dataset: str = "wikitext2",
-         text_file: str | None = None, max_length: int | None = None, stride: int | None = None,
-         max_tokens: int | None = None, per_line: int = ev.DEFAULTS.per_line,
-         prefill_tokens: int = ev.DEFAULTS.prefill_tokens, prompt_tokens: int = ev.DEFAULTS.prompt_tokens,
-         new_tokens: int = ev.DEFAULTS.new_tokens, repeats: int = ev.DEFAULTS.repeats,
-         warmup: int = ev.DEFAULTS.warmup, skip_latency: bool = False, skip_disk: bool = False,
-         results_dir: str = "results", out: str | None = None, quiet: bool = False,
-         smoke: bool = False) -> results.Record:
-    """Quantize with one method, evaluate through evaluate.py, write the results JSON; returns the record."""
+         calib_batch: int = Options.batch_size, skip_kld: bool = False, run: ev.RunOptions = ev.RUN) -> results.Record:
+    """Quantize with one method, evaluate through evaluate.py, write the results JSON; returns the
+    record. The keywords are this script's own flags, run the shared ones (evaluate.RunOptions)."""
     args = ev.with_defaults(build_parser(), dict(locals()))
     import tempfile
     with tempfile.TemporaryDirectory(prefix="qstudy-smoke-") as workdir:

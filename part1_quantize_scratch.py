@@ -653,17 +653,10 @@ def sensitivity_scan(model, ids: torch.Tensor, cfg: ev.EvalConfig, base_ppl: flo
 
 def main(*, mode: str = "whole", bits: int = 8, scheme: str | None = None, group_size: int = 128,
          blocks: str | None = None, components: str | None = None, sensitivity: bool = False, bench: bool = False,
-         save: str | None = None, skip_kld: bool = False, model: str = "gpt2", dtype: str = "float32",
-         device: str = "auto", device_map: str | None = None, stand_in: str | None = None, random_weights: bool = False,
-         threads: int | None = None, dataset: str = "wikitext2", text_file: str | None = None,
-         max_length: int | None = None, stride: int | None = None, max_tokens: int | None = None,
-         per_line: int = ev.DEFAULTS.per_line, prefill_tokens: int = ev.DEFAULTS.prefill_tokens,
-         prompt_tokens: int = ev.DEFAULTS.prompt_tokens, new_tokens: int = ev.DEFAULTS.new_tokens,
-         repeats: int = ev.DEFAULTS.repeats, warmup: int = ev.DEFAULTS.warmup, skip_latency: bool = False,
-         skip_disk: bool = False, results_dir: str = "results", out: str | None = None, quiet: bool = False,
-         smoke: bool = False) -> results.Record:
+         save: str | None = None, skip_kld: bool = False, run: ev.RunOptions = ev.RUN) -> results.Record:
     """Quantize, evaluate through evaluate.py, write the results JSON; returns the record
-    (its .path is the file written)."""
+    (its .path is the file written). The keywords are this script's own flags, run the shared
+    ones (model, text, measuring, output: evaluate.RunOptions)."""
     args = ev.with_defaults(build_parser(), dict(locals()))
     import tempfile
     with tempfile.TemporaryDirectory(prefix="qstudy-smoke-") as workdir:

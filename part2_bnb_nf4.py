@@ -332,18 +332,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(*, mode: str = "all", threshold: float = 6.0, compute_dtype: str = "auto", compare: bool = False,
          layer: str | None = None, bench: bool = False, save: str | None = None, skip_kld: bool = False,
-         model: str = "gpt2",
-         dtype: str = "float32", device: str = "auto", device_map: str | None = None, stand_in: str | None = None,
-         random_weights: bool = False, threads: int | None = None, dataset: str = "wikitext2",
-         text_file: str | None = None, max_length: int | None = None, stride: int | None = None,
-         max_tokens: int | None = None, per_line: int = ev.DEFAULTS.per_line,
-         prefill_tokens: int = ev.DEFAULTS.prefill_tokens, prompt_tokens: int = ev.DEFAULTS.prompt_tokens,
-         new_tokens: int = ev.DEFAULTS.new_tokens, repeats: int = ev.DEFAULTS.repeats,
-         warmup: int = ev.DEFAULTS.warmup, skip_latency: bool = False, skip_disk: bool = False,
-         results_dir: str = "results", out: str | None = None, quiet: bool = False,
-         smoke: bool = False) -> list[results.Record] | results.Record:
+         run: ev.RunOptions = ev.RUN) -> list[results.Record] | results.Record:
     """Quantize with bitsandbytes, evaluate through evaluate.py, write results JSON; returns
-    the records (each with .path), or the one record of --compare or --bench."""
+    the records (each with .path), or the one record of --compare or --bench. The keywords are
+    this script's own flags, run the shared ones (evaluate.RunOptions)."""
     args = ev.with_defaults(build_parser(), dict(locals()))
     modes = parse_modes(args.mode)                                       # fail before loading anything
     check_threshold(args.threshold)

@@ -762,7 +762,7 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def main(results: str = RESULTS_DIR, out: str = FIGURES_DIR) -> list[Path]:
+def main(*, results: str = RESULTS_DIR, out: str = FIGURES_DIR) -> list[Path]:
     """Draw every figure that the records in `results` make into `out`; -> the PNG files."""
     results_dir, out = cli.expand_path(results), cli.expand_path(out)
     cli.check_output_dir(out, "--out")

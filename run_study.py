@@ -205,7 +205,7 @@ def execute(runs: list[tuple[str, str, object, dict]], ledger_path: Path, force:
         print(f"[{i}/{len(runs)}] {label}", flush=True)
         t0 = time.perf_counter()
         try:
-            rec = fn(**kw)
+            rec = evaluate.call(fn, kw)
         except Exception as e:             # one failed run is recorded; the others, and the report, go on
             reason = failure_reason(e)
             print(f"[{i}/{len(runs)}] {label}: FAILED: {reason}", file=sys.stderr, flush=True)

@@ -87,7 +87,7 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def main(results: str = RESULTS_DIR, out: str = PDF, figures: str = FIGURES_DIR) -> Path:
+def main(*, results: str = RESULTS_DIR, out: str = PDF, figures: str = FIGURES_DIR) -> Path:
     """Redraw the figures and write the PDF from the records in `results`; -> the PDF's path."""
     results, out, figures = (cli.expand_path(x) for x in (results, out, figures))
     cli.check_output_file(out, "--out", kind="pdf")

@@ -135,7 +135,7 @@ def script_main(script: str):
 
     def call(**kw):
         with results.recorded_command(shlex.split(command_line(script, kw))[1:]):
-            return main(**kw)
+            return ev.call(main, kw)
     return call
 
 
@@ -196,13 +196,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--text-file", default=TEXT, help=f"the text to score (default: {TEXT})")
     p.add_argument("--results-dir", default="results", help="where the results JSON go (default: results)")
     p.add_argument("--gguf-dir", default="gguf", help="where the GGUF files go (default: gguf)")
-    p.add_argument("--list", action="store_true", help="print each run's command line and run nothing")
+    p.add_argument("--list", dest="list_only", action="store_true",
+                   help="print each run's command line and run nothing")
     p.add_argument("--force", action="store_true", help="redo runs that are done already")
     return p
 
 
-def main(machine: str, steps: str | None = None, models: str = "models", text_file: str = TEXT,
-         results_dir: str = "results", gguf_dir: str = "gguf", list: bool = False, force: bool = False):
+def main(*, machine: str, steps: str | None = None, models: str = "models", text_file: str = TEXT,
+         results_dir: str = "results", gguf_dir: str = "gguf", list_only: bool = False,
+         force: bool = False) -> list:
+    """Run the chosen steps of one machine's plan (or --list them); returns the records."""
     plan = steps_for(machine)
     chosen = [s.strip() for s in steps.split(",")] if steps else [*plan]
     unknown = [s for s in chosen if s not in plan]
@@ -213,7 +216,7 @@ def main(machine: str, steps: str | None = None, models: str = "models", text_fi
         for label, model, script, extra in plan[step]:
             kw = keywords(script, model, extra, machine, models, text_file, results_dir, gguf_dir)
             runs.append((step, label, script, kw, model, extra))
-    if list:
+    if list_only:
         for step, label, script, kw, _, _ in runs:
             print(f"# {step}: {label}\n{command_line(script, kw)}")
         return []

@@ -7,17 +7,17 @@ long work starts, so a run never fails at its last step. No torch: readers impor
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 import os
 import sys
 import tempfile
+from dataclasses import asdict
 from pathlib import Path
 from typing import Callable
 
 from results import UserError
-
-MiB = 2**20
-
+from study.config import RunOptions
 
 MiB = 2**20
 
@@ -26,14 +26,14 @@ MiB = 2**20
 # Errors: a user's mistake is one line on stderr and a non-zero exit.
 
 def run_cli(main: Callable[..., object], parser: argparse.ArgumentParser, argv=None) -> None:
-    """Parse argv, call main(**args), and turn a UserError into one clean line."""
+    """Parse argv, call main with its flags (call()), and turn a UserError into one clean line."""
     def one_line_error(message: str):                 # argparse's usage + error is two lines
         print(f"{parser.prog}: error: {message} (see --help)", file=sys.stderr)
         sys.exit(2)
     parser.error = one_line_error
     args = parser.parse_args(argv)
     try:
-        main(**vars(args))
+        call(main, vars(args))
     except UserError as e:
         print(f"{parser.prog}: error: {e}", file=sys.stderr)
         sys.exit(2)
@@ -47,8 +47,22 @@ def expand_path(value: str) -> str:
     return str(Path(value).expanduser()) if isinstance(value, str) and value.startswith("~") else value
 
 
+def call(main: Callable[..., object], kwargs: dict):
+    """main() with a command line's (or a run plan's) flat keywords: where main takes the shared
+    flags as run=RunOptions(...), those keywords go into it and the script's own stay keywords."""
+    params = inspect.signature(main).parameters
+    if "run" not in params:
+        return main(**kwargs)
+    shared = {k: v for k, v in kwargs.items() if k in RunOptions.__dataclass_fields__ and k not in params}
+    return main(**{k: v for k, v in kwargs.items() if k not in shared}, run=RunOptions(**shared))
+
+
 def with_defaults(parser: argparse.ArgumentParser, kwargs: dict) -> argparse.Namespace:
-    """main(**kwargs) takes the CLI's flags as keywords; missing ones get the CLI defaults."""
+    """main()'s keywords (run=RunOptions(...) spread into its flags) as the parser's namespace,
+    missing ones with the CLI defaults."""
+    run = kwargs.pop("run", None)
+    if run is not None:
+        kwargs = {**asdict(run), **kwargs}
     args = parser.parse_args([])
     unknown = set(kwargs) - set(vars(args))
     if unknown:

@@ -50,6 +50,31 @@ class EvalConfig:
 
 DEFAULTS = EvalConfig()
 
+
+@dataclass(frozen=True)
+class RunOptions(EvalConfig):
+    """What one measuring run of any script shares with the others (evaluate.py, the three
+    parts, explore_calibrated.py): EvalConfig's settings plus the model, the text and where the
+    results go. The command line spreads them as flags (evaluate.add_model_args and
+    add_eval_args, with these defaults); each main() takes them as one run=RunOptions(...)
+    beside the script's own flags, and study.cli.call() makes one from a command line's."""
+    model: str = "gpt2"                # Hub id or local folder
+    dtype: str = "float32"             # the baseline's weights and activations
+    device: str = "auto"               # auto: cuda if present
+    device_map: str | None = None      # 'auto' shards across GPUs (accelerate)
+    stand_in: str | None = None        # which model this one stands in for, shown beside its numbers
+    random_weights: bool = False       # its perplexity means nothing
+    threads: int | None = None         # torch CPU threads; None: torch's choice
+    dataset: str = "wikitext2"         # the Hub test split to score
+    text_file: str | None = None       # a local text instead
+    results_dir: str = "results"
+    out: str | None = None             # an exact results file instead of a name from the settings
+    quiet: bool = False                # no progress bars
+    smoke: bool = False                # a tiny random model made on the spot
+
+
+RUN_DEFAULTS = RunOptions()
+
 # The tokens a bench tokenizes for its timing inputs: enough for the default prefill (512) and
 # prompt + new tokens (32 + 128) many times over, so any timing flag a context allows fits.
 TIMING_TEXT_TOKENS = 4096

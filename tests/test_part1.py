@@ -8,6 +8,7 @@ from transformers.pytorch_utils import Conv1D
 
 import evaluate as ev
 import part1_quantize_scratch as p1
+from study.config import RunOptions
 
 torch.manual_seed(0)
 W = torch.randn(48, 256) * torch.linspace(0.1, 3, 48)[:, None]              # rows of different ranges
@@ -250,9 +251,9 @@ def test_saved_file_holds_int8_once(gpt2_dir, tmp_path):
 # ---------------------------------------------------------------- CLI
 
 def test_cli_whole_model_run_writes_results(gpt2_dir, text_file, tmp_path):
-    rec = p1.main(model=str(gpt2_dir), text_file=str(text_file), device="cpu", max_length=64, stride=64,
-                  repeats=2, warmup=1, prefill_tokens=16, prompt_tokens=4, new_tokens=4, per_line=0,
-                  results_dir=str(tmp_path), quiet=True)
+    rec = p1.main(run=RunOptions(model=str(gpt2_dir), text_file=str(text_file), device="cpu", max_length=64, stride=64,
+                                 repeats=2, warmup=1, prefill_tokens=16, prompt_tokens=4, new_tokens=4, per_line=0,
+                                 results_dir=str(tmp_path), quiet=True))
     saved = json.loads(next(tmp_path.glob("scratch-int8-per_channel__*.json")).read_text())
     assert saved["method"]["name"] == "scratch-int8-per_channel" == rec["method"]["name"]
     assert saved["memory"]["by_dtype_bytes"]["int8"] > 0
@@ -270,8 +271,9 @@ def test_cli_whole_model_run_writes_results(gpt2_dir, text_file, tmp_path):
 
 
 def test_cli_sensitivity_records_each_block_and_component(gpt2_dir, text_file, tmp_path):
-    rec = p1.main(model=str(gpt2_dir), text_file=str(text_file), device="cpu", max_length=64, stride=64,
-                  max_tokens=300, sensitivity=True, results_dir=str(tmp_path), quiet=True)
+    rec = p1.main(sensitivity=True,
+                  run=RunOptions(model=str(gpt2_dir), text_file=str(text_file), device="cpu", max_length=64, stride=64,
+                                 max_tokens=300, results_dir=str(tmp_path), quiet=True))
     s = rec["sensitivity"]
     assert [r["block"] for r in s["block"]] == ["0", "1"]
     assert [r["component"] for r in s["component"]] == list(p1.COMPONENTS)

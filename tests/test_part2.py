@@ -8,6 +8,7 @@ import torch
 import evaluate as ev
 import part1_quantize_scratch as p1
 import part2_bnb_nf4 as p2
+from study.config import RunOptions
 
 # A tiny GPT-2 with d=64, 2 blocks: bitsandbytes' CPU 4-bit kernel needs in_features to be a
 # multiple of its block size (64). Per block: c_attn 64x192, attn c_proj 64x64, c_fc 64x256,
@@ -32,15 +33,16 @@ def small_run(**kw):
 
 @pytest.fixture(scope="module")
 def fp32_ppl(gpt2_dir, text_file, tmp_path_factory):
-    rec = ev.main(model=str(gpt2_dir), text_file=str(text_file),
-                  results_dir=str(tmp_path_factory.mktemp("r")), **small_run())
+    rec = ev.main(run=RunOptions(model=str(gpt2_dir), text_file=str(text_file),
+                                 results_dir=str(tmp_path_factory.mktemp("r")), **small_run()))
     return rec["perplexity"]["ppl"], rec["memory"]["weights_bytes"]
 
 
 @pytest.mark.parametrize("mode", p2.MODES)
 def test_each_mode_loads_runs_and_is_evaluated(mode, gpt2_dir, text_file, tmp_path, fp32_ppl):
-    recs = p2.main(model=str(gpt2_dir), text_file=str(text_file), mode=mode, results_dir=str(tmp_path),
-                   save=str(tmp_path / "saved"), **small_run())
+    recs = p2.main(mode=mode, save=str(tmp_path / "saved"),
+                   run=RunOptions(model=str(gpt2_dir), text_file=str(text_file), results_dir=str(tmp_path),
+                                  **small_run()))
     rec = recs[0]
     saved = json.loads(next(tmp_path.glob(f"bnb-{mode}__*.json")).read_text())
     assert saved["method"]["name"] == f"bnb-{mode}" and saved["perplexity"] == rec["perplexity"]
@@ -100,7 +102,8 @@ def test_nf4_ties_go_where_bitsandbytes_puts_them():
 
 
 def test_compare_shows_nf4_beats_linear_4bit_on_gaussian_weights(gpt2_dir, tmp_path):
-    rec = p2.main(model=str(gpt2_dir), compare=True, device="cpu", results_dir=str(tmp_path), quiet=True)
+    rec = p2.main(compare=True,
+                  run=RunOptions(model=str(gpt2_dir), device="cpu", results_dir=str(tmp_path), quiet=True))
     c = rec["compare"]
     assert c["cross_check"]["ok"]
     assert len(c["layers"]) == len(LAYERS)
@@ -126,8 +129,9 @@ def test_saved_model_reloads_with_identical_logits(gpt2_dir, tmp_path):
 
 
 def test_bench_times_every_method_side_by_side(gpt2_dir, text_file, tmp_path):
-    rec = p2.main(model=str(gpt2_dir), text_file=str(text_file), bench=True, mode="int8,nf4",
-                  results_dir=str(tmp_path), **{**small_run(), "repeats": 2})
+    rec = p2.main(bench=True, mode="int8,nf4",
+                  run=RunOptions(model=str(gpt2_dir), text_file=str(text_file), results_dir=str(tmp_path),
+                                 **{**small_run(), "repeats": 2}))
     table = rec["bench"]["table"]
     assert list(table) == ["fp32", "bnb-int8", "bnb-nf4", "scratch-int8", "scratch-int4", "scratch-nf4"]
     assert table["fp32"]["decode_ratio"] == 1.0

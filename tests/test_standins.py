@@ -116,7 +116,7 @@ def test_every_planned_run_is_a_command_its_script_accepts(machine):
 
 
 def test_the_plan_lists_and_refuses_unknown_steps(capsys):
-    assert standin_study.main(machine="cpu", steps="cpu-gguf", list=True) == []
+    assert standin_study.main(machine="cpu", steps="cpu-gguf", list_only=True) == []
     out = capsys.readouterr().out
     assert "python bonus_gguf.py" in out and "--types F32,F16,Q8_0,Q5_K_M,Q4_K_M,Q4_0" in out
     import evaluate

@@ -68,7 +68,7 @@ def test_a_record_without_its_identity_is_refused_by_the_readers(tmp_path, capsy
     del old["method"]["identity"]
     assert registry.identity_from_settings({**old, "kind": "eval", "method": {
         **old["method"], "settings": {"dtype": "float32", "quantized": False}}})["name"] == "baseline-fp32"
-    with pytest.raises(KeyError, match="stamp_identities"):
+    with pytest.raises(KeyError, match="upgrade_results"):
         registry.of(old)
-    with pytest.warns(UserWarning, match="stamp_identities"):
+    with pytest.warns(UserWarning, match="upgrade_results"):
         assert pr.eval_groups([old]) == {}

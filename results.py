@@ -15,10 +15,10 @@ says what it is, so readers never guess from which keys are present:
 
 Every record holds the model (`model.id`, and `model.random_weights` for a stand-in whose
 weights are random, so that its perplexity means nothing), the dataset and its sha256 where
-there is a text, every setting, the device, library versions and the time. Files of schema 1
-(before `kind` and `random_weights`) are still read: `kind_of()` and `random_weights()` infer
-both from them. `load_results()` reads a folder and skips, with a warning that names the
-field, any file whose fields are not what the readers take (RECORD_FIELDS).
+there is a text, every setting, the device, library versions and the time. `load_results()`
+reads a folder and skips, with a warning that names the field, any file whose fields are not
+what the readers take (RECORD_FIELDS), and any file of an older schema, which
+scripts/upgrade_results.py brings up to date.
 
 This module imports nothing from the project, and no torch (only the writers' functions that
 read the device import it when called): every script and reader imports it.
@@ -249,23 +249,13 @@ def smoke_fields(smoke: bool) -> dict:
 # Reading
 
 def kind_of(rec: dict) -> str | None:
-    """A record's kind; for schema 1, inferred from the blocks it holds."""
-    if rec.get("kind") in KINDS:
-        return rec["kind"]
-    for key, kind in (("gguf_inspection", "gguf-inspect"), ("push", "gguf-push"), ("bench", "bench"),
-                      ("compare", "compare"), ("sensitivity", "sensitivity"), ("perplexity", "eval")):
-        if key in rec:
-            return kind
-    return None
+    """A record's kind (one of KINDS), or None."""
+    return rec.get("kind") if rec.get("kind") in KINDS else None
 
 
 def random_weights(rec: dict) -> bool:
-    """Whether the model's weights are random (its perplexity means nothing). Schema 1 said so
-    only in the --stand-in label's words."""
-    model = rec.get("model") or {}
-    if "random_weights" in model:
-        return bool(model["random_weights"])
-    return "perplexity means nothing" in (model.get("stand_in") or "")
+    """Whether the model's weights are random (its perplexity means nothing)."""
+    return bool((rec.get("model") or {}).get("random_weights"))
 
 
 # What the readers (figures, report, tables) take from a record, block by block: a block
@@ -351,10 +341,16 @@ def record_problem(rec) -> str | None:
     """Why a parsed results file cannot be read by the figures and the report, or None."""
     if not isinstance(rec, dict) or not FIELD_KINDS["size"](rec.get("schema_version")):
         return "not a results file (no schema_version)"
-    if "method" not in rec and kind_of(rec) != "gguf-inspect":
+    if rec["schema_version"] < SCHEMA_VERSION:
+        return (f"schema {rec['schema_version']}, older than this code's {SCHEMA_VERSION}: "
+                "python scripts/upgrade_results.py brings it up to date")
+    if rec["schema_version"] > SCHEMA_VERSION:
+        return (f"schema {rec['schema_version']}, written by a newer version of this code "
+                f"(this one reads {SCHEMA_VERSION})")
+    if rec.get("kind") not in KINDS:
+        return f"kind should be one of {', '.join(KINDS)}, not {json.dumps(rec.get('kind'))[:40]}"
+    if "method" not in rec and rec["kind"] != "gguf-inspect":
         return "no method block"
-    if "kind" in rec and rec["kind"] not in KINDS:
-        return f"kind should be one of {', '.join(KINDS)}, not {json.dumps(rec['kind'])[:40]}"
     for block, fields in RECORD_FIELDS.items():
         if block not in rec:
             continue

@@ -64,7 +64,8 @@ def cli_error(capsys):
 def record(method, ppl, mib, model="m-small", device="cpu: test", stand_in=None, memory_disk=None, **extra):
     from study import registry
     identity = registry.identity(method.removesuffix("-sensitivity"))      # as the writer stamps it
-    return {"schema_version": 3, "method": {"name": method, "settings": {"scheme": "per_channel"},
+    return {"schema_version": 3, "kind": "sensitivity" if "sensitivity" in extra else "eval",
+            "method": {"name": method, "settings": {"scheme": "per_channel"},
                                             "identity": identity},
             "model": {"id": f"/x/{model}", "stand_in": stand_in},
             "dataset": {"id": "file:/t/wiki.test.raw", "sha256": "0" * 64},
@@ -149,7 +150,8 @@ def results_dir(tmp_path, gpt2_dir):
         "d.json": record("bnb-fp4", 31.25, 14.0),
         "e.json": record("scratch-int4-int4", 27.5, 14.5),
         "f.json": record("gguf-q8_0", 20.2, 27.0, memory_disk=28.25),
-        "inspect.json": {"schema_version": 1, "stand_in": "m-small (stand-in)", "gguf_inspection": {
+        "inspect.json": {"schema_version": 3, "kind": "gguf-inspect", "stand_in": "m-small (stand-in)",
+                         "gguf_inspection": {
             "file": "m-small-Q8_0.gguf", "file_bytes": 29622272, "tensor_bytes": 28311552,
             "header": {"magic": "GGUF", "version": 3, "tensor_count": 2, "kv_count": 2},
             "metadata": {"general.architecture": "gpt2", "gpt2.block_count": 2},
@@ -157,11 +159,12 @@ def results_dir(tmp_path, gpt2_dir):
                         {"name": "blk.0.attn_qkv.weight", "type": "Q8_0", "shape": [64, 192], "bytes": 13056}],
             "bytes_by_type": {"Q8_0": 28311552}}},
         "other.json": record("baseline-fp32", 9.0, 5.0, model="lonely"),          # a group of one: no figure
-        "bench.json": {"schema_version": 1, "method": {"name": "bnb-bench"}, "model": {"id": "g", "stand_in": "x"},
+        "bench.json": {"schema_version": 3, "kind": "bench", "method": {"name": "bnb-bench"},
+                       "model": {"id": "g", "stand_in": "x"},
                        "dataset": {"id": "t"}, "environment": {"device": "cuda:0", "device_name": "NVIDIA Test GPU"},
                        "bench": {"table": bench_table(["fp16", "bnb-nf4"]), "baseline": "fp16", "repeats": 3,
                                  "prefill_tokens": 333, "prompt_tokens": 11, "new_tokens": 77}},
-        "fast.json": {"schema_version": 1, "method": {"name": "gpu-decode-bench"},
+        "fast.json": {"schema_version": 3, "kind": "bench", "method": {"name": "gpu-decode-bench"},
                       "model": {"id": "/x/g2", "stand_in": "g2 (stand-in)"}, "dataset": {"id": "t"},
                       "environment": {"device": "cuda:0", "device_name": "NVIDIA Test GPU"},
                       "bench": {"table": fast_bench_table(), "baseline": "fp16", "repeats": 3, "prefill_tokens": 333,
@@ -170,14 +173,15 @@ def results_dir(tmp_path, gpt2_dir):
         "sens.json": record("scratch-int8-per_channel-sensitivity", 20.0, 100.0, sensitivity={
             "baseline_ppl": 20.0, "block": [{"block": "0", "delta_pct": 0.1}, {"block": "1", "delta_pct": -0.02}],
             "component": [{"component": "qkv", "delta_pct": 0.2}]}),
-        "cmp.json": {"schema_version": 1, "method": {"name": "nf4-vs-linear-4bit"}, "model": {"id": "tiny"},
+        "cmp.json": {"schema_version": 3, "kind": "compare", "method": {"name": "nf4-vs-linear-4bit"},
+                     "model": {"id": "tiny"},
                      "environment": {"device": "cpu", "device_name": "cpu"}},
     }
     model, _ = ev.load_model(str(gpt2_dir), device="cpu")
     files["cmp.json"]["compare"] = p2.compare_4bit(model)
     for name, rec in files.items():
         (d / name).write_text(json.dumps(rec))
-    (d / "broken.json").write_text('{"schema_version": 1, "method": ')                # cut off mid-write
+    (d / "broken.json").write_text('{"schema_version": 3, "method": ')                # cut off mid-write
     return d
 
 

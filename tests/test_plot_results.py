@@ -22,9 +22,10 @@ def test_fixture_results_make_the_expected_figures(results_dir, tmp_path, capsys
 def test_random_weights_stand_in_gets_no_perplexity_figure(tmp_path):
     d = tmp_path / "r"
     d.mkdir()
-    note = "gpt2-random ... its perplexity means nothing"
     for i, (m, mib) in enumerate([("baseline-fp32", 400.0), ("scratch-int8-per_channel", 100.0)]):
-        (d / f"{i}.json").write_text(json.dumps(record(m, 5e4, mib, model="gpt2-random", stand_in=note)))
+        rec = record(m, 5e4, mib, model="gpt2-random", stand_in="gpt2-random (GPT-2 shapes)")
+        rec["model"]["random_weights"] = True                        # the field, not the label's words
+        (d / f"{i}.json").write_text(json.dumps(rec))
     names = [p.name for p in pr.main(results=str(d), out=str(tmp_path / "f"))]
     assert len(names) == 1 and names[0].startswith("memory_gpt2-random")
 

@@ -11,14 +11,15 @@ import evaluate as ev
 import part1_quantize_scratch as p1
 import plot_results as pr
 import results
+from study.config import RunOptions
 
 RUN = dict(device="cpu", max_length=32, stride=32, max_tokens=300, per_line=0, skip_latency=True, quiet=True)
 
 
 def test_every_main_returns_records_that_know_their_file(gpt2_dir, text_file, tmp_path):
-    base = ev.main(model=str(gpt2_dir), text_file=str(text_file), results_dir=str(tmp_path), **RUN)
-    sens = p1.main(model=str(gpt2_dir), text_file=str(text_file), results_dir=str(tmp_path), sensitivity=True,
-                   **RUN)
+    base = ev.main(run=RunOptions(model=str(gpt2_dir), text_file=str(text_file), results_dir=str(tmp_path), **RUN))
+    sens = p1.main(sensitivity=True,
+                   run=RunOptions(model=str(gpt2_dir), text_file=str(text_file), results_dir=str(tmp_path), **RUN))
     for rec, kind in ((base, "eval"), (sens, "sensitivity")):
         assert isinstance(rec, results.Record) and rec["kind"] == kind
         assert rec.path.parent == tmp_path and json.loads(rec.path.read_text()) == dict(rec)
@@ -30,22 +31,52 @@ def test_every_main_returns_records_that_know_their_file(gpt2_dir, text_file, tm
 
 
 def test_random_weights_is_a_field_and_readers_use_it(gpt2_dir, text_file, tmp_path):
-    rec = ev.main(model=str(gpt2_dir), text_file=str(text_file), results_dir=str(tmp_path), random_weights=True,
-                  stand_in="tiny (any words at all)", **RUN)
+    rec = ev.main(run=RunOptions(model=str(gpt2_dir), text_file=str(text_file), results_dir=str(tmp_path),
+                                 random_weights=True, stand_in="tiny (any words at all)", **RUN))
     assert rec["model"]["random_weights"] is True
     assert not pr.perplexity_means_something(rec)
-    plain = ev.main(model=str(gpt2_dir), text_file=str(text_file), results_dir=str(tmp_path / "b"),
-                    stand_in="its perplexity means nothing, says the label", **RUN)
+    plain = ev.main(run=RunOptions(model=str(gpt2_dir), text_file=str(text_file), results_dir=str(tmp_path / "b"),
+                                   stand_in="its perplexity means nothing, says the label", **RUN))
     assert plain["model"]["random_weights"] is False and pr.perplexity_means_something(plain)
 
 
 @pytest.mark.parametrize("old,kind", [
     ({"perplexity": {}}, "eval"), ({"perplexity": {}, "sensitivity": {}}, "sensitivity"), ({"bench": {}}, "bench"),
     ({"compare": {}}, "compare"), ({"gguf_inspection": {}}, "gguf-inspect"), ({"push": {}}, "gguf-push")])
-def test_schema_1_files_are_still_read(old, kind):
-    assert results.kind_of({"schema_version": 1, **old}) == kind
-    assert results.random_weights({"model": {"stand_in": "gpt2-random ...; its perplexity means nothing"}})
-    assert not results.random_weights({"model": {"stand_in": "smollm2-135m stands in for gpt2"}})
+def test_schema_1_files_are_skipped_and_upgraded_by_the_script(old, kind, tmp_path):
+    """Readers read fields only: an old file is skipped with a warning that names the upgrade,
+    which infers, once, what schema 1 did not say (its kind, and random weights from its label)."""
+    import sys
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
+    import upgrade_results
+    assert results.kind_of({"schema_version": 1, **old}) is None
+    assert "upgrade_results.py" in results.record_problem({"schema_version": 1, "method": {}, **old})
+    label = "gpt2-random ...; its perplexity means nothing"
+    assert not results.random_weights({"model": {"stand_in": label}})
+    new = upgrade_results.schema_2({"schema_version": 1, "model": {"id": "m", "stand_in": label}, **old})
+    assert new["kind"] == kind and results.random_weights(new) and new["model"]["stand_in"] == label
+    plain = upgrade_results.schema_2({"schema_version": 1, "model": {"stand_in": "smollm2-135m for gpt2"}, **old})
+    assert not results.random_weights(plain)
+
+
+def test_upgrade_brings_a_schema_1_eval_file_to_a_record_the_readers_take(tmp_path):
+    import sys
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
+    import upgrade_results
+    from conftest import record
+    today = record("baseline-fp32", 20.0, 100.0)
+    old = {k: v for k, v in today.items() if k not in ("kind", "_file")}
+    old["schema_version"] = 1
+    old["method"] = {"name": "baseline-fp32", "settings": {"dtype": "float32", "quantized": False}}
+    old["model"] = {k: v for k, v in old["model"].items() if k != "random_weights"}
+    (tmp_path / "old.json").write_text(json.dumps(old))
+    (tmp_path / "notes.json").write_text("[1, 2]")                     # not a results file: left alone
+    assert upgrade_results.main(folder=str(tmp_path)) == [tmp_path / "old.json"]
+    [rec] = results.load_results(tmp_path)
+    assert rec["kind"] == "eval" and rec["schema_version"] == results.SCHEMA_VERSION
+    assert rec["method"]["identity"]["name"] == "baseline-fp32" and rec["model"]["random_weights"] is False
+    assert (tmp_path / "notes.json").read_text() == "[1, 2]"
+    assert upgrade_results.main(folder=str(tmp_path)) == []           # run again: nothing to do
 
 
 def test_the_committed_results_read_back_with_their_kinds():
@@ -88,7 +119,7 @@ def test_no_machine_path_in_a_results_file(gpt2_dir, text_file, tmp_path, monkey
     (its content: dataset.sha256), and the recorded command has no folders either."""
     monkeypatch.setattr("sys.argv", ["evaluate.py", "--model", str(gpt2_dir), f"--text-file={text_file}",
                                      "--results-dir", str(tmp_path / "r")])
-    rec = ev.main(model=str(gpt2_dir), text_file=str(text_file), results_dir=str(tmp_path / "r"), **RUN)
+    rec = ev.main(run=RunOptions(model=str(gpt2_dir), text_file=str(text_file), results_dir=str(tmp_path / "r"), **RUN))
     text = rec.path.read_text()
     for folder in (str(gpt2_dir.parent), str(text_file.parent), str(tmp_path), "/tmp/", "/root"):
         assert folder not in text, folder
@@ -102,9 +133,9 @@ def test_no_machine_path_in_a_results_file(gpt2_dir, text_file, tmp_path, monkey
 def test_peak_memory_is_the_perplexity_pass_alone(gpt2_dir, text_file, tmp_path):
     """memory.peak_bytes covers the windowed pass at batch 1 only; the per-line pass (batches of
     lines) and the timings keep their own, so a column of peaks compares like with like."""
-    rec = ev.main(model=str(gpt2_dir), text_file=str(text_file), results_dir=str(tmp_path), device="cpu",
-                  max_length=32, stride=32, max_tokens=300, per_line=40, prefill_tokens=32, prompt_tokens=4,
-                  new_tokens=4, repeats=2, warmup=1, quiet=True)
+    rec = ev.main(run=RunOptions(model=str(gpt2_dir), text_file=str(text_file), results_dir=str(tmp_path),
+                                 device="cpu", max_length=32, stride=32, max_tokens=300, per_line=40,
+                                 prefill_tokens=32, prompt_tokens=4, new_tokens=4, repeats=2, warmup=1, quiet=True))
     assert rec["memory"]["peak_scope"].startswith("the windowed perplexity pass, batch 1")
     assert isinstance(rec["per_line_perplexity"]["peak_bytes"], int)
     assert isinstance(rec["latency"]["peak_bytes"], int)

@@ -139,3 +139,44 @@ def test_peak_memory_is_the_perplexity_pass_alone(gpt2_dir, text_file, tmp_path)
     assert rec["memory"]["peak_scope"].startswith("the windowed perplexity pass, batch 1")
     assert isinstance(rec["per_line_perplexity"]["peak_bytes"], int)
     assert isinstance(rec["latency"]["peak_bytes"], int)
+
+
+def test_a_rerun_is_compared_with_its_timings_left_out(tmp_path, capsys):
+    """scripts/compare_results.py: timings, peaks, the time and the machine may move; the
+    result may not (to the bit, or within --rtol)."""
+    import copy
+    import sys
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
+    import compare_results
+    from conftest import record, timing
+    assert results.is_volatile(("latency", "prefill", "median"))
+    assert results.is_volatile(("bench", "table", "fp16", "fused_path", "decode_ms_per_token", "p90"))
+    assert results.is_volatile(("bench", "table", "fp16", "decode_ratio"))
+    assert results.is_volatile(("memory", "peak_bytes")) and results.is_volatile(("timestamp",))
+    assert not results.is_volatile(("perplexity", "ppl")) and not results.is_volatile(("memory", "weights_bytes"))
+    old, new = tmp_path / "old", tmp_path / "new"
+    old.mkdir()
+    new.mkdir()
+    rec = record("baseline-fp32", 20.0, 100.0, latency=timing(12.0, 5.0))
+    rec["memory"]["peak_bytes"] = 1000
+    (old / "a.json").write_text(json.dumps(rec))
+    moved = copy.deepcopy(rec)
+    moved["latency"] = timing(13.0, 4.0)
+    moved["memory"]["peak_bytes"] = 1200
+    moved["timestamp"] = "2027-01-01T00:00:00+00:00"
+    moved["environment"]["device_name"] = "cpu: another"
+    (new / "a.json").write_text(json.dumps(moved))
+    assert compare_results.main(old=str(old), new=str(new)) == 0
+    moved["perplexity"]["ppl"] = 20.0 * (1 + 1e-9)
+    (new / "a.json").write_text(json.dumps(moved))
+    assert compare_results.main(old=str(old), new=str(new)) == 1
+    assert "perplexity.ppl: 20.0 -> 20.00000002" in capsys.readouterr().out
+    assert compare_results.main(old=str(old), new=str(new), rtol=1e-6) == 0
+    moved["memory"]["weights_bytes"] = rec["memory"]["weights_bytes"] = 10**8
+    (old / "a.json").write_text(json.dumps(rec))
+    moved["memory"]["weights_bytes"] += 1                                   # a count is never within rtol
+    (new / "a.json").write_text(json.dumps(moved))
+    assert compare_results.main(old=str(old), new=str(new), rtol=1e-6) == 1
+    (new / "b.json").write_text(json.dumps(rec))                          # not in the committed folder
+    assert compare_results.main(old=str(old), new=str(new), rtol=1e-2) == 2        # a.json, and b.json
+    assert "b.json: not in" in capsys.readouterr().out

@@ -45,7 +45,7 @@ logging.getLogger("bitsandbytes.autograd._functions").setLevel(logging.ERROR)
 logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
 BLOCK = 64                      # bitsandbytes' 4-bit block size, and Part 1's
 THRESHOLD_DEFAULT = registry.BNB_INT8_THRESHOLD  # LLM.int8()'s outlier threshold, bitsandbytes' default
-KINDS_4BIT = ("bnb-nf4", "bnb-fp4", "scratch-nf4", "scratch-int4")
+KINDS_4BIT = tuple(registry.COMPARE_KINDS)       # --compare's formats: bitsandbytes' and Part 1's
 
 
 # -----------------------------------------------------------------------------

@@ -707,8 +707,9 @@ def plot_compare(rec: dict, out: Path, made: list[Path]) -> None:
     fig, ax = plt.subplots(figsize=(6.5, 3.4))
     kinds = c["kinds"]
     for k in kinds:                   # scratch NF4 equals bnb NF4 exactly: dashed, so both show
-        ax.plot([r[f"rel_mse_{k}"] for r in c["layers"]], lw=1.6 if k.startswith("bnb") else 1.0,
-                ls="-" if k.startswith("bnb") else (0, (4, 3)), label=f"{k} (mean {c['mean_rel_mse'][k]:.2e})")
+        library = registry.entry(registry.COMPARE_KINDS[k]).part == "part2"
+        ax.plot([r[f"rel_mse_{k}"] for r in c["layers"]], lw=1.6 if library else 1.0,
+                ls="-" if library else (0, (4, 3)), label=f"{k} (mean {c['mean_rel_mse'][k]:.2e})")
     ax.set_yscale("log")
     ax.set_xlabel("block linear layer (in model order)", fontsize=9)
     ax.set_ylabel("MSE / mean(w²)", fontsize=9)

@@ -34,13 +34,9 @@ import evaluate as ev  # noqa: E402  (the repository's root, above)
 import results  # noqa: E402
 import run_study  # noqa: E402
 from study import plan  # noqa: E402
+from study.standins import STANDINS  # noqa: E402
 
 TEXT = "data/wikitext-2-raw/wiki.test.raw"
-SMOL_NOTE = "smollm2-135m (SmolLM2-135M-Instruct, dequantized from Q4_1) stands in for gpt2 for perplexity"
-GEMMA_NOTE = ("gemma3-270m (Gemma 3 270M base, dequantized from Q4_K_M: a milder rounding origin than smollm2's), "
-              "a second real model")
-G2R_NOTE = ("gpt2-random (GPT-2 small shapes, random weights) stands in for gpt2 for memory and latency; "
-            "its perplexity means nothing")
 CPU_PREFIX = plan.CPU_TOKEN_BUDGET      # tokens scored on the CPU: 32 windows of 1024 at stride 512
 # LLM.int8() has no graph: its generate() alone takes minutes, so it is left out of the fused bench
 FUSED_BENCH = {"methods": "fp16,scratch-int8-fast,scratch-int4-fast,scratch-nf4-fast,bnb-nf4,torchao-int8wo,"
@@ -49,12 +45,9 @@ CPU_TIMING = {"repeats": 5, "new_tokens": 64}
 GGUF_TYPES = ",".join(plan.GGUF_TYPES)
 SIZE_BENCH = {"methods": "fp16,scratch-int8-fast,scratch-int4-fast", "repeats": 6}
 ANATOMY = {"anatomy": True, "repeats": 20}     # fast_decode's default methods for it: fp16, INT8, int4
-REAL = ("smol", "gemma")                # the models whose perplexity means something
 # a plan's model -> its folder under --models (make_standins builds each)
 FOLDERS = {"smol": "smollm2-135m", "gemma": "gemma3-270m", "g2r": "gpt2-random", "g2m": "gpt2-medium-random",
            "g2l": "gpt2-large-random", "g2x": "gpt2-xl-random"}
-SIZE_NOTE = ("{folder} (GPT-2 {size} shapes, random weights) stands in for gpt2-{size} for memory and latency; "
-             "its perplexity means nothing")
 
 # (step, label, script, keywords): the keywords are the script's main() arguments beyond
 # the model's own (model, text_file, device, stand_in, quiet, results_dir).
@@ -156,8 +149,8 @@ def keywords(script: str, model: str, extra: dict, machine: str, models: str, te
              gguf_dir: str) -> dict:
     """The full keywords of one run's main()."""
     folder = str(Path(models) / FOLDERS[model])
-    note = {"smol": SMOL_NOTE, "gemma": GEMMA_NOTE, "g2r": G2R_NOTE}.get(model) or SIZE_NOTE.format(
-        folder=FOLDERS[model], size=FOLDERS[model].split("-")[1])
+    standin = STANDINS[FOLDERS[model]]
+    note = standin.note
     if script == "gguf-inspect":          # the Q4_K_M file that the cpu-gguf step wrote
         ident = results.model_identity(folder)
         name = f"{Path(folder).name}-{ident['key'][:8]}-{extra['type']}.gguf"
@@ -166,7 +159,7 @@ def keywords(script: str, model: str, extra: dict, machine: str, models: str, te
     kw = {"model": folder, "text_file": text, "stand_in": note, "quiet": True, "results_dir": results_dir}
     if script != "fast_decode" or machine == "cpu":
         kw["device"] = machine
-    if model not in REAL:
+    if not standin.real:
         kw["random_weights"] = True
     if script == "gguf" or script == "fast_decode" and machine == "cpu":
         kw["gguf_dir"] = gguf_dir

@@ -88,6 +88,11 @@ METHODS = {m.key: m for m in (
     *(_calibrated(m, b, d) for m, d in CALIBRATED_DESCRIPTIONS.items() for b in (4, 3)),
 )}
 
+# The 4-bit formats of Part 2's --compare (its record's compare.kinds), each with the method
+# whose storage it rebuilds: a reader takes a format's part of the study from that entry.
+COMPARE_KINDS = {"bnb-nf4": "bnb-nf4", "bnb-fp4": "bnb-fp4", "scratch-nf4": "scratch-int4-nf4",
+                 "scratch-int4": "scratch-int4-int4"}
+
 BNB_INT8_THRESHOLD = 6.0          # LLM.int8()'s default outlier threshold: its name carries no suffix
 
 

@@ -212,3 +212,23 @@ def test_the_inspection_makes_its_gguf_file_when_the_gguf_step_was_skipped(tmp_p
     assert made == [("models/m", tmp_path, ["Q4_K_M"], "m-1234abcd")] and seen == [b"GGUF"]
     run(inspect=str(target))                                   # there now: not made again
     assert len(made) == 1 and len(seen) == 2
+
+
+def test_every_stand_in_is_said_once_and_read_by_its_folder():
+    """study/standins.py: every folder the plans and the builder use has an entry; the committed
+    records carry its label and random_weights as the entry says, and the readers find a
+    stand-in's rounding origin by its model id, not by the words of its label."""
+    import json
+
+    import results
+    from study import standins
+    assert set(standin_study.FOLDERS.values()) <= set(standins.STANDINS) >= set(make_standins.ALL)
+    for path in (Path(__file__).resolve().parents[1] / "results").glob("*.json"):
+        rec = json.loads(path.read_text())
+        s = standins.STANDINS.get(rec.get("model", {}).get("id"))
+        if s is not None and rec.get("kind") != "gguf-inspect":
+            assert rec["model"]["stand_in"] == s.note and results.random_weights(rec) == (not s.real), path.name
+    smol = {"model": {"id": "smollm2-135m", "local": True, "stand_in": "any words"}}
+    assert standins.origin(smol) == "Q4_1"
+    assert standins.origin({"model": {"id": "smollm2-135m"}}) is None          # a Hub id of that name
+    assert standins.origin({"model": {"id": "gpt2-random", "local": True}}) is None

@@ -10,7 +10,7 @@ import plot_results as pr
 from report.common import Study, delta, group_label
 from report.doc import Doc
 from report.formats import f_mib, f_pct, f_ppl, f_ratio
-from study import registry
+from study import plan, registry, standins
 
 CALIBRATED_FAMILIES = ("rtn", "gptq", "awq")
 # The assignment's targets, against round-to-nearest at equal bits and grouping: (calibrated
@@ -48,7 +48,8 @@ def explore_facts(s: Study) -> dict | None:
     cal = {}
     for k in s.ppl_groups():
         rk = s.runs(k)
-        runs = {n: v for n, v in rk.items() if n.startswith("gptq-w4-g64")}
+        runs = {n: v for n, v in rk.items() if registry.of(v)["key"] == "gptq-w4"
+                and v["method"]["settings"]["group_size"] == plan.CALIBRATED_GROUP}
         if len(runs) >= 2 and "baseline-fp32" in rk:
             cal[k] = {n: (v["method"]["settings"]["calibration"]["source"], delta(rk, n)) for n, v in runs.items()}
     return {"group": g, "runs": r, "grid": grid, "targets": targets, "nf4": nf4, "best": best,
@@ -146,10 +147,10 @@ def explore(doc: Doc, s: Study) -> None:
     doc.table(["target (perplexity change, ratio to RTN's)", "needs", "measured", "verdict"], trows,
               "The assignment's targets, read from the table above.", widths=[7.5, None, None, None])
     text = []
-    gptq = [n for n in x["proxy"] if n.startswith("gptq")]
+    gptq = [n for n in x["proxy"] if registry.of(r[n])["family"] == "gptq"]
     if gptq:
         lo, hi = min(x["proxy"][n] for n in gptq), max(x["proxy"][n] for n in gptq)
-        q41 = "Q4_1" in (r[gptq[0]]["model"].get("stand_in") or "")
+        q41 = standins.origin(r[gptq[0]]) == "Q4_1"
         text.append(
             "<b>What GPTQ minimizes, and what it moves.</b> On every layer GPTQ lowers the error it "
             f"minimizes, tr((W−Q)H(W−Q)ᵀ): its median over the layers is {lo:.2f} to {hi:.2f} × "

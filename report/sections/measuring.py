@@ -10,7 +10,7 @@ from report.common import Study, describe, method, model_label
 from report.doc import Doc
 from report.formats import f_ppl
 from report.settings import short_name
-from study import registry
+from study import registry, standins
 
 
 def methodology(doc: Doc, s: Study) -> None:
@@ -155,6 +155,6 @@ def how_we_measure(doc: Doc, s: Study) -> None:
 
 def stand_in_facts(s: Study) -> dict:
     labels = {pr.short_model(r) for r in s.records if isinstance(r.get("model"), dict) and r["model"].get("stand_in")}
-    return {} if not labels else {"smol": any("smollm2" in m for m in labels),
+    return {} if not labels else {"smol": any(standins.origin(r) == "Q4_1" for r in s.records),
                                   "random": any(results.random_weights(r) for r in s.records
                                                 if isinstance(r.get("model"), dict))}

@@ -9,7 +9,9 @@ asymmetric min/max grid of 2**bits levels:
 The range always holds 0, so a zero weight stays exactly zero. Codes are stored two per byte
 (3-bit codes sit in 4-bit containers, so they take as many bytes as 4-bit ones, and bits per
 weight counts the bytes really stored), scales in the layer's dtype and zero points as one
-uint8 each. QuantLinear holds that storage and computes y = x W_hat^T + b in x's dtype.
+uint8 each. QuantLinear holds that storage and computes y = x W_hat^T + b in x's dtype: by
+default the reference (dequantize, then F.linear); on the path 'fast' (set_path), decoding's
+few rows go through a Triton GEMV that reads the packed codes (speed.kernels.qz_linear).
 """
 from __future__ import annotations
 
@@ -125,9 +127,9 @@ class QuantLinear(nn.Module):
     previous op (None otherwise, and for GPTQ and round-to-nearest)."""
 
     def __init__(self, packed, scale, zero_point, bias, grid: Grid, in_features: int,
-                 input_scale: torch.Tensor | None = None):
+                 input_scale: torch.Tensor | None = None, path: str = "naive"):
         super().__init__()
-        self.grid, self.in_features, self.out_features = grid, in_features, packed.shape[0]
+        self.grid, self.in_features, self.out_features, self.path = grid, in_features, packed.shape[0], path
         self.register_buffer("packed", packed.contiguous())                 # (out, in/2) uint8
         self.register_buffer("scale", scale.contiguous())                   # (out, G) the layer's dtype
         self.register_buffer("zero_point", zero_point.contiguous())         # (out, G) uint8
@@ -149,9 +151,21 @@ class QuantLinear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.input_scale is not None:
             x = x * self.input_scale.to(x.dtype)
+        if self.path == "fast":
+            from speed import kernels
+            y = kernels.qz_linear(x.reshape(-1, self.in_features), self)
+            if y is not None:
+                return y.reshape(*x.shape[:-1], self.out_features)
         bias = None if self.bias is None else self.bias.to(x.dtype)
         return F.linear(x, self.dequantized_weight(x.dtype), bias)
 
     def extra_repr(self) -> str:
         return (f"in={self.in_features}, out={self.out_features}, bits={self.grid.bits}, "
                 f"group_size={self.grid.group_size or 'per channel'}, input_scale={self.input_scale is not None}")
+
+
+def set_path(model: nn.Module, path: str) -> None:
+    """'fast' (the GEMV for decoding's rows, where one serves) or 'naive' for every QuantLinear."""
+    for m in model.modules():
+        if isinstance(m, QuantLinear):
+            m.path = path

@@ -44,6 +44,8 @@ FUSED_BENCH = {"methods": "fp16,scratch-int8-fast,scratch-int4-fast,scratch-nf4-
 CPU_TIMING = {"repeats": 5, "new_tokens": 64}
 GGUF_TYPES = ",".join(plan.GGUF_TYPES)
 SIZE_BENCH = {"methods": "fp16,scratch-int8-fast,scratch-int4-fast", "repeats": 6}
+# the storage GPTQ, AWQ and round-to-nearest share, on its GEMV, beside Part 1's int4 (speed/gpu_bench.py)
+CALIBRATED_BENCH = {"methods": "fp16,scratch-int4-fast,rtn-w4-pc-fast,rtn-w4-g64-fast", "repeats": 6}
 ANATOMY = {"anatomy": True, "repeats": 20}     # fast_decode's default methods for it: fp16, INT8, int4
 # a plan's model -> its folder under --models (make_standins builds each)
 FOLDERS = {"smol": "smollm2-135m", "gemma": "gemma3-270m", "g2r": "gpt2-random", "g2m": "gpt2-medium-random",
@@ -97,7 +99,8 @@ def steps_for(machine: str) -> dict[str, list[tuple[str, str, str, dict]]]:
                              # CPU's runs have it last): every record's command is a planned one
                              *[(label, "smol", "explore", {**ppl, **({"skip_latency": True}
                                                                      if kw.get("skip_latency") else {}), **kw})
-                               for label, kw in (*plan.CALIBRATED, plan.ACT_ORDER, plan.CALIBRATION_SOURCES[0])]],
+                               for label, kw in (*plan.CALIBRATED, plan.ACT_ORDER, plan.CALIBRATION_SOURCES[0])],
+                             ("the calibrated storage on the fast path", "smol", "fast_decode", CALIBRATED_BENCH)],
             "cuda-speed": [("bitsandbytes bench", "smol", "part2", {"bench": True}),
                            ("fast decode bench", "smol", "fast_decode", {})],
             "cuda-g2r": [("bitsandbytes, every mode (GPT-2 shapes)", "g2r", "part2",

@@ -34,8 +34,12 @@ PEERS = {"torchao-int8wo": "torchao int8 weight-only (Int8WeightOnlyConfig) on e
                            f"'{COMPILE_MODE}'), replayed from one CUDA graph",
          "hf-static-compile": "fp16, transformers generate() with cache_implementation='static', which compiles "
                               "the forward (torch.compile, mode 'reduce-overhead': CUDA graphs)"}
+# The storage GPTQ, AWQ and round-to-nearest share (calibrated/quantizer.py), on its GEMV: made by
+# round-to-nearest, which needs no calibration; GPTQ's and AWQ's codes differ, not their bytes or
+# the kernel that reads them (AWQ adds an input scale where it could not fold one).
+CALIBRATED_STORAGE = {"rtn-w4-pc-fast": (4, 0), "rtn-w4-g64-fast": (4, 64)}
 METHODS = ("fp32", "fp16", "bnb-int8", "bnb-nf4", "scratch-int8-naive", "scratch-int8-fast",
-           "scratch-int4-fast", "scratch-nf4-fast") + tuple(PEERS)
+           "scratch-int4-fast", "scratch-nf4-fast", *CALIBRATED_STORAGE) + tuple(PEERS)
 
 
 LAYER_CALLS = 50      # back-to-back calls of one layer per timed graph replay
@@ -104,14 +108,15 @@ def layer_times(model, graphs: bool, repeats: int = 20, calls: int = LAYER_CALLS
 
 @torch.no_grad()
 def kernel_error(model, rows: int = 1) -> float | None:
-    """Worst relative error, over block 0's Part 1 layers and lm_head, of the layer's output
+    """Worst relative error, over block 0's Part 1 and calibrated layers and lm_head, of the layer's output
     at decode shape against dequantize-then-matmul in fp32: the check that the fused
     kernels compute what Part 1's weights mean (the token check only compares a model
     with itself). None if the model has no Part 1 layers."""
     import part1_quantize_scratch as p1
+    from calibrated.quantizer import QuantLinear
     dtype, worst = compute_dtype(model), None
     for _, mod, k in timed_layers(model):
-        if not isinstance(mod, (p1.Int8Linear, p1.Linear4bit)):
+        if not isinstance(mod, (p1.Int8Linear, p1.Linear4bit, QuantLinear)):
             continue
         x = torch.randn(rows, k, dtype=dtype, device=model.device)
         bias = None if mod.bias is None else mod.bias.float()
@@ -130,6 +135,11 @@ def load_method(name: str, model_id: str, device: str):
         import part2_bnb_nf4 as p2
         return p2.load_bnb(model_id, name[4:], device, "float16")[0]
     m = ev.load_model(model_id, "float16", device)[0]
+    if name in CALIBRATED_STORAGE:
+        from calibrated import methods, quantizer
+        methods.quantize(m, "rtn", quantizer.Grid(*CALIBRATED_STORAGE[name]), None, methods.Options(), progress=False)
+        quantizer.set_path(m, "fast")
+        return m
     if name.startswith("scratch-int8"):
         p1.quantize_model(m, "whole", 8, "per_channel")
     else:

@@ -6,6 +6,8 @@ result, or None where it cannot serve these operands (then the reference runs):
 
     int8_linear(x2, q, scale, zero, bias)   y = (x q^T - sum(x) zero) * scale + bias
     q4_linear(x2, module)                   y = x W^T + bias, W in packed 4-bit blocks
+    qz_linear(x2, module)                   y = x W^T + bias, W = (codes - zero) * scale per group
+                                            (calibrated/quantizer.py's QuantLinear)
 
 Decoding multiplies one row of activations by every weight: the time is the time to read
 the weights. Casting a whole int8 weight to float first writes and reads more bytes than
@@ -62,6 +64,7 @@ from speed.kernels.triton_backend import (  # noqa: F401
     triton_int8_linear,
     triton_kernels,
     triton_ok,
+    triton_qz_linear,
 )
 
 if triton is not None:
@@ -103,6 +106,15 @@ def q4_linear(x2: torch.Tensor, module) -> torch.Tensor | None:
         return None
     return triton_4bit_linear(x2, module)
 
+
+def qz_linear(x2: torch.Tensor, module) -> torch.Tensor | None:
+    """x2 (M, K) activations, a calibrated QuantLinear -> (M, N) by its GEMV, or None (more than
+    GEMV_ROWS rows, a group size it does not take, a dtype or device without Triton)."""
+    groups = module.scale.shape[1]
+    k = module.in_features
+    if x2.shape[0] > GEMV_ROWS or k % 2 or (groups > 1 and k // groups not in GEMV_BLOCKS) or not triton_ok(x2):
+        return None
+    return triton_qz_linear(x2, module)
 
 
 def tile_key(kernel: str, fw: "FusedWeights", *variant) -> tuple:

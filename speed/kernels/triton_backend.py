@@ -13,7 +13,7 @@ from speed.kernels.constants import GEMV_ROWS, TILE_CHOICES
 try:                                                                   # the one guarded import
     import triton
 
-    from speed.kernels.triton_src import _argmax_head, _fused_gemv, _int8_gemv, _int8_mm, _q4_gemv
+    from speed.kernels.triton_src import _argmax_head, _fused_gemv, _int8_gemv, _int8_mm, _q4_gemv, _qz_gemv
 except Exception:                  # absent, or a broken install: the CPU and reference paths serve
     triton = None
 
@@ -25,7 +25,7 @@ _launchers = None
 
 
 def triton_kernels() -> dict | None:
-    """{'int8_mm', 'int8_gemv', 'q4_gemv'}: launchers, made on first use; None without Triton."""
+    """{'int8_mm', 'int8_gemv', 'q4_gemv', 'qz_gemv', ...}: launchers, made on first use; None without Triton."""
     global _launchers
     if triton is None:
         return None
@@ -72,6 +72,8 @@ def _make_launchers() -> dict:
                               lambda c, M, N: (M, triton.cdiv(N, c["BN"])), {"BN": 8, "BK": 128}),
         "q4_gemv": launcher(_q4_gemv, gemv_configs, ["N", "K"],
                             lambda c, M, N: (M, triton.cdiv(N, c["BN"])), {"BN": 8, "BK": 128}),
+        "qz_gemv": launcher(_qz_gemv, gemv_configs, ["N", "K", "G"],
+                            lambda c, M, N: (M, triton.cdiv(N, c["BN"])), {"BN": 8, "BK": 128}),
     }
 
 
@@ -103,4 +105,17 @@ def triton_4bit_linear(x2: torch.Tensor, module) -> torch.Tensor:
     triton_kernels()["q4_gemv"](M, N, x2.contiguous(), module.packed, module.absmax, module.lut(),
                                 bias if bias is not None else x2, y, N, K, BLOCK=module.block,
                                 LINEAR=module.kind == "int4", HAS_BIAS=bias is not None)
+    return y
+
+
+def triton_qz_linear(x2: torch.Tensor, module) -> torch.Tensor:
+    """(M, K) activations (M <= GEMV_ROWS), a calibrated QuantLinear -> (M, N), in one kernel
+    (the AWQ input scale, where one is kept, applied to x2 by the caller)."""
+    M, K = x2.shape
+    N, groups = module.scale.shape
+    y = torch.empty(M, N, dtype=x2.dtype, device=x2.device)
+    bias = None if module.bias is None else module.bias.to(x2.dtype)
+    triton_kernels()["qz_gemv"](M, N, x2.contiguous(), module.packed, module.scale, module.zero_point,
+                                bias if bias is not None else x2, y, N, K, G=K // groups, PER_ROW=groups == 1,
+                                HAS_BIAS=bias is not None)
     return y

@@ -108,6 +108,52 @@ def _q4_gemv(x_ptr, p_ptr, absmax_ptr, lut_ptr, bias_ptr, y_ptr, N, K, BLOCK: tl
         y += tl.load(bias_ptr + rn, mask=rn < N, other=0.0).to(tl.float32)
     tl.store(y_ptr + m * N + rn, y.to(y_ptr.dtype.element_ty), mask=rn < N)
 
+@triton.jit
+def _qz_gemv(x_ptr, p_ptr, s_ptr, z_ptr, bias_ptr, y_ptr, N, K, G: tl.constexpr, PER_ROW: tl.constexpr,
+             HAS_BIAS: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr):
+    # The calibrated storage (calibrated/quantizer.py: GPTQ, AWQ, round-to-nearest): codes c in
+    # [0, 15] two per byte (column 2j high nibble), and per group of G inputs of a row a scale s
+    # and an integer zero point z, w = (c - z) s. Per group: y += s (sum_k x_k c_k - z sum_k x_k),
+    # so the codes are multiplied as they are and the zero point costs one product a group.
+    # PER_ROW: one group per row (G = K), summed over the whole row; else BK is a multiple of G.
+    m = tl.program_id(0)
+    rn = tl.program_id(1) * BN + tl.arange(0, BN)
+    rh = tl.arange(0, BK // 2)
+    rk = tl.arange(0, BK)
+    if PER_ROW:
+        acc = tl.zeros((BN,), dtype=tl.float32)
+        xsum = tl.zeros((BK,), dtype=tl.float32)
+    else:
+        rg = tl.arange(0, BK // G)
+        acc = tl.zeros((BN, BK // G), dtype=tl.float32)
+    for k0 in range(0, K, BK):
+        kh = k0 // 2 + rh
+        byte = tl.load(p_ptr + rn[:, None] * (K // 2) + kh[None, :],
+                       mask=(rn[:, None] < N) & (kh[None, :] < K // 2), other=0).to(tl.int32)  # (BN, BK/2)
+        c = tl.reshape(tl.join(byte >> 4, byte & 15), (BN, BK)).to(tl.float32)
+        kk = k0 + rk
+        x = tl.load(x_ptr + m * K + kk, mask=kk < K, other=0.0).to(tl.float32)  # (BK,)
+        if PER_ROW:
+            acc += tl.sum(c * x[None, :], axis=1)
+            xsum += x
+        else:
+            part = tl.sum(tl.reshape(c * x[None, :], (BN, BK // G, G)), axis=2)  # (BN, BK/G)
+            xg = tl.sum(tl.reshape(x, (BK // G, G)), axis=1)                     # (BK/G,)
+            kg = k0 // G + rg
+            gm = (rn[:, None] < N) & (kg[None, :] < K // G)
+            sc = tl.load(s_ptr + rn[:, None] * (K // G) + kg[None, :], mask=gm, other=0.0).to(tl.float32)
+            zp = tl.load(z_ptr + rn[:, None] * (K // G) + kg[None, :], mask=gm, other=0).to(tl.float32)
+            acc += sc * (part - zp * xg[None, :])
+    if PER_ROW:
+        sc = tl.load(s_ptr + rn, mask=rn < N, other=0.0).to(tl.float32)
+        zp = tl.load(z_ptr + rn, mask=rn < N, other=0).to(tl.float32)
+        y = sc * (acc - zp * tl.sum(xsum, axis=0))
+    else:
+        y = tl.sum(acc, axis=1)                                                # (BN,)
+    if HAS_BIAS:
+        y += tl.load(bias_ptr + rn, mask=rn < N, other=0.0).to(tl.float32)
+    tl.store(y_ptr + m * N + rn, y.to(y_ptr.dtype.element_ty), mask=rn < N)
+
 # -------------------------------------------------------------------------
 # The fused decode step (speed.fused_step.FusedStep): one token, batch 1. A block is five
 # kernels: norm + QKV GEMV, attention over the static cache, out-projection GEMV + residual,

@@ -38,6 +38,43 @@ def test_triton_kernels_equal_dequantize_then_matmul():
     assert float(out.stdout.strip().splitlines()[-1]) < 2e-3                  # fp16 output rounding
 
 
+QZ_CHECK = r"""
+import torch, torch.nn.functional as F
+from calibrated import quantizer as qz
+from speed import kernels
+torch.manual_seed(0)
+worst, served = 0.0, 0
+for bits, group in ((4, 0), (4, 64), (3, 64), (4, 32), (4, 128)):
+    w, b = torch.randn(80, 256), torch.randn(80)                  # 80 outputs: not a multiple of the tile
+    grid = qz.Grid(bits, group)
+    q, scale, zero = qz.round_to_nearest(w, grid)
+    m = qz.QuantLinear.from_codes(q, scale, zero, b, grid, torch.float16)
+    qz.set_path(m, "fast")
+    for M in (1, 3, 7):                                           # the GEMV, then the reference (7 > GEMV_ROWS)
+        x = torch.randn(M, 256).half()
+        ref = F.linear(x.float(), qz.dequantize(q, m.scale.float(), zero), b)
+        served += kernels.qz_linear(x, m) is not None
+        y = m(x)
+        assert y.dtype == torch.float16 and y.shape == (M, 80)
+        worst = max(worst, ((y.float() - ref).abs().max() / ref.abs().max()).item())
+print(served)
+print(worst)
+"""
+
+
+def test_the_calibrated_storages_gemv_equals_dequantize_then_matmul():
+    """calibrated/quantizer.py's QuantLinear on its fast path: per channel, groups of 32, 64 and
+    128, 3-bit codes in 4-bit containers; the kernel serves every decode shape (2 of 3 here)."""
+    pytest.importorskip("triton")
+    root = Path(__file__).resolve().parents[2]
+    env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": str(root)}
+    out = subprocess.run([sys.executable, "-c", QZ_CHECK], env=env, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-2000:]
+    served, worst = out.stdout.strip().splitlines()[-2:]
+    assert int(served) == 5 * 2                                   # M = 1 and 3 of each grid
+    assert float(worst) < 2e-3                                    # fp16 output rounding
+
+
 FUSED_OPS_CHECK = r"""
 import torch
 import json

@@ -262,21 +262,26 @@ class Int8Linear(nn.Module):
 
 class Int8Embedding(nn.Module):
     """An embedding table stored as int8 rows with one absmax scale per row (token).
-    Its tensors can be shared with a tied output layer (GPT-2's lm_head)."""
+    Its tensors can be shared with a tied output layer (GPT-2's lm_head). A scaled embedding
+    (Gemma's: rows times sqrt(d) on the way in, not on the way out) keeps its embed_scale."""
 
-    def __init__(self, qweight: torch.Tensor, scale: torch.Tensor):
+    def __init__(self, qweight: torch.Tensor, scale: torch.Tensor, embed_scale: torch.Tensor | None = None):
         super().__init__()
         self.register_buffer("qweight", qweight)                            # (V, d) int8
         self.register_buffer("scale", scale)                                # (V,)
+        self.register_buffer("embed_scale", embed_scale, persistent=False)  # () or None
         self.num_embeddings, self.embedding_dim = qweight.shape
 
     @classmethod
     def from_float(cls, module: nn.Embedding):
         q, scale = quantize_per_channel(module.weight.detach())
-        return cls(q, scale.to(module.weight.dtype))
+        embed_scale = getattr(module, "embed_scale", None)
+        return cls(q, scale.to(module.weight.dtype),
+                   None if embed_scale is None else torch.as_tensor(embed_scale).detach().clone())
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
-        return F.embedding(ids, self.qweight).to(self.scale.dtype) * self.scale[ids].unsqueeze(-1)
+        rows = F.embedding(ids, self.qweight).to(self.scale.dtype) * self.scale[ids].unsqueeze(-1)
+        return rows if self.embed_scale is None else rows * self.embed_scale.to(rows.dtype)
 
     def tied_linear(self) -> Int8Linear:
         """An output layer that reads the same int8 table: logits = (h q^T) * scale."""

@@ -6,6 +6,7 @@ that its arithmetic is right.
 
     make_tiny_model(folder, arch="gpt2")    # GPT-2 style: Conv1D, tied wte/lm_head
     make_tiny_model(folder, arch="llama")   # Llama style: nn.Linear, RMSNorm, rotary
+    make_tiny_model(folder, arch="gemma3")  # Gemma 3 style: one KV head, sliding windows, tied head
 """
 from __future__ import annotations
 
@@ -59,7 +60,14 @@ def tiny_config(arch: str, vocab_size: int, n_ctx: int = 128, n_layer: int = 2, 
                    intermediate_size=64, num_hidden_layers=n_layer, num_attention_heads=4,
                    num_key_value_heads=2, tie_word_embeddings=False, bos_token_id=0, eos_token_id=0)
         return LlamaConfig(**{**cfg, **overrides})
-    raise ValueError(f"unknown tiny arch '{arch}' (gpt2 or llama)")
+    if arch == "gemma3":                       # Gemma 3's shape: one KV head, sliding windows, tied head
+        from transformers import Gemma3TextConfig
+        cfg = dict(vocab_size=vocab_size, max_position_embeddings=n_ctx, hidden_size=64, intermediate_size=128,
+                   num_hidden_layers=n_layer, num_attention_heads=2, num_key_value_heads=1, head_dim=64,
+                   sliding_window=16, layer_types=["sliding_attention"] * (n_layer - 1) + ["full_attention"],
+                   tie_word_embeddings=True, bos_token_id=0, eos_token_id=0, pad_token_id=0)
+        return Gemma3TextConfig(**{**cfg, **overrides})
+    raise ValueError(f"unknown tiny arch '{arch}' (gpt2, llama or gemma3)")
 
 
 def make_tiny_model(folder: str | Path, arch: str = "gpt2", seed: int = 0, n_ctx: int = 128,

@@ -106,6 +106,28 @@ def find_groups(block: nn.Module, inputs: BlockInputs) -> list[Group]:
     return groups
 
 
+@torch.no_grad()
+def divide_norm_output(norm: nn.Module, s: torch.Tensor) -> None:
+    """Make norm(x) come out divided by s, channel by channel, through the norm's own weight (and
+    bias): w / s where the norm multiplies by its weight (LayerNorm, Llama's RMSNorm), (1 + w) /
+    s - 1 where it multiplies by 1 + its weight (Gemma's RMSNorm). The two are told apart by what
+    the norm does, run once with its weight (and bias) at zero: nothing comes out of the first."""
+    w, b = norm.weight, getattr(norm, "bias", None)
+    saved = [t.detach().clone() for t in (w, b) if t is not None]
+    for t in (w, b):
+        if t is not None:
+            t.zero_()
+    offset = bool(norm(torch.randn(2, w.shape[0], dtype=w.dtype, device=w.device)).abs().max() > 0)
+    for t, v in zip([t for t in (w, b) if t is not None], saved):
+        t.copy_(v)
+    if offset:
+        w.copy_(((1 + w.float()) / s.float() - 1).to(w.dtype))
+    else:
+        w.div_(s.to(w.dtype))
+    if b is not None:
+        b.div_(s.to(b.dtype))
+
+
 def is_norm(m: nn.Module) -> bool:
     w = getattr(m, "weight", None)
     return "norm" in type(m).__name__.lower() and isinstance(w, torch.Tensor) and w.dim() == 1
@@ -206,10 +228,7 @@ def awq_block(block: nn.Module, inputs: BlockInputs, grid: Grid, *, n_grid: int 
             m = block.get_submodule(name)
             set_weight(m, weight_of(m) * s[None, :])
         if group.prev_kind == "norm":
-            norm = block.get_submodule(group.prev_name)
-            norm.weight.data.div_(s.to(norm.weight.dtype))
-            if getattr(norm, "bias", None) is not None:
-                norm.bias.data.div_(s.to(norm.bias.dtype))
+            divide_norm_output(block.get_submodule(group.prev_name), s)
         elif group.prev_kind == "linear":
             scale_output_rows(block.get_submodule(group.prev_name), s)
         else:

@@ -93,12 +93,16 @@ class StaticLlama(StaticCache):
 
 
 STATIC = {"gpt2": StaticGPT2, "llama": StaticLlama}
+# Why the static-cache models do not take an architecture the study meets (any other: not written).
+NOT_STATIC = {"gemma3_text": "its sliding-window attention, q/k norms, norms after attention and MLP, (1 + w) "
+                             "norm weights and scaled embedding are not written in a static-cache model"}
 
 
 def check_architecture(model_type: str | None, what: str = "this model") -> None:
     if model_type not in STATIC:
+        why = f": {NOT_STATIC[model_type]}" if model_type in NOT_STATIC else ""
         raise ev.UserError(f"the fast decode path supports GPT-2 and Llama models only ({what} is "
-                           f"'{model_type or '?'}')")
+                           f"'{model_type or '?'}'{why})")
 
 
 def static_model(model, max_len: int) -> StaticCache:

@@ -37,9 +37,15 @@ def llama_dir(tmp_path_factory) -> Path:
     return tiny_models.make_tiny_model(tmp_path_factory.mktemp("models") / "tiny-llama", arch="llama")
 
 
-@pytest.fixture(params=["gpt2", "llama"])
-def tiny_dir(request, gpt2_dir, llama_dir) -> Path:
-    return {"gpt2": gpt2_dir, "llama": llama_dir}[request.param]
+@pytest.fixture(scope="session")
+def gemma3_dir(tmp_path_factory) -> Path:
+    """Gemma 3's shape: one KV head, sliding windows, a scaled tied embedding, (1 + w) norms."""
+    return tiny_models.make_tiny_model(tmp_path_factory.mktemp("models") / "tiny-gemma3", arch="gemma3")
+
+
+@pytest.fixture(params=["gpt2", "llama", "gemma3"])
+def tiny_dir(request, gpt2_dir, llama_dir, gemma3_dir) -> Path:
+    return {"gpt2": gpt2_dir, "llama": llama_dir, "gemma3": gemma3_dir}[request.param]
 
 
 @pytest.fixture()

@@ -13,13 +13,37 @@ from part1_quantize_scratch import decoder_blocks
 
 
 def outlier_model(folder):
-    """The tiny model with a few input channels of each norm made large, as trained LLMs have."""
+    """The tiny model with a few output channels of each norm made large, as trained LLMs have."""
     model = AutoModelForCausalLM.from_pretrained(folder).eval()
-    with torch.no_grad():
-        for m in model.modules():
-            if awq.is_norm(m):
-                m.weight[:3] *= 25
+    for m in list(model.modules()):
+        if awq.is_norm(m):
+            s = torch.ones(m.weight.shape[0])
+            s[:3] = 1 / 25
+            awq.divide_norm_output(m, s)                  # channels 0-2 come out 25 times larger
     return model
+
+
+@pytest.mark.parametrize("arch_dir", ["gpt2_dir", "llama_dir", "gemma3_dir"])
+def test_a_scale_folded_into_the_norm_leaves_the_block_unchanged(arch_dir, request):
+    """W diag(s) after norm(x) / s is the same function: for LayerNorm (weight and bias), Llama's
+    RMSNorm (x w) and Gemma's (x (1 + w)), whose weight must become (1 + w) / s - 1, not w / s."""
+    model = outlier_model(request.getfixturevalue(arch_dir))
+    _, blocks = decoder_blocks(model)
+    inputs = capture(model, blocks, windows(model, 0, n=2))
+    block = blocks[0]
+    reference = [awq.run_block(block, h, a, k) for h, a, k in inputs]
+    folded = [g for g in awq.find_groups(block, inputs) if g.prev_kind == "norm"]
+    assert folded
+    for g in folded:
+        s = torch.rand(awq.weight_of(block.get_submodule(g.names[0])).shape[1],
+                       generator=torch.Generator().manual_seed(1)) + 0.5
+        for name in g.names:
+            m = block.get_submodule(name)
+            awq.set_weight(m, awq.weight_of(m) * s[None, :])
+        awq.divide_norm_output(block.get_submodule(g.prev_name), s)
+    for (h, a, k), ref in zip(inputs, reference):
+        got = awq.run_block(block, h, a, k)
+        assert (got - ref).abs().max() < 1e-4 * ref.abs().max()
 
 
 def windows(model, seed, n=8, length=48):

@@ -35,3 +35,11 @@ def test_cpu_bench_refuses_a_gguf_dir_it_cannot_use_before_any_work(cli_error, g
     assert "inside the model's folder" in cli_error(fast_decode, base + ["--gguf-dir", str(gpt2_dir / "gguf")])
     assert sorted(p.name for p in gpt2_dir.iterdir()) == before
     assert not list(tmp_path.glob("*.json"))
+
+
+def test_the_static_path_refuses_gemma3_and_says_why(cli_error, gemma3_dir, text_file, tmp_path):
+    """Gemma 3's sliding windows, extra norms and scaled embedding are not in a static-cache
+    model: one line that names them, never a number from the wrong computation."""
+    line = cli_error(fast_decode, ["--device", "cpu", "--model", str(gemma3_dir), "--text-file", str(text_file),
+                                   "--results-dir", str(tmp_path)])
+    assert "'gemma3_text'" in line and "sliding-window attention" in line

@@ -8,7 +8,9 @@
 For each results file of NEW, the file of the same name in OLD: every field that the schema
 does not mark volatile (results.VOLATILE_KEYS: when and where a run was made, what it timed,
 its memory peaks) must be equal: integers (byte counts, token counts) exactly, other numbers
-within --rtol relative where it is given. Prints one
+within --rtol relative where it is given. A field that the committed file lacks and the rerun
+has is counted apart, as added (a measure that the code writes since that file was made), not
+as a difference. Prints one
 line a file (same, or how many fields differ and the largest), then each difference; exits 1
 if any file differs or is missing in OLD, 0 if every one is the same.
 """
@@ -49,13 +51,24 @@ def rel_diff(a, b) -> float | None:
     return abs(a - b) / max(abs(a), abs(b)) if math.isfinite(a) and math.isfinite(b) else math.inf
 
 
+def added_fields(old: dict, new: dict) -> list[str]:
+    """The fields, volatile ones left out, that new has and old lacks (under no field old has)."""
+    a = {p for p, _ in leaves(old)}
+    return [".".join(p) for p, _ in leaves(new) if p not in a and not results.is_volatile(p)
+            and not any(p[:i] in a for i in range(1, len(p)))]
+
+
 def differences(old: dict, new: dict, rtol: float) -> list[tuple[str, object, object, float | None]]:
-    """The fields, volatile ones left out, where old and new differ: integers at all, other numbers
-    beyond rtol (relative), anything else at all: (path, old, new, relative difference or None)."""
+    """The fields, volatile and added ones left out, where old and new differ: integers at all,
+    other numbers beyond rtol (relative), anything else at all: (path, old, new, relative
+    difference or None)."""
     a = {p: v for p, v in leaves(old) if not results.is_volatile(p)}
     b = {p: v for p, v in leaves(new) if not results.is_volatile(p)}
+    added = set(added_fields(old, new))
     out = []
     for p in sorted(a.keys() | b.keys()):
+        if ".".join(p) in added:
+            continue
         va, vb = a.get(p, "<absent>"), b.get(p, "<absent>")
         if va == vb and type(va) is type(vb):
             continue
@@ -84,10 +97,12 @@ def main(*, old: str, new: str, rtol: float = 0.0, show: int = 8) -> int:
             print(f"{f.name}: not in {old_dir}")
             bad += 1
             continue
-        diffs = differences(json.loads(ref.read_text(encoding="utf-8")), json.loads(f.read_text(encoding="utf-8")),
-                            rtol)
+        old_rec, new_rec = json.loads(ref.read_text(encoding="utf-8")), json.loads(f.read_text(encoding="utf-8"))
+        diffs, added = differences(old_rec, new_rec, rtol), added_fields(old_rec, new_rec)
+        more = f", plus {len(added)} fields it lacks ({', '.join(sorted({a.split('.')[0] for a in added}))})" \
+            if added else ""
         if not diffs:
-            print(f"{f.name}: same")
+            print(f"{f.name}: same{more}")
             continue
         bad += 1
         worst = max((d[3] for d in diffs if d[3] is not None), default=None)

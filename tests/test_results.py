@@ -177,6 +177,15 @@ def test_a_rerun_is_compared_with_its_timings_left_out(tmp_path, capsys):
     moved["memory"]["weights_bytes"] += 1                                   # a count is never within rtol
     (new / "a.json").write_text(json.dumps(moved))
     assert compare_results.main(old=str(old), new=str(new), rtol=1e-6) == 1
+    del moved["memory"]["weights_bytes"]
+    moved["divergence"] = {"kld_mean": 0.5}                                # a measure added since: counted apart
+    (new / "a.json").write_text(json.dumps(moved))
+    assert compare_results.main(old=str(old), new=str(new), rtol=1e-6) == 1   # but a field gone is a difference
+    moved["memory"]["weights_bytes"] = rec["memory"]["weights_bytes"]
+    (new / "a.json").write_text(json.dumps(moved))
+    capsys.readouterr()
+    assert compare_results.main(old=str(old), new=str(new), rtol=1e-6) == 0
+    assert "a.json: same, plus 1 fields it lacks (divergence)" in capsys.readouterr().out
     (new / "b.json").write_text(json.dumps(rec))                          # not in the committed folder
-    assert compare_results.main(old=str(old), new=str(new), rtol=1e-2) == 2        # a.json, and b.json
+    assert compare_results.main(old=str(old), new=str(new), rtol=1e-2) == 1        # b.json
     assert "b.json: not in" in capsys.readouterr().out

@@ -742,7 +742,9 @@ def plot_all(records: list[dict], out: str | Path) -> list[Path]:
                 plot_fused(r, out, made)
         except (KeyError, TypeError, ValueError, ZeroDivisionError) as e:
             warnings.warn(f"skipping {r['_file']} ({kind}): {type(e).__name__} {e}", stacklevel=2)
-    for plot, what in ((plot_sizes, "the model-size figure"), (plot_anatomy, "the anatomy figure")):
+    from plots.models import plot_models
+    for plot, what in ((plot_sizes, "the model-size figure"), (plot_anatomy, "the anatomy figure"),
+                       (plot_models, "the two-model figures")):
         try:
             plot(records, out, made)
         except (KeyError, TypeError, ValueError, ZeroDivisionError) as e:

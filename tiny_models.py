@@ -64,7 +64,8 @@ def tiny_config(arch: str, vocab_size: int, n_ctx: int = 128, n_layer: int = 2, 
         from transformers import Gemma3TextConfig
         cfg = dict(vocab_size=vocab_size, max_position_embeddings=n_ctx, hidden_size=64, intermediate_size=128,
                    num_hidden_layers=n_layer, num_attention_heads=2, num_key_value_heads=1, head_dim=64,
-                   sliding_window=16, layer_types=["sliding_attention"] * (n_layer - 1) + ["full_attention"],
+                   query_pre_attn_scalar=64, sliding_window=16,
+                   layer_types=["sliding_attention"] * (n_layer - 1) + ["full_attention"],
                    tie_word_embeddings=True, bos_token_id=0, eos_token_id=0, pad_token_id=0)
         return Gemma3TextConfig(**{**cfg, **overrides})
     raise ValueError(f"unknown tiny arch '{arch}' (gpt2, llama or gemma3)")

@@ -1,0 +1,95 @@
+"""Two models on one text: bits per byte against weight MiB (the frontier drawn), and against decode time.
+
+The assignment asks whether a larger quantized model beats a smaller unquantized one. Two
+models' perplexities do not compare (their tokenizers cut the text differently); bits per byte
+does: the same total negative log-likelihood, in bits, over the UTF-8 bytes of the text the
+scored tokens spell (study/perplexity.tokenizer_free). Every eval record of a real model (not
+random weights) with that figure enters, grouped by text, window, stride and device; a group
+with at least two models makes the figures. Its frontier: the points that no point of less or
+equal memory beats.
+"""
+from __future__ import annotations
+
+from collections import defaultdict
+from pathlib import Path
+
+import plot_results as pr
+import results
+from study import registry
+
+MODEL_COLORS = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd")
+PART_MARKERS = {"baseline": "o", "part1": "s", "part2": "^", "bonus": "D", "explore": "v"}
+
+
+def model_groups(records: list[dict]) -> dict[tuple, list[dict]]:
+    """(text, window, stride, device) -> the eval records of real models with bits per byte."""
+    groups = defaultdict(list)
+    for r in records:
+        p = r.get("perplexity") or {}
+        if results.kind_of(r) != "eval" or results.random_weights(r) or p.get("bits_per_byte") is None:
+            continue
+        key = (r["dataset"].get("sha256"), p["max_length"], p["stride"], pr.device_of(r), pr.device_kind(r))
+        groups[key].append(r)
+    return {k: rs for k, rs in groups.items() if len({pr.short_model(r) for r in rs}) >= 2}
+
+
+def frontier(points: list[tuple[float, float]]) -> list[tuple[float, float]]:
+    """The points (cost, bits per byte) that no point of less or equal cost beats, by cost."""
+    best, out = float("inf"), []
+    for x, y in sorted(points):
+        if y < best:
+            best = y
+            out.append((x, y))
+    return out
+
+
+def models_figure(key: tuple, what: str) -> str:
+    sha, L, S, _, kind = key
+    return f"models_bpb_vs_{what}_{results.slug(str(sha)[:8])}_L{L}-S{S}_{kind}.png"
+
+
+def plot_models(records: list[dict], out: Path, made: list[Path]) -> None:
+    for key, rs in sorted(model_groups(records).items(), key=lambda kv: str(kv[0])):
+        plot_one(key, rs, "mib", lambda r: r["memory"]["weights_mib"], "weight MiB (log)", out, made)
+        timed = [r for r in rs if r.get("latency")]
+        if len({pr.short_model(r) for r in timed}) >= 2:
+            plot_one(key, timed, "decode", lambda r: r["latency"]["decode"]["ms_per_token"]["median"],
+                     "decode ms per token (generate(), median; separate runs, log)", out, made)
+
+
+def plot_one(key: tuple, rs: list[dict], what: str, cost, xlabel: str, out: Path, made: list[Path]) -> None:
+    plt = pr._plt()
+    models = sorted({pr.short_model(r) for r in rs})
+    fig, ax = plt.subplots(figsize=(7.2, 4.6))
+    points = []
+    for i, model in enumerate(models):
+        mine = [r for r in rs if pr.short_model(r) == model]
+        color = MODEL_COLORS[i % len(MODEL_COLORS)]
+        span = {r["perplexity"].get("n_bytes") for r in mine}
+        for r in mine:
+            x, y = cost(r), r["perplexity"]["bits_per_byte"]
+            ident = registry.of(r)
+            ax.scatter([x], [y], color=color, marker=PART_MARKERS.get(ident["part"], "o"), s=36, zorder=3,
+                       edgecolor="k" if ident["part"] == "baseline" else "none", linewidth=0.8)
+            ax.annotate(r["method"]["name"], (x, y), xytext=(4, 3), textcoords="offset points", fontsize=6.5,
+                        color=color)
+            points.append((x, y))
+        ax.scatter([], [], color=color, marker="o", label=f"{model} ({', '.join(f'{b:,}' for b in sorted(span))} "
+                                                            "bytes scored)")
+    front = frontier(points)
+    ax.step([p[0] for p in front], [p[1] for p in front], where="post", color="k", lw=0.9, ls="--",
+            label="frontier: nothing cheaper scores lower", zorder=2)
+    ax.set_xscale("log")
+    from matplotlib.ticker import FuncFormatter
+    for axis_format in (ax.xaxis.set_major_formatter, ax.xaxis.set_minor_formatter):
+        axis_format(FuncFormatter(lambda v, _: f"{v:g}"))
+    ax.set_xlabel(xlabel, fontsize=9)
+    ax.set_ylabel("bits per byte (lower is better)", fontsize=9)
+    ax.tick_params(which="both", labelsize=8)
+    for part, marker in PART_MARKERS.items():
+        if any(registry.of(r)["part"] == part for r in rs):
+            ax.scatter([], [], color="#777777", marker=marker, label=part)
+    ax.legend(fontsize=7, loc="best", framealpha=0.9)
+    ax.set_title(f"Two models, one text: bits per byte against {'memory' if what == 'mib' else 'decode time'}\n"
+                 f"{pr.text_name(rs[0], short=True)}, L={key[1]} S={key[2]} · {key[3]}", fontsize=9)
+    pr._save(fig, out, models_figure(key, what), made)

@@ -1,0 +1,40 @@
+"""plots/models.py: two models on one text, by bits per byte, with the frontier."""
+import copy
+
+from conftest import record, timing
+
+from plots import models
+
+
+def test_the_frontier_keeps_what_nothing_cheaper_beats():
+    pts = [(10, 1.5), (5, 1.2), (20, 1.1), (8, 1.3), (40, 1.12), (80, 1.0)]
+    assert models.frontier(pts) == [(5, 1.2), (20, 1.1), (80, 1.0)]
+
+
+def two_models():
+    recs = []
+    for model, base_bpb, n_bytes in (("small", 1.07, 64757), ("large", 1.05, 66890)):
+        for method, mib, extra in (("baseline-fp32", 500.0, 0.0), ("bnb-nf4", 150.0, 0.04)):
+            r = record(method, 20.0, mib if model == "large" else mib / 2, model=model, latency=timing(10, 5))
+            r["dataset"]["sha256"] = "a" * 64
+            r["perplexity"].update(bits_per_byte=base_bpb + extra, n_bytes=n_bytes)
+            recs.append(r)
+    return recs
+
+
+def test_two_models_on_one_text_make_both_figures(tmp_path):
+    recs = two_models()
+    random = copy.deepcopy(recs[0])
+    random["model"] = {"id": "/x/rand", "random_weights": True}                # never on a bits-per-byte figure
+    groups = models.model_groups(recs + [random])
+    assert len(groups) == 1 and len(next(iter(groups.values()))) == 4
+    made = []
+    models.plot_models(recs + [random], tmp_path, made)
+    assert sorted(p.name.split("_")[3] for p in made) == ["decode", "mib"]
+    assert all(p.stat().st_size > 5000 for p in made)
+
+
+def test_one_model_alone_makes_no_figure(tmp_path):
+    made = []
+    models.plot_models([r for r in two_models() if r["model"]["id"].endswith("small")], tmp_path, made)
+    assert made == []

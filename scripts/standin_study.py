@@ -68,8 +68,17 @@ def steps_for(machine: str) -> dict[str, list[tuple[str, str, str, dict]]]:
             "cpu-explore": [("BF16 cast", "smol", "evaluate", {**ppl, **plan.BF16[1]}),
                             *[(label, "smol", "explore", {**ppl, **kw})
                               for label, kw in (*plan.CPU_CALIBRATED, *plan.CALIBRATION_SOURCES)]],
-            # the second real model (make_standins.py gemma3-270m), on the same tokens: its baseline so far
-            "cpu-gemma": [("fp32 (Gemma 3 270M)", "gemma", "evaluate", ppl)],
+            # the second real model (make_standins.py gemma3-270m), on the same tokens, through every part
+            "cpu-gemma": [("fp32 (Gemma 3 270M)", "gemma", "evaluate", ppl),
+                          *[(f"{label} (Gemma 3 270M)", "gemma", "part1", {**ppl, **kw}) for label, kw in plan.PART1],
+                          ("bitsandbytes, every mode (Gemma 3 270M)", "gemma", "part2", {**ppl, "mode": "all"}),
+                          ("GGUF, every type (Gemma 3 270M)", "gemma", "gguf", {**ppl, "types": GGUF_TYPES}),
+                          (f"{plan.BF16[0]} (Gemma 3 270M)", "gemma", "evaluate", {**ppl, **plan.BF16[1]}),
+                          *[(f"{label} (Gemma 3 270M)", "gemma", "explore", {**ppl, **kw})
+                            for label, kw in plan.CPU_CALIBRATED]],
+            "cpu-gemma-sens": [("INT8 sensitivity (Gemma 3 270M)", "gemma", "part1",
+                                {"sensitivity": True, "stride": 1024, "max_tokens": CPU_PREFIX, "per_line": 0,
+                                 "skip_latency": True})],
             "cpu-sens": [("INT8 sensitivity", "smol", "part1",
                           {"sensitivity": True, "stride": 1024, "max_tokens": CPU_PREFIX, "per_line": 0,
                            "skip_latency": True})],

@@ -23,8 +23,9 @@ GGUF_TYPES = ("F32", "F16", "Q8_0", "Q5_K_M", "Q4_K_M", "Q4_0")
 # The exploration directions: BF16 (evaluate.py's cast), and round-to-nearest, GPTQ and AWQ
 # (explore_calibrated.py) on three grids: 4-bit per output channel (group size 0), 4-bit and
 # 3-bit in groups of 64. The papers group by 128, but SmolLM2-135M's width, 576 = 4.5 x 128,
-# takes no groups of 128; 64 divides it, its 1536, and every GPT-2 and Llama width. No latency:
-# their layers dequantize at each call (a reference path, not a fast one).
+# takes no groups of 128; 64 divides it, its 1536, and every GPT-2 and Llama width. No latency
+# in these runs: evaluate()'s layers dequantize at each call (the reference path); the storage's
+# fast GEMV is timed in the GPU bench (speed/gpu_bench.py, CALIBRATED_STORAGE).
 BF16 = ("BF16 cast", {"dtype": "bfloat16"})
 CALIBRATED_GROUP = 64
 CALIBRATED_GRIDS = ((4, 0), (4, CALIBRATED_GROUP), (3, CALIBRATED_GROUP))

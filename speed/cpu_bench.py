@@ -10,6 +10,7 @@ import torch
 import evaluate as ev
 import results
 from speed.decoder import FastDecoder, generate_tokens, leading_equal
+from speed.fused_step import fused_architecture
 
 # -----------------------------------------------------------------------------
 # 4b. The CPU bench: Part 1 on its static-cache path beside llama.cpp, same model, same threads
@@ -76,22 +77,28 @@ def cpu_bench(model_id: str, tokenizer, ids: torch.Tensor, methods: list[str], p
         timed[name] = {"prefill": lambda f=fast: f.prefill(prefill_ids), "decode": lambda f=fast: f.generate(prompt)}
         rows[name] = {"path": CPU_PATH, "weights_bytes": weights["bytes"], "weights_mib": weights["mib"],
                       "leading_tokens_equal": same}
-        # the fused step on its own copy of the model: it re-lays out GPT-2's Conv1D weights in place
-        fused = FastDecoder(cpu_method(name, model_id), prompt_tokens, new_tokens, prefill_tokens, graphs=False,
-                            fused=True)
-        same_fused = leading_equal(fused.generate(prompt), ref)
-        timed[f"{name}·fused"] = {"prefill": lambda f=fused: f.prefill(prefill_ids),
-                                  "decode": lambda f=fused: f.generate(prompt)}
-        rows[f"{name}·fused"] = {"path": CPU_FUSED_PATH, "weights_bytes": weights["bytes"],
-                                 "weights_mib": weights["mib"], "leading_tokens_equal": same_fused,
-                                 "fused_layers": len(fused.fused.fused_layers),
-                                 "module_layers": fused.fused.module_layers}
+        why_not_fused = fused_architecture(m)
+        if why_not_fused is not None:
+            rows[name]["why_not_fused"] = why_not_fused
+        else:
+            # the fused step on its own copy of the model: it re-lays out GPT-2's Conv1D weights in place
+            fused = FastDecoder(cpu_method(name, model_id), prompt_tokens, new_tokens, prefill_tokens, graphs=False,
+                                fused=True)
+            same_fused = leading_equal(fused.generate(prompt), ref)
+            timed[f"{name}·fused"] = {"prefill": lambda f=fused: f.prefill(prefill_ids),
+                                      "decode": lambda f=fused: f.generate(prompt)}
+            rows[f"{name}·fused"] = {"path": CPU_FUSED_PATH, "weights_bytes": weights["bytes"],
+                                     "weights_mib": weights["mib"], "leading_tokens_equal": same_fused,
+                                     "fused_layers": len(fused.fused.fused_layers),
+                                     "module_layers": fused.fused.module_layers}
         if name == "fp32":
             timed["fp32·generate"] = ev.hf_calls(m, tokenizer, prefill_ids, prompt, new_tokens)
             rows["fp32·generate"] = {"path": ev.DECODE_DEFINITION, "weights_bytes": weights["bytes"],
                                      "weights_mib": weights["mib"]}
         print(f"  {name}: {weights['mib']:.1f} MiB, tokens = generate tokens: static path {same}/{new_tokens}, "
-              f"fused step {same_fused}/{new_tokens}", file=sys.stderr, flush=True)
+              + (f"fused step {same_fused}/{new_tokens}" if why_not_fused is None
+                 else f"no fused step ({why_not_fused})"),
+              file=sys.stderr, flush=True)
     result = ev.side_by_side(timed, cpu, new_tokens, repeats, warmup, "fp32", progress)
     for name, row in rows.items():
         result["table"][name].update(row)

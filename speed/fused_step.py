@@ -41,6 +41,18 @@ def fused_available(device: torch.device, dtype: torch.dtype) -> str | None:
     return None
 
 
+FUSED_ARCHITECTURES = ("gpt2", "llama")      # the blocks FusedStep is written for
+
+
+def fused_architecture(model) -> str | None:
+    """None if FusedStep is written for the model's blocks, else why not (the static path may still
+    take it: Gemma 3's q/k norms and norms after attention and MLP have no place in its kernels)."""
+    kind = getattr(model.config, "model_type", None)
+    if kind in FUSED_ARCHITECTURES:
+        return None
+    return f"the fused step is written for GPT-2 and Llama blocks, not '{kind}'"
+
+
 def norm_args(norm: torch.nn.Module) -> tuple | None:
     """A GPT-2 LayerNorm or a Llama RMSNorm as the fused GEMV's norm; None for another kind."""
     if isinstance(norm, torch.nn.LayerNorm):
@@ -147,7 +159,7 @@ class FusedStep:
 
     def __init__(self, net: StaticCache, nxt: torch.Tensor, pos: torch.Tensor, step: torch.Tensor,
                  tokens: torch.Tensor):
-        why = fused_available(net.device, net.dtype)
+        why = fused_available(net.device, net.dtype) or fused_architecture(net.model)
         if why:
             raise ev.UserError(f"the fused decode step cannot run here: {why}")
         self.net, self.nxt, self.pos, self.step, self.tokens = net, nxt, pos, step, tokens

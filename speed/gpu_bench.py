@@ -22,7 +22,7 @@ from speed.decoder import (
     on_side_stream,
     tune_tiles,
 )
-from speed.fused_step import FUSED_PATH
+from speed.fused_step import FUSED_PATH, fused_architecture
 from speed.readings import decode_floor_ms, hbm_bytes_per_s
 
 NOT_CAPTURABLE = {"bnb-int8": "LLM.int8() splits outlier columns by value (data-dependent shapes): not capturable"}
@@ -228,8 +228,8 @@ def bench(model_id: str, tokenizer, ids: torch.Tensor, methods: list[str], prefi
         m(prompt)                                          # LLM.int8() sets its row scales lazily
         weights = ev.tensor_bytes(m)
         uncapturable = NOT_CAPTURABLE.get(name)
-        fused, why_not_fused = None, uncapturable          # built first: it re-lays out weights in place
-        if uncapturable is None:
+        fused, why_not_fused = None, uncapturable or fused_architecture(m)   # built first: it re-lays out weights
+        if why_not_fused is None:
             fused = FastDecoder(m, prompt_tokens, new_tokens, prefill_tokens, fused=True)
         ref = refs[name] = generate_tokens(m, tokenizer, prompt, new_tokens)
         fast = FastDecoder(m, prompt_tokens, new_tokens, prefill_tokens, graphs=uncapturable is None,

@@ -1,6 +1,6 @@
 """The static-cache models: a model's own modules, attention over a preallocated KV cache.
 
-StaticGPT2 and StaticLlama call each block's modules as they are (quantized or not); only
+StaticGPT2, StaticLlama and StaticGemma3 call each block's modules as they are (quantized or not); only
 attention reads and writes a cache allocated once for prompt + new tokens, so that a decode
 step has fixed shapes and can be captured as a CUDA graph (speed/decoder.py).
 """
@@ -26,14 +26,15 @@ class StaticCache:
         self.v = torch.zeros_like(self.k)
         self.t = torch.arange(max_len, device=self.device)
 
-    def attend(self, i: int, q, k, v, pos, mask, groups: int = 1) -> torch.Tensor:
-        """Write block i's k, v (1, Hkv, S, D) at pos; q (1, H, S, D) -> (1, S, H*D)."""
+    def attend(self, i: int, q, k, v, pos, mask, groups: int = 1, scale: float | None = None) -> torch.Tensor:
+        """Write block i's k, v (1, Hkv, S, D) at pos; q (1, H, S, D) -> (1, S, H*D). scale: the
+        logits' factor (None: 1/sqrt(D))."""
         self.k[i].index_copy_(2, pos, k)
         self.v[i].index_copy_(2, pos, v)
         keys, values = self.k[i], self.v[i]                                   # (1, Hkv, T, D)
         if groups > 1:                                   # grouped-query attention: as the model's repeat_kv
             keys, values = keys.repeat_interleave(groups, dim=1), values.repeat_interleave(groups, dim=1)
-        a = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask)   # (1, H, S, D)
+        a = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask, scale=scale)   # (1, H, S, D)
         return a.transpose(1, 2).reshape(1, q.shape[2], -1)
 
 
@@ -92,16 +93,54 @@ class StaticLlama(StaticCache):
         return self.model.lm_head(m.norm(x))
 
 
-STATIC = {"gpt2": StaticGPT2, "llama": StaticLlama}
-# Why the static-cache models do not take an architecture the study meets (any other: not written).
-NOT_STATIC = {"gemma3_text": "its sliding-window attention, q/k norms, norms after attention and MLP, (1 + w) "
-                             "norm weights and scaled embedding are not written in a static-cache model"}
+class StaticGemma3(StaticCache):
+    """A Gemma3ForCausalLM (text): the scaled embedding, blocks of input_layernorm, self_attn
+    (q/k/v_proj, q_norm and k_norm, rotary of the layer's type, grouped-query, logits scaled by
+    query_pre_attn_scalar^-1/2), post_attention_layernorm, then pre_feedforward_layernorm, mlp,
+    post_feedforward_layernorm; norm, lm_head (and the final soft cap where the config has one).
+    A sliding layer sees the last sliding_window positions, itself included, as the model's own
+    mask does. The modules are the model's own, so their (1 + w) norms are theirs too."""
+
+    def __init__(self, model, max_len: int):
+        from transformers.models.gemma3.modeling_gemma3 import apply_rotary_pos_emb
+        m, c = model.model, model.config
+        self.n_head, self.kv_heads, self.head_dim = c.num_attention_heads, c.num_key_value_heads, c.head_dim
+        super().__init__(model, m.layers, self.kv_heads, self.head_dim, m.norm, max_len)
+        self.rotate, self.layer_types, self.window = apply_rotary_pos_emb, list(c.layer_types), c.sliding_window
+        self.scaling, self.softcap = c.query_pre_attn_scalar ** -0.5, c.final_logit_softcapping
+        probe = torch.zeros(1, dtype=self.dtype, device=self.device)
+        self.rope = {t: m.rotary_emb(probe, self.t[None], t) for t in set(self.layer_types)}   # (1, T, D) each
+
+    @torch.no_grad()
+    def forward(self, ids: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
+        """ids (1, S) at positions pos (S,) -> logits (1, S, V); writes K, V at pos."""
+        m, D = self.model.model, self.head_dim
+        x = m.embed_tokens(ids).to(self.dtype)                               # (1, S, C), scaled by sqrt(C)
+        causal = self.t[None, :] <= pos[:, None]                             # (S, T)
+        masks = {"full_attention": causal, "sliding_attention": causal & (self.t[None, :] > pos[:, None] - self.window)}
+        for i, blk in enumerate(self.blocks):
+            kind = self.layer_types[i]
+            cos, sin = (r[:, pos] for r in self.rope[kind])
+            att, h = blk.self_attn, blk.input_layernorm(x)
+            q = att.q_norm(att.q_proj(h).view(1, -1, self.n_head, D)).transpose(1, 2)    # (1, H, S, D)
+            k = att.k_norm(att.k_proj(h).view(1, -1, self.kv_heads, D)).transpose(1, 2)  # (1, Hkv, S, D)
+            v = att.v_proj(h).view(1, -1, self.kv_heads, D).transpose(1, 2)
+            q, k = self.rotate(q, k, cos, sin)
+            a = self.attend(i, q, k, v, pos, masks[kind], self.n_head // self.kv_heads, self.scaling)
+            x = x + blk.post_attention_layernorm(att.o_proj(a))
+            x = x + blk.post_feedforward_layernorm(blk.mlp(blk.pre_feedforward_layernorm(x)))
+        logits = self.model.lm_head(m.norm(x))
+        return logits if not self.softcap else torch.tanh(logits / self.softcap) * self.softcap
+
+
+STATIC = {"gpt2": StaticGPT2, "llama": StaticLlama, "gemma3_text": StaticGemma3}
+NOT_STATIC: dict[str, str] = {}   # why the static-cache models refuse an architecture the study meets
 
 
 def check_architecture(model_type: str | None, what: str = "this model") -> None:
     if model_type not in STATIC:
         why = f": {NOT_STATIC[model_type]}" if model_type in NOT_STATIC else ""
-        raise ev.UserError(f"the fast decode path supports GPT-2 and Llama models only ({what} is "
+        raise ev.UserError(f"the fast decode path supports GPT-2, Llama and Gemma 3 models only ({what} is "
                            f"'{model_type or '?'}'{why})")
 
 

@@ -9,11 +9,13 @@ import evaluate as ev
 import part1_quantize_scratch as p1
 from speed import decoder, gpu_bench, static_cache
 
+ARCHS = {"gpt2": "gpt2_dir", "llama": "llama_dir", "gemma3": "gemma3_dir"}
+
 
 @pytest.mark.parametrize("arch,quant", [("gpt2", None), ("gpt2", "int8"), ("gpt2", "nf4"),
-                                        ("llama", None), ("llama", "int8")])
-def test_fast_path_tokens_equal_generate(gpt2_dir, llama_dir, arch, quant):
-    model, tok = ev.load_model(str(gpt2_dir if arch == "gpt2" else llama_dir), device="cpu")
+                                        ("llama", None), ("llama", "int8"), ("gemma3", None), ("gemma3", "int8")])
+def test_fast_path_tokens_equal_generate(request, arch, quant):
+    model, tok = ev.load_model(str(request.getfixturevalue(ARCHS[arch])), device="cpu")
     if quant == "int8":
         p1.quantize_model(model, "whole", 8, "per_channel")
     elif quant == "nf4":
@@ -28,11 +30,12 @@ def test_fast_path_tokens_equal_generate(gpt2_dir, llama_dir, arch, quant):
     assert torch.equal(fast.generate(prompt), ref)                      # a second run starts clean
 
 
-@pytest.mark.parametrize("arch", ["gpt2", "llama"])
-def test_fast_prefill_logits_equal_the_model(gpt2_dir, llama_dir, arch):
-    model, tok = ev.load_model(str(gpt2_dir if arch == "gpt2" else llama_dir), device="cpu")
-    ids = prompt_of(tok, 24)
-    fast = decoder.FastDecoder(model, 4, 4, prefill_tokens=24)
+@pytest.mark.parametrize("arch", ["gpt2", "llama", "gemma3"])
+def test_fast_prefill_logits_equal_the_model(request, arch):
+    """Gemma 3's tiny model slides a window of 16 over these 40 tokens: its mask is checked too."""
+    model, tok = ev.load_model(str(request.getfixturevalue(ARCHS[arch])), device="cpu")
+    ids = prompt_of(tok, 40)
+    fast = decoder.FastDecoder(model, 4, 4, prefill_tokens=40)
     got = fast.prefill(ids)
     with torch.no_grad():
         ref = model(ids).logits
@@ -54,7 +57,7 @@ def test_kernel_error_catches_a_layer_that_computes_the_wrong_thing(gpt2_dir):
 def test_other_architectures_are_refused_in_one_line(llama_dir):
     model, _ = ev.load_model(str(llama_dir), device="cpu")
     model.config.model_type = "mistral"
-    with pytest.raises(ev.UserError, match="GPT-2 and Llama models only .* is 'mistral'"):
+    with pytest.raises(ev.UserError, match="GPT-2, Llama and Gemma 3 models only .* is 'mistral'"):
         static_cache.static_model(model, 16)
 
 

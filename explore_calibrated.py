@@ -70,9 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--seed", type=int, default=cal.SEED, help=f"seed of the window offsets (default: {cal.SEED})")
     g.add_argument("--calib-batch", type=int, default=Options.batch_size,
                    help=f"calibration windows per forward (default: {Options.batch_size})")
-    ev.add_kld_arg(g)
-    ev.add_model_args(p)
-    ev.add_eval_args(p)
+    ev.add_quantizer_args(p, g)
     return p
 
 

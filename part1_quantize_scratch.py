@@ -621,9 +621,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--bench", action="store_true",
                    help="time fp32, INT8 naive and INT8 fast side by side (prefill and decode) and print ratios")
     g.add_argument("--save", default=None, help="also save the quantized model (safetensors) to this folder")
-    ev.add_kld_arg(g)
-    ev.add_model_args(p)
-    ev.add_eval_args(p)
+    ev.add_quantizer_args(p, g)
     return p
 
 

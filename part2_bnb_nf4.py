@@ -324,9 +324,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "side; print ratios")
     g.add_argument("--save", default=None,
                    help="also save_pretrained each quantized model into this folder (one subfolder per mode)")
-    ev.add_kld_arg(g)
-    ev.add_model_args(p)
-    ev.add_eval_args(p)
+    ev.add_quantizer_args(p, g)
     return p
 
 

@@ -79,6 +79,36 @@ def bits_tables(records: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def models_tables(records: list[dict]) -> str:
+    """Per text, window and device with two models or more (plots/models.py's groups): every run of
+    a real model by weight MiB, with bits per byte, the measure that compares across tokenizers,
+    and whether it is on the frontier (nothing of less or equal memory scores lower)."""
+    from plots.models import frontier, model_groups
+    lines = []
+    for (_, L, S, dev, _), rs in sorted(model_groups(records).items(), key=lambda kv: str(kv[0])):
+        front = set(frontier([(r["memory"]["weights_mib"], r["perplexity"]["bits_per_byte"]) for r in rs]))
+        base = {pr.short_model(r): r["perplexity"]["bits_per_byte"] for r in rs
+                if r["method"]["name"] == "baseline-fp32"}
+        spans = {pr.short_model(r): r["perplexity"]["n_bytes"] for r in rs}
+        lines += [f"**Two models, one text** ({pr.text_name(rs[0])}, L={L} S={S}, {dev}): bits per byte = the "
+                  "total negative log-likelihood in bits over the UTF-8 bytes of the scored text ("
+                  + ", ".join(f"{m}: {b:,} bytes" for m, b in sorted(spans.items())) + "); frontier: no run of "
+                  "less or equal memory scores lower", "",
+                  "| model | method | weights MiB | bits/weight (model) | bits per byte | vs its fp32 "
+                  "| word ppl | ppl | frontier |",
+                  "|---|---|---|---|---|---|---|---|---|"]
+        for r in sorted(rs, key=lambda r: (r["memory"]["weights_mib"], pr.short_model(r))):
+            p, model = r["perplexity"], pr.short_model(r)
+            bpw = (r.get("bits_per_weight") or {}).get("model")
+            vs = f"{100 * (p['bits_per_byte'] / base[model] - 1):+.2f}%" if model in base else "n/a"
+            on = (r["memory"]["weights_mib"], p["bits_per_byte"]) in front
+            lines.append(f"| {model} | {r['method']['name']} | {r['memory']['weights_mib']:.1f} "
+                         f"| {'–' if not bpw else format(bpw['bits_per_weight'], '.2f')} | {p['bits_per_byte']:.4f} "
+                         f"| {vs} | {p['word_perplexity']:.2f} | {p['ppl']:.3f} | {'yes' if on else ''} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
 def bench_tables(records: list[dict]) -> str:
     lines = []
     for r in records:
@@ -247,13 +277,14 @@ def main(folder: str = "results") -> str:
         records = load_results(folder)
         evals = eval_tables(records)              # a failure here is a bug: it ends the run, never a gap
         bits = bits_tables(records)
+        models = models_tables(records)
         benches, compares = guarded(bench_tables, records), guarded(compare_tables, records)
         anatomies = guarded(anatomy_tables, records)
         sizes = size_table(records)
     head = (f"# Results\n\nPrinted by `python scripts/results_table.py > RESULTS.md` from {folder}/*.json "
             "(do not edit by hand). Perplexity changes are against the fp32 baseline of the same model, text, "
             "windows and token count; speed ratios come from side-by-side runs only.\n")
-    text = "\n".join(t for t in (head, evals, bits, benches, sizes, anatomies, compares) if t)
+    text = "\n".join(t for t in (head, evals, bits, models, benches, sizes, anatomies, compares) if t)
     print(text)
     return text
 

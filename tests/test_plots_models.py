@@ -17,7 +17,7 @@ def two_models():
         for method, mib, extra in (("baseline-fp32", 500.0, 0.0), ("bnb-nf4", 150.0, 0.04)):
             r = record(method, 20.0, mib if model == "large" else mib / 2, model=model, latency=timing(10, 5))
             r["dataset"]["sha256"] = "a" * 64
-            r["perplexity"].update(bits_per_byte=base_bpb + extra, n_bytes=n_bytes)
+            r["perplexity"].update(bits_per_byte=base_bpb + extra, n_bytes=n_bytes, word_perplexity=40.0)
             recs.append(r)
     return recs
 
@@ -38,3 +38,20 @@ def test_one_model_alone_makes_no_figure(tmp_path):
     made = []
     models.plot_models([r for r in two_models() if r["model"]["id"].endswith("small")], tmp_path, made)
     assert made == []
+
+
+def test_results_table_lists_both_models_by_memory_with_the_frontier(tmp_path):
+    import importlib.util
+    import json
+    from pathlib import Path
+    path = Path(__file__).resolve().parents[1] / "scripts" / "results_table.py"
+    spec = importlib.util.spec_from_file_location("results_table", path)
+    rt = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(rt)
+    recs = two_models()
+    text = rt.models_tables(recs)
+    rows = [line for line in text.splitlines() if line.startswith("| small") or line.startswith("| large")]
+    assert [r.split(" | ")[1] for r in rows] == ["bnb-nf4", "bnb-nf4", "baseline-fp32", "baseline-fp32"]
+    assert [r.rstrip(" |").endswith("yes") for r in rows] == [True, True, True, True]
+    assert "| small | bnb-nf4 | 75.0 | – | 1.1100 | +3.74% |" in text        # 1.11 / 1.07 - 1
+    assert "small: 64,757 bytes" in text and json.dumps(recs)                # the spans are said

@@ -6,7 +6,7 @@ does: the same total negative log-likelihood, in bits, over the UTF-8 bytes of t
 scored tokens spell (study/perplexity.tokenizer_free). Every eval record of a real model (not
 random weights) with that figure enters, grouped by text, window, stride and device; a group
 with at least two models makes the figures. Its frontier: the points that no point of less or
-equal memory beats.
+equal memory beats; they and each model's baselines are named on the figure.
 """
 from __future__ import annotations
 
@@ -43,6 +43,20 @@ def frontier(points: list[tuple[float, float]]) -> list[tuple[float, float]]:
     return out
 
 
+def label_points(ax, points: list[tuple[float, float, dict]], colors: dict[str, str]) -> None:
+    """Name these points (the frontier's and the baselines'), each only where no name placed
+    before it would be overprinted; RESULTS.md's two-model table names every point."""
+    ax.figure.canvas.draw()
+    placed = []
+    for x, y, r in sorted(points, key=lambda p: (not registry.is_baseline(p[2]), p[0])):
+        px, py = ax.transData.transform((x, y))
+        if any(abs(px - qx) < 70 and abs(py - qy) < 11 for qx, qy in placed):
+            continue
+        placed.append((px, py))
+        ax.annotate(r["method"]["name"], (x, y), xytext=(4, 3), textcoords="offset points", fontsize=6.5,
+                    color=colors[pr.short_model(r)])
+
+
 def models_figure(key: tuple, what: str) -> str:
     sha, L, S, _, kind = key
     return f"models_bpb_vs_{what}_{results.slug(str(sha)[:8])}_L{L}-S{S}_{kind}.png"
@@ -61,28 +75,30 @@ def plot_one(key: tuple, rs: list[dict], what: str, cost, xlabel: str, out: Path
     plt = pr._plt()
     models = sorted({pr.short_model(r) for r in rs})
     fig, ax = plt.subplots(figsize=(7.2, 4.6))
-    points = []
+    points, colors = [], {}
     for i, model in enumerate(models):
         mine = [r for r in rs if pr.short_model(r) == model]
-        color = MODEL_COLORS[i % len(MODEL_COLORS)]
+        colors[model] = MODEL_COLORS[i % len(MODEL_COLORS)]
         span = {r["perplexity"].get("n_bytes") for r in mine}
         for r in mine:
             x, y = cost(r), r["perplexity"]["bits_per_byte"]
             ident = registry.of(r)
-            ax.scatter([x], [y], color=color, marker=PART_MARKERS.get(ident["part"], "o"), s=36, zorder=3,
+            ax.scatter([x], [y], color=colors[model], marker=PART_MARKERS.get(ident["part"], "o"), s=36, zorder=3,
                        edgecolor="k" if ident["part"] == "baseline" else "none", linewidth=0.8)
-            ax.annotate(r["method"]["name"], (x, y), xytext=(4, 3), textcoords="offset points", fontsize=6.5,
-                        color=color)
-            points.append((x, y))
-        ax.scatter([], [], color=color, marker="o", label=f"{model} ({', '.join(f'{b:,}' for b in sorted(span))} "
-                                                            "bytes scored)")
-    front = frontier(points)
+            points.append((x, y, r))
+        ax.scatter([], [], color=colors[model], marker="o",
+                   label=f"{model} ({', '.join(f'{b:,}' for b in sorted(span))} bytes scored)")
+    front = frontier([(x, y) for x, y, _ in points])
     ax.step([p[0] for p in front], [p[1] for p in front], where="post", color="k", lw=0.9, ls="--",
             label="frontier: nothing cheaper scores lower", zorder=2)
     ax.set_xscale("log")
-    from matplotlib.ticker import FuncFormatter
-    for axis_format in (ax.xaxis.set_major_formatter, ax.xaxis.set_minor_formatter):
-        axis_format(FuncFormatter(lambda v, _: f"{v:g}"))
+    from matplotlib.ticker import FixedLocator, FuncFormatter, NullFormatter
+    xs = [x for x, _, _ in points]
+    ax.xaxis.set_major_locator(FixedLocator([t for t in (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000,
+                                                         10000, 20000) if min(xs) / 1.5 <= t <= max(xs) * 1.5]))
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+    ax.xaxis.set_minor_formatter(NullFormatter())
+    label_points(ax, [(x, y, r) for x, y, r in points if (x, y) in set(front) or registry.is_baseline(r)], colors)
     ax.set_xlabel(xlabel, fontsize=9)
     ax.set_ylabel("bits per byte (lower is better)", fontsize=9)
     ax.tick_params(which="both", labelsize=8)

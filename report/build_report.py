@@ -6,7 +6,7 @@
 
 Every number in the report, and every comparison in its text ("NF4 is x% better than
 FP4"), is read or computed from the results files; none is typed in. Each section is a
-module of report/sections/ (summary, measuring, part1, part2, explore, bonus, speed, anatomy,
+module of report/sections/ (summary, measuring, part1, part2, explore, models, bonus, speed, anatomy,
 limitations, appendix); what they share (the number formats, Study: the records sorted by
 question) is report/common.py, and the typesetting report/doc.py. A section whose
 measurements are missing says so instead of guessing; a section that fails stops the build
@@ -38,6 +38,7 @@ from report.sections.bonus import bonus
 from report.sections.explore import explore
 from report.sections.limitations import limitations
 from report.sections.measuring import how_we_measure
+from report.sections.models import larger_against_smaller
 from report.sections.part1 import part1
 from report.sections.part2 import part2
 from report.sections.speed import speed
@@ -53,7 +54,8 @@ class SectionFailed(RuntimeError):
 
 
 # The sections in the order the report prints them: each a function (doc, study) in report/sections/.
-SECTIONS = (summary, how_we_measure, part1, part2, explore, bonus, speed, limitations, memory_ppl_tables, appendix)
+SECTIONS = (summary, how_we_measure, part1, part2, explore, larger_against_smaller, bonus, speed, limitations,
+            memory_ppl_tables, appendix)
 
 
 def build_report(results: str | Path = "results", out: str | Path = "report/report.pdf",

@@ -118,7 +118,7 @@ def test_the_headline_table_and_its_settings_are_the_fixtures(built, results_dir
 def test_sections_follow_the_assignment(built):
     text = pdf_text(built[0]).replace("\n", " ")
     heads = ["1. Summary", "2. How we measure", "3. Part 1: INT8 from scratch", "4. Part 2: bitsandbytes",
-             "5. Exploration: GPTQ, AWQ and BF16", "6. Bonus: GGUF and llama.cpp", "7. Speed",
+             "5. Exploration: GPTQ, AWQ, BF16 and a larger model", "6. Bonus: GGUF and llama.cpp", "7. Speed",
              "8. Limitations and open questions",
              "Appendix A", "Appendix B"]
     at = [text.find(h) for h in heads]
@@ -208,7 +208,7 @@ def test_the_exploration_section_is_the_records_numbers(results_dir, tmp_path):
         (results_dir / name).write_text(json.dumps(rec))
     out = br.main(results=str(results_dir), out=str(tmp_path / "r.pdf"), figures=str(tmp_path / "f"))
     text = pdf_text(out).replace("\n", " ")
-    section = text.split("5. Exploration: GPTQ, AWQ and BF16")[1].split("6. Bonus")[0]
+    section = text.split("5. Exploration: GPTQ, AWQ, BF16 and a larger model")[1].split("6. Bonus")[0]
     assert "gptq-w4-pc 4 channel 4.059 13.5 30.0000 +50.00% 0.500 75.0% 2.5" in section
     assert "awq-w4-g64 4 64 4.630 14.5 24.0000 +20.00% 0.100 75.0% 9.2" in section
     base = 20.0
@@ -230,3 +230,30 @@ def test_the_exploration_section_is_the_records_numbers(results_dir, tmp_path):
             "bits per weight, against round-to-nearest's +40.00% on the same grid and bitsandbytes NF4's +25.00%"
             ) in summary
     assert "2 of the 2 targets against round-to-nearest are met" in summary
+
+
+def test_the_larger_model_question_is_answered_from_bits_per_byte(tmp_path):
+    """Two models on one text: the paragraph's numbers, the best run of the larger model within the
+    smaller one's fp16 memory, and where the frontier turns, each computed here from the records."""
+    from conftest import record
+    d = tmp_path / "r"
+    d.mkdir()
+    runs = [("small", "baseline-fp32", 400.0, 1.07), ("small", "baseline-fp16", 200.0, 1.0701),
+            ("small", "bnb-nf4", 70.0, 1.15), ("large", "baseline-fp32", 1000.0, 1.05),
+            ("large", "bnb-nf4", 190.0, 1.06), ("large", "scratch-int4-int4", 150.0, 1.12)]
+    for i, (model, method, mib, bpb) in enumerate(runs):
+        r = record(method, 20.0, mib, model=model)
+        r["dataset"]["sha256"] = "b" * 64
+        r["perplexity"].update(bits_per_byte=bpb, n_bytes=64757 if model == "small" else 66890, word_perplexity=40.0)
+        (d / f"{i}.json").write_text(json.dumps(r))
+    out = br.main(results=str(d), out=str(tmp_path / "r.pdf"), figures=str(tmp_path / "f"))
+    text = pdf_text(out).replace("\n", " ")
+    section = text.split("A larger quantized model against a smaller unquantized one")[1].split("6. Bonus")[0]
+    assert "In fp32, large scores 1.0500 at 1000.0 MiB, small 1.0700 at 400.0 MiB." in section
+    # within small fp16's 200 MiB, large's best is bnb-nf4 (190 MiB, 1.06 < 1.0701): it beats it
+    assert ("Within small baseline-fp16's 200.0 MiB (1.0701), large's best run is bnb-nf4 (large, 190.0 MiB, "
+            "1.0600): it beats the smaller model unquantized.") in section
+    # frontier by memory: small nf4 (70, 1.15), large int4 (150, 1.12), large nf4 (190, 1.06), large fp32 (1.05)
+    assert ("bnb-nf4 (small, 70.0 MiB, 1.1500); scratch-int4-int4 (large, 150.0 MiB, 1.1200); bnb-nf4 (large, "
+            "190.0 MiB, 1.0600); baseline-fp32 (large, 1000.0 MiB, 1.0500).") in section
+    assert "The answer turns at 150.0 MiB" in section

@@ -83,7 +83,7 @@ def finding(s: Study) -> str | None:
 
 
 def explore(doc: Doc, s: Study) -> None:
-    doc.h1("5. Exploration: GPTQ, AWQ and BF16")
+    doc.h1("5. Exploration: GPTQ, AWQ, BF16 and a larger model")
     x = explore_facts(s)
     if x is None:
         doc.p("<i>No exploration runs in the results (explore_calibrated.py).</i>")

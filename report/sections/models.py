@@ -1,0 +1,72 @@
+"""A larger quantized model against a smaller unquantized one: bits per byte against memory.
+
+The assignment's last exploration direction. Two models' perplexities do not compare (their
+tokenizers cut the text differently); bits per byte does (plots/models.py). The facts come from
+plots.models' groups: each model's own fp32 and fp16, the frontier, and the larger model's best
+run within the smaller unquantized model's memory.
+"""
+from __future__ import annotations
+
+from xml.sax.saxutils import escape
+
+import plot_results as pr
+from plots import models as pm
+from report.common import Study
+from report.doc import Doc
+from report.formats import f_mib
+
+
+def models_facts(s: Study) -> dict | None:
+    """The group with the most runs that holds two models: plain numbers, nothing formatted."""
+    groups = pm.model_groups(s.records)
+    if not groups:
+        return None
+    key, rs = max(groups.items(), key=lambda kv: len(kv[1]))
+    point = lambda r: {"model": pr.short_model(r), "method": r["method"]["name"],               # noqa: E731
+                       "mib": r["memory"]["weights_mib"], "bpb": r["perplexity"]["bits_per_byte"],
+                       "bytes": r["perplexity"]["n_bytes"]}
+    runs = [point(r) for r in rs]
+    fp32 = {p["model"]: p for p in runs if p["method"] == "baseline-fp32"}
+    small, large = sorted(fp32, key=lambda m: fp32[m]["mib"]) if len(fp32) == 2 else (None, None)
+    unquantized = next((p for p in runs if p["model"] == small and p["method"] == "baseline-fp16"),
+                       fp32.get(small))
+    within = [p for p in runs if p["model"] == large and unquantized and p["mib"] <= unquantized["mib"]]
+    front = pm.frontier([(p["mib"], p["bpb"]) for p in runs])
+    on_front = [p for p in sorted(runs, key=lambda p: p["mib"]) if (p["mib"], p["bpb"]) in set(front)]
+    return {"key": key, "runs": runs, "fp32": fp32, "small": small, "large": large, "unquantized": unquantized,
+            "best_within": min(within, key=lambda p: p["bpb"], default=None), "frontier": on_front,
+            "first_large": next((p for p in on_front if p["model"] == large), None)}
+
+
+def larger_against_smaller(doc: Doc, s: Study) -> None:
+    x = models_facts(s)
+    doc.h2("A larger quantized model against a smaller unquantized one")
+    if x is None or x["small"] is None:
+        doc.p("<i>Not measured yet: it needs two real models' runs, with their fp32 baselines, on one text, "
+              "window and device (bits per byte in their records).</i>")
+        return
+    small, large, u, f = x["small"], x["large"], x["unquantized"], x["fp32"]
+    say = lambda p: f"{escape(p['method'])} ({escape(p['model'])}, {f_mib(p['mib'])} MiB, {p['bpb']:.4f})"  # noqa
+    text = (f"Bits per byte compares {escape(large)} with {escape(small)} across their tokenizers: the same "
+            "total negative log-likelihood, in bits, over the UTF-8 bytes of the text the scored tokens spell "
+            f"({f[small]['bytes']:,} bytes for {escape(small)}, "
+            f"{f[large]['bytes']:,} for {escape(large)}: the same text's start, cut by each tokenizer's "
+            f"token budget). In fp32, {escape(large)} scores {f[large]['bpb']:.4f} at {f_mib(f[large]['mib'])} "
+            f"MiB, {escape(small)} {f[small]['bpb']:.4f} at {f_mib(f[small]['mib'])} MiB. ")
+    b = x["best_within"]
+    if b is None:
+        text += (f"No run of {escape(large)} fits within {escape(small)} {escape(u['method'])}'s "
+                 f"{f_mib(u['mib'])} MiB yet, so the question is open on these records. ")
+    else:
+        verdict = "beats" if b["bpb"] < u["bpb"] else "does not beat"
+        text += (f"Within {escape(small)} {escape(u['method'])}'s {f_mib(u['mib'])} MiB ({u['bpb']:.4f}), "
+                 f"{escape(large)}'s best run is {say(b)}: it {verdict} the smaller model unquantized. ")
+    text += ("From the least memory up, the frontier (nothing of less or equal memory scores lower) is "
+             + "; ".join(say(p) for p in x["frontier"]) + ".")
+    if x["first_large"] is not None:
+        text += (f" The answer turns at {f_mib(x['first_large']['mib'])} MiB: below it every frontier point "
+                 f"is {escape(small)}'s, from it on {escape(large)}'s run is the best the memory buys.")
+    doc.p(text)
+    doc.figure(pm.models_figure(x["key"], "mib"),
+               f"Bits per byte against weight memory, every run of both models ({escape(x['key'][3])}); the dashed "
+               "line is the frontier. RESULTS.md's two-model table lists every point.", max_height_cm=10)

@@ -258,20 +258,25 @@ def random_weights(rec: dict) -> bool:
     return bool((rec.get("model") or {}).get("random_weights"))
 
 
-# What differs between two runs of one command on one machine: when and where it ran, what
-# it timed, and the memory peaks (the process's RSS moves with the allocator's state). A rerun
-# is compared with these left out (scripts/compare_results.py); every other field is the
-# result, and must come back the same. A key named here is volatile wherever it stands, with
-# everything under it; so is a key that ends in one of VOLATILE_SUFFIXES (a timing, or a ratio
-# of timings). fused_tiles and layer_ratio are chosen or measured by timing too.
-VOLATILE_KEYS = ("timestamp", "environment", "latency", "seconds", "peak_bytes", "peak_mib", "fused_tiles",
-                 "layer_ratio", "speedup_over_generate")
+# What differs between two runs of one command on one machine: when, where and by which command
+# line it ran (a rerun sends its files elsewhere), what it timed, and the memory peaks (the
+# process's RSS moves with the allocator's state). A rerun is compared with these left out
+# (scripts/compare_results.py); every other field is the result, and must come back the same. A
+# key named here is volatile wherever it stands, with everything under it; so is a key that
+# starts or ends as VOLATILE_PREFIXES / VOLATILE_SUFFIXES say (a timing, or a ratio of timings:
+# 'vs_fp32', 'decode_ratio', 'x_floor'). fused_tiles and layer_ratio are chosen or measured by
+# timing too; int8_targets are the CPU bench's ratios; 'us' a profiled link's time.
+VOLATILE_KEYS = ("timestamp", "environment", "command", "latency", "seconds", "peak_bytes", "peak_mib",
+                 "fused_tiles", "layer_ratio", "speedup_over_generate", "int8_targets", "x_floor", "us",
+                 "weight_bytes_share")
+VOLATILE_PREFIXES = ("vs_", "l2_vs_")
 VOLATILE_SUFFIXES = ("_ms", "_ms_per_token", "_ratio", "_us", "_us_per_token", "_bytes_per_s")
 
 
 def is_volatile(path: tuple[str, ...]) -> bool:
     """Whether the field at this key path (its keys from the record's top) is volatile."""
-    return any(k in VOLATILE_KEYS or k.endswith(VOLATILE_SUFFIXES) for k in path)
+    return any(k in VOLATILE_KEYS or k.startswith(VOLATILE_PREFIXES) or k.endswith(VOLATILE_SUFFIXES)
+               for k in path)
 
 
 # What the readers (figures, report, tables) take from a record, block by block: a block

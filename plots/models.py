@@ -22,13 +22,15 @@ PART_MARKERS = {"baseline": "o", "part1": "s", "part2": "^", "bonus": "D", "expl
 
 
 def model_groups(records: list[dict]) -> dict[tuple, list[dict]]:
-    """(text, window, stride, device) -> the eval records of real models with bits per byte."""
+    """(text, window, stride, device, device kind, token budget) -> the eval records of real models
+    with bits per byte."""
     groups = defaultdict(list)
     for r in records:
         p = r.get("perplexity") or {}
         if results.kind_of(r) != "eval" or results.random_weights(r) or p.get("bits_per_byte") is None:
             continue
-        key = (r["dataset"].get("sha256"), p["max_length"], p["stride"], pr.device_of(r), pr.device_kind(r))
+        key = (r["dataset"].get("sha256"), p["max_length"], p["stride"], pr.device_of(r), pr.device_kind(r),
+               r["dataset"].get("max_tokens") or 0)
         groups[key].append(r)
     return {k: rs for k, rs in groups.items() if len({pr.short_model(r) for r in rs}) >= 2}
 
@@ -58,8 +60,12 @@ def label_points(ax, points: list[tuple[float, float, dict]], colors: dict[str, 
 
 
 def models_figure(key: tuple, what: str) -> str:
-    sha, L, S, _, kind = key
-    return f"models_bpb_vs_{what}_{results.slug(str(sha)[:8])}_L{L}-S{S}_{kind}.png"
+    """The figure's file: the text's sha256, the window, the token budget, the device (its name's
+    sha256, so two GPUs of one kind do not share a file)."""
+    import hashlib
+    sha, L, S, device, kind, budget = key
+    dev = hashlib.sha256(device.encode()).hexdigest()[:6]
+    return f"models_bpb_vs_{what}_{str(sha)[:8]}_L{L}-S{S}-T{budget or 'all'}_{kind}-{dev}.png"
 
 
 def plot_models(records: list[dict], out: Path, made: list[Path]) -> None:

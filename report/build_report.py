@@ -14,9 +14,9 @@ with its reason (SectionFailed), so a bug never reads as missing data. The figur
 redrawn by plot_results.py first, so the PDF and report/figures/ always come from the same
 files.
 
-Assumptions: the results files are those written by this project's scripts (schema 1 or 2);
-method names follow them (baseline-fp32, scratch-int8-<scheme>, bnb-<mode>, gguf-<type>,
-*-bench, nf4-vs-linear-4bit, gguf-inspect).
+Assumptions: the results files are those written by this project's scripts, at today's schema
+(results.SCHEMA_VERSION; scripts/upgrade_results.py brings older ones up); each measured method's
+identity is the one study/registry.py stamped into its record.
 """
 
 from __future__ import annotations

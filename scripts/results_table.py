@@ -85,12 +85,13 @@ def models_tables(records: list[dict]) -> str:
     and whether it is on the frontier (nothing of less or equal memory scores lower)."""
     from plots.models import frontier, model_groups
     lines = []
-    for (_, L, S, dev, _), rs in sorted(model_groups(records).items(), key=lambda kv: str(kv[0])):
+    for (_, L, S, dev, _, budget), rs in sorted(model_groups(records).items(), key=lambda kv: str(kv[0])):
         front = set(frontier([(r["memory"]["weights_mib"], r["perplexity"]["bits_per_byte"]) for r in rs]))
         base = {pr.short_model(r): r["perplexity"]["bits_per_byte"] for r in rs
                 if r["method"]["name"] == "baseline-fp32"}
         spans = {pr.short_model(r): r["perplexity"]["n_bytes"] for r in rs}
-        lines += [f"**Two models, one text** ({pr.text_name(rs[0])}, L={L} S={S}, {dev}): bits per byte = the "
+        lines += [f"**Two models, one text** ({pr.text_name(rs[0])}, L={L} S={S}, "
+                  f"{f'the first {budget:,} tokens' if budget else 'every token'}, {dev}): bits per byte = the "
                   "total negative log-likelihood in bits over the UTF-8 bytes of the scored text ("
                   + ", ".join(f"{m}: {b:,} bytes" for m, b in sorted(spans.items())) + "); frontier: no run of "
                   "less or equal memory scores lower", "",

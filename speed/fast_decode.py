@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """GPU speed without the overhead: the command line of the static-KV-cache, CUDA-graph decode
-bench for GPT-2 and Llama, and of the CPU bench and the fused step's anatomy.
+bench for GPT-2, Llama and Gemma 3, and of the CPU bench and the fused step's anatomy.
 
     python speed/fast_decode.py --model DIR --text-file FILE            # the bench (CUDA needed)
     python speed/fast_decode.py --methods fp16,scratch-int8-fast        # a subset
@@ -16,8 +16,9 @@ weight bytes cannot show. The fast path removes the overhead:
     CUDA graph and replayed: one launch per step, no Python between kernels; the decode
     step also takes the argmax and feeds it back on the device, so 128 tokens are 128
     replays and one copy back;
-  - Part 1's int8 and 4-bit layers run fused Triton kernels (a GEMV at decode that
-    dequantizes in registers), set with part1.set_path(model, "fast").
+  - Part 1's int8 and 4-bit layers, and the calibrated storage (GPTQ, AWQ, round-to-nearest)
+    run fused Triton kernels (a GEMV at decode that dequantizes in registers), set with
+    part1.set_path(model, "fast") and calibrated.quantizer.set_path(model, "fast").
 The fused step goes further: one decode step as five kernels a block (speed/fused_step.py),
 Triton on CUDA and C++ on a CPU, where the per-token Python of the static path is most of
 a step (on 2 cores: about 45 small ops a block; the fused step makes five calls).
@@ -30,11 +31,13 @@ tokens are checked against the same model's generate() in every run, each Part 1
 against dequantize-then-matmul, and each linear layer is timed alone at one token.
 
 Assumptions: batch 1, and a GPT-2 (model_type gpt2: wte/wpe, blocks of ln_1, attn.c_attn,
-attn.c_proj, ln_2, mlp, then ln_f and lm_head) or a Llama (model_type llama: embed_tokens,
+attn.c_proj, ln_2, mlp, then ln_f and lm_head), a Llama (model_type llama: embed_tokens,
 blocks of input_layernorm, self_attn.q/k/v/o_proj with rotary and grouped-query heads,
-post_attention_layernorm, mlp, then norm and lm_head). A method whose layers cannot be
-captured (LLM.int8() has data-dependent shapes) runs the same static-cache path without
-a graph, and the results say so.
+post_attention_layernorm, mlp, then norm and lm_head) or a Gemma 3 text model (model_type
+gemma3_text: its scaled embedding, q/k norms, sliding-window layers and norms after attention
+and MLP; static path only: the fused step is written for GPT-2's and Llama's blocks, and the
+bench says so). A method whose layers cannot be captured (LLM.int8() has data-dependent
+shapes) runs the same static-cache path without a graph, and the results say so.
 """
 from __future__ import annotations
 
@@ -51,7 +54,7 @@ import evaluate as ev  # noqa: E402
 from speed.anatomy import ANATOMY_METHODS, save_anatomy
 from speed.anatomy import anatomy as step_anatomy
 from speed.cpu_bench import CPU_METHODS, CPU_PATH, cpu_bench
-from speed.gpu_bench import FAST_PATH, METHODS, bench, parse_methods
+from speed.gpu_bench import DEFAULT_METHODS, FAST_PATH, METHODS, bench, parse_methods
 from speed.readings import cpu_targets_text, table_text
 from speed.static_cache import check_architecture
 
@@ -59,7 +62,8 @@ from speed.static_cache import check_architecture
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="fast_decode.py", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", default="gpt2", help="Hub id or local folder of a GPT-2 or Llama model (default: gpt2)")
+    p.add_argument("--model", default="gpt2",
+                   help="Hub id or local folder of a GPT-2, Llama or Gemma 3 model (default: gpt2)")
     p.add_argument("--dataset", default="wikitext2", choices=list(ev.DATASETS),
                    help="text whose first tokens are the prompts (default: wikitext2)")
     p.add_argument("--text-file", default=None, help="local UTF-8 text instead of a Hub dataset")
@@ -68,7 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "bench (the static-cache path beside llama.cpp's GGUF files of the same model)")
     p.add_argument("--methods", default=None,
                    help=f"comma list; on cuda of {', '.join(METHODS)}; on cpu of {', '.join(CPU_METHODS)} "
-                        "(default: all of the device's)")
+                        "(default: all of the device's, but on cuda the calibrated storage's rtn-* rows)")
     p.add_argument("--gguf-dir", default="gguf", help="CPU bench: folder for the GGUF files it makes (default: gguf)")
     ev.add_latency_args(p)
     p.add_argument("--anatomy", action="store_true",
@@ -106,7 +110,7 @@ def main(*, model: str = "gpt2", dataset: str = "wikitext2", text_file: str | No
     if args.anatomy and cpu:
         raise ev.UserError("--anatomy is the GPU's fused step: it runs with --device cuda")
     choices = CPU_METHODS if cpu else ANATOMY_METHODS if args.anatomy else METHODS
-    default = ANATOMY_METHODS[:3] if args.anatomy else choices
+    default = ANATOMY_METHODS[:3] if args.anatomy else DEFAULT_METHODS if choices is METHODS else choices
     methods = parse_methods(args.methods or ",".join(default), choices, "fp32" if cpu else "fp16")
     ev.check_at_least(*ev.latency_minimums(args))
     ev.check_output_dir(args.results_dir, "--results-dir")

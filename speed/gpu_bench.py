@@ -40,6 +40,7 @@ PEERS = {"torchao-int8wo": "torchao int8 weight-only (Int8WeightOnlyConfig) on e
 CALIBRATED_STORAGE = {"rtn-w4-pc-fast": (4, 0), "rtn-w4-g64-fast": (4, 64)}
 METHODS = ("fp32", "fp16", "bnb-int8", "bnb-nf4", "scratch-int8-naive", "scratch-int8-fast",
            "scratch-int4-fast", "scratch-nf4-fast", *CALIBRATED_STORAGE) + tuple(PEERS)
+DEFAULT_METHODS = tuple(m for m in METHODS if m not in CALIBRATED_STORAGE)   # --methods left out: as before them
 
 
 LAYER_CALLS = 50      # back-to-back calls of one layer per timed graph replay
@@ -120,7 +121,8 @@ def kernel_error(model, rows: int = 1) -> float | None:
             continue
         x = torch.randn(rows, k, dtype=dtype, device=model.device)
         bias = None if mod.bias is None else mod.bias.float()
-        ref = F.linear(x.float(), mod.dequantized_weight(torch.float32), bias)
+        xs = x.float() * mod.input_scale.float() if getattr(mod, "input_scale", None) is not None else x.float()
+        ref = F.linear(xs, mod.dequantized_weight(torch.float32), bias)      # AWQ's kept input scale too
         err = ((mod(x).float() - ref).abs().max() / ref.abs().max()).item()
         worst = err if worst is None else max(worst, err)
     return worst

@@ -104,6 +104,10 @@ class StaticGemma3(StaticCache):
     def __init__(self, model, max_len: int):
         from transformers.models.gemma3.modeling_gemma3 import apply_rotary_pos_emb
         m, c = model.model, model.config
+        if c.attn_logit_softcapping or getattr(c, "use_bidirectional_attention", False):
+            raise ev.UserError("the fast decode path's Gemma 3 has causal attention with no logit soft cap; this "
+                               "config asks for " + ("a soft cap" if c.attn_logit_softcapping else
+                                                     "bidirectional attention"))
         self.n_head, self.kv_heads, self.head_dim = c.num_attention_heads, c.num_key_value_heads, c.head_dim
         super().__init__(model, m.layers, self.kv_heads, self.head_dim, m.norm, max_len)
         self.rotate, self.layer_types, self.window = apply_rotary_pos_emb, list(c.layer_types), c.sliding_window
@@ -134,14 +138,12 @@ class StaticGemma3(StaticCache):
 
 
 STATIC = {"gpt2": StaticGPT2, "llama": StaticLlama, "gemma3_text": StaticGemma3}
-NOT_STATIC: dict[str, str] = {}   # why the static-cache models refuse an architecture the study meets
 
 
 def check_architecture(model_type: str | None, what: str = "this model") -> None:
     if model_type not in STATIC:
-        why = f": {NOT_STATIC[model_type]}" if model_type in NOT_STATIC else ""
-        raise ev.UserError(f"the fast decode path supports GPT-2, Llama and Gemma 3 models only ({what} is "
-                           f"'{model_type or '?'}'{why})")
+        raise ev.UserError(f"the fast decode path supports GPT-2, Llama and Gemma 3 text models only ({what} is "
+                           f"'{model_type or '?'}')")
 
 
 def static_model(model, max_len: int) -> StaticCache:

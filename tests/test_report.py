@@ -256,4 +256,5 @@ def test_the_larger_model_question_is_answered_from_bits_per_byte(tmp_path):
     # frontier by memory: small nf4 (70, 1.15), large int4 (150, 1.12), large nf4 (190, 1.06), large fp32 (1.05)
     assert ("bnb-nf4 (small, 70.0 MiB, 1.1500); scratch-int4-int4 (large, 150.0 MiB, 1.1200); bnb-nf4 (large, "
             "190.0 MiB, 1.0600); baseline-fp32 (large, 1000.0 MiB, 1.0500).") in section
-    assert "The answer turns at 150.0 MiB" in section
+    assert ("The answer turns once, at 150.0 MiB: below it every frontier point is small's, from it on every one "
+            "is large's.") in section

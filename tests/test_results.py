@@ -154,6 +154,11 @@ def test_a_rerun_is_compared_with_its_timings_left_out(tmp_path, capsys):
     assert results.is_volatile(("bench", "table", "fp16", "decode_ratio"))
     assert results.is_volatile(("memory", "peak_bytes")) and results.is_volatile(("timestamp",))
     assert not results.is_volatile(("perplexity", "ppl")) and not results.is_volatile(("memory", "weights_bytes"))
+    for path in (("command",), ("bench", "int8_targets", "vs_fp32"), ("anatomy", "steps", "fp16", "vs_baseline"),
+                 ("anatomy", "steps", "fp16", "links", "0", "us"), ("bench", "table", "fp16", "fast_path", "x_floor")):
+        assert results.is_volatile(path), path
+    assert not results.is_volatile(("bench", "table", "fp16", "leading_tokens_equal"))
+    assert not results.is_volatile(("anatomy", "steps", "fp16", "links", "0", "role"))
     old, new = tmp_path / "old", tmp_path / "new"
     old.mkdir()
     new.mkdir()
@@ -165,6 +170,7 @@ def test_a_rerun_is_compared_with_its_timings_left_out(tmp_path, capsys):
     moved["memory"]["peak_bytes"] = 1200
     moved["timestamp"] = "2027-01-01T00:00:00+00:00"
     moved["environment"]["device_name"] = "cpu: another"
+    moved["command"] = "evaluate.py --results-dir again"                      # a rerun sent elsewhere
     (new / "a.json").write_text(json.dumps(moved))
     assert compare_results.main(old=str(old), new=str(new)) == 0
     moved["perplexity"]["ppl"] = 20.0 * (1 + 1e-9)

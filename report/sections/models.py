@@ -33,9 +33,10 @@ def models_facts(s: Study) -> dict | None:
     within = [p for p in runs if p["model"] == large and unquantized and p["mib"] <= unquantized["mib"]]
     front = pm.frontier([(p["mib"], p["bpb"]) for p in runs])
     on_front = [p for p in sorted(runs, key=lambda p: p["mib"]) if (p["mib"], p["bpb"]) in set(front)]
+    turns = [b for a, b in zip(on_front, on_front[1:]) if a["model"] != b["model"]]   # where the model changes
     return {"key": key, "runs": runs, "fp32": fp32, "small": small, "large": large, "unquantized": unquantized,
             "best_within": min(within, key=lambda p: p["bpb"], default=None), "frontier": on_front,
-            "first_large": next((p for p in on_front if p["model"] == large), None)}
+            "turns": turns}
 
 
 def larger_against_smaller(doc: Doc, s: Study) -> None:
@@ -63,9 +64,15 @@ def larger_against_smaller(doc: Doc, s: Study) -> None:
                  f"{escape(large)}'s best run is {say(b)}: it {verdict} the smaller model unquantized. ")
     text += ("From the least memory up, the frontier (nothing of less or equal memory scores lower) is "
              + "; ".join(say(p) for p in x["frontier"]) + ".")
-    if x["first_large"] is not None:
-        text += (f" The answer turns at {f_mib(x['first_large']['mib'])} MiB: below it every frontier point "
-                 f"is {escape(small)}'s, from it on {escape(large)}'s run is the best the memory buys.")
+    turns = x["turns"]
+    if len(turns) == 1:
+        before = x["frontier"][0]["model"]
+        text += (f" The answer turns once, at {f_mib(turns[0]['mib'])} MiB: below it every frontier point is "
+                 f"{escape(before)}'s, from it on every one is {escape(turns[0]['model'])}'s.")
+    elif turns:
+        text += (" The frontier changes model " + f"{len(turns)} times, at "
+                 + ", ".join(f"{f_mib(t['mib'])} MiB (to {escape(t['model'])})" for t in turns)
+                 + ": neither model is the better buy at every size.")
     doc.p(text)
     doc.figure(pm.models_figure(x["key"], "mib"),
                f"Bits per byte against weight memory, every run of both models ({escape(x['key'][3])}); the dashed "

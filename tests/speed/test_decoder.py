@@ -57,7 +57,7 @@ def test_kernel_error_catches_a_layer_that_computes_the_wrong_thing(gpt2_dir):
 def test_other_architectures_are_refused_in_one_line(llama_dir):
     model, _ = ev.load_model(str(llama_dir), device="cpu")
     model.config.model_type = "mistral"
-    with pytest.raises(ev.UserError, match="GPT-2, Llama and Gemma 3 models only .* is 'mistral'"):
+    with pytest.raises(ev.UserError, match="GPT-2, Llama and Gemma 3 text models only .* is .mistral."):
         static_cache.static_model(model, 16)
 
 

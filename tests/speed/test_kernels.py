@@ -44,14 +44,15 @@ from calibrated import quantizer as qz
 from speed import kernels
 torch.manual_seed(0)
 worst, served = 0.0, 0
-for bits, group in ((4, 0), (4, 64), (3, 64), (4, 32), (4, 128)):
-    w, b = torch.randn(80, 256), torch.randn(80)                  # 80 outputs: not a multiple of the tile
+for bits, group, k in ((4, 0, 192), (4, 64, 192), (3, 64, 256), (4, 32, 256), (4, 128, 256)):
+    w, b = torch.randn(80, k), torch.randn(80)                    # 80 outputs: not a multiple of the tile;
+    #                                                               192 inputs: not a multiple of its 128 columns
     grid = qz.Grid(bits, group)
     q, scale, zero = qz.round_to_nearest(w, grid)
     m = qz.QuantLinear.from_codes(q, scale, zero, b, grid, torch.float16)
     qz.set_path(m, "fast")
     for M in (1, 3, 7):                                           # the GEMV, then the reference (7 > GEMV_ROWS)
-        x = torch.randn(M, 256).half()
+        x = torch.randn(M, k).half()
         ref = F.linear(x.float(), qz.dequantize(q, m.scale.float(), zero), b)
         served += kernels.qz_linear(x, m) is not None
         y = m(x)

@@ -13,7 +13,8 @@ import plot_results as pr
 from plots import models as pm
 from report.common import Study
 from report.doc import Doc
-from report.formats import f_mib
+from report.formats import f_mib, f_pct
+from study import registry, standins
 
 
 def models_facts(s: Study) -> dict | None:
@@ -37,6 +38,28 @@ def models_facts(s: Study) -> dict | None:
     return {"key": key, "runs": runs, "fp32": fp32, "small": small, "large": large, "unquantized": unquantized,
             "best_within": min(within, key=lambda p: p["bpb"], default=None), "frontier": on_front,
             "turns": turns}
+
+
+FOUR_BIT_PARTS = ("part1", "part2", "bonus", "explore")
+
+
+def origin_facts(s: Study, x: dict) -> dict:
+    """Each model's 4-bit penalties (perplexity change against its own fp32, in %) for the methods
+    both models ran, and each run's embedding kept in fp32 (bytes) where the record says so."""
+    rs = pm.model_groups(s.records)[x["key"]]
+    by = {(pr.short_model(r), r["method"]["name"]): r for r in rs}
+    base = {m: by[(m, "baseline-fp32")]["perplexity"]["ppl"] for m in (x["small"], x["large"])}
+    four = sorted({name for (_, name), r in by.items() if registry.of(r)["bits"] == 4
+                   and registry.of(r)["part"] in FOUR_BIT_PARTS})
+    both = [n for n in four if (x["small"], n) in by and (x["large"], n) in by]
+    penalty = {n: {m: 100 * (by[(m, n)]["perplexity"]["ppl"] / base[m] - 1) for m in base} for n in both}
+    kept = {}
+    for (m, n), r in by.items():
+        q = r.get("quantization") or {}
+        emb = (q.get("full_precision_detail") or {}).get("embeddings")
+        if emb is not None and q.get("total"):
+            kept[(m, n)] = (emb, q["total"])
+    return {"penalty": penalty, "kept": kept, "origin": {m: standins.origin(by[(m, "baseline-fp32")]) for m in base}}
 
 
 def larger_against_smaller(doc: Doc, s: Study) -> None:
@@ -74,6 +97,25 @@ def larger_against_smaller(doc: Doc, s: Study) -> None:
                  + ", ".join(f"{f_mib(t['mib'])} MiB (to {escape(t['model'])})" for t in turns)
                  + ": neither model is the better buy at every size.")
     doc.p(text)
+    o = origin_facts(s, x)
+    if o["penalty"]:
+        origin = {m: f" (its fp32 dequantized from {escape(t)})" if t else "" for m, t in o["origin"].items()}
+        doc.p("<b>The rounding origin.</b> Each stand-in's float weights were themselves rounded once, so a 4-bit "
+              "method rounds them a second time. Side by side, the perplexity change of each 4-bit method both "
+              f"models ran, against each one's own fp32: {escape(small)}{origin[small]} against "
+              f"{escape(large)}{origin[large]}: "
+              + "; ".join(f"{escape(n)} {f_pct(v[small])} against {f_pct(v[large])}"
+                          for n, v in sorted(o["penalty"].items())) + ".")
+    kept = {k: v for k, v in o["kept"].items() if k[0] == large and v[0] > 0}
+    if kept:
+        first = sorted(kept)[0]
+        emb, total = kept[first]
+        doc.p(f"<b>The embedding's share.</b> {escape(large)}'s embedding, tied to its output layer, is "
+              f"{f_mib(emb / 2**20)} MiB in fp32: {100 * emb / total:.0f}% of the "
+              f"{f_mib(total / 2**20)} MiB that a run quantizing only the decoder blocks stores "
+              f"({escape(first[1])}). Methods that quantize it too (Part 1's whole-model INT8, llama.cpp's "
+              "types) move along the memory axis far more than those that keep it (bitsandbytes, Part 1's 4-bit, "
+              "GPTQ and AWQ here).")
     doc.figure(pm.models_figure(x["key"], "mib"),
                f"Bits per byte against weight memory, every run of both models ({escape(x['key'][3])}); the dashed "
                "line is the frontier. RESULTS.md's two-model table lists every point.", max_height_cm=10)

@@ -137,3 +137,18 @@ def test_transformers_reads_a_gguf_here(tmp_path):
     with torch.no_grad():
         a, b = loaded(ids).logits, original(ids).logits
     assert torch.allclose(a, b, atol=1e-4), (a - b).abs().max()
+
+
+def test_gemma3_through_llama_cpp_computes_what_transformers_computes(text_file, tmp_path):
+    """A tiny Gemma 3 in F32 through llama.cpp: its scaled embedding, (1 + w) norms, q/k norms,
+    one KV head and a sliding window of 16 inside 64-token windows give transformers' next-token
+    distributions (KL divergence ~1e-7). Both layers slide: llama.cpp takes Gemma 3's pattern
+    (five sliding layers, then a full one) from the architecture, not from the file, so a tiny
+    model whose second layer were full would read it as sliding, with the sliding layers' rope base."""
+    import tiny_models
+    model = tiny_models.make_tiny_model(tmp_path / "tiny-gemma3", arch="gemma3",
+                                        layer_types=["sliding_attention", "sliding_attention"])
+    [rec] = bg.main(types="F32", gguf_dir=str(tmp_path / "files"),
+                    run=RunOptions(model=str(model), text_file=str(text_file), results_dir=str(tmp_path / "r"),
+                                   **{**RUN, "max_tokens": 600, "skip_latency": True, "skip_disk": True}))
+    assert rec["divergence"]["kld_mean"] < 1e-5 and rec["divergence"]["top1_agreement"] == 1.0

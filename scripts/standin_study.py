@@ -47,6 +47,7 @@ SIZE_BENCH = {"methods": "fp16,scratch-int8-fast,scratch-int4-fast", "repeats": 
 # the storage GPTQ, AWQ and round-to-nearest share, on its GEMV, beside Part 1's int4 (speed/gpu_bench.py)
 CALIBRATED_BENCH = {"methods": "fp16,scratch-int4-fast,rtn-w4-pc-fast,rtn-w4-g64-fast", "repeats": 6}
 ANATOMY = {"anatomy": True, "repeats": 20}     # fast_decode's default methods for it: fp16, INT8, int4
+GEMMA_FIRST = ("INT8 whole, per-channel", "4-bit NF4 (scratch)", "4-bit int4 (scratch)")
 # a plan's model -> its folder under --models (make_standins builds each)
 FOLDERS = {"smol": "smollm2-135m", "gemma": "gemma3-270m", "g2r": "gpt2-random", "g2m": "gpt2-medium-random",
            "g2l": "gpt2-large-random", "g2x": "gpt2-xl-random"}
@@ -69,13 +70,18 @@ def steps_for(machine: str) -> dict[str, list[tuple[str, str, str, dict]]]:
                             *[(label, "smol", "explore", {**ppl, **kw})
                               for label, kw in (*plan.CPU_CALIBRATED, *plan.CALIBRATION_SOURCES)]],
             # the second real model (make_standins.py gemma3-270m), on the same tokens, through every part
+            # the runs the two-model question needs first (INT8, the 4-bit formats, the GGUF types, BF16,
+            # the calibrated 4-bit), then Part 1's other schemes
             "cpu-gemma": [("fp32 (Gemma 3 270M)", "gemma", "evaluate", ppl),
-                          *[(f"{label} (Gemma 3 270M)", "gemma", "part1", {**ppl, **kw}) for label, kw in plan.PART1],
+                          *[(f"{label} (Gemma 3 270M)", "gemma", "part1", {**ppl, **kw})
+                            for label, kw in plan.PART1 if label in GEMMA_FIRST],
                           ("bitsandbytes, every mode (Gemma 3 270M)", "gemma", "part2", {**ppl, "mode": "all"}),
                           ("GGUF, every type (Gemma 3 270M)", "gemma", "gguf", {**ppl, "types": GGUF_TYPES}),
                           (f"{plan.BF16[0]} (Gemma 3 270M)", "gemma", "evaluate", {**ppl, **plan.BF16[1]}),
                           *[(f"{label} (Gemma 3 270M)", "gemma", "explore", {**ppl, **kw})
-                            for label, kw in plan.CPU_CALIBRATED]],
+                            for label, kw in plan.CPU_CALIBRATED],
+                          *[(f"{label} (Gemma 3 270M)", "gemma", "part1", {**ppl, **kw})
+                            for label, kw in plan.PART1 if label not in GEMMA_FIRST]],
             "cpu-gemma-sens": [("INT8 sensitivity (Gemma 3 270M)", "gemma", "part1",
                                 {"sensitivity": True, "stride": 1024, "max_tokens": CPU_PREFIX, "per_line": 0,
                                  "skip_latency": True})],

@@ -36,10 +36,10 @@ def test_a_failed_run_is_recorded_and_the_rest_goes_on(tmp_path, monkeypatch, ca
     import part1_quantize_scratch as p1
     real = p1.main
 
-    def flaky(**kw):
+    def flaky(*, run=evaluate.RUN, **kw):            # Part 1's own flags, and the shared ones in run
         if kw.get("scheme") == "per_tensor":
             raise evaluate.UserError("disk full (simulated)")
-        return real(**kw)
+        return real(run=run, **kw)
     monkeypatch.setattr(p1, "main", flaky)
     kw = dict(smoke=True, steps="baseline,part1,report", results_dir=str(tmp_path / "r"),
               figures_dir=str(tmp_path / "f"), report=str(tmp_path / "rep" / "report.pdf"), quiet=True)

@@ -36,6 +36,13 @@ CALIBRATED = tuple((f"{m.upper()} {b}-bit {'per channel' if g == 0 else f'g{g}'}
                    for m in ("rtn", "gptq", "awq") for b, g in CALIBRATED_GRIDS)
 ACT_ORDER = ("GPTQ 4-bit per channel, act-order",
              {"method": "gptq", "bits": 4, "group_size": 0, "act_order": True, "skip_latency": True})
+# Gemma 3 270M is 640 = 5 x 128 wide (its MLP 2048): it takes the papers' groups of 128, the grid
+# the assignment names, on the GPU (the second model's GPU plan, scripts/standin_study.py).
+PAPER_GROUP = 128
+PAPER_GRIDS = ((4, 0), (4, PAPER_GROUP), (3, PAPER_GROUP))
+CALIBRATED_G128 = tuple((f"{m.upper()} {b}-bit {'per channel' if g == 0 else f'g{g}'}",
+                         {"method": m, "bits": b, "group_size": g, "skip_latency": True})
+                        for m in ("rtn", "gptq", "awq") for b, g in PAPER_GRIDS)
 # A CPU runs this subset (AWQ's search runs the block 80 times per layer group: hours on 2 cores).
 CPU_CALIBRATED = tuple(run for run in CALIBRATED if run[1]["group_size"] == CALIBRATED_GROUP
                        and run[1]["bits"] == 4 and run[1]["method"] != "awq")

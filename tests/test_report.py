@@ -266,3 +266,31 @@ def test_the_larger_model_question_is_answered_from_bits_per_byte(tmp_path):
     # large's bnb-nf4 keeps a 100 MiB fp32 embedding of its 190 MiB
     assert ("large's embedding, tied to its output layer, is 100.0 MiB in fp32: 53% of the 190.0 MiB that a run "
             "quantizing only the decoder blocks stores (bnb-nf4).") in section
+
+
+def test_the_rounding_origin_paragraph_sets_a_calibrated_gain_beside_each_model():
+    """GPTQ's perplexity change over round-to-nearest's on the same grid, per model: the evidence that
+    the smaller model's origin (not GPTQ) limits its gain, computed here from the records' ppl."""
+    from conftest import record
+
+    from report.common import Study
+    from report.sections import models as sm
+    from study import registry
+    recs = []
+    for model, ppls in (("small", {"baseline-fp32": 20.0, "rtn-w4-g64": 26.0, "gptq-w4-g64": 25.0}),
+                        ("large", {"baseline-fp32": 18.0, "rtn-w4-g64": 30.0, "gptq-w4-g64": 21.0})):
+        for method, ppl in ppls.items():
+            r = record("baseline-fp32", ppl, {"small": 500.0, "large": 1000.0}[model], model=model)
+            if method != "baseline-fp32":
+                r["method"] = {"name": method, "settings": {"bits": 4, "group_size": 64},
+                               "identity": registry.identity(method[:-4], group_size=64)}
+            r["dataset"]["sha256"] = "c" * 64
+            r["perplexity"].update(bits_per_byte=ppl / 20, n_bytes=1000, word_perplexity=40.0)
+            recs.append(r)
+    s = Study(recs)
+    x = sm.models_facts(s)
+    o = sm.origin_facts(s, x)
+    twin, g = o["gain"]["gptq-w4-g64"]
+    assert twin == "rtn-w4-g64"
+    assert g["small"] == pytest.approx((25 / 20 - 1) / (26 / 20 - 1))                   # 0.25 / 0.30
+    assert g["large"] == pytest.approx((21 / 18 - 1) / (30 / 18 - 1))                   # 0.1667 / 0.6667

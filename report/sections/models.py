@@ -14,6 +14,7 @@ from plots import models as pm
 from report.common import Study
 from report.doc import Doc
 from report.formats import f_mib, f_pct
+from report.sections.explore import rtn_twin
 from study import registry, standins
 
 
@@ -56,13 +57,21 @@ def origin_facts(s: Study, x: dict) -> dict:
                    and registry.of(r)["part"] in FOUR_BIT_PARTS})
     both = [n for n in four if (x["small"], n) in by and (x["large"], n) in by]
     penalty = {n: {m: 100 * (by[(m, n)]["perplexity"]["ppl"] / base[m] - 1) for m in base} for n in both}
+    # a calibrated method's change over its round-to-nearest twin's (same bits, same groups), per model
+    gain = {}
+    for n in both:
+        if registry.of(by[(x["small"], n)])["family"] in ("gptq", "awq"):
+            twin = rtn_twin({name: r for (m, name), r in by.items() if m == x["small"]}, n)
+            if twin in penalty and all(penalty[twin][m] > 0 for m in base):
+                gain[n] = (twin, {m: penalty[n][m] / penalty[twin][m] for m in base})
     kept = {}
     for (m, n), r in by.items():
         q = r.get("quantization") or {}
         emb = (q.get("full_precision_detail") or {}).get("embeddings")
         if emb is not None and q.get("total"):
             kept[(m, n)] = (emb, q["total"])
-    return {"penalty": penalty, "kept": kept, "origin": {m: standins.origin(by[(m, "baseline-fp32")]) for m in base}}
+    return {"penalty": penalty, "gain": gain, "kept": kept,
+            "origin": {m: standins.origin(by[(m, "baseline-fp32")]) for m in base}}
 
 
 def larger_against_smaller(doc: Doc, s: Study) -> None:
@@ -113,7 +122,9 @@ def larger_against_smaller(doc: Doc, s: Study) -> None:
               f"models ran, against each one's own fp32: {escape(small)}{origin[small]} against "
               f"{escape(large)}{origin[large]}: "
               + "; ".join(f"{escape(n)} {f_pct(v[small])} against {f_pct(v[large])}"
-                          for n, v in sorted(o["penalty"].items())) + ".")
+                          for n, v in sorted(o["penalty"].items())) + "."
+              + "".join(f" {escape(n)} over {escape(t)} on the same grid: {g[small]:.2f}x on {escape(small)}, "
+                        f"{g[large]:.2f}x on {escape(large)}." for n, (t, g) in sorted(o["gain"].items())))
     kept = {k: v for k, v in o["kept"].items() if k[0] == large and v[0] > 0}
     if kept:
         first = sorted(kept)[0]

@@ -52,18 +52,30 @@ def frontier_runs(rs: list[dict], cost=lambda r: r["memory"]["weights_mib"]) -> 
                          if not standins.requantizes_origin(r)]))
 
 
-def label_points(ax, points: list[tuple[float, float, dict]], colors: dict[str, str]) -> None:
-    """Name these points (the frontier's and the baselines'), each only where no name placed
-    before it would be overprinted; RESULTS.md's two-model table names every point."""
-    ax.figure.canvas.draw()
+def label_points(ax, points: list[tuple[float, float, dict]], colors: dict[str, str], front: set) -> None:
+    """Name these points: where the frontier changes model first, then the frontier's, then the rest,
+    each only where its name would overprint no name placed before it and no other point (the text's
+    own drawn box is what is checked); RESULTS.md's two-model table names every point."""
+    fig = ax.figure
+    fig.tight_layout()                      # the layout it is saved in: the boxes are checked in it
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    marks = [ax.transData.transform((x, y)) for x, y, _ in points]
     placed = []
-    for x, y, r in sorted(points, key=lambda p: (not registry.is_baseline(p[2]), p[0])):
-        px, py = ax.transData.transform((x, y))
-        if any(abs(px - qx) < 70 and abs(py - qy) < 11 for qx, qy in placed):
+    on = sorted((p for p in points if (p[0], p[1]) in front), key=lambda p: p[0])
+    turns = {(b[0], b[1]) for a, b in zip(on, on[1:]) if pr.short_model(a[2]) != pr.short_model(b[2])}
+    for x, y, r in sorted(points, key=lambda p: ((p[0], p[1]) not in turns, (p[0], p[1]) not in front, p[0])):
+        name = r["method"]["name"] + (" (origin)" if standins.requantizes_origin(r) else "")
+        text = ax.annotate(name, (x, y), xytext=(4, 3), textcoords="offset points", fontsize=6.5,
+                           color=colors[pr.short_model(r)])
+        box = text.get_window_extent(renderer).expanded(1.05, 1.2)
+        own = ax.transData.transform((x, y))
+        near = box.padded(4)                                       # a marker's half-width, in pixels
+        hits_point = any(near.contains(mx, my) for mx, my in marks if abs(mx - own[0]) + abs(my - own[1]) > 0.5)
+        if hits_point or any(box.overlaps(b) for b in placed):
+            text.remove()
             continue
-        placed.append((px, py))
-        ax.annotate(r["method"]["name"], (x, y), xytext=(4, 3), textcoords="offset points", fontsize=6.5,
-                    color=colors[pr.short_model(r)])
+        placed.append(box)
 
 
 def models_figure(key: tuple, what: str) -> str:
@@ -87,7 +99,7 @@ def plot_models(records: list[dict], out: Path, made: list[Path]) -> None:
 def plot_one(key: tuple, rs: list[dict], what: str, cost, xlabel: str, out: Path, made: list[Path]) -> None:
     plt = pr._plt()
     models = sorted({pr.short_model(r) for r in rs})
-    fig, ax = plt.subplots(figsize=(7.2, 4.6))
+    fig, ax = plt.subplots(figsize=(9.0, 4.6))
     points, colors = [], {}
     for i, model in enumerate(models):
         mine = [r for r in rs if pr.short_model(r) == model]
@@ -115,14 +127,15 @@ def plot_one(key: tuple, rs: list[dict], what: str, cost, xlabel: str, out: Path
                                                          10000, 20000) if min(xs) / 1.5 <= t <= max(xs) * 1.5]))
     ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
     ax.xaxis.set_minor_formatter(NullFormatter())
-    label_points(ax, [(x, y, r) for x, y, r in points if (x, y) in set(front) or registry.is_baseline(r)], colors)
     ax.set_xlabel(xlabel, fontsize=9)
     ax.set_ylabel("bits per byte (lower is better)", fontsize=9)
     ax.tick_params(which="both", labelsize=8)
     for part, marker in PART_MARKERS.items():
         if any(registry.of(r)["part"] == part for r in rs):
             ax.scatter([], [], color="#777777", marker=marker, label=part)
-    ax.legend(fontsize=7, loc="best", framealpha=0.9)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)   # outside: no point hidden
     ax.set_title(f"Two models, one text: bits per byte against {'memory' if what == 'mib' else 'decode time'}\n"
                  f"{pr.text_name(rs[0], short=True)}, L={key[1]} S={key[2]} · {key[3]}", fontsize=9)
+    label_points(ax, [(x, y, r) for x, y, r in points if (x, y) in set(front) or registry.is_baseline(r)   # last:
+                      or standins.requantizes_origin(r)], colors, set(front))            # in the final layout
     pr._save(fig, out, models_figure(key, what), made)

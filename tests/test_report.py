@@ -263,6 +263,8 @@ def test_the_larger_model_question_is_answered_from_bits_per_byte(tmp_path):
             "is large's.") in section
     # both ran bnb-nf4: +25% (25/20) on small against +10% (22/20) on large; int4 only on large
     assert "bnb-nf4 +25.00% against +10.00%." in section and "scratch-int4-int4 +" not in section
+    assert ("The penalty is smaller on large for 1 of these 1 methods: consistent with small's origin inflating "
+            "its 4-bit penalties.") in section
     # large's bnb-nf4 keeps a 100 MiB fp32 embedding of its 190 MiB
     assert ("large's embedding, tied to its output layer, is 100.0 MiB in fp32: 53% of the 190.0 MiB that a run "
             "quantizing only the decoder blocks stores (bnb-nf4).") in section

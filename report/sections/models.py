@@ -74,6 +74,19 @@ def origin_facts(s: Study, x: dict) -> dict:
             "origin": {m: standins.origin(by[(m, "baseline-fp32")]) for m in base}}
 
 
+def origin_reading(penalty: dict, small: str, large: str) -> str:
+    """What the side-by-side penalties say of the origins, counted from them."""
+    worse = sum(v[large] > v[small] for v in penalty.values())
+    if worse * 2 > len(penalty):
+        return (f" The penalty is larger on {escape(large)} for {worse} of these {len(penalty)} methods: a milder "
+                "origin did not make plain 4-bit rounding cheaper, so the penalties measured on "
+                f"{escape(small)} are not explained by its origin alone: the model weighs at least as much.")
+    if worse * 2 < len(penalty):
+        return (f" The penalty is smaller on {escape(large)} for {len(penalty) - worse} of these {len(penalty)} "
+                f"methods: consistent with {escape(small)}'s origin inflating its 4-bit penalties.")
+    return f" The penalty is larger on {escape(large)} for half of these methods: the origins do not rank them."
+
+
 def larger_against_smaller(doc: Doc, s: Study) -> None:
     x = models_facts(s)
     doc.h2("A larger quantized model against a smaller unquantized one")
@@ -123,6 +136,7 @@ def larger_against_smaller(doc: Doc, s: Study) -> None:
               f"{escape(large)}{origin[large]}: "
               + "; ".join(f"{escape(n)} {f_pct(v[small])} against {f_pct(v[large])}"
                           for n, v in sorted(o["penalty"].items())) + "."
+              + origin_reading(o["penalty"], small, large)
               + "".join(f" {escape(n)} over {escape(t)} on the same grid: {g[small]:.2f}x on {escape(small)}, "
                         f"{g[large]:.2f}x on {escape(large)}." for n, (t, g) in sorted(o["gain"].items())))
     kept = {k: v for k, v in o["kept"].items() if k[0] == large and v[0] > 0}

@@ -53,11 +53,13 @@ class Study:
         sized = {r["file"] for r in self.size_rows} if len(self.size_rows) >= 2 else set()
         self.benches = [r for r in by_kind["bench"] if r.get("_file") not in sized or pr.short_model(r) in studied]
         self.anatomies = pr.anatomy_records(by_kind["anatomy"])         # fewest links first
-        self.sensitivity = next(iter(by_kind["sensitivity"]), None)
+        self.headline = self.headline_group()
+        # the scan of the headline model where there is one (one scan a report: the Part 1 section's)
+        self.sensitivity = next((r for r in by_kind["sensitivity"] if self.headline is not None
+                                 and pr.short_model(r) == self.headline[0]), next(iter(by_kind["sensitivity"]), None))
         self.compare = next(iter(by_kind["compare"]), None)
         self.inspection = next(iter(by_kind["gguf-inspect"]), None)
         self.pushes = by_kind["gguf-push"]
-        self.headline = self.headline_group()
 
     def ppl_groups(self) -> list[tuple]:
         """Groups of two runs or more whose perplexity means something, most tokens first."""

@@ -296,3 +296,16 @@ def test_the_rounding_origin_paragraph_sets_a_calibrated_gain_beside_each_model(
     assert twin == "rtn-w4-g64"
     assert g["small"] == pytest.approx((25 / 20 - 1) / (26 / 20 - 1))                   # 0.25 / 0.30
     assert g["large"] == pytest.approx((21 / 18 - 1) / (30 / 18 - 1))                   # 0.1667 / 0.6667
+
+
+def test_the_part1_scan_shown_is_the_headline_models():
+    """With a scan of each of two models, the Part 1 section shows the one of the model the summary
+    is about (the headline group's), not whichever file sorts first."""
+    from conftest import record
+
+    from report.common import Study
+    recs = [record("baseline-fp32", 20.0, 500.0, model="b-main"), record("bnb-nf4", 25.0, 150.0, model="b-main"),
+            record("scratch-int8-per_channel-sensitivity", 30.0, 1000.0, model="a-other", sensitivity={}),
+            record("scratch-int8-per_channel-sensitivity", 22.0, 500.0, model="b-main", sensitivity={})]
+    s = Study(recs)
+    assert s.headline[0] == "b-main" and s.sensitivity["model"]["id"].endswith("b-main")

@@ -46,9 +46,11 @@ def selective(doc: Doc, s: Study) -> None:
         "then each component type in every block, against a base perplexity of "
         f"{f_ppl(y['base_ppl'])} ({escape(y['model'])}, L={y['L']} S={y['S']}, "
         f"{y['tokens']:,} tokens, {escape(y['device'])}). The most sensitive blocks are "
-        f"{', '.join(b for b, _ in y['top3'])} ({', '.join(f_pct(d) for _, d in y['top3'])}); "
-        f"together they carry {y['top3_sum']:.3f} of the {y['total']:.3f} percentage points "
-        f"that the per-block changes add up to. {y['small']} of {y['n_blocks']} blocks move "
+        f"{', '.join(b for b, _ in y['top3'])} ({', '.join(f_pct(d) for _, d in y['top3'])})"
+        # a share only means something when no block lowers perplexity enough to shrink the sum below it
+        + (f"; together they carry {y['top3_sum']:.3f} of the {y['total']:.3f} percentage points "
+           "that the per-block changes add up to. " if 0 < y["top3_sum"] <= y["total"] else ". ")
+        + f"{y['small']} of {y['n_blocks']} blocks move "
         f"perplexity by less than 0.02%, and {y['negative']} lower it: at INT8 most single "
         "blocks are within the noise of rounding. By component, "
         f"{escape(y['most'][0])} is the most sensitive ({f_pct(y['most'][1])} over "

@@ -7,11 +7,12 @@
 Both measures are the record's own total NLL (perplexity.mean_nll x n_tokens_scored) over
 the bytes and the words of the text its scored tokens spell (study.perplexity.tokenizer_free,
 the function the evaluator calls). That text is rebuilt here as the run built it: the record's
-text file (its sha256 checked), tokenized by the record's model (its folder's sha256 checked),
-cut to the record's max_tokens, and the token count checked against the record's. No model
-runs: the numbers are those a rerun would write, to the last bit. Each record so completed
-says so (perplexity.tokenizer_free_added_by). A record whose text or model is not here, or
-does not match, is left alone and named.
+text file (its sha256 checked), tokenized by the folder of the record's model id, cut to the
+record's max_tokens, and the token count checked against the record's. No model runs: the
+numbers are those a rerun would write, to the last bit. Each record so completed says so
+(perplexity.tokenizer_free_added_by), naming the folder's sha256 where it is not the record's
+(the same stand-in built by another transformers release). A record whose text or model is
+not here, or whose token count does not match, is left alone and named.
 """
 from __future__ import annotations
 

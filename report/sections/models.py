@@ -36,8 +36,8 @@ def models_facts(s: Study) -> dict | None:
     unquantized = next((p for p in runs if p["model"] == small and p["method"] == "baseline-fp16"),
                        fp32.get(small))
     within = [p for p in runs if p["model"] == large and unquantized and p["mib"] <= unquantized["mib"]]
-    front = pm.frontier([(p["mib"], p["bpb"]) for p in runs])
-    on_front = [p for p in sorted(runs, key=lambda p: p["mib"]) if (p["mib"], p["bpb"]) in set(front)]
+    front = pm.frontier_runs(rs)                     # the figure's and RESULTS.md's frontier, origin runs left off
+    on_front = [p for p in sorted(runs, key=lambda p: p["mib"]) if (p["mib"], p["bpb"]) in front]
     turns = [b for a, b in zip(on_front, on_front[1:]) if a["model"] != b["model"]]   # where the model changes
     return {"key": key, "runs": runs, "fp32": fp32, "small": small, "large": large, "unquantized": unquantized,
             "best_within": min(within, key=lambda p: p["bpb"], default=None), "frontier": on_front,

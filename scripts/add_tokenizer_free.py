@@ -77,9 +77,9 @@ def completed(rec: dict, text_file: Path, models: Path) -> dict:
 def main(*, folder: str = "results", text_file: str = "data/wikitext-2-raw/wiki.test.raw",
          models: str = "models", dry_run: bool = False) -> list[Path]:
     """Complete every record under folder that lacks the measures; returns the files written."""
-    for what, p in (("text file", Path(text_file)), ("results folder", Path(folder))):
-        if not p.exists():
-            raise UserError(f"no {what} {p}")
+    if not Path(folder).is_dir():
+        raise UserError(f"no results folder {folder}")
+    source(text_file)                                   # a missing, empty or folder text file: one line, first
     written = []
     for path in sorted(Path(folder).glob("*.json")):
         rec = json.loads(path.read_text(encoding="utf-8"))

@@ -284,3 +284,11 @@ def test_an_older_record_gets_the_tokenizer_free_measures_a_rerun_would_write(gp
     assert {k: got[k] for k in measured} == measured
     assert "add_tokenizer_free.py" in got["tokenizer_free_added_by"]
     assert "bits_per_byte" not in json.loads((out / "other.json").read_text())["perplexity"]
+
+
+def test_add_tokenizer_free_refuses_a_folder_as_its_text_before_reading_any_record(tmp_path):
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
+    import add_tokenizer_free
+    (tmp_path / "r.json").write_text("{}")
+    with pytest.raises(results.UserError, match="is a folder"):
+        add_tokenizer_free.main(folder=str(tmp_path), text_file=str(tmp_path))

@@ -44,4 +44,4 @@ lint: setup
 	$(PY) -m ruff check .
 
 clean:
-	rm -rf $(VENV) .pytest_cache results/smoke report/figures/smoke report/smoke-report.pdf
+	rm -rf $(VENV) .pytest_cache results/smoke report/figures/smoke report/smoke-report.pdf report/smoke-report-speed.pdf

@@ -17,6 +17,19 @@ from study import registry
 
 ROOT = Path(__file__).resolve().parents[1]          # the repository
 
+# The main body's numbered sections, in print order: the text cites them by key, never by a typed number.
+MAIN_SECTIONS = ("measure", "part1", "part2", "explore", "bonus", "speed", "choose", "limits", "conclusions")
+
+
+def heading_number(key: str) -> str:
+    """'section N' for a main section's key."""
+    return f"section {MAIN_SECTIONS.index(key) + 1}"
+
+
+def heading(key: str, title: str) -> str:
+    """'N. title': a main section's heading."""
+    return f"{MAIN_SECTIONS.index(key) + 1}. {title}"
+
 
 # -----------------------------------------------------------------------------
 # Reading: which results answer which question

@@ -12,7 +12,13 @@ from xml.sax.saxutils import escape
 
 
 class Doc:
-    def __init__(self, figures: Path):
+    """A story of flowables; sections append to it, build() sets it.
+
+    known: what an earlier pass of the same story learned (Doc.build returns it): the page each
+    anchor landed on and the number each labelled figure or table got, so that a page near the
+    front (the question map) can name pages and figures that come later."""
+
+    def __init__(self, figures: Path, known: dict | None = None):
         import matplotlib
         from reportlab.lib import colors
         from reportlab.lib.styles import ParagraphStyle, getSampleStyleSheet
@@ -63,21 +69,61 @@ class Doc:
                 spaceAfter=3,
                 **heading,
             ),
-            "p": style("p", "BodyText", fontSize=9, leading=12.2, spaceAfter=4),
+            "p": style("p", "BodyText", fontSize=BODY_PT, leading=BODY_PT * 1.32, spaceAfter=4),
             "small": style(
-                "s", "BodyText", fontSize=7.5, leading=9.5, textColor=colors.HexColor("#444444")
+                "s", "BodyText", fontSize=CAPTION_PT, leading=CAPTION_PT * 1.25,
+                textColor=colors.HexColor("#333333")
             ),
-            "cell": style("c", "BodyText", fontSize=7.3, leading=8.8),
-            "mono": style("m", "Code", "DejaVuMono", fontSize=7, leading=8.6),
+            "cell": style("c", "BodyText", fontSize=CELL_PT, leading=CELL_PT * 1.2),
+            "mono": style("m", "Code", "DejaVuMono", fontSize=CELL_PT, leading=CELL_PT * 1.2),
+            "subtitle": style("st", "BodyText", fontSize=12, leading=16, spaceAfter=6),
         }
         self.figures = figures
         self.story: list = []
         self.n_fig = 0
         self.n_tab = 0
         self.refs: dict[str, int] = {}     # table numbers that the text cites, set as they are made
+        self.known = known or {"pages": {}, "labels": {}}
+        self.pages: dict[str, int] = {}    # anchor -> page, filled while build() lays the story out
+        self.labels: dict[str, str] = {}   # key -> "Figure 3" / "Table 5", as they are made
 
-    def h1(self, text: str) -> None:
+    # -- cross references: anchors (pages) and labels (figure and table numbers) --------------
+
+    def anchor(self, key: str) -> None:
+        """Remember the page the story has reached here; page_of(key) reads it on the next pass."""
+        self.story.append(_Anchor(key, self.pages))
+
+    def label(self, key: str, kind: str = "Figure") -> None:
+        """Name the figure or table just made (its number) and anchor the page where it begins."""
+        from reportlab.platypus import KeepTogether
+        self.labels[key] = f"{kind} {self.n_fig if kind == 'Figure' else self.n_tab}"
+        last, anchor = self.story[-1], _Anchor(key, self.pages)
+        if isinstance(last, KeepTogether):
+            last._content.insert(0, anchor)          # inside: it moves to the next page with the figure
+        else:
+            self.story.insert(len(self.story) - 1, anchor)
+
+    def page_of(self, key: str) -> str:
+        """'p. N' from the pass before, or '' where the key was not laid out (yet)."""
+        n = self.known["pages"].get(key)
+        return f"p. {n}" if n else ""
+
+    def label_of(self, key: str) -> str:
+        return self.known["labels"].get(key, "")
+
+    def page_break(self) -> None:
+        from reportlab.platypus import PageBreak
+        self.story.append(PageBreak())
+
+    def h1(self, text: str, key: str | None = None) -> None:
         self._heading(text, "h1")
+        if key:
+            self.anchor(key)
+
+    def appendix(self, title: str, key: str) -> None:
+        """'Appendix A: title', lettered in print order."""
+        self.n_appendix = getattr(self, "n_appendix", 0) + 1
+        self.h1(f"Appendix {chr(64 + self.n_appendix)}: {title}", key=key)
 
     def h2(self, text: str) -> None:
         self._heading(text, "h2")
@@ -116,8 +162,10 @@ class Doc:
         rows: list[list[str]],
         caption: str,
         widths: list[float | None] | None = None,
+        markup: bool = False,
     ) -> None:
-        """A table; a column with a width in cm wraps its text, one of None fits its content."""
+        """A table; a column with a width in cm wraps its text, one of None fits its content.
+        markup: the wrapped cells are already markup (escaped names, <b>), not plain text."""
         from reportlab.lib.units import cm
         from reportlab.platypus import KeepTogether, Paragraph, Spacer, Table, TableStyle
 
@@ -132,7 +180,8 @@ class Doc:
             ]
         ]
         data += [
-            [Paragraph(escape(str(v)), cell) if wrap[i] else str(v) for i, v in enumerate(row)]
+            [Paragraph(str(v) if markup else escape(str(v)), cell) if wrap[i] else str(v)
+             for i, v in enumerate(row)]
             for row in rows
         ]
         t = Table(
@@ -142,7 +191,7 @@ class Doc:
             TableStyle(
                 [
                     ("FONTNAME", (0, 0), (-1, -1), "DejaVu"),
-                    ("FONTSIZE", (0, 0), (-1, -1), 7.3),
+                    ("FONTSIZE", (0, 0), (-1, -1), CELL_PT),
                     ("FONTNAME", (0, 0), (-1, 0), "DejaVu-Bold"),
                     ("LINEABOVE", (0, 0), (-1, 0), 0.8, c.black),
                     ("LINEBELOW", (0, 0), (-1, 0), 0.5, c.black),
@@ -187,7 +236,8 @@ class Doc:
         )
         return True
 
-    def build(self, out: Path, title: str) -> None:
+    def build(self, out: Path, title: str, subject: str = "") -> dict:
+        """Lay the story out into out (atomically); -> what this pass learned (see known)."""
         from reportlab.lib.pagesizes import A4
         from reportlab.lib.units import cm
         from reportlab.platypus import SimpleDocTemplate
@@ -209,8 +259,33 @@ class Doc:
                 topMargin=1.8 * cm,
                 bottomMargin=1.8 * cm,
                 title=title,
+                subject=subject,
                 author="report/build_report.py",
             ).build(self.story, onFirstPage=footer, onLaterPages=footer)
             tmp.replace(out)  # a half-written PDF never replaces a good one
         finally:
             tmp.unlink(missing_ok=True)
+        return {"pages": dict(self.pages), "labels": dict(self.labels)}
+
+
+BODY_PT, CAPTION_PT, CELL_PT = 10, 8.5, 7.6     # body text, captions, table cells (figures: plots/style)
+
+
+def _flowable():
+    from reportlab.platypus import Flowable
+    return Flowable
+
+
+class _Anchor(_flowable()):
+    """A flowable of no size that writes the page it is drawn on into a dict."""
+
+    def __init__(self, key: str, pages: dict):
+        super().__init__()
+        self.key, self.into = key, pages
+        self.width = self.height = 0
+
+    def wrap(self, *args):
+        return 0, 0
+
+    def draw(self):
+        self.into.setdefault(self.key, self.canv.getPageNumber())

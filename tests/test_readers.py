@@ -49,7 +49,7 @@ def test_a_failing_section_stops_the_build_with_its_reason(results_dir, tmp_path
 
     def broken_section(doc, s):
         raise KeyError("perplexity")
-    monkeypatch.setattr(br, "SECTIONS", (broken_section,))
+    monkeypatch.setattr(br, "MAIN", (broken_section,))
     with pytest.raises(br.SectionFailed, match="section 'broken_section' failed: KeyError"):
         br.build_report(results_dir, tmp_path / "r.pdf", tmp_path / "figures")
     assert not (tmp_path / "r.pdf").exists()

@@ -11,6 +11,11 @@ def pdf_text(path) -> str:
     return "\n".join(page.extract_text() for page in pypdf.PdfReader(str(path)).pages)
 
 
+def speed_text(path) -> str:
+    """The text of the speed report that build_report writes beside the main one."""
+    return pdf_text(br.speed_pdf(path)).replace("\n", " ")
+
+
 @pytest.fixture()
 def built(results_dir, tmp_path, capsys):
     out = tmp_path / "report" / "report.pdf"
@@ -57,13 +62,14 @@ def test_numbers_in_the_report_equal_the_json(built, results_dir):
 
 
 def test_the_fast_path_findings_are_the_benchs_numbers(built, results_dir):
-    text = pdf_text(built[0]).replace("\n", " ")
+    main = pdf_text(built[0]).replace("\n", " ")
+    text = main + " " + speed_text(built[0])
     t = json.loads((results_dir / "fast.json").read_text())["bench"]["table"]
     f = {n: v["fast_path"]["decode_ms_per_token"]["median"] for n, v in t.items()}
     assert (f"Faster than it by more than 3%: scratch-int4-fast {f['scratch-int4-fast']:.2f} ms "
             f"({f['scratch-int4-fast'] / 0.8:.2f}×)") in text
     assert f"Slower: scratch-nf4-fast {f['scratch-nf4-fast']:.2f} ms (1.12×)" in text
-    assert "Every fast path makes the same greedy tokens as its model's generate()." in text
+    assert "Every fast path makes the same greedy tokens as its model's generate()." in main   # the abstract's
     assert "g2 (stand-in)" in text
     lin, step = t["fp16"]["linear_us_per_token"], 1e3 * f["fp16"]
     assert (f"the linear layers take about {lin:.0f} µs of a {step:.0f} µs decode step; "
@@ -90,20 +96,21 @@ def test_missing_results_folder_is_one_clear_line(cli_error, tmp_path):
 def test_settings_and_bandwidth_are_read_from_the_results_not_typed(built):
     """The fixture's benches use 1x333 prefill, 77 new tokens after 11, and 1.23 TB/s: numbers
     the committed results do not have, so text that says them was read from the files."""
-    text = pdf_text(built[0]).replace("\n", " ")
+    main, text = pdf_text(built[0]).replace("\n", " "), speed_text(built[0])
     assert "Here prefill is one forward pass over 1×333 tokens, decode greedy generation of 77 new tokens " \
            "after a 11-token prompt" in text
     assert "Prefill 1×333 tokens; decode 77 new tokens after 11" in text
     assert "floor = weight bytes ÷ 1.23 TB/s" in text and "at 1.23 TB/s would take" in text
-    assert "512" not in text.split("7. Speed")[1].split("8. ")[0]             # no typed prefill length left
+    assert "at 1.23 TB/s would take" in main.split("6. Speed: what a user gets")[1]   # the main report's why
+    assert "512" not in text.split("Speed in detail: every bench")[1]         # no typed prefill length left
 
 
 def test_the_headline_table_and_its_settings_are_the_fixtures(built, results_dir):
-    """Summary, Table 1: every method of the one group, with its own numbers; the sentence
-    under it says the fixture's text, tokens, windows, device and timing lengths."""
+    """The appendix's headline table: every method of the one group, with its own numbers; the
+    sentence under it says the fixture's text, tokens, windows, device and timing lengths."""
     text = pdf_text(built[0]).replace("\n", " ")
-    summary = text.split("1. Summary")[1].split("Findings")[0]
-    assert "Table 1." in summary
+    summary = text.split("every method on the headline model")[-1].split("Appendix")[0]
+    assert "Table " in summary
     assert "baseline-fp32 100.0 – 12.34 5.67 20.0000 +0.00%" in summary
     assert "scratch-int8-per_channel 26.0 – 9.87 4.32 20.1000 +0.50%" in summary
     assert "bnb-nf4 14.0 – – – 25.0000 +25.00%" in summary
@@ -117,10 +124,11 @@ def test_the_headline_table_and_its_settings_are_the_fixtures(built, results_dir
 
 def test_sections_follow_the_assignment(built):
     text = pdf_text(built[0]).replace("\n", " ")
-    heads = ["1. Summary", "2. How we measure", "3. Part 1: INT8 from scratch", "4. Part 2: bitsandbytes",
-             "5. Exploration: GPTQ, AWQ, BF16 and a larger model", "6. Bonus: GGUF and llama.cpp", "7. Speed",
-             "8. Limitations and open questions",
-             "Appendix A", "Appendix B"]
+    heads = ["Abstract: five findings", "Where each question is answered", "1. How we measure",
+             "2. Part 1: INT8 from scratch", "3. Part 2: bitsandbytes",
+             "4. Exploration: GPTQ, AWQ, BF16 and a larger model", "5. Bonus: GGUF and llama.cpp",
+             "6. Speed: what a user gets", "7. Which scheme to choose", "8. Limitations and open questions",
+             "9. Conclusions", "References", "Appendix A: glossary", "Appendix B", "Appendix C"]
     at = [text.find(h) for h in heads]
     assert -1 not in at and at == sorted(at), dict(zip(heads, at))
 
@@ -148,7 +156,7 @@ def test_the_anatomy_section_is_the_records_numbers(results_dir, tmp_path):
         (results_dir / f"anatomy-{model}.json").write_text(json.dumps(rec))
     out = tmp_path / "r" / "report.pdf"
     br.main(results=str(results_dir), out=str(out), figures=str(tmp_path / "r" / "figures"))
-    text = pdf_text(out).replace("\n", " ")
+    text = speed_text(out)
     assert "What bounds the fused step: its chain of kernels" in text
     assert "takes 0.080 ms on the NVIDIA Test GPU, against 0.050 ms to read every fp16 weight" in text
     assert "The chain outlasts the bytes" in text and "could reach is 1.00× that of an fp16 step built as well" in text
@@ -208,7 +216,7 @@ def test_the_exploration_section_is_the_records_numbers(results_dir, tmp_path):
         (results_dir / name).write_text(json.dumps(rec))
     out = br.main(results=str(results_dir), out=str(tmp_path / "r.pdf"), figures=str(tmp_path / "f"))
     text = pdf_text(out).replace("\n", " ")
-    section = text.split("5. Exploration: GPTQ, AWQ, BF16 and a larger model")[1].split("6. Bonus")[0]
+    section = text.split("4. Exploration: GPTQ, AWQ, BF16 and a larger model")[1].split("5. Bonus")[0]
     assert "gptq-w4-pc 4 channel 4.059 13.5 30.0000 +50.00% 0.500 75.0% 2.5" in section
     assert "awq-w4-g64 4 64 4.630 14.5 24.0000 +20.00% 0.100 75.0% 9.2" in section
     base = 20.0
@@ -225,8 +233,8 @@ def test_the_exploration_section_is_the_records_numbers(results_dir, tmp_path):
     assert "dampened by 0.02" in section and "blocks of 16 columns" in section
     assert "7 windows of 48 tokens (seed 3) of the wiki text (CC0)" in section
     assert "finds 0 spans of 32 tokens shared" in section
-    summary = text.split("1. Summary")[1].split("2. How we measure")[0]
-    assert ("Calibrated 4-bit (section 5). awq-w4-g64 moves perplexity by +20.00% (KL divergence 0.100) at 4.630 "
+    summary = text.split("Abstract: five findings")[1].split("1. How we measure")[0]
+    assert ("Calibrated 4-bit (section 4). awq-w4-g64 moves perplexity by +20.00% (KL divergence 0.100) at 4.630 "
             "bits per weight, against round-to-nearest's +40.00% on the same grid and bitsandbytes NF4's +25.00%"
             ) in summary
     assert "2 of the 2 targets against round-to-nearest are met" in summary
@@ -251,7 +259,7 @@ def test_the_larger_model_question_is_answered_from_bits_per_byte(tmp_path):
         (d / f"{i}.json").write_text(json.dumps(r))
     out = br.main(results=str(d), out=str(tmp_path / "r.pdf"), figures=str(tmp_path / "f"))
     text = pdf_text(out).replace("\n", " ")
-    section = text.split("A larger quantized model against a smaller unquantized one")[1].split("6. Bonus")[0]
+    section = text.split("A larger quantized model against a smaller unquantized one")[-1].split("5. Bonus")[0]
     assert "In fp32, large scores 1.0500 at 1000.0 MiB, small 1.0700 at 400.0 MiB." in section
     # within small fp16's 200 MiB, large's best is bnb-nf4 (190 MiB, 1.06 < 1.0701): it beats it
     assert ("Within small baseline-fp16's 200.0 MiB (1.0701), large's best run is bnb-nf4 (large, 190.0 MiB, "
@@ -309,3 +317,43 @@ def test_the_part1_scan_shown_is_the_headline_models():
             record("scratch-int8-per_channel-sensitivity", 22.0, 500.0, model="b-main", sensitivity={})]
     s = Study(recs)
     assert s.headline[0] == "b-main" and s.sensitivity["model"]["id"].endswith("b-main")
+
+
+def map_citations(pdf) -> list[tuple[str, int, int]]:
+    """(kind, number, page) of every figure or table the question map cites, read from page 2."""
+    import re
+    page2 = pypdf.PdfReader(str(pdf)).pages[1].extract_text().replace("\n", " ")
+    return [(k, int(n), int(p)) for k, n, p in re.findall(r"(Figure|Table) (\d+), p\. (\d+)", page2)]
+
+
+def check_map(pdf) -> int:
+    """Each figure and table the question map cites begins on the page it names; -> how many."""
+    pages = [p.extract_text().replace("\n", " ") for p in pypdf.PdfReader(str(pdf)).pages]
+    cited = map_citations(pdf)
+    for kind, n, page in cited:
+        assert f"{kind} {n}." in pages[page - 1], (kind, n, page)
+    return len(cited)
+
+
+def test_the_question_map_cites_the_pages_where_its_figures_and_tables_are(built):
+    """The map on page 2 names pages that only a later layout knows: each is the page where that
+    figure's or table's caption is; the PDF's subject says where the main body ends."""
+    out = built[0]
+    assert check_map(out) >= 3
+    text = pypdf.PdfReader(str(out)).pages[1].extract_text()
+    assert "Where each question is answered" in text and "Not measured in these results." in text
+    last = br.main_body_pages(out)
+    body = [p.extract_text() for p in pypdf.PdfReader(str(out)).pages]
+    assert "gpt-fast: simple and efficient" in body[last - 1]                   # the last reference
+    assert "Appendix A: glossary" in body[last]
+
+
+def test_the_committed_reports_main_body_fits_fourteen_pages(tmp_path):
+    """The reader's budget, on the records the repository carries: the main body (cover to
+    references) is at most 14 pages, and its question map points at the right pages."""
+    from pathlib import Path
+    root = Path(br.__file__).resolve().parents[1]
+    out = br.build_report(root / "results", tmp_path / "report.pdf", tmp_path / "figures")
+    assert br.main_body_pages(out) <= 14
+    assert check_map(out) >= 8
+    assert br.speed_pdf(out).exists()

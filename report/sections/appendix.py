@@ -11,7 +11,7 @@ from report.formats import f_mib, f_pct, f_ppl, mib, pct_change
 
 
 def memory_ppl_tables(doc: Doc, s: Study) -> None:
-    doc.h1("Appendix A: every group of comparable runs")
+    doc.appendix("every group of comparable runs", key="appendix-groups")
     doc.p(
         "Why the sizes change: an INT8 weight takes 1 byte instead of 4 (fp32) or 2 (fp16), a "
         "4-bit weight half a byte; each scheme adds its scales (one float per output channel, "
@@ -62,7 +62,8 @@ def memory_ppl_tables(doc: Doc, s: Study) -> None:
         )
         names = pr.group_figures(k)
         if meaningful and k == s.headline:
-            doc.p(f"Its memory against perplexity: Figure {doc.refs.get('pareto', '?')}.")
+            doc.p(f"Figure {doc.refs.get('pareto', '?')}, in the supporting appendix, plots its memory against "
+                  "perplexity.")
         elif meaningful:
             doc.figure(
                 names["pareto"],
@@ -76,7 +77,7 @@ def memory_ppl_tables(doc: Doc, s: Study) -> None:
 
 
 def appendix(doc: Doc, s: Study) -> None:
-    doc.h1("Appendix B: the results files")
+    doc.appendix("the results files", key="appendix-files")
     rows = [
         [
             r["_file"],
@@ -95,3 +96,13 @@ def appendix(doc: Doc, s: Study) -> None:
         "device and library versions.",
         widths=[7.6, 3.3, 3.4, 2.2],
     )
+
+
+def supporting(doc: Doc, s: Study) -> None:
+    """An appendix: the figures and tables the main sections lean on but need not show."""
+    from report.sections import bonus, limitations, part2
+    doc.appendix("supporting figures and tables", key="appendix-support")
+    doc.h2("Part 2: where 4-bit error comes from, and memory against perplexity")
+    part2.supporting(doc, s)
+    bonus.equal_bits(doc, s)
+    limitations.open_questions(doc, s)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from xml.sax.saxutils import escape
 
-from report.common import Study, delta, full_precision_mib, group_label
+from report.common import Study, delta, full_precision_mib, group_label, heading
 from report.doc import Doc
 from report.formats import f_mib, f_ms, f_pct, f_ppl, mib
 from report.settings import setting_facts, settings_sentence
@@ -12,7 +12,7 @@ from study import registry
 
 
 def gguf_section(doc: Doc, s: Study) -> None:
-    doc.h1("6. Bonus: GGUF and llama.cpp")
+    doc.h1(heading("bonus", "Bonus: GGUF and llama.cpp"), key="bonus")
     doc.p(
         "<b>The formats.</b> GGML is llama.cpp's tensor library; GGUF is its single-file model "
         "format: a header, typed key-value metadata (architecture, hyperparameters, the whole "
@@ -69,6 +69,7 @@ def gguf_section(doc: Doc, s: Study) -> None:
             "GGUF files were taken one file after another, not round robin.",
             widths=[3, None, None, None, None, None, None],
         )
+        doc.label("gguf-table", "Table")
         x = gguf_facts(r)
         if x["f16_check"]:
             gguf_ppl, hf_ppl, change = x["f16_check"]
@@ -86,7 +87,12 @@ def gguf_section(doc: Doc, s: Study) -> None:
                     for name, mix in x["k_quant_mix"]
                 )
             )
+
+
+def gguf_inside(doc: Doc, s: Study) -> None:
+    """An appendix: one real file's header, metadata and first tensors, as gguf-inspect read them."""
     if s.inspection:
+        doc.appendix("inside a GGUF file", key="appendix-gguf")
         gi = s.inspection["gguf_inspection"]
         md = gi["metadata"]
         keys = [
@@ -94,7 +100,6 @@ def gguf_section(doc: Doc, s: Study) -> None:
             for k in md
             if not k.startswith("tokenizer.ggml.") or isinstance(md[k], (int, float, str))
         ]
-        doc.h2(f"Inside a real file: {gi['file']}")
         stand_in = (
             (s.inspection.get("model") or {}).get("stand_in") or s.inspection.get("stand_in") or ""
         )
@@ -198,7 +203,6 @@ def push_paragraph(doc: Doc, s: Study) -> None:
 
 def bonus(doc: Doc, s: Study) -> None:
     gguf_section(doc, s)
-    equal_bits(doc, s)
     push_paragraph(doc, s)
 
 

@@ -7,7 +7,7 @@ import statistics
 from xml.sax.saxutils import escape
 
 import plot_results as pr
-from report.common import Study, delta, group_label
+from report.common import Study, delta, group_label, heading, heading_number
 from report.doc import Doc
 from report.formats import f_mib, f_pct, f_ppl, f_ratio
 from study import plan, registry, standins
@@ -73,7 +73,8 @@ def finding(s: Study) -> str | None:
     r, best = x["runs"], x["best"]
     twin = rtn_twin(r, best)
     d = r[best].get("divergence")
-    return (f"<b>Calibrated 4-bit (section 5).</b> {escape(best)} moves perplexity by {f_pct(delta(r, best))}"
+    return (f"<b>Calibrated 4-bit ({heading_number('explore')}).</b> {escape(best)} moves perplexity by "
+            f"{f_pct(delta(r, best))}"
             + (f" (KL divergence {d['kld_mean']:.3f})" if d else "")
             + f" at {pr.layer_bits(r[best]):.3f} bits per weight"
             + (f", against round-to-nearest's {f_pct(delta(r, twin))} on the same grid" if twin else "")
@@ -83,7 +84,7 @@ def finding(s: Study) -> str | None:
 
 
 def explore(doc: Doc, s: Study) -> None:
-    doc.h1("5. Exploration: GPTQ, AWQ, BF16 and a larger model")
+    doc.h1(heading("explore", "Exploration: GPTQ, AWQ, BF16 and a larger model"), key="explore")
     x = explore_facts(s)
     if x is None:
         doc.p("<i>No exploration runs in the results (explore_calibrated.py).</i>")
@@ -120,6 +121,7 @@ def explore(doc: Doc, s: Study) -> None:
         takeaway += f", against bitsandbytes NF4's {f_pct(x['nf4'])}"
     doc.figure(figure, f"What each bit buys, every scheme of every part on one axis ({escape(group_label(g))}). "
                f"{takeaway}. The KL divergence panel holds the runs that measured it.", max_height_cm=15)
+    doc.label("explore-figure")
     rows = []
     for n in sorted(x["grid"], key=lambda n: (-registry.of(r[n])["bits"], pr.layer_bits(r[n]) or 0,
                                               r[n]["perplexity"]["ppl"])):
@@ -136,6 +138,7 @@ def explore(doc: Doc, s: Study) -> None:
               "the quantized layers' stored bytes × 8 over their weights. KLD: KL(fp32 ‖ method) per scored "
               "token, in nats; top-1: the two models' most likely next tokens agree. Quantize s: on this "
               "run's device, calibration included.")
+    doc.label("explore-table", "Table")
     trows = [[f"{t['method']} against {t['against']}", f"≤ {t['limit']:g}", f_ratio(t["ratio"]),
               "met" if t["met"] else "missed"] for t in x["targets"]]
     w = x["best_within"]

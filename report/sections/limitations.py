@@ -6,7 +6,7 @@ from xml.sax.saxutils import escape
 
 import plot_results as pr
 import results
-from report.common import Study, delta, gemv_ratios
+from report.common import Study, delta, gemv_ratios, heading, heading_number
 from report.doc import Doc
 from report.formats import f_pct, f_ratio
 
@@ -111,7 +111,7 @@ def open_facts(s: Study) -> dict:
 
 
 def limitations(doc: Doc, s: Study) -> None:
-    doc.h1("8. Limitations and open questions")
+    doc.h1(heading("limits", "Limitations and open questions"), key="limits")
     x = limitation_facts(s)
     items = []
     if x["stand_ins"]:
@@ -128,9 +128,9 @@ def limitations(doc: Doc, s: Study) -> None:
                      + f", at INT8, over {x['sens_tokens']:,} tokens; at INT8 most single-block changes "
                      "are within rounding noise, and a 4-bit scan has not been run.")
     items.append("<b>Latency in the tables of single runs</b> is each run's own timing, taken one run after "
-                 "another; only the side-by-side benches of section 7 compare speeds as ratios.")
+                 "another; only the side-by-side benches (" + heading_number("speed")
+                 + ", report/speed.pdf) compare speeds as ratios.")
     doc.bullets(items)
-    open_questions(doc, s)
 
 
 def limitation_facts(s: Study) -> dict:

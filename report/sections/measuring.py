@@ -6,7 +6,7 @@ from xml.sax.saxutils import escape
 
 import plot_results as pr
 import results
-from report.common import Study, describe, method, model_label
+from report.common import Study, describe, heading, method, model_label
 from report.doc import Doc
 from report.formats import f_ppl
 from report.settings import short_name
@@ -27,6 +27,12 @@ def methodology(doc: Doc, s: Study) -> None:
         "repeated; a table gives medians with p10–p90. Speed is compared only as ratios taken "
         "side by side in one run, with the methods timed in turn (round robin)."
     )
+    reductions(doc, s)
+
+
+def runs_methods_devices(doc: Doc, s: Study) -> None:
+    """An appendix: every group of comparable runs, every method's description, the devices."""
+    doc.appendix("runs, methods and devices", key="appendix-runs")
     rows = []
     for k in s.memory_groups():
         rs = s.groups[k]
@@ -104,6 +110,10 @@ def methodology(doc: Doc, s: Study) -> None:
             "Devices and library versions, as recorded in the results files.",
             widths=[4.8, None, None, None, None, None],
         )
+
+
+def reductions(doc: Doc, s: Study) -> None:
+    """Which runs score only the start of the text: compared only with runs on the same tokens."""
     budgets = sorted({(pr.short_model(r), pr.device_of(r), r["dataset"]["max_tokens"]) for r in s.records
                       if isinstance(r.get("dataset"), dict) and r["dataset"].get("truncated")})
     if budgets:
@@ -117,7 +127,7 @@ def methodology(doc: Doc, s: Study) -> None:
 
 
 def how_we_measure(doc: Doc, s: Study) -> None:
-    doc.h1("2. How we measure")
+    doc.h1(heading("measure", "How we measure"), key="measure")
     methodology(doc, s)
     g = s.headline
     rec = next((r for r in s.groups[g] if r.get("per_line_perplexity")), None) if g else None

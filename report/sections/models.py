@@ -153,3 +153,4 @@ def larger_against_smaller(doc: Doc, s: Study) -> None:
                f"Bits per byte against weight memory, every run of both models ({escape(x['key'][3])}); the dashed "
                "line is the frontier; a hollow point rounds its stand-in back to its origin format and is off it. "
                "RESULTS.md's two-model table lists every point.", max_height_cm=10)
+    doc.label("models-figure")

@@ -5,7 +5,7 @@ from __future__ import annotations
 from xml.sax.saxutils import escape
 
 import plot_results as pr
-from report.common import Study, delta, full_precision_mib, method, model_label
+from report.common import Study, delta, full_precision_mib, heading, heading_number, method, model_label
 from report.doc import Doc
 from report.formats import f_mib, f_ms, f_pct, f_ppl
 from report.settings import latency_of, setting_facts, settings_sentence, short_name
@@ -63,6 +63,7 @@ def selective(doc: Doc, s: Study) -> None:
         "component type in every block (right) quantized to "
         "INT8.",
     )
+    doc.label("sensitivity")
 
 
 def selective_facts(s: Study, g: tuple) -> dict:
@@ -117,7 +118,7 @@ def sensitivity_facts(sens: dict) -> dict:
 
 
 def part1(doc: Doc, s: Study) -> None:
-    doc.h1("3. Part 1: INT8 from scratch")
+    doc.h1(heading("part1", "Part 1: INT8 from scratch"), key="part1")
     g = s.headline
     group_sizes = sorted({((r.get("method") or {}).get("settings") or {}).get("group_size") for r in s.records
                           if (r.get("method") or {}).get("name") == "scratch-int8-group64"} - {None})
@@ -180,6 +181,7 @@ def part1(doc: Doc, s: Study) -> None:
               + settings_sentence(setting_facts(r["baseline-fp32"]))
               + (f" Peak: {escape(scope)}." if scope else ""),
               widths=[5.0] + [None] * 7)
+    doc.label("part1-table", "Table")
     x = part1_facts(r)
     text = []
     if x["sel"]:
@@ -191,8 +193,8 @@ def part1(doc: Doc, s: Study) -> None:
             f"and {f_ms(a['sel'][1])}. On this GPU a step of a model this small is bound by kernel "
             "launches and Python, not by reading weights, so fewer weight bytes do not make it faster, "
             "and one run's timing varies from the next by more than the differences between methods "
-            "(the selective model runs fp32 and int8 layers side by side). Section 7 compares speed "
-            "side by side, in one run."
+            "(the selective model runs fp32 and int8 layers side by side). "
+            + heading_number("speed").capitalize() + " compares speed side by side, in one run."
         )
     if x["q4"]:
         q = x["q4"]

@@ -5,7 +5,7 @@ from __future__ import annotations
 from xml.sax.saxutils import escape
 
 import plot_results as pr
-from report.common import Study, delta, describe, group_label, model_label
+from report.common import Study, delta, describe, group_label, heading, heading_number, model_label
 from report.doc import Doc
 from report.formats import f_mib, f_pct, f_ppl, f_ratio, mib
 from study import registry
@@ -66,7 +66,7 @@ def nf4_section(doc: Doc, s: Study) -> None:
             "absmax, with the 16 NF4 levels (red) and 16 uniform "
             "levels (blue, dotted).",
         )
-        doc.figure(levels_fig["error"], "Per-layer 4-bit reconstruction error.", max_height_cm=10)
+        doc.label("nf4-levels")
     g = s.find_group("bnb-nf4", "bnb-fp4")
     if g:
         r = s.runs(g)
@@ -95,6 +95,7 @@ def nf4_section(doc: Doc, s: Study) -> None:
             f"bitsandbytes and Part 1's 4-bit on the same tokens ({escape(group_label(g))}).",
             widths=[2.8, 5.4, None, None, None, None],
         )
+        doc.label("part2-table", "Table")
         x = nf4_facts(r)
         text = []
         if x["dq_scales_mib"] is not None:
@@ -177,7 +178,7 @@ def nf4_facts(r: dict[str, dict]) -> dict:
 
 
 def part2(doc: Doc, s: Study) -> None:
-    doc.h1("4. Part 2: bitsandbytes")
+    doc.h1(heading("part2", "Part 2: bitsandbytes"), key="part2")
     nf4_section(doc, s)
     accuracy_efficiency(doc, s)
 
@@ -199,7 +200,8 @@ def accuracy_efficiency(doc: Doc, s: Study) -> None:
               f"Memory, speed and accuracy of one model: the weights and the time ratios come from one "
               f"side-by-side run, where every model computes in {escape(base)} "
               f"({b['bench']['repeats']} round-robin repeats, Hugging Face generate(), "
-              f"{escape(pr.device_of(b))}), the perplexities from the runs of Table {doc.refs.get('headline', '1')}.",
+              f"{escape(pr.device_of(b))}), the perplexities from the runs of "
+              f"{doc.label_of('headline-table') or 'the appendix'}.",
               widths=[4.5, None, None, None, None])
     x = tradeoff_facts(r, t, pairs, base)
     if x:
@@ -214,13 +216,24 @@ def accuracy_efficiency(doc: Doc, s: Study) -> None:
                f"decode takes {f_ratio(x['lo'])} to {f_ratio(x['hi'])} {base}'s time. So at this size")
             + " quantization buys memory, paid for in "
             "perplexity (little at 8 bits, much at 4) and in speed (unless the decode path removes the "
-            "overhead: section 7). On a device where the weights barely fit, the memory is what counts."
+            "overhead: " + heading_number("speed") + "). On a device where the weights barely fit, the memory is "
+            "what counts."
         )
-    if doc.figure(pr.group_figures(g)["pareto"],
-               f"Weight memory against perplexity, every method of Table {doc.refs.get('headline', '1')}; the dashed "
-               "line joins the "
-               "methods that no other beats on both. Right: the methods within 3% of the best perplexity.",
-               max_height_cm=12):
+
+
+def supporting(doc: Doc, s: Study) -> None:
+    """The appendix's share of Part 2: the per-layer error and memory against perplexity."""
+    c = s.compare
+    if c:
+        doc.figure(pr.compare_figures(c)["error"], "Per-layer 4-bit reconstruction error: NF4 sits below FP4 and "
+                   "linear int4 on every layer, not on average only.", max_height_cm=9)
+    g = s.headline
+    if g and doc.figure(pr.group_figures(g)["pareto"],
+                        "Weight memory against perplexity, every method of "
+                        + (doc.label_of("headline-table") or "the headline table")
+                        + "; the dashed line joins the methods that no other beats on both. Right: "
+                        "the methods within 3% of the best perplexity, where the 8-bit schemes crowd.",
+                        max_height_cm=12):
         doc.refs["pareto"] = doc.n_fig
 
 

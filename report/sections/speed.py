@@ -5,7 +5,7 @@ from __future__ import annotations
 from xml.sax.saxutils import escape
 
 import plot_results as pr
-from report.common import Study, bandwidth, method, model_label
+from report.common import Study, bandwidth, heading, method, model_label
 from report.doc import Doc
 from report.formats import f_mib, f_ms, f_ratio, mib
 from report.sections.anatomy import anatomy_section
@@ -36,7 +36,7 @@ BENCH_TITLES = {"bnb-bench": "Every method through generate()",
 
 
 def latency_section(doc: Doc, s: Study) -> None:
-    doc.h1("7. Speed")
+    doc.h1("Speed in detail: every bench", key="speed-detail")
     if not s.benches:
         doc.p("No latency benchmark in these results.")
         return
@@ -101,6 +101,15 @@ def latency_section(doc: Doc, s: Study) -> None:
                        max_height_cm=12)
         if method(b) == "cpu-decode-bench":
             cpu_bench_paragraph(doc, b)
+    why = why_text(x)
+    if why:
+        doc.p("<b>Why.</b> " + why)
+    size_section(doc, s)
+    anatomy_section(doc, s)
+
+
+def why_text(x: dict) -> str:
+    """Why quantized decode is not faster at this size: latency_facts' numbers as sentences."""
     why = []
     if x["gpu"]:
         g = x["gpu"]
@@ -130,10 +139,7 @@ def latency_section(doc: Doc, s: Study) -> None:
             )
             + "."
         )
-    if why:
-        doc.p("<b>Why.</b> " + " ".join(why))
-    size_section(doc, s)
-    anatomy_section(doc, s)
+    return " ".join(why)
 
 
 def size_section(doc: Doc, s: Study) -> None:
@@ -476,4 +482,37 @@ def layer_facts(b: dict) -> dict:
 
 
 def speed(doc: Doc, s: Study) -> None:
+    """report/speed.pdf: every bench, the fused step against model size, the anatomy."""
     latency_section(doc, s)
+
+
+def speed_summary(doc: Doc, s: Study) -> None:
+    """The main report's speed: what a user gets (generate() and the static-cache path, side by side),
+    why a small model is launch-bound, in one figure; the rest is in report/speed.pdf."""
+    from report.sections.summary import fast_facts, fast_summary_text, finding_items
+    doc.h1(heading("speed", "Speed: what a user gets"), key="speed")
+    if not s.benches:
+        doc.p("No latency benchmark in these results.")
+        return
+    items = finding_items(s)
+    doc.p("Each benchmark loads every method into one process and times them in turn, repeat after repeat, "
+          "so that a ratio compares methods under the same conditions; decode is per new token, medians "
+          "with p10–p90 in report/speed.pdf, which holds every bench, the fused decode step, its scaling with "
+          "model size and the anatomy of one step.")
+    if "speed" in items:
+        doc.p(items["speed"])
+    fast = next((b for b in s.benches if "fast_path" in b["bench"] and s.headline
+                 and pr.short_model(b) == s.headline[0] and pr.device_kind(b) == "cuda"), None) \
+        or next((b for b in s.benches if "fast_path" in b["bench"]), None)
+    if fast is not None:
+        x = fast_facts(fast)
+        if x:
+            doc.p(fast_summary_text(x))
+        doc.figure(pr.fast_figure(fast), "Decode time per token, same run: Hugging Face generate() against the "
+                   "static-cache path with CUDA graphs (log scale). The tick on each fast-path bar is the time to "
+                   "read that method's weights once at the GPU's peak bandwidth: every bar sits far above its "
+                   "tick, so fewer bytes cannot make this model decode faster.", max_height_cm=8.5)
+        doc.label("speed-figure")
+    why = why_text(latency_facts(s))
+    if why:
+        doc.p("<b>Why small models are launch-bound.</b> " + why)

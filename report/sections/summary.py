@@ -8,7 +8,17 @@ from pathlib import Path
 from xml.sax.saxutils import escape
 
 import plot_results as pr
-from report.common import ROOT, Study, bandwidth, delta, full_precision_mib, group_label, method, model_label
+from report.common import (
+    ROOT,
+    Study,
+    bandwidth,
+    delta,
+    full_precision_mib,
+    group_label,
+    heading_number,
+    method,
+    model_label,
+)
 from report.doc import Doc
 from report.formats import f_mib, f_ms, f_pct, f_ppl, f_ratio, pct_change
 from report.sections.explore import finding as explore_finding
@@ -18,11 +28,8 @@ from study import registry
 
 
 def title_block(doc: Doc, s: Study, results: Path) -> None:
+    """Where the report comes from (the records, their dates, the commit) and the stand-ins."""
     stamps = sorted(r["timestamp"] for r in s.records if r.get("timestamp"))
-    doc.p(
-        "What weight quantization does to a small language model: memory, speed and perplexity",
-        "title",
-    )
     commit = git_commit()
     doc.p(
         f"Built {dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC by "
@@ -165,21 +172,21 @@ def findings_facts(s: Study) -> dict:
     return facts
 
 
-def key_findings(doc: Doc, s: Study) -> None:
+def finding_items(s: Study) -> dict[str, str]:
+    """The findings as sentences, keyed: int8, nf4, explore, speed, fast, gguf (where measured)."""
     f = findings_facts(s)
-    doc.h2("Findings")
-    items = []
+    items: dict[str, str] = {}
     if "int8" in f:
         x = f["int8"]
-        items.append(
+        items["int8"] = (
             "<b>8-bit from scratch.</b> Whole-model INT8 with one scale per output channel "
             f"shrinks the weights from {f_mib(x['base_mib'])} to {f_mib(x['int8_mib'])} MiB "
             f"({f_ratio(x['shrink'])} smaller) and moves perplexity by {f_pct(x['delta'])} "
             f"({f_ppl(x['base_ppl'])} → {f_ppl(x['int8_ppl'])}; {escape(x['group'])})."
         )
         if x["best"] != "scratch-int8-per_channel":
-            items.append(
-                f"The best whole-model Part 1 INT8 scheme is <i>{escape(x['best'])}</i> at "
+            items["int8"] += (
+                f" The best whole-model Part 1 INT8 scheme is <i>{escape(x['best'])}</i> at "
                 f"{f_pct(x['best_delta'])}"
                 + (
                     "."
@@ -189,7 +196,7 @@ def key_findings(doc: Doc, s: Study) -> None:
             )
     if "nf4" in f:
         x = f["nf4"]
-        items.append(
+        items["nf4"] = (
             "<b>4-bit: NF4 against linear.</b> At the same size as FP4 "
             f"({f_mib(x['nf4_mib'])} MiB), NF4's perplexity is {x['lower_than_fp4']:.1f}% lower "
             f"than FP4's ({f_ppl(x['nf4'])} against {f_ppl(x['fp4'])})"
@@ -207,10 +214,10 @@ def key_findings(doc: Doc, s: Study) -> None:
             )
             + f"; fp32 is {f_ppl(x['fp32'])} ({escape(x['group'])})."
         )
-    if "error" in f:
+    if "error" in f and "nf4" in f:
         x = f["error"]
-        items.append(
-            f"Per weight, NF4's mean relative reconstruction error ({x['nf4']:.2e}) is "
+        items["nf4"] += (
+            f" Per weight, NF4's mean relative reconstruction error ({x['nf4']:.2e}) is "
             f"{f_ratio(x['fp4_over_nf4'])} smaller than FP4's ({x['fp4']:.2e})"
             + (
                 ""
@@ -223,10 +230,10 @@ def key_findings(doc: Doc, s: Study) -> None:
         )
     explored = explore_finding(s)
     if explored:
-        items.append(explored)
+        items["explore"] = explored
     if "speed" in f:
         x = f["speed"]
-        items.append(
+        items["speed"] = (
             f"<b>Speed.</b> On the {escape(x['device'])}, with Hugging Face generate, "
             f"{x['slower']} of {x['n']} quantized models decode slower than {x['base']}: "
             f"{f_ratio(x['lo'])} to {f_ratio(x['hi'])} its time per token ({x['model']}). "
@@ -239,18 +246,16 @@ def key_findings(doc: Doc, s: Study) -> None:
             )
         )
     if f.get("fast"):
-        items.append(fast_summary_text(f["fast"]))
+        items["fast"] = fast_summary_text(f["fast"])
     if "gguf" in f:
         x = f["gguf"]
-        items.append(
+        items["gguf"] = (
             f"<b>GGUF.</b> llama.cpp's Q8_0 file is {f_mib(x['q8_mib'])} MiB at "
             f"{f_pct(x['q8_delta'])} perplexity; the smallest file, {escape(x['smallest'])}, is "
             f"{f_mib(x['smallest_mib'])} MiB at {f_pct(x['smallest_delta'])} "
             f"({escape(x['group'])})."
         )
-    if not items:
-        items.append("No comparable perplexity runs in these results.")
-    doc.bullets(items)
+    return items
 
 
 def fast_facts(b: dict) -> dict | None:
@@ -294,12 +299,13 @@ def fast_summary_text(x: dict) -> str:
            if not x["diverging"] else
            "Greedy tokens equal to generate()'s, where not all: "
            + ", ".join(f"{escape(n)} {k}/{m}" for n, _, _, k, m in x["diverging"])
-           + " (section 7 says why).")
+           + f" ({heading_number('speed')} and report/speed.pdf say why).")
     )
 
 
-def summary(doc: Doc, s: Study) -> None:
-    doc.h1("1. Summary")
+def headline_table(doc: Doc, s: Study) -> None:
+    """An appendix: every method of the headline group, with memory, generate() latency and perplexity."""
+    doc.appendix("every method on the headline model", key="appendix-headline")
     g = s.headline
     if g is None:
         doc.p("No comparable perplexity runs in these results.")
@@ -316,7 +322,7 @@ def summary(doc: Doc, s: Study) -> None:
     doc.table(["method", "weights MiB", "disk MiB", "prefill ms", "decode ms/token", "perplexity", "vs fp32"],
               rows, "Every method on one model, one text and one device. " + settings_sentence(x)
               + " Each run timed itself with Hugging Face generate(), one run after another: compare "
-              "latencies across rows only roughly; the side-by-side ratios are in section 7.",
+              f"latencies across rows only roughly; the side-by-side ratios are in {heading_number('speed')}.",
               widths=[5.6, None, None, None, None, None, None])
     doc.refs["headline"] = doc.n_tab
-    key_findings(doc, s)
+    doc.label("headline-table", "Table")

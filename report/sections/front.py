@@ -1,0 +1,215 @@
+"""The report's first two pages: the cover with the abstract's five findings, and the map from
+each question of the assignment to the one-sentence answer and the page and figure that give it.
+
+Pages and figure numbers come from the pass before (Doc.known): build_report lays the report
+out until they stop changing.
+"""
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+from xml.sax.saxutils import escape
+
+import plot_results as pr
+from report.common import Study, delta, heading_number
+from report.doc import Doc
+from report.formats import f_mib, f_pct, f_ratio
+from report.sections import explore as ex
+from report.sections import models as mo
+from report.sections import part1 as p1
+from report.sections import part2 as p2
+from report.sections import summary as sm
+
+
+def cover(doc: Doc, s: Study, results: Path) -> None:
+    """Title, what was studied (models, text, devices, dates), the stand-in note, five findings."""
+    doc.p("What weight quantization does to a small language model", "title")
+    models = sorted({pr.short_model(r) for r in s.records if r.get("perplexity") and pr.perplexity_means_something(r)})
+    devices = sorted({pr.device_of(r) for r in s.records if r.get("environment")})
+    texts = sorted({pr.text_name(r, short=True) for r in s.records if r.get("dataset")})
+    doc.p(f"Memory, speed and perplexity of INT8 from scratch, bitsandbytes, GPTQ, AWQ and llama.cpp's GGUF "
+          f"types, measured by one evaluator on {escape(', '.join(models) or 'no model')} "
+          f"({escape(', '.join(texts))}).", "subtitle")
+    doc.p(f"<b>Devices.</b> {escape('; '.join(devices))}. Report date {dt.datetime.now(dt.timezone.utc):%Y-%m-%d}.",
+          "small")
+    sm.title_block(doc, s, results)
+    doc.h2("Abstract: five findings")
+    doc.bullets(five_findings(s))
+    doc.page_break()
+
+
+def five_findings(s: Study) -> list[str]:
+    """INT8, 4-bit NF4 against linear, calibrated 4-bit, the larger model, speed; the GGUF line
+    stands in for any of them that the records cannot give."""
+    items = sm.finding_items(s)
+    order = ("int8", "nf4", "explore", "models", "fast", "speed", "gguf")
+    m = models_finding(s)
+    if m:
+        items["models"] = m
+    picked = [items[k] for k in order if k in items]
+    if "fast" in items and "speed" in items:
+        picked.remove(items["speed"])             # one speed finding: the side-by-side fast path's
+    return picked[:5] or ["No comparable perplexity runs in these results."]
+
+
+def models_finding(s: Study) -> str | None:
+    x = mo.models_facts(s)
+    if x is None or x["small"] is None or x["unquantized"] is None:
+        return None
+    u, b = x["unquantized"], x["best_within"]
+    text = (f"<b>A larger quantized model ({heading_number('explore')}).</b> Measured in bits per byte, which "
+            f"compares tokenizers, {escape(x['large'])} ")
+    if b is None:
+        return text + f"has no run within {escape(x['small'])} {escape(u['method'])}'s {f_mib(u['mib'])} MiB yet."
+    text += (f"{'beats' if b['bpb'] < u['bpb'] else 'does not beat'} {escape(x['small'])} {escape(u['method'])} "
+             f"within its {f_mib(u['mib'])} MiB ({escape(b['method'])}: {b['bpb']:.4f} against {u['bpb']:.4f})")
+    if len(x["turns"]) == 1:
+        text += f"; the frontier passes to {escape(x['turns'][0]['model'])} from {f_mib(x['turns'][0]['mib'])} MiB"
+    return text + "."
+
+
+# -----------------------------------------------------------------------------
+# The question map: (question, where: (section key, label key), answer(s) -> sentence or None)
+
+def a_int8(s: Study) -> str | None:
+    x = sm.findings_facts(s).get("int8")
+    return None if x is None else (f"Per-channel INT8 stores the weights in {f_mib(x['int8_mib'])} instead of "
+                                   f"{f_mib(x['base_mib'])} MiB ({f_ratio(x['shrink'])} smaller) at "
+                                   f"{f_pct(x['delta'])} perplexity.")
+
+
+def a_selective(s: Study) -> str | None:
+    g = s.find_group("scratch-int8-per_channel")
+    if not g or not s.sensitivity:
+        return None
+    y = p1.sensitivity_facts(s.sensitivity)
+    x = p1.selective_facts(s, g)
+    sel = x["selective"][0] if x["selective"] else None
+    return ((f"Selected blocks save {sel['share_pct']:.0f}% of what the whole model saves; " if sel else "")
+            + f"{y['small']} of {y['n_blocks']} blocks alone move perplexity by under 0.02%; the most sensitive "
+            f"component type is {escape(y['most'][0])} ({f_pct(y['most'][1])}).")
+
+
+def a_bnb(s: Study) -> str | None:
+    g = s.find_group("bnb-nf4", "bnb-fp4")
+    if not g:
+        return None
+    r = s.runs(g)
+    y = p2.nf4_facts(r)
+    text = ", ".join(f"{n[4:].upper()} {f_pct(delta(r, n))}" for n in ("bnb-int8", "bnb-fp4", "bnb-nf4",
+                                                                         "bnb-nf4-dq") if n in r)
+    dq = y["dq_scales_mib"]
+    return (f"Against fp32: {text}" + (f"; double quantization shrinks the scales from {f_mib(dq[0])} to "
+                                       f"{f_mib(dq[1])} MiB" if dq else "") + ".")
+
+
+def a_nf4(s: Study) -> str | None:
+    f = sm.findings_facts(s)
+    x, e = f.get("nf4"), f.get("error")
+    if x is None:
+        return None
+    return (f"NF4's 16 levels follow the normal shape of the weights, so at FP4's size its perplexity is "
+            f"{x['lower_than_fp4']:.1f}% lower" + (f" and its error per weight {f_ratio(e['fp4_over_nf4'])} smaller"
+                                                   if e else "") + ".")
+
+
+def a_calibrated(s: Study) -> str | None:
+    x = ex.explore_facts(s)
+    if x is None or x["best"] is None:
+        return None
+    r, best = x["runs"], x["best"]
+    twin = ex.rtn_twin(r, best)
+    return (f"{escape(best)}: {f_pct(delta(r, best))}" + (f" against round-to-nearest's {f_pct(delta(r, twin))}"
+                                                          if twin else "")
+            + f"; {sum(t['met'] for t in x['targets'])} of {len(x['targets'])} targets met.")
+
+
+def a_bf16(s: Study) -> str | None:
+    g = s.find_group("baseline-bf16")
+    if not g:
+        return None
+    r = s.runs(g)
+    return (f"bfloat16 halves the weights ({f_mib(r['baseline-bf16']['memory']['weights_mib'])} MiB) at "
+            f"{f_pct(delta(r, 'baseline-bf16'))} perplexity" + (f", fp16 {f_pct(delta(r, 'baseline-fp16'))}"
+                                                                  if 'baseline-fp16' in r else "") + ".")
+
+
+def a_models(s: Study) -> str | None:
+    m = models_finding(s)
+    return None if m is None else m.split("</b> ", 1)[1]
+
+
+def a_gguf(s: Study) -> str | None:
+    x = sm.findings_facts(s).get("gguf")
+    if x is None:
+        return None
+    pushed = any("huggingface.co" in str(r["push"].get("endpoint", "")) for r in s.pushes)
+    return (f"Q8_0 {f_mib(x['q8_mib'])} MiB at {f_pct(x['q8_delta'])}, {escape(x['smallest'])} "
+            f"{f_mib(x['smallest_mib'])} MiB at {f_pct(x['smallest_delta'])}; "
+            + ("pushed to the Hub." if pushed else "the Hub push is tested against an imitation, not made here."))
+
+
+def a_speed(s: Study) -> str | None:
+    f = sm.findings_facts(s)
+    x, fast = f.get("speed"), f.get("fast")
+    if x is None and not fast:
+        return None
+    text = ""
+    if x:
+        text += f"With generate(), {x['slower']} of {x['n']} quantized models decode slower than {x['base']}"
+    if fast:
+        gain = [n for n, *_ in fast["faster"]]
+        text += ((", and " if text else "") + "on a static-cache path "
+                 + (f"{', '.join(escape(n) for n in gain)} beat {fast['base']}" if gain
+                    else f"none beats {fast['base']}") + f" ({escape(fast['device'])})")
+    return text + "."
+
+
+def a_choose(s: Study) -> str | None:
+    from report.sections.closing import decision_rows
+    rows = decision_rows(s)
+    return None if not rows else (f"The smallest budget that keeps perplexity within 1% of fp32: "
+                                  f"{rows[0]['pick_within_1pct'] or 'none'}; the table gives one pick per "
+                                  "budget and device.")
+
+
+def a_not_run(s: Study) -> str | None:
+    return "Not run: 1.5-bit (ternary) weights need quantization-aware training, which the study leaves open."
+
+
+QUESTIONS = (
+    ("Part 1 · INT8 from scratch, the whole model: memory and perplexity?", "part1", "part1-table", a_int8),
+    ("Part 1 · The whole model against chosen blocks and components: where does INT8 hurt?", "part1",
+     "sensitivity", a_selective),
+    ("Part 2 · bitsandbytes 8-bit, FP4, NF4, NF4 with double quantization?", "part2", "part2-table", a_bnb),
+    ("Part 2 · Why does NF4 beat linear 4-bit?", "part2", "nf4-levels", a_nf4),
+    ("Exploration · GPTQ and AWQ against round-to-nearest?", "explore", "explore-figure", a_calibrated),
+    ("Exploration · BF16?", "explore", "explore-table", a_bf16),
+    ("Exploration · A larger quantized model against a smaller unquantized one?", "explore", "models-figure",
+     a_models),
+    ("Exploration · 1.5-bit and QAT?", "limits", None, a_not_run),
+    ("Bonus · GGUF through llama.cpp, on the same evaluator; pushed to the Hub?", "bonus", "gguf-table", a_gguf),
+    ("Does quantization make decoding faster?", "speed", "speed-figure", a_speed),
+    ("Which scheme for a memory budget and a device?", "choose", "decision-table", a_choose),
+)
+
+
+def question_map(doc: Doc, s: Study) -> None:
+    doc.h1("Where each question is answered", key="map")
+    doc.p("Each question of the assignment, the one-sentence answer the records give, and where the report "
+          "shows it. Percentages are perplexity changes against the same model's fp32 on the same tokens.")
+    rows = []
+    for question, section, label, answer in QUESTIONS:
+        try:
+            said = answer(s)
+        except (KeyError, TypeError, ZeroDivisionError):      # a record without the field: say so, never guess
+            said = None
+        where = [f"§{heading_number(section).split()[-1]}"]
+        if label:
+            where += [x for x in (doc.label_of(label), doc.page_of(label)) if x]
+        else:
+            where += [x for x in (doc.page_of(section),) if x]
+        rows.append([question, said or "Not measured in these results.", ", ".join(where)])
+    doc.table(["question", "answer", "where"], rows, "The assignment's questions, answered from the records.",
+              widths=[5.2, 9.0, 2.6], markup=True)
+    doc.page_break()

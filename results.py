@@ -46,7 +46,7 @@ if TYPE_CHECKING:                     # annotations only: the record's readers n
     import torch
 
 SCHEMA_VERSION = 3          # 3: method.identity (study/registry.py); 2: 'kind' and model.random_weights
-KINDS = ("eval", "sensitivity", "bench", "compare", "gguf-inspect", "gguf-push", "anatomy")
+KINDS = ("eval", "sensitivity", "bench", "compare", "gguf-inspect", "gguf-push", "anatomy", "samples")
 IDENTIFIED_KINDS = ("eval", "sensitivity")     # records of one method: method.identity says what it is
 
 
@@ -313,6 +313,8 @@ RECORD_FIELDS = {
                 ("steps.*.l2_step_ms.median", "positive"), ("steps.*.vs_baseline", "positive"),
                 ("steps.*.floor_ms", "positive?"), ("steps.*.lowest_ratio", "positive?"),
                 ("steps.*.links.*.adds_us", "number?"), ("chains.*.step_ms.median", "positive")],
+    "samples": [("prompts", "rows"), ("prompts.*", "text"), ("completions", "table"), ("completions.*.*", "text"),
+                ("leading_tokens_equal.*.*", "size")],
     "gguf_inspection": [("file", "text"), ("file_bytes", "size"), ("tensor_bytes", "size"),
                         ("tensors.*.name", "text"), ("tensors.*.type", "text"), ("tensors.*.bytes", "size"),
                         ("bytes_by_type.*", "size"), ("header.version", "size")],

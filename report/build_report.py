@@ -43,6 +43,7 @@ from report.sections.measuring import how_we_measure, runs_methods_devices
 from report.sections.models import larger_against_smaller
 from report.sections.part1 import part1
 from report.sections.part2 import part2
+from report.sections.samples import qualitative
 from report.sections.speed import speed, speed_summary
 from report.sections.summary import headline_table, title_block
 from study import cli  # noqa: E402
@@ -57,7 +58,7 @@ class SectionFailed(RuntimeError):
 
 # The report's sections in print order, each a function (doc, study) in report/sections/: the main
 # body answers the assignment (after the cover and the question map); the appendices hold the detail.
-MAIN = (question_map, how_we_measure, part1, part2, explore, larger_against_smaller, bonus, speed_summary,
+MAIN = (question_map, how_we_measure, part1, part2, explore, larger_against_smaller, qualitative, bonus, speed_summary,
         decision, limitations, conclusions, references)
 APPENDICES = (glossary, supporting, headline_table, memory_ppl_tables, runs_methods_devices, gguf_inside, appendix)
 # report/speed.pdf: the engineering the assignment did not ask for (every bench, the fused step, its anatomy)

@@ -13,7 +13,7 @@ import plot_results as pr
 import results
 from report.formats import mib, pct_change
 from speed import readings
-from study import registry
+from study import noise, registry
 
 ROOT = Path(__file__).resolve().parents[1]          # the repository
 
@@ -132,6 +132,23 @@ def full_precision_mib(rec: dict) -> float | None:
 
 def delta(runs: dict[str, dict], name: str, base: str = "baseline-fp32") -> float:
     return pct_change(runs[name]["perplexity"]["ppl"], runs[base]["perplexity"]["ppl"])
+
+
+def band(runs: dict[str, dict], name: str, base: str = "baseline-fp32") -> tuple[float, float] | None:
+    """The 95% band of delta(runs, name, base), from a paired bootstrap over the windows (study.noise);
+    None where a record predates the windows it needs."""
+    return noise.change_band(runs[base], runs[name])
+
+
+BAND_NOTE = ("95% band: of the change against fp32, from a paired bootstrap over the windows (2,000 draws); "
+             "a difference whose band holds zero is a tie; '–': the run predates the per-window record "
+             "the band needs.")
+
+
+def tie(runs: dict[str, dict], a: str, b: str) -> bool | None:
+    """Whether a and b tie (the band of b against a holds zero); None where it cannot be said."""
+    r = noise.ranked(runs[a], runs[b])
+    return None if r is None else r["tie"]
 
 
 # -----------------------------------------------------------------------------

@@ -23,6 +23,11 @@ def f_ratio(x: float) -> str:
     return f"{x:.2f}×"
 
 
+def f_band(band: tuple[float, float] | None) -> str:
+    """A 95% band of a perplexity change, in percent: '[+0.41, +0.63]'; '–' where none."""
+    return "–" if band is None else f"[{band[0]:+.2f}, {band[1]:+.2f}]"
+
+
 def pct_change(new: float, old: float) -> float:
     return 100.0 * (new / old - 1.0)
 

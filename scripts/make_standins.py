@@ -74,6 +74,14 @@ GPT2_SIZES = {"gpt2-medium-random": {"n_embd": 1024, "n_layer": 24, "n_head": 16
               "gpt2-xl-random": {"n_embd": 1600, "n_layer": 48, "n_head": 25}}
 ALL = (*MODELS, *OPTIONAL, *GPT2_SIZES)
 VERSION_STAMPS = ("transformers_version",)
+# A GGUF's tokenizer is rebuilt by transformers' GGUF converter, which has changed between releases: a
+# release that rebuilds it wrongly (one token per character, say) gives perplexities that mean nothing,
+# with no error. So each built tokenizer must cut this text into the ids the GGUF's vocabulary gives it.
+TOKENIZER_CHECK_TEXT = "The capital of France is Paris.\n = Robert Boulter = \n"
+TOKENIZER_CHECK_IDS = {
+    "smollm2-135m": [504, 3575, 282, 4649, 314, 7042, 30, 198, 446, 6356, 389, 9226, 352, 446, 3717],
+    "gemma3-270m": [2, 818, 5279, 529, 7001, 563, 9079, 236761, 107, 578, 9877, 151936, 589, 578, 236743, 107],
+}
 
 
 class BuildError(results.UserError):
@@ -256,6 +264,21 @@ def weights_sha256(folder: Path) -> str:
     return h.hexdigest()
 
 
+def check_tokenizer(name: str, folder: Path) -> None:
+    """The stand-in's tokenizer cuts TOKENIZER_CHECK_TEXT into the expected ids (BuildError if not)."""
+    expected = TOKENIZER_CHECK_IDS.get(name)
+    if expected is None:
+        return
+    import transformers
+    from transformers import AutoTokenizer
+    got = AutoTokenizer.from_pretrained(str(folder)).encode(TOKENIZER_CHECK_TEXT)
+    if got != expected:
+        raise BuildError(f"{folder}: its tokenizer cuts a check sentence into {len(got)} tokens, not the "
+                         f"{len(expected)} its GGUF's vocabulary gives ({got[:6]}... against {expected[:6]}...): "
+                         f"transformers {transformers.__version__} rebuilt it wrongly; delete the folder and "
+                         f"rebuild it with the transformers of requirements.txt")
+
+
 def build(name: str, out_dir: Path, gguf_file: Path | None = None, config_overrides: dict | None = None
           ) -> dict:
     """Build one stand-in into out_dir/name (through a .partial folder, renamed at the end so
@@ -276,6 +299,7 @@ def build(name: str, out_dir: Path, gguf_file: Path | None = None, config_overri
         made = "made"
     else:
         made = "already there"
+    check_tokenizer(name, dest)
     ident = results.model_identity(str(dest))
     return {"name": name, "path": str(dest), "status": made, "sha256": ident["sha256"],
             "weights_sha256": weights_sha256(dest)}

@@ -92,6 +92,9 @@ def steps_for(machine: str) -> dict[str, list[tuple[str, str, str, dict]]]:
                           {"sensitivity": True, "stride": 1024, "max_tokens": CPU_PREFIX, "per_line": 0,
                            "skip_latency": True})],
             "cpu-speed": [("bitsandbytes bench", "smol", "part2", {"bench": True, **CPU_TIMING})],
+            # what the perplexity changes look like: the same prompts, greedy, baseline and five schemes
+            "cpu-samples": [("greedy samples", "smol", "samples", {}),
+                            ("greedy samples (Gemma 3 270M)", "gemma", "samples", {})],
             "cpu-llamacpp": [("CPU decode beside llama.cpp (GPT-2 shapes)", "g2r", "fast_decode", CPU_TIMING),
                              ("CPU decode beside llama.cpp", "smol", "fast_decode", CPU_TIMING)],
             "cpu-g2r": [("fp32 (GPT-2 shapes)", "g2r", "evaluate", {"max_tokens": 8192, "per_line": 0}),
@@ -148,7 +151,7 @@ def steps_for(machine: str) -> dict[str, list[tuple[str, str, str, dict]]]:
 
 SCRIPTS = {"evaluate": "evaluate.py", "part1": "part1_quantize_scratch.py", "part2": "part2_bnb_nf4.py",
            "gguf": "bonus_gguf.py", "gguf-inspect": "bonus_gguf.py", "fast_decode": "speed/fast_decode.py",
-           "explore": "explore_calibrated.py"}
+           "explore": "explore_calibrated.py", "samples": "scripts/greedy_samples.py"}
 
 
 def script_main(script: str):
@@ -188,6 +191,8 @@ def keywords(script: str, model: str, extra: dict, machine: str, models: str, te
         return {"inspect": str(Path(gguf_dir) / name), "stand_in": note,
                 "out": str(Path(results_dir) / f"gguf-inspect__{Path(folder).name}-{extra['type']}.json")}
     kw = {"model": folder, "text_file": text, "stand_in": note, "quiet": True, "results_dir": results_dir}
+    if script == "samples":                # prompts of its own: no text to score
+        del kw["text_file"]
     if script != "fast_decode" or machine == "cpu":
         kw["device"] = machine
     if not standin.real:

@@ -60,7 +60,7 @@ def perplexity(model, input_ids: torch.Tensor, max_length: int, stride: int,
     dev = input_device(model)  # under a device_map, the embedding's device
     ids = input_ids[0]
     plan = window_plan(ids.numel(), max_length, stride)
-    nll_sum, n_scored = 0.0, 0
+    nll_sum, n_scored, per_window = 0.0, 0, []
     from tqdm.auto import tqdm
     for begin, end, score_from in tqdm(plan, desc="perplexity", unit="win", disable=not progress,
                                        file=sys.stderr):
@@ -68,8 +68,10 @@ def perplexity(model, input_ids: torch.Tensor, max_length: int, stride: int,
         logits = model(window[None, :-1], use_cache=False).logits[0]  # (T, V): row j predicts window[j+1]
         first = score_from - begin - 1                             # row that predicts score_from
         nll = token_nll(logits[first:], window[first + 1:])
-        nll_sum += nll.double().sum().item()
+        window_sum = nll.double().sum().item()
+        nll_sum += window_sum
         n_scored += nll.numel()
+        per_window.append(window_sum)
     mean_nll = nll_sum / n_scored
     if not math.isfinite(mean_nll) or mean_nll > 700:      # exp() would overflow: no number to report
         half = next(model.parameters()).dtype in (torch.float16, torch.bfloat16) if hasattr(model, "parameters") \
@@ -78,7 +80,9 @@ def perplexity(model, input_ids: torch.Tensor, max_length: int, stride: int,
                         f"or infinity" + (" (in half precision, try --dtype float32)" if half else ""))
     return {"ppl": math.exp(mean_nll), "mean_nll": mean_nll, "n_tokens_scored": n_scored,
             "n_tokens_total": ids.numel(), "n_windows": len(plan), "max_length": max_length,
-            "stride": stride, "aggregation": "corpus-level, token-weighted: exp(sum NLL / tokens)"}
+            "stride": stride, "aggregation": "corpus-level, token-weighted: exp(sum NLL / tokens)",
+            # the windows one by one, in order (window_plan): what a bootstrap over windows resamples
+            "windows": {"nll_sum": per_window, "n_scored": [end - score_from + 1 for _, end, score_from in plan]}}
 
 
 TOKENIZER_FREE_DEFINITION = ("bits_per_byte: sum of NLL / ln 2 / UTF-8 bytes of the scored text; word_perplexity: "

@@ -49,6 +49,25 @@ def test_perplexity_equals_brute_force(tiny_dir, tiny_text, max_length, stride):
     assert got["ppl"] == pytest.approx(math.exp(nll / n), rel=1e-5)
 
 
+@pytest.mark.parametrize("max_length,stride", [(32, 16), (16, 5)])
+def test_each_windows_nll_is_kept_for_the_bootstrap(tiny_dir, tiny_text, max_length, stride):
+    """perplexity.windows: each window's summed NLL and token count, in order; token t belongs to
+    the first window that reaches it (the brute force's k), so the sums are the brute force's
+    grouped by k."""
+    model, tok = load(tiny_dir)
+    ids = ev.tokenize(tok, tiny_text, max_tokens=150)
+    w = ev.perplexity(model, ids, max_length, stride, progress=False)["windows"]
+    sums, counts = {}, {}
+    with torch.no_grad():
+        for t in range(1, ids.shape[1]):
+            k = max(0, math.ceil((t - max_length) / stride))
+            logits = model(ids[0, k * stride:t][None]).logits[0, -1].double()
+            sums[k] = sums.get(k, 0.0) - torch.log_softmax(logits, -1)[ids[0, t]].item()
+            counts[k] = counts.get(k, 0) + 1
+    assert w["n_scored"] == [counts[k] for k in sorted(counts)]
+    assert w["nll_sum"] == pytest.approx([sums[k] for k in sorted(sums)], rel=1e-5)
+
+
 def test_text_shorter_than_one_window(gpt2_dir, tiny_text):
     model, tok = load(gpt2_dir)
     ids = ev.tokenize(tok, tiny_text, max_tokens=20)

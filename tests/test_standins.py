@@ -291,3 +291,16 @@ def test_gemma_builds_offline_from_a_given_gguf_with_its_terms_beside_it(tmp_pat
     monkeypatch.setattr(make_standins.results, "model_identity", lambda path: {"sha256": "-"})
     make_standins.build("gemma3-270m", tmp_path / "out", gguf_file=gguf)
     assert (tmp_path / "out" / "gemma3-270m" / "GEMMA_TERMS.html").read_text() == "<p>the terms beside</p>"
+
+
+def test_a_tokenizer_rebuilt_wrongly_stops_the_build(gpt2_dir, monkeypatch):
+    """A GGUF's tokenizer rebuilt by another transformers release may cut text differently and
+    silently: the build checks a sentence's ids against the GGUF vocabulary's and refuses a
+    mismatch in one line (here GPT-2's tokenizer stands for a wrong rebuild of smollm2's)."""
+    with pytest.raises(make_standins.BuildError, match="rebuilt it wrongly"):
+        make_standins.check_tokenizer("smollm2-135m", gpt2_dir)
+    from transformers import AutoTokenizer
+    right = AutoTokenizer.from_pretrained(str(gpt2_dir)).encode(make_standins.TOKENIZER_CHECK_TEXT)
+    monkeypatch.setitem(make_standins.TOKENIZER_CHECK_IDS, "smollm2-135m", right)
+    make_standins.check_tokenizer("smollm2-135m", gpt2_dir)                                    # the right ids pass
+    make_standins.check_tokenizer("gpt2-random", gpt2_dir)                                     # no GGUF: nothing to check

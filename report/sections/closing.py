@@ -11,7 +11,7 @@ from __future__ import annotations
 from xml.sax.saxutils import escape
 
 import plot_results as pr
-from report.common import Study, delta, group_label, heading, heading_number, method
+from report.common import Study, delta, group_label, heading, heading_number, method, tie
 from report.doc import Doc
 from report.formats import f_mib, f_pct, f_ratio
 
@@ -68,6 +68,12 @@ def decision_rows(s: Study) -> list[dict]:
     return rows
 
 
+def tie_word(runs: dict, a: str, b: str) -> str:
+    """'; a tie' where b's band against a holds zero, '; ranked' where not, '' where it cannot be said."""
+    t = tie(runs, a, b)
+    return "" if t is None else "; a tie" if t else "; ranked"
+
+
 def short_device(name: str) -> str:
     """'CPU' for a CPU's long name ('cpu: Intel(R) ...'), a GPU's name as it is."""
     return "CPU" if name.lower().startswith("cpu") else name
@@ -80,16 +86,16 @@ def decision(doc: Doc, s: Study) -> None:
         doc.p("No comparable perplexity runs in these results.")
         return
     doc.p("For a memory budget, a share of the model's fp32 weights, the run with the lowest perplexity that fits, "
-          "and the next best beside it: where the two are close, the choice between them is a tie, and speed, "
-          "hardware or tooling decides. The decode ratio comes from the side-by-side generate() bench on "
-          "the same device, where that method ran in it.")
+          "and the next best beside it: where the two tie (the 95% band of their difference, from a bootstrap "
+          "over the windows, holds zero), speed, hardware or tooling decides between them. The decode ratio "
+          "comes from the side-by-side generate() bench on the same device, where that method ran in it.")
     out = []
     for x in rows:
         r, n, nxt = x["runs"], x["pick"], x["next"]
         out.append([f"{x['share']:.0%} ({f_mib(x['budget_mib'])} MiB)", short_device(x["group"][5]),
                     n or "nothing fits", f_mib(r[n]["memory"]["weights_mib"]) if n else "–",
                     f_pct(delta(r, n)) if n else "–",
-                    f"{nxt} ({f_pct(delta(r, nxt))})" if nxt else "–",
+                    f"{nxt} ({f_pct(delta(r, nxt))}{tie_word(r, n, nxt)})" if nxt else "–",
                     f_ratio(x["ratio"]) if x["ratio"] is not None else "–"])
     doc.table(["budget (of fp32)", "device", "pick", "weights MiB", "perplexity vs fp32", "next best",
                "decode vs fp16"], out,

@@ -7,9 +7,9 @@ import statistics
 from xml.sax.saxutils import escape
 
 import plot_results as pr
-from report.common import Study, delta, group_label, heading, heading_number
+from report.common import Study, band, delta, group_label, heading, heading_number
 from report.doc import Doc
-from report.formats import f_mib, f_pct, f_ppl, f_ratio
+from report.formats import f_band, f_mib, f_pct, f_ppl, f_ratio
 from study import plan, registry, standins
 
 CALIBRATED_FAMILIES = ("rtn", "gptq", "awq")
@@ -129,7 +129,8 @@ def explore(doc: Doc, s: Study) -> None:
         secs = (v.get("quantize") or {}).get("seconds")
         rows.append([n, registry.of(v)["bits"], v["method"]["settings"]["group_size"] or "channel",
                      f"{pr.layer_bits(v):.3f}" if pr.layer_bits(v) else "–", f_mib(v["memory"]["weights_mib"]),
-                     f_ppl(v["perplexity"]["ppl"]), f_pct(delta(r, n)),
+                     f_ppl(v["perplexity"]["ppl"]), f_pct(delta(r, n)) + ("" if band(r, n) is None else
+                                                                         "\n" + f_band(band(r, n))),
                      f"{d['kld_mean']:.3f}" if d else "–", f"{100 * d['top1_agreement']:.1f}%" if d else "–",
                      "–" if secs is None else f"{secs:.1f}"])
     doc.table(["method", "bits", "group", "bits/weight", "weights MiB", "perplexity", "vs fp32", "KLD",
@@ -137,7 +138,8 @@ def explore(doc: Doc, s: Study) -> None:
               f"The grid on the same tokens as every other row ({escape(group_label(g))}). Bits per weight: "
               "the quantized layers' stored bytes × 8 over their weights. KLD: KL(fp32 ‖ method) per scored "
               "token, in nats; top-1: the two models' most likely next tokens agree. Quantize s: on this "
-              "run's device, calibration included.")
+              "run's device, calibration included. Under a change, where the run kept its windows: its 95% band "
+              "from a paired bootstrap over them.")
     doc.label("explore-table", "Table")
     trows = [[f"{t['method']} against {t['against']}", f"≤ {t['limit']:g}", f_ratio(t["ratio"]),
               "met" if t["met"] else "missed"] for t in x["targets"]]

@@ -173,6 +173,18 @@ def a_choose(s: Study) -> str | None:
                                   "budget and device.")
 
 
+def a_samples(s: Study) -> str | None:
+    from report.sections.samples import samples_record
+    rec = samples_record(s)
+    if rec is None:
+        return None
+    eq, n = rec["samples"]["leading_tokens_equal"], rec["method"]["settings"]["new_tokens"]
+    same = [m for m in eq if m != "baseline-fp32" and all(e >= n for e in eq[m])]
+    worst = min((m for m in eq if m != "baseline-fp32"), key=lambda m: sum(eq[m]), default=None)
+    return ((f"{', '.join(escape(m) for m in same)} write{'s' if len(same) == 1 else ''} fp32's text word for "
+             "word; " if same else "") + (f"{escape(worst)} leaves it after {min(eq[worst])} tokens." if worst else ""))
+
+
 def a_not_run(s: Study) -> str | None:
     return "Not run: 1.5-bit (ternary) weights need quantization-aware training, which the study leaves open."
 
@@ -187,6 +199,7 @@ QUESTIONS = (
     ("Exploration · BF16?", "explore", "explore-table", a_bf16),
     ("Exploration · A larger quantized model against a smaller unquantized one?", "explore", "models-figure",
      a_models),
+    ("What does a perplexity change look like in text?", "explore", "samples-table", a_samples),
     ("Exploration · 1.5-bit and QAT?", "limits", None, a_not_run),
     ("Bonus · GGUF through llama.cpp, on the same evaluator; pushed to the Hub?", "bonus", "gguf-table", a_gguf),
     ("Does quantization make decoding faster?", "speed", "speed-figure", a_speed),

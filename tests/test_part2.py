@@ -149,3 +149,16 @@ def test_bad_input_is_one_clear_line(cli_error, capsys, gpt2_dir, text_file, tmp
     assert "does not exist" in cli_error(p2, ["--model", str(tmp_path / "nope"), "--mode", "nf4"])
     if not torch.cuda.is_available():
         assert "no CUDA GPU" in cli_error(p2, base + ["--device", "cuda"])
+
+
+def test_auto_compute_dtype_keeps_gemma_out_of_float16():
+    """Gemma 3's activations overflow float16 (NaN logits): on a GPU, auto picks bfloat16 for it,
+    float16 for the others; a CPU computes in float32; an asked dtype is taken as it is."""
+    import torch
+
+    import part2_bnb_nf4 as p2
+    gpu, cpu = torch.device("cuda"), torch.device("cpu")
+    assert p2.compute_dtype_for(gpu, "auto", "gemma3_text") == "bfloat16"
+    assert p2.compute_dtype_for(gpu, "auto", "llama") == "float16"
+    assert p2.compute_dtype_for(cpu, "auto", "gemma3_text") == "float32"
+    assert p2.compute_dtype_for(gpu, "float16", "gemma3_text") == "float16"

@@ -206,7 +206,8 @@ def dataset_record(source: TextSource, ids: torch.Tensor, max_tokens: int | None
 
 def memory_record(weights_bytes: int, by_dtype_bytes: dict, disk: int | None, peak: "PeakMemory") -> dict:
     """The results JSON's memory block."""
-    return {"unit": "MiB (2**20 bytes)", "peak_excludes_reference": True, "weights_bytes": weights_bytes, "weights_mib": weights_bytes / MiB,
+    return {"unit": "MiB (2**20 bytes)", "peak_excludes_reference": True, "weights_bytes": weights_bytes,
+            "weights_mib": weights_bytes / MiB,
             "by_dtype_bytes": by_dtype_bytes, "disk_bytes": disk, "disk_mib": None if disk is None else disk / MiB,
             "peak_bytes": peak.peak_bytes, "peak_mib": peak.peak_bytes / MiB, "peak_kind": peak.kind,
             "peak_scope": PEAK_SCOPE}

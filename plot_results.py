@@ -156,12 +156,20 @@ def _plt():
     return plt
 
 
+DPI = 130
+MIN_FONT_KEY = "min_font_pt"          # PNG text chunk: the figure's smallest font size, in points
+
+
 def _save(fig, out: Path, name: str, made: list[Path], layout: bool = True) -> None:
     """Write the figure; layout=False for one whose axes are placed by hand (no tight_layout)."""
     path = out / name
     if layout:
         fig.tight_layout()
-    fig.savefig(path, dpi=130, bbox_inches="tight")          # text set outside the axes stays in
+    # the smallest text in it, in points at the figure's own size: the report scales the image to the
+    # page and reads this back, to hold every figure's text to a legible size in print (report/doc.py)
+    sizes = [t.get_fontsize() for t in fig.findobj(_plt().Text) if t.get_visible() and t.get_text().strip()]
+    fig.savefig(path, dpi=DPI, bbox_inches="tight",          # text set outside the axes stays in
+                metadata={MIN_FONT_KEY: f"{min(sizes, default=0):g}"})
     _plt().close(fig)
     made.append(path)
 
@@ -258,7 +266,7 @@ SPLIT_BITS = 7.0
 PART_MARKERS = {"baseline": ("*", "float cast"), "part1": ("o", "Part 1, from scratch"),
                 "part2": ("s", "bitsandbytes"), "bonus": ("D", "GGUF, llama.cpp"),
                 "explore": ("^", "RTN / GPTQ / AWQ")}
-LABEL_PT = 7               # label size at the figure's 7.5 in (the report's 16.5 cm column prints it at ~6 pt)
+LABEL_PT = 8.4             # label size at the figure's 7.5 in: the report's 16.5 cm column prints it at 7 pt
 
 
 def pct_label(v: float) -> str:
@@ -322,10 +330,10 @@ def plot_bits(rs: list[dict], idents: dict, cap: str, out: Path, name: str, made
             ax.set_yticks(log_ticks(lo / 1.6, hi * 1.6))
             ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
             ax.yaxis.set_minor_formatter(NullFormatter())
-            ax.tick_params(which="both", labelsize=8)
+            ax.tick_params(which="both", labelsize=8.5)
             ax.grid(True, which="major", lw=0.3, color="#dddddd")
             ax.set_xlabel(("bits per weight, below 8" if low else "8 bits and more")
-                          + " (quantized layers)", fontsize=8)
+                          + " (quantized layers)", fontsize=8.5)
             xs = [row[0] for row in mine]
             if low:
                 ax.set_xlim(min(xs) - 0.15, max(xs) + 0.15)
@@ -337,13 +345,13 @@ def plot_bits(rs: list[dict], idents: dict, cap: str, out: Path, name: str, made
             if axes:                                     # the second panel shares the first's y axis
                 ax.tick_params(labelleft=False)
             else:
-                ax.set_ylabel(ylabel, fontsize=8)
+                ax.set_ylabel(ylabel, fontsize=8.5)
             column_labels(ax, [(row[0], row[k], row[3], fmt(row[k])) for row in mine], idents)
             axes.append(ax)
         top = bottom
     handles = [plt.Line2D([], [], marker=m, ls="", color="#555555", label=words)
                for part, (m, words) in PART_MARKERS.items() if any(row[4] == part for row in rows)]
-    fig.legend(handles=handles, loc="lower center", ncol=len(handles), fontsize=8, frameon=False)
+    fig.legend(handles=handles, loc="lower center", ncol=len(handles), fontsize=8.5, frameon=False)
     fig.suptitle(f"What each bit buys: every scheme, named with its value (floored at 0.01%)\n{cap}", fontsize=9)
     _save(fig, out, name, made, layout=False)
 
@@ -479,7 +487,7 @@ def plot_fast(rec: dict, out: Path, made: list[Path]) -> None:
     fast = [b["table"][n]["fast_path"]["decode_ms_per_token"]["median"] for n in names]
     hf = [b["table"][n]["decode_ms_per_token"]["median"] for n in names]
     bw = readings.bench_bandwidth(rec)
-    fig, ax = plt.subplots(figsize=(6.2, 0.36 * len(names) + 1.9))
+    fig, ax = plt.subplots(figsize=(6.3, 0.26 * len(names) + 1.5))     # printed near its own size: 8 pt stays 8
     y = list(range(len(names)))
     ax.set_xscale("log")                      # 0.03 ms floors, 3 ms fast steps, 100 ms LLM.int8()
     ax.barh([i - 0.2 for i in y], fast, height=0.4, color="#55a868", label="fast path")

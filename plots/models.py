@@ -66,7 +66,7 @@ def label_points(ax, points: list[tuple[float, float, dict]], colors: dict[str, 
     turns = {(b[0], b[1]) for a, b in zip(on, on[1:]) if pr.short_model(a[2]) != pr.short_model(b[2])}
     for x, y, r in sorted(points, key=lambda p: ((p[0], p[1]) not in turns, (p[0], p[1]) not in front, p[0])):
         name = r["method"]["name"] + (" (origin)" if standins.requantizes_origin(r) else "")
-        text = ax.annotate(name, (x, y), xytext=(4, 3), textcoords="offset points", fontsize=6.5,
+        text = ax.annotate(name, (x, y), xytext=(4, 3), textcoords="offset points", fontsize=8,
                            color=colors[pr.short_model(r)])
         box = text.get_window_extent(renderer).expanded(1.05, 1.2)
         own = ax.transData.transform((x, y))
@@ -99,7 +99,7 @@ def plot_models(records: list[dict], out: Path, made: list[Path]) -> None:
 def plot_one(key: tuple, rs: list[dict], what: str, cost, xlabel: str, out: Path, made: list[Path]) -> None:
     plt = pr._plt()
     models = sorted({pr.short_model(r) for r in rs})
-    fig, ax = plt.subplots(figsize=(9.0, 4.6))
+    fig, ax = plt.subplots(figsize=(7.4, 4.6))
     points, colors = [], {}
     for i, model in enumerate(models):
         mine = [r for r in rs if pr.short_model(r) == model]
@@ -129,11 +129,12 @@ def plot_one(key: tuple, rs: list[dict], what: str, cost, xlabel: str, out: Path
     ax.xaxis.set_minor_formatter(NullFormatter())
     ax.set_xlabel(xlabel, fontsize=9)
     ax.set_ylabel("bits per byte (lower is better)", fontsize=9)
-    ax.tick_params(which="both", labelsize=8)
+    ax.tick_params(which="both", labelsize=8.5)
     for part, marker in PART_MARKERS.items():
         if any(registry.of(r)["part"] == part for r in rs):
             ax.scatter([], [], color="#777777", marker=marker, label=part)
-    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)   # outside: no point hidden
+    ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.13), ncol=3, borderaxespad=0,
+              frameon=False)                                            # below the axes: no point hidden
     ax.set_title(f"Two models, one text: bits per byte against {'memory' if what == 'mib' else 'decode time'}\n"
                  f"{pr.text_name(rs[0], short=True)}, L={key[1]} S={key[2]} · {key[3]}", fontsize=9)
     label_points(ax, [(x, y, r) for x, y, r in points if (x, y) in set(front) or registry.is_baseline(r)   # last:

@@ -32,7 +32,7 @@ if str(ROOT) not in sys.path:  # run as a script from anywhere
 
 import plot_results as pr  # noqa: E402
 from report.common import Study
-from report.doc import Doc
+from report.doc import MIN_PRINTED_PT, Doc
 from report.sections.appendix import appendix, memory_ppl_tables, supporting
 from report.sections.bonus import bonus, gguf_inside
 from report.sections.closing import conclusions, decision, glossary, references
@@ -98,8 +98,10 @@ def build_report(results: str | Path = "results", out: str | Path = "report/repo
         doc.page_break()
         compose(doc, s, APPENDICES)
         main_pages = (known or {"pages": {}})["pages"].get("main-end")
+        smallest = min((v for v in doc.printed_fonts.values() if v), default=0)
         learned = doc.build(out, "Weight quantization study: report built from results/*.json",
-                            subject=MAIN_BODY.format(main_pages) if main_pages else "")
+                            subject=(MAIN_BODY.format(main_pages) if main_pages else "")
+                            + SMALLEST_TEXT.format(smallest))
         if learned == known:
             break
         known = learned
@@ -109,11 +111,17 @@ def build_report(results: str | Path = "results", out: str | Path = "report/repo
     sdoc.p("Speed in detail: the benches, the fused decode step and its anatomy", "title")
     title_block(sdoc, s, results)
     compose(sdoc, s, SPEED)
+    small = sorted(name for name, v in {**doc.printed_fonts, **sdoc.printed_fonts}.items()
+                   if v and v < MIN_PRINTED_PT)
+    if small:
+        warnings.warn(f"{len(small)} figure(s) print text under {MIN_PRINTED_PT:g} pt: {', '.join(small)}",
+                      stacklevel=2)
     sdoc.build(speed_pdf(out), "Weight quantization study: speed in detail, built from results/*.json")
     return out
 
 
 MAIN_BODY = "main body: pages 1-{}; then the appendices"      # the PDF's subject: where the main body ends
+SMALLEST_TEXT = "; smallest figure text {:.1f} pt"                # and the smallest text of its figures in print
 
 
 def main_body_pages(pdf: str | Path) -> int | None:
@@ -123,6 +131,15 @@ def main_body_pages(pdf: str | Path) -> int | None:
     import pypdf
     m = re.search(r"pages 1-(\d+)", str(pypdf.PdfReader(str(pdf)).metadata.get("/Subject", "")))
     return int(m.group(1)) if m else None
+
+
+def smallest_figure_text(pdf: str | Path) -> float | None:
+    """The smallest text of the PDF's figures at print size, in points, as its subject records it."""
+    import re
+
+    import pypdf
+    m = re.search(r"smallest figure text ([\d.]+) pt", str(pypdf.PdfReader(str(pdf)).metadata.get("/Subject", "")))
+    return float(m.group(1)) if m else None
 
 
 RESULTS_DIR, PDF, FIGURES_DIR = "results", "report/report.pdf", "report/figures"   # main()'s and the CLI's

@@ -77,6 +77,8 @@ class Doc:
             "cell": style("c", "BodyText", fontSize=CELL_PT, leading=CELL_PT * 1.2),
             "mono": style("m", "Code", "DejaVuMono", fontSize=CELL_PT, leading=CELL_PT * 1.2),
             "subtitle": style("st", "BodyText", fontSize=12, leading=16, spaceAfter=6),
+            "ref": style("r", "BodyText", fontSize=CAPTION_PT, leading=CAPTION_PT * 1.2, spaceAfter=1.5,
+                         leftIndent=14, firstLineIndent=-14),
         }
         self.figures = figures
         self.story: list = []
@@ -84,6 +86,7 @@ class Doc:
         self.n_tab = 0
         self.refs: dict[str, int] = {}     # table numbers that the text cites, set as they are made
         self.known = known or {"pages": {}, "labels": {}}
+        self.printed_fonts: dict[str, float | None] = {}   # figure -> its smallest text in print, in pt
         self.pages: dict[str, int] = {}    # anchor -> page, filled while build() lays the story out
         self.labels: dict[str, str] = {}   # key -> "Figure 3" / "Table 5", as they are made
 
@@ -221,6 +224,7 @@ class Doc:
         img = Image(str(path))
         scale = min(16.5 * cm / img.imageWidth, max_height_cm * cm / img.imageHeight)
         img.drawWidth, img.drawHeight = img.imageWidth * scale, img.imageHeight * scale
+        self.printed_fonts[name] = printed_min_font(path, img.drawWidth)
         self.n_fig += 1
         self.story.append(
             KeepTogether(
@@ -268,6 +272,20 @@ class Doc:
         return {"pages": dict(self.pages), "labels": dict(self.labels)}
 
 
+def printed_min_font(png: Path, draw_width_pt: float) -> float | None:
+    """The smallest text of a figure as printed: the size plot_results wrote into the PNG, times
+    the scale from the figure's own width (pixels at its dpi) to its width on the page."""
+    from PIL import Image as PILImage
+
+    import plot_results as pr
+    with PILImage.open(png) as im:
+        size = float(im.info.get(pr.MIN_FONT_KEY, 0) or 0)
+        dpi = (im.info.get("dpi") or (pr.DPI, pr.DPI))[0]
+        own_width_pt = im.width / dpi * 72
+    return size * draw_width_pt / own_width_pt if size else None
+
+
+MIN_PRINTED_PT = 7.0          # the smallest figure text the report allows, at print size
 BODY_PT, CAPTION_PT, CELL_PT = 10, 8.5, 7.6     # body text, captions, table cells (figures: plots/style)
 
 

@@ -7,6 +7,7 @@ from xml.sax.saxutils import escape
 from report.common import Study, delta, full_precision_mib, group_label, heading
 from report.doc import Doc
 from report.formats import f_mib, f_ms, f_pct, f_ppl, mib
+from report.sections.closing import cite
 from report.settings import setting_facts, settings_sentence
 from study import registry
 
@@ -14,7 +15,8 @@ from study import registry
 def gguf_section(doc: Doc, s: Study) -> None:
     doc.h1(heading("bonus", "Bonus: GGUF and llama.cpp"), key="bonus")
     doc.p(
-        "<b>The formats.</b> GGML is llama.cpp's tensor library; GGUF is its single-file model "
+        "<b>The formats.</b> GGML is llama.cpp's " + cite("llama.cpp") + " tensor library; GGUF is its "
+        "single-file model "
         "format: a header, typed key-value metadata (architecture, hyperparameters, the whole "
         "tokenizer, the chat template), then a table of tensors, each with its shape, its "
         "quantization type and an offset into an aligned data section. Quantized types work on "
@@ -29,10 +31,8 @@ def gguf_section(doc: Doc, s: Study) -> None:
         "quantizer (llama_model_quantize, through llama-cpp-python), as <i>llama-quantize</i> would. "
         "llama-cpp-python then loads each file and the same evaluator scores it: the text's tokens "
         "go in, llama.cpp's logits come out, in the same windows as every other method. "
-        "<b>Deployment.</b> One file holds everything needed to run; it is memory-mapped, so "
-        "loading is nearly free and pages are shared between processes; llama.cpp runs it on "
-        "CPUs, Apple silicon and GPUs with integer kernels that read the packed blocks "
-        "directly, without Python or PyTorch."
+        "<b>Deployment.</b> One memory-mapped file holds everything needed to run, and llama.cpp's "
+        "integer kernels read its packed blocks directly on CPUs, Apple silicon and GPUs, without Python."
     )
     g = s.find_group("gguf-q8_0")
     if g:

@@ -11,11 +11,11 @@ from __future__ import annotations
 from xml.sax.saxutils import escape
 
 import plot_results as pr
-from report.common import Study, delta, group_label, heading, heading_number, method, tie
+from report.common import Study, delta, group_label, heading, method, tie
 from report.doc import Doc
 from report.formats import f_mib, f_pct, f_ratio
 
-BUDGETS = (1.0, 0.5, 0.3, 0.2)          # shares of the model's fp32 weight bytes
+BUDGETS = (0.5, 0.3, 0.2)               # shares of the model's fp32 weight bytes (at 100% fp32 itself fits)
 TIE_PCT = 1.0                            # "within 1% of fp32": the conclusions' bar for near-lossless
 # a run's name -> its row in a bench's table (the benches name Part 1's rows by kind and path)
 BENCH_NAMES = {"baseline-fp16": "fp16", "baseline-fp32": "fp32", "scratch-int8-per_channel": "scratch-int8",
@@ -102,7 +102,7 @@ def decision(doc: Doc, s: Study) -> None:
               "The lowest perplexity within each memory budget, per device (" + "; ".join(
                   escape(group_label(k)) for k in decision_groups(s)) + "). The two devices' runs score "
               "different token counts, so compare picks within a device.",
-              widths=[2.6, 1.9, 3.4, 1.5, 1.7, 3.7, 1.7])
+              widths=[2.5, 2.3, 3.5, 1.5, 1.7, 3.5, 1.6])
     doc.label("decision-table", "Table")
 
 
@@ -124,9 +124,6 @@ def conclusions(doc: Doc, s: Study) -> None:
         text = answer(s)
         if text:
             items.append(f"<b>{label}.</b> {text}")
-    items.append("<b>Caveat.</b> The models are stand-ins whose float weights were themselves dequantized from "
-                 f"4- and 5-bit files ({heading_number('measure')}); the 8-bit results do not depend on it, the "
-                 "4-bit penalties partly do.")
     doc.bullets(items)
 
 
@@ -153,8 +150,6 @@ REFERENCES = (
     ("gemma3", "Gemma Team. Gemma 3 Technical Report. arXiv:2503.19786."),
     ("gpt2", "A. Radford, J. Wu, R. Child, D. Luan, D. Amodei, I. Sutskever. Language Models are Unsupervised "
              "Multitask Learners. 2019."),
-    ("gpt-fast", "PyTorch team. gpt-fast: simple and efficient transformer inference in native PyTorch. "
-                 "github.com/pytorch-labs/gpt-fast."),
 )
 _NUMBER = {k: i + 1 for i, (k, _) in enumerate(REFERENCES)}
 
@@ -167,7 +162,7 @@ def cite(*keys: str) -> str:
 def references(doc: Doc, s: Study) -> None:
     doc.h1("References", key="references")
     for i, (_, entry) in enumerate(REFERENCES, 1):
-        doc.p(f"[{i}] {escape(entry)}", "small")
+        doc.p(f"[{i}] {escape(entry)}", "ref")
 
 
 GLOSSARY = (

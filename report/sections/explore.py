@@ -10,6 +10,7 @@ import plot_results as pr
 from report.common import Study, band, delta, group_label, heading, heading_number
 from report.doc import Doc
 from report.formats import f_band, f_mib, f_pct, f_ppl, f_ratio
+from report.sections.closing import cite
 from study import plan, registry, standins
 
 CALIBRATED_FAMILIES = ("rtn", "gptq", "awq")
@@ -99,13 +100,13 @@ def explore(doc: Doc, s: Study) -> None:
         "bits per weight count the bytes really stored. Only the linears inside the decoder blocks "
         "are quantized; embeddings, norms and the output layer stay as loaded. "
         "<i>Round-to-nearest</i> (RTN) maps each group's minimum and maximum onto the code range and "
-        "rounds. <i>GPTQ</i> (Frantar et al. 2022) quantizes one column at a time and spreads each "
+        "rounds. <i>GPTQ</i> " + cite("gptq") + " quantizes one column at a time and spreads each "
         "column's rounding error over the columns not yet quantized, weighted by the inverse Hessian "
         "H = 2XXᵀ of the layer's calibration inputs X; H is dampened by "
         f"{st.get('damp', 0.01):g} × its mean diagonal, inverted through a Cholesky factor, and the "
         f"updates are applied lazily in blocks of {st.get('block_size', 128)} columns; activation "
         "order (act-order) takes the columns with the largest Hessian diagonal first. <i>AWQ</i> "
-        "(Lin et al. 2023) scales each input channel by s = mean|x|^α before rounding, with α "
+        + cite("awq") + " scales each input channel by s = mean|x|^α before rounding, with α "
         "searched over a grid against the error of the whole block's output, and folds 1/s into the "
         "preceding norm or linear where the architecture allows; it then searches a clipping range "
         f"per group. Both calibrate on {cal['n_samples']} windows of {cal['seq_len']} tokens "
@@ -120,7 +121,7 @@ def explore(doc: Doc, s: Study) -> None:
     if best and x["nf4"] is not None:
         takeaway += f", against bitsandbytes NF4's {f_pct(x['nf4'])}"
     doc.figure(figure, f"What each bit buys, every scheme of every part on one axis ({escape(group_label(g))}). "
-               f"{takeaway}. The KL divergence panel holds the runs that measured it.", max_height_cm=15)
+               f"{takeaway}. The KL divergence panel holds the runs that measured it.", max_height_cm=20)
     doc.label("explore-figure")
     rows = []
     for n in sorted(x["grid"], key=lambda n: (-registry.of(r[n])["bits"], pr.layer_bits(r[n]) or 0,

@@ -225,4 +225,3 @@ def question_map(doc: Doc, s: Study) -> None:
         rows.append([question, said or "Not measured in these results.", ", ".join(where)])
     doc.table(["question", "answer", "where"], rows, "The assignment's questions, answered from the records.",
               widths=[5.2, 9.0, 2.6], markup=True)
-    doc.page_break()

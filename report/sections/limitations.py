@@ -115,21 +115,17 @@ def limitations(doc: Doc, s: Study) -> None:
     x = limitation_facts(s)
     items = []
     if x["stand_ins"]:
-        items.append("<b>No real gpt2 numbers.</b> Every number here comes from stand-ins ("
-                     + ", ".join(f"<i>{escape(m)}</i>" for m in x["stand_ins"]) + "), because the machines "
-                     "that ran the study could not reach the Hub. The scripts load gpt2 from the Hub by "
-                     "default; the README gives the commands.")
-    if x["prefixes"]:
-        items.append("<b>Prefixes.</b> Some runs score only the start of the text: "
-                     + "; ".join(f"{escape(m)} on {escape(d)}, the first {n:,} tokens" for m, d, n in x["prefixes"])
-                     + ". Their perplexities are compared only within their own tables.")
+        items.append(f"<b>No real gpt2 numbers.</b> Every number here comes from {len(x['stand_ins'])} stand-ins "
+                     "(the cover names them), because the machines that ran the study could not reach the Hub; "
+                     "the scripts load gpt2 from the Hub by default, and the README gives the commands. CPU runs "
+                     f"score a prefix of the text ({heading_number('measure')}), compared only among themselves.")
+    items.append("<b>Not run: 1.5-bit weights and quantization-aware training.</b> Ternary (1.58-bit) weights "
+                 "only work for a model trained with them, and QAT means training; the study quantizes "
+                 "trained models after the fact, so both stay open.")
     if x["sens_devices"]:
         items.append("<b>One sensitivity scan.</b> The scan ran on " + ", ".join(escape(d) for d in x["sens_devices"])
                      + f", at INT8, over {x['sens_tokens']:,} tokens; at INT8 most single-block changes "
                      "are within rounding noise, and a 4-bit scan has not been run.")
-    items.append("<b>Latency in the tables of single runs</b> is each run's own timing, taken one run after "
-                 "another; only the side-by-side benches (" + heading_number("speed")
-                 + ", report/speed.pdf) compare speeds as ratios.")
     doc.bullets(items)
 
 

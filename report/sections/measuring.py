@@ -9,13 +9,15 @@ import results
 from report.common import Study, describe, heading, method, model_label
 from report.doc import Doc
 from report.formats import f_ppl
+from report.sections.closing import cite
 from report.settings import short_name
 from study import registry, standins
 
 
 def methodology(doc: Doc, s: Study) -> None:
     doc.p(
-        "<b>Perplexity</b> is corpus-level and token-weighted: the test text is joined and "
+        "<b>Perplexity</b> " + cite("transformers") + " is corpus-level and token-weighted: the WikiText-2 "
+        + cite("wikitext") + " test text is joined and "
         "tokenized once, scored in windows of L tokens that advance by a stride S, each window "
         "scoring only the tokens the previous one did not, and perplexity = exp(sum of token "
         "NLL / tokens scored). Every method, the baseline and llama.cpp included, goes through "
@@ -140,23 +142,23 @@ def how_we_measure(doc: Doc, s: Study) -> None:
             f"the first {pl['n_lines_asked']:,} non-empty lines alone ({pl['n_lines']:,} of them have "
             f"two tokens or more to score): the plain mean of those per-line perplexities is "
             f"{pl['mean_of_line_ppl']:,.2f}, their median {pl['median_of_line_ppl']:.2f}, against a "
-            f"corpus perplexity of {f_ppl(p['ppl'])}. A line of a few tokens, scored without "
-            "context, can have a perplexity in the thousands, and a plain mean gives it the weight "
-            "of a paragraph; the corpus figure weighs every token once and gives each its "
-            f"preceding context (up to {p['max_length']} tokens). That is why every table uses the "
-            "corpus figure; the per-line numbers are kept in the results only to show the gap."
+            f"corpus perplexity of {f_ppl(p['ppl'])}: a short line scored without context can reach the "
+            "thousands and weighs as much as a paragraph, while the corpus figure weighs every token once, "
+            f"with up to {p['max_length']} tokens of context. Every table uses the corpus figure."
         )
     notes = stand_in_facts(s)
     if notes:
         doc.p(
             "<b>What the stand-ins do to each number.</b> "
-            + ("<i>smollm2-135m</i> is a real language model, but its weights were dequantized from "
+            + (f"<i>smollm2-135m</i> {cite('smollm2')} is a real language model, but its weights were dequantized from "
                "a 4-bit file (Q4_1: a scale and a minimum per 32 weights): every 4-bit method here rounds "
                "them a second time, onto another grid (one absmax per 64 weights, other levels), so the "
                "4-bit perplexity penalties are those of re-quantization and likely larger than on the "
                "original weights; the 8-bit "
                "penalties are small either way. " if notes["smol"] else "")
-            + ("<i>gpt2-random</i> has GPT-2 small's exact shapes and random weights: its memory "
+            + (f"<i>gemma3-270m</i> {cite('gemma3')} is a second real model, dequantized from Q4_K_M, a milder "
+               "origin (most tensors 5 to 8 bits). " if notes.get("gemma") else "")
+            + (f"<i>gpt2-random</i> has GPT-2 small's {cite('gpt2')} exact shapes and random weights: its memory "
                "and speed are GPT-2's, its perplexity means nothing, and its activations have none "
                "of the outliers that LLM.int8() separates, so LLM.int8()'s accuracy and its speed on "
                "real models are not what it shows here." if notes["random"] else "")
@@ -166,5 +168,6 @@ def how_we_measure(doc: Doc, s: Study) -> None:
 def stand_in_facts(s: Study) -> dict:
     labels = {pr.short_model(r) for r in s.records if isinstance(r.get("model"), dict) and r["model"].get("stand_in")}
     return {} if not labels else {"smol": any(standins.origin(r) == "Q4_1" for r in s.records),
+                                  "gemma": any(standins.origin(r) == "Q4_K_M" for r in s.records),
                                   "random": any(results.random_weights(r) for r in s.records
                                                 if isinstance(r.get("model"), dict))}

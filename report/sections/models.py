@@ -14,6 +14,7 @@ from plots import models as pm
 from report.common import Study
 from report.doc import Doc
 from report.formats import f_mib, f_pct
+from report.sections.closing import cite
 from report.sections.explore import rtn_twin
 from study import registry, standins
 
@@ -96,7 +97,8 @@ def larger_against_smaller(doc: Doc, s: Study) -> None:
         return
     small, large, u, f = x["small"], x["large"], x["unquantized"], x["fp32"]
     say = lambda p: f"{escape(p['method'])} ({escape(p['model'])}, {f_mib(p['mib'])} MiB, {p['bpb']:.4f})"  # noqa
-    text = (f"Bits per byte compares {escape(large)} with {escape(small)} across their tokenizers: the same "
+    text = (f"Bits per byte {cite('lm-eval')} compares {escape(large)} with {escape(small)} across their "
+            "tokenizers: the same "
             "total negative log-likelihood, in bits, over the UTF-8 bytes of the text the scored tokens spell "
             f"({f[small]['bytes']:,} bytes for {escape(small)}, "
             f"{f[large]['bytes']:,} for {escape(large)}: the same text's start, cut by each tokenizer's "
@@ -110,8 +112,8 @@ def larger_against_smaller(doc: Doc, s: Study) -> None:
         verdict = "beats" if b["bpb"] < u["bpb"] else "does not beat"
         text += (f"Within {escape(small)} {escape(u['method'])}'s {f_mib(u['mib'])} MiB ({u['bpb']:.4f}), "
                  f"{escape(large)}'s best run is {say(b)}: it {verdict} the smaller model unquantized. ")
-    text += ("From the least memory up, the frontier (nothing of less or equal memory scores lower) is "
-             + "; ".join(say(p) for p in x["frontier"]) + ".")
+    text += (f"The frontier (nothing of less or equal memory scores lower; {len(x['frontier'])} runs, in RESULTS.md's "
+             f"two-model table) starts at {say(x['frontier'][0])} and ends at {say(x['frontier'][-1])}.")
     turns = x["turns"]
     if len(turns) == 1:
         before = x["frontier"][0]["model"]
@@ -152,5 +154,5 @@ def larger_against_smaller(doc: Doc, s: Study) -> None:
     doc.figure(pm.models_figure(x["key"], "mib"),
                f"Bits per byte against weight memory, every run of both models ({escape(x['key'][3])}); the dashed "
                "line is the frontier; a hollow point rounds its stand-in back to its origin format and is off it. "
-               "RESULTS.md's two-model table lists every point.", max_height_cm=10)
+               "RESULTS.md's two-model table lists every point.", max_height_cm=13)
     doc.label("models-figure")

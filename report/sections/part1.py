@@ -19,6 +19,7 @@ from report.common import (
 )
 from report.doc import Doc
 from report.formats import f_band, f_mib, f_ms, f_pct, f_ppl
+from report.sections.closing import cite
 from report.settings import latency_of, setting_facts, settings_sentence, short_name
 from study import registry
 
@@ -135,7 +136,8 @@ def part1(doc: Doc, s: Study) -> None:
                           if (r.get("method") or {}).get("name") == "scratch-int8-group64"} - {None})
     gs = str(group_sizes[0]) if group_sizes else "g"
     doc.p(
-        "<b>The rules.</b> No quantization library: <i>part1_quantize_scratch.py</i> uses PyTorch "
+        "<b>The rules.</b> The schemes are LLM.int8()'s absmax scales " + cite("llm-int8") + " without its "
+        "outlier split. No quantization library: <i>part1_quantize_scratch.py</i> uses PyTorch "
         "tensors only. Weights are stored as int8 tensors (and their scales), so memory really "
         "drops; activations stay in the model's own precision (float32, or float16 on the GPU); "
         "norms and biases are not quantized. The script quantizes the whole model, or only chosen "

@@ -8,13 +8,15 @@ import plot_results as pr
 from report.common import Study, delta, describe, group_label, heading, heading_number, model_label
 from report.doc import Doc
 from report.formats import f_mib, f_pct, f_ppl, f_ratio, mib
+from report.sections.closing import cite
 from study import registry
 
 
 def nf4_section(doc: Doc, s: Study) -> None:
     doc.h2("NF4 against linear 4-bit")
     doc.p(
-        "<b>What NF4 is.</b> Linear (uniform) 4-bit quantization divides each block of 64 "
+        "<b>What NF4 is</b> " + cite("qlora", "bitsandbytes") + ". Linear (uniform) 4-bit quantization divides "
+        "each block of 64 "
         "weights by its largest magnitude (absmax) and rounds to 16 evenly spaced levels in "
         "[-1, 1]. NF4 keeps the same absmax scale but puts its 16 levels at quantiles of a "
         "normal distribution, so that for exactly normal weights each level would take an equal "

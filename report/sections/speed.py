@@ -511,7 +511,7 @@ def speed_summary(doc: Doc, s: Study) -> None:
         doc.figure(pr.fast_figure(fast), "Decode time per token, same run: Hugging Face generate() against the "
                    "static-cache path with CUDA graphs (log scale). The tick on each fast-path bar is the time to "
                    "read that method's weights once at the GPU's peak bandwidth: every bar sits far above its "
-                   "tick, so fewer bytes cannot make this model decode faster.", max_height_cm=8.5)
+                   "tick, so fewer bytes cannot make this model decode faster.", max_height_cm=9.0)
         doc.label("speed-figure")
     why = why_text(latency_facts(s))
     if why:

@@ -153,6 +153,9 @@ def larger_against_smaller(doc: Doc, s: Study) -> None:
               "GPTQ and AWQ here).")
     doc.figure(pm.models_figure(x["key"], "mib"),
                f"Bits per byte against weight memory, every run of both models ({escape(x['key'][3])}); the dashed "
-               "line is the frontier; a hollow point rounds its stand-in back to its origin format and is off it. "
+               "line is the frontier"
+               + (f", which passes from {escape(x['frontier'][0]['model'])} to {escape(turns[0]['model'])} at "
+                  f"{f_mib(turns[0]['mib'])} MiB" if len(turns) == 1 else "")
+               + "; a hollow point rounds its stand-in back to its origin format and is off it. "
                "RESULTS.md's two-model table lists every point.", max_height_cm=13)
     doc.label("models-figure")

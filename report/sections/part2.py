@@ -64,9 +64,9 @@ def nf4_section(doc: Doc, s: Study) -> None:
         levels_fig = pr.compare_figures(c)
         doc.figure(
             levels_fig["levels"],
-            "A real layer's weights, each divided by its block's "
-            "absmax, with the 16 NF4 levels (red) and 16 uniform "
-            "levels (blue, dotted).",
+            "A real layer's weights, each divided by its block's absmax, with the 16 NF4 levels (red) and 16 "
+            "uniform levels (blue, dotted): NF4's levels crowd where the weights are, the uniform ones spend "
+            "codes on the nearly empty tails.",
         )
         doc.label("nf4-levels")
     g = s.find_group("bnb-nf4", "bnb-fp4")

@@ -22,6 +22,9 @@ def memory_ppl_tables(doc: Doc, s: Study) -> None:
         "step between levels; a scale per small group keeps the step small, one scale for a "
         "whole matrix lets a single large weight stretch it."
     )
+    text = peak_text(s)
+    if text:
+        doc.p(text)
     for k in s.memory_groups():
         rs = s.groups[k]
         meaningful = pr.perplexity_means_something(rs[0])
@@ -106,3 +109,45 @@ def supporting(doc: Doc, s: Study) -> None:
     part2.supporting(doc, s)
     bonus.equal_bits(doc, s)
     limitations.open_questions(doc, s)
+
+
+def peak_facts(s: Study) -> dict | None:
+    """On the headline group: each run's peak above its weights (MiB), and which runs' peaks held the
+    unquantized fp32 copy for the KL divergence (a GPU record written before peak_excludes_reference)."""
+    g = s.headline
+    if g is None or g[6] != "cuda":
+        return None
+    r = s.runs(g)
+    if "baseline-fp32" not in r:
+        return None
+    above = {n: v["memory"]["peak_mib"] - v["memory"]["weights_mib"] for n, v in r.items()
+             if v["memory"].get("peak_mib") is not None}
+    held = [n for n, v in r.items() if v.get("divergence") and not v["memory"].get("peak_excludes_reference")]
+    return {"group": g, "above": above, "held": held, "ref_mib": r["baseline-fp32"]["memory"]["weights_mib"]}
+
+
+def peak_text(s: Study) -> str | None:
+    """What each peak holds, from the headline group's records (a GPU's max allocated memory)."""
+    x = peak_facts(s)
+    if x is None:
+        return None
+    a, held = x["above"], x["held"]
+    say = lambda n: f"{escape(n)} {f_mib(a[n])}" if n in a else None     # noqa: E731
+    base = [t for t in (say("baseline-fp32"), say("baseline-fp16"), say("scratch-int8-per_channel")) if t]
+    text = ("<b>What a peak holds.</b> A run's peak (the windowed perplexity pass, CUDA max allocated) is its "
+            "weights plus one window's working set: the logits (window × vocabulary) in the compute dtype and "
+            "again in fp32 for the loss, and the activations. Above the weights, in MiB: " + ", ".join(base)
+            + " (Part 1's INT8 dequantizes each weight matrix before its matmul, the tied embedding used as "
+            "output layer the largest).")
+    if held:
+        less = sorted(a[n] - x["ref_mib"] for n in held if n in a)
+        text += (f" The {len(held)} calibrated runs' peaks also held the unquantized fp32 copy ("
+                 f"{f_mib(x['ref_mib'])} MiB) kept for the KL divergence; less that copy they add "
+                 f"{f_mib(less[0])} to {f_mib(less[-1])} MiB. Runs written since keep that copy on the CPU "
+                 "during the measured passes.")
+    if "bnb-int8" in a and "baseline-fp16" in a:
+        text += (f" LLM.int8() adds {f_mib(a['bnb-int8'])} MiB, {a['bnb-int8'] / a['baseline-fp16']:.1f}× fp16's "
+                 "working set: its matmuls quantize each activation row to int8, keep int32 outputs and split "
+                 "outlier columns into an fp16 matmul, and the records do not break that down: an open "
+                 "question, not an explanation.")
+    return text

@@ -27,7 +27,10 @@ def methodology(doc: Doc, s: Study) -> None:
         "of the run (CUDA max allocated, or the rise in peak RSS on a CPU) and the size on disk "
         "(save_pretrained, or the GGUF file). <b>Latency</b> is synchronized, warmed up and "
         "repeated; a table gives medians with p10–p90. Speed is compared only as ratios taken "
-        "side by side in one run, with the methods timed in turn (round robin)."
+        "side by side in one run, with the methods timed in turn (round robin). What each peak holds "
+        "(the logits and activations of one window; the KL divergence's fp32 copy in older GPU records; "
+        "LLM.int8()'s buffers) is taken apart in the appendix of comparable runs"
+        + (f" ({doc.page_of('appendix-groups')})." if doc.page_of("appendix-groups") else ".")
     )
     reductions(doc, s)
 

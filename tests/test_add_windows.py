@@ -1,0 +1,49 @@
+"""scripts/add_windows.py: a rerun lends its per-window NLL only to the same measurement."""
+import json
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import record
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
+import add_windows  # noqa: E402
+
+
+def pair(tmp_path, name="a.json", nll=(30.0, 12.0), counts=(10, 5)):
+    old = record("baseline-fp32", 20.0, 100.0)
+    old["perplexity"].update(mean_nll=sum(nll) / sum(counts), n_tokens_scored=sum(counts), n_windows=len(nll))
+    new = json.loads(json.dumps(old))
+    new["perplexity"]["windows"] = {"nll_sum": list(nll), "n_scored": list(counts)}
+    new["latency"] = {"differs": True}                      # a rerun's timings are not taken
+    (tmp_path / "old").mkdir(exist_ok=True)
+    (tmp_path / "new").mkdir(exist_ok=True)
+    (tmp_path / "old" / name).write_text(json.dumps(old))
+    (tmp_path / "new" / name).write_text(json.dumps(new))
+    return old
+
+
+def test_the_windows_of_an_equal_rerun_are_added_and_nothing_else(tmp_path):
+    old = pair(tmp_path)
+    assert add_windows.main(rerun=str(tmp_path / "new"), results_dir=str(tmp_path / "old")) == 1
+    got = json.loads((tmp_path / "old" / "a.json").read_text())
+    assert got["perplexity"]["windows"] == {"nll_sum": [30.0, 12.0], "n_scored": [10, 5]}
+    assert "add_windows.py" in got["perplexity"]["windows_added_by"]
+    del got["perplexity"]["windows"], got["perplexity"]["windows_added_by"]
+    assert got == old                                       # its own timings and every other field kept
+    assert add_windows.main(rerun=str(tmp_path / "new"), results_dir=str(tmp_path / "old")) == 0   # once
+
+
+def test_a_rerun_with_another_total_lends_nothing(tmp_path, capsys):
+    pair(tmp_path)
+    new = json.loads((tmp_path / "new" / "a.json").read_text())
+    new["perplexity"]["mean_nll"] += 1e-9                   # not the same measurement, by a hair
+    (tmp_path / "new" / "a.json").write_text(json.dumps(new))
+    with pytest.raises(SystemExit) as e:
+        add_windows.main(rerun=str(tmp_path / "new"), results_dir=str(tmp_path / "old"))
+    assert e.value.code == 1 and "perplexity.mean_nll differs" in capsys.readouterr().err
+    assert "windows" not in json.loads((tmp_path / "old" / "a.json").read_text())["perplexity"]
+
+
+def test_a_missing_rerun_folder_is_one_line(cli_error, tmp_path):
+    assert "not a folder" in cli_error(add_windows, [str(tmp_path / "none")])

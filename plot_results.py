@@ -506,7 +506,7 @@ def plot_fast(rec: dict, out: Path, made: list[Path]) -> None:
     ax.set_yticks(y, names, fontsize=8)
     ax.invert_yaxis()
     ax.tick_params(labelsize=8)
-    ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.4, -0.14), ncol=3, frameon=False)
+    ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.4, -0.22), ncol=3, frameon=False)  # below the label
     fig.suptitle(f"Decode, {b['new_tokens']} tokens after {b['prompt_tokens']}: median of {b['repeats']} "
                  f"round-robin repeats\n{caption(rec)}", fontsize=9)
     _save(fig, out, fast_figure(rec), made)

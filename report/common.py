@@ -141,8 +141,7 @@ def band(runs: dict[str, dict], name: str, base: str = "baseline-fp32") -> tuple
 
 
 BAND_NOTE = ("95% band: of the change against fp32, from a paired bootstrap over the windows (2,000 draws); "
-             "a difference whose band holds zero is a tie; '–': the run predates the per-window record "
-             "the band needs.")
+             "a difference whose band holds zero is a tie.")
 
 
 def tie(runs: dict[str, dict], a: str, b: str) -> bool | None:

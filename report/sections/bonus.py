@@ -89,8 +89,7 @@ def gguf_section(doc: Doc, s: Study) -> None:
                 + " So " + " and ".join(
                     f"{name} keeps {100 * registry.nominal_type_share(dict((t, v) for t, v in mix), name):.0f}% of "
                     f"its bytes in {registry.GGUF_NOMINAL_TYPE.get(name, name)}" for name, mix in x["k_quant_mix"])
-                + ". (A record's type_fallback is true only for a file that holds none of its type; "
-                "nominal_type_share gives the share.)"
+                + ": the name says which mix llama.cpp aimed at, not what the file holds."
             )
 
 
@@ -196,13 +195,11 @@ def push_paragraph(doc: Doc, s: Study) -> None:
             )
         return
     doc.p(
-        "<b>On the Hub.</b> No push to the Hugging Face Hub is recorded in these results: the "
-        "machines that made them cannot reach it. <font face='DejaVuMono'>bonus_gguf.py "
-        "--push-to-hub USER/REPO</font> (with HF_TOKEN set) makes the files, measures them, and "
-        "pushes every GGUF file with a model card in one commit; the test suite runs that push "
-        "against a local imitation of the Hub's upload endpoints with the real huggingface_hub "
-        "client and reads the files back byte for byte. A real push writes a gguf-push results "
-        "file, and this paragraph then names the repository and its commit."
+        "<b>On the Hub.</b> No push is recorded in these results: the machines that made them cannot "
+        "reach the Hugging Face Hub. <font face='DejaVuMono'>bonus_gguf.py --push-to-hub USER/REPO</font> "
+        "(with HF_TOKEN set) makes the files, measures them, and pushes every GGUF file with a model card "
+        "in one commit, through the real huggingface_hub client; that path is checked against a local "
+        "imitation of the Hub's upload endpoints, the files read back byte for byte."
     )
 
 

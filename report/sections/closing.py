@@ -74,6 +74,12 @@ def tie_word(runs: dict, a: str, b: str) -> str:
     return "" if t is None else "; a tie" if t else "; ranked"
 
 
+def bpw_of(rec: dict) -> str:
+    """', N bits per weight' over the whole model where the record says, else ''."""
+    b = (rec.get("bits_per_weight") or {}).get("model") or {}
+    return f", {b['bits_per_weight']:.2f} bits per weight" if b.get("bits_per_weight") else ""
+
+
 def short_device(name: str) -> str:
     """'CPU' for a CPU's long name ('cpu: Intel(R) ...'), a GPU's name as it is."""
     return "CPU" if name.lower().startswith("cpu") else name
@@ -97,12 +103,12 @@ def decision(doc: Doc, s: Study) -> None:
                     f_pct(delta(r, n)) if n else "–",
                     f"{nxt} ({f_pct(delta(r, nxt))}{tie_word(r, n, nxt)})" if nxt else "–",
                     f_ratio(x["ratio"]) if x["ratio"] is not None else "–"])
-    doc.table(["budget (of fp32)", "device", "pick", "weights MiB", "perplexity vs fp32", "next best",
+    doc.table(["budget (of fp32)", "device", "pick", "weights MiB", "vs fp32", "next best",
                "decode vs fp16"], out,
               "The lowest perplexity within each memory budget, per device (" + "; ".join(
                   escape(group_label(k)) for k in decision_groups(s)) + "). The two devices' runs score "
               "different token counts, so compare picks within a device.",
-              widths=[2.5, 2.3, 3.5, 1.5, 1.7, 3.5, 1.6])
+              widths=[2.3, 2.1, 4.0, 1.5, 1.4, 4.0, 1.5])
     doc.label("decision-table", "Table")
 
 
@@ -114,12 +120,14 @@ def conclusions(doc: Doc, s: Study) -> None:
     lossless = next((x["pick_within_1pct"] for x in rows if x["pick_within_1pct"]), None)
     if lossless:
         items.append(f"<b>Near-lossless.</b> The least memory within {TIE_PCT:g}% of fp32's perplexity: "
-                     f"{lossless}. 8-bit weights are safe to use everywhere.")
+                     f"{lossless}. A scale per row or per group keeps 8-bit within that; one scale per "
+                     "matrix does not (the Part 1 table).")
     four = [x for x in rows if x["share"] == min(BUDGETS) and x["pick"]]
     if four:
         items.append("<b>At a fifth of fp32's memory</b> the best run is " + "; ".join(
-            f"{escape(x['pick'])} ({f_pct(delta(x['runs'], x['pick']))}, {escape(x['group'][5])})" for x in four)
-            + ": 4-bit costs accuracy, and how it rounds matters more than how many bits it keeps.")
+            f"{escape(x['pick'])} ({f_pct(delta(x['runs'], x['pick']))}{bpw_of(x['runs'][x['pick']])}, "
+            f"{escape(short_device(x['group'][5]))})" for x in four)
+            + ": below 8 bits every scheme measured here costs perplexity that shows.")
     for label, answer in (("Calibration", a_calibrated), ("A larger model", a_models), ("Speed", a_speed)):
         text = answer(s)
         if text:

@@ -81,7 +81,8 @@ def finding(s: Study) -> str | None:
             + (f", against round-to-nearest's {f_pct(delta(r, twin))} on the same grid" if twin else "")
             + (f" and bitsandbytes NF4's {f_pct(x['nf4'])}" if x["nf4"] is not None else "")
             + f" ({escape(group_label(x['group']))}); {sum(t['met'] for t in x['targets'])} of the "
-            f"{len(x['targets'])} targets against round-to-nearest are met.")
+            f"{len(x['targets'])} targets against round-to-nearest "
+            f"{'is' if sum(t['met'] for t in x['targets']) == 1 else 'are'} met.")
 
 
 def explore(doc: Doc, s: Study) -> None:
@@ -139,8 +140,9 @@ def explore(doc: Doc, s: Study) -> None:
               f"The grid on the same tokens as every other row ({escape(group_label(g))}). Bits per weight: "
               "the quantized layers' stored bytes × 8 over their weights. KLD: KL(fp32 ‖ method) per scored "
               "token, in nats; top-1: the two models' most likely next tokens agree. Quantize s: on this "
-              "run's device, calibration included. Under a change, where the run kept its windows: its 95% band "
-              "from a paired bootstrap over them.")
+              "run's device, calibration included."
+              + (" Under a change: its 95% band, from a paired bootstrap over the windows." if any(
+                  band(r, n) for n in x["grid"]) else ""))
     doc.label("explore-table", "Table")
     trows = [[f"{t['method']} against {t['against']}", f"≤ {t['limit']:g}", f_ratio(t["ratio"]),
               "met" if t["met"] else "missed"] for t in x["targets"]]
@@ -152,6 +154,7 @@ def explore(doc: Doc, s: Study) -> None:
                       "met" if w and delta(r, w) < x["nf4"] else "missed"])
     doc.table(["target (perplexity change, ratio to RTN's)", "needs", "measured", "verdict"], trows,
               "The assignment's targets, read from the table above.", widths=[7.5, None, None, None])
+    doc.label("explore-targets", "Table")
     text = []
     gptq = [n for n in x["proxy"] if registry.of(r[n])["family"] == "gptq"]
     if gptq:
@@ -175,7 +178,8 @@ def explore(doc: Doc, s: Study) -> None:
             f"<b>Calibration text.</b> GPTQ 4-bit g64 on {escape(group_label(k))}: "
             + ", ".join(f"{escape(src)} {f_pct(dv)}" for src, dv in sorted(c.values(), key=lambda i: i[1]))
             + f". The source moves the perplexity change by {spread:.2f} points"
-            + ("" if gain is None else f"; GPTQ (on the default source) against round-to-nearest: {gain:+.2f} points")
+            + ("" if gain is None else f"; GPTQ (on the default source) against round-to-nearest: {gain:+.2f} points "
+               "(positive: GPTQ's change is the smaller)")
             + ".")
     bf = s.find_group("baseline-bf16")
     if bf:
@@ -187,4 +191,6 @@ def explore(doc: Doc, s: Study) -> None:
             + ": bfloat16 keeps fp32's exponent range with 8 significant bits, fp16 has 11 significant "
             "bits and a narrow range; at this size neither range nor precision binds.")
     for t in text:
+        if t.startswith("<b>BF16.</b>"):
+            doc.anchor("bf16")
         doc.p(t)

@@ -63,8 +63,10 @@ def models_finding(s: Study) -> str | None:
         return text + f"has no run within {escape(x['small'])} {escape(u['method'])}'s {f_mib(u['mib'])} MiB yet."
     text += (f"{'beats' if b['bpb'] < u['bpb'] else 'does not beat'} {escape(x['small'])} {escape(u['method'])} "
              f"within its {f_mib(u['mib'])} MiB ({escape(b['method'])}: {b['bpb']:.4f} against {u['bpb']:.4f})")
-    if len(x["turns"]) == 1:
-        text += f"; the frontier passes to {escape(x['turns'][0]['model'])} from {f_mib(x['turns'][0]['mib'])} MiB"
+    t = x["turns"][0] if len(x["turns"]) == 1 else None
+    if t is not None:
+        text += (f"; {'but ' if b['bpb'] >= u['bpb'] and t['bpb'] < u['bpb'] else ''}from {f_mib(t['mib'])} MiB on "
+                 f"it wins: {escape(t['method'])} scores {t['bpb']:.4f}")
     return text + "."
 
 
@@ -146,7 +148,8 @@ def a_gguf(s: Study) -> str | None:
     pushed = any("huggingface.co" in str(r["push"].get("endpoint", "")) for r in s.pushes)
     return (f"Q8_0 {f_mib(x['q8_mib'])} MiB at {f_pct(x['q8_delta'])}, {escape(x['smallest'])} "
             f"{f_mib(x['smallest_mib'])} MiB at {f_pct(x['smallest_delta'])}; "
-            + ("pushed to the Hub." if pushed else "the Hub push is tested against an imitation, not made here."))
+            + ("pushed to the Hub." if pushed else "no Hub push from machines without the Hub (the path is checked "
+                                                   "against a local imitation)."))
 
 
 def a_speed(s: Study) -> str | None:
@@ -166,11 +169,11 @@ def a_speed(s: Study) -> str | None:
 
 
 def a_choose(s: Study) -> str | None:
-    from report.sections.closing import decision_rows
-    rows = decision_rows(s)
-    return None if not rows else (f"The smallest budget that keeps perplexity within 1% of fp32: "
-                                  f"{rows[0]['pick_within_1pct'] or 'none'}; the table gives one pick per "
-                                  "budget and device.")
+    from report.sections.closing import decision_rows, short_device
+    rows = [x for x in decision_rows(s) if x["share"] == 0.3 and x["pick"]]
+    return None if not rows else ("At 30% of fp32's memory: " + "; ".join(
+        f"{escape(x['pick'])} ({f_pct(delta(x['runs'], x['pick']))}, {escape(short_device(x['group'][5]))})"
+        for x in rows) + "; the table gives one pick per budget and device.")
 
 
 def a_samples(s: Study) -> str | None:
@@ -192,11 +195,12 @@ def a_not_run(s: Study) -> str | None:
 QUESTIONS = (
     ("Part 1 · INT8 from scratch, the whole model: memory and perplexity?", "part1", "part1-table", a_int8),
     ("Part 1 · The whole model against chosen blocks and components: where does INT8 hurt?", "part1",
-     "sensitivity", a_selective),
+     ("part1-table", "sensitivity"), a_selective),
     ("Part 2 · bitsandbytes 8-bit, FP4, NF4, NF4 with double quantization?", "part2", "part2-table", a_bnb),
-    ("Part 2 · Why does NF4 beat linear 4-bit?", "part2", "nf4-levels", a_nf4),
-    ("Exploration · GPTQ and AWQ against round-to-nearest?", "explore", "explore-figure", a_calibrated),
-    ("Exploration · BF16?", "explore", "explore-table", a_bf16),
+    ("Part 2 · Why does NF4 beat linear 4-bit?", "part2", ("nf4-levels", "nf4-error-table", "part2-table"), a_nf4),
+    ("Exploration · GPTQ and AWQ against round-to-nearest?", "explore", ("explore-figure", "explore-targets"),
+     a_calibrated),
+    ("Exploration · BF16?", "explore", "bf16", a_bf16),
     ("Exploration · A larger quantized model against a smaller unquantized one?", "explore", "models-figure",
      a_models),
     ("What does a perplexity change look like in text?", "explore", "samples-table", a_samples),
@@ -218,10 +222,9 @@ def question_map(doc: Doc, s: Study) -> None:
         except (KeyError, TypeError, ZeroDivisionError):      # a record without the field: say so, never guess
             said = None
         where = [f"§{heading_number(section).split()[-1]}"]
-        if label:
-            where += [x for x in (doc.label_of(label), doc.page_of(label)) if x]
-        else:
-            where += [x for x in (doc.page_of(section),) if x]
+        for key in (label if isinstance(label, tuple) else (label or section,)):
+            where.append(" ".join(x for x in (doc.label_of(key), doc.page_of(key)) if x))
+        where = [w for w in where if w]
         rows.append([question, said or "Not measured in these results.", ", ".join(where)])
     doc.table(["question", "answer", "where"], rows, "The assignment's questions, answered from the records.",
-              widths=[5.2, 9.0, 2.6], markup=True)
+              widths=[4.8, 8.4, 3.5], markup=True)

@@ -118,7 +118,11 @@ def larger_against_smaller(doc: Doc, s: Study) -> None:
     if len(turns) == 1:
         before = x["frontier"][0]["model"]
         text += (f" The answer turns once, at {f_mib(turns[0]['mib'])} MiB: below it every frontier point is "
-                 f"{escape(before)}'s, from it on every one is {escape(turns[0]['model'])}'s.")
+                 f"{escape(before)}'s, from it on every one is {escape(turns[0]['model'])}'s, starting with "
+                 f"{say(turns[0])}"
+                 + (f", {100 * (turns[0]['mib'] / u['mib'] - 1):.1f}% more memory than {escape(small)} "
+                    f"{escape(u['method'])} and lower bits per byte" if turns[0]["bpb"] < u["bpb"] and
+                    turns[0]["mib"] > u["mib"] else "") + ".")
     elif turns:
         text += (" The frontier changes model " + f"{len(turns)} times, at "
                  + ", ".join(f"{f_mib(t['mib'])} MiB (to {escape(t['model'])})" for t in turns)

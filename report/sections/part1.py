@@ -179,6 +179,7 @@ def part1(doc: Doc, s: Study) -> None:
     r = s.runs(g)
     names = [method(x) for x in pr.by_family(s.groups[g]) if registry.of(x)["family"] in ("baseline", "scratch-int8")]
     scopes = {r[n]["memory"].get("peak_scope") for n in names}
+    banded = any(band(r, n) for n in names if n != "baseline-fp32")      # a column only where a run has one
     rows = []
     for n in names:
         pre, dec = latency_of(r[n])
@@ -186,15 +187,15 @@ def part1(doc: Doc, s: Study) -> None:
         rows.append([short_name(r[n]), f_mib(m["weights_mib"]), f_mib(m.get("disk_mib")),
                      f_mib(m.get("peak_mib")) if len(scopes) == 1 else "–",
                      "–" if pre is None else f_ms(pre), "–" if dec is None else f_ms(dec),
-                     f_ppl(r[n]["perplexity"]["ppl"]), f_pct(delta(r, n)),
-                     "–" if n == "baseline-fp32" else f_band(band(r, n))])
+                     f_ppl(r[n]["perplexity"]["ppl"]), f_pct(delta(r, n))]
+                    + (["–" if n == "baseline-fp32" else f_band(band(r, n))] if banded else []))
     scope = next(iter(scopes)) if len(scopes) == 1 else None
     doc.table(["method", "weights MiB", "disk MiB", "peak MiB", "prefill ms", "decode ms/tok", "perplexity",
-               "vs fp32", "95% band"], rows,
+               "vs fp32"] + (["95% band"] if banded else []), rows,
               "Part 1 before and after: the whole model under each INT8 scheme, and a selective model. "
               + settings_sentence(setting_facts(r["baseline-fp32"]))
-              + (f" Peak: {escape(scope)}." if scope else "") + " " + BAND_NOTE,
-              widths=[4.2] + [None] * 8)
+              + (f" Peak: {escape(scope)}." if scope else "") + (" " + BAND_NOTE if banded else ""),
+              widths=[4.2, 1.3, 1.2, 1.2, 1.3, 1.5, 1.5, 1.3] + ([2.0] if banded else []))
     doc.label("part1-table", "Table")
     x = part1_facts(r)
     text = []
@@ -259,11 +260,12 @@ def flip_sentence(flips: list[dict]) -> str:
     for f in flips:
         (ha, hb), (oa, ob) = f["deltas"]
         said = {True: "a tie (the band of their difference holds zero)", False: "ranked beyond the noise",
-                None: "no band (its records predate the per-window NLL)"}
+                None: "no band measured"}
         parts.append(f"{escape(f['a'])} and {escape(f['b'])} rank one way on {escape(f['groups'][0][5])} "
                      f"({f_pct(ha)} against {f_pct(hb)}, {f['groups'][0][4]:,} tokens) and the other on "
                      f"{escape(f['groups'][1][5])} ({f_pct(oa)} against {f_pct(ob)}, {f['groups'][1][4]:,} "
-                     f"tokens): on the first {said[f['ties'][0]]}, on the second {said[f['ties'][1]]}")
+                     "tokens)" + (": no band was measured for either order" if f["ties"] == (None, None) else
+                                  f": on the first {said[f['ties'][0]]}, on the second {said[f['ties'][1]]}"))
     return ("<b>Rankings that flip.</b> " + "; ".join(parts) + ". A ranking inside the noise is no ranking: "
             "the text calls such a pair a tie.")
 

@@ -46,6 +46,7 @@ def nf4_section(doc: Doc, s: Study) -> None:
             widths=[4, None, None],
         )
         cross_check_table = doc.n_tab                       # cited below, by its number
+        doc.label("nf4-error-table", "Table")
         doc.p(
             f"On the layer {escape(h['layer'])}, NF4's 16 codes carry {e['nf4']:.2f} bits of "
             f"information per weight out of 4, uniform levels {e['uniform16']:.2f}"

@@ -129,7 +129,7 @@ def why_text(x: dict) -> str:
     if x["cpu"]:
         c = x["cpu"]
         why.append(
-            "On the CPU, where a decode step does read the weights from memory, Part 1's "
+            f"On the CPU ({c['model']}), where a decode step does read the weights from memory, Part 1's "
             f"fast INT8 kernel decodes at {f_ratio(c['fast_ratio'])} fp32's time"
             + (
                 ""
@@ -221,6 +221,7 @@ def latency_facts(s: Study) -> dict:
     if cb and "int8-fast" in cb["bench"]["table"]:
         t = cb["bench"]["table"]
         facts["cpu"] = {
+            "model": model_label(cb),
             "fast_ratio": t["int8-fast"]["decode_ratio"],
             "naive_ratio": t["int8-naive"]["decode_ratio"] if "int8-naive" in t else None,
         }
@@ -500,7 +501,8 @@ def speed_summary(doc: Doc, s: Study) -> None:
           "with p10–p90 in report/speed.pdf, which holds every bench, the fused decode step, its scaling with "
           "model size and the anatomy of one step.")
     if "speed" in items:
-        doc.p(items["speed"])
+        doc.p(items["speed"].replace("<b>Speed.</b>", "<b>Every method through generate()</b>, in one "
+                                     "side-by-side run (report/speed.pdf has its table):", 1))
     fast = next((b for b in s.benches if "fast_path" in b["bench"] and s.headline
                  and pr.short_model(b) == s.headline[0] and pr.device_kind(b) == "cuda"), None) \
         or next((b for b in s.benches if "fast_path" in b["bench"]), None)
@@ -508,10 +510,11 @@ def speed_summary(doc: Doc, s: Study) -> None:
         x = fast_facts(fast)
         if x:
             doc.p(fast_summary_text(x))
-        doc.figure(pr.fast_figure(fast), "Decode time per token, same run: Hugging Face generate() against the "
-                   "static-cache path with CUDA graphs (log scale). The tick on each fast-path bar is the time to "
-                   "read that method's weights once at the GPU's peak bandwidth: every bar sits far above its "
-                   "tick, so fewer bytes cannot make this model decode faster.", max_height_cm=9.0)
+        doc.figure(pr.fast_figure(fast), "Decode time per token in the fast-path bench (its own side-by-side run, "
+                   "not the generate() bench above): Hugging Face generate() against the static-cache path with "
+                   "CUDA graphs (log scale). The tick on each fast-path bar is the time to read that method's "
+                   "weights once at the GPU's peak bandwidth: every bar sits far above its tick, so a step's time "
+                   "is launches, not bytes, and fewer bytes buy a few percent at most.", max_height_cm=9.0)
         doc.label("speed-figure")
     why = why_text(latency_facts(s))
     if why:

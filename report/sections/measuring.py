@@ -127,7 +127,8 @@ def reductions(doc: Doc, s: Study) -> None:
             "records: "
             + "; ".join(f"{escape(m)} on {escape(d)}, the first {n:,} tokens" for m, d, n in budgets)
             + ". Their perplexities are compared only with runs on the same tokens, never with "
-            "whole-text runs."
+            "whole-text runs. The tables count the tokens scored, one fewer than these: the first token "
+            "has no context to be predicted from."
         )
 
 

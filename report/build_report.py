@@ -124,22 +124,25 @@ MAIN_BODY = "main body: pages 1-{}; then the appendices"      # the PDF's subjec
 SMALLEST_TEXT = "; smallest figure text {:.1f} pt"                # and the smallest text of its figures in print
 
 
-def main_body_pages(pdf: str | Path) -> int | None:
-    """The main body's last page, as the PDF's subject records it."""
+def subject_number(pdf: str | Path, pattern: str) -> str | None:
+    """The number that pattern's group catches in the PDF's subject (MAIN_BODY, SMALLEST_TEXT), or None."""
     import re
 
     import pypdf
-    m = re.search(r"pages 1-(\d+)", str(pypdf.PdfReader(str(pdf)).metadata.get("/Subject", "")))
-    return int(m.group(1)) if m else None
+    m = re.search(pattern, str(pypdf.PdfReader(str(pdf)).metadata.get("/Subject", "")))
+    return m.group(1) if m else None
+
+
+def main_body_pages(pdf: str | Path) -> int | None:
+    """The main body's last page, as the PDF's subject records it."""
+    n = subject_number(pdf, r"pages 1-(\d+)")
+    return None if n is None else int(n)
 
 
 def smallest_figure_text(pdf: str | Path) -> float | None:
     """The smallest text of the PDF's figures at print size, in points, as its subject records it."""
-    import re
-
-    import pypdf
-    m = re.search(r"smallest figure text ([\d.]+) pt", str(pypdf.PdfReader(str(pdf)).metadata.get("/Subject", "")))
-    return float(m.group(1)) if m else None
+    n = subject_number(pdf, r"smallest figure text ([\d.]+) pt")
+    return None if n is None else float(n)
 
 
 RESULTS_DIR, PDF, FIGURES_DIR = "results", "report/report.pdf", "report/figures"   # main()'s and the CLI's

@@ -89,6 +89,8 @@ class Doc:
         self.printed_fonts: dict[str, float | None] = {}   # figure -> its smallest text in print, in pt
         self.pages: dict[str, int] = {}    # anchor -> page, filled while build() lays the story out
         self.labels: dict[str, str] = {}   # key -> "Figure 3" / "Table 5", as they are made
+        self.n_appendix = 0                # appendices lettered so far
+        self._block_start = 0              # story index where the last table began (label() anchors there)
 
     # -- cross references: anchors (pages) and labels (figure and table numbers) --------------
 
@@ -104,7 +106,7 @@ class Doc:
         if isinstance(last, KeepTogether):
             last._content.insert(0, anchor)          # inside: it moves to the next page with the figure
         else:                                        # before a split table's caption (kept with the table)
-            self.story.insert(getattr(self, "_block_start", len(self.story) - 1), anchor)
+            self.story.insert(self._block_start, anchor)
 
     def page_of(self, key: str) -> str:
         """'p. N' from the pass before, or '' where the key was not laid out (yet)."""
@@ -113,12 +115,6 @@ class Doc:
 
     def label_of(self, key: str) -> str:
         return self.known["labels"].get(key, "")
-
-    def cond_break(self, cm_needed: float) -> None:
-        """A new page unless cm_needed centimetres are left on this one (a heading with a big table)."""
-        from reportlab.lib.units import cm
-        from reportlab.platypus import CondPageBreak
-        self.story.append(CondPageBreak(cm_needed * cm))
 
     def page_break(self) -> None:
         from reportlab.platypus import PageBreak
@@ -131,7 +127,7 @@ class Doc:
 
     def appendix(self, title: str, key: str) -> None:
         """'Appendix A: title', lettered in print order."""
-        self.n_appendix = getattr(self, "n_appendix", 0) + 1
+        self.n_appendix += 1
         self.h1(f"Appendix {chr(64 + self.n_appendix)}: {title}", key=key)
 
     def h2(self, text: str) -> None:

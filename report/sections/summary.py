@@ -94,10 +94,9 @@ def findings_facts(s: Study) -> dict:
             "runner_delta": delta(r, runner) if runner else None,
             "runner_band": noise.change_band(r[best], r[runner]) if runner else None,
             # where the headline group keeps no windows: the same pair on another group of the model that does
-            "elsewhere": next(((k[5], k[4], noise.change_band(s.runs(k)[best], s.runs(k)[runner]))
-                               for k in s.ppl_groups() if runner and k != g and k[0] == g[0]
-                               and {best, runner} <= set(s.runs(k))
-                               and noise.change_band(s.runs(k)[best], s.runs(k)[runner])), None),
+            "elsewhere": next(((k[5], k[4], b) for k, b in (
+                (k, noise.change_band(s.runs(k)[best], s.runs(k)[runner])) for k in s.ppl_groups()
+                if runner and k != g and k[0] == g[0] and {best, runner} <= set(s.runs(k))) if b), None),
             "group": group_label(g),
             "base_mib": base["memory"]["weights_mib"],
             "int8_mib": q["memory"]["weights_mib"],

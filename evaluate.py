@@ -411,6 +411,9 @@ def main(*, run: RunOptions = RUN) -> dict:
             smoke_setup(args, workdir)
         cfg, source = prepare(args)
         model, tokenizer = load_model(args.model, args.dtype, args.device, args.device_map)
+        # a cast (float16, bfloat16) is a method too: its KL divergence against the float32 model
+        reference = (None if args.dtype == "float32"
+                     else load_model(args.model, "float32", args.device, args.device_map)[0])
         identity = registry.identity({"float32": "baseline-fp32", "float16": "baseline-fp16",
                                       "bfloat16": "baseline-bf16"}[args.dtype])
         settings = {"dtype": args.dtype, "device": args.device, "device_map": args.device_map,
@@ -421,7 +424,7 @@ def main(*, run: RunOptions = RUN) -> dict:
         record = evaluate(model, tokenizer, source, cfg, method=identity["name"], identity=identity, settings=settings,
                           model_id=args.model, out_path=out, stand_in=args.stand_in,
                           random_weights=args.random_weights, smoke=args.smoke,
-                          progress=not args.quiet)
+                          progress=not args.quiet, reference=reference)
     print(summary_line(record))
     pl = record.get("per_line_perplexity")
     if pl and pl["mean_of_line_ppl"] is not None:

@@ -120,8 +120,10 @@ def layer_bits(rec: dict) -> float | None:
 
 
 def _fused(rec: dict) -> str:
-    """'_fused' in the figure names of a fused-step bench (one model has two GPU benches)."""
-    return "_fused" if "fused_path" in rec["bench"] else ""
+    """'_fused' in the figure names of a fused-step bench, '_calibrated' in those of the calibrated
+    storage's (one model has three GPU benches)."""
+    from speed.readings import calibrated_bench
+    return "_calibrated" if calibrated_bench(rec) else "_fused" if "fused_path" in rec["bench"] else ""
 
 
 def bench_figure(rec: dict) -> str:
@@ -134,7 +136,8 @@ def fast_figure(rec: dict) -> str:
 
 
 def fused_figure(rec: dict) -> str:
-    return f"fused_step_{results.slug(short_model(rec))}_{device_kind(rec)}.png"
+    return f"fused_step{'_calibrated' if _fused(rec) == '_calibrated' else ''}_{results.slug(short_model(rec))}_" \
+           f"{device_kind(rec)}.png"
 
 
 def sensitivity_figure(rec: dict) -> str:
@@ -267,6 +270,7 @@ PART_MARKERS = {"baseline": ("*", "float cast"), "part1": ("o", "Part 1, from sc
                 "part2": ("s", "bitsandbytes"), "bonus": ("D", "GGUF, llama.cpp"),
                 "explore": ("^", "RTN / GPTQ / AWQ")}
 LABEL_PT = 8.4             # label size at the figure's 7.5 in: the report's 16.5 cm column prints it at 7 pt
+LINE = 1.22                # a label line, in label sizes: the gap that keeps stacked labels apart
 
 
 def pct_label(v: float) -> str:
@@ -303,7 +307,7 @@ def plot_bits(rs: list[dict], idents: dict, cap: str, out: Path, name: str, made
     measures = [(1, "perplexity change against fp32 (%, log)", pct_label)]
     if any(row[2] is not None for row in rows):
         measures.append((2, "KL divergence from fp32 (nats, log)", kld_label))
-    line_in = LABEL_PT * 1.3 / 72                                   # one label's height, inches
+    line_in = LABEL_PT * LINE / 72                                 # one label's height, inches
     counts = [max(sum(1 for row in rows if row[k] is not None and (row[0] < SPLIT_BITS) == low)
                   for low in (True, False)) for k, _, _ in measures]
     heights = [max(2.6, n * line_in + 0.9) for n in counts]
@@ -375,7 +379,7 @@ def column_labels(ax, points: list[tuple[float, float, str, str]], idents: dict[
     fig = ax.figure
     fig.canvas.draw()                                # limits settled, so data -> pixels is final
     box = ax.get_window_extent(fig.canvas.get_renderer())
-    step = size * 1.3 * fig.dpi / 72                 # one label's height in pixels
+    step = size * LINE * fig.dpi / 72                 # one label's height in pixels
     items = sorted(points, key=lambda p: -ax.transData.transform((p[0], p[1]))[1])
     ys = []
     for x, y, _, _ in items:

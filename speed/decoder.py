@@ -197,6 +197,44 @@ def tune_tiles(dec: FastDecoder, prompt: torch.Tensor, rounds: int = TUNE_ROUNDS
     return chosen
 
 
+@torch.no_grad()
+def fused_step_logits(dec: FastDecoder, prompt: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Greedy with dec's fused decode step, reading each decode step's logits (FusedStep.logits)
+    after it runs. -> tokens (new_tokens,), logits (new_tokens - 1, vocab) float32: row k-1 is
+    decode step k's, which read tokens[k-1] at position prompt_tokens + k - 1 and made tokens[k]."""
+    dec.prompt.copy_(prompt.reshape(1, -1))
+    dec.step.zero_()
+    dec.programs["prompt"]()
+    rows = []
+    for _ in range(dec.n - 1):
+        dec.programs["decode"]()
+        rows.append(dec.fused.logits())
+    return dec.tokens.clone(), torch.stack(rows)
+
+
+@torch.no_grad()
+def teacher_logits(model, prompt: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+    """model's logits for the same steps as fused_step_logits, in one forward over the prompt
+    and the tokens made: (new_tokens - 1, vocab) float32."""
+    seq = torch.cat([prompt.reshape(-1), tokens[:-1]])[None].to(model.device)     # (1, P + n - 1)
+    p = prompt.numel()
+    return model(seq).logits[0, p:].float()
+
+
+def logit_agreement(got: torch.Tensor, ref: torch.Tensor) -> dict:
+    """got's logits against ref's, step by step (both (steps, vocab)): the largest absolute
+    difference, KL(ref || got) in nats, and whether the most likely tokens agree."""
+    got, ref = got.float().cpu(), ref.float().cpu()
+    diff = (got - ref).abs().amax(-1)                                              # (steps,)
+    lr, lg = ref.log_softmax(-1), got.log_softmax(-1)
+    kld = (lr.exp() * (lr - lg)).sum(-1).clamp_min(0)                              # (steps,)
+    top = got.argmax(-1) == ref.argmax(-1)
+    return {"steps": len(got), "max_abs_logit_diff": float(diff.max()), "kld_mean": float(kld.mean()),
+            "kld_max": float(kld.max()), "top1_agree": int(top.sum()),
+            "per_step_max_abs_diff": [round(float(v), 5) for v in diff],
+            "per_step_kld": [float(f"{float(v):.4g}") for v in kld]}
+
+
 def leading_equal(got: torch.Tensor, ref: torch.Tensor) -> int:
     """How many leading greedy tokens of got equal ref's."""
     return int((got == ref).long().cumprod(0).sum())

@@ -254,6 +254,7 @@ class FusedStep:
         self.ops.append(run)
 
     def _head(self, lm_head, norm) -> None:
+        self.head = (lm_head, norm)           # the model's own, for logits()
         fw, nargs = fused_weights([lm_head], self.dtype), norm_args(norm)
         if fw is not None and nargs is not None:
             self.fused_layers.append("lm_head")
@@ -274,6 +275,13 @@ class FusedStep:
             self.nxt.copy_(nxt[:, None])
             self.pos.add_(1)
         self.ops.append(run)
+
+    @torch.no_grad()
+    def logits(self) -> torch.Tensor:
+        """The logits of the step just run: its final hidden state through the model's own norm
+        and output layer (the fused head keeps only their argmax). -> (vocab,) float32"""
+        lm_head, norm = self.head
+        return lm_head(norm(self.x.view(1, 1, -1)))[0, -1].float()
 
     def kernels_per_step(self) -> int | None:
         """Kernel launches of a step whose layers are all fused; None where modules run (they

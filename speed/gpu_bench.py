@@ -17,9 +17,12 @@ from speed.decoder import (
     TUNE_ROUNDS,
     FastDecoder,
     first_line,
+    fused_step_logits,
     generate_tokens,
     leading_equal,
+    logit_agreement,
     on_side_stream,
+    teacher_logits,
     tune_tiles,
 )
 from speed.fused_step import FUSED_PATH, fused_architecture
@@ -221,6 +224,13 @@ def bench(model_id: str, tokenizer, ids: torch.Tensor, methods: list[str], prefi
     prefill_ids, prompt = ev.timing_inputs(ids, prefill_tokens, prompt_tokens, dev)
     bandwidth = hbm_bytes_per_s(torch.cuda.get_device_name())
     timed, rows, refs = {}, {}, {}
+    fp32 = {}                             # the unquantized model, loaded once for the fused step's logits
+
+    def fp32_logits(tokens: torch.Tensor) -> torch.Tensor:
+        if not fp32:
+            fp32["model"] = ev.load_model(model_id, "float32", "cuda")[0]
+        return teacher_logits(fp32["model"], prompt, tokens)
+
     for name in [m for m in methods if m not in PEERS]:
         torch.cuda.synchronize()
         before = torch.cuda.memory_allocated()
@@ -262,6 +272,13 @@ def bench(model_id: str, tokenizer, ids: torch.Tensor, methods: list[str], prefi
                       "fused_kernels_per_step": None if fused is None else fused.fused.kernels_per_step(),
                       "fused_tiles": tiles,
                       "peak_bytes": torch.cuda.max_memory_allocated() - before}
+        if fused is not None:             # its logits step by step: against its own modules and against fp32
+            tokens, logits = fused_step_logits(fused, prompt)
+            rows[name]["fused_logits"] = {
+                "steps": f"the {new_tokens - 1} decode steps of its own greedy run; each reference reads the "
+                         "same tokens (teacher forcing)",
+                "vs_own_modules": logit_agreement(logits, teacher_logits(m, prompt, tokens)),
+                "vs_fp32": logit_agreement(logits, fp32_logits(tokens))}
         layers = layer_times(m, graphs=uncapturable is None, repeats=repeats * 2)
         rows[name]["kernel_max_rel_err"] = kernel_error(m)
         rows[name]["layers_us"] = layers
@@ -279,8 +296,12 @@ def bench(model_id: str, tokenizer, ids: torch.Tensor, methods: list[str], prefi
                                          "decode": lambda f=fused, s=l2_step: f.generate(prompt, decode=s)}
         print(f"  {name}: {weights['mib']:.1f} MiB, graph {'yes' if fast.graphs else 'no'}, "
               f"fast tokens = generate tokens: {same}/{new_tokens}, fused: "
-              + (f"{same_fused}/{new_tokens}" if fused is not None else f"no ({why_not_fused})"),
+              + (f"{same_fused}/{new_tokens}, logits vs fp32 KLD mean "
+                 f"{rows[name]['fused_logits']['vs_fp32']['kld_mean']:.2e}" if fused is not None
+                 else f"no ({why_not_fused})"),
               file=sys.stderr, flush=True)
+    fp32.clear()
+    torch.cuda.empty_cache()
     peers = {}
     for name in [m for m in methods if m in PEERS]:
         calls, peers[name] = peer(name, model_id, tokenizer, prompt, prefill_ids, prompt_tokens, new_tokens,

@@ -247,6 +247,12 @@ def fused_rows(result: dict) -> list[dict]:
     return rows
 
 
+def calibrated_bench(rec: dict) -> bool:
+    """A bench of the calibrated methods' storage (gpu_bench.CALIBRATED_STORAGE's methods): its own
+    question, kept out of the size figure and out of the other benches' figure names."""
+    return any(n.startswith(("rtn-", "gptq-", "awq-")) for n in (rec.get("bench") or {}).get("table") or {})
+
+
 def size_rows(records: list[dict]) -> list[dict]:
     """The fused step against model size, one row per CUDA bench with fp16 on the fused path,
     smallest model first: its fp16 fused ms/token, x floor and weights' bytes share (the L2
@@ -263,7 +269,8 @@ def size_rows(records: list[dict]) -> list[dict]:
     for rec in records:
         b = rec.get("bench") or {}
         fp = (b.get("table") or {}).get("fp16") or {}
-        if not str(rec.get("environment", {}).get("device", "")).startswith("cuda") or not fp.get("fused_path"):
+        if (not str(rec.get("environment", {}).get("device", "")).startswith("cuda") or not fp.get("fused_path")
+                or calibrated_bench(rec)):
             continue
         l2 = fp.get("fused_l2_path")
         row = {"model": rec["model"]["id"], "stand_in": bool(rec["model"].get("stand_in")),

@@ -47,3 +47,28 @@ def test_a_rerun_with_another_total_lends_nothing(tmp_path, capsys):
 
 def test_a_missing_rerun_folder_is_one_line(cli_error, tmp_path):
     assert "not a folder" in cli_error(add_windows, [str(tmp_path / "none")])
+
+
+def test_an_equal_rerun_lends_the_measures_added_since_and_the_models_own_count(tmp_path):
+    """The divergence and bits per weight a record lacks come from the rerun, each saying so; the
+    parameter count becomes the model's own only where the rerun's torch count is the record's."""
+    old = pair(tmp_path)
+    old["model"] = {**old.get("model", {}), "n_params": 35136}
+    new = json.loads((tmp_path / "new" / "a.json").read_text())
+    new["model"] = {**old["model"], "n_params": 134515008, "n_params_torch": 35136}
+    new["divergence"] = {"kld_mean": 0.004}
+    new["bits_per_weight"] = {"model": {"bits_per_weight": 8.1}}
+    new["environment"] = {"device_name": "NVIDIA H100 80GB HBM3"}
+    (tmp_path / "old" / "a.json").write_text(json.dumps(old))
+    (tmp_path / "new" / "a.json").write_text(json.dumps(new))
+    assert add_windows.main(rerun=str(tmp_path / "new"), results_dir=str(tmp_path / "old")) == 1
+    got = json.loads((tmp_path / "old" / "a.json").read_text())
+    assert got["divergence"]["kld_mean"] == 0.004 and "H100" in got["divergence"]["added_by"]
+    assert got["bits_per_weight"]["model"] == {"bits_per_weight": 8.1}
+    assert (got["model"]["n_params"], got["model"]["n_params_torch"]) == (134515008, 35136)
+    assert got.get("latency") == old.get("latency") and got.get("environment") == old.get("environment")
+    new["model"]["n_params_torch"] = 99                         # another count: not the same model state
+    (tmp_path / "new" / "a.json").write_text(json.dumps(new))
+    (tmp_path / "old" / "a.json").write_text(json.dumps(old))
+    with pytest.raises(SystemExit):
+        add_windows.main(rerun=str(tmp_path / "new"), results_dir=str(tmp_path / "old"))

@@ -218,7 +218,7 @@ def equal_bits(doc: Doc, s: Study) -> None:
               + settings_sentence(setting_facts(r["baseline-fp32"])).split(" Prefill")[0]
               + " Bits/weight: every byte of the model's weights in memory (GGUF: the file's tensor data), "
               "× 8, over the parameter count (fp32 bytes ÷ 4); it counts scales and what stays in full precision.",
-              widths=[1.3, 3.6, None, None, None, None, None])
+              widths=[1.3, 4.1, None, None, None, None, None])
     text = []
     if x["q8"]:
         lo, hi = x["q8"]

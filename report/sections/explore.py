@@ -121,8 +121,10 @@ def explore(doc: Doc, s: Study) -> None:
                 f"{pr.layer_bits(r[best]):.3f} bits per weight)" if best else "")
     if best and x["nf4"] is not None:
         takeaway += f", against bitsandbytes NF4's {f_pct(x['nf4'])}"
-    doc.figure(figure, f"What each bit buys, every scheme of every part on one axis ({escape(group_label(g))}). "
-               f"{takeaway}. The KL divergence panel holds the runs that measured it.", max_height_cm=20)
+    where = doc.label_of("explore-table") or "the table below"
+    doc.figure(figure, f"What each bit buys, every scheme of every part on one axis (the runs of {where}, named "
+               f"in the figure's title). {takeaway}. The KL divergence panel holds the runs that measured it.",
+               max_height_cm=15.7)
     doc.label("explore-figure")
     rows = []
     for n in sorted(x["grid"], key=lambda n: (-registry.of(r[n])["bits"], pr.layer_bits(r[n]) or 0,

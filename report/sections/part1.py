@@ -195,7 +195,7 @@ def part1(doc: Doc, s: Study) -> None:
               "Part 1 before and after: the whole model under each INT8 scheme, and a selective model. "
               + settings_sentence(setting_facts(r["baseline-fp32"]))
               + (f" Peak: {escape(scope)}." if scope else "") + (" " + BAND_NOTE if banded else ""),
-              widths=[4.6 if banded else 5.0] + [None] * (8 if banded else 7))
+              widths=[3.55, 1.5, 1.2, 1.2, 1.35, 1.55, 1.9, 1.5, 2.55] if banded else [5.0] + [None] * 7)
     doc.label("part1-table", "Table")
     x = part1_facts(r)
     text = []
@@ -265,7 +265,8 @@ def flip_sentence(flips: list[dict]) -> str:
                      f"({f_pct(ha)} against {f_pct(hb)}, {f['groups'][0][4]:,} tokens) and the other on "
                      f"{escape(f['groups'][1][5])} ({f_pct(oa)} against {f_pct(ob)}, {f['groups'][1][4]:,} "
                      "tokens)" + (": no band was measured for either order" if f["ties"] == (None, None) else
-                                  f": on the first {said[f['ties'][0]]}, on the second {said[f['ties'][1]]}"))
+                                  (f": in both {said[f['ties'][0]]}" if f["ties"][0] == f["ties"][1] else
+                                   f": on the first {said[f['ties'][0]]}, on the second {said[f['ties'][1]]}")))
     return ("<b>Rankings that flip.</b> " + "; ".join(parts) + ". A ranking inside the noise is no ranking: "
             "the text calls such a pair a tie.")
 

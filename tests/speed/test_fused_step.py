@@ -1,6 +1,7 @@
 """speed/fused_step.py: the fused decode step makes generate()'s greedy tokens, every layer in
 a fused kernel (Triton under its interpreter, C++ on a CPU), or the model's modules where it
 cannot read a layer."""
+import math
 import os
 import subprocess
 import sys
@@ -105,3 +106,44 @@ def test_cpu_fused_step_makes_generates_tokens(gpt2_dir, llama_dir, arch, quant)
     else:
         assert not step.module_layers and len(step.fused_layers) == 4 * blocks + 1
         assert step.kernels_per_step() == 5 * blocks + 3
+
+
+@pytest.mark.parametrize("arch,quant", [("gpt2", "int8"), ("llama", None)])
+def test_fused_step_logits_are_its_own_models_on_the_same_tokens(gpt2_dir, llama_dir, arch, quant):
+    """Each decode step's logits read from the fused step (C++ kernels on a CPU) equal the
+    model's own forward over the prompt and the tokens made (teacher forcing), step for step;
+    the tokens are generate()'s."""
+    model, tok = ev.load_model(str(gpt2_dir if arch == "gpt2" else llama_dir), device="cpu")
+    if quant:
+        p1.quantize_model(model, "whole", 8, "per_channel")
+        p1.set_path(model, "fast")
+    prompt = prompt_of(tok)
+    fused = decoder.FastDecoder(model, prompt.shape[1], 12, fused=True)
+    ref = decoder.generate_tokens(model, tok, prompt, 12)
+    tokens, logits = decoder.fused_step_logits(fused, prompt)
+    assert torch.equal(tokens, ref) and logits.shape == (11, model.config.vocab_size)
+    seq = torch.cat([prompt.reshape(-1), ref])[None]
+    with torch.no_grad():
+        own = model(seq).logits[0].float()              # position P + k - 1 predicts tokens[k]
+    p = prompt.shape[1]
+    for k in range(1, 12):
+        torch.testing.assert_close(logits[k - 1], own[p + k - 1], atol=2e-4, rtol=1e-4)
+        assert int(logits[k - 1].argmax()) == int(ref[k])
+    got = decoder.logit_agreement(logits, decoder.teacher_logits(model, prompt, tokens))
+    assert got["steps"] == 11 and got["top1_agree"] == 11 and got["max_abs_logit_diff"] < 2e-4
+
+
+def test_logit_agreement_is_a_direct_computation():
+    """KL(ref || got) per step, the largest |difference| and top-1 agreement, against numbers
+    written out by hand: zero for equal logits."""
+    ref = torch.tensor([[0.0, 0.0], [2.0, 0.0]])
+    got = torch.tensor([[0.0, 0.0], [0.0, 1.0]])
+    a = decoder.logit_agreement(got, ref)
+    p = [math.exp(2) / (math.exp(2) + 1), 1 / (math.exp(2) + 1)]
+    q = [1 / (1 + math.e), math.e / (1 + math.e)]
+    kld = sum(pi * math.log(pi / qi) for pi, qi in zip(p, q))
+    assert a["per_step_kld"][0] == 0 and a["per_step_kld"][1] == pytest.approx(kld, rel=1e-3)
+    assert a["max_abs_logit_diff"] == 2.0 and a["per_step_max_abs_diff"] == [0.0, 2.0]
+    assert a["top1_agree"] == 1 and a["kld_mean"] == pytest.approx(kld / 2, rel=1e-3)
+    same = decoder.logit_agreement(ref, ref)
+    assert same["kld_max"] == 0 and same["top1_agree"] == 2

@@ -116,7 +116,8 @@ def build_report(results: str | Path = "results", out: str | Path = "report/repo
     if small:
         warnings.warn(f"{len(small)} figure(s) print text under {MIN_PRINTED_PT:g} pt: {', '.join(small)}",
                       stacklevel=2)
-    sdoc.build(speed_pdf(out), "Weight quantization study: speed in detail, built from results/*.json")
+    sdoc.build(speed_pdf(out), "Weight quantization study: speed in detail, built from results/*.json",
+               subject=SMALLEST_TEXT.format(min((v for v in sdoc.printed_fonts.values() if v), default=0))[2:])
     return out
 
 

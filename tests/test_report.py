@@ -358,4 +358,4 @@ def test_the_committed_reports_main_body_fits_fourteen_pages(tmp_path):
     assert br.main_body_pages(out) <= 14
     assert br.smallest_figure_text(out) >= 7.0                 # every figure's text, at print size
     assert check_map(out) >= 8
-    assert br.speed_pdf(out).exists()
+    assert br.speed_pdf(out).exists() and br.smallest_figure_text(br.speed_pdf(out)) >= 7.0

@@ -105,7 +105,7 @@ def anatomy_section(doc: Doc, s: Study) -> None:
                "over CUDA graph replays), beside the chain of as many links that only read the vector, as separate "
                "kernels (dashed) and as one kernel with grid barriers between them (dash-dot), and the time the "
                "fp16 and INT8 weights' bytes take at peak bandwidth. The lines are totals, to compare with a bar's "
-               "length, not moments within the step.", max_height_cm=10)
+               "length, not moments within the step.", max_height_cm=17)
     lo, hi = rs[0], rs[-1]
     la, ha = lo["anatomy"], hi["anatomy"]
     low = anatomy_by_name(la)

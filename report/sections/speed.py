@@ -86,7 +86,7 @@ def latency_section(doc: Doc, s: Study) -> None:
         doc.figure(
             pr.bench_figure(b),
             "Prefill and decode time as a ratio of the baseline's, same run.",
-            max_height_cm=12,
+            max_height_cm=15,
         )
         if "fast_path" in bb:
             fast_table(doc, b)
@@ -170,7 +170,7 @@ def size_section(doc: Doc, s: Study) -> None:
               widths=[3.6, None, None, None, None, None, None, None, None, None])
     doc.figure(pr.SIZES_FIGURE, "Left: Part 1's INT8 and int4 on the fused step against fp16's (filled) and with "
                "every weight in L2 against fp16's (hollow), by model size. Right: the share of fp16's step that "
-               "its weights' bytes take.", max_height_cm=8)
+               "its weights' bytes take.", max_height_cm=11)
     d = s.size_l2_rows
     if len(d) < 2:
         return
@@ -326,8 +326,8 @@ def fused_table(doc: Doc, b: dict) -> None:
               "generate(), transformers' static cache to fp16's). Kernels/step only where every layer is fused; "
               "a layer the fused GEMV cannot read (bitsandbytes', the calibrated storage's) runs as its module around "
               "the fused attention, embedding and head." + l2_note
-              + " Peers: "
-              + "; ".join(f"{escape(k)}: {escape(p['recipe'])}" for k, p in bb.get("peers", {}).items()) + ".",
+              + (" Peers: " + "; ".join(f"{escape(k)}: {escape(p['recipe'])}" for k, p in bb["peers"].items()) + "."
+                 if bb.get("peers") else ""),
               widths=[3.0, 1.8, None, None, None, None, None])
     t, peers = bb["table"], bb.get("peers", {})
     if "fp16" not in t or not t["fp16"].get("fused_path"):

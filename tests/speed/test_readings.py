@@ -131,7 +131,10 @@ def test_the_size_rows_compare_each_run_within_itself_smallest_model_first():
                                        "fused_l2_path": int8_l2 and {**path(int8_l2), "weight_bytes_share": 0.1}},
                  "scratch-int4-fast": {"fused_path": None}}
         return {"model": {"id": model, "stand_in": "x"}, "environment": {"device": device}, "bench": {"table": table}}
-    rows = readings.size_rows([bench("big", 3_000, 0.6, 0.72), bench("small", 1_000, 0.8, None),
+    calibrated = bench("calibrated", 1_000, 0.8, None)              # its own question, not a size point
+    calibrated["bench"]["table"]["rtn-w4-g64-fast"] = {"fused_path": path(5.0, 5.0)}
+    assert readings.calibrated_bench(calibrated) and not readings.calibrated_bench(bench("big", 3_000, 0.6, 0.72))
+    rows = readings.size_rows([bench("big", 3_000, 0.6, 0.72), bench("small", 1_000, 0.8, None), calibrated,
                          bench("cpu", 10, 0.5, 0.5, device="cpu"),
                          {"model": {"id": "old"}, "environment": {"device": "cuda"},
                           "bench": {"table": {"fp16": {"fused_path": None}}}}])

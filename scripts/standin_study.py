@@ -50,7 +50,7 @@ ANATOMY = {"anatomy": True, "repeats": 20}     # fast_decode's default methods f
 GEMMA_FIRST = ("INT8 whole, per-channel", "4-bit NF4 (scratch)", "4-bit int4 (scratch)")
 # a plan's model -> its folder under --models (make_standins builds each)
 FOLDERS = {"smol": "smollm2-135m", "gemma": "gemma3-270m", "g2r": "gpt2-random", "g2m": "gpt2-medium-random",
-           "g2l": "gpt2-large-random", "g2x": "gpt2-xl-random"}
+           "g2l": "gpt2-large-random", "g2x": "gpt2-xl-random", "l1b": "llama-1b-random"}
 
 # (step, label, script, keywords): the keywords are the script's main() arguments beyond
 # the model's own (model, text_file, device, stand_in, quiet, results_dir).
@@ -141,8 +141,10 @@ def steps_for(machine: str) -> dict[str, list[tuple[str, str, str, dict]]]:
                          ("fast decode bench (GPT-2 shapes)", "g2r", "fast_decode", {})],
             "cuda-fused": [("fused decode bench with peers (GPT-2 shapes)", "g2r", "fast_decode", FUSED_BENCH),
                            ("fused decode bench with peers", "smol", "fast_decode", FUSED_BENCH)],
-            "cuda-sizes": [(f"fused decode bench (GPT-2 {size} shapes)", key, "fast_decode", SIZE_BENCH)
-                           for key, size in (("g2m", "medium"), ("g2l", "large"), ("g2x", "xl"))],
+            "cuda-sizes": [*[(f"fused decode bench (GPT-2 {size} shapes)", key, "fast_decode", SIZE_BENCH)
+                             for key, size in (("g2m", "medium"), ("g2l", "large"), ("g2x", "xl"))],
+                           # a Llama at 1B scale (not yet run: added after the last device time)
+                           ("fused decode bench (Llama 3.2 1B shapes)", "l1b", "fast_decode", SIZE_BENCH)],
             "cuda-anatomy": [("fused step anatomy (GPT-2 shapes)", "g2r", "fast_decode", ANATOMY),
                              ("fused step anatomy", "smol", "fast_decode", ANATOMY),
                              ("fused step anatomy (GPT-2 xl shapes)", "g2x", "fast_decode", ANATOMY)],

@@ -324,3 +324,26 @@ def test_tokenizer_from_takes_another_builds_tokenizer_files(tmp_path):
     b = make_standins.build("gpt2-random", tmp_path / "b", config_overrides=TINY, tokenizer_from=tmp_path / "tok")
     assert (Path(b["path"]) / "tokenizer.json").read_bytes() == src.read_bytes()
     assert not (Path(b["path"]) / "tokenizer_config.json").exists()      # only what the folder holds
+
+
+def test_the_llama_stand_in_has_llama_3_2_1bs_size_and_builds_small(tmp_path):
+    """llama-1b-random's config makes Llama 3.2 1B's 1,235,814,400 parameters (the tied
+    embedding once), counted without allocating them; a tiny build of the same recipe loads,
+    its norms are 1 and its weights the seeded ones, the same bytes on a second build."""
+    from transformers import AutoModelForCausalLM
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(make_standins.llama_config("llama-1b-random"))
+    assert sum(p.numel() for p in model.parameters()) == 1_235_814_400
+    c = model.config
+    assert (c.num_key_value_heads, c.head_dim, c.vocab_size, c.tie_word_embeddings) == (8, 64, 128256, True)
+    tiny = {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4,
+            "num_key_value_heads": 2, "head_dim": 16, "vocab_size": 50304}
+    for out in (tmp_path / "a", tmp_path / "b"):
+        make_standins.build("llama-1b-random", out, config_overrides=tiny)
+    a, b = tmp_path / "a" / "llama-1b-random", tmp_path / "b" / "llama-1b-random"
+    assert make_standins.weights_sha256(a) == make_standins.weights_sha256(b)
+    m = AutoModelForCausalLM.from_pretrained(a)
+    assert torch.equal(m.model.norm.weight, torch.ones(64)) and m.lm_head.weight is m.model.embed_tokens.weight
+    from transformers import AutoTokenizer
+    ids = AutoTokenizer.from_pretrained(a)("The capital of France is", return_tensors="pt").input_ids
+    assert torch.isfinite(m(ids).logits).all()

@@ -72,3 +72,22 @@ def test_an_equal_rerun_lends_the_measures_added_since_and_the_models_own_count(
     (tmp_path / "old" / "a.json").write_text(json.dumps(old))
     with pytest.raises(SystemExit):
         add_windows.main(rerun=str(tmp_path / "new"), results_dir=str(tmp_path / "old"))
+
+
+def test_a_rerun_a_rounding_apart_lends_only_within_the_tolerance_and_says_so(tmp_path):
+    """--rel-tol: a mean NLL 1e-8 apart (relative) lends at 1e-7, and the record says by how much;
+    the same pair at the default (exact) lends nothing. A rerun whose file name differs in its
+    settings hash alone finds its record."""
+    pair(tmp_path, name="m__x__cpu__aaaa1111.json")
+    rerun = tmp_path / "new" / "m__x__cpu__aaaa1111.json"
+    new = json.loads(rerun.read_text())
+    new["perplexity"]["mean_nll"] *= 1 + 1e-8
+    s = new["perplexity"]["mean_nll"] * sum(new["perplexity"]["windows"]["n_scored"])
+    new["perplexity"]["windows"]["nll_sum"] = [s - 12.0, 12.0]
+    rerun.unlink()
+    (tmp_path / "new" / "m__x__cpu__bbbb2222.json").write_text(json.dumps(new))
+    with pytest.raises(SystemExit):
+        add_windows.main(rerun=str(tmp_path / "new"), results_dir=str(tmp_path / "old"))
+    assert add_windows.main(rerun=str(tmp_path / "new"), results_dir=str(tmp_path / "old"), rel_tol=1e-7) == 1
+    got = json.loads((tmp_path / "old" / "m__x__cpu__aaaa1111.json").read_text())
+    assert "1.0e-08 (relative)" in got["perplexity"]["windows_added_by"]

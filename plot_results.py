@@ -510,7 +510,7 @@ def plot_fast(rec: dict, out: Path, made: list[Path]) -> None:
     ax.set_yticks(y, names, fontsize=8)
     ax.invert_yaxis()
     ax.tick_params(labelsize=8)
-    from matplotlib.transforms import ScaledTranslation          # below the axis label, whatever the axes' height
+    from matplotlib.transforms import ScaledTranslation  # below the axis label, whatever the axes' height
     ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.4, 0), ncol=3, frameon=False,
               bbox_transform=ax.transAxes + ScaledTranslation(0, -0.42, fig.dpi_scale_trans))
     fig.suptitle(f"Decode, {b['new_tokens']} tokens after {b['prompt_tokens']}: median of {b['repeats']} "

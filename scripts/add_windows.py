@@ -45,9 +45,9 @@ def provenance(new: dict, gap: float = 0.0) -> str:
     env = new.get("environment") or {}
     where = env.get("device_name") or env.get("device") or "?"
     said = ("equal to the last bit" if gap == 0 else
-            f"{gap:.1e} (relative) from this record's, the rounding of another run on the same software")
-    return (f"scripts/add_windows.py, from a rerun of this record's command ({new.get('timestamp', '?')}, "
-            f"{where}) whose perplexity total is {said}")
+            f"{gap:.1e} (relative) from this record's: another run's rounding")
+    return (f"scripts/add_windows.py, from a rerun of this record's measurement ({new.get('timestamp', '?')}, "
+            f"{where}: {new.get('command', '?')}) whose perplexity total is {said}")
 
 
 def lent(old: dict, new: dict, rel_tol: float = 0.0) -> tuple[dict, list[str]]:

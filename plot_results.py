@@ -136,7 +136,8 @@ def fast_figure(rec: dict) -> str:
 
 
 def fused_figure(rec: dict) -> str:
-    return f"fused_step{'_calibrated' if _fused(rec) == '_calibrated' else ''}_{results.slug(short_model(rec))}_" \
+    from speed.readings import calibrated_bench
+    return f"fused_step{'_calibrated' if calibrated_bench(rec) else ''}_{results.slug(short_model(rec))}_" \
            f"{device_kind(rec)}.png"
 
 

@@ -98,10 +98,9 @@ def build_report(results: str | Path = "results", out: str | Path = "report/repo
         doc.page_break()
         compose(doc, s, APPENDICES)
         main_pages = (known or {"pages": {}})["pages"].get("main-end")
-        smallest = min((v for v in doc.printed_fonts.values() if v), default=0)
         learned = doc.build(out, "Weight quantization study: report built from results/*.json",
-                            subject=(MAIN_BODY.format(main_pages) if main_pages else "")
-                            + SMALLEST_TEXT.format(smallest))
+                            subject="; ".join(([MAIN_BODY.format(main_pages)] if main_pages else [])
+                                              + [smallest_text(doc)]))
         if learned == known:
             break
         known = learned
@@ -117,12 +116,17 @@ def build_report(results: str | Path = "results", out: str | Path = "report/repo
         warnings.warn(f"{len(small)} figure(s) print text under {MIN_PRINTED_PT:g} pt: {', '.join(small)}",
                       stacklevel=2)
     sdoc.build(speed_pdf(out), "Weight quantization study: speed in detail, built from results/*.json",
-               subject=SMALLEST_TEXT.format(min((v for v in sdoc.printed_fonts.values() if v), default=0))[2:])
+               subject=smallest_text(sdoc))
     return out
 
 
 MAIN_BODY = "main body: pages 1-{}; then the appendices"      # the PDF's subject: where the main body ends
-SMALLEST_TEXT = "; smallest figure text {:.1f} pt"                # and the smallest text of its figures in print
+SMALLEST_TEXT = "smallest figure text {:.1f} pt"                  # and the smallest text of its figures in print
+
+
+def smallest_text(doc: Doc) -> str:
+    """SMALLEST_TEXT for the figures this document placed."""
+    return SMALLEST_TEXT.format(min((v for v in doc.printed_fonts.values() if v), default=0))
 
 
 def subject_number(pdf: str | Path, pattern: str) -> str | None:

@@ -16,11 +16,10 @@ measurement: the same method, model files, text, windows and token budget, and a
 (mean NLL, tokens scored, windows) equal to the last bit, or within --rel-tol of it, which the
 record then states. On a CPU, two runs of the same command can differ in the eighth digit (the
 order of float sums); a window's NLL moves as little, far below the noise the bands measure.
-Everything else in the
-committed record stays as it was, its timings and its device included (a rerun's timings depend on
-what else the machine was doing, or it ran on another card); perplexity.windows_added_by, and
-added_by in each block lent, say where they came from. A record that differs is named and left
-alone, and the script exits 1.
+Everything else in the committed record stays as it was, its timings and its device included (a
+rerun's timings depend on what else the machine was doing, or it ran on another card);
+perplexity.windows_added_by, and added_by in each block lent, say where they came from. A record
+that differs is named and left alone, and the script exits 1.
 """
 from __future__ import annotations
 

@@ -256,7 +256,8 @@ def bench(model_id: str, tokenizer, ids: torch.Tensor, methods: list[str], prefi
             if not fused.graphs:
                 why_not_fused, fused = fused.why_no_graph, None
             else:
-                same_fused = leading_equal(fused.generate(prompt), ref)
+                tokens, logits = fused_step_logits(fused, prompt)      # its greedy run, each step's logits read
+                same_fused = leading_equal(tokens, ref)
                 if fused.fused.kernels_per_step() is not None:          # every layer fused: the diagnostic too
                     l2_step = fused.weights_from_l2()
         torch.cuda.synchronize()
@@ -273,7 +274,6 @@ def bench(model_id: str, tokenizer, ids: torch.Tensor, methods: list[str], prefi
                       "fused_tiles": tiles,
                       "peak_bytes": torch.cuda.max_memory_allocated() - before}
         if fused is not None:             # its logits step by step: against its own modules and against fp32
-            tokens, logits = fused_step_logits(fused, prompt)
             rows[name]["fused_logits"] = {
                 "steps": f"the {new_tokens - 1} decode steps of its own greedy run; each reference reads the "
                          "same tokens (teacher forcing)",

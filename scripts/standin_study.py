@@ -44,6 +44,8 @@ FUSED_BENCH = {"methods": "fp16,scratch-int8-fast,scratch-int4-fast,scratch-nf4-
 CPU_TIMING = {"repeats": 5, "new_tokens": 64}
 GGUF_TYPES = ",".join(plan.GGUF_TYPES)
 SIZE_BENCH = {"methods": "fp16,scratch-int8-fast,scratch-int4-fast", "repeats": 6}
+# the 1B Llama, where the weights' bytes should rule: torchao's int8 and int4 weight-only beside ours
+LARGE_BENCH = {"methods": "fp16,scratch-int8-fast,scratch-int4-fast,torchao-int8wo,torchao-int4wo", "repeats": 6}
 # the storage GPTQ, AWQ and round-to-nearest share, on its GEMV, beside Part 1's int4 (speed/gpu_bench.py)
 CALIBRATED_BENCH = {"methods": "fp16,scratch-int4-fast,rtn-w4-pc-fast,rtn-w4-g64-fast", "repeats": 6}
 ANATOMY = {"anatomy": True, "repeats": 20}     # fast_decode's default methods for it: fp16, INT8, int4
@@ -144,7 +146,7 @@ def steps_for(machine: str) -> dict[str, list[tuple[str, str, str, dict]]]:
             "cuda-sizes": [*[(f"fused decode bench (GPT-2 {size} shapes)", key, "fast_decode", SIZE_BENCH)
                              for key, size in (("g2m", "medium"), ("g2l", "large"), ("g2x", "xl"))],
                            # a Llama at 1B scale (not yet run: added after the last device time)
-                           ("fused decode bench (Llama 3.2 1B shapes)", "l1b", "fast_decode", SIZE_BENCH)],
+                           ("fused decode bench with peers (Llama 3.2 1B shapes)", "l1b", "fast_decode", LARGE_BENCH)],
             "cuda-anatomy": [("fused step anatomy (GPT-2 shapes)", "g2r", "fast_decode", ANATOMY),
                              ("fused step anatomy", "smol", "fast_decode", ANATOMY),
                              ("fused step anatomy (GPT-2 xl shapes)", "g2x", "fast_decode", ANATOMY)],

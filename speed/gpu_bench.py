@@ -6,6 +6,7 @@ transformers' static cache under torch.compile) doing the same job.
 """
 from __future__ import annotations
 
+import statistics
 import sys
 
 import torch
@@ -35,6 +36,9 @@ COMPILE_MODE = "max-autotune-no-cudagraphs"       # the mode of gpt-fast's decod
 PEERS = {"torchao-int8wo": "torchao int8 weight-only (Int8WeightOnlyConfig) on every linear layer (GPT-2's Conv1D "
                            "made nn.Linear first), the static-cache decode step under torch.compile(mode="
                            f"'{COMPILE_MODE}'), replayed from one CUDA graph",
+         "torchao-int4wo": "torchao int4 weight-only, groups of 64 (Int4WeightOnlyConfig, tinygemm's tile_packed_to_4d "
+                           "layout, which computes in bfloat16: the model is loaded in bfloat16), every linear layer, "
+                           f"the same compiled decode step (mode '{COMPILE_MODE}') replayed from one CUDA graph",
          "hf-static-compile": "fp16, transformers generate() with cache_implementation='static', which compiles "
                               "the forward (torch.compile, mode 'reduce-overhead': CUDA graphs)"}
 # The storage GPTQ, AWQ and round-to-nearest share (calibrated/quantizer.py), on its GEMV: made by
@@ -43,10 +47,33 @@ PEERS = {"torchao-int8wo": "torchao int8 weight-only (Int8WeightOnlyConfig) on e
 CALIBRATED_STORAGE = {"rtn-w4-pc-fast": (4, 0), "rtn-w4-g64-fast": (4, 64)}
 METHODS = ("fp32", "fp16", "bnb-int8", "bnb-nf4", "scratch-int8-naive", "scratch-int8-fast",
            "scratch-int4-fast", "scratch-nf4-fast", *CALIBRATED_STORAGE) + tuple(PEERS)
-DEFAULT_METHODS = tuple(m for m in METHODS if m not in CALIBRATED_STORAGE)   # --methods left out: as before them
+# --methods left out: the methods as before the calibrated storage and torchao's int4 peer were added
+DEFAULT_METHODS = tuple(m for m in METHODS if m not in CALIBRATED_STORAGE and m != "torchao-int4wo")
 
 
 LAYER_CALLS = 50      # back-to-back calls of one layer per timed graph replay
+COPY_BYTES = 1 << 30  # the device-to-device copy that measures the practical bandwidth: far past L2
+COPY_DEFINITION = (f"device-to-device copy of {COPY_BYTES >> 20} MiB, bytes moved (read + write) / time, CUDA "
+                   "events, median of 20 after 3 warm-up copies; copy_floor_ms = weight bytes / this")
+
+
+def copy_bandwidth(dev: torch.device, nbytes: int = COPY_BYTES, repeats: int = 20) -> dict:
+    """The bandwidth a plain copy reaches on this GPU, in bytes/s: the practical ceiling of a step
+    that only reads its weights once (spec sheets quote a peak no kernel reaches)."""
+    src = torch.empty(nbytes, dtype=torch.uint8, device=dev)
+    dst = torch.empty_like(src)
+    rates = []
+    for i in range(3 + repeats):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        dst.copy_(src)
+        end.record()
+        end.synchronize()
+        if i >= 3:
+            rates.append(2 * nbytes / (start.elapsed_time(end) / 1e3))
+    del src, dst
+    torch.cuda.empty_cache()
+    return {"median": statistics.median(rates), "min": min(rates), "max": max(rates), "n": repeats}
 
 
 def block_layers(config) -> tuple[str, tuple[tuple[str, int], ...]]:
@@ -183,11 +210,17 @@ def peer(name: str, model_id: str, tokenizer, prompt: torch.Tensor, prefill_ids:
     """One peer: (its timed calls, its row), or (None, a row that says why it cannot run)."""
     row = {"recipe": PEERS[name], "why_not": None}
     try:
-        m = ev.load_model(model_id, "float16", "cuda")[0]
-        if name == "torchao-int8wo":
-            from torchao.quantization import Int8WeightOnlyConfig, quantize_
+        m = ev.load_model(model_id, "bfloat16" if name == "torchao-int4wo" else "float16", "cuda")[0]
+        if name.startswith("torchao-"):
+            from torchao.quantization import Int4WeightOnlyConfig, Int8WeightOnlyConfig, quantize_
             conv1d_to_linear(m)
-            quantize_(m, Int8WeightOnlyConfig())
+            linears = {n for n, mod in m.named_modules() if isinstance(mod, torch.nn.Linear)}
+            quantize_(m, Int8WeightOnlyConfig() if name == "torchao-int8wo" else
+                      Int4WeightOnlyConfig(group_size=64, int4_packing_format="tile_packed_to_4d"))
+            # torchao leaves a layer it cannot take (an in-width that groups do not divide) as it was
+            row["quantized_linears"] = sum(type(mod.weight) is not torch.nn.Parameter
+                                           for n, mod in m.named_modules() if n in linears)
+            row["linears"] = len(linears)
             ref = generate_tokens(m, tokenizer, prompt, new_tokens)          # its own eager generate()
             fast = FastDecoder(m, prompt_tokens, new_tokens, prefill_tokens, compiled=COMPILE_MODE)
             fast.capture()
@@ -223,6 +256,7 @@ def bench(model_id: str, tokenizer, ids: torch.Tensor, methods: list[str], prefi
     dev = torch.device("cuda")
     prefill_ids, prompt = ev.timing_inputs(ids, prefill_tokens, prompt_tokens, dev)
     bandwidth = hbm_bytes_per_s(torch.cuda.get_device_name())
+    copy = copy_bandwidth(dev)                                  # measured in this run, before any model
     timed, rows, refs = {}, {}, {}
     fp32 = {}                             # the unquantized model, loaded once for the fused step's logits
 
@@ -265,6 +299,7 @@ def bench(model_id: str, tokenizer, ids: torch.Tensor, methods: list[str], prefi
         rows[name] = {"weights_mib": weights["mib"], "weights_bytes": weights["bytes"],
                       "weight_dtype_bytes": weights["by_dtype_bytes"],
                       "floor_ms": decode_floor_ms(weights["bytes"], bandwidth),
+                      "copy_floor_ms": decode_floor_ms(weights["bytes"], copy["median"]),
                       "cuda_graph": fast.graphs, "why_no_graph": fast.why_no_graph,
                       "tokens_equal_generate": same == new_tokens, "leading_tokens_equal": same,
                       "fused_leading_tokens_equal": same_fused, "why_not_fused": why_not_fused,
@@ -315,25 +350,27 @@ def bench(model_id: str, tokenizer, ids: torch.Tensor, methods: list[str], prefi
     fb = rt["fp16·fast"]
     fused_base = rt["fp16·fused"]["decode_ms_per_token"]["median"] if "fp16·fused" in rt else None
 
-    def path_row(entry: dict, floor: float | None) -> dict:
+    def path_row(entry: dict, floor: float | None, copy_floor: float | None = None) -> dict:
         d = entry["decode_ms_per_token"]["median"]
         return {"prefill_ms": entry["prefill_ms"], "decode_ms_per_token": entry["decode_ms_per_token"],
                 "vs_fp16_fused": None if fused_base is None else d / fused_base,
-                "x_floor": None if floor is None else d / floor}
+                "x_floor": None if floor is None else d / floor,
+                "x_copy_floor": None if copy_floor is None else d / copy_floor}
 
     table = {}
     for name in rows:
         hf, fa = rt[name], rt[f"{name}·fast"]
-        floor = rows[name]["floor_ms"]
+        floor, copy_floor = rows[name]["floor_ms"], rows[name]["copy_floor_ms"]
         table[name] = {**{k: hf[k] for k in ("prefill_ms", "decode_ms_per_token", "prefill_ratio", "decode_ratio")},
                        **rows[name],
-                       "fast_path": {**path_row(fa, floor),
+                       "fast_path": {**path_row(fa, floor, copy_floor),
                                      "prefill_ratio": fa["prefill_ms"]["median"] / fb["prefill_ms"]["median"],
                                      "decode_ratio": fa["decode_ms_per_token"]["median"] /
                                      fb["decode_ms_per_token"]["median"],
                                      "speedup_over_generate": hf["decode_ms_per_token"]["median"] /
                                      fa["decode_ms_per_token"]["median"]},
-                       "fused_path": path_row(rt[f"{name}·fused"], floor) if f"{name}·fused" in rt else None,
+                       "fused_path": (path_row(rt[f"{name}·fused"], floor, copy_floor)
+                                      if f"{name}·fused" in rt else None),
                        **({"fused_l2_path": {**path_row(rt[f"{name}·fused-l2"], None), "weight_bytes_share":
                                              1 - rt[f"{name}·fused-l2"]["decode_ms_per_token"]["median"] /
                                              rt[f"{name}·fused"]["decode_ms_per_token"]["median"]}}
@@ -342,7 +379,8 @@ def bench(model_id: str, tokenizer, ids: torch.Tensor, methods: list[str], prefi
                                        for k in rows[name]["layers_us"] if k != "graph"}}
     for name, row in peers.items():
         if row["why_not"] is None:
-            row.update(path_row(rt[f"{name}·peer"], decode_floor_ms(row["weights_bytes"], bandwidth)))
+            row.update(path_row(rt[f"{name}·peer"], decode_floor_ms(row["weights_bytes"], bandwidth),
+                                decode_floor_ms(row["weights_bytes"], copy["median"])))
     return {"table": table, "peers": peers, "baseline": "fp16", "repeats": repeats, "warmup": warmup,
             "order": result["order"], "prefill_tokens": prefill_tokens, "prompt_tokens": prompt_tokens,
             "new_tokens": new_tokens, "decode_definition": ev.DECODE_DEFINITION,
@@ -359,7 +397,8 @@ def bench(model_id: str, tokenizer, ids: torch.Tensor, methods: list[str], prefi
                 if tune else "Triton's autotuner: each kernel timed alone (--no-tune-tiles)"),
             "fast_decode_definition":
                 "fast path wall time for the prompt pass + new_tokens-1 decode steps / new tokens",
-            "hbm_bytes_per_s": bandwidth, "layer_calls_per_replay": LAYER_CALLS,
+            "hbm_bytes_per_s": bandwidth, "copy_bytes_per_s": copy, "copy_definition": COPY_DEFINITION,
+            "layer_calls_per_replay": LAYER_CALLS,
             "layers_definition": "us per call of block 0's linear layers and lm_head at one token, "
                                  f"{LAYER_CALLS} calls per CUDA graph replay (eager where the method has no graph), "
                                  "median of 2 x repeats replays; linear_us_per_token = the number of blocks x the "

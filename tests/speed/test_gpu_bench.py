@@ -9,15 +9,23 @@ import evaluate as ev
 from speed import gpu_bench
 
 
-def test_a_peer_that_cannot_run_is_a_row_that_says_why(gpt2_dir):
-    """No GPU here: torchao's peer cannot load its model on CUDA; the bench gets a row with the
+@pytest.mark.parametrize("name", ["torchao-int8wo", "torchao-int4wo"])
+def test_a_peer_that_cannot_run_is_a_row_that_says_why(gpt2_dir, name):
+    """No GPU here: torchao's peers cannot load their model on CUDA; the bench gets a row with the
     reason, not a crash."""
     if torch.cuda.is_available():
         pytest.skip("this machine has a GPU")
     model, tok = ev.load_model(str(gpt2_dir), device="cpu")
     prompt = prompt_of(tok)
-    calls, row = gpu_bench.peer("torchao-int8wo", str(gpt2_dir), tok, prompt, prompt, 12, 4, 12, prompt[0, :4])
-    assert calls is None and row["why_not"] and row["recipe"] == gpu_bench.PEERS["torchao-int8wo"]
+    calls, row = gpu_bench.peer(name, str(gpt2_dir), tok, prompt, prompt, 12, 4, 12, prompt[0, :4])
+    assert calls is None and row["why_not"] and row["recipe"] == gpu_bench.PEERS[name]
+
+
+def test_the_default_methods_stay_those_of_the_committed_benches():
+    """A bench run without --methods times what it did before the later additions: a rerun of a
+    committed record's command measures the same methods."""
+    assert "torchao-int4wo" in gpu_bench.METHODS and "torchao-int4wo" not in gpu_bench.DEFAULT_METHODS
+    assert not set(gpu_bench.CALIBRATED_STORAGE) & set(gpu_bench.DEFAULT_METHODS)
 
 
 def test_conv1d_to_linear_keeps_the_models_logits(gpt2_dir):

@@ -9,6 +9,7 @@ beside it as model.n_params_torch).
     python scripts/add_windows.py /tmp/rerun                # into results/
     python scripts/add_windows.py /tmp/rerun --dry-run      # say what would change, write nothing
     python scripts/add_windows.py /tmp/rerun --rel-tol 1e-7 # totals a rounding apart (another run)
+    python scripts/add_windows.py /tmp/rerun --other-model-files   # another build of the same stand-in
 
 A rerun's record lends them to the committed record of the same file name (or of the same name up
 to its settings hash, as a rerun with --skip-latency writes) only when the two are the same
@@ -20,6 +21,11 @@ Everything else in the committed record stays as it was, its timings and its dev
 rerun's timings depend on what else the machine was doing, or it ran on another card);
 perplexity.windows_added_by, and added_by in each block lent, say where they came from. A record
 that differs is named and left alone, and the script exits 1.
+
+--other-model-files: the model folder's files may hash differently (model.sha256 covers every file
+of the folder, so another build of the same stand-in, whose weights are the same but whose other
+files are not, hashes differently); then only a perplexity total equal to the last bit lends, and
+the record names both hashes.
 """
 from __future__ import annotations
 
@@ -40,34 +46,43 @@ SAME = (("method", "name"), ("model", "sha256"), ("dataset", "sha256"), ("datase
         ("perplexity", "n_windows"))
 
 
-def provenance(new: dict, gap: float = 0.0) -> str:
+def provenance(new: dict, gap: float = 0.0, files: tuple[str, str] | None = None) -> str:
     env = new.get("environment") or {}
     where = env.get("device_name") or env.get("device") or "?"
     said = ("equal to the last bit" if gap == 0 else
             f"{gap:.1e} (relative) from this record's: another run's rounding")
     return (f"scripts/add_windows.py, from a rerun of this record's measurement ({new.get('timestamp', '?')}, "
-            f"{where}: {new.get('command', '?')}) whose perplexity total is {said}")
+            f"{where}: {new.get('command', '?')}) whose perplexity total is {said}"
+            + ("" if files is None else
+               f"; its model folder's files hash differently ({files[0][:12]}… here, {files[1][:12]}… in the "
+               "rerun: another build of the stand-in), and a total equal to the last bit over every scored "
+               "token is the evidence that the weights are the same"))
 
 
-def lent(old: dict, new: dict, rel_tol: float = 0.0) -> tuple[dict, list[str]]:
+def lent(old: dict, new: dict, rel_tol: float = 0.0, other_files: bool = False) -> tuple[dict, list[str]]:
     """old with what new has and it lacks (its windows, divergence, bits per weight, the model's own
     parameter count), and their names; ValueError says why they are not the same measurement.
-    rel_tol: how far apart the two mean NLLs may be (0: equal to the last bit)."""
+    rel_tol: how far apart the two mean NLLs may be (0: equal to the last bit). other_files: the
+    model folders' hashes may differ, where the totals are equal to the last bit."""
+    files = None
     for block, key in SAME:
         a, b = (old.get(block) or {}).get(key), (new.get(block) or {}).get(key)
-        if a != b:
+        if a != b and other_files and (block, key) == ("model", "sha256"):
+            files = (a or "?", b or "?")
+        elif a != b:
             raise ValueError(f"{block}.{key} differs ({a!r} here, {b!r} in the rerun)")
     a, b = old["perplexity"]["mean_nll"], new["perplexity"]["mean_nll"]
     gap = abs(a - b) / abs(a) if a else abs(b)
-    if gap > rel_tol:
-        raise ValueError(f"perplexity.mean_nll differs ({a!r} here, {b!r} in the rerun: {gap:.1e} relative)")
+    if gap > (0.0 if files else rel_tol):
+        raise ValueError(f"perplexity.mean_nll differs ({a!r} here, {b!r} in the rerun: {gap:.1e} relative)"
+                         + ("; with other model files only an equal total lends" if files else ""))
     w = new["perplexity"].get("windows")
     if not w or len(w["nll_sum"]) != old["perplexity"]["n_windows"]:
         raise ValueError("the rerun kept no windows")
     total = math.fsum(w["nll_sum"]) / sum(w["n_scored"])
     if sum(w["n_scored"]) != old["perplexity"]["n_tokens_scored"] or not math.isclose(total, b, rel_tol=1e-12):
         raise ValueError("the rerun's windows do not add up to its total")
-    out, what, note = json.loads(json.dumps(old)), [], provenance(new, gap)
+    out, what, note = json.loads(json.dumps(old)), [], provenance(new, gap, files)
     if not old["perplexity"].get("windows"):
         out["perplexity"]["windows"] = w
         out["perplexity"]["windows_added_by"] = note
@@ -95,6 +110,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rel-tol", type=float, default=0.0,
                    help="lend also where the rerun's mean NLL differs by at most this much, relative (default 0: "
                         "equal to the last bit); each record says by how much")
+    p.add_argument("--other-model-files", action="store_true",
+                   help="lend also where the model folder's files hash differently (another build of the same "
+                        "stand-in), only when the perplexity total is equal to the last bit; each record names "
+                        "both hashes")
     p.add_argument("--dry-run", action="store_true", help="say what would change, write nothing")
     return p
 
@@ -110,7 +129,7 @@ def target_of(path: Path, here: Path) -> Path | None:
 
 
 def main(*, rerun: str, results_dir: str = str(ROOT / "results"), rel_tol: float = 0.0,
-         dry_run: bool = False) -> int:
+         other_model_files: bool = False, dry_run: bool = False) -> int:
     """Lend the rerun's windows and measures to the committed records of the same measurement; -> how
     many got any."""
     here = Path(results_dir)
@@ -129,7 +148,7 @@ def main(*, rerun: str, results_dir: str = str(ROOT / "results"), rel_tol: float
         if results.kind_of(old) != "eval" or not isinstance(old.get("perplexity"), dict):
             continue
         try:
-            out, what = lent(old, new, rel_tol)
+            out, what = lent(old, new, rel_tol, other_model_files)
         except ValueError as e:
             differ.append((path.name, str(e)))
             continue

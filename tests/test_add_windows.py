@@ -91,3 +91,30 @@ def test_a_rerun_a_rounding_apart_lends_only_within_the_tolerance_and_says_so(tm
     assert add_windows.main(rerun=str(tmp_path / "new"), results_dir=str(tmp_path / "old"), rel_tol=1e-7) == 1
     got = json.loads((tmp_path / "old" / "m__x__cpu__aaaa1111.json").read_text())
     assert "1.0e-08 (relative)" in got["perplexity"]["windows_added_by"]
+
+
+def test_other_model_files_lend_only_with_the_flag_and_an_equal_total(tmp_path, capsys):
+    """Another build of the stand-in (its folder hashes differently): refused by default; with
+    --other-model-files lent where the totals are equal to the last bit, naming both hashes; a
+    total a hair apart is refused even under a tolerance."""
+    old = pair(tmp_path)
+    old["model"] = {**old.get("model", {}), "sha256": "a" * 64}
+    new = json.loads((tmp_path / "new" / "a.json").read_text())
+    new["model"] = {**old["model"], "sha256": "b" * 64}
+    (tmp_path / "old" / "a.json").write_text(json.dumps(old))
+    (tmp_path / "new" / "a.json").write_text(json.dumps(new))
+    args = {"rerun": str(tmp_path / "new"), "results_dir": str(tmp_path / "old")}
+    with pytest.raises(SystemExit):
+        add_windows.main(**args)
+    assert "model.sha256 differs" in capsys.readouterr().err
+    new["perplexity"]["mean_nll"] *= 1 + 1e-12
+    (tmp_path / "new" / "a.json").write_text(json.dumps(new))
+    with pytest.raises(SystemExit):
+        add_windows.main(**args, other_model_files=True, rel_tol=1e-7)
+    assert "only an equal total lends" in capsys.readouterr().err
+    new["perplexity"]["mean_nll"] = old["perplexity"]["mean_nll"]
+    (tmp_path / "new" / "a.json").write_text(json.dumps(new))
+    assert add_windows.main(**args, other_model_files=True) == 1
+    got = json.loads((tmp_path / "old" / "a.json").read_text())
+    assert got["model"]["sha256"] == "a" * 64                  # the record keeps its own identity
+    assert "aaaaaaaaaaaa… here, bbbbbbbbbbbb… in the rerun" in got["perplexity"]["windows_added_by"]

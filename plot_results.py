@@ -20,6 +20,7 @@ needs, is skipped with a warning.
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 import warnings
 from collections import defaultdict
@@ -271,7 +272,7 @@ PART_MARKERS = {"baseline": ("*", "float cast"), "part1": ("o", "Part 1, from sc
                 "part2": ("s", "bitsandbytes"), "bonus": ("D", "GGUF, llama.cpp"),
                 "explore": ("^", "RTN / GPTQ / AWQ")}
 LABEL_PT = 8.4             # label size at the figure's 7.5 in: the report's 16.5 cm column prints it at 7 pt
-LINE = 1.22                # a label line, in label sizes: the gap that keeps stacked labels apart
+LINE = 1.12                # a label line, in label sizes: the gap that keeps stacked labels apart
 
 
 def pct_label(v: float) -> str:
@@ -311,18 +312,19 @@ def plot_bits(rs: list[dict], idents: dict, cap: str, out: Path, name: str, made
     line_in = LABEL_PT * LINE / 72                                 # one label's height, inches
     counts = [max(sum(1 for row in rows if row[k] is not None and (row[0] < SPLIT_BITS) == low)
                   for low in (True, False)) for k, _, _ in measures]
-    heights = [max(2.6, n * line_in + 0.9) for n in counts]
+    pads = [0.65] * (len(measures) - 1) + [0.9]    # ticks below each panel, the axis label under the last only
+    heights = [max(2.6, n * line_in + pad) for n, pad in zip(counts, pads)]
     fig = plt.figure(figsize=(7.5, sum(heights) + 1.3))
     total, top = sum(heights) + 1.3, 1.0 - 0.75 / (sum(heights) + 1.3)
     # columns: [plot 3-5 bits][its labels][plot 8+ bits][its labels], in figure fractions
-    cols = ((0.10, 0.20), (0.655, 0.10))
-    for (k, ylabel, fmt), h in zip(measures, heights):
+    cols = ((0.10, 0.18), (0.61, 0.10))
+    for (k, ylabel, fmt), h, pad in zip(measures, heights, pads):
         bottom = top - h / total
         pts = [row for row in rows if row[k] is not None]
         lo, hi = min(row[k] for row in pts), max(row[k] for row in pts)
         axes = []
         for (x0, w), low in zip(cols, (True, False)):
-            ax = fig.add_axes((x0, bottom + 0.55 / total, w, h / total - 0.8 / total))
+            ax = fig.add_axes((x0, bottom + (pad - 0.35) / total, w, h / total - (pad - 0.1) / total))
             mine = [row for row in pts if (row[0] < SPLIT_BITS) == low]
             if not mine:
                 ax.remove()
@@ -337,8 +339,8 @@ def plot_bits(rs: list[dict], idents: dict, cap: str, out: Path, name: str, made
             ax.yaxis.set_minor_formatter(NullFormatter())
             ax.tick_params(which="both", labelsize=8.5)
             ax.grid(True, which="major", lw=0.3, color="#dddddd")
-            ax.set_xlabel(("bits per weight, below 8" if low else "8 bits and more")
-                          + " (quantized layers)", fontsize=8.5)
+            ax.set_xlabel(f"{'bits per weight, below 8' if low else '8 bits and more'} (quantized layers)"
+                          if pad > 0.65 else "", fontsize=8.5)
             xs = [row[0] for row in mine]
             if low:
                 ax.set_xlim(min(xs) - 0.15, max(xs) + 0.15)
@@ -364,7 +366,6 @@ def plot_bits(rs: list[dict], idents: dict, cap: str, out: Path, name: str, made
 def log_ticks(lo: float, hi: float) -> list[float]:
     """Ticks for a log axis from lo to hi: 1-2-5 in each decade where that gives a few, else
     the powers of ten alone (so a range within one decade still has numbered ticks)."""
-    import math
     decades = range(math.floor(math.log10(lo)), math.ceil(math.log10(hi)) + 1)
     ticks = [m * 10.0 ** d for d in decades for m in (1, 2, 5) if lo <= m * 10.0 ** d <= hi]
     return [t for t in ticks if math.log10(t).is_integer()] if len(ticks) > 7 else ticks
@@ -608,8 +609,7 @@ def plot_sizes(records: list[dict], out: Path, made: list[Path]) -> None:
     names = ", ".join(r["model"] for r in rows) + (" (stand-ins)" if all(r["stand_in"] for r in rows) else "")
     dev = next(device_of(r) for r in records if r.get("_file") == rows[0]["file"])
     fig.suptitle(f"The fused decode step against model size, each model its own round-robin run, all with\n"
-                 f"the weights-in-L2 diagnostic: {names}, {dev}",
-                 fontsize=8)
+                 f"the weights-in-L2 diagnostic: {names}, {dev}", fontsize=8)
     _save(fig, out, SIZES_FIGURE, made, layout=False)
 
 

@@ -1,5 +1,6 @@
 """report/build_report.py: the fixture results make a PDF whose numbers are the JSON's."""
 import json
+import math
 
 import pypdf
 import pytest
@@ -201,6 +202,29 @@ def explore_record(key, group, ppl, bpw, kld, source=None, variant=None, proxy=N
     return rec
 
 
+def test_the_exploration_table_has_a_band_where_a_run_kept_its_windows(results_dir, tmp_path):
+    """A run whose windows pair with fp32's gets its 95% band in the grid (every token 0.01 nats
+    worse: the band is exactly exp(0.01) - 1); a run without windows gets a dash, which the
+    caption explains."""
+    counts = [10, 12, 9, 11]
+    base = json.loads((results_dir / "a.json").read_text())
+    base["perplexity"]["windows"] = {"nll_sum": [3.0 * c for c in counts], "n_scored": counts}
+    (results_dir / "a.json").write_text(json.dumps(base))
+    gptq = explore_record("gptq-w4", 0, 30.0, 4.059, 0.5, "wiki", proxy=[0.2])
+    gptq["perplexity"]["windows"] = {"nll_sum": [3.01 * c for c in counts], "n_scored": counts}
+    runs = {"rtn-pc.json": explore_record("rtn-w4", 0, 40.0, 4.059, 0.9), "gptq-pc.json": gptq,
+            "rtn-g.json": explore_record("rtn-w4", 64, 28.0, 4.625, 0.4),
+            "awq-g.json": explore_record("awq-w4", 64, 24.0, 4.630, 0.1, "wiki")}
+    for name, rec in runs.items():
+        (results_dir / name).write_text(json.dumps(rec))
+    out = br.main(results=str(results_dir), out=str(tmp_path / "r.pdf"), figures=str(tmp_path / "f"))
+    section = pdf_text(out).replace("\n", " ").split("4. Exploration: GPTQ, AWQ, BF16")[1].split("5. Bonus")[0]
+    shift = f"{100 * (math.exp(0.01) - 1):+.2f}"
+    assert f"gptq-w4-pc 4.059 13.5 30.0000 +50.00% [{shift}, {shift}] 0.500 75.0% 2.5" in section
+    assert "rtn-w4-pc 4.059 13.5 40.0000 +100.00% – 0.900" in section
+    assert "a dash: that run's record keeps no per-window NLL" in section
+
+
 def test_the_exploration_section_is_the_records_numbers(results_dir, tmp_path):
     """Round-to-nearest, GPTQ and AWQ records make section 5: the grid table, the targets (each
     ratio of perplexity changes computed here), NF4's comparison at <= 4.6 bits, GPTQ's layer-wise
@@ -217,8 +241,8 @@ def test_the_exploration_section_is_the_records_numbers(results_dir, tmp_path):
     out = br.main(results=str(results_dir), out=str(tmp_path / "r.pdf"), figures=str(tmp_path / "f"))
     text = pdf_text(out).replace("\n", " ")
     section = text.split("4. Exploration: GPTQ, AWQ, BF16 and a larger model")[1].split("5. Bonus")[0]
-    assert "gptq-w4-pc 4 channel 4.059 13.5 30.0000 +50.00% 0.500 75.0% 2.5" in section
-    assert "awq-w4-g64 4 64 4.630 14.5 24.0000 +20.00% 0.100 75.0% 9.2" in section
+    assert "gptq-w4-pc 4.059 13.5 30.0000 +50.00% 0.500 75.0% 2.5" in section     # bits, grouping: in the name
+    assert "awq-w4-g64 4.630 14.5 24.0000 +20.00% 0.100 75.0% 9.2" in section
     base = 20.0
     d = {n: 100 * (p / base - 1) for n, p in (("rtn-pc", 40), ("gptq-pc", 30), ("rtn-g", 28), ("awq-g", 24))}
     assert f"gptq-w4-pc against rtn-w4-pc ≤ 0.5 {d['gptq-pc'] / d['rtn-pc']:.2f}× met" in section      # 0.50
@@ -359,3 +383,19 @@ def test_the_committed_reports_main_body_fits_fourteen_pages(tmp_path):
     assert br.smallest_figure_text(out) >= 7.0                 # every figure's text, at print size
     assert check_map(out) >= 8
     assert br.speed_pdf(out).exists() and br.smallest_figure_text(br.speed_pdf(out)) >= 7.0
+
+
+def test_part2_calls_a_difference_a_tie_only_when_its_band_holds_zero():
+    """The text's comparisons (NF4-DQ against NF4, Part 1's NF4 against bitsandbytes') say what the
+    paired bootstrap says: every token 0.01 nats worse is beyond the noise, the same windows a tie,
+    and a record without windows says nothing."""
+    from report.sections.part2 import noise_said
+    counts = [10, 12, 9, 11]
+
+    def rec(per_token):
+        return {"perplexity": {"windows": {"nll_sum": [per_token * c for c in counts], "n_scored": counts}}}
+    r = {"a": rec(3.0), "b": rec(3.01), "same": rec(3.0), "old": {"perplexity": {"ppl": 20.0}}}
+    shift = f"{100 * (math.exp(0.01) - 1):+.2f}"
+    assert noise_said(r, "b", "a") == f", beyond the noise: 95% band [{shift}, {shift}]%"
+    assert noise_said(r, "same", "a") == ", a tie: the 95% band of the difference, [+0.00, +0.00]%, holds zero"
+    assert noise_said(r, "old", "a") == ""

@@ -126,25 +126,27 @@ def explore(doc: Doc, s: Study) -> None:
                f"in the figure's title). {takeaway}. The KL divergence panel holds the runs that measured it.",
                max_height_cm=15.7)
     doc.label("explore-figure")
-    rows = []
+    rows, banded = [], any(band(r, n) for n in x["grid"])        # a band column only where a run has one
     for n in sorted(x["grid"], key=lambda n: (-registry.of(r[n])["bits"], pr.layer_bits(r[n]) or 0,
                                               r[n]["perplexity"]["ppl"])):
         v, d = r[n], r[n].get("divergence") or {}
         secs = (v.get("quantize") or {}).get("seconds")
-        rows.append([n, registry.of(v)["bits"], v["method"]["settings"]["group_size"] or "channel",
-                     f"{pr.layer_bits(v):.3f}" if pr.layer_bits(v) else "–", f_mib(v["memory"]["weights_mib"]),
-                     f_ppl(v["perplexity"]["ppl"]), f_pct(delta(r, n)) + ("" if band(r, n) is None else
-                                                                         "\n" + f_band(band(r, n))),
-                     f"{d['kld_mean']:.3f}" if d else "–", f"{100 * d['top1_agreement']:.1f}%" if d else "–",
-                     "–" if secs is None else f"{secs:.1f}"])
-    doc.table(["method", "bits", "group", "bits/weight", "weights MiB", "perplexity", "vs fp32", "KLD",
-               "top-1", "quantize s"], rows,
-              f"The grid on the same tokens as every other row ({escape(group_label(g))}). Bits per weight: "
-              "the quantized layers' stored bytes × 8 over their weights. KLD: KL(fp32 ‖ method) per scored "
-              "token, in nats; top-1: the two models' most likely next tokens agree. Quantize s: on this "
-              "run's device, calibration included."
-              + (" Under a change: its 95% band, from a paired bootstrap over the windows." if any(
-                  band(r, n) for n in x["grid"]) else ""))
+        rows.append([n, f"{pr.layer_bits(v):.3f}" if pr.layer_bits(v) else "–", f_mib(v["memory"]["weights_mib"]),
+                     f_ppl(v["perplexity"]["ppl"]), f_pct(delta(r, n))] + ([f_band(band(r, n))] if banded else [])
+                    + [f"{d['kld_mean']:.3f}" if d else "–", f"{100 * d['top1_agreement']:.1f}%" if d else "–",
+                       "–" if secs is None else f"{secs:.1f}"])
+    # the bits and the grouping are in each name (w4, w3; pc: a scale per output channel, g64: per 64 inputs)
+    doc.table(["method", "bits per weight", "MiB", "perplexity", "vs fp32"]
+              + (["95% band"] if banded else []) + ["KLD", "top-1", "time s"], rows,
+              f"The grid on the same tokens as every other row ({escape(group_label(g))}). Names: w4 and w3 "
+              "are 4- and 3-bit codes, pc one scale per output channel, g64 one per 64 inputs of a row. Bits per "
+              "weight: the quantized layers' stored bytes × 8 over their weights; MiB: the weights' memory. KLD: "
+              "KL(fp32 ‖ method) per scored token, in nats; top-1: the two models' most likely next tokens agree. "
+              "Time: to quantize the model on this run's device, calibration included."
+              + (" 95% band: of the change against fp32, from a paired bootstrap over the windows (a dash: that "
+                 "run's record keeps no per-window NLL)." if banded else ""),
+              widths=[3.45, 1.45, 1.15, 2.0, 1.8, 2.9, 1.15, 1.2, 1.25] if banded else None,
+              split=True)                          # under the figure, its header row carried to the next page
     doc.label("explore-table", "Table")
     trows = [[f"{t['method']} against {t['against']}", f"≤ {t['limit']:g}", f_ratio(t["ratio"]),
               "met" if t["met"] else "missed"] for t in x["targets"]]

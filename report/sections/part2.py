@@ -5,9 +5,9 @@ from __future__ import annotations
 from xml.sax.saxutils import escape
 
 import plot_results as pr
-from report.common import Study, delta, describe, group_label, heading, heading_number, model_label
+from report.common import BAND_NOTE, Study, band, delta, describe, group_label, heading, heading_number, model_label
 from report.doc import Doc
-from report.formats import f_mib, f_pct, f_ppl, f_ratio, mib
+from report.formats import f_band, f_mib, f_pct, f_ppl, f_ratio, mib
 from report.sections.closing import cite
 from study import registry
 
@@ -73,30 +73,19 @@ def nf4_section(doc: Doc, s: Study) -> None:
     g = s.find_group("bnb-nf4", "bnb-fp4")
     if g:
         r = s.runs(g)
-        rows = [
-            [
-                n,
-                describe(r[n]),
-                f_mib(r[n]["memory"]["weights_mib"]),
-                f_mib(mib((r[n].get("quantization") or {}).get("scales_and_zero_points"))),
-                f_ppl(r[n]["perplexity"]["ppl"]),
-                f_pct(delta(r, n)),
-            ]
-            for n in (
-                "bnb-int8",
-                "bnb-fp4",
-                "bnb-nf4",
-                "bnb-nf4-dq",
-                "scratch-int4-int4",
-                "scratch-int4-nf4",
-            )
-            if n in r
-        ]
+        names = [n for n in ("bnb-int8", "bnb-fp4", "bnb-nf4", "bnb-nf4-dq", "scratch-int4-int4", "scratch-int4-nf4")
+                 if n in r]
+        banded = any(band(r, n) for n in names)               # a band column only where a run has one
+        rows = [[n, describe(r[n]), f_mib(r[n]["memory"]["weights_mib"]),
+                 f_mib(mib((r[n].get("quantization") or {}).get("scales_and_zero_points"))),
+                 f_ppl(r[n]["perplexity"]["ppl"]), f_pct(delta(r, n))] + ([f_band(band(r, n))] if banded else [])
+                for n in names]
         doc.table(
-            ["method", "what", "weights MiB", "scales MiB", "perplexity", "vs fp32"],
+            ["method", "what", "weights MiB", "scales MiB", "perplexity", "vs fp32"] + (["95% band"] if banded else []),
             rows,
-            f"bitsandbytes and Part 1's 4-bit on the same tokens ({escape(group_label(g))}).",
-            widths=[2.8, 5.4, None, None, None, None],
+            f"bitsandbytes and Part 1's 4-bit on the same tokens ({escape(group_label(g))})."
+            + (" " + BAND_NOTE if banded else ""),
+            widths=[2.6, 3.9, 1.5, 1.4, 2.0, 1.6, 3.0] if banded else [2.8, 5.4, None, None, None, None],
         )
         doc.label("part2-table", "Table")
         x = nf4_facts(r)
@@ -105,7 +94,7 @@ def nf4_section(doc: Doc, s: Study) -> None:
             a, b = x["dq_scales_mib"]
             text.append(
                 f"Double quantization shrinks the scales from {f_mib(a)} to {f_mib(b)} MiB and "
-                f"changes perplexity by {f_pct(x['dq_delta'])} relative to NF4."
+                f"changes perplexity by {f_pct(x['dq_delta'])} relative to NF4{noise_said(r, 'bnb-nf4-dq', 'bnb-nf4')}."
             )
         cpu = cpu_dq_facts(s)
         if cpu:
@@ -126,7 +115,8 @@ def nf4_section(doc: Doc, s: Study) -> None:
         if x["scratch_nf4_ppl"] is not None:
             text.append(
                 f"Part 1's from-scratch NF4 gives {f_ppl(x['scratch_nf4_ppl'])} against "
-                f"bitsandbytes' {f_ppl(x['bnb_nf4_ppl'])} ({f_pct(x['scratch_vs_bnb'])}). Both "
+                f"bitsandbytes' {f_ppl(x['bnb_nf4_ppl'])} ({f_pct(x['scratch_vs_bnb'])}"
+                f"{noise_said(r, 'scratch-int4-nf4', 'bnb-nf4')}). Both "
                 "make the same codes from the same weights"
                 + ("" if cross_check_table is None else
                    f" (the cross-check in Table {cross_check_table}'s caption)")
@@ -136,6 +126,16 @@ def nf4_section(doc: Doc, s: Study) -> None:
             )
         if text:
             doc.p(" ".join(text))
+
+
+def noise_said(r: dict[str, dict], name: str, base: str) -> str:
+    """', a tie: the 95% band ... holds zero' or ', beyond the noise: 95% band ...' for name against base,
+    from the paired bootstrap over their windows; '' where a record kept none."""
+    b = band(r, name, base)
+    if b is None:
+        return ""
+    return (f", a tie: the 95% band of the difference, {f_band(b)}%, holds zero" if b[0] <= 0 <= b[1]
+            else f", beyond the noise: 95% band {f_band(b)}%")
 
 
 def cpu_dq_facts(s: Study) -> dict | None:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import plot_results as pr
 import results
-from report.formats import mib, pct_change
+from report.formats import f_band, mib, pct_change
 from speed import readings
 from study import noise, registry
 
@@ -138,6 +138,17 @@ def band(runs: dict[str, dict], name: str, base: str = "baseline-fp32") -> tuple
     """The 95% band of delta(runs, name, base), from a paired bootstrap over the windows (study.noise);
     None where a record predates the windows it needs."""
     return noise.change_band(runs[base], runs[name])
+
+
+def noise_said(r: dict[str, dict], name: str, base: str, what: str = "the difference") -> str:
+    """', a tie: the 95% band of {what}, [..]%, holds zero' or ', beyond the noise: the 95% band of
+    {what} is [..]%' for name's perplexity against base's, from the paired bootstrap over their
+    windows; '' where a record kept none."""
+    b = band(r, name, base)
+    if b is None:
+        return ""
+    return (f", a tie: the 95% band of {what}, {f_band(b)}%, holds zero" if b[0] <= 0 <= b[1]
+            else f", beyond the noise: the 95% band of {what} is {f_band(b)}%")
 
 
 BAND_NOTE = ("95% band: of the change against fp32, from a paired bootstrap over the windows (2,000 draws); "

@@ -389,13 +389,14 @@ def test_part2_calls_a_difference_a_tie_only_when_its_band_holds_zero():
     """The text's comparisons (NF4-DQ against NF4, Part 1's NF4 against bitsandbytes') say what the
     paired bootstrap says: every token 0.01 nats worse is beyond the noise, the same windows a tie,
     and a record without windows says nothing."""
-    from report.sections.part2 import noise_said
+    from report.common import noise_said
     counts = [10, 12, 9, 11]
 
     def rec(per_token):
         return {"perplexity": {"windows": {"nll_sum": [per_token * c for c in counts], "n_scored": counts}}}
     r = {"a": rec(3.0), "b": rec(3.01), "same": rec(3.0), "old": {"perplexity": {"ppl": 20.0}}}
     shift = f"{100 * (math.exp(0.01) - 1):+.2f}"
-    assert noise_said(r, "b", "a") == f", beyond the noise: 95% band [{shift}, {shift}]%"
+    said = noise_said(r, "b", "a", "b against a")
+    assert said == f", beyond the noise: the 95% band of b against a is [{shift}, {shift}]%"
     assert noise_said(r, "same", "a") == ", a tie: the 95% band of the difference, [+0.00, +0.00]%, holds zero"
     assert noise_said(r, "old", "a") == ""

@@ -7,7 +7,7 @@ import statistics
 from xml.sax.saxutils import escape
 
 import plot_results as pr
-from report.common import Study, band, delta, group_label, heading, heading_number
+from report.common import Study, band, delta, group_label, heading, heading_number, noise_said
 from report.doc import Doc
 from report.formats import f_band, f_mib, f_pct, f_ppl, f_ratio
 from report.sections.closing import cite
@@ -145,7 +145,7 @@ def explore(doc: Doc, s: Study) -> None:
               "Time: to quantize the model on this run's device, calibration included."
               + (" 95% band: of the change against fp32, from a paired bootstrap over the windows (a dash: that "
                  "run's record keeps no per-window NLL)." if banded else ""),
-              widths=[3.45, 1.45, 1.15, 2.0, 1.8, 2.9, 1.15, 1.2, 1.25] if banded else None,
+              widths=[3.15, 1.45, 1.15, 2.0, 1.8, 3.2, 1.15, 1.2, 1.25] if banded else None,
               split=True)                          # under the figure, its header row carried to the next page
     doc.label("explore-table", "Table")
     trows = [[f"{t['method']} against {t['against']}", f"≤ {t['limit']:g}", f_ratio(t["ratio"]),
@@ -183,7 +183,8 @@ def explore(doc: Doc, s: Study) -> None:
             + ", ".join(f"{escape(src)} {f_pct(dv)}" for src, dv in sorted(c.values(), key=lambda i: i[1]))
             + f". The source moves the perplexity change by {spread:.2f} points"
             + ("" if gain is None else f"; GPTQ (on the default source) against round-to-nearest: {gain:+.2f} points "
-               "(positive: GPTQ's change is the smaller)")
+               f"(positive: GPTQ's change is the smaller)"
+               + noise_said(rk, "gptq-w4-g64", "rtn-w4-g64", "GPTQ's perplexity against round-to-nearest's"))
             + ".")
     bf = s.find_group("baseline-bf16")
     if bf:

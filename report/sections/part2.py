@@ -5,7 +5,18 @@ from __future__ import annotations
 from xml.sax.saxutils import escape
 
 import plot_results as pr
-from report.common import BAND_NOTE, Study, band, delta, describe, group_label, heading, heading_number, model_label
+from report.common import (
+    BAND_NOTE,
+    Study,
+    band,
+    delta,
+    describe,
+    group_label,
+    heading,
+    heading_number,
+    model_label,
+    noise_said,
+)
 from report.doc import Doc
 from report.formats import f_band, f_mib, f_pct, f_ppl, f_ratio, mib
 from report.sections.closing import cite
@@ -126,16 +137,6 @@ def nf4_section(doc: Doc, s: Study) -> None:
             )
         if text:
             doc.p(" ".join(text))
-
-
-def noise_said(r: dict[str, dict], name: str, base: str) -> str:
-    """', a tie: the 95% band ... holds zero' or ', beyond the noise: 95% band ...' for name against base,
-    from the paired bootstrap over their windows; '' where a record kept none."""
-    b = band(r, name, base)
-    if b is None:
-        return ""
-    return (f", a tie: the 95% band of the difference, {f_band(b)}%, holds zero" if b[0] <= 0 <= b[1]
-            else f", beyond the noise: 95% band {f_band(b)}%")
 
 
 def cpu_dq_facts(s: Study) -> dict | None:

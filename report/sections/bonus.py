@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from xml.sax.saxutils import escape
 
-from report.common import Study, delta, full_precision_mib, group_label, heading
+from report.common import Study, delta, full_precision_mib, group_label, heading, noise_said, tie
 from report.doc import Doc
 from report.formats import f_mib, f_ms, f_pct, f_ppl, mib
 from report.sections.closing import cite
@@ -71,7 +71,10 @@ def gguf_section(doc: Doc, s: Study) -> None:
             )
         if x["k_quant_mix"]:
             doc.p(
-                "Q5_K_M scores worse than Q4_K_M here. The files say why: k-quants need rows "
+                ("Q5_K_M scores no better than Q4_K_M here" if tie(r, "gguf-q4_k_m", "gguf-q5_k_m")
+                 else "Q5_K_M scores worse than Q4_K_M here")
+                + noise_said(r, "gguf-q5_k_m", "gguf-q4_k_m", "Q5_K_M's perplexity against Q4_K_M's")
+                + ". The files say why: k-quants need rows "
                 "that are a multiple of 256, and llama.cpp falls back to another type per "
                 "tensor when they are not. "
                 + " ".join(

@@ -251,9 +251,8 @@ def test_the_exploration_section_is_the_records_numbers(results_dir, tmp_path):
     assert "beats NF4 < +25.00% gptq-w4-pc: +50.00% missed" in section
     assert ("its median over the layers is 0.25 to 0.50 × round-to-nearest's (3 GPTQ runs, every block "
             "linear)") in section
-    assert "novel +30.00%, wiki +35.00%. The source moves the perplexity change by 5.00 points; GPTQ (on the " \
-           "default source) against round-to-nearest: +5.00 points (positive: GPTQ's change is the smaller)." \
-        in section
+    assert "novel +30.00%, wiki +35.00%. The source moves the perplexity change by 5.00 points; GPTQ's change " \
+           "(on the default source) is 5.00 points smaller than round-to-nearest's." in section
     assert "Q4_1" not in section                                   # said of the Q4_1 stand-in only
     assert "dampened by 0.02" in section and "blocks of 16 columns" in section
     assert "7 windows of 48 tokens (seed 3) of the wiki text (CC0)" in section

@@ -182,8 +182,9 @@ def explore(doc: Doc, s: Study) -> None:
             f"<b>Calibration text.</b> GPTQ 4-bit g64 on {escape(group_label(k))}: "
             + ", ".join(f"{escape(src)} {f_pct(dv)}" for src, dv in sorted(c.values(), key=lambda i: i[1]))
             + f". The source moves the perplexity change by {spread:.2f} points"
-            + ("" if gain is None else f"; GPTQ (on the default source) against round-to-nearest: {gain:+.2f} points "
-               f"(positive: GPTQ's change is the smaller)"
+            + ("" if gain is None else
+               f"; GPTQ's change (on the default source) is {abs(gain):.2f} points "
+               + ("smaller" if gain > 0 else "larger") + " than round-to-nearest's"
                + noise_said(rk, "gptq-w4-g64", "rtn-w4-g64", "GPTQ's perplexity against round-to-nearest's"))
             + ".")
     bf = s.find_group("baseline-bf16")

@@ -111,7 +111,7 @@ def nf4_section(doc: Doc, s: Study) -> None:
         if cpu:
             text.append(
                 f"On the CPU ({escape(cpu['group'])}), bitsandbytes {escape(cpu['version'])} keeps each "
-                f"block's absmax in {escape(cpu['dtype'])} and double quantization changes nothing there: "
+                f"block's absmax in {escape(cpu['dtype'])} and double quantization saves no bytes there: "
                 f"NF4 and NF4-DQ both hold {f_mib(cpu['scales_mib'])} MiB of scales."
             )
         if x["int8_delta"] is not None:

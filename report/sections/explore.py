@@ -126,13 +126,14 @@ def explore(doc: Doc, s: Study) -> None:
                f"in the figure's title). {takeaway}. The KL divergence panel holds the runs that measured it.",
                max_height_cm=15.7)
     doc.label("explore-figure")
-    rows, banded = [], any(band(r, n) for n in x["grid"])        # a band column only where a run has one
+    bands = {n: band(r, n) for n in x["grid"]}                    # each a bootstrap: computed once
+    rows, banded = [], any(bands.values())                         # a band column only where a run has one
     for n in sorted(x["grid"], key=lambda n: (-registry.of(r[n])["bits"], pr.layer_bits(r[n]) or 0,
                                               r[n]["perplexity"]["ppl"])):
         v, d = r[n], r[n].get("divergence") or {}
         secs = (v.get("quantize") or {}).get("seconds")
         rows.append([n, f"{pr.layer_bits(v):.3f}" if pr.layer_bits(v) else "–", f_mib(v["memory"]["weights_mib"]),
-                     f_ppl(v["perplexity"]["ppl"]), f_pct(delta(r, n))] + ([f_band(band(r, n))] if banded else [])
+                     f_ppl(v["perplexity"]["ppl"]), f_pct(delta(r, n))] + ([f_band(bands[n])] if banded else [])
                     + [f"{d['kld_mean']:.3f}" if d else "–", f"{100 * d['top1_agreement']:.1f}%" if d else "–",
                        "–" if secs is None else f"{secs:.1f}"])
     # the bits and the grouping are in each name (w4, w3; pc: a scale per output channel, g64: per 64 inputs)

@@ -179,7 +179,8 @@ def part1(doc: Doc, s: Study) -> None:
     r = s.runs(g)
     names = [method(x) for x in pr.by_family(s.groups[g]) if registry.of(x)["family"] in ("baseline", "scratch-int8")]
     scopes = {r[n]["memory"].get("peak_scope") for n in names}
-    banded = any(band(r, n) for n in names if n != "baseline-fp32")      # a column only where a run has one
+    bands = {n: band(r, n) for n in names if n != "baseline-fp32"}      # each a bootstrap: computed once
+    banded = any(bands.values())                                         # a column only where a run has one
     rows = []
     for n in names:
         pre, dec = latency_of(r[n])
@@ -188,7 +189,7 @@ def part1(doc: Doc, s: Study) -> None:
                      f_mib(m.get("peak_mib")) if len(scopes) == 1 else "–",
                      "–" if pre is None else f_ms(pre), "–" if dec is None else f_ms(dec),
                      f_ppl(r[n]["perplexity"]["ppl"]), f_pct(delta(r, n))]
-                    + (["–" if n == "baseline-fp32" else f_band(band(r, n))] if banded else []))
+                    + (["–" if n == "baseline-fp32" else f_band(bands[n])] if banded else []))
     scope = next(iter(scopes)) if len(scopes) == 1 else None
     doc.table(["method", "weights MiB", "disk MiB", "peak MiB", "prefill ms", "decode ms/tok", "perplexity",
                "vs fp32"] + (["95% band"] if banded else []), rows,

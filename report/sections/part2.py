@@ -86,10 +86,11 @@ def nf4_section(doc: Doc, s: Study) -> None:
         r = s.runs(g)
         names = [n for n in ("bnb-int8", "bnb-fp4", "bnb-nf4", "bnb-nf4-dq", "scratch-int4-int4", "scratch-int4-nf4")
                  if n in r]
-        banded = any(band(r, n) for n in names)               # a band column only where a run has one
+        bands = {n: band(r, n) for n in names}                # each a bootstrap: computed once
+        banded = any(bands.values())                          # a band column only where a run has one
         rows = [[n, describe(r[n]), f_mib(r[n]["memory"]["weights_mib"]),
                  f_mib(mib((r[n].get("quantization") or {}).get("scales_and_zero_points"))),
-                 f_ppl(r[n]["perplexity"]["ppl"]), f_pct(delta(r, n))] + ([f_band(band(r, n))] if banded else [])
+                 f_ppl(r[n]["perplexity"]["ppl"]), f_pct(delta(r, n))] + ([f_band(bands[n])] if banded else [])
                 for n in names]
         doc.table(
             ["method", "what", "weights MiB", "scales MiB", "perplexity", "vs fp32"] + (["95% band"] if banded else []),

@@ -399,3 +399,38 @@ def test_part2_calls_a_difference_a_tie_only_when_its_band_holds_zero():
     assert said == f", beyond the noise: the 95% band of b against a is [{shift}, {shift}]%"
     assert noise_said(r, "same", "a") == ", a tie: the 95% band of the difference, [+0.00, +0.00]%, holds zero"
     assert noise_said(r, "old", "a") == ""
+
+
+def test_the_whole_text_confirms_the_prefix_groups_answer_and_origin(tmp_path):
+    """A prefix group (CPU) answers the question; each model's whole-text runs (each on its own GPU) are
+    set beside it: the same pair's bits per byte and the count of larger 4-bit penalties, computed here."""
+    from conftest import record
+    d = tmp_path / "r"
+    d.mkdir()
+    runs = [("small", "baseline-fp32", 400.0, 1.07, 20.0), ("small", "baseline-fp16", 200.0, 1.0701, 20.0),
+            ("small", "bnb-nf4", 70.0, 1.15, 25.0), ("large", "baseline-fp32", 1000.0, 1.05, 18.0),
+            ("large", "scratch-int8-per_channel", 250.0, 1.06, 18.1), ("large", "bnb-nf4", 190.0, 1.16, 27.0)]
+    whole = {("small", "baseline-fp32"): (1.03, 21.0), ("small", "baseline-fp16"): (1.0301, 21.0),
+             ("small", "bnb-nf4"): (1.11, 26.25), ("large", "baseline-fp32"): (1.00, 20.0),
+             ("large", "scratch-int8-per_channel"): (1.004, 20.1), ("large", "bnb-nf4"): (1.10, 30.0)}
+    gpu = {"small": "NVIDIA H200", "large": "NVIDIA H100 80GB HBM3"}
+    i = 0
+    for model, method, mib, bpb, ppl in runs:
+        for part in ("prefix", "whole"):
+            b, p = (bpb, ppl) if part == "prefix" else whole[(model, method)]
+            r = record(method, p, mib, model=model, device="cpu: test" if part == "prefix" else gpu[model])
+            r["dataset"].update(sha256="b" * 64, max_tokens=16384 if part == "prefix" else None)
+            r["perplexity"].update(bits_per_byte=b, n_bytes=1000, word_perplexity=40.0)
+            (d / f"{i}.json").write_text(json.dumps(r))
+            i += 1
+    out = br.main(results=str(d), out=str(tmp_path / "r.pdf"), figures=str(tmp_path / "f"))
+    text = " ".join(pdf_text(out).replace("\n", " ").split())
+    section = text.split("A larger quantized model against a smaller unquantized one")[-1].split("5. Bonus")[0]
+    # the prefix's turn is large's INT8 (250 MiB, 1.06) against small's fp16 (1.0701); on the whole text 1.0040
+    # against 1.0301, the same order
+    assert ("On the whole test split (GPUs: H200 for small, H100 for large), the same pair scores 1.0040 "
+            "(250.0 MiB) against 1.0301 (200.0 MiB): the same answer.") in section
+    # the prefix's penalties are labelled; on the whole text nf4 costs 26.25/21 (+25%) against 30/20 (+50%)
+    assert "own fp32 (first 16,384 tokens, CPU)" in section
+    assert ("On the whole test split, it is larger on large for 1 of the 1 4-bit methods both ran there "
+            "(bnb-nf4 +25.00% against +50.00%).") in section

@@ -91,10 +91,9 @@ def decision(doc: Doc, s: Study) -> None:
     if not rows:
         doc.p("No comparable perplexity runs in these results.")
         return
-    doc.p("For a memory budget, a share of the model's fp32 weights, the run with the lowest perplexity that fits, "
-          "and the next best beside it: where the two tie (the 95% band of their difference, from a bootstrap "
-          "over the windows, holds zero), speed, hardware or tooling decides between them. The decode ratio "
-          "comes from the side-by-side generate() bench on the same device, where that method ran in it.")
+    doc.p("For each memory budget (a share of fp32's weights), the lowest-perplexity run that fits and the next "
+          "best; where they tie (the 95% band of their difference holds zero), speed, hardware or tooling "
+          "decides. The decode ratio is from the side-by-side generate() bench on that device.")
     out = []
     for x in rows:
         r, n, nxt = x["runs"], x["pick"], x["next"]

@@ -10,6 +10,7 @@ from __future__ import annotations
 from xml.sax.saxutils import escape
 
 import plot_results as pr
+import results
 from plots import models as pm
 from report.common import Study
 from report.doc import Doc
@@ -75,6 +76,42 @@ def origin_facts(s: Study, x: dict) -> dict:
             "origin": {m: standins.origin(by[(m, "baseline-fp32")]) for m in base}}
 
 
+def whole_text_facts(s: Study, x: dict) -> dict | None:
+    """Both models' runs on the whole text (no token budget; same text and windows as x's group), each
+    model on the device where it has the most such runs: {(model, method): record}, each model's device,
+    and the 4-bit penalties of the methods both ran there. None where either model has none."""
+    sha, L, S = x["key"][:3]
+    if not x["key"][5]:                                   # the group is the whole text already
+        return None
+    by_model = {}
+    for r in s.records:
+        p = r.get("perplexity") or {}
+        if (results.kind_of(r) == "eval" and not results.random_weights(r) and p.get("bits_per_byte") is not None
+                and r["dataset"].get("sha256") == sha and (p.get("max_length"), p.get("stride")) == (L, S)
+                and not r["dataset"].get("max_tokens") and pr.short_model(r) in (x["small"], x["large"])):
+            by_model.setdefault(pr.short_model(r), {}).setdefault(pr.device_of(r), []).append(r)
+    if len(by_model) < 2:
+        return None
+    device = {m: max(sorted(d), key=lambda k: len(d[k])) for m, d in by_model.items()}
+    by = {(m, r["method"]["name"]): r for m, d in by_model.items() for r in d[device[m]]}
+    if any((m, "baseline-fp32") not in by for m in device):
+        return None
+    base = {m: by[(m, "baseline-fp32")]["perplexity"]["ppl"] for m in device}
+    both = sorted(n for (m, n), r in by.items() if m == x["small"] and (x["large"], n) in by
+                  and registry.of(r)["bits"] == 4 and registry.of(r)["part"] in FOUR_BIT_PARTS)
+    penalty = {n: {m: 100 * (by[(m, n)]["perplexity"]["ppl"] / base[m] - 1) for m in base} for n in both}
+    return {"by": by, "device": device, "penalty": penalty,
+            "tokens": {m: by[(m, "baseline-fp32")]["perplexity"]["n_tokens_scored"] for m in device}}
+
+
+def whole_text_words(w: dict, small: str, large: str) -> str:
+    """'the whole test split (GPUs: H200 for smollm2-135m, H100 for gemma3-270m)'."""
+    short = lambda d: d.replace("NVIDIA ", "").split()[0] if d.startswith("NVIDIA") else escape(d)  # noqa: E731
+    a, b = (short(w["device"][m]) for m in (small, large))
+    return (f"the whole test split ({a})" if a == b
+            else f"the whole test split (GPUs: {a} for {escape(small)}, {b} for {escape(large)})")
+
+
 def origin_reading(penalty: dict, small: str, large: str) -> str:
     """What the side-by-side penalties say of the origins, counted from them."""
     worse = sum(v[large] > v[small] for v in penalty.values())
@@ -86,6 +123,15 @@ def origin_reading(penalty: dict, small: str, large: str) -> str:
         return (f" The penalty is smaller on {escape(large)} for {len(penalty) - worse} of these {len(penalty)} "
                 f"methods: consistent with {escape(small)}'s origin inflating its 4-bit penalties.")
     return f" The penalty is larger on {escape(large)} for half of these methods: the origins do not rank them."
+
+
+def whole_text_origin(w: dict, small: str, large: str) -> str:
+    """The whole text's count of 4-bit penalties larger on the larger model, with its widest gap."""
+    pen = w["penalty"]
+    worse = sum(v[large] > v[small] for v in pen.values())
+    n, v = max(pen.items(), key=lambda kv: abs(kv[1][large] - kv[1][small]))
+    return (f" On the whole test split, it is larger on {escape(large)} for {worse} of the "
+            f"{len(pen)} 4-bit methods both ran there ({escape(n)} {f_pct(v[small])} against {f_pct(v[large])}).")
 
 
 def larger_against_smaller(doc: Doc, s: Study) -> None:
@@ -127,6 +173,17 @@ def larger_against_smaller(doc: Doc, s: Study) -> None:
         text += (" The frontier changes model " + f"{len(turns)} times, at "
                  + ", ".join(f"{f_mib(t['mib'])} MiB (to {escape(t['model'])})" for t in turns)
                  + ": neither model is the better buy at every size.")
+    w = whole_text_facts(s, x)
+    if w is not None and len(turns) == 1:
+        t, bw = turns[0], w["by"]
+        pair = [bw.get((t["model"], t["method"])), bw.get((small, u["method"]))]
+        if None not in pair:
+            (a, b), (ma, mb) = ([r["perplexity"]["bits_per_byte"] for r in pair],
+                                [r["memory"]["weights_mib"] for r in pair])
+            text += (f" On {whole_text_words(w, small, large)}, the same pair scores {a:.4f} ({f_mib(ma)} MiB) "
+                     f"against {b:.4f} ({f_mib(mb)} MiB): "
+                     + ("the same answer." if (a < b) == (t["bpb"] < u["bpb"]) else "the other answer.")
+                     )
     for p in x["back_to_origin"]:
         kld = f", KLD {p['kld']:.4f}" if p["kld"] is not None else ""
         text += (f" Left out: {say(p)}{kld}. It rounds {escape(p['model'])} back to {escape(p['origin'])}, the "
@@ -136,13 +193,16 @@ def larger_against_smaller(doc: Doc, s: Study) -> None:
     o = origin_facts(s, x)
     if o["penalty"]:
         origin = {m: f" (its fp32 dequantized from {escape(t)})" if t else "" for m, t in o["origin"].items()}
+        scope = (f"first {x['key'][5]:,} tokens, " if x["key"][5] else "the whole text, ") + x["key"][4].upper()
         doc.p("<b>The rounding origin.</b> Each stand-in's float weights were themselves rounded once, so a 4-bit "
               "method rounds them a second time. Side by side, the perplexity change of each 4-bit method both "
-              f"models ran, against each one's own fp32: {escape(small)}{origin[small]} against "
+              f"models ran, against each one's own fp32 ({scope}): "
+              f"{escape(small)}{origin[small]} against "
               f"{escape(large)}{origin[large]}: "
               + "; ".join(f"{escape(n)} {f_pct(v[small])} against {f_pct(v[large])}"
                           for n, v in sorted(o["penalty"].items())) + "."
               + origin_reading(o["penalty"], small, large)
+              + (whole_text_origin(w, small, large) if w is not None and w["penalty"] else "")
               + "".join(f" {escape(n)} over {escape(t)} on the same grid: {g[small]:.2f}x on {escape(small)}, "
                         f"{g[large]:.2f}x on {escape(large)}." for n, (t, g) in sorted(o["gain"].items())))
     kept = {k: v for k, v in o["kept"].items() if k[0] == large and v[0] > 0}
@@ -161,5 +221,5 @@ def larger_against_smaller(doc: Doc, s: Study) -> None:
                + (f", which passes from {escape(x['frontier'][0]['model'])} to {escape(turns[0]['model'])} at "
                   f"{f_mib(turns[0]['mib'])} MiB" if len(turns) == 1 else "")
                + "; a hollow point rounds its stand-in back to its origin format and is off it. "
-               "RESULTS.md's two-model table lists every point.", max_height_cm=13)
+               "RESULTS.md's two-model table lists every point.", max_height_cm=12)
     doc.label("models-figure")

@@ -535,8 +535,7 @@ def speed_summary(doc: Doc, s: Study) -> None:
     items = finding_items(s)
     doc.p("Each benchmark loads every method into one process and times them in turn, repeat after repeat, "
           "so that a ratio compares methods under the same conditions; decode is per new token, medians "
-          "with p10–p90 in report/speed.pdf, which holds every bench, the fused decode step, its scaling with "
-          "model size and the anatomy of one step.")
+          "with p10–p90 in report/speed.pdf, which holds every bench and the fused decode step.")
     if "speed" in items:
         doc.p(items["speed"].replace("<b>Speed.</b>", "<b>Every method through generate()</b>, in one "
                                      "side-by-side run (report/speed.pdf has its table):", 1))

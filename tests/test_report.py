@@ -434,3 +434,13 @@ def test_the_whole_text_confirms_the_prefix_groups_answer_and_origin(tmp_path):
     assert "own fp32 (first 16,384 tokens, CPU)" in section
     assert ("On the whole test split, it is larger on large for 1 of the 1 4-bit methods both ran there "
             "(bnb-nf4 +25.00% against +50.00%).") in section
+
+
+def test_a_fast_path_row_without_a_cuda_graph_is_named_with_its_reason():
+    """The speed figure's caption names each row its bench could not capture in a graph, and says why."""
+    from report.sections.speed import no_graph_words
+    b = {"bench": {"table": {"fp16": {"cuda_graph": True, "why_no_graph": None},
+                             "bnb-int8": {"cuda_graph": False, "why_no_graph": "shapes depend on the data"},
+                             "x": {"cuda_graph": False}}}}
+    assert no_graph_words(b) == " bnb-int8 runs without a graph (shapes depend on the data). x runs without a graph."
+    assert no_graph_words({"bench": {"table": {"fp16": {"cuda_graph": True}}}}) == ""

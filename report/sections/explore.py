@@ -14,10 +14,13 @@ from report.sections.closing import cite
 from study import plan, registry, standins
 
 CALIBRATED_FAMILIES = ("rtn", "gptq", "awq")
-# The assignment's targets, against round-to-nearest at equal bits and grouping: (calibrated
+# The study's targets, fixed before the runs, against round-to-nearest at equal bits and grouping: (calibrated
 # run, its round-to-nearest twin, the largest ratio of their perplexity changes that meets it).
 TARGETS = (("gptq-w4-pc", "rtn-w4-pc", 0.5), ("gptq-w4-pc-ao", "rtn-w4-pc", 0.5),
            ("gptq-w3-g64", "rtn-w3-g64", 0.5), ("awq-w4-g64", "rtn-w4-g64", 0.7))
+# the calibration sources as the text names them (calibrated/calibration.py holds each one's origin)
+SOURCE_WORDS = {"enwiki": "2016 Wikipedia, the default", "botchan": "a novel", "wikitext2-test-tail":
+                "the test split's unscored end"}
 BPW_TARGET = 4.6          # at most this many bits per weight, the best calibrated 4-bit beats NF4
 
 
@@ -146,7 +149,7 @@ def explore(doc: Doc, s: Study) -> None:
               "Time: to quantize the model on this run's device, calibration included."
               + (" 95% band: of the change against fp32, from a paired bootstrap over the windows (a dash: that "
                  "run's record keeps no per-window NLL)." if banded else ""),
-              widths=[3.15, 1.45, 1.15, 2.0, 1.8, 3.2, 1.15, 1.2, 1.25] if banded else None,
+              widths=[4.0, 1.4, 1.05, 1.9, 1.7, 3.05, 1.1, 1.15, 1.15] if banded else None,
               split=True)                          # under the figure, its header row carried to the next page
     doc.label("explore-table", "Table")
     trows = [[f"{t['method']} against {t['against']}", f"≤ {t['limit']:g}", f_ratio(t["ratio"]),
@@ -158,7 +161,9 @@ def explore(doc: Doc, s: Study) -> None:
                       f"{w}: {f_pct(delta(r, w))}" if w else "none at that size",
                       "met" if w and delta(r, w) < x["nf4"] else "missed"])
     doc.table(["target (perplexity change, ratio to RTN's)", "needs", "measured", "verdict"], trows,
-              "The assignment's targets, read from the table above.", widths=[7.5, None, None, None])
+              "Targets fixed before the runs (the ratio of a calibrated run's perplexity change to "
+              "round-to-nearest's at the same bits and grouping), read from the table above.",
+              widths=[7.5, None, None, None])
     doc.label("explore-targets", "Table")
     text = []
     gptq = [n for n in x["proxy"] if registry.of(r[n])["family"] == "gptq"]
@@ -174,14 +179,18 @@ def explore(doc: Doc, s: Study) -> None:
                "close to that lattice, while GPTQ's error feedback moves weights off it. The published "
                "gains (OPT-125M: 37.28 to 31.12 at 4-bit) are on weights that were never rounded before."
                if q41 else ""))
+    told = set()                                     # each calibration source described once, at first use
     for k, c in x["calibration"].items():
         rk = s.runs(k)
+        new = [src for src, _ in c.values() if src in SOURCE_WORDS and src not in told]
+        told.update(new)
         spread = max(dv for _, dv in c.values()) - min(dv for _, dv in c.values())
         gain = (delta(rk, "rtn-w4-g64") - delta(rk, "gptq-w4-g64")) if {"rtn-w4-g64", "gptq-w4-g64"} <= set(rk) \
             else None
         text.append(
             f"<b>Calibration text.</b> GPTQ 4-bit g64 on {escape(group_label(k))}: "
             + ", ".join(f"{escape(src)} {f_pct(dv)}" for src, dv in sorted(c.values(), key=lambda i: i[1]))
+            + (" (" + "; ".join(f"{escape(src)}: {SOURCE_WORDS[src]}" for src in sorted(new)) + ")" if new else "")
             + f". The source moves the perplexity change by {spread:.2f} points"
             + ("" if gain is None else
                f"; GPTQ's change (on the default source) is {abs(gain):.2f} points "

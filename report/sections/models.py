@@ -148,7 +148,9 @@ def larger_against_smaller(doc: Doc, s: Study) -> None:
             "total negative log-likelihood, in bits, over the UTF-8 bytes of the text the scored tokens spell "
             f"({f[small]['bytes']:,} bytes for {escape(small)}, "
             f"{f[large]['bytes']:,} for {escape(large)}: the same text's start, cut by each tokenizer's "
-            f"token budget). In fp32, {escape(large)} scores {f[large]['bpb']:.4f} at {f_mib(f[large]['mib'])} "
+            "token budget).")
+    doc.p(text)                 # its own paragraph: the heading keeps with it, the answer may split a page
+    text = (f"In fp32, {escape(large)} scores {f[large]['bpb']:.4f} at {f_mib(f[large]['mib'])} "
             f"MiB, {escape(small)} {f[small]['bpb']:.4f} at {f_mib(f[small]['mib'])} MiB. ")
     b = x["best_within"]
     if b is None:

@@ -524,6 +524,13 @@ def speed(doc: Doc, s: Study) -> None:
     latency_section(doc, s)
 
 
+def no_graph_words(b: dict) -> str:
+    """' bnb-int8 runs without a graph (why).' for each row of a bench that its CUDA graph could not capture."""
+    return "".join(f" {escape(n)} runs without a graph" + (f" ({escape(x['why_no_graph'])})" if x.get("why_no_graph")
+                                                          else "") + "."
+                   for n, x in b["bench"]["table"].items() if x.get("cuda_graph") is False)
+
+
 def speed_summary(doc: Doc, s: Study) -> None:
     """The main report's speed: what a user gets (generate() and the static-cache path, side by side),
     why a small model is launch-bound, in one figure; the rest is in report/speed.pdf."""
@@ -550,11 +557,11 @@ def speed_summary(doc: Doc, s: Study) -> None:
                   f"{f_ms(x['base_ms'])} ms on the {escape(x['device'])}"
                   + (f"; the only quantized models faster than it by more than 3% are {faster} its time." if faster
                      else "; no quantized model is faster by more than 3%."))
-        doc.figure(pr.fast_figure(fast), "Decode time per token in the fast-path bench (its own side-by-side run, "
-                   "not the generate() bench above): Hugging Face generate() against the static-cache path with "
-                   "CUDA graphs (log scale). The tick on each fast-path bar is the time to read that method's "
-                   "weights once at the GPU's peak bandwidth: every bar sits far above its tick, so a step's time "
-                   "is launches, not bytes, and fewer bytes buy a few percent at most.", max_height_cm=9.0)
+        doc.figure(pr.fast_figure(fast), "Decode time per token, generate() against the static-cache path with "
+                   "CUDA graphs, in the fast-path bench's own side-by-side run (log scale). Each tick: the time to "
+                   "read that method's weights once at the GPU's peak bandwidth; every bar sits far above its "
+                   "tick, so a step is launches, not bytes." + no_graph_words(fast),
+                   max_height_cm=9.0)
         doc.label("speed-figure")
     why = why_text(latency_facts(s))
     if why:

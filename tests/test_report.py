@@ -444,3 +444,14 @@ def test_a_fast_path_row_without_a_cuda_graph_is_named_with_its_reason():
                              "x": {"cuda_graph": False}}}}
     assert no_graph_words(b) == " bnb-int8 runs without a graph (shapes depend on the data). x runs without a graph."
     assert no_graph_words({"bench": {"table": {"fp16": {"cuda_graph": True}}}}) == ""
+
+
+def test_the_abstracts_fast_path_finding_marks_an_ungraphed_row_and_says_why_tokens_differ():
+    from report.sections.summary import fast_summary_text
+    x = {"model": "m", "device": "GPU", "base": "fp16", "base_ms": 3.0,
+         "faster": [("a", 2.7, 0.9, 128, 128)], "same": [], "slower": [("bnb-int8", 93.0, 31.0, 128, 128)],
+         "diverging": [("a", 2.7, 0.9, 24, 128)], "no_graph": {"bnb-int8"}}
+    text = fast_summary_text(x)
+    assert "Faster than it by more than 3%: a 2.70 ms (0.90×). " in text           # graphed: no mark
+    assert "Slower: bnb-int8 93.00 ms (31.00×, no CUDA graph). " in text
+    assert "a 24/128 (different kernels round float16 differently and flip a near tie; report/speed.pdf)." in text

@@ -299,12 +299,15 @@ def fast_facts(b: dict) -> dict | None:
         "same": [row[n] for n in others if 0.97 <= ms[n] / ms[base] <= 1.03],
         "slower": [row[n] for n in others if ms[n] / ms[base] > 1.03],
         "diverging": [row[n] for n in others if not t[n].get("tokens_equal_generate")],
+        "no_graph": {n for n in others if t[n].get("cuda_graph") is False},     # its fast path runs ungraphed
     }
 
 
 def fast_summary_text(x: dict) -> str:
     def listed(rows):
-        return ", ".join(f"{escape(n)} {f_ms(v)} ms ({f_ratio(ratio)})" for n, v, ratio, _, _ in rows)
+        ungraphed = x.get("no_graph", ())
+        return ", ".join(f"{escape(n)} {f_ms(v)} ms ({f_ratio(ratio)}"
+                         + (", no CUDA graph" if n in ungraphed else "") + ")" for n, v, ratio, _, _ in rows)
 
     return (
         f"<b>With the overhead gone</b> (static KV cache and CUDA graphs; {x['model']}, "
@@ -317,7 +320,7 @@ def fast_summary_text(x: dict) -> str:
            if not x["diverging"] else
            "Greedy tokens equal to generate()'s, where not all: "
            + ", ".join(f"{escape(n)} {k}/{m}" for n, _, _, k, m in x["diverging"])
-           + f" ({heading_number('speed')} and report/speed.pdf say why).")
+           + " (different kernels round float16 differently and flip a near tie; report/speed.pdf).")
     )
 
 

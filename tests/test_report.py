@@ -455,3 +455,14 @@ def test_the_abstracts_fast_path_finding_marks_an_ungraphed_row_and_says_why_tok
     assert "Faster than it by more than 3%: a 2.70 ms (0.90×). " in text           # graphed: no mark
     assert "Slower: bnb-int8 93.00 ms (31.00×, no CUDA graph). " in text
     assert "a 24/128 (different kernels round float16 differently and flip a near tie; report/speed.pdf)." in text
+
+
+def test_the_scan_is_set_against_the_selective_runs_blocks():
+    from report.sections.part1 import scan_against_selective
+    y = {"top3": [("4", 0.06), ("19", 0.05), ("1", 0.05)]}
+    assert scan_against_selective({"selective": [{"blocks": [0, 1]}]}, y) == (
+        " The selective run's blocks 0, 1 were fixed before the scan; block 1 is among its three most sensitive, "
+        "so the scan would rather keep 4, 19, 1 in full precision.")
+    assert scan_against_selective({"selective": [{"blocks": [2, 3]}]}, y) == (
+        " The selective run's blocks 2, 3 were fixed before the scan, and none is among its three most sensitive "
+        "(4, 19, 1).")

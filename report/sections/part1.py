@@ -67,7 +67,7 @@ def selective(doc: Doc, s: Study) -> None:
         "blocks are within the noise of rounding. By component, "
         f"{escape(y['most'][0])} is the most sensitive ({f_pct(y['most'][1])} over "
         f"{y['most'][2]} modules) and {escape(y['least'][0])} the least "
-        f"({f_pct(y['least'][1])})."
+        f"({f_pct(y['least'][1])})." + scan_against_selective(x, y)
     )
     doc.figure(
         pr.sensitivity_figure(sens),
@@ -104,6 +104,21 @@ def selective_facts(s: Study, g: tuple) -> dict:
         "whole_delta": delta(r, "scratch-int8-per_channel"),
         "selective": selective,
     }
+
+
+def scan_against_selective(x: dict, y: dict) -> str:
+    """How the selective run's blocks (chosen before the scan) stand against the scan's most sensitive."""
+    top = [b for b, _ in y["top3"]]
+    out = ""
+    for sel in x["selective"]:
+        blocks = [str(b) for b in sel["blocks"]]
+        hit = [b for b in blocks if b in top]
+        out += (f" The selective run's blocks {', '.join(blocks)} were fixed before the scan"
+                + (f"; block{'' if len(hit) == 1 else 's'} {' and '.join(hit)} {'is' if len(hit) == 1 else 'are'} "
+                   "among its three most sensitive, so "
+                   f"the scan would rather keep {', '.join(top)} in full precision." if hit else
+                   f", and none is among its three most sensitive ({', '.join(top)})."))
+    return out
 
 
 def sensitivity_facts(sens: dict) -> dict:
@@ -196,7 +211,7 @@ def part1(doc: Doc, s: Study) -> None:
               "Part 1 before and after: the whole model under each INT8 scheme, and a selective model. "
               + settings_sentence(setting_facts(r["baseline-fp32"]))
               + (f" Peak: {escape(scope)}." if scope else "") + (" " + BAND_NOTE if banded else ""),
-              widths=[3.55, 1.5, 1.2, 1.2, 1.35, 1.55, 1.9, 1.5, 2.55] if banded else [5.0] + [None] * 7)
+              widths=[3.9, 1.5, 1.2, 1.2, 1.3, 1.45, 1.85, 1.4, 2.5] if banded else [5.0] + [None] * 7)
     doc.label("part1-table", "Table")
     x = part1_facts(r)
     text = []

@@ -461,8 +461,8 @@ def test_the_scan_is_set_against_the_selective_runs_blocks():
     from report.sections.part1 import scan_against_selective
     y = {"top3": [("4", 0.06), ("19", 0.05), ("1", 0.05)]}
     assert scan_against_selective({"selective": [{"blocks": [0, 1]}]}, y) == (
-        " The selective run's blocks 0, 1 were fixed before the scan; block 1 is among its three most sensitive, "
-        "so the scan would rather keep 4, 19, 1 in full precision.")
+        " The selective run's blocks 0, 1 were fixed before the scan; block 1 is among its three largest rises "
+        "(4, 19, 1).")
     assert scan_against_selective({"selective": [{"blocks": [2, 3]}]}, y) == (
-        " The selective run's blocks 2, 3 were fixed before the scan, and none is among its three most sensitive "
+        " The selective run's blocks 2, 3 were fixed before the scan, and none is among its three largest rises "
         "(4, 19, 1).")

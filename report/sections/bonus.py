@@ -74,7 +74,7 @@ def gguf_section(doc: Doc, s: Study) -> None:
                 ("Q5_K_M scores no better than Q4_K_M here" if tie(r, "gguf-q4_k_m", "gguf-q5_k_m")
                  else "Q5_K_M scores worse than Q4_K_M here")
                 + noise_said(r, "gguf-q5_k_m", "gguf-q4_k_m", "Q5_K_M's perplexity against Q4_K_M's")
-                + ". The files say why: k-quants need rows "
+                + ". What the files hold: k-quants need rows "
                 "that are a multiple of 256, and llama.cpp falls back to another type per "
                 "tensor when they are not. "
                 + " ".join(
@@ -84,7 +84,8 @@ def gguf_section(doc: Doc, s: Study) -> None:
                 + " So " + " and ".join(
                     f"{name} keeps {100 * registry.nominal_type_share(dict((t, v) for t, v in mix), name):.0f}% of "
                     f"its bytes in {registry.GGUF_NOMINAL_TYPE.get(name, name)}" for name, mix in x["k_quant_mix"])
-                + ": the name says which mix llama.cpp aimed at, not what the file holds."
+                + ": the name says which mix llama.cpp aimed at, not what the file holds. The types alone do not "
+                "explain the ranking: it stays open."
             )
 
 

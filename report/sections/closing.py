@@ -69,9 +69,9 @@ def decision_rows(s: Study) -> list[dict]:
 
 
 def tie_word(runs: dict, a: str, b: str) -> str:
-    """'; a tie' where b's band against a holds zero, '; ranked' where not, '' where it cannot be said."""
+    """'; a tie' where b's band against a holds zero, '; worse' where not, '' where it cannot be said."""
     t = tie(runs, a, b)
-    return "" if t is None else "; a tie" if t else "; ranked"
+    return "" if t is None else "; a tie" if t else "; worse"
 
 
 def bpw_of(rec: dict) -> str:

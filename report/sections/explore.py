@@ -120,7 +120,7 @@ def explore(doc: Doc, s: Study) -> None:
     )
     figure = pr.group_figures(g)["bits"]
     best = x["best"]
-    takeaway = (f"{best} is the best 4-bit scheme measured here ({f_pct(delta(r, best))} at "
+    takeaway = (f"{best} is the best 4-bit scheme in this figure ({f_pct(delta(r, best))} at "
                 f"{pr.layer_bits(r[best]):.3f} bits per weight)" if best else "")
     if best and x["nf4"] is not None:
         takeaway += f", against bitsandbytes NF4's {f_pct(x['nf4'])}"
@@ -143,7 +143,8 @@ def explore(doc: Doc, s: Study) -> None:
     doc.table(["method", "bits per weight", "MiB", "perplexity", "vs fp32"]
               + (["95% band"] if banded else []) + ["KLD", "top-1", "time s"], rows,
               f"The grid on the same tokens as every other row ({escape(group_label(g))}). Names: w4 and w3 "
-              "are 4- and 3-bit codes, pc one scale per output channel, g64 one per 64 inputs of a row. Bits per "
+              "are 4- and 3-bit codes, pc one scale per output channel, g64 one per 64 inputs of a row, ao GPTQ's "
+              "act-order, cal-botchan calibrated on a novel. Bits per "
               "weight: the quantized layers' stored bytes × 8 over their weights; MiB: the weights' memory. KLD: "
               "KL(fp32 ‖ method) per scored token, in nats; top-1: the two models' most likely next tokens agree. "
               "Time: to quantize the model on this run's device, calibration included."
@@ -177,7 +178,7 @@ def explore(doc: Doc, s: Study) -> None:
             + (" Perplexity moves far less. The stand-in's fp32 weights are themselves dequantized from "
                "Q4_1 (groups of 32 with a scale and a minimum): min/max rounding in groups of 64 lands "
                "close to that lattice, while GPTQ's error feedback moves weights off it. The published "
-               "gains (OPT-125M: 37.28 to 31.12 at 4-bit) are on weights that were never rounded before."
+               f"gains {cite('gptq')} (OPT-125M: 37.28 to 31.12 at 4-bit) are on weights never rounded before."
                if q41 else ""))
     told = set()                                     # each calibration source described once, at first use
     for k, c in x["calibration"].items():

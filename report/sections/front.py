@@ -123,7 +123,7 @@ def a_calibrated(s: Study) -> str | None:
     twin = ex.rtn_twin(r, best)
     return (f"{escape(best)}: {f_pct(delta(r, best))}" + (f" against round-to-nearest's {f_pct(delta(r, twin))}"
                                                           if twin else "")
-            + f"; {sum(t['met'] for t in x['targets'])} of {len(x['targets'])} targets met.")
+            + f"; {sum(t['met'] for t in x['targets'])} of {len(x['targets'])} ratio targets met.")
 
 
 def a_bf16(s: Study) -> str | None:

@@ -116,9 +116,9 @@ def origin_reading(penalty: dict, small: str, large: str) -> str:
     """What the side-by-side penalties say of the origins, counted from them."""
     worse = sum(v[large] > v[small] for v in penalty.values())
     if worse * 2 > len(penalty):
-        return (f" The penalty is larger on {escape(large)} for {worse} of these {len(penalty)} methods: a milder "
-                "origin did not make plain 4-bit rounding cheaper, so the penalties measured on "
-                f"{escape(small)} are not explained by its origin alone: the model weighs at least as much.")
+        return (f" The penalty is larger on {escape(large)} for {worse} of these {len(penalty)} methods. Model and "
+                "origin change together, so these runs cannot separate them, but they show no sign of "
+                f"{escape(small)}'s origin inflating its penalties.")
     if worse * 2 < len(penalty):
         return (f" The penalty is smaller on {escape(large)} for {len(penalty) - worse} of these {len(penalty)} "
                 f"methods: consistent with {escape(small)}'s origin inflating its 4-bit penalties.")
@@ -204,9 +204,9 @@ def larger_against_smaller(doc: Doc, s: Study) -> None:
               + "; ".join(f"{escape(n)} {f_pct(v[small])} against {f_pct(v[large])}"
                           for n, v in sorted(o["penalty"].items())) + "."
               + origin_reading(o["penalty"], small, large)
-              + (whole_text_origin(w, small, large) if w is not None and w["penalty"] else "")
-              + "".join(f" {escape(n)} over {escape(t)} on the same grid: {g[small]:.2f}x on {escape(small)}, "
-                        f"{g[large]:.2f}x on {escape(large)}." for n, (t, g) in sorted(o["gain"].items())))
+              + "".join(f" {escape(n)} over {escape(t)} on the same grid: {g[small]:.2f}× on {escape(small)}, "
+                        f"{g[large]:.2f}× on {escape(large)}." for n, (t, g) in sorted(o["gain"].items()))
+              + (whole_text_origin(w, small, large) if w is not None and w["penalty"] else ""))
     kept = {k: v for k, v in o["kept"].items() if k[0] == large and v[0] > 0}
     if kept:
         first = sorted(kept)[0]

@@ -57,14 +57,14 @@ def selective(doc: Doc, s: Study) -> None:
         f"Each of the {y['n_blocks']} blocks was quantized alone (INT8, {escape(y['scheme'])}), "
         "then each component type in every block, against a base perplexity of "
         f"{f_ppl(y['base_ppl'])} ({escape(y['model'])}, L={y['L']} S={y['S']}, "
-        f"{y['tokens']:,} tokens, {escape(y['device'])}). The most sensitive blocks are "
+        f"{y['tokens']:,} tokens, {escape(y['device'])}). The largest rises come from blocks "
         f"{', '.join(b for b, _ in y['top3'])} ({', '.join(f_pct(d) for _, d in y['top3'])})"
         # a share only means something when no block lowers perplexity enough to shrink the sum below it
         + (f"; together they carry {y['top3_sum']:.3f} of the {y['total']:.3f} percentage points "
            "that the per-block changes add up to. " if 0 < y["top3_sum"] <= y["total"] else ". ")
         + f"{y['small']} of {y['n_blocks']} blocks move "
-        f"perplexity by less than 0.02%, and {y['negative']} lower it: at INT8 most single "
-        "blocks are within the noise of rounding. By component, "
+        f"perplexity by less than 0.02%, and {y['negative']} lower it, by up to {f_pct(y['lowest'])}: at INT8 a "
+        "single block moves it about as far down as up, within the noise of rounding. By component, "
         f"{escape(y['most'][0])} is the most sensitive ({f_pct(y['most'][1])} over "
         f"{y['most'][2]} modules) and {escape(y['least'][0])} the least "
         f"({f_pct(y['least'][1])})." + scan_against_selective(x, y)
@@ -115,9 +115,8 @@ def scan_against_selective(x: dict, y: dict) -> str:
         hit = [b for b in blocks if b in top]
         out += (f" The selective run's blocks {', '.join(blocks)} were fixed before the scan"
                 + (f"; block{'' if len(hit) == 1 else 's'} {' and '.join(hit)} {'is' if len(hit) == 1 else 'are'} "
-                   "among its three most sensitive, so "
-                   f"the scan would rather keep {', '.join(top)} in full precision." if hit else
-                   f", and none is among its three most sensitive ({', '.join(top)})."))
+                   f"among its three largest rises ({', '.join(top)})." if hit else
+                   f", and none is among its three largest rises ({', '.join(top)})."))
     return out
 
 
@@ -139,6 +138,7 @@ def sensitivity_facts(sens: dict) -> dict:
         "total": sum(b["delta_pct"] for b in sv["block"]),
         "small": sum(abs(b["delta_pct"]) < 0.02 for b in sv["block"]),
         "negative": sum(b["delta_pct"] < 0 for b in sv["block"]),
+        "lowest": blocks[-1]["delta_pct"],
         "most": (comps[0]["component"], comps[0]["delta_pct"], comps[0].get("n_modules", "?")),
         "least": (comps[-1]["component"], comps[-1]["delta_pct"]),
     }

@@ -212,7 +212,7 @@ def accuracy_efficiency(doc: Doc, s: Study) -> None:
     if x:
         doc.p(
             "<b>The trade</b> (weights as the evaluation runs store them; the bench's copies above keep their "
-            f"unquantized tensors in fp16, so they are a little smaller). Within 1% of fp32's perplexity, the "
+            f"unquantized tensors in fp16, so those parts are half the size). Within 1% of fp32's perplexity, the "
             f"smallest model is {escape(x['best8'][0])}: "
             f"{f_mib(x['best8'][1])} MiB, {f_ratio(x['best8'][2])} smaller than fp32, at {f_pct(x['best8'][3])}. "
             f"The smallest of all is {escape(x['small'][0])} ({f_mib(x['small'][1])} MiB, "

@@ -466,3 +466,17 @@ def test_the_scan_is_set_against_the_selective_runs_blocks():
     assert scan_against_selective({"selective": [{"blocks": [2, 3]}]}, y) == (
         " The selective run's blocks 2, 3 were fixed before the scan, and none is among its three largest rises "
         "(4, 19, 1).")
+
+
+def test_two_calibration_paragraphs_that_disagree_say_which_holds_more_tokens():
+    from report.sections.explore import disagree_note
+
+    class S:
+        def runs(self, k):
+            return {"gptq-w4-g64": {"perplexity": {"n_tokens_scored": {"cpu": 16383, "gpu": 301947}[k]}}}
+    assert disagree_note(S(), {"gpu": True, "cpu": False}) == (
+        " The two disagree on GPTQ against round-to-nearest: 16,383 tokens are 5% of the 301,947 that call it "
+        "a tie.")
+    assert disagree_note(S(), {"gpu": True, "cpu": True}) == ""                  # they agree: nothing to say
+    assert disagree_note(S(), {"cpu": False, "gpu": True}) != ""                 # said after the last one
+    assert disagree_note(S(), {"gpu": True, "cpu": None}) == ""                  # one cannot be said

@@ -7,7 +7,7 @@ import statistics
 from xml.sax.saxutils import escape
 
 import plot_results as pr
-from report.common import Study, band, delta, group_label, heading, heading_number, noise_said
+from report.common import Study, band, delta, group_label, heading, heading_number, noise_said, tie
 from report.doc import Doc
 from report.formats import f_band, f_mib, f_pct, f_ppl, f_ratio
 from report.sections.closing import cite
@@ -22,6 +22,20 @@ TARGETS = (("gptq-w4-pc", "rtn-w4-pc", 0.5), ("gptq-w4-pc-ao", "rtn-w4-pc", 0.5)
 SOURCE_WORDS = {"enwiki": "2016 Wikipedia, the default", "botchan": "a novel", "wikitext2-test-tail":
                 "the test split's unscored end"}
 BPW_TARGET = 4.6          # at most this many bits per weight, the best calibrated 4-bit beats NF4
+
+
+def disagree_note(s: Study, gains: dict) -> str:
+    """Where two groups' calibration paragraphs disagree on GPTQ against round-to-nearest (a tie in
+    one, beyond the noise in the other): which holds more tokens, said after the last of them."""
+    said = {k: t for k, t in gains.items() if t is not None}
+    if len(said) < 2 or len(set(said.values())) < 2 or list(gains)[-1] not in said:
+        return ""
+    tokens = {k: s.runs(k)["gptq-w4-g64"]["perplexity"]["n_tokens_scored"] for k in said}
+    big = max(tokens, key=tokens.get)
+    small = min(tokens, key=tokens.get)
+    return (f" The two disagree on GPTQ against round-to-nearest: {tokens[small]:,} tokens are "
+            f"{100 * tokens[small] / tokens[big]:.0f}% of the {tokens[big]:,} that call it "
+            + ("a tie." if said[big] else "beyond the noise."))
 
 
 def explore_facts(s: Study) -> dict | None:
@@ -181,8 +195,10 @@ def explore(doc: Doc, s: Study) -> None:
                f"gains {cite('gptq')} (OPT-125M: 37.28 to 31.12 at 4-bit) are on weights never rounded before."
                if q41 else ""))
     told = set()                                     # each calibration source described once, at first use
+    gains = {}                                       # per group: GPTQ against round-to-nearest, a tie or not
     for k, c in x["calibration"].items():
         rk = s.runs(k)
+        gains[k] = tie(rk, "rtn-w4-g64", "gptq-w4-g64") if {"rtn-w4-g64", "gptq-w4-g64"} <= set(rk) else None
         new = [src for src, _ in c.values() if src in SOURCE_WORDS and src not in told]
         told.update(new)
         spread = max(dv for _, dv in c.values()) - min(dv for _, dv in c.values())
@@ -197,7 +213,7 @@ def explore(doc: Doc, s: Study) -> None:
                f"; GPTQ's change (on the default source) is {abs(gain):.2f} points "
                + ("smaller" if gain > 0 else "larger") + " than round-to-nearest's"
                + noise_said(rk, "gptq-w4-g64", "rtn-w4-g64", "GPTQ's perplexity against round-to-nearest's"))
-            + ".")
+            + "." + disagree_note(s, gains))
     bf = s.find_group("baseline-bf16")
     if bf:
         rb = s.runs(bf)

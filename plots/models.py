@@ -52,7 +52,11 @@ def frontier_runs(rs: list[dict], cost=lambda r: r["memory"]["weights_mib"]) -> 
                          if not standins.requantizes_origin(r)]))
 
 
-def label_points(ax, points: list[tuple[float, float, dict]], colors: dict[str, str], front: set) -> None:
+OFFSETS = ((4, 3, "left"), (4, -11, "left"), (-4, 3, "right"), (-4, -11, "right"))   # points, alignment
+
+
+def label_points(ax, points: list[tuple[float, float, dict]], colors: dict[str, str], front: set,
+                 every: list[tuple[float, float, dict]] | None = None) -> None:
     """Name these points: where the frontier changes model first, then the frontier's, then the rest,
     each only where its name would overprint no name placed before it and no other point (the text's
     own drawn box is what is checked); RESULTS.md's two-model table names every point."""
@@ -60,22 +64,26 @@ def label_points(ax, points: list[tuple[float, float, dict]], colors: dict[str, 
     fig.tight_layout()                      # the layout it is saved in: the boxes are checked in it
     fig.canvas.draw()
     renderer = fig.canvas.get_renderer()
-    marks = [ax.transData.transform((x, y)) for x, y, _ in points]
+    marks = [ax.transData.transform((x, y)) for x, y, _ in (every or points)]     # no name hides any point
+    frame = ax.get_window_extent(renderer)                         # a name stays inside the axes
     placed = []
     on = sorted((p for p in points if (p[0], p[1]) in front), key=lambda p: p[0])
     turns = {(b[0], b[1]) for a, b in zip(on, on[1:]) if pr.short_model(a[2]) != pr.short_model(b[2])}
     for x, y, r in sorted(points, key=lambda p: ((p[0], p[1]) not in turns, (p[0], p[1]) not in front, p[0])):
         name = r["method"]["name"] + (" (origin)" if standins.requantizes_origin(r) else "")
-        text = ax.annotate(name, (x, y), xytext=(4, 3), textcoords="offset points", fontsize=8,
-                           color=colors[pr.short_model(r)])
-        box = text.get_window_extent(renderer).expanded(1.05, 1.2)
         own = ax.transData.transform((x, y))
-        near = box.padded(4)                                       # a marker's half-width, in pixels
-        hits_point = any(near.contains(mx, my) for mx, my in marks if abs(mx - own[0]) + abs(my - own[1]) > 0.5)
-        if hits_point or any(box.overlaps(b) for b in placed):
+        for dx, dy, ha in OFFSETS:                                 # above right first, then the other corners
+            text = ax.annotate(name, (x, y), xytext=(dx, dy), textcoords="offset points", fontsize=8, ha=ha,
+                               color=colors[pr.short_model(r)])
+            box = text.get_window_extent(renderer).expanded(1.05, 1.2)
+            near = box.padded(4)                                   # a marker's half-width, in pixels
+            hits_point = any(near.contains(mx, my) for mx, my in marks
+                             if abs(mx - own[0]) + abs(my - own[1]) > 0.5)
+            inside = frame.x0 <= box.x0 and box.x1 <= frame.x1 and frame.y0 <= box.y0 and box.y1 <= frame.y1
+            if inside and not hits_point and not any(box.overlaps(b) for b in placed):
+                placed.append(box)
+                break
             text.remove()
-            continue
-        placed.append(box)
 
 
 def models_figure(key: tuple, what: str) -> str:
@@ -137,6 +145,8 @@ def plot_one(key: tuple, rs: list[dict], what: str, cost, xlabel: str, out: Path
               frameon=False)                                            # below the axes: no point hidden
     ax.set_title(f"Two models, one text: bits per byte against {'memory' if what == 'mib' else 'decode time'}\n"
                  f"{pr.text_name(rs[0], short=True)}, L={key[1]} S={key[2]} · {key[3]}", fontsize=9)
+    lo, hi = ax.get_ylim()
+    ax.set_ylim(lo - 0.07 * (hi - lo), hi)                            # room for a name under the lowest points
     label_points(ax, [(x, y, r) for x, y, r in points if (x, y) in set(front) or registry.is_baseline(r)   # last:
-                      or standins.requantizes_origin(r)], colors, set(front))            # in the final layout
+                      or standins.requantizes_origin(r)], colors, set(front), points)    # in the final layout
     pr._save(fig, out, models_figure(key, what), made)

@@ -88,3 +88,33 @@ def test_a_run_back_to_its_stand_ins_origin_format_is_shown_apart_and_off_the_fr
     made = []
     models.plot_models(rs, tmp_path, made)
     assert len(made) == 2                                             # both figures draw with the hollow point
+
+
+def test_names_stay_inside_the_axes_and_hide_no_point():
+    """Crowded points at the bottom edge: every name placed lies inside the axes and covers no point
+    (its own excepted), labelled or not; a name that cannot be placed so is left off."""
+    import plot_results as pr
+    plt = pr._plt()
+    fig, ax = plt.subplots(figsize=(4, 3))
+    pts = []
+    for i, (x, y) in enumerate([(100, 1.05), (104, 1.052), (108, 1.05), (300, 1.06), (310, 1.3), (101, 1.2)]):
+        r = record("baseline-fp32" if i < 4 else "bnb-nf4", 20.0, x, model="m")
+        ax.scatter([x], [y])
+        pts.append((x, y, r))
+    ax.set_xscale("log")
+    labelled = pts[:4]
+    models.label_points(ax, labelled, {"m": "k"}, {(x, y) for x, y, _ in labelled}, pts)
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    frame = ax.get_window_extent(renderer)
+    names = [t for t in ax.texts]
+    assert names                                                    # at least one name fits
+    for t in names:
+        box = t.get_window_extent(renderer)
+        assert frame.x0 <= box.x0 and box.x1 <= frame.x1 and frame.y0 <= box.y0 and box.y1 <= frame.y1
+        own = ax.transData.transform(t.xy)
+        for x, y, _ in pts:
+            mx, my = ax.transData.transform((x, y))
+            if abs(mx - own[0]) + abs(my - own[1]) > 0.5:
+                assert not box.contains(mx, my)
+    plt.close(fig)

@@ -480,3 +480,19 @@ def test_two_calibration_paragraphs_that_disagree_say_which_holds_more_tokens():
     assert disagree_note(S(), {"gpu": True, "cpu": True}) == ""                  # they agree: nothing to say
     assert disagree_note(S(), {"cpu": False, "gpu": True}) != ""                 # said after the last one
     assert disagree_note(S(), {"gpu": True, "cpu": None}) == ""                  # one cannot be said
+
+
+def test_the_abstracts_larger_model_answer_names_a_run_left_out_for_its_origin(monkeypatch):
+    """A run that rounds the larger stand-in back to its own origin format is off the frontier; where it
+    fits the budget, the abstract's answer says it was left out."""
+    from report.sections import front
+    p = lambda model, method, mib, bpb: {"model": model, "method": method, "mib": mib, "bpb": bpb}  # noqa: E731
+    x = {"small": "s", "large": "l", "unquantized": p("s", "baseline-fp16", 256.6, 1.0697),
+         "best_within": p("l", "gguf-q5_k_m", 241.8, 1.0767), "turns": [p("l", "scratch-int8-per_channel", 257.3,
+                                                                          1.0591)],
+         "back_to_origin": [p("l", "gguf-q4_k_m", 235.2, 1.0591), p("l", "gguf-q8_0", 300.0, 1.05)]}
+    monkeypatch.setattr(front.mo, "models_facts", lambda s: x)
+    text = front.models_finding(None)
+    assert ("does not beat s baseline-fp16 within its 256.6 MiB (gguf-q5_k_m: 1.0767 against 1.0697; "
+            "gguf-q4_k_m, its origin format, left out); but from 257.3 MiB on it wins") in text
+    assert "gguf-q8_0" not in text                                           # 300 MiB: outside the budget

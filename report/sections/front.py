@@ -62,7 +62,9 @@ def models_finding(s: Study) -> str | None:
     if b is None:
         return text + f"has no run within {escape(x['small'])} {escape(u['method'])}'s {f_mib(u['mib'])} MiB yet."
     text += (f"{'beats' if b['bpb'] < u['bpb'] else 'does not beat'} {escape(x['small'])} {escape(u['method'])} "
-             f"within its {f_mib(u['mib'])} MiB ({escape(b['method'])}: {b['bpb']:.4f} against {u['bpb']:.4f})")
+             f"within its {f_mib(u['mib'])} MiB ({escape(b['method'])}: {b['bpb']:.4f} against {u['bpb']:.4f}"
+             + "".join(f"; {escape(p['method'])}, its origin format, left out" for p in x["back_to_origin"]
+                       if p["model"] == x["large"] and p["mib"] <= u["mib"]) + ")")
     t = x["turns"][0] if len(x["turns"]) == 1 else None
     if t is not None:
         text += (f"; {'but ' if b['bpb'] >= u['bpb'] and t['bpb'] < u['bpb'] else ''}from {f_mib(t['mib'])} MiB on "

@@ -8,6 +8,7 @@ from which text was scored alone; a change whose 95% band holds zero is a tie.
 """
 from __future__ import annotations
 
+import functools
 import math
 import random
 
@@ -32,7 +33,13 @@ def change_band(base: dict, other: dict, draws: int = DRAWS, level: float = LEVE
     a, b = windows_of(base), windows_of(other)
     if a is None or b is None or a[1] != b[1] or not a[1]:
         return None
-    na, nb, counts = a[0], b[0], a[1]
+    return _band(tuple(a[0]), tuple(b[0]), tuple(a[1]), draws, level, seed)
+
+
+@functools.lru_cache(maxsize=1024)
+def _band(na: tuple, nb: tuple, counts: tuple, draws: int, level: float, seed: int) -> tuple[float, float]:
+    """change_band's bootstrap, keyed by the windows themselves: a report asks for the same pair in
+    several places and in every layout pass, and the seeded draws give the same band each time."""
     rng, n, changes = random.Random(seed), len(counts), []
     for _ in range(draws):
         pick = [rng.randrange(n) for _ in range(n)]

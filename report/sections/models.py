@@ -100,8 +100,7 @@ def whole_text_facts(s: Study, x: dict) -> dict | None:
     both = sorted(n for (m, n), r in by.items() if m == x["small"] and (x["large"], n) in by
                   and registry.of(r)["bits"] == 4 and registry.of(r)["part"] in FOUR_BIT_PARTS)
     penalty = {n: {m: 100 * (by[(m, n)]["perplexity"]["ppl"] / base[m] - 1) for m in base} for n in both}
-    return {"by": by, "device": device, "penalty": penalty,
-            "tokens": {m: by[(m, "baseline-fp32")]["perplexity"]["n_tokens_scored"] for m in device}}
+    return {"by": by, "device": device, "penalty": penalty}
 
 
 def whole_text_words(w: dict, small: str, large: str) -> str:

@@ -48,6 +48,9 @@ SIZE_BENCH = {"methods": "fp16,scratch-int8-fast,scratch-int4-fast", "repeats": 
 LARGE_BENCH = {"methods": "fp16,scratch-int8-fast,scratch-int4-fast,torchao-int8wo,torchao-int4wo", "repeats": 6}
 # the storage GPTQ, AWQ and round-to-nearest share, on its GEMV, beside Part 1's int4 (speed/gpu_bench.py)
 CALIBRATED_BENCH = {"methods": "fp16,scratch-int4-fast,rtn-w4-pc-fast,rtn-w4-g64-fast", "repeats": 6}
+# Gemma 3 on the GPU: bf16 is its baseline (it overflows float16); its blocks take the static path only
+GEMMA_BENCH = {"methods": "bf16,scratch-int8-fast,scratch-int4-fast,scratch-nf4-fast,bnb-nf4,hf-static-compile",
+               "repeats": 6}
 ANATOMY = {"anatomy": True, "repeats": 20}     # fast_decode's default methods for it: fp16, INT8, int4
 GEMMA_FIRST = ("INT8 whole, per-channel", "4-bit NF4 (scratch)", "4-bit int4 (scratch)")
 # a plan's model -> its folder under --models (make_standins builds each)
@@ -124,10 +127,9 @@ def steps_for(machine: str) -> dict[str, list[tuple[str, str, str, dict]]]:
                                                                      if kw.get("skip_latency") else {}), **kw})
                                for label, kw in (*plan.CALIBRATED, plan.ACT_ORDER, plan.CALIBRATION_SOURCES[0])],
                              ("the calibrated storage on the fast path", "smol", "fast_decode", CALIBRATED_BENCH)],
-            # the second real model on the whole text (not yet run: no device time since it was added)
-            # Gemma 3 overflows float16 (NaN logits from the first window: part2's HALF_OVERFLOWS), so no
-            # float16 run and no GPU decode bench (its methods compute in float16) until the bench takes
-            # bfloat16; bitsandbytes computes in bfloat16 for it
+            # the second real model on the whole text. Gemma 3 overflows float16 (NaN logits from the
+            # first window: part2's HALF_OVERFLOWS), so no float16 run; bitsandbytes computes in bfloat16
+            # for it, and its decode bench takes bf16 as the baseline
             "cuda-gemma": [("fp32 (Gemma 3 270M)", "gemma", "evaluate", {"stride": 512}),
                            (f"{plan.BF16[0]} (Gemma 3 270M)", "gemma", "evaluate", {"stride": 512, **plan.BF16[1]}),
                            *[(f"{label} (Gemma 3 270M)", "gemma", "part1", {**ppl, **kw})
@@ -135,6 +137,7 @@ def steps_for(machine: str) -> dict[str, list[tuple[str, str, str, dict]]]:
                            ("bitsandbytes, every mode (Gemma 3 270M)", "gemma", "part2", {**ppl, "mode": "all"}),
                            *[(f"{label} (Gemma 3 270M)", "gemma", "explore", {**ppl, **kw})
                              for label, kw in plan.CALIBRATED_G128]],
+            "cuda-gemma-speed": [("fast decode bench (Gemma 3 270M)", "gemma", "fast_decode", GEMMA_BENCH)],
             "cuda-speed": [("bitsandbytes bench", "smol", "part2", {"bench": True}),
                            ("fast decode bench", "smol", "fast_decode", {})],
             "cuda-g2r": [("bitsandbytes, every mode (GPT-2 shapes)", "g2r", "part2",

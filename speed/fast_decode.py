@@ -54,7 +54,7 @@ import evaluate as ev  # noqa: E402
 from speed.anatomy import ANATOMY_METHODS, save_anatomy
 from speed.anatomy import anatomy as step_anatomy
 from speed.cpu_bench import CPU_METHODS, CPU_PATH, cpu_bench
-from speed.gpu_bench import DEFAULT_METHODS, FAST_PATH, METHODS, bench, parse_methods
+from speed.gpu_bench import DEFAULT_METHODS, FAST_PATH, HALF, METHODS, bench, parse_methods
 from speed.readings import cpu_targets_text, table_text
 from speed.static_cache import check_architecture
 
@@ -71,8 +71,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="cuda: the GPU bench (generate(), the fast path, the fused step, the peers); cpu: the CPU "
                         "bench (the static-cache path beside llama.cpp's GGUF files of the same model)")
     p.add_argument("--methods", default=None,
-                   help=f"comma list; on cuda of {', '.join(METHODS)}; on cpu of {', '.join(CPU_METHODS)} "
-                        "(default: all of the device's, but on cuda the calibrated storage's rtn-* rows)")
+                   help=f"comma list; on cuda of {', '.join(METHODS)}, with one of fp16 or bf16 (the baseline: "
+                        f"every method computes in its dtype); on cpu of {', '.join(CPU_METHODS)} (default: all of "
+                        "the device's, but on cuda the calibrated storage's rtn-* rows, torchao's int4 and bf16; "
+                        "bf16 in place of fp16 for a model that overflows float16, such as Gemma 3)")
     p.add_argument("--gguf-dir", default="gguf", help="CPU bench: folder for the GGUF files it makes (default: gguf)")
     ev.add_latency_args(p)
     p.add_argument("--anatomy", action="store_true",
@@ -95,6 +97,18 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def half_for(model_type: str, methods: list[str], explicit: bool) -> list[str]:
+    """The GPU bench's methods for this architecture: a model whose activations overflow float16
+    (Gemma 3: NaN logits) runs bf16 in place of fp16 by default, and refuses fp16 when asked."""
+    from part2_bnb_nf4 import HALF_OVERFLOWS
+    if model_type not in HALF_OVERFLOWS or "fp16" not in methods:
+        return methods
+    if explicit:
+        raise ev.UserError(f"a {model_type} model overflows float16 (NaN logits): give bf16 in place of fp16 "
+                           "in --methods")
+    return ["bf16" if m == "fp16" else m for m in methods]
+
+
 def main(*, model: str = "gpt2", dataset: str = "wikitext2", text_file: str | None = None, device: str = "cuda",
          methods: str | None = None, gguf_dir: str = "gguf", prefill_tokens: int = ev.DEFAULTS.prefill_tokens,
          prompt_tokens: int = ev.DEFAULTS.prompt_tokens, new_tokens: int = ev.DEFAULTS.new_tokens,
@@ -111,7 +125,8 @@ def main(*, model: str = "gpt2", dataset: str = "wikitext2", text_file: str | No
         raise ev.UserError("--anatomy is the GPU's fused step: it runs with --device cuda")
     choices = CPU_METHODS if cpu else ANATOMY_METHODS if args.anatomy else METHODS
     default = ANATOMY_METHODS[:3] if args.anatomy else DEFAULT_METHODS if choices is METHODS else choices
-    methods = parse_methods(args.methods or ",".join(default), choices, "fp32" if cpu else "fp16")
+    methods = parse_methods(args.methods or ",".join(default), choices,
+                            "fp32" if cpu else "fp16" if args.anatomy else tuple(HALF))
     ev.check_at_least(*ev.latency_minimums(args))
     ev.check_output_dir(args.results_dir, "--results-dir")
     if args.out:
@@ -126,6 +141,8 @@ def main(*, model: str = "gpt2", dataset: str = "wikitext2", text_file: str | No
         bonus_gguf.check_gguf_dir(args.gguf_dir, args.model)
     config = ev.load_config(args.model)
     check_architecture(config.model_type, f"'{args.model}'")
+    if not cpu and not args.anatomy:
+        methods = half_for(config.model_type, methods, explicit=args.methods is not None)
     ev.check_latency_fits(ev.EvalConfig(prefill_tokens=args.prefill_tokens, prompt_tokens=args.prompt_tokens,
                                         new_tokens=args.new_tokens), ev.model_context(config))
     source = ev.load_text(args.dataset, args.text_file)

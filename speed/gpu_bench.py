@@ -45,10 +45,13 @@ PEERS = {"torchao-int8wo": "torchao int8 weight-only (Int8WeightOnlyConfig) on e
 # round-to-nearest, which needs no calibration; GPTQ's and AWQ's codes differ, not their bytes or
 # the kernel that reads them (AWQ adds an input scale where it could not fold one).
 CALIBRATED_STORAGE = {"rtn-w4-pc-fast": (4, 0), "rtn-w4-g64-fast": (4, 64)}
-METHODS = ("fp32", "fp16", "bnb-int8", "bnb-nf4", "scratch-int8-naive", "scratch-int8-fast",
+# the half-precision baselines: the one in --methods is the dtype every method computes in (Gemma 3
+# overflows float16, so its bench runs bf16), and the baseline of every ratio
+HALF = {"fp16": "float16", "bf16": "bfloat16"}
+METHODS = ("fp32", *HALF, "bnb-int8", "bnb-nf4", "scratch-int8-naive", "scratch-int8-fast",
            "scratch-int4-fast", "scratch-nf4-fast", *CALIBRATED_STORAGE) + tuple(PEERS)
 # --methods left out: the methods as before the calibrated storage and torchao's int4 peer were added
-DEFAULT_METHODS = tuple(m for m in METHODS if m not in CALIBRATED_STORAGE and m != "torchao-int4wo")
+DEFAULT_METHODS = tuple(m for m in METHODS if m not in CALIBRATED_STORAGE and m not in ("torchao-int4wo", "bf16"))
 
 
 LAYER_CALLS = 50      # back-to-back calls of one layer per timed graph replay
@@ -158,15 +161,15 @@ def kernel_error(model, rows: int = 1) -> float | None:
     return worst
 
 
-def load_method(name: str, model_id: str, device: str):
-    """One method's model, ready to run; returns (model, path for Part 1 layers or None)."""
+def load_method(name: str, model_id: str, device: str, half: str = "float16"):
+    """One method's model, ready to run, its activations in `half` (float16 or bfloat16)."""
     import part1_quantize_scratch as p1
-    if name in ("fp32", "fp16"):
-        return ev.load_model(model_id, {"fp32": "float32", "fp16": "float16"}[name], device)[0]
+    if name == "fp32" or name in HALF:
+        return ev.load_model(model_id, HALF.get(name, "float32"), device)[0]
     if name.startswith("bnb-"):
         import part2_bnb_nf4 as p2
-        return p2.load_bnb(model_id, name[4:], device, "float16")[0]
-    m = ev.load_model(model_id, "float16", device)[0]
+        return p2.load_bnb(model_id, name[4:], device, half)[0]
+    m = ev.load_model(model_id, half, device)[0]
     if name in CALIBRATED_STORAGE:
         from calibrated import methods, quantizer
         methods.quantize(m, "rtn", quantizer.Grid(*CALIBRATED_STORAGE[name]), None, methods.Options(), progress=False)
@@ -180,14 +183,23 @@ def load_method(name: str, model_id: str, device: str):
     return m
 
 
-def parse_methods(spec: str, choices: tuple = METHODS, baseline: str = "fp16") -> list[str]:
+def parse_methods(spec: str, choices: tuple = METHODS, baseline: str | tuple = tuple(HALF)) -> list[str]:
+    """The comma list as names, checked: known, and exactly one baseline among them."""
     names = [s.strip() for s in spec.split(",") if s.strip()]
     for n in names:
         if n not in choices:
             raise ev.UserError(f"unknown method '{n}' (choose from {', '.join(choices)})")
-    if baseline not in names:
-        raise ev.UserError(f"--methods must include {baseline}, the baseline of every ratio")
+    bases = (baseline,) if isinstance(baseline, str) else baseline
+    present = [b for b in bases if b in names]
+    if len(present) != 1:
+        raise ev.UserError(f"--methods must include {' or '.join(bases)}, the baseline of every ratio"
+                           + (f", once: {' and '.join(present)} are both baselines" if present else ""))
     return names
+
+
+def baseline_of(methods: list[str]) -> str:
+    """The half-precision baseline in a checked method list (parse_methods): fp16 or bf16."""
+    return next(m for m in methods if m in HALF)
 
 
 def conv1d_to_linear(model) -> None:
@@ -206,11 +218,15 @@ def conv1d_to_linear(model) -> None:
 
 
 def peer(name: str, model_id: str, tokenizer, prompt: torch.Tensor, prefill_ids: torch.Tensor, prompt_tokens: int,
-         new_tokens: int, prefill_tokens: int, fp16_tokens: torch.Tensor) -> tuple[dict | None, dict]:
-    """One peer: (its timed calls, its row), or (None, a row that says why it cannot run)."""
+         new_tokens: int, prefill_tokens: int, base_tokens: torch.Tensor,
+         half: str = "float16") -> tuple[dict | None, dict]:
+    """One peer: (its timed calls, its row), or (None, a row that says why it cannot run).
+    base_tokens: the baseline's eager generate(); half: the baseline's dtype."""
     row = {"recipe": PEERS[name], "why_not": None}
+    if half != "float16":
+        row["recipe"] = row["recipe"].replace("fp16, transformers", f"{half}, transformers")
     try:
-        m = ev.load_model(model_id, "bfloat16" if name == "torchao-int4wo" else "float16", "cuda")[0]
+        m = ev.load_model(model_id, "bfloat16" if name == "torchao-int4wo" else half, "cuda")[0]
         if name.startswith("torchao-"):
             from torchao.quantization import Int4WeightOnlyConfig, Int8WeightOnlyConfig, quantize_
             conv1d_to_linear(m)
@@ -233,7 +249,7 @@ def peer(name: str, model_id: str, tokenizer, prompt: torch.Tensor, prefill_ids:
             gen = ev.greedy_config(tokenizer, new_tokens)
             gen.cache_implementation = "static"
             mask = torch.ones_like(prompt)
-            ref = fp16_tokens                                               # the fp16 model's eager generate()
+            ref = base_tokens                                     # the baseline model's eager generate()
             got = m.generate(prompt, attention_mask=mask, generation_config=gen)[0, prompt.shape[1]:]
             calls = {"prefill": lambda: m(prefill_ids, use_cache=False),
                      "decode": lambda: m.generate(prompt, attention_mask=mask, generation_config=gen)}
@@ -254,6 +270,8 @@ def bench(model_id: str, tokenizer, ids: torch.Tensor, methods: list[str], prefi
           prompt_tokens: int, new_tokens: int, repeats: int, warmup: int, progress: bool = True,
           tune: bool = True) -> dict:
     dev = torch.device("cuda")
+    base = baseline_of(methods)                 # fp16 or bf16: every method computes in its dtype
+    half, vs_base = HALF[base], f"vs_{base}_fused"
     prefill_ids, prompt = ev.timing_inputs(ids, prefill_tokens, prompt_tokens, dev)
     bandwidth = hbm_bytes_per_s(torch.cuda.get_device_name())
     copy = copy_bandwidth(dev)                                  # measured in this run, before any model
@@ -269,7 +287,7 @@ def bench(model_id: str, tokenizer, ids: torch.Tensor, methods: list[str], prefi
         torch.cuda.synchronize()
         before = torch.cuda.memory_allocated()
         torch.cuda.reset_peak_memory_stats()
-        m = load_method(name, model_id, "cuda")
+        m = load_method(name, model_id, "cuda", half)
         ev.check_timing_lengths(m, prefill_tokens, prompt_tokens, new_tokens, repeats)
         m(prompt)                                          # LLM.int8() sets its row scales lazily
         weights = ev.tensor_bytes(m)
@@ -340,20 +358,20 @@ def bench(model_id: str, tokenizer, ids: torch.Tensor, methods: list[str], prefi
     peers = {}
     for name in [m for m in methods if m in PEERS]:
         calls, peers[name] = peer(name, model_id, tokenizer, prompt, prefill_ids, prompt_tokens, new_tokens,
-                                  prefill_tokens, refs["fp16"])
+                                  prefill_tokens, refs[base], half)
         if calls is not None:
             timed[f"{name}·peer"] = calls
             print(f"  {name}: tokens = its reference: {peers[name]['leading_tokens_equal']}/{new_tokens}",
                   file=sys.stderr, flush=True)
-    result = ev.side_by_side(timed, dev, new_tokens, repeats, warmup, "fp16", progress)
+    result = ev.side_by_side(timed, dev, new_tokens, repeats, warmup, base, progress)
     rt = result["table"]
-    fb = rt["fp16·fast"]
-    fused_base = rt["fp16·fused"]["decode_ms_per_token"]["median"] if "fp16·fused" in rt else None
+    fb = rt[f"{base}·fast"]
+    fused_base = rt[f"{base}·fused"]["decode_ms_per_token"]["median"] if f"{base}·fused" in rt else None
 
     def path_row(entry: dict, floor: float | None, copy_floor: float | None = None) -> dict:
         d = entry["decode_ms_per_token"]["median"]
         return {"prefill_ms": entry["prefill_ms"], "decode_ms_per_token": entry["decode_ms_per_token"],
-                "vs_fp16_fused": None if fused_base is None else d / fused_base,
+                vs_base: None if fused_base is None else d / fused_base,
                 "x_floor": None if floor is None else d / floor,
                 "x_copy_floor": None if copy_floor is None else d / copy_floor}
 
@@ -375,14 +393,15 @@ def bench(model_id: str, tokenizer, ids: torch.Tensor, methods: list[str], prefi
                                              1 - rt[f"{name}·fused-l2"]["decode_ms_per_token"]["median"] /
                                              rt[f"{name}·fused"]["decode_ms_per_token"]["median"]}}
                           if f"{name}·fused-l2" in rt else {}),
-                       "layer_ratio": {k: rows[name]["layers_us"][k]["median"] / rows["fp16"]["layers_us"][k]["median"]
+                       "layer_ratio": {k: rows[name]["layers_us"][k]["median"] / rows[base]["layers_us"][k]["median"]
                                        for k in rows[name]["layers_us"] if k != "graph"}}
     for name, row in peers.items():
         if row["why_not"] is None:
             row.update(path_row(rt[f"{name}·peer"], decode_floor_ms(row["weights_bytes"], bandwidth),
                                 decode_floor_ms(row["weights_bytes"], copy["median"])))
-    return {"table": table, "peers": peers, "baseline": "fp16", "repeats": repeats, "warmup": warmup,
-            "order": result["order"], "prefill_tokens": prefill_tokens, "prompt_tokens": prompt_tokens,
+    return {"table": table, "peers": peers, "baseline": base, "compute_dtype": half, "repeats": repeats,
+            "warmup": warmup, "order": result["order"], "prefill_tokens": prefill_tokens,
+            "prompt_tokens": prompt_tokens,
             "new_tokens": new_tokens, "decode_definition": ev.DECODE_DEFINITION,
             "fast_path": FAST_PATH, "fused_path": FUSED_PATH, "fused_pdl": kernels.pdl_on(dev),
             "fused_head_programs_per_sm": kernels.HEAD_PROGRAMS_PER_SM,
@@ -403,8 +422,9 @@ def bench(model_id: str, tokenizer, ids: torch.Tensor, methods: list[str], prefi
                                  f"{LAYER_CALLS} calls per CUDA graph replay (eager where the method has no graph), "
                                  "median of 2 x repeats replays; linear_us_per_token = the number of blocks x the "
                                  "block's layers + lm_head",
-            "note": "ratios: generate() against fp16 generate(); fast path against the fp16 fast path; "
-                    "vs_fp16_fused: decode against fp16 on the fused path; peers' tokens against their own "
-                    "eager generate() (torchao) or fp16's (transformers' static cache); "
+            "note": f"ratios: generate() against {base} generate(); fast path against the {base} fast path; "
+                    f"{vs_base}: decode against {base} on the fused path; peers' tokens against their own "
+                    f"eager generate() (torchao) or {base}'s (transformers' static cache); "
+                    f"every method computes in {half}; "
                     "peak = CUDA memory allocated above what was held before loading the method "
                     "(its weights, KV cache, graphs, activations)"}

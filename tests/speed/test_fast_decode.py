@@ -53,3 +53,27 @@ def test_gemma3_takes_the_static_path_and_the_fused_step_says_why_not(gemma3_dir
     assert set(table) == {"fp32", "scratch-int8-fast", "fp32·generate"}
     assert "not 'gemma3_text'" in table["scratch-int8-fast"]["why_not_fused"]
     assert table["fp32"]["leading_tokens_equal"] == 4 == table["scratch-int8-fast"]["leading_tokens_equal"]
+
+
+def test_one_half_precision_baseline_and_gemma_takes_bf16():
+    """The GPU bench's baseline is fp16 or bf16, exactly one; a model that overflows float16 runs
+    bf16 in place of fp16 by default and refuses fp16 when it is asked for."""
+    assert gpu_bench.parse_methods("bf16,scratch-int8-fast") == ["bf16", "scratch-int8-fast"]
+    assert gpu_bench.baseline_of(["scratch-int8-fast", "bf16"]) == "bf16"
+    with pytest.raises(ev.UserError, match="must include fp16 or bf16"):
+        gpu_bench.parse_methods("scratch-int8-fast")
+    with pytest.raises(ev.UserError, match="once: fp16 and bf16 are both baselines"):
+        gpu_bench.parse_methods("fp16,bf16")
+    assert fast_decode.half_for("gemma3_text", ["fp16", "bnb-nf4"], explicit=False) == ["bf16", "bnb-nf4"]
+    assert fast_decode.half_for("llama", ["fp16", "bnb-nf4"], explicit=True) == ["fp16", "bnb-nf4"]
+    with pytest.raises(ev.UserError, match="overflows float16 .*give bf16 in place of fp16"):
+        fast_decode.half_for("gemma3_text", ["fp16"], explicit=True)
+
+
+def test_every_bench_method_computes_in_the_baselines_dtype(gpt2_dir):
+    """load_method loads each method in the half precision it is given: its kept layers and its
+    activations (the final norm's dtype) are bfloat16 under a bf16 baseline."""
+    for name in ("bf16", "scratch-int8-fast", "scratch-int4-fast"):
+        m = gpu_bench.load_method(name, str(gpt2_dir), "cpu", "bfloat16")
+        assert gpu_bench.compute_dtype(m) == torch.bfloat16, name
+    assert gpu_bench.compute_dtype(gpu_bench.load_method("fp16", str(gpt2_dir), "cpu")) == torch.float16

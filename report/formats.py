@@ -19,6 +19,16 @@ def f_ms(x: float) -> str:
     return f"{x:.2f}"
 
 
+def f_timing(summary: dict | None, lines: bool = False) -> str:
+    """A timing's median with its p10–p90: '26.97 (25.81–30.04)', or as two lines of table markup
+    (lines=True: the spread under the median, in a smaller font); '–' where not timed."""
+    if not summary:
+        return "–"
+    if lines:                      # a narrow column: the spread to 0.1 ms
+        return f"{f_ms(summary['median'])}<br/><font size=\"7\">{summary['p10']:.1f}–{summary['p90']:.1f}</font>"
+    return f"{f_ms(summary['median'])} ({f_ms(summary['p10'])}–{f_ms(summary['p90'])})"
+
+
 def f_ratio(x: float) -> str:
     return f"{x:.2f}×"
 

@@ -18,6 +18,12 @@ def latency_of(rec: dict) -> tuple[float | None, float | None]:
     return (lat.get("prefill") or {}).get("median"), dec.get("median")
 
 
+def latency_spread(rec: dict) -> tuple[dict | None, dict | None]:
+    """(prefill, decode ms/token) summaries of a run's own timing (median, p10, p90, ...), or None."""
+    lat = rec.get("latency") or {}
+    return (lat.get("prefill") or {}) or None, ((lat.get("decode") or {}).get("ms_per_token") or {}) or None
+
+
 def short_name(rec: dict) -> str:
     """A method's name for a table cell: a selective run by its blocks and components."""
     parts = pr.selective_parts(rec)

@@ -112,9 +112,13 @@ def test_the_headline_table_and_its_settings_are_the_fixtures(built, results_dir
     text = pdf_text(built[0]).replace("\n", " ")
     summary = text.split("every method on the headline model")[-1].split("Appendix")[0]
     assert "Table " in summary
-    assert "baseline-fp32 100.0 – 12.34 5.67 20.0000 +0.00%" in summary
-    assert "scratch-int8-per_channel 26.0 – 9.87 4.32 20.1000 +0.50%" in summary
+    # every timing with its p10–p90 (the fixture's: 0.9 and 1.1 times the median)
+    assert "baseline-fp32 100.0 – 12.34 (11.11–13.57) 5.67 (5.10–6.24) 20.0000 +0.00%" in summary
+    assert "scratch-int8-per_channel 26.0 – 9.87 (8.88–10.86) 4.32 (3.89–4.75) 20.1000 +0.50%" in summary
     assert "bnb-nf4 14.0 – – – 25.0000 +25.00%" in summary
+    part1 = text.split("2. Part 1: INT8 from scratch")[1].split("3. Part 2")[0]
+    assert "Under each timing median: its p10–p90" in part1         # Table 2: the spread under each median
+    assert all(f"{0.9 * x:.1f}–{1.1 * x:.1f}" in part1 for x in (12.34, 5.67, 9.87, 4.32))
     assert f"gguf-q8_0 27.0 {28.25:.1f} – – 20.2000 +1.00%" in summary
     assert ("m-small on WikiText-2 (raw), test split: all 999 scored tokens of the text, windows "
             "of 64 tokens at stride 32") in summary

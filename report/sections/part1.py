@@ -18,9 +18,9 @@ from report.common import (
     tie,
 )
 from report.doc import Doc
-from report.formats import f_band, f_mib, f_ms, f_pct, f_ppl
+from report.formats import f_band, f_mib, f_ms, f_pct, f_ppl, f_timing
 from report.sections.closing import cite
-from report.settings import latency_of, setting_facts, settings_sentence, short_name
+from report.settings import latency_of, latency_spread, setting_facts, settings_sentence, short_name
 from study import registry
 
 
@@ -198,11 +198,11 @@ def part1(doc: Doc, s: Study) -> None:
     banded = any(bands.values())                                         # a column only where a run has one
     rows = []
     for n in names:
-        pre, dec = latency_of(r[n])
+        pre, dec = latency_spread(r[n])
         m = r[n]["memory"]
-        rows.append([short_name(r[n]), f_mib(m["weights_mib"]), f_mib(m.get("disk_mib")),
+        rows.append([escape(short_name(r[n])), f_mib(m["weights_mib"]), f_mib(m.get("disk_mib")),
                      f_mib(m.get("peak_mib")) if len(scopes) == 1 else "–",
-                     "–" if pre is None else f_ms(pre), "–" if dec is None else f_ms(dec),
+                     f_timing(pre, lines=True), f_timing(dec, lines=True),
                      f_ppl(r[n]["perplexity"]["ppl"]), f_pct(delta(r, n))]
                     + (["–" if n == "baseline-fp32" else f_band(bands[n])] if banded else []))
     scope = next(iter(scopes)) if len(scopes) == 1 else None
@@ -210,8 +210,10 @@ def part1(doc: Doc, s: Study) -> None:
                "vs fp32"] + (["95% band"] if banded else []), rows,
               "Part 1 before and after: the whole model under each INT8 scheme, and a selective model. "
               + settings_sentence(setting_facts(r["baseline-fp32"]))
+              + " Under each timing median: its p10–p90."
               + (f" Peak: {escape(scope)}." if scope else "") + (" " + BAND_NOTE if banded else ""),
-              widths=[3.9, 1.5, 1.2, 1.2, 1.3, 1.45, 1.85, 1.4, 2.5] if banded else [5.0] + [None] * 7)
+              widths=[3.6, 1.6, 1.2, 1.2, 1.55, 1.55, 1.85, 1.4, 2.5] if banded else [5.0] + [1.7] * 7,
+              markup=True)
     doc.label("part1-table", "Table")
     x = part1_facts(r)
     text = []

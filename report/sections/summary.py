@@ -20,9 +20,9 @@ from report.common import (
     model_label,
 )
 from report.doc import Doc
-from report.formats import f_band, f_mib, f_ms, f_pct, f_ppl, f_ratio, pct_change
+from report.formats import f_band, f_mib, f_ms, f_pct, f_ppl, f_ratio, f_timing, pct_change
 from report.sections.explore import finding as explore_finding
-from report.settings import latency_of, setting_facts, settings_sentence, short_name
+from report.settings import latency_spread, setting_facts, settings_sentence, short_name
 from speed import readings
 from study import noise, registry
 
@@ -336,14 +336,15 @@ def headline_table(doc: Doc, s: Study) -> None:
     rows = []
     for rec in pr.by_family(s.groups[g]):
         n = method(rec)
-        pre, dec = latency_of(rec)
+        pre, dec = latency_spread(rec)
         rows.append([short_name(rec), f_mib(rec["memory"]["weights_mib"]), f_mib(rec["memory"].get("disk_mib")),
-                     "–" if pre is None else f_ms(pre), "–" if dec is None else f_ms(dec),
+                     f_timing(pre), f_timing(dec),
                      f_ppl(rec["perplexity"]["ppl"]), f_pct(delta(r, n))])
     doc.table(["method", "weights MiB", "disk MiB", "prefill ms", "decode ms/token", "perplexity", "vs fp32"],
               rows, "Every method on one model, one text and one device. " + settings_sentence(x)
               + " Each run timed itself with Hugging Face generate(), one run after another: compare "
-              f"latencies across rows only roughly; the side-by-side ratios are in {heading_number('speed')}.",
+              f"latencies across rows only roughly; the side-by-side ratios are in {heading_number('speed')}. "
+              "Timings: median (p10–p90).",
               widths=[5.6, None, None, None, None, None, None])
     doc.refs["headline"] = doc.n_tab
     doc.label("headline-table", "Table")

@@ -53,6 +53,11 @@ def frontier_runs(rs: list[dict], cost=lambda r: r["memory"]["weights_mib"]) -> 
 
 
 OFFSETS = ((4, 3, "left"), (4, -11, "left"), (-4, 3, "right"), (-4, -11, "right"))   # points, alignment
+# a baseline with no room at its corners (a crowded memory, where the answer's comparison lies) is
+# named further out, joined to its point by a line
+FAR_OFFSETS = tuple(sorted(((dx, dy, "center" if dx == 0 else "left" if dx > 0 else "right")
+                           for dy in (30, -38, 50, -58, 70, -78) for dx in (0, 40, -40)),
+                          key=lambda o: abs(o[0]) + abs(o[1])))
 
 
 def label_points(ax, points: list[tuple[float, float, dict]], colors: dict[str, str], front: set,
@@ -60,6 +65,7 @@ def label_points(ax, points: list[tuple[float, float, dict]], colors: dict[str, 
     """Name these points: where the frontier changes model first, then the frontier's, then the rest,
     each only where its name would overprint no name placed before it and no other point (the text's
     own drawn box is what is checked); RESULTS.md's two-model table names every point."""
+    from matplotlib.text import Text
     fig = ax.figure
     fig.tight_layout()                      # the layout it is saved in: the boxes are checked in it
     fig.canvas.draw()
@@ -69,13 +75,26 @@ def label_points(ax, points: list[tuple[float, float, dict]], colors: dict[str, 
     placed = []
     on = sorted((p for p in points if (p[0], p[1]) in front), key=lambda p: p[0])
     turns = {(b[0], b[1]) for a, b in zip(on, on[1:]) if pr.short_model(a[2]) != pr.short_model(b[2])}
+    named = set()                          # points already named with another on the same spot
     for x, y, r in sorted(points, key=lambda p: ((p[0], p[1]) not in turns, (p[0], p[1]) not in front, p[0])):
-        name = r["method"]["name"] + (" (origin)" if standins.requantizes_origin(r) else "")
+        if id(r) in named:
+            continue
         own = ax.transData.transform((x, y))
-        for dx, dy, ha in OFFSETS:                                 # above right first, then the other corners
-            text = ax.annotate(name, (x, y), xytext=(dx, dy), textcoords="offset points", fontsize=8, ha=ha,
-                               color=colors[pr.short_model(r)])
-            box = text.get_window_extent(renderer).expanded(1.05, 1.2)
+        # one model's points whose markers coincide (fp16 and bf16 at one memory) take one name
+        same = [q for q in points if pr.short_model(q[2]) == pr.short_model(r) and q[2] is not r
+                and abs(ax.transData.transform((q[0], q[1])) - own).max() < 3]
+        named.update(id(q[2]) for q in same)
+        name = " / ".join(q[2]["method"]["name"] + (" (origin)" if standins.requantizes_origin(q[2]) else "")
+                          for q in [(x, y, r), *same])
+        far = FAR_OFFSETS if registry.is_baseline(r) else ()
+        for dx, dy, ha in OFFSETS + far:                           # above right first, then the other corners
+            line = {} if (dx, dy, ha) in OFFSETS else {"arrowprops": {"arrowstyle": "-", "lw": 0.5, "shrinkB": 3,
+                                                                      "color": colors[pr.short_model(r)]}}
+            text = ax.annotate(pr.short_model(r) + " " + name if line else name, (x, y), xytext=(dx, dy),
+                               textcoords="offset points", fontsize=8, ha=ha, color=colors[pr.short_model(r)],
+                               **line)
+            text.update_positions(renderer)
+            box = Text.get_window_extent(text, renderer).expanded(1.05, 1.2)      # the words, not the line
             near = box.padded(4)                                   # a marker's half-width, in pixels
             hits_point = any(near.contains(mx, my) for mx, my in marks
                              if abs(mx - own[0]) + abs(my - own[1]) > 0.5)

@@ -109,12 +109,33 @@ def test_names_stay_inside_the_axes_and_hide_no_point():
     frame = ax.get_window_extent(renderer)
     names = [t for t in ax.texts]
     assert names                                                    # at least one name fits
+    from matplotlib.text import Text
     for t in names:
-        box = t.get_window_extent(renderer)
+        box = Text.get_window_extent(t, renderer)           # the words (a far name's thin line may pass by)
         assert frame.x0 <= box.x0 and box.x1 <= frame.x1 and frame.y0 <= box.y0 and box.y1 <= frame.y1
         own = ax.transData.transform(t.xy)
         for x, y, _ in pts:
             mx, my = ax.transData.transform((x, y))
             if abs(mx - own[0]) + abs(my - own[1]) > 0.5:
                 assert not box.contains(mx, my)
+    plt.close(fig)
+
+
+def test_a_crowded_baseline_is_named_further_out_and_coinciding_points_once():
+    """Two baselines of one model on one spot (fp16 and bf16 at the same memory) take one name that
+    holds both; where no corner is free, a baseline is named further out, joined by a line."""
+    import plot_results as pr
+    plt = pr._plt()
+    fig, ax = plt.subplots(figsize=(6, 4))
+    pts = []
+    for name, x, y in [("baseline-fp16", 256.6, 1.07), ("baseline-bf16", 256.6, 1.0701),
+                       ("scratch-int8-per_channel", 250, 1.0705), ("gguf-q8_0", 262, 1.069), ("gguf-q4_0", 100, 1.3)]:
+        r = record(name, 20.0, x, model="m")
+        ax.scatter([x], [y])
+        pts.append((x, y, r))
+    ax.set_xscale("log")
+    models.label_points(ax, pts[:2], {"m": "k"}, set(), pts)
+    texts = [t.get_text() for t in ax.texts]
+    assert texts == ["m baseline-fp16 / baseline-bf16"]               # one name, further out: the model too
+    assert ax.texts[0].arrow_patch is not None
     plt.close(fig)

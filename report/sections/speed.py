@@ -534,7 +534,7 @@ def no_graph_words(b: dict) -> str:
 def speed_summary(doc: Doc, s: Study) -> None:
     """The main report's speed: what a user gets (generate() and the static-cache path, side by side),
     why a small model is launch-bound, in one figure; the rest is in report/speed.pdf."""
-    from report.sections.summary import fast_facts, finding_items
+    from report.sections.summary import fast_facts, finding_items, noise_words
     doc.h1(heading("speed", "Speed: what a user gets"), key="speed")
     if not s.benches:
         doc.p("No latency benchmark in these results.")
@@ -550,13 +550,14 @@ def speed_summary(doc: Doc, s: Study) -> None:
                  and pr.short_model(b) == s.headline[0] and pr.device_kind(b) == "cuda"), None) \
         or next((b for b in s.benches if "fast_path" in b["bench"]), None)
     if fast is not None:
-        x = fast_facts(fast)
+        x = fast_facts(fast, s.benches)
         if x:                                   # the abstract says it whole; here, the numbers the figure shows
             faster = ", ".join(f"{escape(n)} {f_ratio(r)}" for n, _, r, _, _ in x["faster"])
             doc.p(f"<b>With the overhead gone</b> (static KV cache, CUDA graphs), {x['base']} decodes a token in "
                   f"{f_ms(x['base_ms'])} ms on the {escape(x['device'])}"
-                  + (f"; the only quantized models faster than it by more than 3% are {faster} its time." if faster
-                     else "; no quantized model is faster by more than 3%."))
+                  + (f"; the only quantized models faster than it beyond the noise ({noise_words(x, short=True)}) "
+                     f"are {faster} its time." if faster
+                     else f"; no quantized model is faster beyond the noise ({noise_words(x, short=True)})."))
         doc.figure(pr.fast_figure(fast), "Decode time per token, generate() against the static-cache path with "
                    "CUDA graphs, in the fast-path bench's own side-by-side run (log scale). Each tick: the time to "
                    "read that method's weights once at the GPU's peak bandwidth; every bar sits far above its "

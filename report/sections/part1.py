@@ -57,7 +57,11 @@ def selective(doc: Doc, s: Study) -> None:
         f"Each of the {y['n_blocks']} blocks was quantized alone (INT8, {escape(y['scheme'])}), "
         "then each component type in every block, against a base perplexity of "
         f"{f_ppl(y['base_ppl'])} ({escape(y['model'])}, L={y['L']} S={y['S']}, "
-        f"{y['tokens']:,} tokens, {escape(y['device'])}). The largest rises come from blocks "
+        f"{y['tokens']:,} tokens, {escape(y['device'])}"
+        + (f": windows that do not overlap, half as many as at stride {y['L'] // 2} and with less context per "
+           "token, which is why its base differs; each change is against this base, on the same windows"
+           if y["S"] == y["L"] else "")
+        + f"). The largest rises come from blocks "
         f"{', '.join(b for b, _ in y['top3'])} ({', '.join(f_pct(d) for _, d in y['top3'])})"
         # a share only means something when no block lowers perplexity enough to shrink the sum below it
         + (f"; together they carry {y['top3_sum']:.3f} of the {y['total']:.3f} percentage points "

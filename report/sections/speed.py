@@ -282,8 +282,9 @@ def fast_table(doc: Doc, b: dict) -> None:
             + ", ".join(f"{escape(n)}: {k}/{b['bench']['new_tokens']}" for n, k, _ in diverging)
             + " of the fast path's greedy tokens equal generate()'s before the first difference. The two "
             "paths run the same layers through different kernels (a fused GEMV against dequantize-then-"
-            "cuBLAS, attention over a static cache against transformers' own), so their float16 "
-            "roundings differ; where the two best logits are nearly tied, one flipped token changes "
+            "cuBLAS, attention over a static cache against transformers' own), so their "
+            f"{b['bench'].get('compute_dtype', 'float16')} roundings differ; where the two best logits are "
+            "nearly tied, one flipped token changes "
             "every token after it. That the layers compute the same thing is checked apart, layer by "
             "layer against dequantize-then-matmul in fp32 (the max err column of the next table)."
         )

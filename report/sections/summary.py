@@ -325,6 +325,7 @@ def fast_facts(b: dict, benches: list[dict] = ()) -> dict | None:
         "base_ms": ms[base],
         "noise": noise,
         "cut": cut,
+        "dtype": b["bench"].get("compute_dtype", "float16"),
         "faster": [row[n] for n in others if ratio[n] < 1 - cut],
         "same": [row[n] for n in others if 1 - cut <= ratio[n] <= 1 + cut],
         "slower": [row[n] for n in others if ratio[n] > 1 + cut],
@@ -360,7 +361,8 @@ def fast_summary_text(x: dict) -> str:
            if not x["diverging"] else
            "Greedy tokens equal to generate()'s, where not all: "
            + ", ".join(f"{escape(n)} {k}/{m}" for n, _, _, k, m in x["diverging"])
-           + " (different kernels round float16 differently and flip a near tie; report/speed.pdf).")
+           + f" (different kernels round {x.get('dtype', 'float16')} differently and flip a near tie; "
+           "report/speed.pdf).")
     )
 
 

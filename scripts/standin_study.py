@@ -54,7 +54,8 @@ ANATOMY = {"anatomy": True, "repeats": 20}     # fast_decode's default methods f
 GEMMA_FIRST = ("INT8 whole, per-channel", "4-bit NF4 (scratch)", "4-bit int4 (scratch)")
 # a plan's model -> its folder under --models (make_standins builds each)
 FOLDERS = {"smol": "smollm2-135m", "gemma": "gemma3-270m", "g2r": "gpt2-random", "g2m": "gpt2-medium-random",
-           "g2l": "gpt2-large-random", "g2x": "gpt2-xl-random", "l1b": "llama-1b-random"}
+           "g2l": "gpt2-large-random", "g2x": "gpt2-xl-random", "l1b": "llama-1b-random",
+           "g3r": "gemma3-270m-random"}
 
 # (step, label, script, keywords): the keywords are the script's main() arguments beyond
 # the model's own (model, text_file, device, stand_in, quiet, results_dir).
@@ -136,7 +137,9 @@ def steps_for(machine: str) -> dict[str, list[tuple[str, str, str, dict]]]:
                            ("bitsandbytes, every mode (Gemma 3 270M)", "gemma", "part2", {**ppl, "mode": "all"}),
                            *[(f"{label} (Gemma 3 270M)", "gemma", "explore", {**ppl, **kw})
                              for label, kw in plan.CALIBRATED_G128]],
-            "cuda-gemma-speed": [("fast decode bench (Gemma 3 270M)", "gemma", "fast_decode", GEMMA_BENCH)],
+            # the fast decode bench on the real model, and on its shapes with random weights (no GGUF to carry)
+            "cuda-gemma-speed": [("fast decode bench (Gemma 3 270M)", "gemma", "fast_decode", GEMMA_BENCH),
+                                 ("fast decode bench (Gemma 3 270M shapes)", "g3r", "fast_decode", GEMMA_BENCH)],
             "cuda-speed": [("bitsandbytes bench", "smol", "part2", {"bench": True}),
                            ("fast decode bench", "smol", "fast_decode", {})],
             "cuda-g2r": [("bitsandbytes, every mode (GPT-2 shapes)", "g2r", "part2",

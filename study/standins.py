@@ -33,6 +33,9 @@ STANDINS = {s.folder: s for s in (
     StandIn("gpt2-random", "gpt2-random (GPT-2 small shapes, random weights) stands in for gpt2 for memory and "
                            "latency; its perplexity means nothing", False, None),
     *(_gpt2_size(size) for size in ("medium", "large", "xl")),
+    StandIn("gemma3-270m-random", "gemma3-270m-random (Gemma 3 270M shapes, random weights, GPT-2's tokenizer) "
+                                  "stands in for gemma3-270m for GPU latency; its perplexity means nothing", False,
+            None),
     StandIn("llama-1b-random", "llama-1b-random (Llama 3.2 1B shapes, random weights, GPT-2's tokenizer) stands in "
                                "for Llama-3.2-1B for memory and latency; its perplexity means nothing", False, None),
 )}

@@ -347,3 +347,27 @@ def test_the_llama_stand_in_has_llama_3_2_1bs_size_and_builds_small(tmp_path):
     from transformers import AutoTokenizer
     ids = AutoTokenizer.from_pretrained(a)("The capital of France is", return_tensors="pt").input_ids
     assert torch.isfinite(m(ids).logits).all()
+
+
+def test_the_gemma_shape_stand_in_has_gemma3_270ms_size_and_builds_small(tmp_path):
+    """gemma3-270m-random's config makes the real stand-in's 268,098,176 parameters (the tied
+    embedding once) with its sliding-window pattern; a tiny build of the same recipe loads, computes
+    finite logits in bfloat16, and gives the same bytes on a second build."""
+    from transformers import AutoModelForCausalLM
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(make_standins.gemma_config("gemma3-270m-random"))
+    assert sum(p.numel() for p in model.parameters()) == 268_098_176
+    c = model.config
+    assert (c.model_type, c.num_key_value_heads, c.head_dim, c.sliding_window) == ("gemma3_text", 1, 256, 512)
+    assert c.layer_types.count("full_attention") == 3 and c.tie_word_embeddings
+    tiny = {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 6, "num_attention_heads": 2,
+            "head_dim": 32, "query_pre_attn_scalar": 32, "vocab_size": 50304, "sliding_window": 8}
+    for out in (tmp_path / "a", tmp_path / "b"):
+        make_standins.build("gemma3-270m-random", out, config_overrides=tiny)
+    a, b = tmp_path / "a" / "gemma3-270m-random", tmp_path / "b" / "gemma3-270m-random"
+    assert make_standins.weights_sha256(a) == make_standins.weights_sha256(b)
+    m = AutoModelForCausalLM.from_pretrained(a, dtype=torch.bfloat16)
+    assert m.config.layer_types[5] == "full_attention" and m.lm_head.weight is m.model.embed_tokens.weight
+    from transformers import AutoTokenizer
+    ids = AutoTokenizer.from_pretrained(a)("The capital of France is " * 4, return_tensors="pt").input_ids
+    assert torch.isfinite(m(ids).logits.float()).all()

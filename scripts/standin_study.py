@@ -49,7 +49,7 @@ LARGE_BENCH = {"methods": "fp16,scratch-int8-fast,scratch-int4-fast,torchao-int8
 # the storage GPTQ, AWQ and round-to-nearest share, on its GEMV, beside Part 1's int4 (speed/gpu_bench.py)
 CALIBRATED_BENCH = {"methods": "fp16,scratch-int4-fast,rtn-w4-pc-fast,rtn-w4-g64-fast", "repeats": 6}
 # Gemma 3 on the GPU: bf16 is its baseline (it overflows float16); its blocks take the static path only
-GEMMA_BENCH = {"methods": "bf16,scratch-int8-fast,scratch-int4-fast,scratch-nf4-fast,bnb-nf4", "repeats": 6}
+GEMMA_BENCH = {"methods": "bf16,scratch-int8-fast,scratch-int4-fast,scratch-nf4-fast,bnb-nf4", "repeats": 4}
 ANATOMY = {"anatomy": True, "repeats": 20}     # fast_decode's default methods for it: fp16, INT8, int4
 GEMMA_FIRST = ("INT8 whole, per-channel", "4-bit NF4 (scratch)", "4-bit int4 (scratch)")
 # a plan's model -> its folder under --models (make_standins builds each)

@@ -13,9 +13,8 @@ from report.common import model_label
 
 def latency_of(rec: dict) -> tuple[float | None, float | None]:
     """(prefill ms, decode ms/token) medians of a run's own timing, or None where not timed."""
-    lat = rec.get("latency") or {}
-    dec = (lat.get("decode") or {}).get("ms_per_token") or {}
-    return (lat.get("prefill") or {}).get("median"), dec.get("median")
+    pre, dec = latency_spread(rec)
+    return (pre or {}).get("median"), (dec or {}).get("median")
 
 
 def latency_spread(rec: dict) -> tuple[dict | None, dict | None]:

@@ -126,7 +126,7 @@ def main(*, model: str = "gpt2", dataset: str = "wikitext2", text_file: str | No
     choices = CPU_METHODS if cpu else ANATOMY_METHODS if args.anatomy else METHODS
     default = ANATOMY_METHODS[:3] if args.anatomy else DEFAULT_METHODS if choices is METHODS else choices
     methods = parse_methods(args.methods or ",".join(default), choices,
-                            "fp32" if cpu else "fp16" if args.anatomy else tuple(HALF))
+                            ("fp32",) if cpu else ("fp16",) if args.anatomy else tuple(HALF))
     ev.check_at_least(*ev.latency_minimums(args))
     ev.check_output_dir(args.results_dir, "--results-dir")
     if args.out:

@@ -39,7 +39,7 @@ PEERS = {"torchao-int8wo": "torchao int8 weight-only (Int8WeightOnlyConfig) on e
          "torchao-int4wo": "torchao int4 weight-only, groups of 64 (Int4WeightOnlyConfig, tinygemm's tile_packed_to_4d "
                            "layout, which computes in bfloat16: the model is loaded in bfloat16), every linear layer, "
                            f"the same compiled decode step (mode '{COMPILE_MODE}') replayed from one CUDA graph",
-         "hf-static-compile": "fp16, transformers generate() with cache_implementation='static', which compiles "
+         "hf-static-compile": "{base}, transformers generate() with cache_implementation='static', which compiles "
                               "the forward (torch.compile, mode 'reduce-overhead': CUDA graphs)"}
 # The storage GPTQ, AWQ and round-to-nearest share (calibrated/quantizer.py), on its GEMV: made by
 # round-to-nearest, which needs no calibration; GPTQ's and AWQ's codes differ, not their bytes or
@@ -183,13 +183,12 @@ def load_method(name: str, model_id: str, device: str, half: str = "float16"):
     return m
 
 
-def parse_methods(spec: str, choices: tuple = METHODS, baseline: str | tuple = tuple(HALF)) -> list[str]:
-    """The comma list as names, checked: known, and exactly one baseline among them."""
+def parse_methods(spec: str, choices: tuple = METHODS, bases: tuple = tuple(HALF)) -> list[str]:
+    """The comma list as names, checked: known, and exactly one of the baselines `bases` among them."""
     names = [s.strip() for s in spec.split(",") if s.strip()]
     for n in names:
         if n not in choices:
             raise ev.UserError(f"unknown method '{n}' (choose from {', '.join(choices)})")
-    bases = (baseline,) if isinstance(baseline, str) else baseline
     present = [b for b in bases if b in names]
     if len(present) != 1:
         raise ev.UserError(f"--methods must include {' or '.join(bases)}, the baseline of every ratio"
@@ -219,14 +218,12 @@ def conv1d_to_linear(model) -> None:
 
 def peer(name: str, model_id: str, tokenizer, prompt: torch.Tensor, prefill_ids: torch.Tensor, prompt_tokens: int,
          new_tokens: int, prefill_tokens: int, base_tokens: torch.Tensor,
-         half: str = "float16") -> tuple[dict | None, dict]:
+         base: str = "fp16") -> tuple[dict | None, dict]:
     """One peer: (its timed calls, its row), or (None, a row that says why it cannot run).
-    base_tokens: the baseline's eager generate(); half: the baseline's dtype."""
-    row = {"recipe": PEERS[name], "why_not": None}
-    if half != "float16":
-        row["recipe"] = row["recipe"].replace("fp16, transformers", f"{half}, transformers")
+    base_tokens: the baseline's eager generate(); base: the baseline (fp16 or bf16), whose dtype it loads in."""
+    row = {"recipe": PEERS[name].format(base=base), "why_not": None}
     try:
-        m = ev.load_model(model_id, "bfloat16" if name == "torchao-int4wo" else half, "cuda")[0]
+        m = ev.load_model(model_id, "bfloat16" if name == "torchao-int4wo" else HALF[base], "cuda")[0]
         if name.startswith("torchao-"):
             from torchao.quantization import Int4WeightOnlyConfig, Int8WeightOnlyConfig, quantize_
             conv1d_to_linear(m)
@@ -358,7 +355,7 @@ def bench(model_id: str, tokenizer, ids: torch.Tensor, methods: list[str], prefi
     peers = {}
     for name in [m for m in methods if m in PEERS]:
         calls, peers[name] = peer(name, model_id, tokenizer, prompt, prefill_ids, prompt_tokens, new_tokens,
-                                  prefill_tokens, refs[base], half)
+                                  prefill_tokens, refs[base], base)
         if calls is not None:
             timed[f"{name}·peer"] = calls
             print(f"  {name}: tokens = its reference: {peers[name]['leading_tokens_equal']}/{new_tokens}",

@@ -279,10 +279,20 @@ def finding_items(s: Study) -> dict[str, str]:
 NOISE_FALLBACK = 0.03    # the split where no method was timed in two benches of the model: no rerun to measure
 
 
+def bench_base(b: dict) -> str:
+    """A bench's baseline method (fp16 in benches from before the bench took bf16)."""
+    return b["bench"].get("baseline", "fp16")
+
+
+def fast_ms(b: dict) -> dict[str, float]:
+    """Each method's fast-path decode ms per token (median), in one bench."""
+    return {n: v["fast_path"]["decode_ms_per_token"]["median"] for n, v in b["bench"]["table"].items()
+            if v.get("fast_path")}
+
+
 def fast_ratios(b: dict) -> dict[str, float]:
     """Each method's fast-path decode time over the baseline's, in one bench; {} without the baseline."""
-    t, base = b["bench"]["table"], b["bench"].get("baseline", "fp16")
-    ms = {n: v["fast_path"]["decode_ms_per_token"]["median"] for n, v in t.items() if v.get("fast_path")}
+    ms, base = fast_ms(b), bench_base(b)
     return {n: v / ms[base] for n, v in ms.items()} if base in ms else {}
 
 
@@ -290,14 +300,14 @@ def rerun_noise(b: dict, benches: list[dict]) -> dict | None:
     """How far one method's fast-path ratio moves from one bench to the next: over every bench of
     b's model on b's device with b's baseline, the widest max - min of a method's ratio among those
     timed in two benches or more. None where no method was."""
+    base = bench_base(b)
     same = [o for o in benches if "fast_path" in o["bench"] and pr.short_model(o) == pr.short_model(b)
-            and pr.device_of(o) == pr.device_of(b) and o["bench"].get("baseline", "fp16") == b["bench"].get(
-                "baseline", "fp16")]
+            and pr.device_of(o) == pr.device_of(b) and bench_base(o) == base]
     seen: dict[str, list[float]] = {}
     for o in same:
         for n, r in fast_ratios(o).items():
             seen.setdefault(n, []).append(r)
-    spans = {n: max(v) - min(v) for n, v in seen.items() if len(v) >= 2 and n != b["bench"].get("baseline", "fp16")}
+    spans = {n: max(v) - min(v) for n, v in seen.items() if len(v) >= 2 and n != base}
     if not spans:
         return None
     n = max(spans, key=spans.get)
@@ -308,12 +318,10 @@ def fast_facts(b: dict, benches: list[dict] = ()) -> dict | None:
     """The fast decode path's finding: each method's time against the baseline's, split at the
     rerun noise (rerun_noise over these benches; NOISE_FALLBACK where nothing was rerun): closer is
     a tie. With how many greedy tokens equal generate()'s."""
-    t = b["bench"]["table"]
-    base = b["bench"].get("baseline", "fp16")
-    ratio = fast_ratios(b)
+    t, base = b["bench"]["table"], bench_base(b)
+    ratio, ms = fast_ratios(b), fast_ms(b)
     if not ratio:
         return None
-    ms = {n: v["fast_path"]["decode_ms_per_token"]["median"] for n, v in t.items() if v.get("fast_path")}
     others = [n for n in ms if n not in (base, "fp32")]
     row = {n: (n, ms[n], ratio[n], t[n].get("leading_tokens_equal"), b["bench"]["new_tokens"]) for n in others}
     noise = rerun_noise(b, list(benches))

@@ -22,20 +22,25 @@ class FastDecoder:
     """Greedy decode and prefill over a static-cache model, each step captured as a CUDA graph
     (graphs=True, CUDA only) or run eagerly on the same buffers (graphs=False). fused=True:
     the decode step is FusedStep's kernels (the prompt pass and the prefill stay as they are);
-    compiled=MODE: the decode step under torch.compile(mode=MODE), as gpt-fast does."""
+    compiled=MODE: the decode step under torch.compile(mode=MODE), as gpt-fast does.
+    batch=B > 1: B prompts of one length decoded in step (the model's modules see B rows; the
+    fused step and the prefill are batch 1 only); tokens is then (new_tokens, B)."""
 
     def __init__(self, model, prompt_tokens: int, new_tokens: int, prefill_tokens: int = 0, graphs: bool = True,
-                 no_graph_reason: str | None = None, fused: bool = False, compiled: str | None = None):
-        self.net = static_model(model, max(prompt_tokens + new_tokens, prefill_tokens))
+                 no_graph_reason: str | None = None, fused: bool = False, compiled: str | None = None,
+                 batch: int = 1):
+        if batch > 1 and (fused or prefill_tokens):
+            raise ValueError("the fused step and the prefill run at batch 1 only")
+        self.net = static_model(model, max(prompt_tokens + new_tokens, prefill_tokens), batch)
         dev = self.net.device
         self.graphs = graphs and dev.type == "cuda"
-        self.P, self.n, self.S = prompt_tokens, new_tokens, prefill_tokens
-        self.prompt = torch.zeros(1, prompt_tokens, dtype=torch.long, device=dev)
+        self.P, self.n, self.S, self.B = prompt_tokens, new_tokens, prefill_tokens, batch
+        self.prompt = torch.zeros(batch, prompt_tokens, dtype=torch.long, device=dev)
         self.prefill_ids = torch.zeros(1, max(prefill_tokens, 1), dtype=torch.long, device=dev)
-        self.next = torch.zeros(1, 1, dtype=torch.long, device=dev)      # the token fed to the next step
-        self.pos = torch.zeros(1, dtype=torch.long, device=dev)          # its position
+        self.next = torch.zeros(batch, 1, dtype=torch.long, device=dev)  # the tokens fed to the next step
+        self.pos = torch.zeros(1, dtype=torch.long, device=dev)          # their position (shared)
         self.step = torch.zeros(1, dtype=torch.long, device=dev)         # how many tokens made
-        self.tokens = torch.zeros(new_tokens, dtype=torch.long, device=dev)
+        self.tokens = torch.zeros(new_tokens, *((batch,) if batch > 1 else ()), dtype=torch.long, device=dev)
         self.logits = None
         self.programs = {"prompt": self._prompt_step, "decode": self._decode_step, "prefill": self._prefill_step}
         self.fused = None
@@ -49,8 +54,8 @@ class FastDecoder:
 
     # the three steps; only tensor ops on static buffers, nothing read back to the host
     def _emit(self, logits: torch.Tensor) -> None:
-        nxt = logits[:, -1].argmax(-1)                                    # (1,)
-        self.tokens.index_copy_(0, self.step, nxt)
+        nxt = logits[:, -1].argmax(-1)                                    # (B,)
+        self.tokens.index_copy_(0, self.step, nxt.view(self.tokens[:1].shape))
         self.step.add_(1)
         self.next.copy_(nxt[:, None])
 
@@ -123,9 +128,10 @@ class FastDecoder:
     @torch.no_grad()
     def generate(self, prompt: torch.Tensor, decode: Callable[[], None] | None = None) -> torch.Tensor:
         """Greedy: the prompt pass makes token 1, each decode step one more (decode: another
-        step than this decoder's, e.g. weights_from_l2's). -> (new_tokens,)"""
+        step than this decoder's, e.g. weights_from_l2's). prompt: (P,) or (B, P)
+        -> (new_tokens,), or (new_tokens, B) at batch B > 1"""
         decode = decode or self.programs["decode"]
-        self.prompt.copy_(prompt.reshape(1, -1))
+        self.prompt.copy_(prompt.reshape(self.B, -1))
         self.step.zero_()
         self.programs["prompt"]()
         for _ in range(self.n - 1):

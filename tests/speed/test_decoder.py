@@ -30,6 +30,29 @@ def test_fast_path_tokens_equal_generate(request, arch, quant):
     assert torch.equal(fast.generate(prompt), ref)                      # a second run starts clean
 
 
+@pytest.mark.parametrize("arch,quant", [("gpt2", None), ("gpt2", "int8"), ("llama", "int4"), ("gemma3", None)])
+def test_batched_decode_makes_each_prompts_own_tokens(request, arch, quant):
+    """Three prompts decoded in step: row b is what prompt b alone makes (greedy, its own generate()),
+    so a batch bench times the same work as three batch-1 runs."""
+    model, tok = ev.load_model(str(request.getfixturevalue(ARCHS[arch])), device="cpu")
+    if quant:
+        p1.quantize_model(model, "whole", 8 if quant == "int8" else 4, "per_channel" if quant == "int8" else "int4")
+    ids = prompt_of(tok, 30)
+    prompts = torch.cat([ids[:, :10], ids[:, 10:20], ids[:, 20:30]])                 # (3, 10)
+    fast = decoder.FastDecoder(model, 10, 12, batch=3)
+    got = fast.generate(prompts)                                                     # (12, 3)
+    assert got.shape == (12, 3)
+    for b in range(3):
+        assert torch.equal(got[:, b], decoder.generate_tokens(model, tok, prompts[b:b + 1], 12))
+
+
+def test_batched_decoder_refuses_the_fused_step_and_the_prefill(gpt2_dir):
+    model, _ = ev.load_model(str(gpt2_dir), device="cpu")
+    for kw in ({"fused": True}, {"prefill_tokens": 8}):
+        with pytest.raises(ValueError, match="batch 1 only"):
+            decoder.FastDecoder(model, 4, 4, batch=2, **kw)
+
+
 @pytest.mark.parametrize("arch", ["gpt2", "llama", "gemma3"])
 def test_fast_prefill_logits_equal_the_model(request, arch):
     """Gemma 3's tiny model slides a window of 16 over these 40 tokens: its mask is checked too."""

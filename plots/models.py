@@ -126,7 +126,7 @@ def plot_models(records: list[dict], out: Path, made: list[Path]) -> None:
 def plot_one(key: tuple, rs: list[dict], what: str, cost, xlabel: str, out: Path, made: list[Path]) -> None:
     plt = pr._plt()
     models = sorted({pr.short_model(r) for r in rs})
-    fig, ax = plt.subplots(figsize=(7.4, 4.6))
+    fig, ax = plt.subplots(figsize=(7.4, 4.1))
     points, colors = [], {}
     for i, model in enumerate(models):
         mine = [r for r in rs if pr.short_model(r) == model]

@@ -165,8 +165,17 @@ def tie(runs: dict[str, dict], a: str, b: str) -> bool | None:
 # Sections. Each reads the Study and writes text whose numbers it computes.
 
 def describe(rec: dict) -> str:
-    """A method in words: its registry identity's one-line description."""
-    return registry.of(rec)["description"]
+    """A method in words: its registry identity's one-line description, and a calibrated run's variant
+    as its settings record it (act-order; a calibration text other than the default)."""
+    words = registry.of(rec)["description"]
+    st = (rec.get("method") or {}).get("settings") or {}
+    if st.get("variant"):
+        if st.get("act_order"):
+            words += ", act-order (the columns with the largest Hessian diagonal first)"
+        cal = st.get("calibration") or {}
+        if str(st["variant"]).startswith("cal-") and cal.get("source"):
+            words += f", calibrated on {cal['source']}" + (f" ({cal['description']})" if cal.get("description") else "")
+    return words
 
 
 def gemv_ratios(a: dict, name: str) -> tuple[list, list]:

@@ -4,6 +4,7 @@ The text is set in DejaVu Sans, which matplotlib ships, so no system font is nee
 """
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from xml.sax.saxutils import escape
 
@@ -185,8 +186,10 @@ class Doc:
                 for i, h in enumerate(header)
             ]
         ]
+        room = [w * cm - 8 if w else None for w in widths]          # the cell's text width (4 pt padding a side)
         data += [
-            [Paragraph(str(v) if markup else escape(str(v)), cell) if wrap[i] else str(v)
+            [Paragraph(break_long_words(str(v) if markup else escape(str(v)), room[i], cell.fontName,
+                                        cell.fontSize), cell) if wrap[i] else str(v)
              for i, v in enumerate(row)]
             for row in rows
         ]
@@ -250,7 +253,10 @@ class Doc:
         """Lay the story out into out (atomically); -> what this pass learned (see known)."""
         from reportlab.lib.pagesizes import A4
         from reportlab.lib.units import cm
-        from reportlab.platypus import SimpleDocTemplate
+        from reportlab.platypus import SimpleDocTemplate, Spacer
+
+        while self.story and isinstance(self.story[-1], Spacer):      # a last spacer alone would make a blank page
+            self.story.pop()
 
         def footer(canvas, doc):
             canvas.saveState()
@@ -292,6 +298,30 @@ def printed_min_font(png: Path, draw_width_pt: float) -> float | None:
 
 
 MIN_PRINTED_PT = 7.0          # the smallest figure text the report allows, at print size
+def break_long_words(markup: str, width: float, font: str, size: float) -> str:
+    """markup with each word wider than width (points) broken after a '-' or '_' (a line break where
+    it would otherwise be cut mid-name: "scratch-int8-per_chann / el"); tags are left alone."""
+    from reportlab.pdfbase.pdfmetrics import stringWidth
+
+    def fit(word: str, face: str) -> str:
+        if stringWidth(word, face, size) <= width:
+            return word
+        cuts = [i + 1 for i, ch in enumerate(word[:-1]) if ch in "-_"]
+        fitting = [i for i in cuts if stringWidth(word[:i], face, size) <= width]
+        if not fitting:
+            return word
+        return word[:fitting[-1]] + "<br/>" + fit(word[fitting[-1]:], face)
+
+    out, bold = [], False
+    for part in re.split(r"(<[^>]*>|\s+)", markup):        # tags and spaces kept as they are
+        if part.startswith("<"):
+            bold = {"<b>": True, "</b>": False}.get(part.lower(), bold)
+        elif part and not part.isspace():
+            part = fit(part, f"{font}-Bold" if bold else font)
+        out.append(part)
+    return "".join(out)
+
+
 BODY_PT, CAPTION_PT, CELL_PT = 10, 8.5, 7.6     # body text, captions, table cells (figures: plots/style)
 
 

@@ -25,6 +25,23 @@ def bench_bandwidth(record: dict) -> float | None:
     return float(bw) if bw else None
 
 
+# The speed benches' rows in words (their names are the benches' own, not the evaluation runs'): the
+# report's table of methods lists them beside the evaluated methods.
+BENCH_METHOD_WORDS = {
+    "scratch-int8-naive": "Part 1's INT8 (per channel) dequantizing each whole weight matrix before its matmul",
+    "scratch-int8-fast": "Part 1's INT8 (per channel) on its Triton GEMV, which reads int8 and dequantizes in "
+                         "registers",
+    "scratch-int4-fast": "Part 1's linear int4 (absmax per 64) on its Triton GEMV",
+    "scratch-nf4-fast": "Part 1's NF4 (absmax per 64) on its Triton GEMV",
+    "rtn-w4-pc-fast": "GPTQ's and AWQ's storage (4-bit, a scale and zero point per output channel), made by "
+                      "round-to-nearest, on its Triton GEMV",
+    "rtn-w4-g64-fast": "the same storage with a scale and zero point per 64 inputs of a row",
+    "torchao-int8wo": "a peer: torchao's int8 weight-only, the decode step under torch.compile",
+    "torchao-int4wo": "a peer: torchao's int4 weight-only (groups of 64, bfloat16), under torch.compile",
+    "hf-static-compile": "a peer: transformers' generate() with its static cache, compiled",
+}
+
+
 # -----------------------------------------------------------------------------
 # 4. The benchmark: every method, generate() and the fast path, round-robin
 

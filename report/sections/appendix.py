@@ -5,6 +5,7 @@ from __future__ import annotations
 from xml.sax.saxutils import escape
 
 import plot_results as pr
+from plots import models as pm
 from report.common import Study, group_label, method, model_label
 from report.doc import Doc
 from report.formats import f_mib, f_pct, f_ppl, mib, pct_change
@@ -68,15 +69,26 @@ def memory_ppl_tables(doc: Doc, s: Study) -> None:
             doc.p(f"Figure {doc.refs.get('pareto', '?')}, in the supporting appendix, plots its memory against "
                   "perplexity.")
         elif meaningful:
-            doc.figure(
-                names["pareto"],
-                "Memory against perplexity; the dashed line joins the runs no other run beats on "
-                "both. Right: the methods within 3% of the best perplexity, where the 8-bit "
-                "schemes sit close together, each labelled.",
-                max_height_cm=12,
-            )
+            doc.figure(names["pareto"], pareto_caption(s.runs(k)), max_height_cm=12)
         else:
-            doc.figure(names["memory"], "Weight memory by method.", max_height_cm=12)
+            doc.figure(names["memory"], memory_caption(s.runs(k)), max_height_cm=12)
+
+
+def pareto_caption(r: dict) -> str:
+    """A group's memory-against-perplexity figure, with its own takeaway: the runs on its front."""
+    pts = {(v["memory"]["weights_mib"], v["perplexity"]["ppl"]): n for n, v in r.items()}
+    front = [pts[p] for p in pm.frontier(list(pts))]
+    return ("Memory against perplexity; the dashed line joins the runs no other run beats on both: "
+            + ", ".join(f"{escape(n)} ({f_mib(r[n]['memory']['weights_mib'])} MiB)" for n in front)
+            + ". Right: the methods within 3% of the best perplexity, each labelled.")
+
+
+def memory_caption(r: dict) -> str:
+    """A group's weight-memory figure (random weights: no perplexity), with its own takeaway."""
+    mib_of = {n: v["memory"]["weights_mib"] for n, v in r.items()}
+    big, small = max(mib_of, key=mib_of.get), min(mib_of, key=mib_of.get)
+    return (f"Weight memory by method: {escape(small)} holds the least ({f_mib(mib_of[small])} MiB), "
+            f"{escape(big)} the most ({f_mib(mib_of[big])} MiB).")
 
 
 def appendix(doc: Doc, s: Study) -> None:
@@ -140,11 +152,10 @@ def peak_text(s: Study) -> str | None:
             + " (Part 1's INT8 dequantizes each weight matrix before its matmul, the tied embedding used as "
             "output layer the largest).")
     if held:
-        less = sorted(a[n] - x["ref_mib"] for n in held if n in a)
-        text += (f" The {len(held)} calibrated runs' peaks also held the unquantized fp32 copy ("
-                 f"{f_mib(x['ref_mib'])} MiB) kept for the KL divergence; less that copy they add "
-                 f"{f_mib(less[0])} to {f_mib(less[-1])} MiB. Runs written since keep that copy on the CPU "
-                 "during the measured passes.")
+        text += (f" The {len(held)} calibrated runs' peaks were measured while an unquantized fp32 copy of the "
+                 f"model ({f_mib(x['ref_mib'])} MiB), kept for the KL divergence, sat on the GPU for part of the "
+                 "run: they are not comparable with the others' and nothing is read from them; evaluate.py keeps "
+                 "that copy on the CPU during the measured passes, so a rerun gives comparable peaks.")
     if "bnb-int8" in a and "baseline-fp16" in a:
         text += (f" LLM.int8() adds {f_mib(a['bnb-int8'])} MiB, {a['bnb-int8'] / a['baseline-fp16']:.1f}× fp16's "
                  "working set: its matmuls quantize each activation row to int8, keep int32 outputs and split "

@@ -102,6 +102,20 @@ def finding(s: Study) -> str | None:
             f"{'is' if sum(t['met'] for t in x['targets']) == 1 else 'are'} met.")
 
 
+def unbanded_lead(r: dict, best: str, others: list[str]) -> str:
+    """Where the best run keeps no per-window NLL (no band of its own): its lead over the next best, in
+    points of perplexity change, against the widest band of the runs that have one; '' where it has one."""
+    if band(r, best) is not None or not others:
+        return ""
+    runner = min(others, key=lambda n: delta(r, n))
+    widths = [b[1] - b[0] for b in (band(r, n) for n in others) if b is not None]
+    if not widths:
+        return ""
+    lead = delta(r, runner) - delta(r, best)
+    return (f" (its run kept no per-window NLL, so no band of its own; its lead over {escape(runner)}, "
+            f"{lead:.1f} points, is {lead / max(widths):.0f}× the widest band of this grid, {max(widths):.2f} points)")
+
+
 def explore(doc: Doc, s: Study) -> None:
     doc.h1(heading("explore", "Exploration: GPTQ, AWQ, BF16 and a larger model"), key="explore")
     x = explore_facts(s)
@@ -138,6 +152,8 @@ def explore(doc: Doc, s: Study) -> None:
                 f"{pr.layer_bits(r[best]):.3f} bits per weight)" if best else "")
     if best and x["nf4"] is not None:
         takeaway += f", against bitsandbytes NF4's {f_pct(x['nf4'])}"
+    if best:
+        takeaway += unbanded_lead(r, best, [n for n in x["grid"] if n != best and registry.of(r[n])["bits"] == 4])
     where = doc.label_of("explore-table") or "the table below"
     doc.figure(figure, f"What each bit buys, every scheme of every part on one axis (the runs of {where}, named "
                f"in the figure's title). {takeaway}. The KL divergence panel holds the runs that measured it.",

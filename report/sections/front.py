@@ -57,18 +57,24 @@ def models_finding(s: Study) -> str | None:
     if x is None or x["small"] is None or x["unquantized"] is None:
         return None
     u, b = x["unquantized"], x["best_within"]
-    text = (f"<b>A larger quantized model ({heading_number('explore')}).</b> Measured in bits per byte, which "
-            f"compares tokenizers, {escape(x['large'])} ")
+    small, large = escape(x["small"]), escape(x["large"])
+    text = (f"<b>A larger quantized model ({heading_number('explore')}).</b> In bits per byte (comparable across "
+            f"tokenizers; lower is better), {small} in {escape(u['method'].removeprefix('baseline-'))} scores "
+            f"{u['bpb']:.4f} at {f_mib(u['mib'])} MiB. ")
     if b is None:
-        return text + f"has no run within {escape(x['small'])} {escape(u['method'])}'s {f_mib(u['mib'])} MiB yet."
-    text += (f"{'beats' if b['bpb'] < u['bpb'] else 'does not beat'} {escape(x['small'])} {escape(u['method'])} "
-             f"within its {f_mib(u['mib'])} MiB ({escape(b['method'])}: {b['bpb']:.4f} against {u['bpb']:.4f}"
-             + "".join(f"; {escape(p['method'])}, its origin format, left out" for p in x["back_to_origin"]
-                       if p["model"] == x["large"] and p["mib"] <= u["mib"]) + ")")
-    t = x["turns"][0] if len(x["turns"]) == 1 else None
-    if t is not None:
-        text += (f"; {'but ' if b['bpb'] >= u['bpb'] and t['bpb'] < u['bpb'] else ''}from {f_mib(t['mib'])} MiB on "
-                 f"it wins: {escape(t['method'])} scores {t['bpb']:.4f}")
+        return text + f"{large} has no run within that memory yet."
+    if b["bpb"] < u["bpb"]:
+        text += (f"{large} beats it within that memory: {escape(b['method'])} ({f_mib(b['mib'])} MiB) scores "
+                 f"{b['bpb']:.4f}")
+    else:
+        text += (f"{large}'s best run within that memory, {escape(b['method'])} ({f_mib(b['mib'])} MiB), "
+                 f"scores {b['bpb']:.4f} and loses")
+        t = x["turns"][0] if len(x["turns"]) == 1 else None
+        if t is not None and t["bpb"] < u["bpb"] and t["mib"] > u["mib"]:
+            text += (f"; with {f_mib(t['mib'])} MiB ({100 * (t['mib'] / u['mib'] - 1):.1f}% more) it wins: "
+                     f"{escape(t['method'])} scores {t['bpb']:.4f}")
+    text += "".join(f" ({escape(p['method'])}, which restores its origin format, left out)"
+                    for p in x["back_to_origin"] if p["model"] == x["large"] and p["mib"] <= u["mib"])
     return text + "."
 
 

@@ -38,21 +38,25 @@ def open_questions(doc: Doc, s: Study) -> None:
         )
     if x["asymmetric"]:
         asym, sym = x["asymmetric"]
+        other = other_model_int8(s, x["group"])
         items.append(
             f"<b>Does the gap between asymmetric ({f_pct(asym)}) and symmetric per-channel INT8 "
             f"({f_pct(sym)}) hold on real weights?</b> Both give each output channel 256 levels. "
             "The stand-in's weights were themselves dequantized from 4-bit blocks, so its "
-            "re-quantization errors are correlated and luck weighs more; the real gpt2 weights "
-            "would tell."
+            "re-quantization errors are correlated and luck weighs more"
+            + (f". On {escape(other['model'])}, the second real model ({escape(other['where'])}), it reverses: "
+               f"asymmetric {f_pct(other['asym'])} against per-channel {f_pct(other['sym'])}, so the gap is the "
+               "model's, not the scheme's; the real gpt2 weights would add a third answer." if other
+               else "; the real gpt2 weights would tell.")
         )
     if len(s.size_l2_rows) >= 2:
         top = s.size_l2_rows[-1]
         items.append(
             f"<b>Speed at scale.</b> At {escape(top['model'])}'s size the weights' bytes are "
             f"{top['fp16_bytes_share']:.0%} of fp16's fused step, yet Part 1's INT8 takes "
-            f"{f_ratio(top['scratch-int8-fast']['vs_fp16_fused'])} fp16's time: with the weights in L2 its step "
-            f"takes {f_ratio(top['scratch-int8-fast']['l2_vs_fp16_l2'])} fp16's step with the weights in L2 "
-            "(the model-size bench). "
+            f"{f_ratio(top['scratch-int8-fast']['vs_fp16_fused'])} fp16's time. Without the bytes (every weight "
+            f"read from L2, the model-size bench's diagnostic) INT8's step still takes "
+            f"{f_ratio(top['scratch-int8-fast']['l2_vs_fp16_l2'])} fp16's: its kernels, not memory, hold it back. "
             + speed_at_scale_profile(s, top["model"])
             + "Reading int8 as 32-bit words with integer conversion was slower (the README). --device-map auto "
             "lets the same scripts run larger models over several GPUs."
@@ -65,6 +69,18 @@ def open_questions(doc: Doc, s: Study) -> None:
             "scripts run such models over several GPUs."
         )
     doc.bullets(items or ["None recorded."])
+
+
+def other_model_int8(s: Study, group: tuple | None) -> dict | None:
+    """Asymmetric and per-channel INT8 on another real model than group's: its group with both."""
+    if group is None:
+        return None
+    for k in s.ppl_groups():
+        r = s.runs(k)
+        if k[0] != group[0] and {"scratch-int8-asymmetric", "scratch-int8-per_channel", "baseline-fp32"} <= set(r):
+            return {"model": k[0], "where": f"{k[4]:,} tokens, " + ("CPU" if k[6] == "cpu" else k[5]),
+                    "asym": delta(r, "scratch-int8-asymmetric"), "sym": delta(r, "scratch-int8-per_channel")}
+    return None
 
 
 def speed_at_scale_profile(s: Study, model: str) -> str:
@@ -84,7 +100,7 @@ def speed_at_scale_profile(s: Study, model: str) -> str:
 
 def open_facts(s: Study) -> dict:
     """The sensitivity scan's verdict and the asymmetric-vs-symmetric gap, in numbers."""
-    facts = {"scan": None, "asymmetric": None}
+    facts = {"scan": None, "asymmetric": None, "group": None}
     if s.sensitivity:
         sv = s.sensitivity["sensitivity"]
         blocks = sorted(sv["block"], key=lambda b: -b["delta_pct"])
@@ -103,6 +119,7 @@ def open_facts(s: Study) -> dict:
     g = s.find_group("scratch-int8-per_channel")
     if g and "scratch-int8-asymmetric" in s.runs(g):
         r = s.runs(g)
+        facts["group"] = g
         facts["asymmetric"] = (
             delta(r, "scratch-int8-asymmetric"),
             delta(r, "scratch-int8-per_channel"),
@@ -115,17 +132,17 @@ def limitations(doc: Doc, s: Study) -> None:
     x = limitation_facts(s)
     items = []
     if x["stand_ins"]:
-        items.append(f"<b>No real gpt2 numbers.</b> Every number here comes from {len(x['stand_ins'])} stand-ins "
-                     "(the cover names them), because the machines that ran the study could not reach the Hub; "
-                     "the scripts load gpt2 from the Hub by default, and the README gives the commands. CPU runs "
-                     f"score a prefix of the text ({heading_number('measure')}), compared only among themselves.")
+        items.append(f"<b>No real gpt2 numbers.</b> Every number comes from the cover's {len(x['stand_ins'])} "
+                     "stand-ins (no Hub access); the scripts load gpt2 by default. CPU runs score a prefix of the "
+                     f"text ({heading_number('measure')}).")
     items.append("<b>Not run: 1.5-bit weights and quantization-aware training.</b> Ternary (1.58-bit) weights "
                  "only work for a model trained with them, and QAT means training; the study quantizes "
                  "trained models after the fact, so both stay open.")
     if x["sens_devices"]:
-        items.append("<b>One sensitivity scan.</b> The scan ran on " + ", ".join(escape(d) for d in x["sens_devices"])
-                     + f", at INT8, over {x['sens_tokens']:,} tokens; at INT8 most single-block changes "
-                     "are within rounding noise, and a 4-bit scan has not been run.")
+        items.append("<b>One sensitivity scan</b>, at INT8 on " + ", ".join(
+                         escape("the CPU" if d.startswith("cpu") else d) for d in x["sens_devices"])
+                     + f" ({x['sens_tokens']:,} tokens): most single-block changes are within rounding noise; "
+                     "no 4-bit scan.")
     doc.bullets(items)
 
 

@@ -10,7 +10,9 @@ from report.common import Study, describe, heading, method, model_label
 from report.doc import Doc
 from report.formats import f_ppl
 from report.sections.closing import cite
+from report.sections.models import origin_summary
 from report.settings import short_name
+from speed import readings
 from study import registry, standins
 
 
@@ -28,7 +30,7 @@ def methodology(doc: Doc, s: Study) -> None:
         "(save_pretrained, or the GGUF file). <b>Latency</b> is synchronized, warmed up and "
         "repeated; a table gives medians with p10–p90. Speed is compared only as ratios taken "
         "side by side in one run, with the methods timed in turn (round robin). What each peak holds "
-        "(the logits and activations of one window; the KL divergence's fp32 copy in older GPU records; "
+        "(the logits and activations of one window; in some GPU runs an fp32 copy of the model for the KL divergence; "
         "LLM.int8()'s buffers) is taken apart in the appendix of comparable runs"
         + (f" ({doc.page_of('appendix-groups')})." if doc.page_of("appendix-groups") else ".")
     )
@@ -75,11 +77,14 @@ def runs_methods_devices(doc: Doc, s: Study) -> None:
         )
     one_each = {method(r): r for rs in s.groups.values() for r in rs}
     names = sorted(one_each, key=lambda n: (not registry.is_baseline(one_each[n]), n))
+    benched = sorted({n for b in s.benches for n in (b.get("bench") or {}).get("table", {})
+                      if n in readings.BENCH_METHOD_WORDS})
     doc.table(
         ["method", "what it is"],
-        [[short_name(one_each[n]), describe(one_each[n])] for n in names],
+        [[short_name(one_each[n]), describe(one_each[n])] for n in names]
+        + [[n, readings.BENCH_METHOD_WORDS[n] + " (speed benches)"] for n in benched],
         "The methods, as named in every table and figure.",
-        widths=[6.5, None],
+        widths=[4.6, 11.8],
     )
     for k in s.memory_groups():
         r0 = s.groups[k][0]
@@ -124,12 +129,20 @@ def reductions(doc: Doc, s: Study) -> None:
     if budgets:
         doc.p(
             "<b>Reductions.</b> Some runs score only the start of the test text, as each file "
-            "records: "
-            + "; ".join(f"{escape(m)} on {escape(d)}, the first {n:,} tokens" for m, d, n in budgets)
-            + ". Their perplexities are compared only with runs on the same tokens, never with "
-            "whole-text runs. The tables count the tokens scored, one fewer than these: the first token "
-            "has no context to be predicted from."
+            "records: the first "
+            + "; ".join(f"{n:,} tokens on {escape(d if d.startswith('NVIDIA') else 'the CPU')} ("
+                        + ", ".join(escape(m) for m in ms) + ")" for (d, n), ms in reduced(budgets).items())
+            + ". They are compared only with runs on the same tokens. The tables count the tokens scored, one "
+            "fewer: the first token has no context to be predicted from."
         )
+
+
+def reduced(budgets: list[tuple]) -> dict:
+    """(model, device, tokens) -> {(device, tokens): [models]}: one clause per budget and device."""
+    out: dict = {}
+    for m, d, n in budgets:
+        out.setdefault((d, n), []).append(m)
+    return out
 
 
 def how_we_measure(doc: Doc, s: Study) -> None:
@@ -156,10 +169,9 @@ def how_we_measure(doc: Doc, s: Study) -> None:
             "<b>What the stand-ins do to each number.</b> "
             + (f"<i>smollm2-135m</i> {cite('smollm2')} is a real language model, but its weights were dequantized from "
                "a 4-bit file (Q4_1: a scale and a minimum per 32 weights): every 4-bit method here rounds "
-               "them a second time, onto another grid (one absmax per 64 weights, other levels), so the "
-               "4-bit perplexity penalties are those of re-quantization and likely larger than on the "
-               "original weights; the 8-bit "
-               "penalties are small either way. " if notes["smol"] else "")
+               "them a second time, onto another grid (one absmax per 64 weights, other levels), so its "
+               "4-bit penalties are those of re-quantization; " + origin_caveat(s)
+               + " The 8-bit penalties are small either way. " if notes["smol"] else "")
             + (f"<i>gemma3-270m</i> {cite('gemma3')} is a second real model, dequantized from Q4_K_M, a milder "
                "origin (most tensors 5 to 8 bits). " if notes.get("gemma") else "")
             + (f"<i>gpt2-random</i> has GPT-2 small's {cite('gpt2')} exact shapes and random weights: its memory "
@@ -167,6 +179,20 @@ def how_we_measure(doc: Doc, s: Study) -> None:
                "of the outliers that LLM.int8() separates, so LLM.int8()'s accuracy and its speed on "
                "real models are not what it shows here." if notes["random"] else "")
         )
+
+
+def origin_caveat(s: Study) -> str:
+    """What section 4's side-by-side penalties say of smollm2-135m's origin, counted there."""
+    o = origin_summary(s)
+    if o is None:
+        return "whether that makes them larger than on the original weights is not measured here."
+    large = escape(o["large"])
+    if o["worse"] * 2 > o["n"]:
+        return (f"section 4 compares them with {large}'s, whose origin is milder, and finds no sign that this "
+                f"inflates them (larger on {large} for {o['worse']} of {o['n']} methods); the origin shows instead "
+                "in how little GPTQ gains over round-to-nearest.")
+    return (f"section 4 compares them with {large}'s, whose origin is milder: smaller there for "
+            f"{o['n'] - o['worse']} of {o['n']} methods, consistent with this origin inflating them.")
 
 
 def stand_in_facts(s: Study) -> dict:

@@ -124,6 +124,30 @@ def origin_reading(penalty: dict, small: str, large: str) -> str:
     return f" The penalty is larger on {escape(large)} for half of these methods: the origins do not rank them."
 
 
+def gain_words(n: str, twin: str, g: dict, small: str, large: str) -> str:
+    """A calibrated method's penalty over its round-to-nearest twin's, on each model, and what differs."""
+    text = (f" Where the origin does show: {escape(n)}'s penalty is {g[small]:.2f}× {escape(twin)}'s on "
+            f"{escape(small)} and {g[large]:.2f}× on {escape(large)}")
+    if g[large] < 0.75 * g[small]:
+        return text + (f": calibration removes far more of round-to-nearest's penalty on {escape(large)}, as "
+                       f"expected where round-to-nearest lands near the lattice {escape(small)}'s weights were "
+                       "dequantized from (section 4, GPTQ).")
+    return text + "."
+
+
+def origin_summary(s: Study) -> dict | None:
+    """For the stand-in caveat in section 1: how many 4-bit penalties are larger on the larger model
+    (of how many both ran), and the calibrated gains; None without two models' side-by-side runs."""
+    x = models_facts(s)
+    if x is None or x["small"] is None:
+        return None
+    o = origin_facts(s, x)
+    if not o["penalty"]:
+        return None
+    worse = sum(v[x["large"]] > v[x["small"]] for v in o["penalty"].values())
+    return {"small": x["small"], "large": x["large"], "worse": worse, "n": len(o["penalty"]), "gain": o["gain"]}
+
+
 def whole_text_origin(w: dict, small: str, large: str) -> str:
     """The whole text's count of 4-bit penalties larger on the larger model, with its widest gap."""
     pen = w["penalty"]
@@ -203,8 +227,7 @@ def larger_against_smaller(doc: Doc, s: Study) -> None:
               + "; ".join(f"{escape(n)} {f_pct(v[small])} against {f_pct(v[large])}"
                           for n, v in sorted(o["penalty"].items())) + "."
               + origin_reading(o["penalty"], small, large)
-              + "".join(f" {escape(n)} over {escape(t)} on the same grid: {g[small]:.2f}× on {escape(small)}, "
-                        f"{g[large]:.2f}× on {escape(large)}." for n, (t, g) in sorted(o["gain"].items()))
+              + "".join(gain_words(n, t, g, small, large) for n, (t, g) in sorted(o["gain"].items()))
               + (whole_text_origin(w, small, large) if w is not None and w["penalty"] else ""))
     kept = {k: v for k, v in o["kept"].items() if k[0] == large and v[0] > 0}
     if kept:

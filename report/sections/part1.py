@@ -229,14 +229,11 @@ def part1(doc: Doc, s: Study) -> None:
     if x["sel"]:
         a = x["sel"]
         text.append(
-            f"<b>Latency.</b> In these single-run timings fp32 prefills in {f_ms(a['fp32'][0])} ms and "
-            f"decodes in {f_ms(a['fp32'][1])} ms per token, whole-model INT8 (per channel) in "
-            f"{f_ms(a['whole'][0])} and {f_ms(a['whole'][1])}, the selective model in {f_ms(a['sel'][0])} "
-            f"and {f_ms(a['sel'][1])}. On this GPU a step of a model this small is bound by kernel "
-            "launches and Python, not by reading weights, so fewer weight bytes do not make it faster, "
-            "and one run's timing varies from the next by more than the differences between methods "
-            "(the selective model runs fp32 and int8 layers side by side). "
-            + heading_number("speed").capitalize() + " compares speed side by side, in one run."
+            f"<b>Latency.</b> The table's timings are single runs, one after another: whole-model INT8 (per "
+            f"channel) decodes in {f_ms(a['whole'][1])} ms per token against fp32's {f_ms(a['fp32'][1])}. On this "
+            "GPU a step of a model this small is bound by kernel launches and Python, not by reading weights, so "
+            "fewer weight bytes do not make it faster, and one run's timing varies from the next by more than the "
+            "differences between methods; " + heading_number("speed") + " compares speed side by side."
         )
     if x["q4"]:
         q = x["q4"]

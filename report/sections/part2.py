@@ -60,8 +60,10 @@ def nf4_section(doc: Doc, s: Study) -> None:
         doc.label("nf4-error-table", "Table")
         doc.p(
             f"On the layer {escape(h['layer'])}, NF4's 16 codes carry {e['nf4']:.2f} bits of "
-            f"information per weight out of 4, uniform levels {e['uniform16']:.2f}"
-            + (f" and int4's 15 levels {e['int4_scratch']:.2f}" if "int4_scratch" in e else "")
+            f"information per weight out of 4, 16 evenly spaced levels from -1 to 1 (no exact zero) "
+            f"{e['uniform16']:.2f}"
+            + (f" and Part 1's int4 (15 evenly spaced levels, zero among them) {e['int4_scratch']:.2f}"
+               if "int4_scratch" in e else "")
             + (f". Real weights are not exactly normal: NF4's codes are used {use['nf4'][0]:,} "
                f"to {use['nf4'][1]:,} times each on that layer, uniform levels' "
                f"{use['uniform16'][0]:,} to {use['uniform16'][1]:,} times" if use else "")
@@ -124,6 +126,16 @@ def nf4_section(doc: Doc, s: Study) -> None:
                 "keeping only the columns with an outlier above its threshold in fp16, while Part 1 "
                 "keeps every activation in full precision."
             )
+        err = (s.compare or {}).get("compare", {}).get("mean_rel_mse", {})
+        if {"bnb-fp4", "scratch-int4-int4"} <= set(r) and {"bnb-fp4", "scratch-int4"} <= set(err):
+            worse = delta(r, "bnb-fp4") > delta(r, "scratch-int4-int4")
+            text.append(
+                f"FP4 scores {'worse' if worse else 'better'} than Part 1's linear int4 ({f_pct(delta(r, 'bnb-fp4'))} "
+                f"against {f_pct(delta(r, 'scratch-int4-int4'))}), and its error per weight is "
+                f"{'larger' if err['bnb-fp4'] > err['scratch-int4'] else 'smaller'} too ({err['bnb-fp4']:.2e} against "
+                f"{err['scratch-int4']:.2e}): a float's levels double in spacing toward the block's absmax, so "
+                "FP4 is finer than int4 near zero but coarser where the larger weights of a block fall, and unlike "
+                "NF4 its spacing is not matched to how the weights spread.")
         if x["scratch_nf4_ppl"] is not None:
             text.append(
                 f"Part 1's from-scratch NF4 gives {f_ppl(x['scratch_nf4_ppl'])} against "

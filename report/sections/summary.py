@@ -47,17 +47,19 @@ def title_block(doc: Doc, s: Study, results: Path) -> None:
         "computed from those files.",
         "small",
     )
-    notes = sorted(
-        {r["model"]["stand_in"] for r in s.records if r.get("model", {}).get("stand_in")}
-        | {r["stand_in"] for r in s.records if r.get("stand_in")}
-    )
-    if notes:
+    models = [r["model"] for r in s.records if r.get("model", {}).get("stand_in")]
+    random_ids = sorted({m["id"] for m in models if m.get("random_weights")})
+    notes = sorted({m["stand_in"] for m in models if not m.get("random_weights")}
+                   | {r["stand_in"] for r in s.records if r.get("stand_in")})
+    if notes or random_ids:
         doc.p(
-            "<b>Stand-in models.</b> This machine could not reach the Hugging Face Hub, so the "
-            "numbers below come from stand-ins, named wherever their numbers appear: "
+            "<b>Stand-in models.</b> The machines that ran the study had no access to the Hugging Face "
+            "Hub, so the numbers below come from stand-ins, named wherever their numbers appear: "
             + "; ".join(f"<i>{escape(n)}</i>" for n in notes)
-            + ". The README says how to rerun everything with <i>gpt2</i> where the Hub is "
-            "reachable."
+            + (f"; and {', '.join(f'<i>{escape(i)}</i>' for i in random_ids)}: real architectures with "
+               "random weights, whose memory and speed are the real models' and whose perplexity means "
+               "nothing" if random_ids else "")
+            + ". The README says how to rerun everything with <i>gpt2</i> where the Hub is reachable."
         )
 
 
@@ -90,6 +92,7 @@ def findings_facts(s: Study) -> dict:
         ranked = sorted(int8, key=lambda n: r[n]["perplexity"]["ppl"])
         best, runner = ranked[0], ranked[1] if len(ranked) > 1 else None
         facts["int8"] = {
+            "other": other_int8_order(s, g, int8),
             "runner": runner,
             "runner_delta": delta(r, runner) if runner else None,
             "runner_band": noise.change_band(r[best], r[runner]) if runner else None,
@@ -120,6 +123,7 @@ def findings_facts(s: Study) -> dict:
         }
         int4 = "scratch-int4-int4" in r
         facts["nf4"] = {
+            "load_dtype": r["bnb-nf4"]["method"].get("settings", {}).get("load_dtype"),
             "group": group_label(g),
             "nf4_mib": r["bnb-nf4"]["memory"]["weights_mib"],
             "nf4_full_mib": full_precision_mib(r["bnb-nf4"]),
@@ -180,6 +184,22 @@ def findings_facts(s: Study) -> dict:
     return facts
 
 
+def other_int8_order(s: Study, g: tuple, names: list[str]) -> dict | None:
+    """The whole-model INT8 schemes' order on another real model (its group with the most of them):
+    its best and runner-up, with the band of their difference where the runs keep windows."""
+    groups = [k for k in s.ppl_groups() if k[0] != g[0] and sum(n in s.runs(k) for n in names) >= 2
+              and "baseline-fp32" in s.runs(k)]
+    if not groups:
+        return None
+    k = max(groups, key=lambda k: sum(n in s.runs(k) for n in names))
+    r = s.runs(k)
+    ranked = sorted((n for n in names if n in r), key=lambda n: r[n]["perplexity"]["ppl"])
+    return {"model": k[0], "group": f"{k[4]:,} tokens, " + ("CPU" if k[6] == "cpu" else k[5]),
+            "best": ranked[0], "best_delta": delta(r, ranked[0]),
+            "runner": ranked[1], "runner_delta": delta(r, ranked[1]),
+            "band": noise.change_band(r[ranked[0]], r[ranked[1]])}
+
+
 def finding_items(s: Study) -> dict[str, str]:
     """The findings as sentences, keyed: int8, nf4, explore, speed, fast, gguf (where measured)."""
     f = findings_facts(s)
@@ -212,11 +232,20 @@ def finding_items(s: Study) -> dict[str, str]:
                     else f"; per-tensor scaling costs {f_pct(x['per_tensor_delta'])}."
                 )
             )
+        o = x["other"]
+        if o and o["best"] != x["best"]:
+            items["int8"] += (
+                f" On {escape(o['model'])} ({escape(o['group'])}) {escape(o['best'])} leads instead "
+                f"({f_pct(o['best_delta'])} against {escape(o['runner'])}'s {f_pct(o['runner_delta'])}"
+                + ("" if o["band"] is None else
+                   ", a tie" if o["band"][0] <= 0 <= o["band"][1] else ", beyond the noise") + ").")
     if "nf4" in f:
         x = f["nf4"]
         items["nf4"] = (
             "<b>4-bit: NF4 against linear.</b> At the same size as FP4 "
-            f"({f_mib(x['nf4_mib'])} MiB), NF4's perplexity is {x['lower_than_fp4']:.1f}% lower "
+            f"({f_mib(x['nf4_mib'])} MiB"
+            + (f", the parts it keeps unquantized in {x['load_dtype']}" if x["load_dtype"] else "")
+            + f"), NF4's perplexity is {x['lower_than_fp4']:.1f}% lower "
             f"than FP4's ({f_ppl(x['nf4'])} against {f_ppl(x['fp4'])})"
             + (
                 ""
@@ -353,6 +382,8 @@ def noise_words(x: dict, short: bool = False) -> str:
 
 
 def fast_summary_text(x: dict) -> str:
+    beyond = (f"the rerun noise ({noise_words(x, short=True)})" if x.get("noise") is not None
+              else noise_words(x, short=True))
     def listed(rows):
         ungraphed = x.get("no_graph", ())
         return ", ".join(f"{escape(n)} {f_ms(v)} ms ({f_ratio(ratio)}"
@@ -361,16 +392,15 @@ def fast_summary_text(x: dict) -> str:
     return (
         f"<b>With the overhead gone</b> (static KV cache and CUDA graphs; {x['model']}, "
         f"{escape(x['device'])}), {x['base']} decodes in {f_ms(x['base_ms'])} ms per token. "
-        + (f"Faster than it beyond {noise_words(x)}: {listed(x['faster'])}. " if x["faster"]
-           else f"No quantized model beats it beyond {noise_words(x)}. ")
+        + (f"Faster than it beyond {beyond}: {listed(x['faster'])}. " if x["faster"]
+           else f"No quantized model beats it beyond {beyond}. ")
         + (f"Within it, a tie: {listed(x['same'])}. " if x["same"] else "")
         + (f"Slower: {listed(x['slower'])}. " if x["slower"] else "")
         + ("Every fast path makes the same greedy tokens as its model's generate()."
            if not x["diverging"] else
-           "Greedy tokens equal to generate()'s, where not all: "
-           + ", ".join(f"{escape(n)} {k}/{m}" for n, _, _, k, m in x["diverging"])
-           + f" (different kernels round {x.get('dtype', 'float16')} differently and flip a near tie; "
-           "report/speed.pdf).")
+           "Every fast path makes its model's generate() tokens, except "
+           + ", ".join(f"{escape(n)}'s first {k} of {m}" for n, _, _, k, m in x["diverging"])
+           + f" (its kernels round {x.get('dtype', 'float16')} in another order and flip a near tie).")
     )
 
 
@@ -387,14 +417,14 @@ def headline_table(doc: Doc, s: Study) -> None:
     for rec in pr.by_family(s.groups[g]):
         n = method(rec)
         pre, dec = latency_spread(rec)
-        rows.append([short_name(rec), f_mib(rec["memory"]["weights_mib"]), f_mib(rec["memory"].get("disk_mib")),
-                     f_timing(pre), f_timing(dec),
+        rows.append([escape(short_name(rec)), f_mib(rec["memory"]["weights_mib"]),
+                     f_mib(rec["memory"].get("disk_mib")), f_timing(pre, lines=True), f_timing(dec, lines=True),
                      f_ppl(rec["perplexity"]["ppl"]), f_pct(delta(r, n))])
     doc.table(["method", "weights MiB", "disk MiB", "prefill ms", "decode ms/token", "perplexity", "vs fp32"],
               rows, "Every method on one model, one text and one device. " + settings_sentence(x)
               + " Each run timed itself with Hugging Face generate(), one run after another: compare "
               f"latencies across rows only roughly; the side-by-side ratios are in {heading_number('speed')}. "
-              "Timings: median (p10–p90).",
-              widths=[5.6, None, None, None, None, None, None])
+              "Under each timing median: its p10–p90.",
+              widths=[5.2, 1.6, 1.4, 1.9, 1.9, 2.0, 1.6], markup=True)
     doc.refs["headline"] = doc.n_tab
     doc.label("headline-table", "Table")

@@ -292,7 +292,8 @@ class Linear4bit(nn.Module):
     """A linear layer with a block-wise 4-bit weight (int4 or NF4), two codes per byte,
     one absmax per block of 64. The reference dequantizes to x's dtype, then F.linear;
     with path 'fast' (default 'naive') forward() first tries kernels.q4_linear(), a fused
-    Triton GEMV on CUDA in fp16/bf16 for up to kernels.GEMV_ROWS rows (decode)."""
+    Triton GEMV on CUDA in fp16/bf16 for up to kernels.GEMV_ROWS rows (decode), a tile that
+    decodes each weight tile once for all rows up to kernels.MM4_ROWS (a decode batch)."""
 
     def __init__(self, packed, absmax, bias, kind: str, shape, block: int, path: str = "naive"):
         super().__init__()

@@ -49,6 +49,7 @@ from speed.kernels.constants import (  # noqa: F401
     HEAD_PROGRAMS_PER_SM,
     KERNEL_ROWS,
     L2_ROWS,
+    MM4_ROWS,
     NORM_LAYER,
     NORM_RMS,
     TILE_CHOICES,
@@ -99,9 +100,9 @@ def int8_linear(x2: torch.Tensor, q: torch.Tensor, scale: torch.Tensor, zero: to
 
 
 def q4_linear(x2: torch.Tensor, module) -> torch.Tensor | None:
-    """x2 (M, K) activations, a Part 1 Linear4bit -> (M, N) by the fused GEMV, or None (more
-    than GEMV_ROWS rows, a block size or device it does not take)."""
-    if (x2.shape[0] > GEMV_ROWS or module.block not in GEMV_BLOCKS or module.shape[1] % module.block
+    """x2 (M, K) activations, a Part 1 Linear4bit -> (M, N) by its Triton kernel, or None (more
+    than MM4_ROWS rows, a block size or device it does not take)."""
+    if (x2.shape[0] > MM4_ROWS or module.block not in GEMV_BLOCKS or module.shape[1] % module.block
             or not triton_ok(x2)):
         return None
     return triton_4bit_linear(x2, module)

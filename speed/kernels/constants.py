@@ -8,6 +8,7 @@ from __future__ import annotations
 KERNEL_ROWS = 4          # CPU: the C++ kernel for at most this many activation rows
 CHUNK_ROWS = 256         # CPU: output rows dequantized at a time above KERNEL_ROWS
 GEMV_ROWS = 4            # CUDA: the GEMV kernels for at most this many activation rows
+MM4_ROWS = 16            # CUDA: Part 1's 4-bit kernels up to this many rows (a decode batch; prefill: the reference)
 GEMV_BLOCKS = (32, 64, 128)   # 4-bit block sizes the GEMVs take (each divides every BK below, fused too)
 
 

@@ -13,7 +13,7 @@ from speed.kernels.constants import GEMV_ROWS, TILE_CHOICES
 try:                                                                   # the one guarded import
     import triton
 
-    from speed.kernels.triton_src import _argmax_head, _fused_gemv, _int8_gemv, _int8_mm, _q4_gemv, _qz_gemv
+    from speed.kernels.triton_src import _argmax_head, _fused_gemv, _int8_gemv, _int8_mm, _q4_gemv, _q4_mm, _qz_gemv
 except Exception:                  # absent, or a broken install: the CPU and reference paths serve
     triton = None
 
@@ -37,6 +37,8 @@ def triton_kernels() -> dict | None:
 def _make_launchers() -> dict:
     mm_configs = [triton.Config({"BM": bm, "BN": bn, "BK": bk}, num_warps=w)
                   for bm, bn, bk, w in ((16, 32, 128, 4), (64, 64, 64, 4), (64, 128, 64, 8), (128, 128, 32, 8))]
+    q4_mm_configs = [triton.Config({"BM": 16, "BN": bn, "BK": bk}, num_warps=w)     # BM 16: the batch, masked
+                     for bn, bk, w in ((32, 128, 4), (64, 128, 4), (64, 256, 4), (128, 128, 4), (128, 256, 8))]
     gemv_configs = [triton.Config({"BN": bn, "BK": bk}, num_warps=w)
                     for bn, bk, w in ((2, 512, 2), (4, 256, 2), (4, 512, 4), (8, 256, 4), (8, 512, 4),
                                       (16, 256, 4), (16, 128, 4))]
@@ -70,6 +72,9 @@ def _make_launchers() -> dict:
                             {"BM": 16, "BN": 32, "BK": 64}),
         "int8_gemv": launcher(_int8_gemv, gemv_configs, ["N", "K"],
                               lambda c, M, N: (M, triton.cdiv(N, c["BN"])), {"BN": 8, "BK": 128}),
+        "q4_mm": launcher(_q4_mm, q4_mm_configs, ["N", "K"],
+                          lambda c, M, N: (triton.cdiv(M, c["BM"]), triton.cdiv(N, c["BN"])),
+                          {"BM": 16, "BN": 32, "BK": 128}),
         "q4_gemv": launcher(_q4_gemv, gemv_configs, ["N", "K"],
                             lambda c, M, N: (M, triton.cdiv(N, c["BN"])), {"BN": 8, "BK": 128}),
         "qz_gemv": launcher(_qz_gemv, gemv_configs, ["N", "K", "G"],
@@ -97,14 +102,18 @@ def triton_int8_linear(x2: torch.Tensor, q: torch.Tensor, scale: torch.Tensor, b
 
 
 def triton_4bit_linear(x2: torch.Tensor, module) -> torch.Tensor:
-    """(M, K) activations (M <= GEMV_ROWS), a Linear4bit -> (M, N), in one kernel."""
+    """(M, K) activations (M <= MM4_ROWS), a Linear4bit -> (M, N), in one kernel: a GEMV per row up to
+    GEMV_ROWS rows, above that (a decode batch) a tile that decodes each weight tile once for all rows."""
     M, K = x2.shape
     N = module.shape[0]
     y = torch.empty(M, N, dtype=x2.dtype, device=x2.device)
     bias = None if module.bias is None else module.bias.to(x2.dtype)
-    triton_kernels()["q4_gemv"](M, N, x2.contiguous(), module.packed, module.absmax, module.lut(),
-                                bias if bias is not None else x2, y, N, K, BLOCK=module.block,
-                                LINEAR=module.kind == "int4", HAS_BIAS=bias is not None)
+    args = (x2.contiguous(), module.packed, module.absmax, module.lut(), bias if bias is not None else x2, y)
+    flags = {"BLOCK": module.block, "LINEAR": module.kind == "int4", "HAS_BIAS": bias is not None}
+    if M <= GEMV_ROWS:
+        triton_kernels()["q4_gemv"](M, N, *args, N, K, **flags)
+    else:
+        triton_kernels()["q4_mm"](M, N, *args, M, N, K, **flags)
     return y
 
 

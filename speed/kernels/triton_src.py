@@ -210,6 +210,26 @@ def _w_tile(w_ptr, s_ptr, lut_ptr, rows, rmask, k0, K, WFMT: tl.constexpr, LINEA
     return w
 
 @triton.jit
+def _q4_mm(x_ptr, p_ptr, absmax_ptr, lut_ptr, bias_ptr, y_ptr, M, N, K, BLOCK: tl.constexpr,
+           LINEAR: tl.constexpr, HAS_BIAS: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr):
+    # y (M, N) = x (M, K) @ W^T + bias, W a packed 4-bit weight (N, K) as _q4_gemv reads it: a few
+    # activation rows (a decode batch) at once, each weight tile dequantized once for all of them
+    # (a GEMV per row would read and decode it M times), then one tensor-core dot in x's dtype.
+    rm = tl.program_id(0) * BM + tl.arange(0, BM)
+    rn = tl.program_id(1) * BN + tl.arange(0, BN)
+    acc = tl.zeros((BM, BN), dtype=tl.float32)
+    for k0 in range(0, K, BK):
+        kk = k0 + tl.arange(0, BK)
+        x = tl.load(x_ptr + rm[:, None] * K + kk[None, :], mask=(rm[:, None] < M) & (kk[None, :] < K),
+                    other=0.0)                                                   # (BM, BK)
+        w = _w_tile(p_ptr, absmax_ptr, lut_ptr, rn, rn < N, k0, K, 2, LINEAR, BLOCK, 0, BN, BK)   # (BN, BK) fp32
+        acc += tl.dot(x, tl.trans(w.to(x.dtype)))                              # W rounded to x's dtype, as
+    if HAS_BIAS:                                                                # the reference dequantizes it
+        acc += tl.load(bias_ptr + rn, mask=rn < N, other=0.0).to(tl.float32)[None, :]
+    tl.store(y_ptr + rm[:, None] * N + rn[None, :], acc.to(y_ptr.dtype.element_ty),
+             mask=(rm[:, None] < M) & (rn[None, :] < N))
+
+@triton.jit
 def _norm_tile(nw_ptr, nb_ptr, k0, K, NORM: tl.constexpr, BK: tl.constexpr):
     # columns k0..k0+BK of the norm's weight and bias (LayerNorm; RMSNorm has no bias), fp32
     kk = k0 + tl.arange(0, BK)

@@ -11,19 +11,23 @@ KERNEL_CHECK = r"""
 import torch, torch.nn as nn, torch.nn.functional as F
 import part1_quantize_scratch as p1
 torch.manual_seed(0)
-worst = 0.0
-for M in (1, 3, 7, 33):                         # GEMV (<= 4 rows), then the tiled int8 kernel
+from speed import kernels
+worst, served = 0.0, []
+for M in (1, 3, 7, 16, 33):                     # GEMV (<= 4 rows), then the tiled kernels (4-bit: to 16 rows)
     lin = nn.Linear(192, 80)                       # 80 outputs: not a multiple of the tile
     x = torch.randn(M, 192).half()
     mods = [p1.Int8Linear.from_float(lin).half()] + [p1.Linear4bit.from_float(lin, k).half() for k in ("int4", "nf4")]
     for m in mods:
         m.path = "fast"
+        if isinstance(m, p1.Linear4bit):
+            served.append((M, kernels.q4_linear(x, m) is not None))
         ref = F.linear(x.float(), m.dequantized_weight(torch.float16).float(), m.bias.float())
         if isinstance(m, p1.Int8Linear):           # the int8 scale is applied after the matmul
             ref = F.linear(x.float(), m.qweight.float()) * m.scale.float() + m.bias.float()
         y = m(x)
         assert y.dtype == torch.float16 and y.shape == (M, 80)
         worst = max(worst, ((y.float() - ref).abs().max() / ref.abs().max()).item())
+assert all(ok == (M <= kernels.MM4_ROWS) for M, ok in served), served   # a kernel, not the reference, to 16 rows
 print(worst)
 """
 

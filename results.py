@@ -46,7 +46,7 @@ if TYPE_CHECKING:                     # annotations only: the record's readers n
     import torch
 
 SCHEMA_VERSION = 3          # 3: method.identity (study/registry.py); 2: 'kind' and model.random_weights
-KINDS = ("eval", "sensitivity", "bench", "compare", "gguf-inspect", "gguf-push", "anatomy", "samples")
+KINDS = ("eval", "sensitivity", "bench", "compare", "gguf-inspect", "gguf-push", "anatomy", "samples", "batch")
 IDENTIFIED_KINDS = ("eval", "sensitivity")     # records of one method: method.identity says what it is
 
 

@@ -173,6 +173,20 @@ def bench_tables(records: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def batch_tables(records: list[dict]) -> str:
+    lines = []
+    for r in records:
+        if results.kind_of(r) != "batch":
+            continue
+        b = r["batch"]
+        lines += [f"**{r['method']['name']}** ({r['_file']}), {r['environment']['device_name']}, "
+                  f"{b['repeats']} round-robin repeats, {b['new_tokens'] - 1} decode steps after a "
+                  f"{b['prompt_tokens']}-token prompt"
+                  + (f" — stand-in: {r['model']['stand_in']}" if r["model"].get("stand_in") else ""), "",
+                  readings.batch_table_text(b), ""]
+    return "\n".join(lines)
+
+
 def size_table(records: list[dict]) -> str:
     """The fused step against model size: one row per CUDA bench with fp16 fused (each row
     from its own run; ratios within that run)."""
@@ -283,12 +297,13 @@ def main(folder: str = "results") -> str:
         bits = bits_tables(records)
         models = models_tables(records)
         benches, compares = guarded(bench_tables, records), guarded(compare_tables, records)
+        batches = guarded(batch_tables, records)
         anatomies = guarded(anatomy_tables, records)
         sizes = size_table(records)
     head = (f"# Results\n\nPrinted by `python scripts/results_table.py > RESULTS.md` from {folder}/*.json "
             "(do not edit by hand). Perplexity changes are against the fp32 baseline of the same model, text, "
             "windows and token count; speed ratios come from side-by-side runs only.\n")
-    text = "\n".join(t for t in (head, evals, bits, models, benches, sizes, anatomies, compares) if t)
+    text = "\n".join(t for t in (head, evals, bits, models, benches, batches, sizes, anatomies, compares) if t)
     print(text)
     return text
 

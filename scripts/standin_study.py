@@ -50,6 +50,8 @@ LARGE_BENCH = {"methods": "fp16,scratch-int8-fast,scratch-int4-fast,torchao-int8
 CALIBRATED_BENCH = {"methods": "fp16,scratch-int4-fast,rtn-w4-pc-fast,rtn-w4-g64-fast", "repeats": 6}
 # Gemma 3 on the GPU: bf16 is its baseline (it overflows float16); its blocks take the static path only
 GEMMA_BENCH = {"methods": "bf16,scratch-int8-fast,scratch-int4-fast,scratch-nf4-fast,bnb-nf4", "repeats": 4}
+# decode at a server's batch on the 1B Llama: where the quantized advantage ends (speed/batch_bench.py)
+BATCH_BENCH = {"methods": "fp16,scratch-int8-fast,scratch-int4-fast", "batch": "1,4,16", "repeats": 6}
 ANATOMY = {"anatomy": True, "repeats": 20}     # fast_decode's default methods for it: fp16, INT8, int4
 GEMMA_FIRST = ("INT8 whole, per-channel", "4-bit NF4 (scratch)", "4-bit int4 (scratch)")
 # a plan's model -> its folder under --models (make_standins builds each)
@@ -151,7 +153,8 @@ def steps_for(machine: str) -> dict[str, list[tuple[str, str, str, dict]]]:
             "cuda-sizes": [*[(f"fused decode bench (GPT-2 {size} shapes)", key, "fast_decode", SIZE_BENCH)
                              for key, size in (("g2m", "medium"), ("g2l", "large"), ("g2x", "xl"))],
                            # a Llama at 1B scale (not yet run: added after the last device time)
-                           ("fused decode bench with peers (Llama 3.2 1B shapes)", "l1b", "fast_decode", LARGE_BENCH)],
+                           ("fused decode bench with peers (Llama 3.2 1B shapes)", "l1b", "fast_decode", LARGE_BENCH),
+                           ("decode at batch 1, 4, 16 (Llama 3.2 1B shapes)", "l1b", "fast_decode", BATCH_BENCH)],
             "cuda-anatomy": [("fused step anatomy (GPT-2 shapes)", "g2r", "fast_decode", ANATOMY),
                              ("fused step anatomy", "smol", "fast_decode", ANATOMY),
                              ("fused step anatomy (GPT-2 xl shapes)", "g2x", "fast_decode", ANATOMY)],

@@ -6,6 +6,7 @@ bench for GPT-2, Llama and Gemma 3, and of the CPU bench and the fused step's an
     python speed/fast_decode.py --methods fp16,scratch-int8-fast        # a subset
     python speed/fast_decode.py --device cpu --model DIR --text-file FILE   # the CPU bench, llama.cpp beside
     python speed/fast_decode.py --anatomy --model DIR --text-file FILE      # what bounds the fused step (CUDA)
+    python speed/fast_decode.py --batch 1,4,16 --model DIR --text-file FILE # decode at a server's batch (CUDA)
     python speed/fast_decode.py --help
 
 Why: at GPT-2's size, Hugging Face generate spends a decoded token on Python and kernel
@@ -53,9 +54,17 @@ import torch  # noqa: E402
 import evaluate as ev  # noqa: E402
 from speed.anatomy import ANATOMY_METHODS, save_anatomy
 from speed.anatomy import anatomy as step_anatomy
+from speed.batch_bench import (
+    BATCH_METHODS,
+    DEFAULT_BATCH_METHODS,
+    MAX_BATCH,
+    batch_bench,
+    batch_prompts,
+    parse_batches,
+)
 from speed.cpu_bench import CPU_METHODS, CPU_PATH, cpu_bench
 from speed.gpu_bench import DEFAULT_METHODS, FAST_PATH, HALF, METHODS, bench, parse_methods
-from speed.readings import cpu_targets_text, table_text
+from speed.readings import batch_table_text, cpu_targets_text, table_text
 from speed.static_cache import check_architecture
 
 
@@ -83,6 +92,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "separate kernels and as one persistent kernel with grid barriers: the least measured for "
                         "that many links), each link profiled; methods of "
                         f"{', '.join(ANATOMY_METHODS)} (default: the first three)")
+    p.add_argument("--batch", default=None,
+                   help="cuda: instead of the bench, decode at these batch sizes (comma list with 1, up to "
+                        f"{MAX_BATCH}; e.g. 1,4,16) on the static-cache path, every method and batch side by side; "
+                        f"methods of {', '.join(BATCH_METHODS)} (default: {', '.join(DEFAULT_BATCH_METHODS)})")
     p.add_argument("--no-tune-tiles", action="store_true",
                    help="cuda: keep the tiles Triton's autotuner picks for the fused step's GEMVs and head (each "
                         "kernel timed alone) instead of timing the whole decode step per candidate tile")
@@ -113,8 +126,9 @@ def main(*, model: str = "gpt2", dataset: str = "wikitext2", text_file: str | No
          methods: str | None = None, gguf_dir: str = "gguf", prefill_tokens: int = ev.DEFAULTS.prefill_tokens,
          prompt_tokens: int = ev.DEFAULTS.prompt_tokens, new_tokens: int = ev.DEFAULTS.new_tokens,
          repeats: int = ev.DEFAULTS.repeats, warmup: int = ev.DEFAULTS.warmup, anatomy: bool = False,
-         no_tune_tiles: bool = False, stand_in: str | None = None, random_weights: bool = False,
-         results_dir: str = "results", out: str | None = None, quiet: bool = False, smoke: bool = False) -> dict:
+         batch: str | None = None, no_tune_tiles: bool = False, stand_in: str | None = None,
+         random_weights: bool = False, results_dir: str = "results", out: str | None = None, quiet: bool = False,
+         smoke: bool = False) -> dict:
     """The command line's flags as keywords (--help says what each does)."""
     args = ev.with_defaults(build_parser(), dict(locals()))
     cpu = args.device == "cpu"
@@ -123,8 +137,12 @@ def main(*, model: str = "gpt2", dataset: str = "wikitext2", text_file: str | No
                            "or --device cpu for the CPU bench)")
     if args.anatomy and cpu:
         raise ev.UserError("--anatomy is the GPU's fused step: it runs with --device cuda")
-    choices = CPU_METHODS if cpu else ANATOMY_METHODS if args.anatomy else METHODS
-    default = ANATOMY_METHODS[:3] if args.anatomy else DEFAULT_METHODS if choices is METHODS else choices
+    if args.batch is not None and (cpu or args.anatomy):
+        raise ev.UserError("--batch is the GPU's batched decode: it runs with --device cuda, without --anatomy")
+    batches = parse_batches(args.batch) if args.batch is not None else None
+    choices = CPU_METHODS if cpu else ANATOMY_METHODS if args.anatomy else BATCH_METHODS if batches else METHODS
+    default = (ANATOMY_METHODS[:3] if args.anatomy else DEFAULT_BATCH_METHODS if batches
+               else DEFAULT_METHODS if choices is METHODS else choices)
     methods = parse_methods(args.methods or ",".join(default), choices,
                             ("fp32",) if cpu else ("fp16",) if args.anatomy else tuple(HALF))
     ev.check_at_least(*ev.latency_minimums(args))
@@ -148,6 +166,16 @@ def main(*, model: str = "gpt2", dataset: str = "wikitext2", text_file: str | No
     source = ev.load_text(args.dataset, args.text_file)
     tokenizer = ev.load_tokenizer(args.model)
     ids = ev.tokenize(tokenizer, source.text, ev.TIMING_TEXT_TOKENS)
+    if batches:
+        batch_prompts(ids, max(batches), args.prompt_tokens)        # enough text for the prompts, before any load
+        result = batch_bench(args.model, ids, methods, batches, args.prompt_tokens, args.new_tokens, args.repeats,
+                             args.warmup, progress=not args.quiet)
+        record = ev.save_timing_record("batch", "batch-decode-bench", {"methods": methods, "batches": batches},
+                                       {"id": args.model}, source, result, args, torch.device("cuda"),
+                                       ("batches", "prompt_tokens", "new_tokens", "repeats", "warmup"))
+        print(batch_table_text(result))
+        print(f"wrote {record.path}")
+        return record
     if cpu:
         result = cpu_bench(args.model, tokenizer, ids, methods, args.prefill_tokens, args.prompt_tokens,
                            args.new_tokens, args.repeats, args.warmup, args.gguf_dir, progress=not args.quiet)

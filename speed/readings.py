@@ -337,3 +337,36 @@ def fused_table_text(result: dict) -> str:
                  "generate()'s (a peer: to its reference); l2: the fused step with every weight read from rows "
                  "that stay in L2 (a diagnostic, no tokens): the step without its weights' HBM bytes")
     return "\n".join(lines)
+
+
+# -----------------------------------------------------------------------------
+# 6. Decode at a batch (speed/batch_bench.py): where the quantized advantage ends
+
+def batch_rows(result: dict) -> list[dict]:
+    """One row per (method, batch) of a batch bench: ms per step with its spread, tokens/s, the ratio
+    against the baseline at that batch and against the method at batch 1, and how many of the batch's
+    sequences make the tokens they make alone (all their tokens)."""
+    base, n = result["baseline"], result["new_tokens"]
+    out = []
+    for name, row in result["table"].items():
+        for b in result["batches"]:
+            c = row["batches"][str(b)]
+            out.append({"method": name, "batch": b, "ms": c["decode_ms_per_step"], "tokens_per_s": c["tokens_per_s"],
+                        "vs_base": c[f"vs_{base}"], "vs_batch_1": c["vs_batch_1"],
+                        "rows_alike": sum(e == n for e in c["rows_leading_tokens_equal"])})
+    return out
+
+
+def batch_table_text(result: dict) -> str:
+    """The batch bench for the terminal and RESULTS.md (a Markdown table)."""
+    base = result["baseline"]
+    lines = [f"| method | batch | ms per step (p10-p90) | tokens/s | vs {base} | vs batch 1 | sequences as alone |",
+             "|---|---|---|---|---|---|---|"]
+    for r in batch_rows(result):
+        ms = r["ms"]
+        lines.append(f"| {r['method']} | {r['batch']} | {ms['median']:.3f} ({ms['p10']:.3f}-{ms['p90']:.3f}) "
+                     f"| {r['tokens_per_s']:.0f} | {r['vs_base']:.2f} | {r['vs_batch_1']:.2f} "
+                     f"| {r['rows_alike']}/{r['batch']} |")
+    lines.append(f"\n{result['decode_definition']}; {result['note']}")
+    return "\n".join(lines)
+

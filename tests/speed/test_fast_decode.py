@@ -77,3 +77,25 @@ def test_every_bench_method_computes_in_the_baselines_dtype(gpt2_dir):
         m = gpu_bench.load_method(name, str(gpt2_dir), "cpu", "bfloat16")
         assert gpu_bench.compute_dtype(m) == torch.bfloat16, name
     assert gpu_bench.compute_dtype(gpu_bench.load_method("fp16", str(gpt2_dir), "cpu")) == torch.float16
+
+
+@pytest.mark.parametrize("spec,says", [("1,x", "whole numbers"), ("0,4", "from 1 to 16"), ("1,32", "from 1 to 16"),
+                                       ("1,4,4", "distinct"), ("4,16", "must include 1"), ("", "from 1 to 16")])
+def test_a_bad_batch_list_is_one_clear_line(spec, says):
+    from speed import batch_bench
+    with pytest.raises(ev.UserError, match=says):
+        batch_bench.parse_batches(spec)
+
+
+def test_the_batch_list_is_sorted_and_the_prompts_are_consecutive_slices():
+    from speed import batch_bench
+    assert batch_bench.parse_batches("16, 1,4") == [1, 4, 16]
+    ids = torch.arange(100)[None]
+    p = batch_bench.batch_prompts(ids, 4, 10)
+    assert p.shape == (4, 10) and torch.equal(p[2], torch.arange(20, 30))
+    with pytest.raises(ev.UserError, match="fewer than 16 prompts of 10"):
+        batch_bench.batch_prompts(ids, 16, 10)
+
+
+def test_the_batch_bench_is_a_gpu_run(cli_error):
+    assert "--batch is the GPU's batched decode" in cli_error(fast_decode, ["--batch", "1,4", "--device", "cpu"])

@@ -143,3 +143,20 @@ def test_the_size_rows_compare_each_run_within_itself_smallest_model_first():
     assert rows[1]["scratch-int8-fast"]["free_unpack_vs_fp16_fused"] == pytest.approx(0.78)   # 0.6 + 0.9 - 0.72
     assert rows[1]["fp16_bytes_share"] == pytest.approx(0.4) and rows[1]["scratch-int4-fast"] is None
     assert rows[0]["scratch-int8-fast"]["l2_vs_fp16_l2"] is None and rows[0]["stand_in"]
+
+
+def test_the_batch_table_reads_each_method_at_each_batch():
+    """Ratios as the bench stored them; tokens/s and the sequences that decode as alone, per cell."""
+    ms = lambda m: {"median": m, "p10": 0.9 * m, "p90": 1.1 * m}                        # noqa: E731
+    cell = lambda m, b, vs, v1, eq: {"decode_ms_per_step": ms(m), "tokens_per_s": b / (m / 1e3), "vs_fp16": vs,  # noqa
+                                     "vs_batch_1": v1, "rows_leading_tokens_equal": eq}
+    result = {"baseline": "fp16", "new_tokens": 8, "batches": [1, 4], "decode_definition": "d", "note": "n",
+              "table": {"fp16": {"batches": {"1": cell(2.0, 1, 1.0, 1.0, [8]), "4": cell(2.2, 4, 1.0, 1.1, [8] * 4)}},
+                        "scratch-int4-fast": {"batches": {"1": cell(1.0, 1, 0.5, 1.0, [8]),
+                                                          "4": cell(2.6, 4, 2.6 / 2.2, 2.6, [8, 3, 8, 8])}}}}
+    rows = readings.batch_rows(result)
+    assert [(r["method"], r["batch"]) for r in rows] == [("fp16", 1), ("fp16", 4), ("scratch-int4-fast", 1),
+                                                         ("scratch-int4-fast", 4)]
+    assert rows[3]["rows_alike"] == 3 and rows[3]["vs_base"] == pytest.approx(2.6 / 2.2)
+    text = readings.batch_table_text(result)
+    assert "| scratch-int4-fast | 4 | 2.600 (2.340-2.860) | 1538 | 1.18 | 2.60 | 3/4 |" in text

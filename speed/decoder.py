@@ -177,7 +177,7 @@ def tune_tiles(dec: FastDecoder, prompt: torch.Tensor, rounds: int = TUNE_ROUNDS
     tile (kernels.TILE_CHOICES), then the candidates run round-robin `rounds` times (the prompt
     pass, then new_tokens - 1 decode steps, timed with CUDA events); the lowest median wins.
     Call before dec.capture(). -> {layer (block 0's, or lm_head): {"layers", "tile" [BN, BK,
-    warps], "step_ms": {"BNxBK/warps": median ms per decode step}}}"""
+    warps] (and split-K parts, where more than one), "step_ms": {tile_label: median ms per decode step}}}"""
     step, n = dec.fused, dec.n - 1
     dec.prompt.copy_(prompt.reshape(1, -1))
     chosen = {}
@@ -197,10 +197,16 @@ def tune_tiles(dec: FastDecoder, prompt: torch.Tensor, rounds: int = TUNE_ROUNDS
         step.tiles[key] = best
         chosen[layers[0].split(".", 1)[-1]] = {
             "layers": len(layers), "tile": list(best),
-            "step_ms": {f"{bn}x{bk}/{w}": round(ms, 5) for (bn, bk, w), ms in median.items()}}
+            "step_ms": {tile_label(tile): round(ms, 5) for tile, ms in median.items()}}
         del graphs
     dec.reset()
     return chosen
+
+
+def tile_label(tile: tuple) -> str:
+    """'BNxBK/warps', and '/sS' for a split-K tile of S parts (kernels.TILE_CHOICES)."""
+    bn, bk, w, *split = tile
+    return f"{bn}x{bk}/{w}" + (f"/s{split[0]}" if split and split[0] > 1 else "")
 
 
 @torch.no_grad()

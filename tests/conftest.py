@@ -176,6 +176,10 @@ def results_dir(tmp_path, gpt2_dir):
                       "bench": {"table": fast_bench_table(), "baseline": "fp16", "repeats": 3, "prefill_tokens": 333,
                                 "prompt_tokens": 11, "new_tokens": 77, "fast_path": "static KV cache, CUDA graphs",
                                 "layers_definition": "50 calls per graph", "hbm_bytes_per_s": 1.23e12}},
+        "batch.json": {"schema_version": 3, "kind": "batch", "method": {"name": "batch-decode-bench"},
+                       "model": {"id": "/x/l1", "stand_in": "l1 (stand-in)"}, "dataset": {"id": "t"},
+                       "environment": {"device": "cuda:0", "device_name": "NVIDIA Test GPU"},
+                       "batch": batch_result()},
         "sens.json": record("scratch-int8-per_channel-sensitivity", 20.0, 100.0, sensitivity={
             "baseline_ppl": 20.0, "block": [{"block": "0", "delta_pct": 0.1}, {"block": "1", "delta_pct": -0.02}],
             "component": [{"component": "qkv", "delta_pct": 0.2}]}),
@@ -191,6 +195,21 @@ def results_dir(tmp_path, gpt2_dir):
     return d
 
 
+
+
+def batch_result() -> dict:
+    """A batch bench's result (speed/batch_bench.py's shape): fp16 and int4 at batch 1 and 4."""
+    ms = lambda m: {"median": m, "p10": 0.9 * m, "p90": 1.1 * m, "min": 0.8 * m, "max": 1.2 * m, "n": 3}  # noqa
+    cell = lambda m, b, vs, v1: {"decode_ms_per_step": ms(m), "tokens_per_s": b / (m / 1e3), "vs_fp16": vs,  # noqa
+                                 "vs_batch_1": v1, "rows_leading_tokens_equal": [77] * b,
+                                 "cuda_graph": True, "why_no_graph": None}
+    return {"baseline": "fp16", "compute_dtype": "float16", "batches": [1, 4], "repeats": 3, "warmup": 1,
+            "prompt_tokens": 11, "new_tokens": 77, "order": "round-robin", "decode_definition": "ms per step",
+            "note": "vs_fp16: at the same batch", "hbm_bytes_per_s": 1.23e12,
+            "table": {"fp16": {"weights_mib": 2357.0, "batches": {"1": cell(4.0, 1, 1.0, 1.0),
+                                                                  "4": cell(4.4, 4, 1.0, 1.1)}},
+                      "scratch-int4-fast": {"weights_mib": 700.0, "batches": {"1": cell(2.0, 1, 0.5, 1.0),
+                                                                             "4": cell(5.5, 4, 1.25, 2.75)}}}}
 
 
 def prompt_of(tokenizer, n=12):

@@ -53,3 +53,14 @@ def test_a_failing_section_stops_the_build_with_its_reason(results_dir, tmp_path
     with pytest.raises(br.SectionFailed, match="section 'broken_section' failed: KeyError"):
         br.build_report(results_dir, tmp_path / "r.pdf", tmp_path / "figures")
     assert not (tmp_path / "r.pdf").exists()
+
+
+def test_results_md_prints_the_batch_bench_as_its_record_says(results_dir, capsys):
+    """The fixture's batch record (conftest.batch_result): every method at every batch, its ratios as stored."""
+    sys.path.insert(0, str(ROOT / "scripts"))
+    import results_table
+    text = results_table.main(str(results_dir))
+    block = text.split("**batch-decode-bench** (batch.json)")[1]
+    assert "NVIDIA Test GPU, 3 round-robin repeats, 76 decode steps after a 11-token prompt" in block
+    assert "| scratch-int4-fast | 4 | 5.500 (4.950-6.050) | 727 | 1.25 | 2.75 | 4/4 |" in block
+    assert "| fp16 | 1 | 4.000 (3.600-4.400) | 250 | 1.00 | 1.00 | 1/1 |" in block

@@ -177,13 +177,36 @@ def fused_linear(x: torch.Tensor, fw: FusedWeights, y: torch.Tensor, norm: tuple
         cpu_kernel().fused_gemv(x, kind, nw, _or_empty(nb), eps, fw.w, fw.fmt, _or_empty(fw.scale),
                                 _or_empty(fw.bias), act, _or_empty(res), y, fw.n)
         return
+    tile = (tiles or {}).get(gemv_key(fw, kind, act, res))
+    split = tile[3] if tile is not None and len(tile) > 3 else 1
+    ws, cnt = split_buffers(x.device, split, fw.n, tile[0]) if split > 1 else (x, x)
     triton_kernels()["fused_gemv"](
         1, fw.n, x, nw, x if nb is None else nb, fw.w, x if fw.scale is None else fw.scale,
-        x if fw.lut is None else fw.lut, x if fw.bias is None else fw.bias, x if res is None else res, y,
+        x if fw.lut is None else fw.lut, x if fw.bias is None else fw.bias, x if res is None else res, y, ws, cnt,
         fw.n, fw.k, eps, NORM=kind, WFMT=fw.fmt, LINEAR4=fw.linear4, QB=fw.block,
         HAS_BIAS=fw.bias is not None, ACT=act, HAS_RES=res is not None,
-        L2ROWS=l2_rows, KP=triton.next_power_of_2(fw.k), tile=(tiles or {}).get(gemv_key(fw, kind, act, res)),
-        **_pdl(x))
+        L2ROWS=l2_rows, KP=triton.next_power_of_2(fw.k), SPLIT=split, tile=tile, **_pdl(x))
+
+
+_split = {}          # device -> (ws, cnt): the split-K GEMV's partial sums and counters, shared by every layer
+_outgrown = []       # buffers replaced by larger ones: kept, since a captured graph may still read them
+
+
+def split_buffers(device: torch.device, split: int, n: int, bn: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The split-K GEMV's buffers, at least (split, 2n) fp32 partial sums and one counter per row block
+    (int32, zero: each launch's last program sets its counters back to zero). Shared by every layer:
+    the fused step's kernels run one after another (with PDL, each writes them only after the kernel
+    before has finished). Grown here, outside any CUDA graph capture: the step runs eagerly first."""
+    ws, cnt = _split.get(device, (None, None))
+    blocks = -(-n // bn)
+    if ws is None or ws.numel() < split * 2 * n or cnt.numel() < blocks:
+        size = max(split * 2 * n, 0 if ws is None else ws.numel())
+        if ws is not None:
+            _outgrown.append((ws, cnt))
+        ws = torch.empty(size, dtype=torch.float32, device=device)
+        cnt = torch.zeros(max(blocks, 0 if cnt is None else cnt.numel()), dtype=torch.int32, device=device)
+        _split[device] = ws, cnt
+    return ws, cnt
 
 
 def _no_l2_rows_on_cpu(l2_rows: int) -> None:

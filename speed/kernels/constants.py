@@ -24,10 +24,13 @@ HEAD_PROGRAMS_PER_SM = 8                                 # the argmax head's pro
 # Triton's autotuner picks one per shape by timing the kernel alone; speed.decoder.tune_tiles
 # picks one per tile key (tile_key) by timing the whole decode step, and pins it in the step's tiles.
 # BK >= 128 keeps whole 4-bit blocks; the larger head tiles keep as many bytes in flight for
-# one-byte weights as the smaller ones do for two-byte weights.
+# one-byte weights as the smaller ones do for two-byte weights. A fourth number splits K into
+# that many parts, each its own program (split-K: fewer dependent loads per program, for a long
+# K and few rows, as a down projection has; its last program adds the parts).
 TILE_CHOICES = {
     "fused_gemv": ((1, 1024, 4), (2, 1024, 4), (4, 1024, 8), (1, 2048, 4), (2, 2048, 8), (1, 4096, 8), (2, 512, 4),
-                   (4, 256, 4), (4, 512, 4), (8, 128, 4), (8, 256, 4), (8, 512, 8), (16, 128, 4), (32, 128, 8)),
+                   (4, 256, 4), (4, 512, 4), (8, 128, 4), (8, 256, 4), (8, 512, 8), (16, 128, 4), (32, 128, 8),
+                   (2, 1024, 4, 2), (2, 512, 4, 4), (4, 512, 4, 2), (4, 256, 4, 4), (8, 256, 4, 2)),
     "argmax_head": ((4, 256, 2), (8, 256, 4), (16, 256, 4), (32, 256, 8), (8, 512, 4), (16, 512, 8), (4, 1024, 4),
                     (8, 1024, 8), (16, 128, 4), (32, 128, 4), (32, 512, 8), (64, 256, 8), (64, 128, 4)),
 }

@@ -53,18 +53,22 @@ def _make_launchers() -> dict:
             tuned = triton.autotune(configs=configs, key=key)(kernel)
 
         def launch(M, N, *args, tile=None, **kw):
-            if tile is not None:
-                bn, bk, warps = tile
-                return kernel[grid({"BN": bn, "BK": bk}, M, N)](*args, **kw, BN=bn, BK=bk, num_warps=warps)
+            if tile is not None:                        # (BN, BK, warps), or with a split-K count last
+                bn, bk, warps, *split = tile
+                meta = {"BN": bn, "BK": bk, **({"SPLIT": split[0]} if split else {})}
+                return kernel[grid({**kw, **meta}, M, N)](*args, **{**kw, **meta}, num_warps=warps)
             if tuned is None:
-                return kernel[grid(fixed, M, N)](*args, **kw, **fixed)
+                return kernel[grid({**kw, **fixed}, M, N)](*args, **kw, **fixed)
             return tuned[lambda meta: grid(meta, M, N)](*args, **kw)
         return launch
 
-    tiles = lambda choices: [triton.Config({"BN": bn, "BK": bk}, num_warps=w) for bn, bk, w in choices]  # noqa: E731
+    # Triton's autotuner times a kernel alone: the one-program-per-row-block tiles only (split-K tiles,
+    # whose gain is in the chain of kernels, are for the step tuner, which pins them)
+    tiles = lambda choices: [triton.Config({"BN": bn, "BK": bk}, num_warps=w)  # noqa: E731
+                             for bn, bk, w, *split in choices if not split or split[0] == 1]
     return {
         "fused_gemv": launcher(_fused_gemv, tiles(TILE_CHOICES["fused_gemv"]), ["N", "K", "LINEAR4", "PDL"],
-                               lambda c, M, N: (triton.cdiv(N, c["BN"]),), {"BN": 8, "BK": 128}),
+                               lambda c, M, N: (triton.cdiv(N, c["BN"]) * c.get("SPLIT", 1),), {"BN": 8, "BK": 128}),
         "argmax_head": launcher(_argmax_head, tiles(TILE_CHOICES["argmax_head"]),     # M: the programs
                                 ["N", "K", "P", "LINEAR4", "PDL"], lambda c, M, N: (M,), {"BN": 8, "BK": 128}),
         "int8_mm": launcher(_int8_mm, mm_configs, ["M", "N", "K"],

@@ -281,40 +281,10 @@ def _row_terms(s_ptr, b_ptr, rows, rmask, WFMT: tl.constexpr, HAS_BIAS: tl.const
     return sc, bi
 
 @triton.jit
-def _fused_gemv(x_ptr, nw_ptr, nb_ptr, w_ptr, s_ptr, lut_ptr, b_ptr, r_ptr, y_ptr,
-                N, K, eps, NORM: tl.constexpr, WFMT: tl.constexpr, LINEAR4: tl.constexpr, QB: tl.constexpr,
-                HAS_BIAS: tl.constexpr, ACT: tl.constexpr, HAS_RES: tl.constexpr,
-                PDL: tl.constexpr, L2ROWS: tl.constexpr, KP: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr):
-    # y (N,) = act(norm(x) W^T * scale + bias) [+ r], x (K,): this program's BN outputs.
-    # KP: a power of two >= K (the norm's statistics read x in one load).
-    # NORM 0 none, 1 LayerNorm (nw, nb), 2 RMSNorm (nw); WFMT 0 dense, 1 int8, 2 4-bit;
-    # ACT 0 none, 1 GPT-2's gelu_new, 2 gelu tanh (one rounding), 3 silu(gate) * up, the
-    # weight holding gate's N rows then up's N rows.
-    pid = tl.program_id(0)
-    rn = pid * BN + tl.arange(0, BN)
-    nm = rn < N
-    # the first tile of weights reads nothing an earlier kernel writes: with PDL it loads
-    # while the kernel before is still finishing; then wait for it, and let the next launch
-    # (so do the norm's weights for that tile, the per-row scale and the bias: parameters too)
-    w = _w_tile(w_ptr, s_ptr, lut_ptr, rn, nm, 0, K, WFMT, LINEAR4, QB, L2ROWS, BN, BK)
-    g, b = _norm_tile(nw_ptr, nb_ptr, 0, K, NORM, BK)
-    sc, bi = _row_terms(s_ptr, b_ptr, rn, nm, WFMT, HAS_BIAS)
-    if ACT == 3:
-        w2 = _w_tile(w_ptr, s_ptr, lut_ptr, rn + N, nm, 0, K, WFMT, LINEAR4, QB, L2ROWS, BN, BK)
-        sc2, bi2 = _row_terms(s_ptr, b_ptr, rn + N, nm, WFMT, HAS_BIAS)
-    _pdl_start(PDL)
-    mean, rstd = _norm_stats(x_ptr, K, eps, NORM, KP)
-    x = _x_tile(x_ptr, g, b, 0, K, mean, rstd, NORM, BK)
-    acc = w * x[None, :]                                                        # (BN, BK)
-    if ACT == 3:
-        acc2 = w2 * x[None, :]
-    for k0 in range(BK, K, BK):
-        g, b = _norm_tile(nw_ptr, nb_ptr, k0, K, NORM, BK)
-        x = _x_tile(x_ptr, g, b, k0, K, mean, rstd, NORM, BK)
-        acc += _w_tile(w_ptr, s_ptr, lut_ptr, rn, nm, k0, K, WFMT, LINEAR4, QB, L2ROWS, BN, BK) * x[None, :]
-        if ACT == 3:
-            acc2 += _w_tile(w_ptr, s_ptr, lut_ptr, rn + N, nm, k0, K, WFMT, LINEAR4, QB, L2ROWS, BN, BK) * x[None, :]
-    y = _rnd(tl.sum(acc, 1) * sc + bi, x_ptr)                                  # (BN,)
+def _gemv_out(acc_y, acc_u, sc, bi, sc2, bi2, x_ptr, r_ptr, y_ptr, rn, nm, ACT: tl.constexpr,
+              HAS_RES: tl.constexpr):
+    # _fused_gemv's epilogue: the row sums (BN,) scaled, biased, activated, added to the residual, stored
+    y = _rnd(acc_y * sc + bi, x_ptr)                                           # (BN,)
     if ACT == 1:                                    # 0.5 x (1 + tanh(c (x + 0.044715 x^3))), op by op
         t = _rnd(y * y * y, x_ptr)
         t = _rnd(0.044715 * t, x_ptr)
@@ -326,11 +296,76 @@ def _fused_gemv(x_ptr, nw_ptr, nb_ptr, w_ptr, s_ptr, lut_ptr, b_ptr, r_ptr, y_pt
     if ACT == 2:
         y = _rnd(0.5 * y * (1.0 + _tanh(0.7978845608028654 * (y + 0.044715 * y * y * y))), x_ptr)
     if ACT == 3:
-        u = _rnd(tl.sum(acc2, 1) * sc2 + bi2, x_ptr)
+        u = _rnd(acc_u * sc2 + bi2, x_ptr)
         y = _rnd(_rnd(y / (1.0 + tl.exp(-y)), x_ptr) * u, x_ptr)
     if HAS_RES:
         y = _rnd(tl.load(r_ptr + rn, mask=nm, other=0.0).to(tl.float32) + y, x_ptr)
     tl.store(y_ptr + rn, y.to(y_ptr.dtype.element_ty), mask=nm)
+
+@triton.jit
+def _fused_gemv(x_ptr, nw_ptr, nb_ptr, w_ptr, s_ptr, lut_ptr, b_ptr, r_ptr, y_ptr, ws_ptr, cnt_ptr,
+                N, K, eps, NORM: tl.constexpr, WFMT: tl.constexpr, LINEAR4: tl.constexpr, QB: tl.constexpr,
+                HAS_BIAS: tl.constexpr, ACT: tl.constexpr, HAS_RES: tl.constexpr,
+                PDL: tl.constexpr, L2ROWS: tl.constexpr, KP: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
+                SPLIT: tl.constexpr):
+    # y (N,) = act(norm(x) W^T * scale + bias) [+ r], x (K,): this program's BN outputs.
+    # KP: a power of two >= K (the norm's statistics read x in one load).
+    # NORM 0 none, 1 LayerNorm (nw, nb), 2 RMSNorm (nw); WFMT 0 dense, 1 int8, 2 4-bit;
+    # ACT 0 none, 1 GPT-2's gelu_new, 2 gelu tanh (one rounding), 3 silu(gate) * up, the
+    # weight holding gate's N rows then up's N rows.
+    # SPLIT > 1 (split-K): SPLIT programs share a block of BN rows, each summing its own run of
+    # whole BK tiles of K, so each has fewer dependent loads in flight one after another; each
+    # stores its row sums in ws (SPLIT, 2N) fp32, and the last of them to finish (a counter per
+    # row block in cnt, acquire-release) adds the parts in a fixed order, applies the epilogue and
+    # sets the counter back to 0 for the next launch.
+    pid = tl.program_id(0)
+    rb, part = pid // SPLIT, pid % SPLIT
+    ks = tl.cdiv(tl.cdiv(K, SPLIT), BK) * BK                                   # columns per part: whole tiles
+    k_lo = part * ks
+    k_hi = tl.minimum(K, k_lo + ks)
+    rn = rb * BN + tl.arange(0, BN)
+    nm = rn < N
+    # the first tile of weights reads nothing an earlier kernel writes: with PDL it loads
+    # while the kernel before is still finishing; then wait for it, and let the next launch
+    # (so do the norm's weights for that tile, the per-row scale and the bias: parameters too)
+    w = _w_tile(w_ptr, s_ptr, lut_ptr, rn, nm, k_lo, K, WFMT, LINEAR4, QB, L2ROWS, BN, BK)
+    g, b = _norm_tile(nw_ptr, nb_ptr, k_lo, K, NORM, BK)
+    sc, bi = _row_terms(s_ptr, b_ptr, rn, nm, WFMT, HAS_BIAS)
+    sc2, bi2 = sc, bi
+    if ACT == 3:
+        w2 = _w_tile(w_ptr, s_ptr, lut_ptr, rn + N, nm, k_lo, K, WFMT, LINEAR4, QB, L2ROWS, BN, BK)
+        sc2, bi2 = _row_terms(s_ptr, b_ptr, rn + N, nm, WFMT, HAS_BIAS)
+    _pdl_start(PDL)
+    mean, rstd = _norm_stats(x_ptr, K, eps, NORM, KP)
+    x = _x_tile(x_ptr, g, b, k_lo, K, mean, rstd, NORM, BK)
+    acc = w * x[None, :]                                                        # (BN, BK)
+    acc2 = acc
+    if ACT == 3:
+        acc2 = w2 * x[None, :]
+    for k0 in range(k_lo + BK, k_hi, BK):
+        g, b = _norm_tile(nw_ptr, nb_ptr, k0, K, NORM, BK)
+        x = _x_tile(x_ptr, g, b, k0, K, mean, rstd, NORM, BK)
+        acc += _w_tile(w_ptr, s_ptr, lut_ptr, rn, nm, k0, K, WFMT, LINEAR4, QB, L2ROWS, BN, BK) * x[None, :]
+        if ACT == 3:
+            acc2 += _w_tile(w_ptr, s_ptr, lut_ptr, rn + N, nm, k0, K, WFMT, LINEAR4, QB, L2ROWS, BN, BK) * x[None, :]
+    acc_y, acc_u = tl.sum(acc, 1), tl.sum(acc2, 1)                             # (BN,) each
+    if SPLIT == 1:
+        _gemv_out(acc_y, acc_u, sc, bi, sc2, bi2, x_ptr, r_ptr, y_ptr, rn, nm, ACT, HAS_RES)
+    else:
+        tl.store(ws_ptr + part * 2 * N + rn, acc_y, mask=nm)
+        if ACT == 3:
+            tl.store(ws_ptr + part * 2 * N + N + rn, acc_u, mask=nm)
+        tl.debug_barrier()                          # every thread's part stored before the release below
+        done = tl.atomic_add(cnt_ptr + rb, 1, sem="acq_rel")
+        if done == SPLIT - 1:                       # the last part of this row block: the others are visible
+            acc_y = tl.zeros((BN,), dtype=tl.float32)
+            acc_u = acc_y
+            for p in tl.static_range(SPLIT):
+                acc_y += tl.load(ws_ptr + p * 2 * N + rn, mask=nm, other=0.0, cache_modifier=".cg")
+                if ACT == 3:
+                    acc_u += tl.load(ws_ptr + p * 2 * N + N + rn, mask=nm, other=0.0, cache_modifier=".cg")
+            _gemv_out(acc_y, acc_u, sc, bi, sc2, bi2, x_ptr, r_ptr, y_ptr, rn, nm, ACT, HAS_RES)
+            tl.atomic_xchg(cnt_ptr + rb, 0)
 
 @triton.jit
 def _head_rows(w, sc, bi, x0, x_ptr, nw_ptr, nb_ptr, w_ptr, s_ptr, lut_ptr, rn, nm, K, mean, rstd,

@@ -98,8 +98,10 @@ fw = k.FusedWeights(k.W_INT8, q, N, K, scale=s, bias=b)
 h = F.layer_norm(x, (K,), nw, nb, 1e-5)
 want = res + NewGELUActivation()((h @ q.float().t()) * s + b)
 # the default tile, then tiles pinned as decoder.tune_tiles pins them: three tiles along K
-# and a last block of rows half full; two tiles along K, the second half masked
-for tile in (None, (16, 32, 4), (16, 64, 2)):
+# and a last block of rows half full; two tiles along K, the second half masked; under Triton,
+# split-K too: K in 2 parts (2 tiles and 1), in 3 (1 tile each), in 4 (the last part past K: empty)
+splits = ((16, 32, 4, 2), (16, 32, 4, 3), (8, 32, 2, 4)) if TRITON else ()
+for tile in (None, (16, 32, 4), (16, 64, 2), *splits):
     tiles = {k.gemv_key(fw, k.NORM_LAYER, k.ACT_GELU_NEW, res): tile} if tile else None
     y = res.clone()
     k.fused_linear(x, fw, y, (k.NORM_LAYER, nw, nb, 1e-5), k.ACT_GELU_NEW, y, tiles=tiles)
@@ -130,12 +132,18 @@ if TRITON:                                       # the pinned tile is the one la
         assert "power of 2" in str(e) or "arange" in str(e), e
 
 w = torch.randn(2 * N, K)
-y = torch.empty(N)
-k.fused_linear(x, k.FusedWeights(k.W_DENSE, w, N, K), y, (k.NORM_RMS, nw, None, 1e-6), k.ACT_SILU_GATE)
 h = nw * (x * torch.rsqrt(x.pow(2).mean() + 1e-6))
 g, u = (h @ w.t()).split(N)
 want = F.silu(g) * u
-assert (y - want).abs().max() < 1e-5 * want.abs().max(), "RMSNorm + gate/up + silu"
+fwg = k.FusedWeights(k.W_DENSE, w, N, K)
+for tile in (None, *(((16, 32, 4, 3), (8, 64, 2, 2)) if TRITON else ())):   # split-K: both halves' parts
+    y = torch.empty(N)
+    tiles = {k.gemv_key(fwg, k.NORM_RMS, k.ACT_SILU_GATE, None): tile} if tile else None
+    for _ in range(2):                           # twice: the last part set the counters back to zero
+        k.fused_linear(x, fwg, y, (k.NORM_RMS, nw, None, 1e-6), k.ACT_SILU_GATE, tiles=tiles)
+        assert (y - want).abs().max() < 1e-5 * want.abs().max(), f"RMSNorm + gate/up + silu, {tile}"
+if TRITON:
+    assert not k.split_buffers(x.device, 2, N, 8)[1].any(), "every split-K counter back to zero"
 
 H, HKV, D = 4, 2, 8
 for T, pos in ((10, 6), (300, 290)):             # one tile of the cache, and two (positions past 256)

@@ -460,7 +460,8 @@ def test_the_abstracts_fast_path_finding_marks_an_ungraphed_row_and_says_why_tok
     text = fast_summary_text(x)
     assert "Faster than it beyond ±3% (no rerun measures the noise): a 2.70 ms (0.90×). " in text   # graphed
     assert "Slower: bnb-int8 93.00 ms (31.00×, no CUDA graph). " in text
-    assert "except a's first 24 of 128 (its kernels round float16 in another order and flip a near tie)." in text
+    assert ("the same greedy tokens as its model's generate(), except a, whose first 24 of 128 tokens match (its "
+            "kernels round float16 in another order and flip a near tie).") in text
 
 
 def test_the_scan_is_set_against_the_selective_runs_blocks():

@@ -38,7 +38,7 @@ def test_a_best_run_without_windows_is_set_against_the_grids_widest_band(monkeyp
     monkeypatch.setattr(explore, "band", lambda r, n: bands[n])
     text = explore.unbanded_lead({}, "a", ["b", "c"])
     lead, widest = 31.48 - 17.56, 82.19 - 79.83
-    assert f"its lead over b, {lead:.1f} points, is {lead / widest:.0f}× the widest band of this grid, " \
+    assert f"its lead over b, {lead:.1f} points, is {lead / widest:.0f}× the widest band of the other 4-bit runs, " \
            f"{widest:.2f} points" in text
     bands["a"] = (17.0, 18.0)
     assert explore.unbanded_lead({}, "a", ["b", "c"]) == ""                 # it has its own band: nothing added

@@ -152,10 +152,10 @@ def peak_text(s: Study) -> str | None:
             + " (Part 1's INT8 dequantizes each weight matrix before its matmul, the tied embedding used as "
             "output layer the largest).")
     if held:
-        text += (f" The {len(held)} calibrated runs' peaks were measured while an unquantized fp32 copy of the "
-                 f"model ({f_mib(x['ref_mib'])} MiB), kept for the KL divergence, sat on the GPU for part of the "
-                 "run: they are not comparable with the others' and nothing is read from them; evaluate.py keeps "
-                 "that copy on the CPU during the measured passes, so a rerun gives comparable peaks.")
+        text += (f" The {len(held)} runs that measured a KL divergence (GPTQ, AWQ, round-to-nearest) took their "
+                 f"peaks while an unquantized fp32 copy of the model ({f_mib(x['ref_mib'])} MiB), kept for that "
+                 "divergence, sat on the GPU: their peaks are not comparable with the others', and nothing is "
+                 "read from them.")
     if "bnb-int8" in a and "baseline-fp16" in a:
         text += (f" LLM.int8() adds {f_mib(a['bnb-int8'])} MiB, {a['bnb-int8'] / a['baseline-fp16']:.1f}× fp16's "
                  "working set: its matmuls quantize each activation row to int8, keep int32 outputs and split "

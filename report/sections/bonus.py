@@ -191,11 +191,10 @@ def push_paragraph(doc: Doc, s: Study) -> None:
             )
         return
     doc.p(
-        "<b>On the Hub.</b> No push is recorded in these results: the machines that made them cannot "
-        "reach the Hugging Face Hub. <font face='DejaVuMono'>bonus_gguf.py --push-to-hub USER/REPO</font> "
-        "(with HF_TOKEN set) makes the files, measures them, and pushes every GGUF file with a model card "
-        "in one commit, through the real huggingface_hub client; that path is checked against a local "
-        "imitation of the Hub's upload endpoints, the files read back byte for byte."
+        "<b>On the Hub.</b> No push is recorded: the study's machines cannot reach the Hugging Face Hub. "
+        "<font face='DejaVuMono'>bonus_gguf.py --push-to-hub USER/REPO</font> (with HF_TOKEN set) pushes "
+        "every GGUF file and a model card in one commit through the real huggingface_hub client, a path "
+        "checked against a local imitation of the Hub's upload endpoints (files read back byte for byte)."
     )
 
 
@@ -217,7 +216,7 @@ def equal_bits(doc: Doc, s: Study) -> None:
              f_ppl(r[n]["perplexity"]["ppl"]), f_pct(delta(r, n))]
             for bits, names in classes for n in names if n in r]
     doc.h2("GGUF against Part 1 and Part 2, at nominally equal bits")
-    doc.table(["class", "method", "bits/weight", "weights MiB", "disk MiB", "perplexity", "vs fp32"], rows,
+    doc.table(["class", "method", "bits/weight, whole model", "weights MiB", "disk MiB", "perplexity", "vs fp32"], rows,
               "The same tokens for every row: "
               + settings_sentence(setting_facts(r["baseline-fp32"])).split(" Prefill")[0]
               + " Bits/weight: every byte of the model's weights in memory (GGUF: the file's tensor data), "

@@ -89,8 +89,8 @@ def lossless_words(rows: list[dict]) -> str | None:
     if picks:
         text += (f"; the lowest perplexity within {share:.0%} of fp32's memory is "
                  + " and ".join(f"{escape(x['pick'])}'s ({f_mib(x['runs'][x['pick']]['memory']['weights_mib'])} "
-                                f"MiB, {said(x['pick'], x)})" for x in picks) + " (the decision table)")
-    return text + ". A scale per row or per group keeps 8-bit within that; one scale per matrix does not."
+                                f"MiB, {said(x['pick'], x)})" for x in picks))
+    return text + ". A scale per row or group keeps 8-bit within 1%; one per matrix does not."
 
 
 def tie_word(runs: dict, a: str, b: str) -> str:
@@ -102,7 +102,7 @@ def tie_word(runs: dict, a: str, b: str) -> str:
 def bpw_of(rec: dict) -> str:
     """', N bits per weight' over the whole model where the record says, else ''."""
     b = (rec.get("bits_per_weight") or {}).get("model") or {}
-    return f", {b['bits_per_weight']:.2f} bits per weight" if b.get("bits_per_weight") else ""
+    return f", {b['bits_per_weight']:.2f} bits per weight over the whole model" if b.get("bits_per_weight") else ""
 
 
 def short_device(name: str) -> str:
@@ -118,7 +118,7 @@ def decision(doc: Doc, s: Study) -> None:
         return
     doc.p("For each memory budget (a share of fp32's weights), the lowest-perplexity run that fits and the next "
           "best; where they tie (the 95% band of their difference holds zero), speed, hardware or tooling "
-          "decides. The decode ratio is from the side-by-side generate() bench on that device.")
+          "decides.")
     out = []
     for x in rows:
         r, n, nxt = x["runs"], x["pick"], x["next"]
@@ -131,7 +131,7 @@ def decision(doc: Doc, s: Study) -> None:
                "decode vs fp16"], out,
               "The lowest perplexity within each memory budget, per device (" + "; ".join(
                   escape(group_label(k)) for k in decision_groups(s)) + "). The two devices' runs score "
-              "different token counts, so compare picks within a device.",
+              "different token counts, so compare picks within a device; decode: the generate() bench's ratio.",
               widths=[2.3, 2.1, 4.0, 1.5, 1.4, 4.0, 1.5])
     doc.label("decision-table", "Table")
 
@@ -149,7 +149,7 @@ def conclusions(doc: Doc, s: Study) -> None:
         items.append("<b>At a fifth of fp32's memory</b> the best run is " + "; ".join(
             f"{escape(x['pick'])} ({f_pct(delta(x['runs'], x['pick']))}{bpw_of(x['runs'][x['pick']])}, "
             f"{escape(short_device(x['group'][5]))})" for x in four)
-            + ": below 8 bits every scheme measured here costs perplexity that shows.")
+            + ": below 8 bits every scheme here costs perplexity that shows.")
     for label, answer in (("Calibration", a_calibrated), ("A larger model", a_models), ("Speed", a_speed)):
         text = answer(s)
         if text:

@@ -112,8 +112,9 @@ def unbanded_lead(r: dict, best: str, others: list[str]) -> str:
     if not widths:
         return ""
     lead = delta(r, runner) - delta(r, best)
-    return (f" (its run kept no per-window NLL, so no band of its own; its lead over {escape(runner)}, "
-            f"{lead:.1f} points, is {lead / max(widths):.0f}× the widest band of this grid, {max(widths):.2f} points)")
+    return (f"; its run kept no per-window NLL, so it has no band, but its lead over {escape(runner)}, "
+            f"{lead:.1f} points, is {lead / max(widths):.0f}× the widest band of the other 4-bit runs, "
+            f"{max(widths):.2f} points")
 
 
 def explore(doc: Doc, s: Study) -> None:
@@ -149,14 +150,15 @@ def explore(doc: Doc, s: Study) -> None:
     figure = pr.group_figures(g)["bits"]
     best = x["best"]
     takeaway = (f"{best} is the best 4-bit scheme in this figure ({f_pct(delta(r, best))} at "
-                f"{pr.layer_bits(r[best]):.3f} bits per weight)" if best else "")
+                f"{pr.layer_bits(r[best]):.3f} bits per weight"
+                + unbanded_lead(r, best, [n for n in x["grid"] if n != best and registry.of(r[n])["bits"] == 4])
+                + ")" if best else "")
     if best and x["nf4"] is not None:
         takeaway += f", against bitsandbytes NF4's {f_pct(x['nf4'])}"
-    if best:
-        takeaway += unbanded_lead(r, best, [n for n in x["grid"] if n != best and registry.of(r[n])["bits"] == 4])
     where = doc.label_of("explore-table") or "the table below"
-    doc.figure(figure, f"What each bit buys, every scheme of every part on one axis (the runs of {where}, named "
-               f"in the figure's title). {takeaway}. The KL divergence panel holds the runs that measured it.",
+    doc.figure(figure, f"What each bit buys, every scheme of every part on one axis (the runs of {where}, with "
+               f"Part 1's, bitsandbytes' and the float casts on the same tokens). {takeaway}. The KL divergence "
+               "panel holds the runs that measured it.",
                max_height_cm=15.7)
     doc.label("explore-figure")
     bands = {n: band(r, n) for n in x["grid"]}                    # each a bootstrap: computed once
@@ -228,7 +230,8 @@ def explore(doc: Doc, s: Study) -> None:
             + ("" if gain is None else
                f"; GPTQ's change (on the default source) is {abs(gain):.2f} points "
                + ("smaller" if gain > 0 else "larger") + " than round-to-nearest's"
-               + noise_said(rk, "gptq-w4-g64", "rtn-w4-g64", "GPTQ's perplexity against round-to-nearest's"))
+               + noise_said(rk, "gptq-w4-g64", "rtn-w4-g64",
+                            "GPTQ's perplexity against round-to-nearest's (in % of the latter)"))
             + "." + disagree_note(s, gains))
     bf = s.find_group("baseline-bf16")
     if bf:

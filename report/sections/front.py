@@ -118,9 +118,12 @@ def a_nf4(s: Study) -> str | None:
     x, e = f.get("nf4"), f.get("error")
     if x is None:
         return None
-    return (f"NF4's 16 levels follow the normal shape of the weights, so at FP4's size its perplexity is "
-            f"{x['lower_than_fp4']:.1f}% lower" + (f" and its error per weight {f_ratio(e['fp4_over_nf4'])} smaller"
-                                                   if e else "") + ".")
+    return (f"NF4's 16 levels follow the normal shape of the weights: its perplexity is "
+            f"{x['lower_than_fp4']:.1f}% lower than FP4's at the same size"
+            + (f" and {x['lower_than_int4']:.1f}% lower than linear int4's" if x.get("lower_than_int4") else "")
+            + (f"; its error per weight is {f_ratio(e['fp4_over_nf4'])} smaller than FP4's"
+               + (f", {f_ratio(e['int4_over_nf4'])} than int4's" if e.get("int4_over_nf4") else "") if e else "")
+            + ".")
 
 
 def a_calibrated(s: Study) -> str | None:

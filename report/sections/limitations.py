@@ -58,7 +58,7 @@ def open_questions(doc: Doc, s: Study) -> None:
             f"read from L2, the model-size bench's diagnostic) INT8's step still takes "
             f"{f_ratio(top['scratch-int8-fast']['l2_vs_fp16_l2'])} fp16's: its kernels, not memory, hold it back. "
             + speed_at_scale_profile(s, top["model"])
-            + "Reading int8 as 32-bit words with integer conversion was slower (the README). --device-map auto "
+            + "Reading int8 as 32-bit words with integer conversion measured slower. --device-map auto "
             "lets the same scripts run larger models over several GPUs."
         )
     elif s.benches:
@@ -135,9 +135,8 @@ def limitations(doc: Doc, s: Study) -> None:
         items.append(f"<b>No real gpt2 numbers.</b> Every number comes from the cover's {len(x['stand_ins'])} "
                      "stand-ins (no Hub access); the scripts load gpt2 by default. CPU runs score a prefix of the "
                      f"text ({heading_number('measure')}).")
-    items.append("<b>Not run: 1.5-bit weights and quantization-aware training.</b> Ternary (1.58-bit) weights "
-                 "only work for a model trained with them, and QAT means training; the study quantizes "
-                 "trained models after the fact, so both stay open.")
+    items.append("<b>Not run: 1.5-bit weights and quantization-aware training.</b> Both need training (ternary "
+                 "weights work only in a model trained with them); the study quantizes trained models.")
     if x["sens_devices"]:
         items.append("<b>One sensitivity scan</b>, at INT8 on " + ", ".join(
                          escape("the CPU" if d.startswith("cpu") else d) for d in x["sens_devices"])

@@ -61,14 +61,12 @@ def selective(doc: Doc, s: Study) -> None:
         + (f": windows that do not overlap, half as many as at stride {y['L'] // 2} and with less context per "
            "token, which is why its base differs; each change is against this base, on the same windows"
            if y["S"] == y["L"] else "")
-        + f"). The largest rises come from blocks "
-        f"{', '.join(b for b, _ in y['top3'])} ({', '.join(f_pct(d) for _, d in y['top3'])})"
-        # a share only means something when no block lowers perplexity enough to shrink the sum below it
-        + (f"; together they carry {y['top3_sum']:.3f} of the {y['total']:.3f} percentage points "
-           "that the per-block changes add up to. " if 0 < y["top3_sum"] <= y["total"] else ". ")
-        + f"{y['small']} of {y['n_blocks']} blocks move "
+        + f"). The largest rises, blocks "
+        f"{', '.join(b for b, _ in y['top3'])} ({', '.join(f_pct(d) for _, d in y['top3'])}), are not ranked: "
+        "single-block changes this small are within the noise of rounding. "
+        f"{y['small']} of {y['n_blocks']} blocks move "
         f"perplexity by less than 0.02%, and {y['negative']} lower it, by up to {f_pct(y['lowest'])}: at INT8 a "
-        "single block moves it about as far down as up, within the noise of rounding. By component, "
+        "single block moves it about as far down as up. By component, "
         f"{escape(y['most'][0])} is the most sensitive ({f_pct(y['most'][1])} over "
         f"{y['most'][2]} modules) and {escape(y['least'][0])} the least "
         f"({f_pct(y['least'][1])})." + scan_against_selective(x, y)

@@ -60,9 +60,9 @@ def nf4_section(doc: Doc, s: Study) -> None:
         doc.label("nf4-error-table", "Table")
         doc.p(
             f"On the layer {escape(h['layer'])}, NF4's 16 codes carry {e['nf4']:.2f} bits of "
-            f"information per weight out of 4, 16 evenly spaced levels from -1 to 1 (no exact zero) "
+            f"information per weight (out of 4); 16 evenly spaced levels from -1 to 1 (no exact zero) carry "
             f"{e['uniform16']:.2f}"
-            + (f" and Part 1's int4 (15 evenly spaced levels, zero among them) {e['int4_scratch']:.2f}"
+            + (f", and Part 1's int4 (15 evenly spaced levels, zero among them) {e['int4_scratch']:.2f}"
                if "int4_scratch" in e else "")
             + (f". Real weights are not exactly normal: NF4's codes are used {use['nf4'][0]:,} "
                f"to {use['nf4'][1]:,} times each on that layer, uniform levels' "

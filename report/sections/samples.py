@@ -46,7 +46,7 @@ def qualitative(doc: Doc, s: Study) -> None:
               f"The same {len(smp['prompts'])} prompts, {n_new} new tokens each, greedy, by "
               f"{escape(pr.short_model(rec))} in fp32 and quantized ({escape(pr.device_of(rec))}); the perplexity "
               "changes are those of the evaluation runs of the same model.",
-              widths=[3.6, 4.3, 4.3, 4.3], markup=True, split=True)
+              widths=[3.9, 4.2, 4.2, 4.2], markup=True, split=True)
     doc.label("samples-table", "Table")
     equal = smp["leading_tokens_equal"]
     same = [n for n in names if n != "baseline-fp32" and all(e >= n_new for e in equal[n])]

@@ -545,12 +545,10 @@ def generate_spread_words(s: Study, fast: dict) -> str | None:
         return None
     d, o = one["decode_ms_per_token"], other["decode_ms_per_token"]["median"]
     inside = d["p10"] <= o <= d["p90"]
-    return (f"<b>generate() is noisy.</b> In the generate() run, {base}'s time per token spans {f_ms(d['p10'])} to "
-            f"{f_ms(d['p90'])} ms (p10–p90) around its median of {f_ms(d['median'])}; the fast-path bench "
-            f"below timed the same {base} through generate() at {f_ms(o)} ms, "
-            + ("inside that spread" if inside else "outside that spread")
-            + ". Python and kernel launches set generate()'s pace, and they vary with the host, so its ratios "
-            "are rough; the static path's ratios are tight.")
+    return (f"<b>generate() is noisy.</b> There {base}'s p10–p90 spans {f_ms(d['p10'])} to {f_ms(d['p90'])} ms "
+            f"around {f_ms(d['median'])}; the bench below timed the same {base} through generate() at {f_ms(o)} "
+            "ms, " + ("inside" if inside else "outside") + " that spread. Python and launches set generate()'s "
+            "pace and vary with the host: its ratios are rough, the static path's tight.")
 
 
 def speed_summary(doc: Doc, s: Study) -> None:

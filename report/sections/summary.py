@@ -244,7 +244,7 @@ def finding_items(s: Study) -> dict[str, str]:
         items["nf4"] = (
             "<b>4-bit: NF4 against linear.</b> At the same size as FP4 "
             f"({f_mib(x['nf4_mib'])} MiB"
-            + (f", the parts it keeps unquantized in {x['load_dtype']}" if x["load_dtype"] else "")
+            + (f" with its unquantized parts in {x['load_dtype']}" if x["load_dtype"] else "")
             + f"), NF4's perplexity is {x['lower_than_fp4']:.1f}% lower "
             f"than FP4's ({f_ppl(x['nf4'])} against {f_ppl(x['fp4'])})"
             + (
@@ -398,8 +398,8 @@ def fast_summary_text(x: dict) -> str:
         + (f"Slower: {listed(x['slower'])}. " if x["slower"] else "")
         + ("Every fast path makes the same greedy tokens as its model's generate()."
            if not x["diverging"] else
-           "Every fast path makes its model's generate() tokens, except "
-           + ", ".join(f"{escape(n)}'s first {k} of {m}" for n, _, _, k, m in x["diverging"])
+           "Every fast path makes the same greedy tokens as its model's generate(), except "
+           + ", ".join(f"{escape(n)}, whose first {k} of {m} tokens match" for n, _, _, k, m in x["diverging"])
            + f" (its kernels round {x.get('dtype', 'float16')} in another order and flip a near tie).")
     )
 
@@ -425,6 +425,6 @@ def headline_table(doc: Doc, s: Study) -> None:
               + " Each run timed itself with Hugging Face generate(), one run after another: compare "
               f"latencies across rows only roughly; the side-by-side ratios are in {heading_number('speed')}. "
               "Under each timing median: its p10–p90.",
-              widths=[5.2, 1.6, 1.4, 1.9, 1.9, 2.0, 1.6], markup=True)
+              widths=[4.9, 1.6, 1.4, 1.9, 1.9, 2.0, 1.9], markup=True)
     doc.refs["headline"] = doc.n_tab
     doc.label("headline-table", "Table")

@@ -48,6 +48,11 @@ def group_label(key: tuple) -> str:
     return f"{model} · {pr.text_words(text, short=True)} · L={L} S={S} · {n:,} tokens · {dev}"
 
 
+def short_group(key: tuple) -> str:
+    """A group's tokens and device, for a clause: '16,383 tokens, CPU' or '301,947 tokens, NVIDIA H200'."""
+    return f"{key[4]:,} tokens, " + ("CPU" if key[6] == "cpu" else key[5])
+
+
 class Study:
     """The results files, sorted into what each section needs."""
 
@@ -82,6 +87,14 @@ class Study:
             if len(rs) >= 2 and pr.perplexity_means_something(rs[0])
         ]
         return sorted(keys, key=lambda k: (-k[4], -len(self.groups[k])))
+
+    def other_model_group(self, model: str, names, at_least: int = 2) -> tuple | None:
+        """Another model's group of ppl_groups() with an fp32 baseline and the most of `names` (at least
+        `at_least` of them), or None: where a finding on one model is checked on the other."""
+        count = lambda k: sum(n in self.runs(k) for n in names)                   # noqa: E731
+        keys = [k for k in self.ppl_groups() if k[0] != model and count(k) >= at_least
+                and "baseline-fp32" in self.runs(k)]
+        return max(keys, key=count, default=None)
 
     def memory_groups(self) -> list[tuple]:
         return [k for k, rs in self.groups.items() if len(rs) >= 2]

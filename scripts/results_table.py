@@ -113,15 +113,20 @@ def models_tables(records: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def timing_heading(r: dict, words: str) -> str:
+    """A timing record's heading line: its name, file, device and repeats, `words`, and its stand-in."""
+    return (f"**{r['method']['name']}** ({r['_file']}), {r['environment']['device_name']}, "
+            f"{r[r['kind']]['repeats']} round-robin repeats, {words}"
+            + (f" — stand-in: {r['model']['stand_in']}" if r["model"].get("stand_in") else ""))
+
+
 def bench_tables(records: list[dict]) -> str:
     lines = []
     for r in records:
         if results.kind_of(r) != "bench":
             continue
         b = r["bench"]
-        lines += [f"**{r['method']['name']}** ({r['_file']}), {r['environment']['device_name']}, "
-                  f"{b['repeats']} round-robin repeats, ratios against {b.get('baseline', 'fp32')}"
-                  + (f" — stand-in: {r['model']['stand_in']}" if r["model"].get("stand_in") else ""), "",
+        lines += [timing_heading(r, f"ratios against {b.get('baseline', 'fp32')}"), "",
                   f"| method | prefill 1x{b['prefill_tokens']} ms | ratio | decode ms/token | ratio | weights MiB |",
                   "|---|---|---|---|---|---|"]
         for name, row in b["table"].items():
@@ -179,11 +184,8 @@ def batch_tables(records: list[dict]) -> str:
         if results.kind_of(r) != "batch":
             continue
         b = r["batch"]
-        lines += [f"**{r['method']['name']}** ({r['_file']}), {r['environment']['device_name']}, "
-                  f"{b['repeats']} round-robin repeats, {b['new_tokens'] - 1} decode steps after a "
-                  f"{b['prompt_tokens']}-token prompt"
-                  + (f" — stand-in: {r['model']['stand_in']}" if r["model"].get("stand_in") else ""), "",
-                  readings.batch_table_text(b), ""]
+        lines += [timing_heading(r, f"{b['new_tokens'] - 1} decode steps after a {b['prompt_tokens']}-token prompt"),
+                  "", readings.batch_table_text(b), ""]
     return "\n".join(lines)
 
 

@@ -205,8 +205,8 @@ def tune_tiles(dec: FastDecoder, prompt: torch.Tensor, rounds: int = TUNE_ROUNDS
 
 def tile_label(tile: tuple) -> str:
     """'BNxBK/warps', and '/sS' for a split-K tile of S parts (kernels.TILE_CHOICES)."""
-    bn, bk, w, *split = tile
-    return f"{bn}x{bk}/{w}" + (f"/s{split[0]}" if split and split[0] > 1 else "")
+    bn, bk, w = tile[:3]
+    return f"{bn}x{bk}/{w}" + (f"/s{kernels.split_of(tile)}" if kernels.split_of(tile) > 1 else "")
 
 
 @torch.no_grad()

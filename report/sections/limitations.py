@@ -6,7 +6,7 @@ from xml.sax.saxutils import escape
 
 import plot_results as pr
 import results
-from report.common import Study, delta, gemv_ratios, heading, heading_number
+from report.common import Study, delta, gemv_ratios, heading, heading_number, short_group
 from report.doc import Doc
 from report.formats import f_pct, f_ratio
 
@@ -73,14 +73,12 @@ def open_questions(doc: Doc, s: Study) -> None:
 
 def other_model_int8(s: Study, group: tuple | None) -> dict | None:
     """Asymmetric and per-channel INT8 on another real model than group's: its group with both."""
-    if group is None:
+    pair = ("scratch-int8-asymmetric", "scratch-int8-per_channel")
+    k = None if group is None else s.other_model_group(group[0], pair, at_least=len(pair))
+    if k is None:
         return None
-    for k in s.ppl_groups():
-        r = s.runs(k)
-        if k[0] != group[0] and {"scratch-int8-asymmetric", "scratch-int8-per_channel", "baseline-fp32"} <= set(r):
-            return {"model": k[0], "where": f"{k[4]:,} tokens, " + ("CPU" if k[6] == "cpu" else k[5]),
-                    "asym": delta(r, "scratch-int8-asymmetric"), "sym": delta(r, "scratch-int8-per_channel")}
-    return None
+    r = s.runs(k)
+    return {"model": k[0], "where": short_group(k), "asym": delta(r, pair[0]), "sym": delta(r, pair[1])}
 
 
 def speed_at_scale_profile(s: Study, model: str) -> str:

@@ -554,7 +554,7 @@ def generate_spread_words(s: Study, fast: dict) -> str | None:
 def speed_summary(doc: Doc, s: Study) -> None:
     """The main report's speed: what a user gets (generate() and the static-cache path, side by side),
     why a small model is launch-bound, in one figure; the rest is in report/speed.pdf."""
-    from report.sections.summary import fast_facts, finding_items, noise_words
+    from report.sections.summary import beyond_words, fast_facts, finding_items
     doc.h1(heading("speed", "Speed: what a user gets"), key="speed")
     if not s.benches:
         doc.p("No latency benchmark in these results.")
@@ -575,9 +575,9 @@ def speed_summary(doc: Doc, s: Study) -> None:
             faster = ", ".join(f"{escape(n)} {f_ratio(r)}" for n, _, r, _, _ in x["faster"])
             doc.p(f"<b>With the overhead gone</b> (static KV cache, CUDA graphs), {x['base']} decodes a token in "
                   f"{f_ms(x['base_ms'])} ms on the {escape(x['device'])}"
-                  + (f"; the only quantized models faster than it beyond the noise ({noise_words(x, short=True)}) "
+                  + (f"; the only quantized models faster than it beyond {beyond_words(x)} "
                      f"are {faster} its time." if faster
-                     else f"; no quantized model is faster beyond the noise ({noise_words(x, short=True)})."))
+                     else f"; no quantized model is faster beyond {beyond_words(x)}."))
         gen = generate_spread_words(s, fast)
         if gen:
             doc.p(gen)

@@ -18,6 +18,7 @@ from report.common import (
     heading_number,
     method,
     model_label,
+    short_group,
 )
 from report.doc import Doc
 from report.formats import f_band, f_mib, f_ms, f_pct, f_ppl, f_ratio, f_timing, pct_change
@@ -187,15 +188,12 @@ def findings_facts(s: Study) -> dict:
 def other_int8_order(s: Study, g: tuple, names: list[str]) -> dict | None:
     """The whole-model INT8 schemes' order on another real model (its group with the most of them):
     its best and runner-up, with the band of their difference where the runs keep windows."""
-    groups = [k for k in s.ppl_groups() if k[0] != g[0] and sum(n in s.runs(k) for n in names) >= 2
-              and "baseline-fp32" in s.runs(k)]
-    if not groups:
+    k = s.other_model_group(g[0], names)
+    if k is None:
         return None
-    k = max(groups, key=lambda k: sum(n in s.runs(k) for n in names))
     r = s.runs(k)
     ranked = sorted((n for n in names if n in r), key=lambda n: r[n]["perplexity"]["ppl"])
-    return {"model": k[0], "group": f"{k[4]:,} tokens, " + ("CPU" if k[6] == "cpu" else k[5]),
-            "best": ranked[0], "best_delta": delta(r, ranked[0]),
+    return {"model": k[0], "group": short_group(k), "best": ranked[0], "best_delta": delta(r, ranked[0]),
             "runner": ranked[1], "runner_delta": delta(r, ranked[1]),
             "band": noise.change_band(r[ranked[0]], r[ranked[1]])}
 
@@ -381,9 +379,14 @@ def noise_words(x: dict, short: bool = False) -> str:
                               f"across the model's {n['benches']} benches on this GPU)")
 
 
+def beyond_words(x: dict) -> str:
+    """What 'faster beyond ...' says: the rerun noise and its size, or the fixed split where nothing was rerun."""
+    short = noise_words(x, short=True)
+    return f"the rerun noise ({short})" if x.get("noise") is not None else short
+
+
 def fast_summary_text(x: dict) -> str:
-    beyond = (f"the rerun noise ({noise_words(x, short=True)})" if x.get("noise") is not None
-              else noise_words(x, short=True))
+    beyond = beyond_words(x)
     def listed(rows):
         ungraphed = x.get("no_graph", ())
         return ", ".join(f"{escape(n)} {f_ms(v)} ms ({f_ratio(ratio)}"

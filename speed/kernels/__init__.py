@@ -56,6 +56,7 @@ from speed.kernels.constants import (  # noqa: F401
     W_4BIT,
     W_DENSE,
     W_INT8,
+    split_of,
 )
 from speed.kernels.cpu import EMPTY, ONE, chunked_int8_linear, cpu_kernel, cpu_kernel_status  # noqa: F401
 from speed.kernels.triton_backend import (  # noqa: F401
@@ -178,7 +179,7 @@ def fused_linear(x: torch.Tensor, fw: FusedWeights, y: torch.Tensor, norm: tuple
                                 _or_empty(fw.bias), act, _or_empty(res), y, fw.n)
         return
     tile = (tiles or {}).get(gemv_key(fw, kind, act, res))
-    split = tile[3] if tile is not None and len(tile) > 3 else 1
+    split = 1 if tile is None else split_of(tile)
     ws, cnt = split_buffers(x.device, split, fw.n, tile[0]) if split > 1 else (x, x)
     triton_kernels()["fused_gemv"](
         1, fw.n, x, nw, x if nb is None else nb, fw.w, x if fw.scale is None else fw.scale,

@@ -34,5 +34,12 @@ TILE_CHOICES = {
     "argmax_head": ((4, 256, 2), (8, 256, 4), (16, 256, 4), (32, 256, 8), (8, 512, 4), (16, 512, 8), (4, 1024, 4),
                     (8, 1024, 8), (16, 128, 4), (32, 128, 4), (32, 512, 8), (64, 256, 8), (64, 128, 4)),
 }
+
+
+def split_of(tile: tuple) -> int:
+    """A fused-GEMV tile's split-K parts: its fourth number, 1 where it has three."""
+    return tile[3] if len(tile) > 3 else 1
+
+
 L2_ROWS = 4          # the weights-from-L2 diagnostic: each weight read from its first L2_ROWS rows
 BARRIER_SPINS = 1 << 22  # a grid barrier's polls before it gives up (seconds; never reached when all programs fit)

@@ -8,7 +8,7 @@ import os
 
 import torch
 
-from speed.kernels.constants import GEMV_ROWS, TILE_CHOICES
+from speed.kernels.constants import GEMV_ROWS, TILE_CHOICES, split_of
 
 try:                                                                   # the one guarded import
     import triton
@@ -54,8 +54,8 @@ def _make_launchers() -> dict:
 
         def launch(M, N, *args, tile=None, **kw):
             if tile is not None:                        # (BN, BK, warps), or with a split-K count last
-                bn, bk, warps, *split = tile
-                meta = {"BN": bn, "BK": bk, **({"SPLIT": split[0]} if split else {})}
+                bn, bk, warps = tile[:3]
+                meta = {"BN": bn, "BK": bk, **({"SPLIT": split_of(tile)} if len(tile) > 3 else {})}
                 return kernel[grid({**kw, **meta}, M, N)](*args, **{**kw, **meta}, num_warps=warps)
             if tuned is None:
                 return kernel[grid({**kw, **fixed}, M, N)](*args, **kw, **fixed)
@@ -64,8 +64,8 @@ def _make_launchers() -> dict:
 
     # Triton's autotuner times a kernel alone: the one-program-per-row-block tiles only (split-K tiles,
     # whose gain is in the chain of kernels, are for the step tuner, which pins them)
-    tiles = lambda choices: [triton.Config({"BN": bn, "BK": bk}, num_warps=w)  # noqa: E731
-                             for bn, bk, w, *split in choices if not split or split[0] == 1]
+    tiles = lambda choices: [triton.Config({"BN": t[0], "BK": t[1]}, num_warps=t[2])  # noqa: E731
+                             for t in choices if split_of(t) == 1]
     return {
         "fused_gemv": launcher(_fused_gemv, tiles(TILE_CHOICES["fused_gemv"]), ["N", "K", "LINEAR4", "PDL"],
                                lambda c, M, N: (triton.cdiv(N, c["BN"]) * c.get("SPLIT", 1),), {"BN": 8, "BK": 128}),

@@ -10,6 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import plot_results as pr
+import plots.speed as ps
 import results
 from report.formats import f_band, mib, pct_change
 from speed import readings
@@ -70,7 +71,7 @@ class Study:
                    and r.get("model")}
         sized = {r["file"] for r in self.size_rows} if len(self.size_rows) >= 2 else set()
         self.benches = [r for r in by_kind["bench"] if r.get("_file") not in sized or pr.short_model(r) in studied]
-        self.anatomies = pr.anatomy_records(by_kind["anatomy"])         # fewest links first
+        self.anatomies = ps.anatomy_records(by_kind["anatomy"])         # fewest links first
         self.headline = self.headline_group()
         # the scan of the headline model where there is one (one scan a report: the Part 1 section's)
         self.sensitivity = next((r for r in by_kind["sensitivity"] if self.headline is not None
@@ -195,6 +196,6 @@ def gemv_ratios(a: dict, name: str) -> tuple[list, list]:
     """A block's GEMV links (by position), each with the time it adds to name's step against
     fp16's: ([(label, ratio)] at most 1, [(label, ratio)] above 1)."""
     mine, base = (readings.block_links(a["steps"][n]["links"])[0] for n in (name, "fp16"))
-    ratios = [(label, m["adds_us"] / b["adds_us"]) for label, m, b in zip(pr.LINK_LABELS, mine, base)
+    ratios = [(label, m["adds_us"] / b["adds_us"]) for label, m, b in zip(ps.LINK_LABELS, mine, base)
               if label.endswith("GEMV")]
     return [r for r in ratios if r[1] <= 1], [r for r in ratios if r[1] > 1]

@@ -5,6 +5,7 @@ from __future__ import annotations
 from xml.sax.saxutils import escape
 
 import plot_results as pr
+import plots.speed as ps
 from report.common import Study, gemv_ratios
 from report.doc import Doc
 from report.formats import f_ratio
@@ -101,7 +102,7 @@ def anatomy_section(doc: Doc, s: Study) -> None:
               "0.90×: the most links a step could have for that bound to reach "
               f"{readings.TARGET_RATIO:.2f}×, at the chain's measured time per link.",
               widths=[3.2, None, 1.3, None, None, 1.3, 1.5, 1.5, 1.3, 1.5])
-    doc.figure(pr.ANATOMY_FIGURE, "Each method's fused step, as the time each kind of link adds to it (torch.profiler "
+    doc.figure(ps.ANATOMY_FIGURE, "Each method's fused step, as the time each kind of link adds to it (torch.profiler "
                "over CUDA graph replays), beside the chain of as many links that only read the vector, as separate "
                "kernels (dashed) and as one kernel with grid barriers between them (dash-dot), and the time the "
                "fp16 and INT8 weights' bytes take at peak bandwidth. The lines are totals, to compare with a bar's "

@@ -5,6 +5,7 @@ from __future__ import annotations
 from xml.sax.saxutils import escape
 
 import plot_results as pr
+import plots.speed as ps
 from report.common import Study, bandwidth, heading, method, model_label
 from report.doc import Doc
 from report.formats import f_mib, f_ms, f_ratio, mib
@@ -168,7 +169,7 @@ def size_section(doc: Doc, s: Study) -> None:
               "what unpacking the format costs the chain. The larger GPT-2 stand-ins carry GPT-2 medium's, "
               "large's and xl's released widths, layers and heads, with random weights.",
               widths=[3.6, None, None, None, None, None, None, None, None, None])
-    doc.figure(pr.SIZES_FIGURE, "Left: Part 1's INT8 and int4 on the fused step against fp16's (filled) and with "
+    doc.figure(ps.SIZES_FIGURE, "Left: Part 1's INT8 and int4 on the fused step against fp16's (filled) and with "
                "every weight in L2 against fp16's (hollow), by model size. Right: the share of fp16's step that "
                "its weights' bytes take.", max_height_cm=11)
     d = s.size_l2_rows

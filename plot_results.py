@@ -190,6 +190,9 @@ def ordered(rs: list[dict]) -> list[dict]:
                                      r["method"]["name"]))
 
 
+PARETO_HEIGHT_CM = 19.3       # memory against perplexity: two panels, one above the other, printed at full size
+
+
 def plot_group(key: tuple, rs: list[dict], out: Path, made: list[Path]) -> None:
     plt = _plt()
     rs = ordered(rs)
@@ -231,10 +234,12 @@ def plot_group(key: tuple, rs: list[dict], out: Path, made: list[Path]) -> None:
     fig.suptitle(f"Perplexity by method\n{cap}", fontsize=9)
     _save(fig, out, names_of["perplexity"], made)
 
-    # Two panels: every method, then the cluster near the best perplexity, where the 8-bit
-    # schemes sit on top of each other. Each point is labelled on the plot; colours say the
-    # family (baseline, Part 1 8-bit, Part 1 4-bit, bitsandbytes, GGUF), markers the member.
-    fig, (ax, zoom) = plt.subplots(1, 2, figsize=(6.5, 4.6), gridspec_kw={"width_ratios": [1, 1.25]})
+    # Two panels, one above the other: every method, named in a column to its right (the 4-bit
+    # runs crowd just above the best), then the cluster near the best perplexity, where the 8-bit
+    # schemes sit on top of each other. Colours say the family, markers the member.
+    fig, (ax, zoom) = plt.subplots(2, 1, figsize=(6.5, PARETO_HEIGHT_CM / 2.54),
+                                   gridspec_kw={"height_ratios": [1.4, 1]})
+    fig.subplots_adjust(left=0.1, right=0.6, top=0.885, bottom=0.07, hspace=0.28)
     # 6.5 in: 16.5 cm wide in the PDF, so 8 pt stays 8 pt
     front, best = [], float("inf")
     for x, y in sorted(zip(mib, ppl)):
@@ -251,17 +256,21 @@ def plot_group(key: tuple, rs: list[dict], out: Path, made: list[Path]) -> None:
         a.plot(*zip(*front), color="grey", lw=0.8, ls="--", zorder=2)
         a.set_xlabel("weights (MiB)", fontsize=9)
         a.tick_params(labelsize=8)
-    ax.set_ylabel("perplexity", fontsize=9)
+        a.set_ylabel("perplexity" + (" (log scale)" if a is ax else ""), fontsize=9)
+    ax.set_yscale("log")                              # 4-bit's crowd near the best, 3-bit's far above
+    ax.set_yticks(ticks := nice_log_ticks(min(ppl), max(ppl)), [f"{t:g}" for t in ticks])
+    ax.minorticks_off()
     pad_x = 0.08 * (max(x for x, _, _ in near) - min(x for x, _, _ in near) or 10)
     pad_y = 0.3 * (max(y for _, y, _ in near) - min(y for _, y, _ in near) or 0.05)
     zoom.set_xlim(min(x for x, _, _ in near) - 2 * pad_x, max(x for x, _, _ in near) + 2 * pad_x)
     zoom.set_ylim(min(y for _, y, _ in near) - pad_y, max(y for _, y, _ in near) + pad_y)
-    label_points(ax, [(x, y, n) for x, y, n in zip(mib, ppl, names) if (x, y, n) not in near], idents, spill="none")
+    column_labels(ax, [(x, y, n, f"{y:.2f}") for x, y, n in zip(mib, ppl, names) if (x, y, n) not in near],
+                  idents, size=8)
     label_points(zoom, near, idents, spill="right")
-    ax.set_title("every method (dashed: Pareto front)", fontsize=9)
+    ax.set_title(f"every method but the {len(near)} below (dashed: Pareto front)", fontsize=9)
     zoom.set_title(f"zoom: within 3% of the best ({len(near)})", fontsize=9)
     fig.suptitle(f"Memory against perplexity\n{cap}", fontsize=9)
-    _save(fig, out, names_of["pareto"], made)
+    _save(fig, out, names_of["pareto"], made, layout=False)
     plot_bits(rs, idents, cap, out, names_of["bits"], made)
 
 
@@ -369,6 +378,16 @@ def log_ticks(lo: float, hi: float) -> list[float]:
     decades = range(math.floor(math.log10(lo)), math.ceil(math.log10(hi)) + 1)
     ticks = [m * 10.0 ** d for d in decades for m in (1, 2, 5) if lo <= m * 10.0 ** d <= hi]
     return [t for t in ticks if math.log10(t).is_integer()] if len(ticks) > 7 else ticks
+
+
+def nice_log_ticks(lo: float, hi: float) -> list[float]:
+    """Ticks for a log axis spanning less than a decade or two: 1, 1.5, 2, 3, 5 and 7 in each
+    decade, every other one dropped while there are more than seven."""
+    decades = range(math.floor(math.log10(lo)), math.ceil(math.log10(hi)) + 1)
+    ticks = [m * 10.0 ** d for d in decades for m in (1, 1.5, 2, 3, 5, 7) if lo <= m * 10.0 ** d <= hi]
+    while len(ticks) > 7:
+        ticks = ticks[::2]
+    return ticks or [lo, hi]
 
 
 def column_labels(ax, points: list[tuple[float, float, str, str]], idents: dict[str, dict],

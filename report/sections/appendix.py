@@ -69,7 +69,7 @@ def memory_ppl_tables(doc: Doc, s: Study) -> None:
             doc.p(f"Figure {doc.refs.get('pareto', '?')}, in the supporting appendix, plots its memory against "
                   "perplexity.")
         elif meaningful:
-            doc.figure(names["pareto"], pareto_caption(s.runs(k)), max_height_cm=12)
+            doc.figure(names["pareto"], pareto_caption(s.runs(k)), max_height_cm=pr.PARETO_HEIGHT_CM)
         else:
             doc.figure(names["memory"], memory_caption(s.runs(k)), max_height_cm=12)
 
@@ -80,7 +80,7 @@ def pareto_caption(r: dict) -> str:
     front = [pts[p] for p in pm.frontier(list(pts))]
     return ("Memory against perplexity; the dashed line joins the runs no other run beats on both: "
             + ", ".join(f"{escape(n)} ({f_mib(r[n]['memory']['weights_mib'])} MiB)" for n in front)
-            + ". Right: the methods within 3% of the best perplexity, each labelled.")
+            + ". Below: the methods within 3% of the best perplexity, each labelled.")
 
 
 def memory_caption(r: dict) -> str:

@@ -250,9 +250,9 @@ def supporting(doc: Doc, s: Study) -> None:
     if g and doc.figure(pr.group_figures(g)["pareto"],
                         "Weight memory against perplexity, every method of "
                         + (doc.label_of("headline-table") or "the headline table")
-                        + "; the dashed line joins the methods that no other beats on both. Right: "
+                        + "; the dashed line joins the methods that no other beats on both. Below: "
                         "the methods within 3% of the best perplexity, where the 8-bit schemes crowd.",
-                        max_height_cm=12):
+                        max_height_cm=pr.PARETO_HEIGHT_CM):
         doc.refs["pareto"] = doc.n_fig
 
 

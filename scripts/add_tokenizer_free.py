@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
-"""Add bits per byte and word perplexity to results records written before the evaluator computed them.
+"""Add bits per byte and word perplexity, and each window's bytes, to results records written before the
+evaluator computed them.
 
     python scripts/add_tokenizer_free.py                 # every results/*.json that lacks them
     python scripts/add_tokenizer_free.py --dry-run       # say what would change, write nothing
@@ -13,6 +14,10 @@ numbers are those a rerun would write, to the last bit. Each record so completed
 (perplexity.tokenizer_free_added_by), naming the folder's sha256 where it is not the record's
 (the same stand-in built by another transformers release). A record whose text or model is
 not here, or whose token count does not match, is left alone and named.
+
+Each window's bytes (perplexity.windows.n_bytes: what pairs two models' windows by the text they
+scored, study.noise.bpb_band) are added the same way to a record that keeps its windows, only
+where the bytes rebuilt add up to the record's own n_bytes (perplexity.window_bytes_added_by).
 """
 from __future__ import annotations
 
@@ -34,9 +39,15 @@ ADDED_BY = ("scripts/add_tokenizer_free.py, from this record's mean_nll and n_to
             "tokens spell (the record was written before the evaluator computed these)")
 
 
+WINDOWS_ADDED_BY = ("scripts/add_tokenizer_free.py, from the text this record's windows scored, rebuilt as the "
+                    "run built it (the record was written before the evaluator kept each window's bytes)")
+
+
 def lacking(rec: dict) -> bool:
     ppl = rec.get("perplexity")
-    return isinstance(ppl, dict) and "mean_nll" in ppl and "bits_per_byte" not in ppl
+    if not isinstance(ppl, dict) or "mean_nll" not in ppl:
+        return False
+    return "bits_per_byte" not in ppl or bool(ppl.get("windows")) and "n_bytes" not in ppl["windows"]
 
 
 @functools.lru_cache(maxsize=8)
@@ -71,7 +82,13 @@ def completed(rec: dict, text_file: Path, models: Path) -> dict:
     how = ADDED_BY + ("" if here == model.get("sha256") else
                       f"; tokenized by a build of {model.get('id')} whose files differ (folder sha256 {here[:12]}...), "
                       f"with the record's {ppl['n_tokens_total']:,} tokens")
-    return {**rec, "perplexity": {**ppl, **tokenizer_free(ppl, tok, ids), "tokenizer_free_added_by": how}}
+    free = tokenizer_free(ppl, tok, ids)
+    if "bits_per_byte" not in ppl:
+        return {**rec, "perplexity": {**ppl, **free, "tokenizer_free_added_by": how}}
+    if free["n_bytes"] != ppl["n_bytes"]:
+        raise ValueError(f"its scored text is {ppl['n_bytes']:,} bytes, {free['n_bytes']:,} here")
+    return {**rec, "perplexity": {**ppl, "windows": free["windows"],
+                                  "window_bytes_added_by": how.replace(ADDED_BY, WINDOWS_ADDED_BY)}}
 
 
 def main(*, folder: str = "results", text_file: str = "data/wikitext-2-raw/wiki.test.raw",
@@ -91,7 +108,8 @@ def main(*, folder: str = "results", text_file: str = "data/wikitext-2-raw/wiki.
             print(f"left alone: {path.name}: {e}", file=sys.stderr)
             continue
         p = new["perplexity"]
-        print(f"{path.name}: {p['bits_per_byte']:.4f} bits per byte, word perplexity {p['word_perplexity']:.2f}")
+        print(f"{path.name}: {p['bits_per_byte']:.4f} bits per byte, word perplexity {p['word_perplexity']:.2f}"
+              + (f", {len(p['windows']['n_bytes'])} windows' bytes" if "n_bytes" in (p.get("windows") or {}) else ""))
         if not dry_run:
             results.write_json_atomic(path, new)
             written.append(path)

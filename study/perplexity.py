@@ -94,14 +94,48 @@ def tokenizer_free(ppl: dict, tokenizer, input_ids: torch.Tensor) -> dict:
     """Measures that compare models with different tokenizers, from perplexity()'s block: the
     same total NLL over the bytes, and over the words, of the text the scored tokens spell.
     The scored tokens are every one after the first (window_plan), so that text is the whole
-    decoding less the first token's: its bytes and words are counted as that difference."""
+    decoding less the first token's: its bytes and words are counted as that difference.
+    With perplexity()'s windows, each window's bytes too (windows.n_bytes, in order: where each
+    window's text lies in the file), which pair two models' windows by the bytes they scored."""
     ids = input_ids[0].tolist()                 # special tokens (a BOS) spell nothing
     whole, first = (tokenizer.decode(t, skip_special_tokens=True) for t in (ids, ids[:1]))
     n_bytes = len(whole.encode("utf-8")) - len(first.encode("utf-8"))
     n_words = len(whole.split()) - len(first.split())
     nll_sum = ppl["mean_nll"] * ppl["n_tokens_scored"]
-    return {"bits_per_byte": nll_sum / math.log(2) / n_bytes, "word_perplexity": math.exp(nll_sum / n_words),
-            "n_bytes": n_bytes, "n_words": n_words, "tokenizer_free_definition": TOKENIZER_FREE_DEFINITION}
+    out = {"bits_per_byte": nll_sum / math.log(2) / n_bytes, "word_perplexity": math.exp(nll_sum / n_words),
+           "n_bytes": n_bytes, "n_words": n_words, "tokenizer_free_definition": TOKENIZER_FREE_DEFINITION}
+    if ppl.get("windows"):
+        plan = window_plan(len(ids), ppl["max_length"], ppl["stride"])
+        out["windows"] = {**ppl["windows"], "n_bytes": window_bytes(tokenizer, ids, plan, n_bytes)}
+    return out
+
+
+WINDOW_BYTES_MARGIN = 64       # tokens of context decoded before a boundary (a tokenizer's decoding is local)
+
+
+def window_bytes(tokenizer, ids: list[int], plan: list[tuple[int, int, int]], n_bytes: int) -> list[int]:
+    """UTF-8 bytes of the text each window's scored tokens add (window_plan's windows, in order):
+    the differences of the decoded length at the windows' ends. The length at a boundary k is
+    counted from a short span before it, decoded with and without the tokens up to k, which
+    is exact where decoding is local; a boundary that splits a character (the span's decoding
+    ends in U+FFFD), and any total that does not add up to n_bytes, is decoded from the start."""
+    def prefix_bytes(k: int) -> int:                       # bytes of decode(ids[:k]), exactly
+        return len(tokenizer.decode(ids[:k], skip_special_tokens=True).encode("utf-8"))
+
+    ends = [end + 1 for _, end, _ in plan]                 # ids[:k] spells the text up to a window's last target
+    cuts, prev = [prefix_bytes(1)], 1
+    for k in ends:
+        lo = max(0, prev - WINDOW_BYTES_MARGIN)
+        head = tokenizer.decode(ids[lo:prev], skip_special_tokens=True)
+        span = tokenizer.decode(ids[lo:k], skip_special_tokens=True)
+        exact = lo == 0 or head.endswith("\ufffd") or not span.startswith(head)
+        cuts.append(prefix_bytes(k) if exact else cuts[-1] + len(span.encode("utf-8")) - len(head.encode("utf-8")))
+        prev = k
+    sizes = [b - a for a, b in zip(cuts, cuts[1:])]
+    if sum(sizes) != n_bytes:                                # not local after all: every boundary from the start
+        cuts = [prefix_bytes(1)] + [prefix_bytes(k) for k in ends]
+        sizes = [b - a for a, b in zip(cuts, cuts[1:])]
+    return sizes
 
 
 KLD_DEFINITION = ("KL(P_reference || P_model) of the next-token distribution, in nats, per scored token of the "

@@ -290,19 +290,49 @@ def test_an_older_record_gets_the_tokenizer_free_measures_a_rerun_would_write(gp
                                  max_length=32, stride=16, max_tokens=120, skip_latency=True, skip_disk=True,
                                  per_line=0, quiet=True, out=str(out / "r.json")))
     measured = {k: rec["perplexity"][k] for k in ("bits_per_byte", "word_perplexity", "n_bytes", "n_words")}
+    window_bytes = rec["perplexity"]["windows"]["n_bytes"]
     older = json.loads((out / "r.json").read_text())
     for k in (*measured, "tokenizer_free_definition"):
         del older["perplexity"][k]
+    del older["perplexity"]["windows"]["n_bytes"]
+    bytes_only = json.loads(json.dumps(older))                  # had bits per byte, not its windows' bytes
+    bytes_only["perplexity"].update(measured)
     other = json.loads(json.dumps(older))
     other["dataset"]["sha256"] = "0" * 64
     (out / "r.json").write_text(json.dumps(older))
     (out / "other.json").write_text(json.dumps(other))
+    (out / "s.json").write_text(json.dumps(bytes_only))
     written = add_tokenizer_free.main(folder=str(out), text_file=str(text_file), models=str(models))
-    assert written == [out / "r.json"]
+    assert written == [out / "r.json", out / "s.json"]
     got = json.loads((out / "r.json").read_text())["perplexity"]
     assert {k: got[k] for k in measured} == measured
+    assert got["windows"]["n_bytes"] == window_bytes
     assert "add_tokenizer_free.py" in got["tokenizer_free_added_by"]
+    got = json.loads((out / "s.json").read_text())["perplexity"]
+    assert got["windows"]["n_bytes"] == window_bytes and "window_bytes_added_by" in got
     assert "bits_per_byte" not in json.loads((out / "other.json").read_text())["perplexity"]
+
+
+def test_each_window_counts_the_bytes_its_scored_tokens_spell(gpt2_dir, text_file, tmp_path):
+    """windows.n_bytes, against a direct count: the decoded length of the tokens up to each
+    window's last target, less the length up to the one before its first; they add up to the
+    record's n_bytes, and with the NLL they give back its bits per byte."""
+    from transformers import AutoTokenizer
+
+    from study.text import load_text, tokenize
+    rec = ev.main(run=RunOptions(model=str(gpt2_dir), text_file=str(text_file), device="cpu", max_length=32,
+                                 stride=12, max_tokens=150, skip_latency=True, skip_disk=True, per_line=0,
+                                 quiet=True, out=str(tmp_path / "r.json")))
+    tok = AutoTokenizer.from_pretrained(gpt2_dir)
+    ids = tokenize(tok, load_text(text_file=str(text_file)).text, 150)[0].tolist()
+    spelled = lambda k: len(tok.decode(ids[:k]).encode("utf-8"))           # noqa: E731
+    want, done = [], 1
+    for _, end, _ in ev.window_plan(len(ids), 32, 12):
+        want.append(spelled(end + 1) - spelled(done))
+        done = end + 1
+    p = rec["perplexity"]
+    assert p["windows"]["n_bytes"] == want and sum(want) == p["n_bytes"]
+    assert math.isclose(sum(p["windows"]["nll_sum"]) / math.log(2) / sum(want), p["bits_per_byte"], rel_tol=1e-12)
 
 
 def test_add_tokenizer_free_refuses_a_folder_as_its_text_before_reading_any_record(tmp_path):

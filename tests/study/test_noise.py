@@ -40,3 +40,43 @@ def test_no_band_without_windows_or_on_other_windows():
     assert noise.change_band(a, {"perplexity": {"ppl": 3.0}}) is None          # written before windows
     assert noise.change_band(a, rec([30.0, 40.0], [10, 13])) is None           # other tokens
     assert noise.ranked({"perplexity": {}}, a) is None
+
+
+# ---------------------------------------------------------------- across models, paired by bytes
+
+def brec(sums, sizes, sha="t"):
+    return {"dataset": {"sha256": sha},
+            "perplexity": {"windows": {"nll_sum": list(sums), "n_scored": [1] * len(sums), "n_bytes": list(sizes)}}}
+
+
+def test_two_models_on_the_same_text_pair_by_where_their_windows_lie():
+    """a's windows of 100 bytes; b's of 50, 150, 100, 100: each of b's goes to the group of a that
+    holds its middle byte, and the difference is b's bits per byte less a's, on their common bytes."""
+    ln2 = math.log(2)
+    a = brec([100 * ln2, 100 * ln2, 100 * ln2, 100 * ln2], [100] * 4)          # 1 bit per byte
+    b = brec([25 * ln2, 75 * ln2, 100 * ln2, 50 * ln2], [50, 150, 100, 100])   # 0.5, 0.5, 1.0, 0.5
+    na, sa, nb, sb = noise.paired_by_bytes(a, b, per_group=1)
+    assert sa == (100, 100, 100, 100)
+    assert sb == (50, 150, 100, 100)         # middles at 25, 125, 250, 350
+    r = noise.bpb_band(a, b, per_group=1)
+    assert math.isclose(r["diff"], (250 / 400) - 1.0, rel_tol=1e-12)
+    assert r["band"][1] < 0 and r["bytes"] == 400
+
+
+def test_a_shorter_run_bounds_the_text_compared_and_other_texts_do_not_pair():
+    ln2 = math.log(2)
+    a = brec([100 * ln2] * 4, [100] * 4)
+    b = brec([100 * ln2] * 2, [100] * 2)                       # scored only the first 200 bytes
+    r = noise.bpb_band(a, b, per_group=1)
+    assert r["bytes"] == 200 and r["groups"] == 2 and r["diff"] == 0.0 and r["band"] == (0.0, 0.0)
+    assert noise.bpb_band(a, brec([1.0] * 4, [100] * 4, sha="other")) is None
+    assert noise.bpb_band(a, rec([1.0, 2.0], [1, 1])) is None  # windows without their bytes
+
+
+def test_windows_of_one_model_group_by_four():
+    ln2 = math.log(2)
+    a = brec([100 * ln2] * 8, [100] * 8)
+    b = brec([50 * ln2] * 8, [100] * 8)
+    na, sa, nb, sb = noise.paired_by_bytes(a, b)
+    assert sa == sb == (400, 400)
+    assert math.isclose(noise.bpb_band(a, b)["diff"], -0.5, rel_tol=1e-12)

@@ -286,17 +286,21 @@ def test_the_larger_model_question_is_answered_from_bits_per_byte(tmp_path):
             r["quantization"] = {"full_precision_detail": {"embeddings": 100 * 2**20}, "total": int(mib * 2**20)}
         r["dataset"]["sha256"] = "b" * 64
         r["perplexity"].update(bits_per_byte=bpb, n_bytes=64757 if model == "small" else 66890, word_perplexity=40.0)
+        if (model, method) in (("small", "baseline-fp16"), ("large", "bnb-nf4")):   # windows cut apart: 8 x 500
+            n, size = (8, 500) if model == "small" else (16, 250)                   # bytes against 16 x 250
+            r["perplexity"]["windows"] = {"nll_sum": [bpb * math.log(2) * size] * n, "n_scored": [100] * n,
+                                          "n_bytes": [size] * n}
         (d / f"{i}.json").write_text(json.dumps(r))
     out = br.main(results=str(d), out=str(tmp_path / "r.pdf"), figures=str(tmp_path / "f"))
     text = pdf_text(out).replace("\n", " ")
     section = text.split("A larger quantized model against a smaller unquantized one")[-1].split("5. Bonus")[0]
     assert "In fp32, large scores 1.0500 at 1000.0 MiB, small 1.0700 at 400.0 MiB." in section
     # within small fp16's 200 MiB, large's best is bnb-nf4 (190 MiB, 1.06 < 1.0701): it beats it
+    # the two runs' windows, paired by bytes: 1.0600 - 1.0701 everywhere, so a band of one point, not a tie
     assert ("Within small baseline-fp16's 200.0 MiB (1.0701), large's best run is bnb-nf4 (large, 190.0 MiB, "
-            "1.0600): it beats the smaller model unquantized.") in section
+            "1.0600): it beats the smaller model unquantized (-0.0101 bits per byte, 95% band -0.0101 to -0.0101, "
+            "on the 4,000 bytes both scored).") in section
     # frontier by memory: small nf4 (70, 1.15), large int4 (150, 1.12), large nf4 (190, 1.06), large fp32 (1.05)
-    assert ("4 runs, in RESULTS.md's two-model table) starts at bnb-nf4 (small, 70.0 MiB, 1.1500) and ends at "
-            "baseline-fp32 (large, 1000.0 MiB, 1.0500).") in section
     assert ("The answer turns once, at 150.0 MiB: below it every frontier point is small's, from it on every one "
             "is large's, starting with scratch-int4-int4 (large, 150.0 MiB, 1.1200).") in section
     # both ran bnb-nf4: +25% (25/20) on small against +10% (22/20) on large; int4 only on large
@@ -435,7 +439,8 @@ def test_the_whole_text_confirms_the_prefix_groups_answer_and_origin(tmp_path):
     # the prefix's turn is large's INT8 (250 MiB, 1.06) against small's fp16 (1.0701); on the whole text 1.0040
     # against 1.0301, the same order
     assert ("On the whole test split (GPUs: H200 for small, H100 for large), the same pair scores 1.0040 "
-            "(250.0 MiB) against 1.0301 (200.0 MiB): the same answer.") in section
+            "(250.0 MiB) against 1.0301 (200.0 MiB) (no noise band: a run kept no per-window NLL): the same "
+            "answer.") in section
     # the prefix's penalties are labelled; on the whole text nf4 costs 26.25/21 (+25%) against 30/20 (+50%)
     assert "own fp32 (first 16,384 tokens, CPU)" in section
     assert ("On the whole test split, it is larger on large for 1 of the 1 4-bit methods both ran there "
@@ -491,19 +496,34 @@ def test_two_calibration_paragraphs_that_disagree_say_which_holds_more_tokens():
 
 def test_the_abstracts_larger_model_answer_names_a_run_left_out_for_its_origin(monkeypatch):
     """A run that rounds the larger stand-in back to its own origin format is off the frontier; where it
-    fits the budget, the abstract's answer says it was left out."""
+    fits the budget, the abstract's answer says it was left out. Each comparison says whether it is
+    outside the noise (the runs' windows, paired by bytes), or that a run has no band."""
+    import math
+
     from report.sections import front
-    p = lambda model, method, mib, bpb: {"model": model, "method": method, "mib": mib, "bpb": bpb}  # noqa: E731
-    x = {"small": "s", "large": "l", "unquantized": p("s", "baseline-fp16", 256.6, 1.0697),
-         "best_within": p("l", "gguf-q5_k_m", 241.8, 1.0767), "turns": [p("l", "scratch-int8-per_channel", 257.3,
-                                                                          1.0591)],
+
+    def rec(bpbs):                   # one window of 100 bytes per value, at that many bits per byte
+        return {"dataset": {"sha256": "t"}, "perplexity": {"windows": {
+            "nll_sum": [v * math.log(2) * 100 for v in bpbs], "n_scored": [10] * len(bpbs),
+            "n_bytes": [100] * len(bpbs)}}}
+    p = lambda model, method, mib, bpb, r=None: {"model": model, "method": method, "mib": mib, "bpb": bpb,  # noqa
+                                                  "record": r or {}}
+    u = rec([1.0697] * 16)
+    tie = rec([1.0767 + (0.05 if i // 4 % 2 else -0.05) for i in range(16)])   # by turns, 4 windows at a time
+    x = {"key": ("sha", 1024, 512, "text", "cpu", 16384), "small": "s", "large": "l",
+         "unquantized": p("s", "baseline-fp16", 256.6, 1.0697, u),
+         "best_within": p("l", "gguf-q5_k_m", 241.8, 1.0767, tie),
+         "turns": [p("l", "scratch-int8-per_channel", 257.3, 1.0591, rec([1.0591] * 16))],
          "back_to_origin": [p("l", "gguf-q4_k_m", 235.2, 1.0591), p("l", "gguf-q8_0", 300.0, 1.05)]}
     monkeypatch.setattr(front.mo, "models_facts", lambda s: x)
+    monkeypatch.setattr(front.mo, "whole_text_pair", lambda *a: None)
     text = front.models_finding(None)
     assert ("s in fp16 scores 1.0697 at 256.6 MiB. l's best run within that memory, gguf-q5_k_m (241.8 MiB), "
-            "scores 1.0767 and loses; with 257.3 MiB (0.3% more) it wins: scratch-int8-per_channel scores 1.0591 "
-            "(gguf-q4_k_m, which restores its origin format, left out)") in text
+            "scores 1.0767: a tie; with 0.3% more memory, scratch-int8-per_channel scores 1.0591 (it wins) "
+            "(gguf-q4_k_m, its origin format, left out).") in text
     assert "gguf-q8_0" not in text                                           # 300 MiB: outside the budget
+    x["best_within"]["record"] = {}
+    assert "scores 1.0767: no noise band;" in front.models_finding(None)
 
 
 def test_the_fast_path_split_is_the_rerun_noise_of_the_models_benches():

@@ -58,22 +58,22 @@ def models_finding(s: Study) -> str | None:
         return None
     u, b = x["unquantized"], x["best_within"]
     small, large = escape(x["small"]), escape(x["large"])
-    text = (f"<b>A larger quantized model ({heading_number('explore')}).</b> In bits per byte (comparable across "
-            f"tokenizers; lower is better), {small} in {escape(u['method'].removeprefix('baseline-'))} scores "
+    text = (f"<b>A larger quantized model ({heading_number('explore')}).</b> In bits per byte (lower is "
+            f"better), {small} in {escape(u['method'].removeprefix('baseline-'))} scores "
             f"{u['bpb']:.4f} at {f_mib(u['mib'])} MiB. ")
     if b is None:
         return text + f"{large} has no run within that memory yet."
-    if b["bpb"] < u["bpb"]:
-        text += (f"{large} beats it within that memory: {escape(b['method'])} ({f_mib(b['mib'])} MiB) scores "
-                 f"{b['bpb']:.4f}")
-    else:
-        text += (f"{large}'s best run within that memory, {escape(b['method'])} ({f_mib(b['mib'])} MiB), "
-                 f"scores {b['bpb']:.4f} and loses")
-        t = x["turns"][0] if len(x["turns"]) == 1 else None
-        if t is not None and t["bpb"] < u["bpb"] and t["mib"] > u["mib"]:
-            text += (f"; with {f_mib(t['mib'])} MiB ({100 * (t['mib'] / u['mib'] - 1):.1f}% more) it wins: "
-                     f"{escape(t['method'])} scores {t['bpb']:.4f}")
-    text += "".join(f" ({escape(p['method'])}, which restores its origin format, left out)"
+    text += (f"{large}'s best run within that memory, {escape(b['method'])} ({f_mib(b['mib'])} MiB), scores "
+             f"{b['bpb']:.4f}: {mo.verdict(u['record'], b['record'])}")
+    t = x["turns"][0] if len(x["turns"]) == 1 else None
+    if t is not None and t is not b and t["bpb"] < u["bpb"] and t["mib"] > u["mib"]:
+        text += (f"; with {100 * (t['mib'] / u['mib'] - 1):.1f}% more memory, {escape(t['method'])} scores "
+                 f"{t['bpb']:.4f} ({mo.verdict(u['record'], t['record'])})")
+        whole = mo.whole_text_pair(s, x, u, t) if x["key"][5] else None
+        if whole is not None:
+            a, c = (r["perplexity"]["bits_per_byte"] for r in whole)
+            text += f", and on the whole test split {c:.4f} against {a:.4f}: {mo.verdict(*whole)}"
+    text += "".join(f" ({escape(p['method'])}, its origin format, left out)"
                     for p in x["back_to_origin"] if p["model"] == x["large"] and p["mib"] <= u["mib"])
     return text + "."
 

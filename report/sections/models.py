@@ -17,7 +17,7 @@ from report.doc import Doc
 from report.formats import f_mib, f_pct
 from report.sections.closing import cite
 from report.sections.explore import rtn_twin
-from study import registry, standins
+from study import noise, registry, standins
 
 
 def models_facts(s: Study) -> dict | None:
@@ -29,7 +29,7 @@ def models_facts(s: Study) -> dict | None:
     point = lambda r: {"model": pr.short_model(r), "method": r["method"]["name"],               # noqa: E731
                        "mib": r["memory"]["weights_mib"], "bpb": r["perplexity"]["bits_per_byte"],
                        "bytes": r["perplexity"]["n_bytes"], "kld": (r.get("divergence") or {}).get("kld_mean"),
-                       "origin": standins.origin(r)}
+                       "origin": standins.origin(r), "record": r}
     # a run back to its stand-in's own origin format measures the origin: shown apart, off the frontier
     runs = [point(r) for r in rs if not standins.requantizes_origin(r)]
     back = [point(r) for r in rs if standins.requantizes_origin(r)]
@@ -74,6 +74,43 @@ def origin_facts(s: Study, x: dict) -> dict:
             kept[(m, n)] = (emb, q["total"])
     return {"penalty": penalty, "gain": gain, "kept": kept,
             "origin": {m: standins.origin(by[(m, "baseline-fp32")]) for m in base}}
+
+
+def gap_words(a: dict, b: dict) -> str:
+    """How far b's bits per byte lie from a's, two models' runs on one text, and whether that is
+    outside the noise (study.noise.bpb_band): ' (-0.0225 bits per byte on the 1,287,654 bytes both
+    scored, 95% band -0.0317 to -0.0141)', or the reason there is no band."""
+    g = noise.bpb_band(a, b)
+    if g is None:
+        return " (no noise band: a run kept no per-window NLL)"
+    lo, hi = g["band"]
+    return (f" ({g['diff']:+.4f} bits per byte, 95% band {lo:+.4f} to {hi:+.4f}, on the {g['bytes']:,} bytes "
+            "both scored" + (": a tie)" if lo <= 0 <= hi else ")"))
+
+
+def is_tie(a: dict, b: dict) -> bool | None:
+    g = noise.bpb_band(a, b)
+    return None if g is None else g["band"][0] <= 0 <= g["band"][1]
+
+
+def verdict(a: dict, b: dict, where: bool = False) -> str:
+    """b against a in a few words: 'a tie', 'it wins', 'it loses' (each outside the noise), or
+    'no noise band' where a run kept no per-window NLL; where: and on how many bytes."""
+    g = noise.bpb_band(a, b)
+    if g is None:
+        return "no noise band"
+    word = "a tie" if g["band"][0] <= 0 <= g["band"][1] else "it wins" if g["diff"] < 0 else "it loses"
+    return word + (f" on the {g['bytes']:,} bytes both scored" if where else "")
+
+
+def whole_text_pair(s: Study, x: dict, small_point: dict, large_point: dict) -> tuple[dict, dict] | None:
+    """The same two methods' records on the whole text (whole_text_facts), or None."""
+    w = whole_text_facts(s, x)
+    if w is None:
+        return None
+    pair = (w["by"].get((small_point["model"], small_point["method"])),
+            w["by"].get((large_point["model"], large_point["method"])))
+    return None if None in pair else pair
 
 
 def whole_text_facts(s: Study, x: dict) -> dict | None:
@@ -180,20 +217,20 @@ def larger_against_smaller(doc: Doc, s: Study) -> None:
         text += (f"No run of {escape(large)} fits within {escape(small)} {escape(u['method'])}'s "
                  f"{f_mib(u['mib'])} MiB yet, so the question is open on these records. ")
     else:
-        verdict = "beats" if b["bpb"] < u["bpb"] else "does not beat"
+        tie = is_tie(u["record"], b["record"])
+        verdict = ("ties with" if tie else "beats" if b["bpb"] < u["bpb"] else "does not beat")
         text += (f"Within {escape(small)} {escape(u['method'])}'s {f_mib(u['mib'])} MiB ({u['bpb']:.4f}), "
-                 f"{escape(large)}'s best run is {say(b)}: it {verdict} the smaller model unquantized. ")
-    text += (f"The frontier (nothing of less or equal memory scores lower; {len(x['frontier'])} runs, in RESULTS.md's "
-             f"two-model table) starts at {say(x['frontier'][0])} and ends at {say(x['frontier'][-1])}.")
+                 f"{escape(large)}'s best run is {say(b)}: it {verdict} the smaller model unquantized"
+                 + gap_words(u["record"], b["record"]) + ". ")
     turns = x["turns"]
     if len(turns) == 1:
         before = x["frontier"][0]["model"]
         text += (f" The answer turns once, at {f_mib(turns[0]['mib'])} MiB: below it every frontier point is "
                  f"{escape(before)}'s, from it on every one is {escape(turns[0]['model'])}'s, starting with "
                  f"{say(turns[0])}"
-                 + (f", {100 * (turns[0]['mib'] / u['mib'] - 1):.1f}% more memory than {escape(small)} "
-                    f"{escape(u['method'])} and lower bits per byte" if turns[0]["bpb"] < u["bpb"] and
-                    turns[0]["mib"] > u["mib"] else "") + ".")
+                 + (f", {100 * (turns[0]['mib'] / u['mib'] - 1):.1f}% more memory"
+                    + gap_words(u["record"], turns[0]["record"])
+                    if turns[0]["bpb"] < u["bpb"] and turns[0]["mib"] > u["mib"] else "") + ".")
     elif turns:
         text += (" The frontier changes model " + f"{len(turns)} times, at "
                  + ", ".join(f"{f_mib(t['mib'])} MiB (to {escape(t['model'])})" for t in turns)
@@ -205,10 +242,12 @@ def larger_against_smaller(doc: Doc, s: Study) -> None:
         if None not in pair:
             (a, b), (ma, mb) = ([r["perplexity"]["bits_per_byte"] for r in pair],
                                 [r["memory"]["weights_mib"] for r in pair])
+            tie, before = is_tie(pair[1], pair[0]), is_tie(u["record"], t["record"])
             text += (f" On {whole_text_words(w, small, large)}, the same pair scores {a:.4f} ({f_mib(ma)} MiB) "
-                     f"against {b:.4f} ({f_mib(mb)} MiB): "
-                     + ("the same answer." if (a < b) == (t["bpb"] < u["bpb"]) else "the other answer.")
-                     )
+                     f"against {b:.4f} ({f_mib(mb)} MiB)" + gap_words(pair[1], pair[0]) + ": "
+                     + ("a tie." if tie else f"outside the noise there, {escape(t['model'])} "
+                        + ("wins." if a < b else "loses.") if before else "the same answer."
+                        if (a < b) == (t["bpb"] < u["bpb"]) else "the other answer."))
     for p in x["back_to_origin"]:
         kld = f", KLD {p['kld']:.4f}" if p["kld"] is not None else ""
         text += (f" Left out: {say(p)}{kld}. It rounds {escape(p['model'])} back to {escape(p['origin'])}, the "

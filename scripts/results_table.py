@@ -84,6 +84,7 @@ def models_tables(records: list[dict]) -> str:
     a real model by weight MiB, with bits per byte, the measure that compares across tokenizers,
     and whether it is on the frontier (nothing of less or equal memory scores lower)."""
     from plots.models import frontier_runs, model_groups
+    from study.noise import bpb_band
     from study.standins import requantizes_origin
     lines = []
     for (_, L, S, dev, _, budget), rs in sorted(model_groups(records).items(), key=lambda kv: str(kv[0])):
@@ -91,15 +92,28 @@ def models_tables(records: list[dict]) -> str:
         base = {pr.short_model(r): r["perplexity"]["bits_per_byte"] for r in rs
                 if r["method"]["name"] == "baseline-fp32"}
         spans = {pr.short_model(r): r["perplexity"]["n_bytes"] for r in rs}
+        fp32 = {pr.short_model(r): r for r in rs if r["method"]["name"] == "baseline-fp32"}
+        small = min(fp32, key=lambda m: fp32[m]["memory"]["weights_mib"]) if fp32 else None
+        ref = next((r for r in rs if pr.short_model(r) == small and r["method"]["name"] == "baseline-fp16"),
+                   fp32.get(small))                 # the smaller model unquantized: what the question compares with
+
+        def against(r, ref=ref):
+            g = None if ref is None or r is ref else bpb_band(ref, r)
+            return "–" if g is None else (f"{g['diff']:+.4f} [{g['band'][0]:+.4f}, {g['band'][1]:+.4f}]"
+                                          + (" tie" if g["band"][0] <= 0 <= g["band"][1] else ""))
         lines += [f"**Two models, one text** ({pr.text_name(rs[0])}, L={L} S={S}, "
                   f"{f'the first {budget:,} tokens' if budget else 'every token'}, {dev}): bits per byte = the "
                   "total negative log-likelihood in bits over the UTF-8 bytes of the scored text ("
                   + ", ".join(f"{m}: {b:,} bytes" for m, b in sorted(spans.items())) + "); frontier: no run of "
                   "less or equal memory scores lower; origin: the run rounds the stand-in back to the format its "
-                  "weights were dequantized from, so it measures that origin, not the scheme (off the frontier)", "",
+                  "weights were dequantized from, so it measures that origin, not the scheme (off the frontier)"
+                  + (f"; against {small} {ref['method']['name']}: the bits-per-byte difference on the bytes both "
+                     "scored and its 95% band (study/noise.bpb_band: the windows paired by where their text lies, "
+                     "a paired bootstrap; '–': a run kept no windows)" if ref is not None else ""), "",
                   "| model | method | weights MiB | bits/weight (model) | bits per byte | vs its fp32 "
+                  f"| against {small} {ref['method']['name'].removeprefix('baseline-') if ref else ''} "
                   "| word ppl | ppl | frontier |",
-                  "|---|---|---|---|---|---|---|---|---|"]
+                  "|---|---|---|---|---|---|---|---|---|---|"]
         for r in sorted(rs, key=lambda r: (r["memory"]["weights_mib"], pr.short_model(r))):
             p, model = r["perplexity"], pr.short_model(r)
             bpw = (r.get("bits_per_weight") or {}).get("model")
@@ -107,7 +121,7 @@ def models_tables(records: list[dict]) -> str:
             on = (r["memory"]["weights_mib"], p["bits_per_byte"]) in front
             lines.append(f"| {model} | {r['method']['name']} | {r['memory']['weights_mib']:.1f} "
                          f"| {'–' if not bpw else format(bpw['bits_per_weight'], '.2f')} | {p['bits_per_byte']:.4f} "
-                         f"| {vs} | {p['word_perplexity']:.2f} | {p['ppl']:.3f} "
+                         f"| {vs} | {against(r)} | {p['word_perplexity']:.2f} | {p['ppl']:.3f} "
                          f"| {'origin' if requantizes_origin(r) else 'yes' if on else ''} |")
         lines.append("")
     return "\n".join(lines)

@@ -6,7 +6,7 @@ from xml.sax.saxutils import escape
 
 from report.common import Study, delta, full_precision_mib, group_label, heading, noise_said, tie
 from report.doc import Doc
-from report.formats import f_mib, f_ms, f_pct, f_ppl, mib
+from report.formats import f_mib, f_pct, f_ppl, f_timing, mib
 from report.sections.closing import cite
 from report.settings import setting_facts, settings_sentence
 from study import registry
@@ -41,8 +41,8 @@ def gguf_section(doc: Doc, s: Study) -> None:
                     f_mib(v["memory"]["weights_mib"]),
                     f_ppl(v["perplexity"]["ppl"]),
                     f_pct(delta(r, n)),
-                    f_ms(lat["prefill"]["median"]) if lat.get("prefill") else "–",
-                    f_ms(lat["decode"]["ms_per_token"]["median"]) if lat.get("decode") else "–",
+                    f_timing(lat.get("prefill")),
+                    f_timing((lat.get("decode") or {}).get("ms_per_token")),
                 ]
             )
         doc.table(
@@ -52,14 +52,14 @@ def gguf_section(doc: Doc, s: Study) -> None:
                 "tensor MiB",
                 "perplexity",
                 "vs fp32",
-                "prefill ms",
-                "decode ms/tok",
+                "prefill ms (p10–p90)",
+                "decode ms/tok (p10–p90)",
             ],
             rows,
             "GGUF files run by llama.cpp, scored on the same tokens and windows as "
             f"the Hugging Face fp32 baseline ({escape(group_label(g))}). Latencies of "
             "GGUF files were taken one file after another, not round robin.",
-            widths=[3, None, None, None, None, None, None],
+            widths=[2.4, 1.2, 1.35, 1.95, 1.75, None, None],
         )
         doc.label("gguf-table", "Table")
         x = gguf_facts(r)

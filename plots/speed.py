@@ -60,23 +60,30 @@ def plot_fast(rec: dict, out: Path, made: list[Path]) -> None:
     plt = _plt()
     b = rec["bench"]
     names = [n for n, v in b["table"].items() if v.get("fast_path")]
-    fast = [b["table"][n]["fast_path"]["decode_ms_per_token"]["median"] for n in names]
-    hf = [b["table"][n]["decode_ms_per_token"]["median"] for n in names]
+    fast_t = [b["table"][n]["fast_path"]["decode_ms_per_token"] for n in names]
+    hf_t = [b["table"][n]["decode_ms_per_token"] for n in names]
+    fast, hf = [t["median"] for t in fast_t], [t["median"] for t in hf_t]
+
+    def spread(ts):                        # p10-p90 as error bars about the median, where the record has them
+        if not all("p10" in t and "p90" in t for t in ts):
+            return None
+        return [[t["median"] - t["p10"] for t in ts], [t["p90"] - t["median"] for t in ts]]
     bw = readings.bench_bandwidth(rec)
     fig, ax = plt.subplots(figsize=(6.3, 0.26 * len(names) + 1.5))     # printed near its own size: 8 pt stays 8
     y = list(range(len(names)))
     ax.set_xscale("log")                      # 0.03 ms floors, 3 ms fast steps, 100 ms LLM.int8()
-    ax.barh([i - 0.2 for i in y], fast, height=0.4, color="#55a868", label="fast path")
-    ax.barh([i + 0.2 for i in y], hf, height=0.4, color="#a0a0a0", label="Hugging Face generate()")
+    bars = dict(height=0.4, error_kw=dict(lw=0.8, capsize=2, ecolor="#333333"))
+    ax.barh([i - 0.2 for i in y], fast, xerr=spread(fast_t), color="#55a868", label="fast path", **bars)
+    ax.barh([i + 0.2 for i in y], hf, xerr=spread(hf_t), color="#a0a0a0", label="Hugging Face generate()", **bars)
     lo = min(fast)
     if bw:
         floors = [readings.decode_floor_ms(b["table"][n]["weights_mib"] * 2**20, bw) for n in names]
         ax.scatter(floors, [i - 0.2 for i in y], marker="|", s=90, color="k", zorder=3,
                    label=f"floor: weight bytes / {bw / 1e12:.1f} TB/s")
         lo = min(lo, *floors)
-    for i in y:
-        ax.text(fast[i], i - 0.2, f" {fast[i]:.2f}", va="center", fontsize=8)
-        ax.text(hf[i], i + 0.2, f" {hf[i]:.1f}", va="center", fontsize=8)
+    for i in y:                            # each value right of its whisker
+        ax.text(fast_t[i].get("p90", fast[i]), i - 0.2, f" {fast[i]:.2f}", va="center", fontsize=8)
+        ax.text(hf_t[i].get("p90", hf[i]), i + 0.2, f" {hf[i]:.1f}", va="center", fontsize=8)
     ax.set_xlim(lo / 2, max(hf + fast) * 4)
     ax.set_xlabel("ms per decoded token (log scale)", fontsize=9)
     ax.set_yticks(y, names, fontsize=8)
@@ -86,7 +93,7 @@ def plot_fast(rec: dict, out: Path, made: list[Path]) -> None:
     ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.4, 0), ncol=3, frameon=False,
               bbox_transform=ax.transAxes + ScaledTranslation(0, -0.42, fig.dpi_scale_trans))
     fig.suptitle(f"Decode, {b['new_tokens']} tokens after {b['prompt_tokens']}: median of {b['repeats']} "
-                 f"round-robin repeats\n{caption(rec)}", fontsize=9)
+                 f"round-robin repeats, whiskers p10–p90\n{caption(rec)}", fontsize=9)
     _save(fig, out, fast_figure(rec), made)
 
 

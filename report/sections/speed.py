@@ -92,8 +92,8 @@ def latency_section(doc: Doc, s: Study) -> None:
         if "fast_path" in bb:
             fast_table(doc, b)
             doc.figure(pr.fast_figure(b), "Decode time per token on the fast path and with Hugging Face "
-                       "generate(), same run, log scale; the tick on each fast-path bar is the time to read "
-                       "that method's weights once at the GPU's peak bandwidth.", max_height_cm=12)
+                       "generate(), same run, log scale, whiskers p10–p90; the tick on each fast-path bar is the "
+                       "time to read that method's weights once at the GPU's peak bandwidth.", max_height_cm=12)
         if "fused_path" in bb:
             fused_table(doc, b)
             fused_logits_table(doc, b)
@@ -583,9 +583,9 @@ def speed_summary(doc: Doc, s: Study) -> None:
         if gen:
             doc.p(gen)
         doc.figure(pr.fast_figure(fast), "Decode time per token, generate() against the static-cache path with "
-                   "CUDA graphs, in the fast-path bench's own side-by-side run (log scale). Each tick: the time to "
-                   "read that method's weights once at the GPU's peak bandwidth; every bar sits far above its "
-                   "tick, so a step is a chain of small dependent kernels, not bytes." + no_graph_words(fast),
+                   "CUDA graphs, in the fast-path bench's own side-by-side run (log scale; whiskers p10–p90). Each "
+                   "tick: the time to read that method's weights once at the GPU's peak bandwidth; every bar sits "
+                   "far above its tick, so a step is a chain of small dependent kernels, not bytes." + no_graph_words(fast),
                    max_height_cm=9.0)
         doc.label("speed-figure")
     why = why_text(latency_facts(s))

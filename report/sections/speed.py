@@ -585,8 +585,8 @@ def speed_summary(doc: Doc, s: Study) -> None:
         doc.figure(pr.fast_figure(fast), "Decode time per token, generate() against the static-cache path with "
                    "CUDA graphs, in the fast-path bench's own side-by-side run (log scale; whiskers p10–p90). Each "
                    "tick: the time to read that method's weights once at the GPU's peak bandwidth; every bar sits "
-                   "far above its tick, so a step is a chain of small dependent kernels, not bytes." + no_graph_words(fast),
-                   max_height_cm=9.0)
+                   "far above its tick, so a step is a chain of small dependent kernels, not bytes."
+                   + no_graph_words(fast), max_height_cm=9.0)
         doc.label("speed-figure")
     why = why_text(latency_facts(s))
     if why:

@@ -88,3 +88,39 @@ def test_a_spacer_at_the_end_makes_no_blank_page(tmp_path):
     out = tmp_path / "one.pdf"
     doc.build(out, "title")
     assert len(pypdf.PdfReader(str(out)).pages) == 1
+
+
+def test_the_decision_table_drops_a_decode_column_of_dashes(monkeypatch):
+    """Table 10 keeps its decode column only where at least half its picks were timed side by side;
+    otherwise the caption sends the reader to the speed section."""
+    from report.sections import closing
+
+    class FakeDoc:
+        def __init__(self):
+            self.tables = []
+
+        def h1(self, *a, **k):
+            pass
+
+        def p(self, *a, **k):
+            pass
+
+        def label(self, *a, **k):
+            pass
+
+        def table(self, header, rows, caption, widths=None):
+            self.tables.append((header, rows, caption))
+
+    runs = {"a": {"memory": {"weights_mib": 10.0}, "perplexity": {"ppl": 2.0}},
+            "baseline-fp32": {"memory": {"weights_mib": 40.0}, "perplexity": {"ppl": 2.0}}}
+    row = lambda ratio: {"runs": runs, "pick": "a", "next": None, "share": 0.5, "budget_mib": 20.0,  # noqa: E731
+                         "group": ("m", "t", 1, 1, 0, "NVIDIA H200"), "ratio": ratio}
+    monkeypatch.setattr(closing, "decision_groups", lambda s: [])
+    for ratios, timed in (([0.9, None], True), ([0.9, None, None], False)):
+        monkeypatch.setattr(closing, "decision_rows", lambda s, ratios=ratios: [row(r) for r in ratios])
+        doc = FakeDoc()
+        closing.decision(doc, None)
+        header, rows, caption = doc.tables[0]
+        assert ("decode vs fp16" in header) == timed
+        assert all(len(r) == len(header) for r in rows)
+        assert ("most picks ran in no side-by-side bench" in caption) != timed

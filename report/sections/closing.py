@@ -11,7 +11,7 @@ from __future__ import annotations
 from xml.sax.saxutils import escape
 
 import plot_results as pr
-from report.common import Study, delta, group_label, heading, method, tie
+from report.common import Study, delta, group_label, heading, heading_number, method, tie
 from report.doc import Doc
 from report.formats import f_mib, f_pct, f_ratio
 from study import noise
@@ -119,20 +119,23 @@ def decision(doc: Doc, s: Study) -> None:
     doc.p("For each memory budget (a share of fp32's weights), the lowest-perplexity run that fits and the next "
           "best; where they tie (the 95% band of their difference holds zero), speed, hardware or tooling "
           "decides.")
+    timed = sum(x["ratio"] is not None for x in rows) * 2 >= len(rows)   # a column of dashes says nothing
     out = []
     for x in rows:
         r, n, nxt = x["runs"], x["pick"], x["next"]
         out.append([f"{x['share']:.0%} ({f_mib(x['budget_mib'])} MiB)", short_device(x["group"][5]),
                     n or "nothing fits", f_mib(r[n]["memory"]["weights_mib"]) if n else "–",
                     f_pct(delta(r, n)) if n else "–",
-                    f"{nxt} ({f_pct(delta(r, nxt))}{tie_word(r, n, nxt)})" if nxt else "–",
-                    f_ratio(x["ratio"]) if x["ratio"] is not None else "–"])
-    doc.table(["budget (of fp32)", "device", "pick", "weights MiB", "vs fp32", "next best",
-               "decode vs fp16"], out,
+                    f"{nxt} ({f_pct(delta(r, nxt))}{tie_word(r, n, nxt)})" if nxt else "–"]
+                   + ([f_ratio(x["ratio"]) if x["ratio"] is not None else "–"] if timed else []))
+    doc.table(["budget (of fp32)", "device", "pick", "weights MiB", "vs fp32", "next best"]
+              + (["decode vs fp16"] if timed else []), out,
               "The lowest perplexity within each memory budget, per device (" + "; ".join(
                   escape(group_label(k)) for k in decision_groups(s)) + "). The two devices' runs score "
-              "different token counts, so compare picks within a device; decode: the generate() bench's ratio.",
-              widths=[2.3, 2.1, 4.0, 1.5, 1.4, 4.0, 1.5])
+              "different token counts, so compare picks within a device; "
+              + ("decode: the generate() bench's ratio." if timed else
+                 f"decode: {heading_number('speed')} (most picks ran in no side-by-side bench)."),
+              widths=[2.3, 2.1, 4.0, 1.5, 1.4, 4.0, 1.5] if timed else [2.9, 2.1, 4.1, 1.5, 1.4, 4.8])
     doc.label("decision-table", "Table")
 
 

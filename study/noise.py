@@ -106,15 +106,15 @@ def paired_by_bytes(a: dict, b: dict, per_group: int = 4) -> tuple[tuple, tuple,
 
 def bpb_band(a: dict, b: dict, per_group: int = 4, draws: int = DRAWS, level: float = LEVEL,
              seed: int = SEED) -> dict | None:
-    """b's bits per byte less a's, two models on the same text: the difference on the bytes both
-    scored and its 95% band, from a bootstrap over the text (paired_by_bytes' groups, the same
+    """b's bits per byte less a's, two models on the same text: each one's bits per byte on the bytes
+    both scored (a, b), the difference and its 95% band, from a bootstrap over the text (paired_by_bytes' groups, the same
     draw for both runs), and whether the band holds zero (a tie). None without the windows' bytes."""
     p = paired_by_bytes(a, b, per_group)
     if p is None:
         return None
     na, sa, nb, sb = p
     return {"diff": _bpb(nb, sb) - _bpb(na, sa), "band": _bpb_band(na, sa, nb, sb, draws, level, seed),
-            "bytes": sum(sa), "groups": len(sa)}
+            "a": _bpb(na, sa), "b": _bpb(nb, sb), "bytes": sum(sa), "groups": len(sa)}
 
 
 def _bpb(nll, size) -> float:

@@ -157,8 +157,8 @@ def explore(doc: Doc, s: Study) -> None:
         takeaway += f", against bitsandbytes NF4's {f_pct(x['nf4'])}"
     where = doc.label_of("explore-table") or "the table below"
     doc.figure(figure, f"What each bit buys, every scheme of every part on one axis (the runs of {where}, with "
-               f"Part 1's, bitsandbytes' and the float casts on the same tokens). {takeaway}. The KL divergence "
-               "panel holds the runs that measured it.",
+               f"Part 1's, bitsandbytes' and the float casts on the same tokens). {takeaway}. 3-bit codes sit in "
+               "4-bit containers: w3's memory is w4's, so its rows probe accuracy only.",
                max_height_cm=15.7)
     doc.label("explore-figure")
     bands = {n: band(r, n) for n in x["grid"]}                    # each a bootstrap: computed once
@@ -208,8 +208,8 @@ def explore(doc: Doc, s: Study) -> None:
             f"minimizes, tr((W−Q)H(W−Q)ᵀ): its median over the layers is {lo:.2f} to {hi:.2f} × "
             f"round-to-nearest's ({len(gptq)} GPTQ runs, every block linear)."
             + (" Perplexity moves far less. The stand-in's fp32 weights are themselves dequantized from "
-               "Q4_1 (groups of 32 with a scale and a minimum): min/max rounding in groups of 64 lands "
-               "close to that lattice, while GPTQ's error feedback moves weights off it. The published "
+               "Q4_1 (groups of 32 with a scale and a minimum): min/max rounding in groups of 64 may land "
+               "close to that lattice (not measured), while GPTQ's error feedback moves weights off it. The published "
                f"gains {cite('gptq')} (OPT-125M: 37.28 to 31.12 at 4-bit) are on weights never rounded before."
                if q41 else ""))
     told = set()                                     # each calibration source described once, at first use

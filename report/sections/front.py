@@ -53,26 +53,39 @@ def five_findings(s: Study) -> list[str]:
 
 
 def models_finding(s: Study) -> str | None:
+    """The answer in a few words: where the whole text has the pair at the turn, its verdict first
+    (the prefix's windows are too few to rank such close models); then the prefix's pairs."""
     x = mo.models_facts(s)
     if x is None or x["small"] is None or x["unquantized"] is None:
         return None
     u, b = x["unquantized"], x["best_within"]
     small, large = escape(x["small"]), escape(x["large"])
-    text = (f"<b>A larger quantized model ({heading_number('explore')}).</b> In bits per byte (lower is "
-            f"better), {small} in {escape(u['method'].removeprefix('baseline-'))} scores "
-            f"{u['bpb']:.4f} at {f_mib(u['mib'])} MiB. ")
-    if b is None:
-        return text + f"{large} has no run within that memory yet."
-    text += (f"{large}'s best run within that memory, {escape(b['method'])} ({f_mib(b['mib'])} MiB), scores "
-             f"{b['bpb']:.4f}: {mo.verdict(u['record'], b['record'])}")
+    ufp = escape(u["method"].removeprefix("baseline-"))
+    text = f"<b>A larger quantized model ({heading_number('explore')}).</b> In bits per byte (lower is better), "
     t = x["turns"][0] if len(x["turns"]) == 1 else None
-    if t is not None and t is not b and t["bpb"] < u["bpb"] and t["mib"] > u["mib"]:
-        text += (f"; with {100 * (t['mib'] / u['mib'] - 1):.1f}% more memory, {escape(t['method'])} scores "
-                 f"{t['bpb']:.4f} ({mo.verdict(u['record'], t['record'])})")
-        whole = mo.whole_text_pair(s, x, u, t) if x["key"][5] else None
-        if whole is not None:
-            a, c = (r["perplexity"]["bits_per_byte"] for r in whole)
-            text += f", and on the whole test split {c:.4f} against {a:.4f}: {mo.verdict(*whole)}"
+    if t is not None and not (t["bpb"] < u["bpb"] and t["mib"] > u["mib"]):
+        t = None
+    whole = mo.whole_text_pair(s, x, u, t) if t is not None and x["key"][5] else None
+    if whole is not None:
+        a, c = (r["perplexity"]["bits_per_byte"] for r in whole)
+        v = mo.verdict(*whole)
+        text += (f"{large} in {escape(t['method'])} ({f_mib(t['mib'])} MiB) "
+                 + ("beats" if v == "it wins" else "ties with" if v == "a tie" else "loses to" if v == "it loses"
+                    else "scores against") + f" {small} in {ufp} ({f_mib(u['mib'])} MiB) on the whole test split "
+                 f"({c:.4f} against {a:.4f}{', outside the noise' if v in ('it wins', 'it loses') else ''}). "
+                 f"On the CPU's {x['key'][5]:,}-token prefix")
+    else:
+        text += f"{small} in {ufp} scores {u['bpb']:.4f} at {f_mib(u['mib'])} MiB. Against it"
+    if b is None:
+        return text + f", {large} has no run within that memory yet."
+    pairs = [b] + ([t] if t is not None and t is not b else [])
+    verdicts = [mo.verdict(u["record"], p["record"]) for p in pairs]
+    if len(set(verdicts)) == 1 and verdicts[0] != "no noise band":
+        named = " and ".join(f"{escape(p['method'])} ({f_mib(p['mib'])} MiB)" for p in pairs)
+        text += (f", {named} " + ("both " if len(pairs) > 1 else "")
+                 + {"a tie": "tie with it", "it wins": "beat it", "it loses": "lose to it"}[verdicts[0]])
+    else:
+        text += ", " + "; ".join(f"{escape(p['method'])} ({f_mib(p['mib'])} MiB): {v}" for p, v in zip(pairs, verdicts))
     text += "".join(f" ({escape(p['method'])}, its origin format, left out)"
                     for p in x["back_to_origin"] if p["model"] == x["large"] and p["mib"] <= u["mib"])
     return text + "."

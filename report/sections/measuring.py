@@ -188,9 +188,9 @@ def origin_caveat(s: Study) -> str:
         return "whether that makes them larger than on the original weights is not measured here."
     large = escape(o["large"])
     if o["worse"] * 2 > o["n"]:
-        return (f"section 4 compares them with {large}'s, whose origin is milder, and finds no sign that this "
-                f"inflates them (larger on {large} for {o['worse']} of {o['n']} methods); the origin shows instead "
-                "in how little GPTQ gains over round-to-nearest.")
+        return (f"section 4 compares them with {large}'s, whose origin is milder: larger there for {o['worse']} of "
+                f"{o['n']} methods (model and origin change together, so this cannot separate them); the origin "
+                "may show instead in how little GPTQ gains over round-to-nearest.")
     return (f"section 4 compares them with {large}'s, whose origin is milder: smaller there for "
             f"{o['n'] - o['worse']} of {o['n']} methods, consistent with this origin inflating them.")
 

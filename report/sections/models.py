@@ -77,15 +77,16 @@ def origin_facts(s: Study, x: dict) -> dict:
 
 
 def gap_words(a: dict, b: dict) -> str:
-    """How far b's bits per byte lie from a's, two models' runs on one text, and whether that is
-    outside the noise (study.noise.bpb_band): ' (-0.0225 bits per byte on the 1,287,654 bytes both
-    scored, 95% band -0.0317 to -0.0141)', or the reason there is no band."""
+    """b's bits per byte against a's on the bytes both scored, two models' runs on one text, and
+    whether the difference is outside the noise (study.noise.bpb_band): ' (on the 64,757 bytes both
+    scored, 1.0728 against 1.0697, 95% band of the difference -0.0467 to +0.0600: a tie)', or the
+    reason there is no band."""
     g = noise.bpb_band(a, b)
     if g is None:
         return " (no noise band: a run kept no per-window NLL)"
     lo, hi = g["band"]
-    return (f" ({g['diff']:+.4f} bits per byte, 95% band {lo:+.4f} to {hi:+.4f}, on the {g['bytes']:,} bytes "
-            "both scored" + (": a tie)" if lo <= 0 <= hi else ")"))
+    return (f" (on the {g['bytes']:,} bytes both scored, {g['b']:.4f} against {g['a']:.4f}, 95% band of the "
+            f"difference {lo:+.4f} to {hi:+.4f}" + (": a tie)" if lo <= 0 <= hi else ")"))
 
 
 def is_tie(a: dict, b: dict) -> bool | None:

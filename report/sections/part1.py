@@ -75,7 +75,8 @@ def selective(doc: Doc, s: Study) -> None:
         pr.sensitivity_figure(sens),
         "Perplexity change with one block (left) or one component type in every block (right) quantized to "
         f"INT8: the largest rise from one block is {f_pct(y['top3'][0][1])} (block {y['top3'][0][0]}), and "
-        f"{escape(y['most'][0])} is the component type that matters most.",
+        f"{escape(y['most'][0])} shows the largest rise of the component types (no band: the scan keeps no "
+        "windows).",
     )
     doc.label("sensitivity")
 
@@ -230,8 +231,8 @@ def part1(doc: Doc, s: Study) -> None:
             f"<b>Latency.</b> The table's timings are single runs, one after another: whole-model INT8 (per "
             f"channel) decodes in {f_ms(a['whole'][1])} ms per token against fp32's {f_ms(a['fp32'][1])}. On this "
             "GPU a step of a model this small is bound by kernel launches and Python, not by reading weights, so "
-            "fewer weight bytes do not make it faster, and one run's timing varies from the next by more than the "
-            "differences between methods; " + heading_number("speed") + " compares speed side by side."
+            "fewer weight bytes do not make it faster, and these runs, one after another, do not compare; "
+            + heading_number("speed") + " compares speed side by side."
         )
     if x["q4"]:
         q = x["q4"]

@@ -227,7 +227,7 @@ def accuracy_efficiency(doc: Doc, s: Study) -> None:
             f"unquantized tensors in fp16, so those parts are half the size). Within 1% of fp32's perplexity, the "
             f"smallest model is {escape(x['best8'][0])}: "
             f"{f_mib(x['best8'][1])} MiB, {f_ratio(x['best8'][2])} smaller than fp32, at {f_pct(x['best8'][3])}. "
-            f"The smallest of all is {escape(x['small'][0])} ({f_mib(x['small'][1])} MiB, "
+            f"The smallest in the table is {escape(x['small'][0])} ({f_mib(x['small'][1])} MiB, "
             f"{f_ratio(x['small'][2])} smaller) at {f_pct(x['small'][3])}. Through generate() "
             + (f"no quantized method is faster than {base} here: decode takes {f_ratio(x['lo'])} to "
                f"{f_ratio(x['hi'])} {base}'s time, because every layer adds dequantization work to a step "

@@ -53,8 +53,8 @@ def frontier_runs(rs: list[dict], cost=lambda r: r["memory"]["weights_mib"]) -> 
 
 
 OFFSETS = ((4, 3, "left"), (4, -11, "left"), (-4, 3, "right"), (-4, -11, "right"))   # points, alignment
-# a baseline with no room at its corners (a crowded memory, where the answer's comparison lies) is
-# named further out, joined to its point by a line
+# a baseline or the point where the frontier changes model, with no room at its corners (a crowded
+# memory, where the answer's comparison lies), is named further out, joined to its point by a line
 FAR_OFFSETS = tuple(sorted(((dx, dy, "center" if dx == 0 else "left" if dx > 0 else "right")
                            for dy in (30, -38, 50, -58, 70, -78) for dx in (0, 40, -40)),
                           key=lambda o: abs(o[0]) + abs(o[1])))
@@ -86,7 +86,7 @@ def label_points(ax, points: list[tuple[float, float, dict]], colors: dict[str, 
         named.update(id(q[2]) for q in same)
         name = " / ".join(q[2]["method"]["name"] + (" (origin)" if standins.requantizes_origin(q[2]) else "")
                           for q in [(x, y, r), *same])
-        far = FAR_OFFSETS if registry.is_baseline(r) else ()
+        far = FAR_OFFSETS if registry.is_baseline(r) or (x, y) in turns else ()    # the answer's points: a line
         for dx, dy, ha in OFFSETS + far:                           # above right first, then the other corners
             line = {} if (dx, dy, ha) in OFFSETS else {"arrowprops": {"arrowstyle": "-", "lw": 0.5, "shrinkB": 3,
                                                                       "color": colors[pr.short_model(r)]}}
@@ -98,6 +98,11 @@ def label_points(ax, points: list[tuple[float, float, dict]], colors: dict[str, 
             near = box.padded(4)                                   # a marker's half-width, in pixels
             hits_point = any(near.contains(mx, my) for mx, my in marks
                              if abs(mx - own[0]) + abs(my - own[1]) > 0.5)
+            if not line:                   # a name with no line must sit nearer its own point than any other
+                cx, cy = (box.x0 + box.x1) / 2, (box.y0 + box.y1) / 2
+                mine = (cx - own[0]) ** 2 + (cy - own[1]) ** 2
+                hits_point = hits_point or any((cx - mx) ** 2 + (cy - my) ** 2 < mine for mx, my in marks
+                                               if abs(mx - own[0]) + abs(my - own[1]) > 0.5)
             inside = frame.x0 <= box.x0 and box.x1 <= frame.x1 and frame.y0 <= box.y0 and box.y1 <= frame.y1
             if inside and not hits_point and not any(box.overlaps(b) for b in placed):
                 placed.append(box)
@@ -160,7 +165,7 @@ def plot_one(key: tuple, rs: list[dict], what: str, cost, xlabel: str, out: Path
     for part, marker in PART_MARKERS.items():
         if any(registry.of(r)["part"] == part for r in rs):
             ax.scatter([], [], color="#777777", marker=marker, label=part)
-    ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.13), ncol=3, borderaxespad=0,
+    ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.15), ncol=3, borderaxespad=0,
               frameon=False)                                            # below the axes: no point hidden
     ax.set_title(f"Two models, one text: bits per byte against {'memory' if what == 'mib' else 'decode time'}\n"
                  f"{pr.text_name(rs[0], short=True)}, L={key[1]} S={key[2]} · {key[3]}", fontsize=9)

@@ -298,8 +298,8 @@ def test_the_larger_model_question_is_answered_from_bits_per_byte(tmp_path):
     # within small fp16's 200 MiB, large's best is bnb-nf4 (190 MiB, 1.06 < 1.0701): it beats it
     # the two runs' windows, paired by bytes: 1.0600 - 1.0701 everywhere, so a band of one point, not a tie
     assert ("Within small baseline-fp16's 200.0 MiB (1.0701), large's best run is bnb-nf4 (large, 190.0 MiB, "
-            "1.0600): it beats the smaller model unquantized (-0.0101 bits per byte, 95% band -0.0101 to -0.0101, "
-            "on the 4,000 bytes both scored).") in section
+            "1.0600): it beats the smaller model unquantized (on the 4,000 bytes both scored, 1.0600 against 1.0701, "
+            "95% band of the difference -0.0101 to -0.0101).") in section
     # frontier by memory: small nf4 (70, 1.15), large int4 (150, 1.12), large nf4 (190, 1.06), large fp32 (1.05)
     assert ("The answer turns once, at 150.0 MiB: below it every frontier point is small's, from it on every one "
             "is large's, starting with scratch-int4-int4 (large, 150.0 MiB, 1.1200).") in section
@@ -518,12 +518,20 @@ def test_the_abstracts_larger_model_answer_names_a_run_left_out_for_its_origin(m
     monkeypatch.setattr(front.mo, "models_facts", lambda s: x)
     monkeypatch.setattr(front.mo, "whole_text_pair", lambda *a: None)
     text = front.models_finding(None)
-    assert ("s in fp16 scores 1.0697 at 256.6 MiB. l's best run within that memory, gguf-q5_k_m (241.8 MiB), "
-            "scores 1.0767: a tie; with 0.3% more memory, scratch-int8-per_channel scores 1.0591 (it wins) "
-            "(gguf-q4_k_m, its origin format, left out).") in text
+    assert ("s in fp16 scores 1.0697 at 256.6 MiB. Against it, gguf-q5_k_m (241.8 MiB): a tie; "
+            "scratch-int8-per_channel (257.3 MiB): it wins (gguf-q4_k_m, its origin format, left out).") in text
     assert "gguf-q8_0" not in text                                           # 300 MiB: outside the budget
+    # the whole text holds the pair at the turn: its verdict leads, and the prefix's pairs follow
+    whole = (rec([1.0268] * 16), rec([1.0042] * 16))
+    for w, v in zip(whole, (1.0268, 1.0042)):
+        w["perplexity"]["bits_per_byte"] = v
+    monkeypatch.setattr(front.mo, "whole_text_pair", lambda *a: whole)
+    text = front.models_finding(None)
+    assert ("l in scratch-int8-per_channel (257.3 MiB) beats s in fp16 (256.6 MiB) on the whole test split (1.0042 "
+            "against 1.0268, outside the noise). On the CPU's 16,384-token prefix, gguf-q5_k_m (241.8 MiB): a tie; "
+            "scratch-int8-per_channel (257.3 MiB): it wins") in text
     x["best_within"]["record"] = {}
-    assert "scores 1.0767: no noise band;" in front.models_finding(None)
+    assert "gguf-q5_k_m (241.8 MiB): no noise band;" in front.models_finding(None)
 
 
 def test_the_fast_path_split_is_the_rerun_noise_of_the_models_benches():

@@ -44,7 +44,7 @@ def test_a_best_run_without_windows_is_set_against_the_grids_widest_band(monkeyp
     assert explore.unbanded_lead({}, "a", ["b", "c"]) == ""                 # it has its own band: nothing added
 
 
-@pytest.mark.parametrize("worse,n,says", [(6, 7, "finds no sign that this inflates them (larger on l for 6 of 7"),
+@pytest.mark.parametrize("worse,n,says", [(6, 7, "larger there for 6 of 7 methods (model and origin change together"),
                                           (1, 7, "smaller there for 6 of 7 methods, consistent with this origin")])
 def test_the_stand_in_caveat_follows_the_side_by_side_penalties(monkeypatch, worse, n, says):
     monkeypatch.setattr(measuring, "origin_summary", lambda s: {"small": "s", "large": "l", "worse": worse,

@@ -11,7 +11,7 @@ from pathlib import Path
 from xml.sax.saxutils import escape
 
 import plot_results as pr
-from report.common import Study, delta, heading_number
+from report.common import Study, delta, heading_number, tie
 from report.doc import Doc
 from report.formats import f_mib, f_pct, f_ratio
 from report.sections import explore as ex
@@ -145,8 +145,12 @@ def a_calibrated(s: Study) -> str | None:
         return None
     r, best = x["runs"], x["best"]
     twin = ex.rtn_twin(r, best)
+    gptq = best.replace("awq-", "gptq-") if best.startswith("awq-") else None      # GPTQ on the same grid
+    said = {True: "a tie", False: "outside the noise", None: "no band"}
     return (f"{escape(best)}: {f_pct(delta(r, best))}" + (f" against round-to-nearest's {f_pct(delta(r, twin))}"
-                                                          if twin else "")
+                                                          f" ({said[tie(r, twin, best)]})" if twin else "")
+            + (f"; {escape(gptq)} {f_pct(delta(r, gptq))} ({said[tie(r, twin, gptq)].replace('a tie', 'ties with it')})"
+               if twin and gptq in r else "")
             + f"; {sum(t['met'] for t in x['targets'])} of {len(x['targets'])} ratio targets met.")
 
 

@@ -107,8 +107,8 @@ def paired_by_bytes(a: dict, b: dict, per_group: int = 4) -> tuple[tuple, tuple,
 def bpb_band(a: dict, b: dict, per_group: int = 4, draws: int = DRAWS, level: float = LEVEL,
              seed: int = SEED) -> dict | None:
     """b's bits per byte less a's, two models on the same text: each one's bits per byte on the bytes
-    both scored (a, b), the difference and its 95% band, from a bootstrap over the text (paired_by_bytes' groups, the same
-    draw for both runs), and whether the band holds zero (a tie). None without the windows' bytes."""
+    both scored (a, b), the difference and its 95% band, from a bootstrap over the text
+    (paired_by_bytes' groups, the same draw for both runs). None without the windows' bytes."""
     p = paired_by_bytes(a, b, per_group)
     if p is None:
         return None

@@ -89,10 +89,9 @@ def models_tables(records: list[dict]) -> str:
     lines = []
     for (_, L, S, dev, _, budget), rs in sorted(model_groups(records).items(), key=lambda kv: str(kv[0])):
         front = frontier_runs(rs)
-        base = {pr.short_model(r): r["perplexity"]["bits_per_byte"] for r in rs
-                if r["method"]["name"] == "baseline-fp32"}
-        spans = {pr.short_model(r): r["perplexity"]["n_bytes"] for r in rs}
         fp32 = {pr.short_model(r): r for r in rs if r["method"]["name"] == "baseline-fp32"}
+        base = {m: r["perplexity"]["bits_per_byte"] for m, r in fp32.items()}
+        spans = {pr.short_model(r): r["perplexity"]["n_bytes"] for r in rs}
         small = min(fp32, key=lambda m: fp32[m]["memory"]["weights_mib"]) if fp32 else None
         ref = next((r for r in rs if pr.short_model(r) == small and r["method"]["name"] == "baseline-fp16"),
                    fp32.get(small))                 # the smaller model unquantized: what the question compares with
@@ -100,7 +99,7 @@ def models_tables(records: list[dict]) -> str:
         def against(r, ref=ref):
             g = None if ref is None or r is ref else bpb_band(ref, r)
             return "–" if g is None else (f"{g['diff']:+.4f} [{g['band'][0]:+.4f}, {g['band'][1]:+.4f}]"
-                                          + (" tie" if g["band"][0] <= 0 <= g["band"][1] else ""))
+                                          + (" tie" if g["tie"] else ""))
         lines += [f"**Two models, one text** ({pr.text_name(rs[0])}, L={L} S={S}, "
                   f"{f'the first {budget:,} tokens' if budget else 'every token'}, {dev}): bits per byte = the "
                   "total negative log-likelihood in bits over the UTF-8 bytes of the scored text ("

@@ -45,9 +45,13 @@ def _band(na: tuple, nb: tuple, counts: tuple, draws: int, level: float, seed: i
         pick = [rng.randrange(n) for _ in range(n)]
         tokens = sum(counts[i] for i in pick)
         changes.append(100 * (math.exp((sum(nb[i] for i in pick) - sum(na[i] for i in pick)) / tokens) - 1))
-    changes.sort()
-    tail = (1 - level) / 2
-    return changes[int(tail * (draws - 1))], changes[int(math.ceil((1 - tail) * (draws - 1)))]
+    return _central(changes, level)
+
+
+def _central(draws: list[float], level: float) -> tuple[float, float]:
+    """The central `level` interval of bootstrap draws: their (1-level)/2 and (1+level)/2 quantiles."""
+    draws, tail = sorted(draws), (1 - level) / 2
+    return draws[int(tail * (len(draws) - 1))], draws[int(math.ceil((1 - tail) * (len(draws) - 1)))]
 
 
 def ranked(a: dict, b: dict) -> dict | None:
@@ -108,12 +112,14 @@ def bpb_band(a: dict, b: dict, per_group: int = 4, draws: int = DRAWS, level: fl
              seed: int = SEED) -> dict | None:
     """b's bits per byte less a's, two models on the same text: each one's bits per byte on the bytes
     both scored (a, b), the difference and its 95% band, from a bootstrap over the text
-    (paired_by_bytes' groups, the same draw for both runs). None without the windows' bytes."""
+    (paired_by_bytes' groups, the same draw for both runs), and whether the band holds zero (tie, as
+    ranked() says it). None without the windows' bytes."""
     p = paired_by_bytes(a, b, per_group)
     if p is None:
         return None
     na, sa, nb, sb = p
-    return {"diff": _bpb(nb, sb) - _bpb(na, sa), "band": _bpb_band(na, sa, nb, sb, draws, level, seed),
+    band = _bpb_band(na, sa, nb, sb, draws, level, seed)
+    return {"diff": _bpb(nb, sb) - _bpb(na, sa), "band": band, "tie": band[0] <= 0 <= band[1],
             "a": _bpb(na, sa), "b": _bpb(nb, sb), "bytes": sum(sa), "groups": len(sa)}
 
 
@@ -129,7 +135,4 @@ def _bpb_band(na: tuple, sa: tuple, nb: tuple, sb: tuple, draws: int, level: flo
         pick = [rng.randrange(n) for _ in range(n)]
         diffs.append(_bpb([nb[i] for i in pick], [sb[i] for i in pick])
                      - _bpb([na[i] for i in pick], [sa[i] for i in pick]))
-    diffs.sort()
-    tail = (1 - level) / 2
-    band = diffs[int(tail * (draws - 1))], diffs[int(math.ceil((1 - tail) * (draws - 1)))]
-    return band
+    return _central(diffs, level)

@@ -128,8 +128,12 @@ def window_bytes(tokenizer, ids: list[int], plan: list[tuple[int, int, int]], n_
         lo = max(0, prev - WINDOW_BYTES_MARGIN)
         head = tokenizer.decode(ids[lo:prev], skip_special_tokens=True)
         span = tokenizer.decode(ids[lo:k], skip_special_tokens=True)
-        exact = lo == 0 or head.endswith("\ufffd") or not span.startswith(head)
-        cuts.append(prefix_bytes(k) if exact else cuts[-1] + len(span.encode("utf-8")) - len(head.encode("utf-8")))
+        if lo == 0:                                        # the span is the prefix itself
+            cuts.append(len(span.encode("utf-8")))
+        elif head.endswith("\ufffd") or not span.startswith(head):
+            cuts.append(prefix_bytes(k))
+        else:
+            cuts.append(cuts[-1] + len(span.encode("utf-8")) - len(head.encode("utf-8")))
         prev = k
     sizes = [b - a for a, b in zip(cuts, cuts[1:])]
     if sum(sizes) != n_bytes:                                # not local after all: every boundary from the start

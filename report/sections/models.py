@@ -86,22 +86,21 @@ def gap_words(a: dict, b: dict) -> str:
         return " (no noise band: a run kept no per-window NLL)"
     lo, hi = g["band"]
     return (f" (on the {g['bytes']:,} bytes both scored, {g['b']:.4f} against {g['a']:.4f}, 95% band of the "
-            f"difference {lo:+.4f} to {hi:+.4f}" + (": a tie)" if lo <= 0 <= hi else ")"))
+            f"difference {lo:+.4f} to {hi:+.4f}" + (": a tie)" if g["tie"] else ")"))
 
 
 def is_tie(a: dict, b: dict) -> bool | None:
     g = noise.bpb_band(a, b)
-    return None if g is None else g["band"][0] <= 0 <= g["band"][1]
+    return None if g is None else g["tie"]
 
 
-def verdict(a: dict, b: dict, where: bool = False) -> str:
+def verdict(a: dict, b: dict) -> str:
     """b against a in a few words: 'a tie', 'it wins', 'it loses' (each outside the noise), or
-    'no noise band' where a run kept no per-window NLL; where: and on how many bytes."""
+    'no noise band' where a run kept no per-window NLL."""
     g = noise.bpb_band(a, b)
     if g is None:
         return "no noise band"
-    word = "a tie" if g["band"][0] <= 0 <= g["band"][1] else "it wins" if g["diff"] < 0 else "it loses"
-    return word + (f" on the {g['bytes']:,} bytes both scored" if where else "")
+    return "a tie" if g["tie"] else "it wins" if g["diff"] < 0 else "it loses"
 
 
 def whole_text_pair(s: Study, x: dict, small_point: dict, large_point: dict) -> tuple[dict, dict] | None:
@@ -219,9 +218,9 @@ def larger_against_smaller(doc: Doc, s: Study) -> None:
                  f"{f_mib(u['mib'])} MiB yet, so the question is open on these records. ")
     else:
         tie = is_tie(u["record"], b["record"])
-        verdict = ("ties with" if tie else "beats" if b["bpb"] < u["bpb"] else "does not beat")
+        word = ("ties with" if tie else "beats" if b["bpb"] < u["bpb"] else "does not beat")
         text += (f"Within {escape(small)} {escape(u['method'])}'s {f_mib(u['mib'])} MiB ({u['bpb']:.4f}), "
-                 f"{escape(large)}'s best run is {say(b)}: it {verdict} the smaller model unquantized"
+                 f"{escape(large)}'s best run is {say(b)}: it {word} the smaller model unquantized"
                  + gap_words(u["record"], b["record"]) + ". ")
     turns = x["turns"]
     if len(turns) == 1:
